@@ -1,0 +1,288 @@
+// Package agent wires wgcnid's parts together in the order that keeps the
+// node safe: strict route first (no plaintext window), then key, etcd
+// config, device, lease, bridge and node file, then the lease keeper and
+// the mesh reconciler. It also implements `wgcnid cleanup`.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.zx2c4.com/wireguard/wgctrl"
+
+	"github.com/wgcni/wgcni/daemon/config"
+	"github.com/wgcni/wgcni/daemon/etcdutil"
+	"github.com/wgcni/wgcni/daemon/keys"
+	"github.com/wgcni/wgcni/daemon/lease"
+	"github.com/wgcni/wgcni/daemon/mesh"
+	"github.com/wgcni/wgcni/daemon/nodefile"
+	"github.com/wgcni/wgcni/daemon/record"
+	"github.com/wgcni/wgcni/daemon/route"
+	"github.com/wgcni/wgcni/daemon/wgdev"
+	"github.com/wgcni/wgcni/plugins/bridge"
+)
+
+// opTimeout bounds single etcd calls during start-up, so an unreachable
+// etcd turns into logged retries instead of a hang.
+const opTimeout = 5 * time.Second
+
+// Run runs the daemon until ctx ends. On return (SIGTERM) the device, its
+// peers, the routes and the lease stay in place: a restarted daemon adopts
+// them all without dropping traffic.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	cluster := cfg.Cluster.CIDR
+	// 1. Strict mode before anything else: from this moment on, pod
+	// traffic without a configured peer is refused, never sent in clear.
+	if err := route.EnsureStrict(cluster); err != nil {
+		return err
+	}
+	if err := route.EnableForwarding(cluster); err != nil {
+		return err
+	}
+
+	// 2. Identity.
+	priv, created, err := keys.LoadOrCreate(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	log.Info("WireGuard key ready", "public_key", priv.Public(), "new", created)
+
+	// 3. etcd and the cluster config.
+	cli, err := etcdutil.NewClient(etcdutil.ClientOptions{Endpoints: cfg.EtcdEndpoints, CAFile: cfg.EtcdCAFile, CertFile: cfg.EtcdCertFile, KeyFile: cfg.EtcdKeyFile})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	err = retry(ctx, log, "write/check cluster config in etcd", func(ctx context.Context) error {
+		created, err := lease.EnsureConfig(ctx, cli, cfg.EtcdPrefix, cfg.Cluster)
+		if err == nil {
+			log.Info("cluster config", "cluster_cidr", cluster, "node_prefix_len", cfg.Cluster.NodePrefixLen, "written_by_us", created)
+		}
+		return err
+	}, isPermanentConfigErr)
+	if err != nil {
+		return err
+	}
+
+	// 4. Underlay: endpoint and MTU.
+	endpoint, underlayMTU, err := Underlay(cfg.Endpoint)
+	if err != nil {
+		return err
+	}
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu = WireGuardMTU(underlayMTU, endpoint)
+	}
+	log.Info("underlay", "endpoint", endpoint, "underlay_mtu", underlayMTU, "mtu", mtu)
+
+	// 5. Device: adopted if it exists (restart), created otherwise.
+	dev, err := wgdev.Ensure(wgdev.Options{Name: cfg.Device, MTU: mtu, Want: wgdev.Mode(cfg.WireGuard), RunDir: cfg.RunDir, Log: log})
+	if err != nil {
+		return err
+	}
+	log.Info("WireGuard device ready", "device", dev.Name, "mode", dev.Mode, "adopted", dev.Adopted, "pid", dev.PID)
+	wg, err := wgctrl.New()
+	if err != nil {
+		return fmt.Errorf("open wgctrl: %w", err)
+	}
+	defer wg.Close()
+	if err := wgdev.Configure(wg, cfg.Device, priv.Key(), cfg.ListenPort); err != nil {
+		return err
+	}
+
+	// 6. PodCIDR lease.
+	self := record.Lease{
+		Node:      cfg.NodeName,
+		PublicKey: priv.Public(),
+		Endpoint:  netip.AddrPortFrom(endpoint, uint16(cfg.ListenPort)),
+		Keepalive: int(cfg.Keepalive / time.Second),
+	}
+	acq := &lease.Acquirer{Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Node: cfg.NodeName, TTL: cfg.LeaseTTL, Log: log}
+	var held lease.Held
+	err = retry(ctx, log, "acquire PodCIDR lease", func(ctx context.Context) error {
+		var err error
+		held, err = acq.Acquire(ctx, self, lease.LoadRemembered(cfg.StateDir))
+		return err
+	}, func(err error) bool { return errors.Is(err, lease.ErrClusterFull) })
+	if err != nil {
+		return err
+	}
+	log.Info("PodCIDR lease held", "cidr", held.CIDR, "key", held.Key, "how", held.How, "lease", fmt.Sprintf("%x", int64(held.LeaseID)))
+	if err := lease.Remember(cfg.StateDir, held.CIDR); err != nil {
+		return err
+	}
+	keeper := lease.NewKeeper(acq, self, held)
+	go keeper.Run(ctx)
+
+	// 7. Bridge with the gateway, then the node file for the plugins.
+	gw := record.Gateway(held.CIDR)
+	if _, err := bridge.Ensure(cfg.Bridge, mtu, toIPNet(netip.PrefixFrom(gw, held.CIDR.Bits()))); err != nil {
+		return fmt.Errorf("ensure bridge: %w", err)
+	}
+	nf := &nodefile.Node{
+		Name: cfg.NodeName, PodCIDR: held.CIDR.String(), Gateway: gw.String(), ClusterCIDR: cluster.String(),
+		MTU: mtu, Bridge: cfg.Bridge, Device: cfg.Device, IPAMDir: filepath.Join(cfg.StateDir, "ipam"),
+	}
+	if written, err := writeNodeFile(cfg.RunDir, nf); err != nil {
+		return err
+	} else if written {
+		log.Info("node file written", "path", nodefile.Path(cfg.RunDir))
+	}
+
+	// 8. Peers and routes.
+	link, err := netlink.LinkByName(cfg.Device)
+	if err != nil {
+		return fmt.Errorf("look up WireGuard device %s: %w", cfg.Device, err)
+	}
+	rec := mesh.New(mesh.Config{
+		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, OwnCIDR: held.CIDR,
+		Gateway: gw, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
+		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck,
+	})
+	err = rec.Run(ctx)
+	if ctx.Err() != nil {
+		log.Info("stopping; device, peers, routes and lease stay in place")
+		return nil
+	}
+	return err
+}
+
+// retry runs f until it succeeds, ctx ends, or permanent(err); each attempt
+// gets its own timeout, and every failure is logged with the next delay.
+func retry(ctx context.Context, log *slog.Logger, what string, f func(context.Context) error, permanent func(error) bool) error {
+	bo := etcdutil.Backoff{Min: 500 * time.Millisecond, Max: 30 * time.Second}
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, opTimeout)
+		err := f(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if permanent(err) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		d := bo.Next()
+		log.Warn(what+" failed (etcd unreachable?); retrying", "attempt", attempt, "err", err, "in", d.Round(time.Millisecond))
+		if !etcdutil.Sleep(ctx, d) {
+			return ctx.Err()
+		}
+	}
+}
+
+func isPermanentConfigErr(err error) bool {
+	var me *lease.MismatchError
+	return errors.As(err, &me) || errors.Is(err, lease.ErrCorruptConfig)
+}
+
+func writeNodeFile(runDir string, n *nodefile.Node) (bool, error) {
+	if cur, err := nodefile.Read(runDir); err == nil && *cur == *n {
+		return false, nil
+	}
+	if err := nodefile.Write(runDir, n); err != nil {
+		return false, fmt.Errorf("write node file: %w", err)
+	}
+	return true, nil
+}
+
+// Cleanup removes what the daemon created: its etcd record (best effort),
+// peer routes, the strict route, the device (and its userspace process),
+// the bridge if no pod uses it, and the node file. The state dir (key,
+// remembered CIDR, IPAM) stays.
+func Cleanup(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	var errs []error
+	if err := deleteOwnRecords(ctx, cfg, log); err != nil {
+		log.Warn("could not delete own etcd record; it expires with its lease", "err", err)
+	}
+	fam := netlink.FAMILY_V4
+	if cfg.Cluster.CIDR.Addr().Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	peers, _, err := route.Ours(fam)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, p := range peers {
+		if err := route.DeletePeer(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := route.RemoveStrict(cfg.Cluster.CIDR); err != nil {
+		errs = append(errs, err)
+	}
+	if err := wgdev.Remove(cfg.RunDir, cfg.Device, log); err != nil {
+		errs = append(errs, err)
+	}
+	if err := removeBridgeIfUnused(cfg.Bridge, log); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.Remove(nodefile.Path(cfg.RunDir)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove node file: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func deleteOwnRecords(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	cli, err := etcdutil.NewClient(etcdutil.ClientOptions{Endpoints: cfg.EtcdEndpoints, CAFile: cfg.EtcdCAFile, CertFile: cfg.EtcdCertFile, KeyFile: cfg.EtcdKeyFile})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	kvs, _, err := etcdutil.List(ctx, cli, record.SubnetsPrefix(cfg.EtcdPrefix))
+	if err != nil {
+		return err
+	}
+	for _, kv := range kvs {
+		l, err := record.DecodeSubnet(cfg.EtcdPrefix, string(kv.Key), kv.Value, cfg.Cluster)
+		if err != nil || l.Node != cfg.NodeName {
+			continue
+		}
+		// Delete only the exact version we read, bound to its lease: never
+		// a record someone else wrote meanwhile.
+		if _, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
+			Then(clientv3.OpDelete(string(kv.Key))).Commit(); err != nil {
+			return fmt.Errorf("delete own record %s: %w", kv.Key, err)
+		}
+		if kv.Lease != 0 {
+			cli.Revoke(ctx, clientv3.LeaseID(kv.Lease))
+		}
+		log.Info("deleted own record", "key", string(kv.Key))
+	}
+	return nil
+}
+
+func removeBridgeIfUnused(name string, log *slog.Logger) error {
+	br, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil // gone already
+	}
+	if _, ok := br.(*netlink.Bridge); !ok {
+		return nil
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		if l.Attrs().MasterIndex == br.Attrs().Index {
+			log.Info("bridge still has ports (pods); leaving it", "bridge", name, "port", l.Attrs().Name)
+			return nil
+		}
+	}
+	if err := netlink.LinkDel(br); err != nil {
+		return fmt.Errorf("delete bridge %s: %w", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,281 @@
+// Package config parses wgcnid's flags and its optional JSON config file
+// (keys are the flag names; the command line wins) and validates the result,
+// naming the flag in every error.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wgcni/wgcni/daemon/record"
+)
+
+// WireGuard modes.
+const (
+	ModeAuto      = "auto"
+	ModeKernel    = "kernel"
+	ModeUserspace = "userspace"
+)
+
+// Config is the daemon's validated configuration.
+type Config struct {
+	EtcdEndpoints  []string
+	EtcdPrefix     string
+	EtcdCAFile     string
+	EtcdCertFile   string
+	EtcdKeyFile    string
+	NodeName       string
+	ClusterCIDR    string
+	NodePrefixLen  int
+	EndpointIP     string // empty: auto-detect
+	ListenPort     int
+	Device         string
+	Bridge         string
+	StateDir       string
+	RunDir         string
+	LeaseTTL       time.Duration
+	Keepalive      time.Duration
+	MTU            int // 0: derive from underlay
+	WireGuard      string
+	ResyncInterval time.Duration
+	LogFormat      string
+	LogLevel       string
+
+	// Derived by Validate.
+	Cluster  record.Cluster
+	Endpoint netip.Addr // zero when auto-detected later
+	Level    slog.Level
+}
+
+// FlagSet registers every flag on a new FlagSet bound to c, with defaults.
+// The list of flags is the contract in contracts.md.
+func FlagSet(name string, c *Config) *flag.FlagSet {
+	host, _ := os.Hostname()
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Func("etcd-endpoints", "comma-separated etcd client URLs (default http://127.0.0.1:2379)", func(s string) error {
+		c.EtcdEndpoints = splitList(s)
+		return nil
+	})
+	c.EtcdEndpoints = []string{"http://127.0.0.1:2379"}
+	fs.StringVar(&c.EtcdPrefix, "etcd-prefix", "/wgcni", "etcd key prefix")
+	fs.StringVar(&c.EtcdCAFile, "etcd-cafile", "", "etcd CA certificate file")
+	fs.StringVar(&c.EtcdCertFile, "etcd-certfile", "", "etcd client certificate file")
+	fs.StringVar(&c.EtcdKeyFile, "etcd-keyfile", "", "etcd client key file")
+	fs.StringVar(&c.NodeName, "node-name", host, "node name: the identity of this node's lease")
+	fs.StringVar(&c.ClusterCIDR, "cluster-cidr", "10.244.0.0/16", "cluster pod CIDR")
+	fs.IntVar(&c.NodePrefixLen, "node-prefix-len", 24, "prefix length of each node's PodCIDR")
+	fs.StringVar(&c.EndpointIP, "endpoint-ip", "", "underlay IP peers send WireGuard traffic to (default: address of the default-route interface)")
+	fs.IntVar(&c.ListenPort, "listen-port", 51820, "WireGuard UDP listen port")
+	fs.StringVar(&c.Device, "device", "wgcni-wg", "WireGuard device name")
+	fs.StringVar(&c.Bridge, "bridge", "wgcni0", "pod bridge name")
+	fs.StringVar(&c.StateDir, "state-dir", "/var/lib/wgcni", "persistent state (private key, remembered PodCIDR, IPAM)")
+	fs.StringVar(&c.RunDir, "run-dir", "/run/wgcni", "runtime dir (node file, userspace device pid files)")
+	fs.DurationVar(&c.LeaseTTL, "lease-ttl", time.Hour, "etcd lease TTL of this node's PodCIDR record")
+	fs.DurationVar(&c.Keepalive, "keepalive", 0, "WireGuard persistent keepalive peers should use towards this node (0 = off)")
+	fs.IntVar(&c.MTU, "mtu", 0, "pod and WireGuard MTU (0 = underlay MTU - 60 for IPv4, - 80 for IPv6)")
+	fs.StringVar(&c.WireGuard, "wireguard", ModeAuto, "WireGuard implementation: auto, kernel or userspace")
+	fs.DurationVar(&c.ResyncInterval, "resync-interval", time.Minute, "how often the device and routes are re-checked against the desired state")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	return fs
+}
+
+// Parse parses args (after the subcommand), applies --config FILE for flags
+// not given on the command line, and validates. Errors name the flag.
+func Parse(name string, args []string, stderr io.Writer) (*Config, error) {
+	c := &Config{}
+	fs := FlagSet(name, c)
+	var file string
+	fs.StringVar(&file, "config", "", "JSON config file; keys are flag names, the command line wins")
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if file != "" {
+		if err := applyFile(fs, file); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// applyFile sets every flag named in the JSON file that was not set on the
+// command line.
+func applyFile(fs *flag.FlagSet, path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--config: %w", err)
+	}
+	var m map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	if err := dec.Decode(&m); err != nil {
+		return fmt.Errorf("--config %s: not a JSON object: %w", path, err)
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for k, raw := range m {
+		f := fs.Lookup(k)
+		if f == nil || k == "config" {
+			return fmt.Errorf("--config %s: unknown key %q", path, k)
+		}
+		if set[k] {
+			continue
+		}
+		v, err := rawToFlagString(raw)
+		if err != nil {
+			return fmt.Errorf("--config %s: key %q: %w", path, k, err)
+		}
+		if err := fs.Set(k, v); err != nil {
+			return fmt.Errorf("--config %s: key %q: %w", path, k, err)
+		}
+	}
+	return nil
+}
+
+// rawToFlagString accepts strings, numbers, booleans and (for list flags)
+// arrays of strings.
+func rawToFlagString(raw json.RawMessage) (string, error) {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s, nil
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) == nil {
+		return n.String(), nil
+	}
+	var b bool
+	if json.Unmarshal(raw, &b) == nil {
+		return strconv.FormatBool(b), nil
+	}
+	var l []string
+	if json.Unmarshal(raw, &l) == nil {
+		return strings.Join(l, ","), nil
+	}
+	return "", errors.New("want a string, number, boolean or list of strings")
+}
+
+// Validate checks every field, naming the flag at fault, and fills the
+// derived fields.
+func (c *Config) Validate() error {
+	if len(c.EtcdEndpoints) == 0 {
+		return errors.New("--etcd-endpoints: empty")
+	}
+	for _, e := range c.EtcdEndpoints {
+		if !strings.HasPrefix(e, "http://") && !strings.HasPrefix(e, "https://") && !strings.HasPrefix(e, "unix://") {
+			return fmt.Errorf("--etcd-endpoints: %q is not an http://, https:// or unix:// URL", e)
+		}
+	}
+	if !strings.HasPrefix(c.EtcdPrefix, "/") || strings.TrimRight(c.EtcdPrefix, "/") == "" {
+		return fmt.Errorf("--etcd-prefix: %q must start with / and not be /", c.EtcdPrefix)
+	}
+	if (c.EtcdCertFile == "") != (c.EtcdKeyFile == "") {
+		return errors.New("--etcd-certfile and --etcd-keyfile must be given together")
+	}
+	if err := record.ValidNodeName(c.NodeName); err != nil {
+		return fmt.Errorf("--node-name: %w", err)
+	}
+	cl, err := record.NewCluster(c.ClusterCIDR, c.NodePrefixLen)
+	if err != nil {
+		return fmt.Errorf("--cluster-cidr/--node-prefix-len: %w", err)
+	}
+	c.Cluster = cl
+	if c.EndpointIP != "" {
+		a, err := netip.ParseAddr(c.EndpointIP)
+		if err != nil || a.IsUnspecified() || a.IsMulticast() || a.Zone() != "" {
+			return fmt.Errorf("--endpoint-ip: %q is not a unicast IP address", c.EndpointIP)
+		}
+		if cl.CIDR.Contains(a) {
+			return fmt.Errorf("--endpoint-ip: %s lies inside --cluster-cidr %s; the underlay must be outside the pod network", a, cl.CIDR)
+		}
+		c.Endpoint = a.Unmap()
+	}
+	if c.ListenPort < 1 || c.ListenPort > 65535 {
+		return fmt.Errorf("--listen-port: %d is out of range 1..65535", c.ListenPort)
+	}
+	if err := validIfName(c.Device); err != nil {
+		return fmt.Errorf("--device: %w", err)
+	}
+	if err := validIfName(c.Bridge); err != nil {
+		return fmt.Errorf("--bridge: %w", err)
+	}
+	if c.Device == c.Bridge {
+		return fmt.Errorf("--device and --bridge are both %q", c.Device)
+	}
+	if c.StateDir == "" {
+		return errors.New("--state-dir: empty")
+	}
+	if c.RunDir == "" {
+		return errors.New("--run-dir: empty")
+	}
+	// etcd's minimum TTL is a few seconds; below that leases churn.
+	if c.LeaseTTL < 2*time.Second {
+		return fmt.Errorf("--lease-ttl: %s is shorter than 2s", c.LeaseTTL)
+	}
+	if c.Keepalive < 0 || c.Keepalive > 65535*time.Second || c.Keepalive%time.Second != 0 {
+		return fmt.Errorf("--keepalive: %s must be whole seconds in 0..65535s", c.Keepalive)
+	}
+	if c.MTU != 0 && (c.MTU < 1280 || c.MTU > 65535) {
+		return fmt.Errorf("--mtu: %d is out of range 1280..65535 (0 = derive from underlay)", c.MTU)
+	}
+	switch c.WireGuard {
+	case ModeAuto, ModeKernel, ModeUserspace:
+	default:
+		return fmt.Errorf("--wireguard: %q is not auto, kernel or userspace", c.WireGuard)
+	}
+	if c.ResyncInterval < time.Second {
+		return fmt.Errorf("--resync-interval: %s is shorter than 1s", c.ResyncInterval)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("--log-format: %q is not text or json", c.LogFormat)
+	}
+	if err := c.Level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return fmt.Errorf("--log-level: %q is not debug, info, warn or error", c.LogLevel)
+	}
+	return nil
+}
+
+// NewLogger builds the slog logger the flags ask for.
+func (c *Config) NewLogger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.Level}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func validIfName(s string) error {
+	if s == "" || len(s) > 15 {
+		return fmt.Errorf("%q must be 1..15 characters", s)
+	}
+	if strings.ContainsAny(s, "/: \t\n") || s == "." || s == ".." {
+		return fmt.Errorf("%q is not a valid interface name", s)
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,156 @@
+package mesh
+
+import (
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgcni/wgcni/daemon/route"
+)
+
+// Peer is the desired state for one other node: a WireGuard peer whose
+// AllowedIPs are exactly its PodCIDR, and a route to that PodCIDR.
+type Peer struct {
+	CIDR      netip.Prefix
+	Node      string
+	PublicKey wgtypes.Key
+	Endpoint  netip.AddrPort
+	Keepalive int // seconds, 0 = off
+}
+
+// Plan is what must change on the device and in the routing table. Apply
+// order: route deletions, then peer changes, then route additions, so
+// traffic is never routed into the tunnel for a peer that is not there.
+type Plan struct {
+	RouteDel []route.Peer
+	Peers    []wgtypes.PeerConfig
+	RouteAdd []route.Peer
+}
+
+// Empty reports whether nothing needs to change.
+func (p Plan) Empty() bool { return len(p.RouteDel)+len(p.Peers)+len(p.RouteAdd) == 0 }
+
+func (p Peer) config() wgtypes.PeerConfig {
+	ka := time.Duration(p.Keepalive) * time.Second
+	return wgtypes.PeerConfig{
+		PublicKey:                   p.PublicKey,
+		Endpoint:                    net.UDPAddrFromAddrPort(p.Endpoint),
+		PersistentKeepaliveInterval: &ka,
+		ReplaceAllowedIPs:           true,
+		AllowedIPs:                  []net.IPNet{toIPNet(p.CIDR)},
+	}
+}
+
+func (p Peer) route(link int, src netip.Addr) route.Peer {
+	return route.Peer{Dst: p.CIDR, LinkIndex: link, Src: src}
+}
+
+func toIPNet(p netip.Prefix) net.IPNet {
+	return net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// matches reports whether the device's peer is exactly as desired.
+func matches(have wgtypes.Peer, want Peer) bool {
+	if len(have.AllowedIPs) != 1 {
+		return false
+	}
+	a := have.AllowedIPs[0]
+	ones, _ := a.Mask.Size()
+	ip, ok := netip.AddrFromSlice(a.IP)
+	if !ok || netip.PrefixFrom(ip.Unmap(), ones) != want.CIDR {
+		return false
+	}
+	if have.Endpoint == nil || have.Endpoint.AddrPort() != want.Endpoint && unmapAP(have.Endpoint.AddrPort()) != want.Endpoint {
+		return false
+	}
+	return have.PersistentKeepaliveInterval == time.Duration(want.Keepalive)*time.Second
+}
+
+func unmapAP(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// Diff compares the desired peers with the device's peers and our routes
+// (as listed by route.Ours) and returns the changes. Used for the full
+// resync; per-event changes use DiffOne.
+func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.Prefix]route.Peer, link int, src netip.Addr) Plan {
+	var plan Plan
+	byKey := make(map[wgtypes.Key]Peer, len(desired))
+	for _, d := range desired {
+		byKey[d.PublicKey] = d
+	}
+	seen := make(map[wgtypes.Key]bool, len(have))
+	for _, h := range have {
+		seen[h.PublicKey] = true
+		d, ok := byKey[h.PublicKey]
+		switch {
+		case !ok:
+			plan.Peers = append(plan.Peers, wgtypes.PeerConfig{PublicKey: h.PublicKey, Remove: true})
+		case !matches(h, d):
+			plan.Peers = append(plan.Peers, d.config())
+		}
+	}
+	for _, d := range sortedPeers(desired) {
+		if !seen[d.PublicKey] {
+			plan.Peers = append(plan.Peers, d.config())
+		}
+		want := d.route(link, src)
+		if r, ok := routes[d.CIDR]; !ok || r != want {
+			plan.RouteAdd = append(plan.RouteAdd, want)
+		}
+	}
+	for _, dst := range sortedKeys(routes) {
+		if _, ok := desired[dst]; !ok {
+			plan.RouteDel = append(plan.RouteDel, routes[dst])
+		}
+	}
+	return plan
+}
+
+// DiffOne is the incremental form for one PodCIDR: have is what was last
+// applied for it (nil if nothing), want what should be there (nil if the
+// peer must go). A changed key removes the old peer, since WireGuard
+// identifies peers by key and a stale one would keep the old AllowedIPs.
+func DiffOne(have, want *Peer, link int, src netip.Addr) Plan {
+	var plan Plan
+	switch {
+	case have == nil && want == nil:
+	case want == nil:
+		plan.RouteDel = append(plan.RouteDel, have.route(link, src))
+		plan.Peers = append(plan.Peers, wgtypes.PeerConfig{PublicKey: have.PublicKey, Remove: true})
+	case have == nil:
+		plan.Peers = append(plan.Peers, want.config())
+		plan.RouteAdd = append(plan.RouteAdd, want.route(link, src))
+	case *have == *want:
+	default:
+		if have.PublicKey != want.PublicKey {
+			plan.Peers = append(plan.Peers, wgtypes.PeerConfig{PublicKey: have.PublicKey, Remove: true})
+		}
+		plan.Peers = append(plan.Peers, want.config())
+		// The route does not depend on the peer; replacing it is cheap
+		// and repairs it if someone removed it.
+		plan.RouteAdd = append(plan.RouteAdd, want.route(link, src))
+	}
+	return plan
+}
+
+func sortedPeers(m map[netip.Prefix]Peer) []Peer {
+	out := make([]Peer, 0, len(m))
+	for _, p := range m {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b Peer) int { return a.CIDR.Addr().Compare(b.CIDR.Addr()) })
+	return out
+}
+
+func sortedKeys[V any](m map[netip.Prefix]V) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	return out
+}

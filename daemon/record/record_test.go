@@ -1,0 +1,137 @@
+package record
+
+import (
+	"encoding/base64"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+var testCluster = Cluster{CIDR: netip.MustParsePrefix("10.244.0.0/16"), NodePrefixLen: 24}
+
+const testKey = "nH4tzAkJ3bx6Ed1w/kTDMCcz3jJ2Y4Zj1Pv8A1GQHz8="
+
+func TestDecodeSubnetGood(t *testing.T) {
+	key := "/wgcni/subnets/10.244.3.0-24"
+	v := `{"node":"n1","publicKey":"` + testKey + `","endpoint":"10.99.0.1","port":51820,"keepalive":25,"future":1}`
+	l, err := DecodeSubnet("/wgcni", key, []byte(v), testCluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.CIDR != netip.MustParsePrefix("10.244.3.0/24") || l.Node != "n1" || l.Endpoint.String() != "10.99.0.1:51820" || l.Keepalive != 25 {
+		t.Fatalf("decoded %+v", l)
+	}
+	// Round trip through Encode.
+	l2, err := DecodeSubnet("/wgcni", SubnetKey("/wgcni", l.CIDR), l.Encode(), testCluster)
+	if err != nil || l2 != l {
+		t.Fatalf("round trip: %+v %v", l2, err)
+	}
+	if g := Gateway(l.CIDR); g.String() != "10.244.3.1" {
+		t.Fatalf("gateway %s", g)
+	}
+}
+
+func TestDecodeSubnetBad(t *testing.T) {
+	good := `{"node":"n1","publicKey":"` + testKey + `","endpoint":"10.99.0.1","port":51820}`
+	cases := []struct {
+		name, key, value, want string
+	}{
+		{"bad json", "/wgcni/subnets/10.244.3.0-24", `{"node":`, "decode"},
+		{"trailing", "/wgcni/subnets/10.244.3.0-24", good + "}", "trailing"},
+		{"outside cluster", "/wgcni/subnets/10.245.3.0-24", good, "outside cluster CIDR"},
+		{"wrong len", "/wgcni/subnets/10.244.2.0-23", good, "node prefix length"},
+		{"host bits", "/wgcni/subnets/10.244.3.7-24", good, "host bits"},
+		{"no dash", "/wgcni/subnets/10.244.3.0", good, "<ip>-<prefixlen>"},
+		{"bad ip", "/wgcni/subnets/10.244.x.0-24", good, "bad address"},
+		{"bad len", "/wgcni/subnets/10.244.3.0-024", good, "bad prefix length"},
+		{"other prefix", "/other/subnets/10.244.3.0-24", good, "not under"},
+		{"no node", "/wgcni/subnets/10.244.3.0-24", `{"publicKey":"` + testKey + `","endpoint":"10.99.0.1","port":1}`, "field node"},
+		{"bad node", "/wgcni/subnets/10.244.3.0-24", `{"node":"a b","publicKey":"` + testKey + `","endpoint":"10.99.0.1","port":1}`, "field node"},
+		{"bad key", "/wgcni/subnets/10.244.3.0-24", `{"node":"n","publicKey":"abc","endpoint":"10.99.0.1","port":1}`, "field publicKey"},
+		{"short key", "/wgcni/subnets/10.244.3.0-24", `{"node":"n","publicKey":"` + base64.StdEncoding.EncodeToString(make([]byte, 16)) + `","endpoint":"10.99.0.1","port":1}`, "want 32"},
+		{"zero key", "/wgcni/subnets/10.244.3.0-24", `{"node":"n","publicKey":"` + base64.StdEncoding.EncodeToString(make([]byte, 32)) + `","endpoint":"10.99.0.1","port":1}`, "all-zero"},
+		{"bad endpoint", "/wgcni/subnets/10.244.3.0-24", `{"node":"n","publicKey":"` + testKey + `","endpoint":"host","port":1}`, "field endpoint"},
+		{"zero endpoint", "/wgcni/subnets/10.244.3.0-24", `{"node":"n","publicKey":"` + testKey + `","endpoint":"0.0.0.0","port":1}`, "field endpoint"},
+		{"endpoint in cluster", "/wgcni/subnets/10.244.3.0-24", `{"node":"n","publicKey":"` + testKey + `","endpoint":"10.244.9.9","port":1}`, "inside cluster CIDR"},
+		{"bad port", "/wgcni/subnets/10.244.3.0-24", `{"node":"n","publicKey":"` + testKey + `","endpoint":"10.99.0.1","port":70000}`, "field port"},
+		{"neg keepalive", "/wgcni/subnets/10.244.3.0-24", `{"node":"n","publicKey":"` + testKey + `","endpoint":"10.99.0.1","port":1,"keepalive":-1}`, "field keepalive"},
+		{"wrong type", "/wgcni/subnets/10.244.3.0-24", `{"node":1}`, "decode"},
+		{"oversized", "/wgcni/subnets/10.244.3.0-24", `{"node":"` + strings.Repeat("a", MaxValueSize) + `"}`, "exceeds"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := DecodeSubnet("/wgcni", c.key, []byte(c.value), testCluster)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), c.key) {
+				t.Fatalf("error %q does not name %q and the key", err, c.want)
+			}
+		})
+	}
+}
+
+func TestNewCluster(t *testing.T) {
+	for _, c := range []struct {
+		cidr string
+		n    int
+		ok   bool
+	}{
+		{"10.244.0.0/16", 24, true},
+		{"fd00::/48", 64, true},
+		{"10.244.0.0/16", 16, false},
+		{"10.244.0.0/16", 31, false},
+		{"10.244.0.1/16", 24, false},
+		{"10.0.0.0/8", 30, false},
+		{"bogus", 24, false},
+	} {
+		_, err := NewCluster(c.cidr, c.n)
+		if (err == nil) != c.ok {
+			t.Errorf("NewCluster(%s, %d) = %v", c.cidr, c.n, err)
+		}
+	}
+}
+
+func TestDecodeConfig(t *testing.T) {
+	c, err := DecodeConfig("/wgcni/config", EncodeConfig(testCluster))
+	if err != nil || c != testCluster {
+		t.Fatalf("%v %v", c, err)
+	}
+	if _, err := DecodeConfig("/wgcni/config", []byte(`{"clusterCIDR":16}`)); err == nil || !strings.Contains(err.Error(), "/wgcni/config") {
+		t.Fatalf("wrong-typed config accepted or unnamed: %v", err)
+	}
+}
+
+func FuzzDecodeSubnet(f *testing.F) {
+	f.Add("/wgcni/subnets/10.244.3.0-24", []byte(`{"node":"n1","publicKey":"`+testKey+`","endpoint":"10.99.0.1","port":51820}`))
+	f.Add("/wgcni/subnets/fd00::-64", []byte(`{}`))
+	f.Add("/wgcni/subnets/10.244.3.0-24", []byte(`null`))
+	f.Fuzz(func(t *testing.T, key string, value []byte) {
+		l, err := DecodeSubnet("/wgcni", key, value, testCluster)
+		if err != nil {
+			return
+		}
+		// Anything accepted must be a node CIDR of the cluster and survive
+		// a round trip unchanged.
+		if l.CIDR.Bits() != 24 || !testCluster.CIDR.Contains(l.CIDR.Addr()) || l.CIDR.Masked() != l.CIDR {
+			t.Fatalf("accepted CIDR %s", l.CIDR)
+		}
+		l2, err := DecodeSubnet("/wgcni", SubnetKey("/wgcni", l.CIDR), l.Encode(), testCluster)
+		if err != nil || l2 != l {
+			t.Fatalf("round trip of %+v: %+v, %v", l, l2, err)
+		}
+	})
+}
+
+func FuzzDecodeConfig(f *testing.F) {
+	f.Add([]byte(`{"clusterCIDR":"10.244.0.0/16","nodePrefixLen":24}`))
+	f.Fuzz(func(t *testing.T, value []byte) {
+		c, err := DecodeConfig("/wgcni/config", value)
+		if err != nil {
+			return
+		}
+		if _, err := NewCluster(c.CIDR.String(), c.NodePrefixLen); err != nil {
+			t.Fatalf("accepted invalid %v: %v", c, err)
+		}
+	})
+}

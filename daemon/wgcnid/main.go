@@ -1,0 +1,51 @@
+// Command wgcnid is the wgcni node daemon. See daemon/agent for what it
+// does; this file only dispatches subcommands.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/wgcni/wgcni/daemon/agent"
+	"github.com/wgcni/wgcni/daemon/config"
+	"github.com/wgcni/wgcni/daemon/wgdev"
+)
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	cmd := "run"
+	if len(args) > 0 && (args[0] == "cleanup" || args[0] == "userspace-device") {
+		cmd, args = args[0], args[1:]
+	}
+	if cmd == "userspace-device" {
+		return wgdev.RunHost(args, os.Stderr)
+	}
+	cfg, err := config.Parse("wgcnid "+cmd, args, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "wgcnid: %v\n", err)
+		return 2
+	}
+	log := cfg.NewLogger(os.Stderr).With("node", cfg.NodeName)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	switch cmd {
+	case "cleanup":
+		err = agent.Cleanup(ctx, cfg, log)
+	default:
+		err = agent.Run(ctx, cfg, log)
+	}
+	if err != nil {
+		log.Error("wgcnid failed", "cmd", cmd, "err", err)
+		return 1
+	}
+	return 0
+}

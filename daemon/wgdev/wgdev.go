@@ -1,0 +1,242 @@
+// Package wgdev provides the node's WireGuard device in either flavour —
+// kernel WireGuard (netlink link type "wireguard") or userspace WireGuard
+// (golang.zx2c4.com/wireguard in a detached helper process) — behind one
+// interface: both are configured and read through wgctrl. An existing
+// device is always adopted, never deleted and recreated, so a daemon
+// restart does not drop a packet.
+package wgdev
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Mode is the WireGuard implementation behind a device.
+type Mode string
+
+// Implementations, and "auto" (kernel if the kernel has it, else userspace).
+const (
+	Auto      Mode = "auto"
+	Kernel    Mode = "kernel"
+	Userspace Mode = "userspace"
+)
+
+// SocketDir is where userspace WireGuard puts its UAPI sockets (fixed by
+// wireguard-go and wgctrl); it is shared by all network namespaces.
+const SocketDir = "/var/run/wireguard"
+
+// SocketPath returns the UAPI socket of a userspace device.
+func SocketPath(name string) string { return filepath.Join(SocketDir, name+".sock") }
+
+// PIDFile returns the pid file of the process hosting userspace device name.
+func PIDFile(runDir, name string) string { return filepath.Join(runDir, name+".pid") }
+
+// Options says which device to ensure.
+type Options struct {
+	Name   string
+	MTU    int
+	Want   Mode
+	RunDir string // pid and log files of the userspace host process
+	// Exe and Args run the userspace host process: Exe Args... --name N
+	// --mtu M --run-dir D. Default: /proc/self/exe userspace-device.
+	Exe  string
+	Args []string
+	Env  []string // extra environment for the host process
+	Log  *slog.Logger
+}
+
+// Device is an ensured WireGuard device.
+type Device struct {
+	Name    string
+	Index   int
+	Mode    Mode
+	Adopted bool // it existed before Ensure
+	PID     int  // userspace host process, 0 for kernel devices
+}
+
+// ErrKernelUnavailable means the kernel cannot create WireGuard links
+// (no module, or not permitted).
+var ErrKernelUnavailable = errors.New("kernel WireGuard is not available")
+
+// Ensure returns the device named o.Name, adopting it if it exists and
+// creating it otherwise, then sets its MTU and brings it up.
+func Ensure(o Options) (*Device, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	d, err := adopt(o)
+	if err != nil {
+		return nil, err
+	}
+	if d == nil {
+		d, err = create(o)
+		if err != nil {
+			return nil, err
+		}
+	}
+	link, err := netlink.LinkByName(o.Name)
+	if err != nil {
+		return nil, fmt.Errorf("look up WireGuard device %s: %w", o.Name, err)
+	}
+	d.Index = link.Attrs().Index
+	if o.MTU > 0 && link.Attrs().MTU != o.MTU {
+		if err := netlink.LinkSetMTU(link, o.MTU); err != nil {
+			return nil, fmt.Errorf("set MTU %d on WireGuard device %s: %w", o.MTU, o.Name, err)
+		}
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(link); err != nil {
+			return nil, fmt.Errorf("set WireGuard device %s up: %w", o.Name, err)
+		}
+	}
+	return d, nil
+}
+
+// adopt returns the existing device, or nil if there is none.
+func adopt(o Options) (*Device, error) {
+	link, err := netlink.LinkByName(o.Name)
+	var nf netlink.LinkNotFoundError
+	if errors.As(err, &nf) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up WireGuard device %s: %w", o.Name, err)
+	}
+	switch link.Type() {
+	case "wireguard":
+		if o.Want == Userspace {
+			o.Log.Warn("adopting existing kernel WireGuard device although --wireguard=userspace; delete it (wgcnid cleanup) to switch", "device", o.Name)
+		}
+		return &Device{Name: o.Name, Mode: Kernel, Adopted: true}, nil
+	case "tuntap", "tun":
+		if o.Want == Kernel {
+			o.Log.Warn("adopting existing userspace WireGuard device although --wireguard=kernel; delete it (wgcnid cleanup) to switch", "device", o.Name)
+		}
+		// A TUN lives only as long as its process holds it, so a TUN with
+		// our name is either our host process or something foreign.
+		if err := probeUserspace(o.Name); err != nil {
+			return nil, fmt.Errorf("device %s exists as a TUN device but is not a working userspace WireGuard device: %w", o.Name, err)
+		}
+		pid, _ := readPID(PIDFile(o.RunDir, o.Name))
+		return &Device{Name: o.Name, Mode: Userspace, Adopted: true, PID: pid}, nil
+	default:
+		return nil, fmt.Errorf("interface %s exists but is a %s device, not WireGuard; choose another --device", o.Name, link.Type())
+	}
+}
+
+func create(o Options) (*Device, error) {
+	switch o.Want {
+	case Kernel:
+		if err := createKernel(o.Name, o.MTU); err != nil {
+			return nil, err
+		}
+		return &Device{Name: o.Name, Mode: Kernel}, nil
+	case Userspace:
+		return createUserspace(o)
+	case Auto, "":
+		err := createKernel(o.Name, o.MTU)
+		if err == nil {
+			return &Device{Name: o.Name, Mode: Kernel}, nil
+		}
+		if !errors.Is(err, ErrKernelUnavailable) {
+			return nil, err
+		}
+		o.Log.Info("kernel WireGuard unavailable; using userspace WireGuard", "device", o.Name, "reason", err)
+		return createUserspace(o)
+	default:
+		return nil, fmt.Errorf("unknown WireGuard mode %q", o.Want)
+	}
+}
+
+// kernelLink is the netlink request for a kernel WireGuard device.
+func kernelLink(name string, mtu int) *netlink.Wireguard {
+	la := netlink.NewLinkAttrs()
+	la.Name = name
+	if mtu > 0 {
+		la.MTU = mtu
+	}
+	return &netlink.Wireguard{LinkAttrs: la}
+}
+
+func createKernel(name string, mtu int) error {
+	err := netlink.LinkAdd(kernelLink(name, mtu))
+	if err == nil || errors.Is(err, syscall.EEXIST) {
+		return nil
+	}
+	return classifyKernelErr(name, err)
+}
+
+// classifyKernelErr turns the errors a kernel without WireGuard returns
+// into ErrKernelUnavailable, so auto mode can fall back.
+func classifyKernelErr(name string, err error) error {
+	// EOPNOTSUPP: rtnetlink has no "wireguard" link kind (module absent and
+	// not auto-loadable). EPERM/EACCES: not allowed to create links here.
+	if errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.ENOTSUP) || errors.Is(err, syscall.EPERM) ||
+		errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EAFNOSUPPORT) {
+		return fmt.Errorf("%w: create link %s of type wireguard: %w (is the wireguard kernel module loaded? use --wireguard=userspace or auto)", ErrKernelUnavailable, name, err)
+	}
+	return fmt.Errorf("create kernel WireGuard device %s: %w", name, err)
+}
+
+// Configure sets the private key and listen port, changing only what
+// differs: re-setting listen_port makes userspace WireGuard rebind its
+// socket, which would drop packets on every daemon restart.
+func Configure(wg *wgctrl.Client, name string, key wgtypes.Key, port int) error {
+	dev, err := wg.Device(name)
+	if err != nil {
+		return fmt.Errorf("read WireGuard device %s: %w", name, err)
+	}
+	var cfg wgtypes.Config
+	changed := false
+	if dev.PrivateKey != key {
+		cfg.PrivateKey = &key
+		changed = true
+	}
+	if dev.ListenPort != port {
+		cfg.ListenPort = &port
+		changed = true
+	}
+	if !changed {
+		return nil
+	}
+	if err := wg.ConfigureDevice(name, cfg); err != nil {
+		return fmt.Errorf("set key/listen port %d on WireGuard device %s: %w", port, name, err)
+	}
+	return nil
+}
+
+// Remove deletes the device: the userspace host process is stopped (which
+// removes its TUN and socket), a kernel link is deleted. Missing is fine.
+func Remove(runDir, name string, log *slog.Logger) error {
+	var errs []error
+	pidFile := PIDFile(runDir, name)
+	if pid, err := readPID(pidFile); err == nil {
+		if err := stopHost(pid, name); err != nil {
+			errs = append(errs, err)
+		} else {
+			log.Info("stopped userspace WireGuard process", "device", name, "pid", pid)
+		}
+	}
+	if err := os.Remove(pidFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove pid file: %w", err))
+	}
+	if link, err := netlink.LinkByName(name); err == nil {
+		if link.Type() == "wireguard" || link.Type() == "tuntap" || link.Type() == "tun" {
+			if err := netlink.LinkDel(link); err != nil {
+				errs = append(errs, fmt.Errorf("delete WireGuard device %s: %w", name, err))
+			}
+		} else {
+			errs = append(errs, fmt.Errorf("interface %s is a %s device, not ours; left in place", name, link.Type()))
+		}
+	}
+	return errors.Join(errs...)
+}

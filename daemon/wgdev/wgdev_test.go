@@ -1,0 +1,221 @@
+package wgdev
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgcni/wgcni/daemon/internal/netnstest"
+)
+
+const hostEnv = "WGD_WGDEV_TEST_HOST"
+
+// TestMain lets the test binary double as the userspace host process.
+func TestMain(m *testing.M) {
+	if os.Getenv(hostEnv) == "1" && len(os.Args) > 1 && os.Args[1] == "userspace-device" {
+		os.Exit(RunHost(os.Args[2:], os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+func testOptions(t *testing.T, name string, want Mode) Options {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Options{
+		Name: name, MTU: 1420, Want: want, RunDir: t.TempDir(),
+		Exe: exe, Args: []string{"userspace-device"}, Env: []string{hostEnv + "=1"},
+		Log: slog.New(slog.DiscardHandler),
+	}
+}
+
+func TestKernelLinkRequest(t *testing.T) {
+	l := kernelLink("wgd-k0", 1420)
+	if l.Type() != "wireguard" || l.Attrs().Name != "wgd-k0" || l.Attrs().MTU != 1420 {
+		t.Fatalf("request %s %+v", l.Type(), l.Attrs())
+	}
+	if kernelLink("x", 0).Attrs().MTU != 0 {
+		t.Fatal("MTU 0 must leave the kernel default")
+	}
+}
+
+func TestClassifyKernelErr(t *testing.T) {
+	err := classifyKernelErr("wgd-k0", syscall.EOPNOTSUPP)
+	if !errors.Is(err, ErrKernelUnavailable) || !errors.Is(err, syscall.EOPNOTSUPP) || !strings.Contains(err.Error(), "wireguard kernel module") || !strings.Contains(err.Error(), "wgd-k0") {
+		t.Fatalf("EOPNOTSUPP: %v", err)
+	}
+	if err := classifyKernelErr("wgd-k0", syscall.EINVAL); errors.Is(err, ErrKernelUnavailable) {
+		t.Fatalf("EINVAL must not trigger fallback: %v", err)
+	}
+}
+
+func kernelHasWireGuard() bool {
+	_, err := os.Stat("/sys/module/wireguard")
+	return err == nil
+}
+
+func TestKernelModeFailsClearly(t *testing.T) {
+	n, _ := netnstest.New(t, "wgd")
+	if kernelHasWireGuard() {
+		t.Skip("this kernel has WireGuard; the failure path cannot be observed")
+	}
+	o := testOptions(t, "wgd-k1", Kernel)
+	err := n.Do(func(ns.NetNS) error {
+		_, err := Ensure(o)
+		if _, lerr := netlink.LinkByName("wgd-k1"); lerr == nil {
+			return fmt.Errorf("a link was left behind")
+		}
+		return err
+	})
+	if !errors.Is(err, ErrKernelUnavailable) || !strings.Contains(err.Error(), "wireguard kernel module") {
+		t.Fatalf("kernel mode without module: %v", err)
+	}
+	t.Logf("kernel mode error: %v", err)
+}
+
+func TestAutoFallsBackToUserspaceAndIsAdopted(t *testing.T) {
+	n, _ := netnstest.New(t, "wgd")
+	const name = "wgd-u1"
+	o := testOptions(t, name, Auto)
+	t.Cleanup(func() { n.Do(func(ns.NetNS) error { return Remove(o.RunDir, name, o.Log) }) })
+	key, _ := wgtypes.GeneratePrivateKey()
+	var first *Device
+	err := n.Do(func(ns.NetNS) error {
+		d, err := Ensure(o)
+		if err != nil {
+			return err
+		}
+		first = d
+		wantMode := Userspace
+		if kernelHasWireGuard() {
+			wantMode = Kernel
+		}
+		if d.Mode != wantMode || d.Adopted {
+			return fmt.Errorf("got %+v, want new %s device", d, wantMode)
+		}
+		link, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		if link.Attrs().MTU != 1420 || link.Attrs().Flags&net.FlagUp == 0 {
+			return fmt.Errorf("link MTU %d flags %v", link.Attrs().MTU, link.Attrs().Flags)
+		}
+		wg, err := wgctrl.New()
+		if err != nil {
+			return err
+		}
+		defer wg.Close()
+		if err := Configure(wg, name, key, 51999); err != nil {
+			return err
+		}
+		dev, err := wg.Device(name)
+		if err != nil {
+			return err
+		}
+		if dev.PrivateKey != key || dev.ListenPort != 51999 {
+			return fmt.Errorf("device not configured: port %d", dev.ListenPort)
+		}
+		if d.Mode == Userspace && dev.Type != wgtypes.Userspace {
+			return fmt.Errorf("wgctrl sees type %v", dev.Type)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Mode != Userspace {
+		return
+	}
+	// The host runs in its own session so it outlives the daemon.
+	if sid, _ := unix.Getsid(first.PID); sid != first.PID {
+		t.Fatalf("host process %d is in session %d, want its own", first.PID, sid)
+	}
+	if pid, err := readPID(PIDFile(o.RunDir, name)); err != nil || pid != first.PID {
+		t.Fatalf("pid file: %d %v", pid, err)
+	}
+	// A second Ensure (a restarted daemon) adopts the same process.
+	err = n.Do(func(ns.NetNS) error {
+		d, err := Ensure(o)
+		if err != nil {
+			return err
+		}
+		if !d.Adopted || d.PID != first.PID || d.Mode != Userspace {
+			return fmt.Errorf("second Ensure: %+v", d)
+		}
+		wg, _ := wgctrl.New()
+		defer wg.Close()
+		// Unchanged config: Configure must be a no-op (no rebind).
+		return Configure(wg, name, key, 51999)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Remove stops the process and the device disappears with it.
+	err = n.Do(func(ns.NetNS) error {
+		if err := Remove(o.RunDir, name, o.Log); err != nil {
+			return err
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			_, lerr := netlink.LinkByName(name)
+			_, serr := os.Stat(SocketPath(name))
+			if lerr != nil && serr != nil {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("after Remove: link err %v, socket err %v", lerr, serr)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join("/proc", fmt.Sprint(first.PID), "cmdline")); err == nil {
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", first.PID))
+		if !isZombie(string(st)) {
+			t.Fatalf("host process %d still running", first.PID)
+		}
+	}
+}
+
+func TestForeignInterfaceRefused(t *testing.T) {
+	n, _ := netnstest.New(t, "wgd")
+	o := testOptions(t, "wgd-f1", Auto)
+	err := n.Do(func(ns.NetNS) error {
+		la := netlink.NewLinkAttrs()
+		la.Name = "wgd-f1"
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
+			return err
+		}
+		_, err := Ensure(o)
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "bridge") || !strings.Contains(err.Error(), "wgd-f1") {
+		t.Fatalf("foreign interface: %v", err)
+	}
+}
+
+func TestHostFailsReportsReason(t *testing.T) {
+	n, _ := netnstest.New(t, "wgd")
+	o := testOptions(t, "wgd-name-too-long-for-linux", Userspace)
+	err := n.Do(func(ns.NetNS) error { _, err := Ensure(o); return err })
+	if err == nil || !strings.Contains(err.Error(), "did not start") {
+		t.Fatalf("bad name: %v", err)
+	}
+	t.Logf("host failure: %v", err)
+}
