@@ -5,6 +5,7 @@
 package bridge
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net"
@@ -58,6 +59,10 @@ func ensureLink(name string, mtu int) (*netlink.Bridge, error) {
 		la.MTU = mtu
 	}
 	la.TxQLen = -1
+	// A bridge without an explicit address takes the lowest MAC of its
+	// ports and changes it as pods come and go, which invalidates every
+	// pod's ARP entry for the gateway. A fixed address keeps it stable.
+	la.HardwareAddr = stableMAC(name)
 	br := &netlink.Bridge{LinkAttrs: la}
 	if err := netlink.LinkAdd(br); err != nil && !errors.Is(err, syscall.EEXIST) {
 		return nil, fmt.Errorf("create bridge %s: %w", name, err)
@@ -73,6 +78,15 @@ func ensureLink(name string, mtu int) (*netlink.Bridge, error) {
 		return nil, fmt.Errorf("interface %s exists but is a %s, not a bridge", name, l.Type())
 	}
 	return br, nil
+}
+
+// stableMAC derives a locally administered unicast MAC from the bridge
+// name, so a recreated bridge comes back with the same address.
+func stableMAC(name string) net.HardwareAddr {
+	sum := sha256.Sum256([]byte("wgcni-bridge/" + name))
+	mac := net.HardwareAddr(sum[:6])
+	mac[0] = (mac[0] &^ 0x01) | 0x02
+	return mac
 }
 
 func ensureAddr(br netlink.Link, gw *net.IPNet) error {

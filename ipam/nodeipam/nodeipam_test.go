@@ -1,0 +1,112 @@
+package nodeipam
+
+import (
+	"os"
+	"path/filepath"
+	"sort"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/allocator"
+	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/disk"
+
+	"github.com/wgcni/wgcni/daemon/nodefile"
+)
+
+func testNode(cidr, gw string) *nodefile.Node {
+	return &nodefile.Node{Name: "n", PodCIDR: cidr, Gateway: gw, ClusterCIDR: "10.244.0.0/16", MTU: 1420, Bridge: "wgcni0", IPAMDir: "/x"}
+}
+
+// TestRangeSetNeverHandsOutReserved exhausts a /29 through the real
+// allocator and disk store: exactly the five host addresses that are not
+// the gateway come out; network, gateway and broadcast never do.
+func TestRangeSetNeverHandsOutReserved(t *testing.T) {
+	for _, gw := range []string{"10.244.9.1", "10.244.9.4"} {
+		rs, err := RangeSet(testNode("10.244.9.0/29", gw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		store, err := disk.New("net", t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := allocator.NewIPAllocator(&rs, store, 0)
+		var got []string
+		for i := 0; ; i++ {
+			ipc, err := a.Get("c"+string(rune('a'+i)), "eth0", nil)
+			if err != nil {
+				break
+			}
+			if ipc.Gateway.String() != gw {
+				t.Fatalf("gateway %s, want %s", ipc.Gateway, gw)
+			}
+			got = append(got, ipc.Address.IP.String())
+		}
+		store.Close()
+		sort.Strings(got)
+		if len(got) != 5 {
+			t.Fatalf("gw %s: allocated %v, want 5 addresses", gw, got)
+		}
+		for _, ip := range got {
+			if ip == gw || ip == "10.244.9.0" || ip == "10.244.9.7" {
+				t.Fatalf("gw %s: handed out reserved address %s", gw, ip)
+			}
+		}
+	}
+}
+
+func TestRangeSetTooSmall(t *testing.T) {
+	if _, err := RangeSet(testNode("10.244.9.0/31", "10.244.9.0")); err == nil {
+		t.Fatal("a /31 PodCIDR was accepted")
+	}
+}
+
+// TestGCStore runs GC over a store populated by the real allocator.
+func TestGCStore(t *testing.T) {
+	dir := t.TempDir()
+	rs, _ := RangeSet(testNode("10.244.9.0/24", "10.244.9.1"))
+	store, err := disk.New("net", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := allocator.NewIPAllocator(&rs, store, 0)
+	for _, att := range []struct{ id, ifname string }{{"keep", "eth0"}, {"keep", "net1"}, {"drop", "eth0"}, {"drop2", "eth0"}} {
+		if _, err := a.Get(att.id, att.ifname, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	store.Close()
+	// A legacy host-local file (container ID only) of a valid container.
+	if err := os.WriteFile(filepath.Join(dir, "net", "10.244.9.200"), []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	released, err := GCStore(dir, "net", []types.GCAttachment{{ContainerID: "keep", IfName: "eth0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(released) != 3 {
+		t.Fatalf("released %+v, want keep/net1, drop/eth0, drop2/eth0", released)
+	}
+	left, err := List(filepath.Join(dir, "net"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 2 {
+		t.Fatalf("left %+v, want keep/eth0 and the legacy keep file", left)
+	}
+	for _, l := range left {
+		if l.ContainerID != "keep" || (l.IfName != "eth0" && l.IfName != "") {
+			t.Fatalf("GC kept %+v", l)
+		}
+	}
+	// Empty list: everything goes; the lock and round-robin files stay.
+	if _, err := GCStore(dir, "net", nil); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := List(filepath.Join(dir, "net")); len(left) != 0 {
+		t.Fatalf("left after GC with no valid attachments: %+v", left)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "net", "lock")); err != nil {
+		t.Fatalf("lock file removed: %v", err)
+	}
+}

@@ -1,0 +1,330 @@
+// Package podnet implements the wgcni plugin's CNI commands: it wires a pod
+// into the node bridge (veth, address, default route via the node gateway,
+// MTU from the node file) and takes it out again. The node file written by
+// wgcnid is the only node state it reads; it never talks to etcd.
+package podnet
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/ipam"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/wgcni/wgcni/daemon/nodefile"
+	"github.com/wgcni/wgcni/plugins/bridge"
+	"github.com/wgcni/wgcni/plugins/masq"
+	"github.com/wgcni/wgcni/plugins/netconf"
+	"github.com/wgcni/wgcni/plugins/veth"
+)
+
+// Plugin carries what the commands need besides their arguments.
+type Plugin struct {
+	Log *slog.Logger
+}
+
+// Indexes of the interfaces in an ADD result, in the order the reference
+// bridge plugin uses: bridge, host veth, pod interface.
+const (
+	ifBridge = iota
+	ifHost
+	ifPod
+)
+
+// readNode loads the node file, turning "no file" into CNI code 11 (the
+// runtime retries once wgcnid holds a lease) and a corrupt file into an
+// error naming the field.
+func readNode(runDir string) (*nodefile.Node, error) {
+	n, err := nodefile.Read(runDir)
+	if errors.Is(err, nodefile.ErrNoLease) {
+		return nil, types.NewError(types.ErrTryAgainLater, "wgcni: the node daemon has no lease yet: "+err.Error(), "start wgcnid and wait for it to write "+nodefile.Path(runDir))
+	}
+	if err != nil {
+		return nil, types.NewError(types.ErrTryAgainLater, "wgcni: unusable node file "+nodefile.Path(runDir)+": "+err.Error(), "")
+	}
+	return n, nil
+}
+
+func attachment(conf *netconf.NetConf, args *skel.CmdArgs) veth.Attachment {
+	return veth.Attachment{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}
+}
+
+func openNS(path string) (ns.NetNS, error) {
+	if path == "" {
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is empty", "")
+	}
+	podNS, err := ns.GetNS(path)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("open pod netns CNI_NETNS=%q: %v", path, err), "")
+	}
+	return podNS, nil
+}
+
+// Add implements CNI ADD. Everything it creates is undone if a later step
+// fails: the veth pair is deleted and the IPAM allocation released.
+func (p *Plugin) Add(args *skel.CmdArgs) error {
+	conf, err := netconf.Parse(args.StdinData)
+	if err != nil {
+		return err
+	}
+	// For wgcni-ipam this also validates the ipam section, before anything
+	// is created.
+	ipm, err := newIPAM(conf.IPAMType, args, p.Log)
+	if err != nil {
+		return err
+	}
+	node, err := readNode(conf.RunDir)
+	if err != nil {
+		return err
+	}
+	gw, _ := node.GatewayNet() // validated by nodefile.Read
+	podNet, _ := node.PodNet()
+	clusterNet, _ := node.ClusterNet()
+	mtu := node.MTU
+	if conf.MTU > 0 {
+		mtu = conf.MTU
+	}
+
+	podNS, err := openNS(args.Netns)
+	if err != nil {
+		return err
+	}
+	defer podNS.Close()
+
+	br, err := bridge.Ensure(node.Bridge, node.MTU, gw)
+	if err != nil {
+		return fmt.Errorf("wgcni: ensure bridge %s: %w", node.Bridge, err)
+	}
+
+	att := attachment(conf, args)
+	hostMAC, podMAC := veth.RandomMAC(), veth.RandomMAC()
+	pair, err := veth.Create(att, podNS, br.Attrs().Index, mtu, conf.HairpinMode, hostMAC, podMAC)
+	if err != nil {
+		return fmt.Errorf("wgcni: %w", err)
+	}
+	success := false
+	defer func() {
+		if !success {
+			if err := veth.DeleteHost(pair.HostName); err != nil {
+				p.Log.Error("rollback: delete veth", "veth", pair.HostName, "err", err)
+			}
+		}
+	}()
+
+	r, err := ipm.Add()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if !success {
+			if err := ipm.Del(); err != nil {
+				p.Log.Error("rollback: release IP", "ipam", conf.IPAMType, "err", err)
+			}
+		}
+	}()
+	ipamRes, err := current.NewResultFromResult(r)
+	if err != nil {
+		return fmt.Errorf("wgcni: convert result of IPAM plugin %s: %w", conf.IPAMType, err)
+	}
+	if len(ipamRes.IPs) == 0 {
+		return fmt.Errorf("wgcni: IPAM plugin %s returned no IP", conf.IPAMType)
+	}
+
+	result := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			ifBridge: {Name: node.Bridge, Mac: br.Attrs().HardwareAddr.String()},
+			ifHost:   {Name: pair.HostName, Mac: hostMAC.String()},
+			ifPod:    {Name: args.IfName, Mac: podMAC.String(), Sandbox: args.Netns},
+		},
+		Routes: ipamRes.Routes,
+		DNS:    ipamRes.DNS,
+	}
+	hasDefault := false
+	for _, r := range result.Routes {
+		if ones, _ := r.Dst.Mask.Size(); ones == 0 && r.Dst.IP.To4() != nil {
+			hasDefault = true
+		}
+	}
+	for _, ipc := range ipamRes.IPs {
+		if !podNet.Contains(ipc.Address.IP) {
+			return fmt.Errorf("wgcni: IPAM plugin %s returned %s, outside this node's podCIDR %s", conf.IPAMType, ipc.Address.IP, podNet)
+		}
+		if ipc.Gateway == nil {
+			ipc.Gateway = gw.IP
+		}
+		ipc.Interface = current.Int(ifPod)
+		result.IPs = append(result.IPs, ipc)
+	}
+	if !hasDefault {
+		result.Routes = append(result.Routes, &types.Route{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: gw.IP})
+	}
+
+	if err := podNS.Do(func(ns.NetNS) error {
+		return ipam.ConfigureIface(args.IfName, result)
+	}); err != nil {
+		return fmt.Errorf("wgcni: configure %s in %s: %w", args.IfName, args.Netns, err)
+	}
+
+	if err := ensureForwarding(); err != nil {
+		return fmt.Errorf("wgcni: %w", err)
+	}
+	if conf.IPMasq {
+		if err := masq.Ensure(podNet, clusterNet); err != nil {
+			return fmt.Errorf("wgcni: %w", err)
+		}
+	}
+	if dnsSet(conf.DNS) {
+		result.DNS = conf.DNS
+	}
+	// Interface MTUs are a CNI 1.1 field; the 1.0 result type shares the
+	// Go struct, so older versions would otherwise carry it too.
+	if v11, _ := version.GreaterThanOrEqualTo(conf.CNIVersion, "1.1.0"); v11 {
+		result.Interfaces[ifHost].Mtu = mtu
+		result.Interfaces[ifPod].Mtu = mtu
+	}
+	success = true
+	return types.PrintResult(result, conf.CNIVersion)
+}
+
+// Del implements CNI DEL. It succeeds when the netns, the veth or the IP
+// allocation are already gone, and always asks IPAM to release.
+func (p *Plugin) Del(args *skel.CmdArgs) error {
+	conf, err := netconf.Parse(args.StdinData)
+	if err != nil {
+		return err
+	}
+	ipm, err := newIPAM(conf.IPAMType, args, p.Log)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	deleted := false
+	if args.Netns != "" {
+		err := ns.WithNetNSPath(args.Netns, func(ns.NetNS) error {
+			var err error
+			deleted, err = veth.DeleteInNS(args.IfName)
+			return err
+		})
+		var gone ns.NSPathNotExistErr
+		if err != nil && !errors.As(err, &gone) {
+			errs = append(errs, fmt.Errorf("wgcni: delete %s in %s: %w", args.IfName, args.Netns, err))
+		}
+	}
+	// The pod end may be unreachable (netns unmounted but still alive):
+	// the host end, found by its deterministic name, takes the pair down.
+	// Skipped when the pod end was just deleted, which took the pair.
+	if !deleted {
+		if err := veth.DeleteHost(veth.HostName(attachment(conf, args))); err != nil {
+			errs = append(errs, fmt.Errorf("wgcni: %w", err))
+		}
+	}
+	if err := ipm.Del(); err != nil {
+		var cniErr *types.Error
+		if len(errs) == 0 && errors.As(err, &cniErr) {
+			return cniErr
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Status implements CNI STATUS: code 50 until wgcnid has written the node
+// file, then whatever the IPAM plugin says.
+func (p *Plugin) Status(args *skel.CmdArgs) error {
+	conf, err := netconf.Parse(args.StdinData)
+	if err != nil {
+		return err
+	}
+	ipm, err := newIPAM(conf.IPAMType, args, p.Log)
+	if err != nil {
+		return err
+	}
+	if _, err := nodefile.Read(conf.RunDir); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "wgcni: not ready: "+err.Error(), "")
+	}
+	return ipm.Status()
+}
+
+// GC implements CNI GC: IPAM releases every IP whose attachment is not in
+// cni.dev/valid-attachments, and host veths tagged for this network whose
+// attachment is not listed are deleted.
+func (p *Plugin) GC(args *skel.CmdArgs) error {
+	conf, err := netconf.Parse(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if !conf.HasValidAttachments {
+		return netconf.Invalid("field cni.dev/valid-attachments: missing; refusing to garbage-collect without the list of valid attachments")
+	}
+	ipm, err := newIPAM(conf.IPAMType, args, p.Log)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	if err := ipm.GC(); err != nil {
+		errs = append(errs, fmt.Errorf("wgcni: GC of IPAM plugin %s: %w", conf.IPAMType, err))
+	}
+	valid := make(map[veth.Attachment]bool, len(conf.ValidAttachments))
+	for _, a := range conf.ValidAttachments {
+		valid[veth.Attachment{Network: conf.Name, ContainerID: a.ContainerID, IfName: a.IfName}] = true
+	}
+	tagged, untagged, err := veth.Owned(conf.Name)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("wgcni: GC: %w", err))
+	}
+	for name, a := range tagged {
+		if valid[a] {
+			continue
+		}
+		if err := veth.DeleteHost(name); err != nil {
+			errs = append(errs, fmt.Errorf("wgcni: GC: %w", err))
+			continue
+		}
+		p.Log.Info("GC removed orphaned veth", "veth", name, "containerID", a.ContainerID, "ifname", a.IfName)
+	}
+	// An untagged veth with our name pattern is an ADD that died between
+	// creating and tagging the pair; keep it only if its name is that of
+	// a valid attachment (whose ADD may still be running).
+	validNames := make(map[string]bool, len(valid))
+	for a := range valid {
+		validNames[veth.HostName(a)] = true
+	}
+	for _, name := range untagged {
+		if validNames[name] {
+			continue
+		}
+		if err := veth.DeleteHost(name); err != nil {
+			errs = append(errs, fmt.Errorf("wgcni: GC: %w", err))
+			continue
+		}
+		p.Log.Info("GC removed untagged orphaned veth", "veth", name)
+	}
+	return errors.Join(errs...)
+}
+
+func dnsSet(d types.DNS) bool {
+	return d.Nameservers != nil || d.Search != nil || d.Options != nil || d.Domain != ""
+}
+
+// ensureForwarding turns on IPv4 forwarding in the host namespace; pods
+// reach other nodes and the outside through it. Read first: most ADDs find
+// it on and need no write.
+func ensureForwarding() error {
+	const path = "/proc/sys/net/ipv4/ip_forward"
+	b, err := os.ReadFile(path)
+	if err == nil && len(b) > 0 && b[0] == '1' {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("enable IPv4 forwarding: %w", err)
+	}
+	return nil
+}
