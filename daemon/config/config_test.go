@@ -1,6 +1,7 @@
 package config
 
 import (
+	"flag"
 	"io"
 	"os"
 	"path/filepath"
@@ -70,5 +71,34 @@ func TestValidationNamesFlag(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.flag) {
 			t.Errorf("%v: err %v does not name %s", c.args, err, c.flag)
 		}
+	}
+}
+
+func TestMetricsAddr(t *testing.T) {
+	c, err := Parse("wgcnid", []string{"--node-name", "n1"}, io.Discard)
+	if err != nil || c.MetricsAddr != "" {
+		t.Fatalf("default must be off: %q %v", c.MetricsAddr, err)
+	}
+	for _, ok := range []string{"127.0.0.1:9586", ":9586", "[::1]:9586"} {
+		if c, err := Parse("wgcnid", []string{"--node-name", "n1", "--metrics-addr", ok}, io.Discard); err != nil || c.MetricsAddr != ok {
+			t.Errorf("%s: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"9586", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:x", "h:70000"} {
+		if _, err := Parse("wgcnid", []string{"--node-name", "n1", "--metrics-addr", bad}, io.Discard); err == nil || !strings.Contains(err.Error(), "--metrics-addr") {
+			t.Errorf("%s: want --metrics-addr error, got %v", bad, err)
+		}
+	}
+}
+
+func TestParseExtraSharesConfigFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.json")
+	os.WriteFile(path, []byte(`{"node-name":"fromfile","run-dir":"/tmp/x"}`), 0o644)
+	var out string
+	c, err := ParseExtra("wgcnictl", []string{"--config", path, "-o", "json"}, io.Discard, func(fs *flag.FlagSet) {
+		fs.StringVar(&out, "o", "table", "output")
+	})
+	if err != nil || c.NodeName != "fromfile" || c.RunDir != "/tmp/x" || out != "json" {
+		t.Fatalf("%+v %q %v", c, out, err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -47,6 +48,10 @@ type Config struct {
 	// OwnRecordChanged is called when the watch sees this node's record
 	// deleted or rewritten, so the lease keeper can check it.
 	OwnRecordChanged func()
+	// Observe, if set, is told how long each reconcile took: kind "event"
+	// (one PodCIDR changed in etcd) or "resync" (the periodic re-diff
+	// against the kernel), and whether it failed. Metrics use it.
+	Observe func(kind string, took time.Duration, err error)
 }
 
 // Stats are counters for operators and metrics.
@@ -71,6 +76,61 @@ type Reconciler struct {
 	applied    map[netip.Prefix]Peer         // what is on the device and in the routes
 	dirty      map[netip.Prefix]bool         // failed applies to retry
 	synced     chan struct{}
+
+	// peerNodes maps the public key of every applied peer to its node
+	// name, readable from other goroutines (metrics, at scrape time).
+	peerMu    sync.Mutex
+	peerNodes map[wgtypes.Key]PeerInfo
+}
+
+// PeerInfo names the node behind a configured peer.
+type PeerInfo struct {
+	Node string
+	CIDR netip.Prefix
+}
+
+// PeerNodes returns the node of every peer configured on the device.
+func (r *Reconciler) PeerNodes() map[wgtypes.Key]PeerInfo {
+	r.peerMu.Lock()
+	defer r.peerMu.Unlock()
+	out := make(map[wgtypes.Key]PeerInfo, len(r.peerNodes))
+	for k, v := range r.peerNodes {
+		out[k] = v
+	}
+	return out
+}
+
+// publishPeers refreshes what PeerNodes returns from r.applied.
+func (r *Reconciler) publishPeers() {
+	m := make(map[wgtypes.Key]PeerInfo, len(r.applied))
+	for c, p := range r.applied {
+		m[p.PublicKey] = PeerInfo{Node: p.Node, CIDR: c}
+	}
+	r.peerMu.Lock()
+	r.peerNodes = m
+	r.peerMu.Unlock()
+}
+
+// publishPeer updates what PeerNodes returns for one changed peer
+// (per event: no copy of the whole map).
+func (r *Reconciler) publishPeer(old, cur *Peer) {
+	r.peerMu.Lock()
+	defer r.peerMu.Unlock()
+	if r.peerNodes == nil {
+		r.peerNodes = map[wgtypes.Key]PeerInfo{}
+	}
+	if old != nil {
+		delete(r.peerNodes, old.PublicKey)
+	}
+	if cur != nil {
+		r.peerNodes[cur.PublicKey] = PeerInfo{Node: cur.Node, CIDR: cur.CIDR}
+	}
+}
+
+func (r *Reconciler) observe(kind string, start time.Time, err error) {
+	if r.cfg.Observe != nil {
+		r.cfg.Observe(kind, time.Since(start), err)
+	}
 }
 
 // New returns a reconciler; call Run.
@@ -213,7 +273,9 @@ func (r *Reconciler) fullSync(ctx context.Context) (int64, error) {
 
 // kernelResync reads the device and our routes and repairs any drift from
 // the desired state (someone removed a route, the device lost a peer).
-func (r *Reconciler) kernelResync() error {
+func (r *Reconciler) kernelResync() (err error) {
+	start := time.Now()
+	defer func() { r.observe("resync", start, err) }()
 	dev, err := r.cfg.WG.Device(r.cfg.Device)
 	if err != nil {
 		return fmt.Errorf("read WireGuard device %s: %w", r.cfg.Device, err)
@@ -245,6 +307,7 @@ func (r *Reconciler) kernelResync() error {
 	for c, p := range r.active {
 		r.applied[c] = p
 	}
+	r.publishPeers()
 	return nil
 }
 
@@ -361,7 +424,10 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	if plan.Empty() {
 		return
 	}
-	if err := r.execute(plan); err != nil {
+	start := time.Now()
+	err := r.execute(plan)
+	r.observe("event", start, err)
+	if err != nil {
 		r.Stats.ApplyErrors.Add(1)
 		r.dirty[cidr] = true
 		r.cfg.Log.Error("apply peer change failed; will retry", "cidr", cidr, "err", err)
@@ -370,10 +436,12 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	r.Stats.Applied.Add(1)
 	if want == nil {
 		delete(r.applied, cidr)
+		r.publishPeer(have, nil)
 		r.cfg.Log.Info("peer removed", "cidr", cidr, "node", have.Node, "public_key", have.PublicKey)
 		return
 	}
 	r.applied[cidr] = *want
+	r.publishPeer(have, want)
 	r.cfg.Log.Info("peer configured", "cidr", cidr, "node", want.Node, "endpoint", want.Endpoint, "public_key", want.PublicKey)
 }
 
