@@ -59,7 +59,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	log.Info("WireGuard key ready", "public_key", priv.Public(), "new", created)
+	log.Info("WireGuard key ready", "public_key", priv.Public().String(), "new", created)
 
 	// 3. etcd and the cluster config.
 	cli, err := etcdutil.NewClient(etcdutil.ClientOptions{Endpoints: cfg.EtcdEndpoints, CAFile: cfg.EtcdCAFile, CertFile: cfg.EtcdCertFile, KeyFile: cfg.EtcdKeyFile})

@@ -271,11 +271,27 @@ func (c *Config) Validate() error {
 
 // NewLogger builds the slog logger the flags ask for.
 func (c *Config) NewLogger(w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: c.Level}
+	opts := &slog.HandlerOptions{Level: c.Level, ReplaceAttr: stringers}
 	if c.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// stringers logs values that have a String method (WireGuard keys,
+// addresses) as that string in both formats; the JSON handler would
+// otherwise print a [32]byte key as an array of numbers.
+func stringers(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() != slog.KindAny {
+		return a
+	}
+	switch v := a.Value.Any().(type) {
+	case error, json.Marshaler:
+		return a
+	case fmt.Stringer:
+		a.Value = slog.StringValue(v.String())
+	}
+	return a
 }
 
 func validIfName(s string) error {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"flag"
 	"io"
 	"os"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 func TestDefaults(t *testing.T) {
@@ -100,5 +103,18 @@ func TestParseExtraSharesConfigFile(t *testing.T) {
 	})
 	if err != nil || c.NodeName != "fromfile" || c.RunDir != "/tmp/x" || out != "json" {
 		t.Fatalf("%+v %q %v", c, out, err)
+	}
+}
+
+func TestJSONLogPrintsKeysAsStrings(t *testing.T) {
+	c, err := Parse("wgcnid", []string{"--node-name", "n1", "--log-format", "json"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	k := wgtypes.Key{1, 2, 3}
+	c.NewLogger(&b).Info("x", "public_key", k, "err", errors.New("boom"))
+	if !strings.Contains(b.String(), `"public_key":"`+k.String()+`"`) || !strings.Contains(b.String(), `"err":"boom"`) {
+		t.Fatal(b.String())
 	}
 }

@@ -196,7 +196,8 @@ func Status(ctx context.Context, cfg *config.Config, now time.Time) (*StatusRepo
 		}
 		if !p.LastHandshakeTime.IsZero() {
 			ps.LastHandshake = p.LastHandshakeTime.UTC().Format(time.RFC3339)
-			age := now.Sub(p.LastHandshakeTime).Seconds()
+			// The handshake may be newer than now (taken before the read).
+			age := max(0, now.Sub(p.LastHandshakeTime).Seconds())
 			ps.HandshakeAgeSecs = &age
 		}
 		if metrics.Up(p.LastHandshakeTime, now) {

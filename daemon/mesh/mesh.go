@@ -303,12 +303,34 @@ func (r *Reconciler) kernelResync() (err error) {
 		r.Stats.ApplyErrors.Add(1)
 		return err
 	}
+	r.logResyncPeers(plan.Peers)
 	r.applied = make(map[netip.Prefix]Peer, len(r.active))
 	for c, p := range r.active {
 		r.applied[c] = p
 	}
 	r.publishPeers()
 	return nil
+}
+
+// logResyncPeers writes one line per peer a resync added, changed or
+// removed, as the per-event path does (the summary line alone would hide
+// which node appeared or vanished, e.g. at start-up).
+func (r *Reconciler) logResyncPeers(changes []wgtypes.PeerConfig) {
+	if len(changes) == 0 {
+		return
+	}
+	byKey := make(map[wgtypes.Key]Peer, len(r.active))
+	for _, p := range r.active {
+		byKey[p.PublicKey] = p
+	}
+	for _, pc := range changes {
+		if pc.Remove {
+			r.cfg.Log.Info("peer removed", "public_key", pc.PublicKey.String(), "why", "no record in etcd (resync)")
+			continue
+		}
+		p := byKey[pc.PublicKey]
+		r.cfg.Log.Info("peer configured", "cidr", p.CIDR, "peer_node", p.Node, "endpoint", p.Endpoint, "public_key", p.PublicKey.String(), "by", "resync")
+	}
 }
 
 // handle applies one watch event incrementally.
@@ -327,7 +349,7 @@ func (r *Reconciler) handle(ev *clientv3.Event) {
 			return
 		}
 		if _, ok := r.records[cidr]; ok {
-			r.cfg.Log.Info("node record gone", "key", key, "node", r.records[cidr].Node)
+			r.cfg.Log.Info("node record gone", "key", key, "peer_node", r.records[cidr].Node)
 		}
 		delete(r.records, cidr)
 		r.resolve(cidr, true)
@@ -437,12 +459,15 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	if want == nil {
 		delete(r.applied, cidr)
 		r.publishPeer(have, nil)
-		r.cfg.Log.Info("peer removed", "cidr", cidr, "node", have.Node, "public_key", have.PublicKey)
+		r.cfg.Log.Info("peer removed", "cidr", cidr, "peer_node", have.Node, "public_key", have.PublicKey.String())
 		return
+	}
+	if have != nil && have.PublicKey != want.PublicKey {
+		r.cfg.Log.Info("peer key rotated", "cidr", cidr, "peer_node", want.Node, "old_public_key", have.PublicKey.String(), "public_key", want.PublicKey.String())
 	}
 	r.applied[cidr] = *want
 	r.publishPeer(have, want)
-	r.cfg.Log.Info("peer configured", "cidr", cidr, "node", want.Node, "endpoint", want.Endpoint, "public_key", want.PublicKey)
+	r.cfg.Log.Info("peer configured", "cidr", cidr, "peer_node", want.Node, "endpoint", want.Endpoint, "public_key", want.PublicKey.String())
 }
 
 // execute applies a plan: route deletions, peer changes, route additions.
