@@ -73,7 +73,9 @@ func buildPauseArchive(t *testing.T, dir string) string {
 		"config": map[string]any{"Entrypoint": []string{"/pause"}},
 		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
 	})
-	desc := func(mt string, b []byte) map[string]any { return map[string]any{"mediaType": mt, "digest": digest(b), "size": len(b)} }
+	desc := func(mt string, b []byte) map[string]any {
+		return map[string]any{"mediaType": mt, "digest": digest(b), "size": len(b)}
+	}
 	manifest, _ := json.Marshal(map[string]any{
 		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
 		"config": desc("application/vnd.oci.image.config.v1+json", config),
