@@ -25,6 +25,26 @@ if ((${#missing[@]})); then
 	apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Container runtimes for tests/runtimes (podman with its CNI backend, runc,
+# a static busybox for offline images, containerd's CRI plugin). Optional:
+# if apt cannot install them here, those tests skip (they check for the
+# binaries) instead of failing the suite.
+optional=(podman runc conmon busybox-static containerd)
+missing=()
+for p in "${optional[@]}"; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+		missing+=("$p")
+	fi
+done
+if ((${#missing[@]})) && [[ $(id -u) -eq 0 ]]; then
+	echo "deps: installing runtime packages ${missing[*]} (optional)"
+	export DEBIAN_FRONTEND=noninteractive
+	if ! apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" ||
+			echo "deps: could not install ${missing[*]}; tests/runtimes will skip" >&2
+	fi
+fi
+
 mkdir -p "$BIN/ext"
 if [[ ! -x "$BIN/cnitool" ]]; then
 	# Pinned in go.mod as a tool dependency (`go get -tool`).

@@ -23,6 +23,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/keys"
 	"github.com/wgcni/wgcni/daemon/lease"
 	"github.com/wgcni/wgcni/daemon/mesh"
+	"github.com/wgcni/wgcni/daemon/metrics"
 	"github.com/wgcni/wgcni/daemon/nodefile"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
@@ -39,6 +40,11 @@ const opTimeout = 5 * time.Second
 // them all without dropping traffic.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	cluster := cfg.Cluster.CIDR
+	om, err := startMetrics(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer om.close()
 	// 1. Strict mode before anything else: from this moment on, pod
 	// traffic without a configured peer is refused, never sent in clear.
 	if err := route.EnsureStrict(cluster); err != nil {
@@ -53,7 +59,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	log.Info("WireGuard key ready", "public_key", priv.Public(), "new", created)
+	log.Info("WireGuard key ready", "public_key", priv.Public().String(), "new", created)
 
 	// 3. etcd and the cluster config.
 	cli, err := etcdutil.NewClient(etcdutil.ClientOptions{Endpoints: cfg.EtcdEndpoints, CAFile: cfg.EtcdCAFile, CertFile: cfg.EtcdCertFile, KeyFile: cfg.EtcdKeyFile})
@@ -145,8 +151,19 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	rec := mesh.New(mesh.Config{
 		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, OwnCIDR: held.CIDR,
 		Gateway: gw, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
-		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck,
+		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck, Observe: om.observe,
 	})
+	om.register(metrics.Sources{
+		Node: cfg.NodeName, Device: cfg.Device, Mode: string(dev.Mode), WG: wg, PodCIDR: held.CIDR,
+		IPAMDir: nf.IPAMDir, LeaseExpiry: keeper.Expiry, Peers: rec.PeerNodes, Stats: &rec.Stats, Retakes: keeper.Retakes.Load,
+	})
+	go func() {
+		select {
+		case <-rec.Synced():
+			om.setReady(true)
+		case <-ctx.Done():
+		}
+	}()
 	err = rec.Run(ctx)
 	if ctx.Err() != nil {
 		log.Info("stopping; device, peers, routes and lease stay in place")

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -50,6 +51,7 @@ type Config struct {
 	ResyncInterval time.Duration
 	LogFormat      string
 	LogLevel       string
+	MetricsAddr    string // empty: no metrics/health endpoint
 
 	// Derived by Validate.
 	Cluster  record.Cluster
@@ -87,14 +89,24 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.DurationVar(&c.ResyncInterval, "resync-interval", time.Minute, "how often the device and routes are re-checked against the desired state")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "host:port serving Prometheus /metrics, /healthz and /readyz, e.g. 127.0.0.1:9586 (empty = off)")
 	return fs
 }
 
 // Parse parses args (after the subcommand), applies --config FILE for flags
 // not given on the command line, and validates. Errors name the flag.
 func Parse(name string, args []string, stderr io.Writer) (*Config, error) {
+	return ParseExtra(name, args, stderr, nil)
+}
+
+// ParseExtra is Parse for tools that share wgcnid's flags and config file
+// (wgcnictl) and add flags of their own: extra registers them.
+func ParseExtra(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*Config, error) {
 	c := &Config{}
 	fs := FlagSet(name, c)
+	if extra != nil {
+		extra(fs)
+	}
 	var file string
 	fs.StringVar(&file, "config", "", "JSON config file; keys are flag names, the command line wins")
 	fs.SetOutput(stderr)
@@ -248,16 +260,38 @@ func (c *Config) Validate() error {
 	if err := c.Level.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		return fmt.Errorf("--log-level: %q is not debug, info, warn or error", c.LogLevel)
 	}
+	if c.MetricsAddr != "" {
+		_, port, err := net.SplitHostPort(c.MetricsAddr)
+		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("--metrics-addr: %q is not host:port (e.g. 127.0.0.1:9586)", c.MetricsAddr)
+		}
+	}
 	return nil
 }
 
 // NewLogger builds the slog logger the flags ask for.
 func (c *Config) NewLogger(w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: c.Level}
+	opts := &slog.HandlerOptions{Level: c.Level, ReplaceAttr: stringers}
 	if c.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// stringers logs values that have a String method (WireGuard keys,
+// addresses) as that string in both formats; the JSON handler would
+// otherwise print a [32]byte key as an array of numbers.
+func stringers(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() != slog.KindAny {
+		return a
+	}
+	switch v := a.Value.Any().(type) {
+	case error, json.Marshaler:
+		return a
+	case fmt.Stringer:
+		a.Value = slog.StringValue(v.String())
+	}
+	return a
 }
 
 func validIfName(s string) error {

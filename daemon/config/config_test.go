@@ -1,12 +1,16 @@
 package config
 
 import (
+	"errors"
+	"flag"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 func TestDefaults(t *testing.T) {
@@ -70,5 +74,47 @@ func TestValidationNamesFlag(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.flag) {
 			t.Errorf("%v: err %v does not name %s", c.args, err, c.flag)
 		}
+	}
+}
+
+func TestMetricsAddr(t *testing.T) {
+	c, err := Parse("wgcnid", []string{"--node-name", "n1"}, io.Discard)
+	if err != nil || c.MetricsAddr != "" {
+		t.Fatalf("default must be off: %q %v", c.MetricsAddr, err)
+	}
+	for _, ok := range []string{"127.0.0.1:9586", ":9586", "[::1]:9586"} {
+		if c, err := Parse("wgcnid", []string{"--node-name", "n1", "--metrics-addr", ok}, io.Discard); err != nil || c.MetricsAddr != ok {
+			t.Errorf("%s: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"9586", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:x", "h:70000"} {
+		if _, err := Parse("wgcnid", []string{"--node-name", "n1", "--metrics-addr", bad}, io.Discard); err == nil || !strings.Contains(err.Error(), "--metrics-addr") {
+			t.Errorf("%s: want --metrics-addr error, got %v", bad, err)
+		}
+	}
+}
+
+func TestParseExtraSharesConfigFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.json")
+	os.WriteFile(path, []byte(`{"node-name":"fromfile","run-dir":"/tmp/x"}`), 0o644)
+	var out string
+	c, err := ParseExtra("wgcnictl", []string{"--config", path, "-o", "json"}, io.Discard, func(fs *flag.FlagSet) {
+		fs.StringVar(&out, "o", "table", "output")
+	})
+	if err != nil || c.NodeName != "fromfile" || c.RunDir != "/tmp/x" || out != "json" {
+		t.Fatalf("%+v %q %v", c, out, err)
+	}
+}
+
+func TestJSONLogPrintsKeysAsStrings(t *testing.T) {
+	c, err := Parse("wgcnid", []string{"--node-name", "n1", "--log-format", "json"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	k := wgtypes.Key{1, 2, 3}
+	c.NewLogger(&b).Info("x", "public_key", k, "err", errors.New("boom"))
+	if !strings.Contains(b.String(), `"public_key":"`+k.String()+`"`) || !strings.Contains(b.String(), `"err":"boom"`) {
+		t.Fatal(b.String())
 	}
 }

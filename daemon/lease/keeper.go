@@ -30,6 +30,19 @@ type Keeper struct {
 	// Counters for operators (and later metrics).
 	Retakes   atomic.Int64 // own record re-created after it vanished
 	Conflicts atomic.Int64 // attempts that found our CIDR held by another node
+
+	// expiry is when the lease runs out unless renewed (unix nanoseconds,
+	// 0 = unknown): each keepalive response carries the TTL etcd granted.
+	expiry atomic.Int64
+}
+
+// Expiry returns when etcd expires the lease unless the next keepalive
+// arrives (zero before the first keepalive response).
+func (k *Keeper) Expiry() time.Time {
+	if n := k.expiry.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // NewKeeper returns a keeper for h.
@@ -83,7 +96,10 @@ func (k *Keeper) drain(ctx context.Context, ch <-chan *clientv3.LeaseKeepAliveRe
 		select {
 		case <-ctx.Done():
 			return
-		case _, ok := <-ch:
+		case resp, ok := <-ch:
+			if ok && resp != nil {
+				k.expiry.Store(time.Now().Add(time.Duration(resp.TTL) * time.Second).UnixNano())
+			}
 			if !ok {
 				log.Warn("lease keepalive ended (lease expired or etcd unreachable for a whole TTL); re-checking own record",
 					"key", h.Key, "lease", fmt.Sprintf("%x", int64(h.LeaseID)))

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -47,6 +48,10 @@ type Config struct {
 	// OwnRecordChanged is called when the watch sees this node's record
 	// deleted or rewritten, so the lease keeper can check it.
 	OwnRecordChanged func()
+	// Observe, if set, is told how long each reconcile took: kind "event"
+	// (one PodCIDR changed in etcd) or "resync" (the periodic re-diff
+	// against the kernel), and whether it failed. Metrics use it.
+	Observe func(kind string, took time.Duration, err error)
 }
 
 // Stats are counters for operators and metrics.
@@ -71,6 +76,61 @@ type Reconciler struct {
 	applied    map[netip.Prefix]Peer         // what is on the device and in the routes
 	dirty      map[netip.Prefix]bool         // failed applies to retry
 	synced     chan struct{}
+
+	// peerNodes maps the public key of every applied peer to its node
+	// name, readable from other goroutines (metrics, at scrape time).
+	peerMu    sync.Mutex
+	peerNodes map[wgtypes.Key]PeerInfo
+}
+
+// PeerInfo names the node behind a configured peer.
+type PeerInfo struct {
+	Node string
+	CIDR netip.Prefix
+}
+
+// PeerNodes returns the node of every peer configured on the device.
+func (r *Reconciler) PeerNodes() map[wgtypes.Key]PeerInfo {
+	r.peerMu.Lock()
+	defer r.peerMu.Unlock()
+	out := make(map[wgtypes.Key]PeerInfo, len(r.peerNodes))
+	for k, v := range r.peerNodes {
+		out[k] = v
+	}
+	return out
+}
+
+// publishPeers refreshes what PeerNodes returns from r.applied.
+func (r *Reconciler) publishPeers() {
+	m := make(map[wgtypes.Key]PeerInfo, len(r.applied))
+	for c, p := range r.applied {
+		m[p.PublicKey] = PeerInfo{Node: p.Node, CIDR: c}
+	}
+	r.peerMu.Lock()
+	r.peerNodes = m
+	r.peerMu.Unlock()
+}
+
+// publishPeer updates what PeerNodes returns for one changed peer
+// (per event: no copy of the whole map).
+func (r *Reconciler) publishPeer(old, cur *Peer) {
+	r.peerMu.Lock()
+	defer r.peerMu.Unlock()
+	if r.peerNodes == nil {
+		r.peerNodes = map[wgtypes.Key]PeerInfo{}
+	}
+	if old != nil {
+		delete(r.peerNodes, old.PublicKey)
+	}
+	if cur != nil {
+		r.peerNodes[cur.PublicKey] = PeerInfo{Node: cur.Node, CIDR: cur.CIDR}
+	}
+}
+
+func (r *Reconciler) observe(kind string, start time.Time, err error) {
+	if r.cfg.Observe != nil {
+		r.cfg.Observe(kind, time.Since(start), err)
+	}
 }
 
 // New returns a reconciler; call Run.
@@ -213,7 +273,9 @@ func (r *Reconciler) fullSync(ctx context.Context) (int64, error) {
 
 // kernelResync reads the device and our routes and repairs any drift from
 // the desired state (someone removed a route, the device lost a peer).
-func (r *Reconciler) kernelResync() error {
+func (r *Reconciler) kernelResync() (err error) {
+	start := time.Now()
+	defer func() { r.observe("resync", start, err) }()
 	dev, err := r.cfg.WG.Device(r.cfg.Device)
 	if err != nil {
 		return fmt.Errorf("read WireGuard device %s: %w", r.cfg.Device, err)
@@ -241,11 +303,34 @@ func (r *Reconciler) kernelResync() error {
 		r.Stats.ApplyErrors.Add(1)
 		return err
 	}
+	r.logResyncPeers(plan.Peers)
 	r.applied = make(map[netip.Prefix]Peer, len(r.active))
 	for c, p := range r.active {
 		r.applied[c] = p
 	}
+	r.publishPeers()
 	return nil
+}
+
+// logResyncPeers writes one line per peer a resync added, changed or
+// removed, as the per-event path does (the summary line alone would hide
+// which node appeared or vanished, e.g. at start-up).
+func (r *Reconciler) logResyncPeers(changes []wgtypes.PeerConfig) {
+	if len(changes) == 0 {
+		return
+	}
+	byKey := make(map[wgtypes.Key]Peer, len(r.active))
+	for _, p := range r.active {
+		byKey[p.PublicKey] = p
+	}
+	for _, pc := range changes {
+		if pc.Remove {
+			r.cfg.Log.Info("peer removed", "public_key", pc.PublicKey.String(), "why", "no record in etcd (resync)")
+			continue
+		}
+		p := byKey[pc.PublicKey]
+		r.cfg.Log.Info("peer configured", "cidr", p.CIDR, "peer_node", p.Node, "endpoint", p.Endpoint, "public_key", p.PublicKey.String(), "by", "resync")
+	}
 }
 
 // handle applies one watch event incrementally.
@@ -264,7 +349,7 @@ func (r *Reconciler) handle(ev *clientv3.Event) {
 			return
 		}
 		if _, ok := r.records[cidr]; ok {
-			r.cfg.Log.Info("node record gone", "key", key, "node", r.records[cidr].Node)
+			r.cfg.Log.Info("node record gone", "key", key, "peer_node", r.records[cidr].Node)
 		}
 		delete(r.records, cidr)
 		r.resolve(cidr, true)
@@ -361,7 +446,10 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	if plan.Empty() {
 		return
 	}
-	if err := r.execute(plan); err != nil {
+	start := time.Now()
+	err := r.execute(plan)
+	r.observe("event", start, err)
+	if err != nil {
 		r.Stats.ApplyErrors.Add(1)
 		r.dirty[cidr] = true
 		r.cfg.Log.Error("apply peer change failed; will retry", "cidr", cidr, "err", err)
@@ -370,11 +458,16 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	r.Stats.Applied.Add(1)
 	if want == nil {
 		delete(r.applied, cidr)
-		r.cfg.Log.Info("peer removed", "cidr", cidr, "node", have.Node, "public_key", have.PublicKey)
+		r.publishPeer(have, nil)
+		r.cfg.Log.Info("peer removed", "cidr", cidr, "peer_node", have.Node, "public_key", have.PublicKey.String())
 		return
 	}
+	if have != nil && have.PublicKey != want.PublicKey {
+		r.cfg.Log.Info("peer key rotated", "cidr", cidr, "peer_node", want.Node, "old_public_key", have.PublicKey.String(), "public_key", want.PublicKey.String())
+	}
 	r.applied[cidr] = *want
-	r.cfg.Log.Info("peer configured", "cidr", cidr, "node", want.Node, "endpoint", want.Endpoint, "public_key", want.PublicKey)
+	r.publishPeer(have, want)
+	r.cfg.Log.Info("peer configured", "cidr", cidr, "peer_node", want.Node, "endpoint", want.Endpoint, "public_key", want.PublicKey.String())
 }
 
 // execute applies a plan: route deletions, peer changes, route additions.

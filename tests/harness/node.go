@@ -297,7 +297,7 @@ func (n *Node) remove(graceful bool) {
 
 // defaultConflist is the contract's example conflist, used when the
 // repository's conf/examples/10-wgcni.conflist is not there.
-const defaultConflist = `{"cniVersion":"1.1.0","name":"wgcni","plugins":[
+const defaultConflist = `{"cniVersion":"1.0.0","cniVersions":["1.0.0","1.1.0"],"name":"wgcni","plugins":[
   {"type":"wgcni","runDir":"/run/wgcni","ipMasq":true,"hairpinMode":false,"ipam":{"type":"wgcni-ipam"}},
   {"type":"portmap","capabilities":{"portMappings":true},"snat":true}]}`
 

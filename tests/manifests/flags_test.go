@@ -36,6 +36,7 @@ var wgcnidFlags = map[string]func(string) error{
 	"resync-interval": positiveDuration,
 	"log-format":      oneOf("text", "json"),
 	"log-level":       oneOf("debug", "info", "warn", "error"),
+	"metrics-addr":    hostPort,
 }
 
 // checkFlagValue validates one flag: known name, well-formed value.
@@ -48,6 +49,14 @@ func checkFlagValue(name, value string) error {
 		return fmt.Errorf("--%s=%q: %w", name, value, err)
 	}
 	return nil
+}
+
+func hostPort(v string) error {
+	_, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return err
+	}
+	return intIn(1, 65535)(port)
 }
 
 func nonEmpty(v string) error {

@@ -21,6 +21,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
@@ -290,9 +291,63 @@ func checkBundle(b *bundle, exampleConflist []byte) problems {
 	requireHostMount(&p, *daemon, vols, wireguardSocketDir, corev1.HostPathDirectoryOrCreate, "userspace WireGuard UAPI sockets")
 	requireHostMount(&p, *daemon, vols, tunDevice, corev1.HostPathCharDev, "TUN for userspace WireGuard")
 
+	checkProbes(&p, *daemon, flags["metrics-addr"])
+
 	binaries := checkConflist(&p, b, ps, runDir, exampleConflist)
 	checkInstaller(&p, b, ps, vols, binaries)
 	return p
+}
+
+// checkProbes: with --metrics-addr the daemon serves /healthz (liveness:
+// the process answers) and /readyz (readiness: lease held, first sync
+// done); both probes must use them, on the metrics port. Liveness must
+// not be /readyz: an etcd outage would make the kubelet restart wgcnid,
+// which in userspace mode takes the node's tunnel down.
+func checkProbes(p *problems, c corev1.Container, metricsAddr string) {
+	if metricsAddr == "" {
+		if c.LivenessProbe != nil || c.ReadinessProbe != nil {
+			p.add("container %s: probes need --metrics-addr (wgcnid serves /healthz and /readyz there)", c.Name)
+		}
+		return
+	}
+	i := strings.LastIndex(metricsAddr, ":")
+	port, err := strconv.Atoi(metricsAddr[i+1:])
+	if i < 0 || err != nil {
+		p.add("container %s: --metrics-addr %q has no numeric port", c.Name, metricsAddr)
+		return
+	}
+	host := metricsAddr[:i]
+	for _, pr := range []struct {
+		kind  string
+		probe *corev1.Probe
+		path  string
+	}{{"livenessProbe", c.LivenessProbe, "/healthz"}, {"readinessProbe", c.ReadinessProbe, "/readyz"}} {
+		if pr.probe == nil || pr.probe.HTTPGet == nil {
+			p.add("container %s: %s must be an httpGet of %s", c.Name, pr.kind, pr.path)
+			continue
+		}
+		g := pr.probe.HTTPGet
+		if g.Path != pr.path {
+			p.add("container %s: %s path %q, want %s", c.Name, pr.kind, g.Path, pr.path)
+		}
+		got := g.Port.IntValue()
+		if g.Port.Type == intstr.String {
+			got = 0
+			for _, cp := range c.Ports {
+				if cp.Name == g.Port.StrVal {
+					got = int(cp.ContainerPort)
+				}
+			}
+		}
+		if got != port {
+			p.add("container %s: %s port %s is not --metrics-addr's port %d", c.Name, pr.kind, g.Port.String(), port)
+		}
+		// The kubelet probes the pod IP (the node IP with hostNetwork)
+		// unless told otherwise: a loopback listener needs host 127.0.0.1.
+		if strings.HasPrefix(host, "127.") && g.Host != host {
+			p.add("container %s: %s must set host %s (wgcnid listens on loopback only)", c.Name, pr.kind, host)
+		}
+	}
 }
 
 func findContainer(cs []corev1.Container, name string) *corev1.Container {
@@ -596,6 +651,30 @@ type cniPlugin struct {
 	} `json:"ipam"`
 }
 
+// checkCNIVersions: "cniVersion" is 1.0.0 so that libcni older than 1.2
+// (containerd 1.6/1.7, which reject 1.1.0 results) loads the list, and
+// "cniVersions" offers 1.1.0, which newer libcni (picked is what it chose)
+// then uses.
+func checkCNIVersions(p *problems, where string, raw []byte, picked string) {
+	var v struct {
+		CNIVersion  string   `json:"cniVersion"`
+		CNIVersions []string `json:"cniVersions"`
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		p.add("%s: %v", where, err)
+		return
+	}
+	if v.CNIVersion != "1.0.0" {
+		p.add("%s: cniVersion %q, want 1.0.0 (containerd 1.6's libcni cannot load 1.1.0)", where, v.CNIVersion)
+	}
+	if !slices.Contains(v.CNIVersions, "1.0.0") || !slices.Contains(v.CNIVersions, "1.1.0") {
+		p.add("%s: cniVersions %q, want [1.0.0 1.1.0]", where, v.CNIVersions)
+	}
+	if picked != "1.1.0" {
+		p.add("%s: libcni %s picks cniVersion %q, want 1.1.0", where, "v1.3", picked)
+	}
+}
+
 // checkConflist finds the ConfigMap key holding the conflist, parses it with
 // libcni (what the runtime does) and checks runDir against the daemon. It
 // returns the binaries the conflist needs installed.
@@ -616,9 +695,7 @@ func checkConflist(p *problems, b *bundle, ps *corev1.PodSpec, runDir string, ex
 		p.add("ConfigMap %s: %s: %v", cm.Name, conflistFile, err)
 		return nil
 	}
-	if list.CNIVersion != "1.1.0" {
-		p.add("ConfigMap %s: cniVersion %q, the contract says 1.1.0", cm.Name, list.CNIVersion)
-	}
+	checkCNIVersions(p, "ConfigMap "+cm.Name, raw, list.CNIVersion)
 	var binaries []string
 	for i, pl := range list.Plugins {
 		var c cniPlugin
