@@ -36,8 +36,15 @@ type Attachment struct {
 	IfName      string // the pod's veth end (e.g. eth0)
 	Netns       string
 	IP          netip.Addr
-	MTU         int
+	MTU         int          // pod MTU towards other nodes (the node file's)
+	PodCIDR     netip.Prefix // this node's pods: reached at DeviceMTU
 }
+
+// DeviceMTU is the MTU of the pod devices and the hub. Their WireGuard
+// packets never leave the node (they run over loopback, MTU 65536), so they
+// can carry 64 KB: one encryption per TCP super-segment instead of ~45 at
+// MTU 1440. Traffic to other nodes keeps the node MTU through a route MTU.
+const DeviceMTU = 65000
 
 // AttachPod gives the pod its WireGuard device, registers it, makes it a
 // peer of the hub, and points the pod's routes into the device instead of
@@ -53,7 +60,7 @@ func AttachPod(a Attachment) (_ *Pod, err error) {
 		return nil, err
 	}
 	wgIf := WGIfName(a.IfName)
-	resp, err := Call(a.RunDir, Request{Op: "add", ID: a.ID, Netns: a.Netns, IfName: wgIf, MTU: a.MTU, HubKey: hubKey.String(), HubPort: hubPort}, callTimeout)
+	resp, err := Call(a.RunDir, Request{Op: "add", ID: a.ID, Netns: a.Netns, IfName: wgIf, MTU: DeviceMTU, HubKey: hubKey.String(), HubPort: hubPort}, callTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +76,7 @@ func AttachPod(a Attachment) (_ *Pod, err error) {
 	if err := a.Hub.ApplyPod(wg, p); err != nil {
 		return nil, err
 	}
-	err = ns.WithNetNSPath(a.Netns, func(ns.NetNS) error { return podRoutes(a.IfName, wgIf, a.IP) })
+	err = ns.WithNetNSPath(a.Netns, func(ns.NetNS) error { return podRoutes(a.IfName, wgIf, a.IP, a.PodCIDR, a.MTU) })
 	if err != nil {
 		return nil, fmt.Errorf("same-node routes in %s: %w", a.Netns, err)
 	}
@@ -80,7 +87,7 @@ func AttachPod(a Attachment) (_ *Pod, err error) {
 // PodCIDR route included: pod-to-pod must not take the bridge) and sends
 // everything into the WireGuard device instead. With the device gone the
 // pod has no route at all: it fails closed, never in clear.
-func podRoutes(vethName, wgIf string, ip netip.Addr) error {
+func podRoutes(vethName, wgIf string, ip netip.Addr, podCIDR netip.Prefix, mtu int) error {
 	veth, err := netlink.LinkByName(vethName)
 	if err != nil {
 		return err
@@ -119,8 +126,15 @@ func podRoutes(vethName, wgIf string, ip netip.Addr) error {
 		}
 	}
 	def := &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
-	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: wgl.Attrs().Index, Dst: def, Src: net.IP(ip.AsSlice()), Scope: netlink.SCOPE_LINK}); err != nil {
+	src := net.IP(ip.AsSlice())
+	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: wgl.Attrs().Index, Dst: def, Src: src, Scope: netlink.SCOPE_LINK, MTU: mtu}); err != nil {
 		return fmt.Errorf("default route dev %s: %w", wgIf, err)
+	}
+	if podCIDR.IsValid() {
+		local := &net.IPNet{IP: net.IP(podCIDR.Addr().AsSlice()), Mask: net.CIDRMask(podCIDR.Bits(), 32)}
+		if err := netlink.RouteReplace(&netlink.Route{LinkIndex: wgl.Attrs().Index, Dst: local, Src: src, Scope: netlink.SCOPE_LINK}); err != nil {
+			return fmt.Errorf("route %s dev %s: %w", podCIDR, wgIf, err)
+		}
 	}
 	return nil
 }

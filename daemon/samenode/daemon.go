@@ -84,7 +84,7 @@ func Setup(o Options) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("same-node hub key: %w", err)
 	}
-	dev, err := wgdev.Ensure(wgdev.Options{Name: hub.Name, MTU: o.MTU, Want: o.Mode, RunDir: o.RunDir, Log: o.Log})
+	dev, err := wgdev.Ensure(wgdev.Options{Name: hub.Name, MTU: DeviceMTU, Want: o.Mode, RunDir: o.RunDir, Log: o.Log})
 	if err != nil {
 		return nil, fmt.Errorf("same-node hub: %w", err)
 	}

@@ -155,7 +155,9 @@ func (h *host) handle(req Request) (*Response, error) {
 		delete(h.devs, req.ID)
 		h.mu.Unlock()
 		if d != nil {
-			d.dev.Close() // closes the TUN: the pod's interface disappears
+			// Closing waits for the device's goroutines; DEL need not. The
+			// hub peer is already gone, so nothing reaches the device.
+			go d.dev.Close() // closes the TUN: the pod's interface disappears
 			h.log.Info("pod device removed", "id", req.ID)
 		}
 		return &Response{}, nil

@@ -38,8 +38,10 @@ func (p *Plugin) attachSameNode(node *nodefile.Node, conf *netconf.NetConf, args
 	if !ip.IsValid() {
 		return fmt.Errorf("wgcni: same-node encryption needs an IPv4 pod address")
 	}
+	podCIDR, _ := netip.ParsePrefix(node.PodCIDR)
 	pod, err := samenode.AttachPod(samenode.Attachment{
-		RunDir: conf.RunDir, Hub: hubOf(node), ID: id, Network: conf.Name, ContainerID: args.ContainerID,
+		PodCIDR: podCIDR,
+		RunDir:  conf.RunDir, Hub: hubOf(node), ID: id, Network: conf.Name, ContainerID: args.ContainerID,
 		IfName: args.IfName, Netns: args.Netns, IP: ip, MTU: mtu,
 	})
 	if err != nil {
