@@ -27,6 +27,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/nodefile"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
+	"github.com/wgcni/wgcni/daemon/samenode"
 	"github.com/wgcni/wgcni/daemon/wgdev"
 	"github.com/wgcni/wgcni/plugins/bridge"
 )
@@ -137,6 +138,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Name: cfg.NodeName, PodCIDR: held.CIDR.String(), Gateway: gw.String(), ClusterCIDR: cluster.String(),
 		MTU: mtu, Bridge: cfg.Bridge, Device: cfg.Device, IPAMDir: filepath.Join(cfg.StateDir, "ipam"),
 	}
+	if err := setupSameNode(ctx, cfg, cli, mtu, gw, nf, log); err != nil {
+		return err
+	}
 	if written, err := writeNodeFile(cfg.RunDir, nf); err != nil {
 		return err
 	} else if written {
@@ -238,6 +242,9 @@ func Cleanup(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		errs = append(errs, err)
 	}
 	if err := wgdev.Remove(cfg.RunDir, cfg.Device, log); err != nil {
+		errs = append(errs, err)
+	}
+	if err := samenode.Cleanup(cfg.RunDir, cfg.Device, log); err != nil {
 		errs = append(errs, err)
 	}
 	if err := removeBridgeIfUnused(cfg.Bridge, log); err != nil {

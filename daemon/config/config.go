@@ -52,6 +52,10 @@ type Config struct {
 	LogFormat      string
 	LogLevel       string
 	MetricsAddr    string // empty: no metrics/health endpoint
+	// SameNodeEncryption turns on WireGuard between pods of this node
+	// (also on when the cluster config record in etcd says so).
+	SameNodeEncryption bool
+	SameNodePort       int // hub UDP port; 0: ListenPort+1
 
 	// Derived by Validate.
 	Cluster  record.Cluster
@@ -87,6 +91,8 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.IntVar(&c.MTU, "mtu", 0, "pod and WireGuard MTU (0 = underlay MTU - 60 for IPv4, - 80 for IPv6)")
 	fs.StringVar(&c.WireGuard, "wireguard", ModeAuto, "WireGuard implementation: auto, kernel or userspace")
 	fs.DurationVar(&c.ResyncInterval, "resync-interval", time.Minute, "how often the device and routes are re-checked against the desired state")
+	fs.BoolVar(&c.SameNodeEncryption, "same-node-encryption", false, "encrypt pod-to-pod traffic inside this node too (per-pod WireGuard devices and a node hub); also on when the etcd config record has sameNodeEncryption=true")
+	fs.IntVar(&c.SameNodePort, "same-node-port", 0, "UDP port of the same-node hub device (0 = listen-port + 1)")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "host:port serving Prometheus /metrics, /healthz and /readyz, e.g. 127.0.0.1:9586 (empty = off)")
@@ -220,6 +226,12 @@ func (c *Config) Validate() error {
 	}
 	if c.ListenPort < 1 || c.ListenPort > 65535 {
 		return fmt.Errorf("--listen-port: %d is out of range 1..65535", c.ListenPort)
+	}
+	if c.SameNodePort == 0 {
+		c.SameNodePort = c.ListenPort + 1
+	}
+	if c.SameNodePort < 1 || c.SameNodePort > 65535 || c.SameNodePort == c.ListenPort {
+		return fmt.Errorf("--same-node-port: %d is out of range 1..65535 or equals --listen-port", c.SameNodePort)
 	}
 	if err := validIfName(c.Device); err != nil {
 		return fmt.Errorf("--device: %w", err)

@@ -34,6 +34,9 @@ func SubnetsPrefix(prefix string) string { return strings.TrimRight(prefix, "/")
 type ClusterConfig struct {
 	ClusterCIDR   string `json:"clusterCIDR"`
 	NodePrefixLen int    `json:"nodePrefixLen"`
+	// SameNodeEncryption turns same-node encryption on for every node
+	// (read by daemon/samenode; not part of the equality check).
+	SameNodeEncryption bool `json:"sameNodeEncryption,omitempty"`
 }
 
 // Cluster is a validated ClusterConfig.

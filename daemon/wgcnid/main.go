@@ -13,6 +13,7 @@ import (
 
 	"github.com/wgcni/wgcni/daemon/agent"
 	"github.com/wgcni/wgcni/daemon/config"
+	"github.com/wgcni/wgcni/daemon/samenode"
 	"github.com/wgcni/wgcni/daemon/wgdev"
 )
 
@@ -20,11 +21,14 @@ func main() { os.Exit(run(os.Args[1:])) }
 
 func run(args []string) int {
 	cmd := "run"
-	if len(args) > 0 && (args[0] == "cleanup" || args[0] == "userspace-device") {
+	if len(args) > 0 && (args[0] == "cleanup" || args[0] == "userspace-device" || args[0] == "samenode-host") {
 		cmd, args = args[0], args[1:]
 	}
 	if cmd == "userspace-device" {
 		return wgdev.RunHost(args, os.Stderr)
+	}
+	if cmd == "samenode-host" {
+		return samenode.RunHost(args, os.Stderr)
 	}
 	cfg, err := config.Parse("wgcnid "+cmd, args, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {

@@ -80,8 +80,14 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 		return err
 	}
 	defer podNS.Close()
+	routes := prev.Routes
+	if sn, err := checkSameNode(conf, args); err != nil {
+		return fmt.Errorf("wgcni CHECK: %w", err)
+	} else if sn {
+		routes = nil // they go through the pod's WireGuard device, checked above
+	}
 	return podNS.Do(func(ns.NetNS) error {
-		if err := checkPod(args.IfName, mtu, prev.Interfaces[podIdx], podIPs, prev.Routes); err != nil {
+		if err := checkPod(args.IfName, mtu, prev.Interfaces[podIdx], podIPs, routes); err != nil {
 			return fmt.Errorf("wgcni CHECK in %s: %w", args.Netns, err)
 		}
 		return nil

@@ -19,6 +19,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/wgcni/wgcni/daemon/nodefile"
+	"github.com/wgcni/wgcni/daemon/samenode"
 	"github.com/wgcni/wgcni/plugins/bridge"
 	"github.com/wgcni/wgcni/plugins/masq"
 	"github.com/wgcni/wgcni/plugins/netconf"
@@ -172,6 +173,18 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	}); err != nil {
 		return fmt.Errorf("wgcni: configure %s in %s: %w", args.IfName, args.Netns, err)
 	}
+	if node.SameNodeEncryption {
+		if err := p.attachSameNode(node, conf, args, pair.HostName, result, mtu); err != nil {
+			return err
+		}
+		defer func() {
+			if !success {
+				if err := samenode.DetachPod(conf.RunDir, hubOf(node), pair.HostName); err != nil {
+					p.Log.Error("rollback: same-node detach", "id", pair.HostName, "err", err)
+				}
+			}
+		}()
+	}
 
 	if err := ensureForwarding(); err != nil {
 		return fmt.Errorf("wgcni: %w", err)
@@ -225,6 +238,9 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		if err := veth.DeleteHost(veth.HostName(attachment(conf, args))); err != nil {
 			errs = append(errs, fmt.Errorf("wgcni: %w", err))
 		}
+	}
+	if err := p.detachSameNode(conf, args); err != nil {
+		errs = append(errs, err)
 	}
 	if err := ipm.Del(); err != nil {
 		var cniErr *types.Error
@@ -280,6 +296,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("wgcni: GC: %w", err))
 	}
+	errs = append(errs, p.gcSameNode(conf, valid)...)
 	for name, a := range tagged {
 		if valid[a] {
 			continue

@@ -1,0 +1,55 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/wgcni/wgcni/daemon/config"
+	"github.com/wgcni/wgcni/daemon/nodefile"
+	"github.com/wgcni/wgcni/daemon/samenode"
+	"github.com/wgcni/wgcni/daemon/wgdev"
+)
+
+// setupSameNode turns same-node encryption on when this node's flag or the
+// cluster config record asks for it: hub device, pod device host, and the
+// reconciler of hub peers. The node file then tells the plugin.
+func setupSameNode(ctx context.Context, cfg *config.Config, cli *clientv3.Client, mtu int, gw netip.Addr, nf *nodefile.Node, log *slog.Logger) error {
+	on := cfg.SameNodeEncryption
+	if !on {
+		err := retry(ctx, log, "read cluster config (sameNodeEncryption)", func(ctx context.Context) error {
+			var err error
+			on, err = samenode.ClusterSetting(ctx, cli, cfg.EtcdPrefix)
+			return err
+		}, func(error) bool { return false })
+		if err != nil {
+			return err
+		}
+	}
+	if !on {
+		return nil
+	}
+	d, err := samenode.Setup(samenode.Options{
+		Device: cfg.Device, Port: cfg.SameNodePort, MTU: mtu, Mode: wgdev.Mode(cfg.WireGuard),
+		StateDir: cfg.StateDir, RunDir: cfg.RunDir, Gateway: gw, Resync: sameNodeResync(cfg),
+		Log: log.With("part", "samenode"),
+	})
+	if err != nil {
+		return err
+	}
+	go d.Run(ctx)
+	nf.SameNodeEncryption = true
+	return nil
+}
+
+// sameNodeResync is how often the hub is re-checked against the registry;
+// the plugin applies changes itself, so this only repairs and collects.
+func sameNodeResync(cfg *config.Config) time.Duration {
+	if cfg.ResyncInterval > 0 && cfg.ResyncInterval < 10*time.Second {
+		return cfg.ResyncInterval
+	}
+	return 10 * time.Second
+}

@@ -1,0 +1,293 @@
+package samenode
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgcni/wgcni/daemon/keys"
+	"github.com/wgcni/wgcni/daemon/record"
+	"github.com/wgcni/wgcni/daemon/wgdev"
+)
+
+// ClusterSetting reads sameNodeEncryption from the cluster config record
+// (absent: false). An operator turns it on for the whole cluster by
+// adding "sameNodeEncryption":true to <prefix>/config.
+func ClusterSetting(ctx context.Context, kv clientv3.KV, prefix string) (bool, error) {
+	key := record.ConfigKey(prefix)
+	resp, err := kv.Get(ctx, key)
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return false, nil
+	}
+	var c struct {
+		SameNodeEncryption bool `json:"sameNodeEncryption"`
+	}
+	if err := json.Unmarshal(resp.Kvs[0].Value, &c); err != nil {
+		return false, fmt.Errorf("etcd key %s: field sameNodeEncryption: %w", key, err)
+	}
+	return c.SameNodeEncryption, nil
+}
+
+// Options configure the daemon's side of same-node encryption.
+type Options struct {
+	Device   string // the node's WireGuard device; the hub is HubName(Device)
+	Port     int    // hub UDP port
+	MTU      int
+	Mode     wgdev.Mode
+	StateDir string // hub key lives in <StateDir>/samenode
+	RunDir   string
+	Gateway  netip.Addr
+	Resync   time.Duration
+	Log      *slog.Logger
+}
+
+// Daemon owns the hub device, its peers and routes, and the pod device host.
+type Daemon struct {
+	o   Options
+	hub Hub
+	wg  *wgctrl.Client
+}
+
+// Setup ensures the hub device (adopted if it exists) with its own key, the
+// pod device host process, and an initial reconcile of the registry.
+func Setup(o Options) (*Daemon, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	hub := Hub{Name: HubName(o.Device), Gateway: net.IP(o.Gateway.AsSlice())}
+	// Pod devices send to the hub on 127.0.0.1: loopback must be up.
+	if lo, err := netlink.LinkByName("lo"); err == nil && lo.Attrs().Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return nil, fmt.Errorf("set lo up: %w", err)
+		}
+	}
+	priv, _, err := keys.LoadOrCreate(filepath.Join(o.StateDir, "samenode"))
+	if err != nil {
+		return nil, fmt.Errorf("same-node hub key: %w", err)
+	}
+	dev, err := wgdev.Ensure(wgdev.Options{Name: hub.Name, MTU: DeviceMTU, Want: o.Mode, RunDir: o.RunDir, Log: o.Log})
+	if err != nil {
+		return nil, fmt.Errorf("same-node hub: %w", err)
+	}
+	wg, err := wgctrl.New()
+	if err != nil {
+		return nil, fmt.Errorf("open wgctrl: %w", err)
+	}
+	if err := wgdev.Configure(wg, hub.Name, priv.Key(), o.Port); err != nil {
+		wg.Close()
+		return nil, err
+	}
+	o.Log.Info("same-node hub ready", "device", hub.Name, "mode", dev.Mode, "adopted", dev.Adopted, "port", o.Port, "public_key", priv.Public())
+	if err := EnsureHost(o.RunDir, o.Log); err != nil {
+		wg.Close()
+		return nil, err
+	}
+	d := &Daemon{o: o, hub: hub, wg: wg}
+	d.Sync()
+	return d, nil
+}
+
+// Run reconciles every Resync interval until ctx ends.
+func (d *Daemon) Run(ctx context.Context) {
+	defer d.wg.Close()
+	t := time.NewTicker(d.o.Resync)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := EnsureHost(d.o.RunDir, d.o.Log); err != nil {
+				d.o.Log.Error("same-node pod device host", "err", err)
+			}
+			d.Sync()
+		}
+	}
+}
+
+// Sync makes the hub match the registry: a peer and a /32 route per
+// registered pod, nothing else; and drops pod devices that have no
+// registration (an ADD killed half-way, a DEL that never came and a GC
+// that removed the file). Returns what it changed, for tests and logs.
+func (d *Daemon) Sync() (added, removed int) {
+	pods, errs := List(d.o.RunDir)
+	for _, err := range errs {
+		d.o.Log.Warn("skipping bad same-node registration", "err", err)
+	}
+	want := map[wgtypes.Key]*Pod{}
+	wantIP := map[netip.Addr]bool{}
+	ids := map[string]bool{}
+	for _, p := range pods {
+		k, err := wgtypes.ParseKey(p.PublicKey)
+		if err != nil {
+			continue
+		}
+		want[k], wantIP[p.IP], ids[p.ID] = p, true, true
+	}
+	dev, err := d.wg.Device(d.hub.Name)
+	if err != nil {
+		d.o.Log.Error("read same-node hub", "device", d.hub.Name, "err", err)
+		return
+	}
+	have := map[wgtypes.Key]bool{}
+	for _, peer := range dev.Peers {
+		p, ok := want[peer.PublicKey]
+		if !ok {
+			if err := d.wg.ConfigureDevice(d.hub.Name, wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: peer.PublicKey, Remove: true}}}); err != nil {
+				d.o.Log.Error("remove orphaned hub peer", "peer", peer.PublicKey, "err", err)
+			} else {
+				removed++
+				d.o.Log.Info("removed orphaned hub peer", "peer", peer.PublicKey)
+			}
+			continue
+		}
+		if len(peer.AllowedIPs) == 1 && peer.AllowedIPs[0].String() == p.IP.String()+"/32" && peer.Endpoint != nil && peer.Endpoint.Port == p.Port {
+			have[peer.PublicKey] = true
+		}
+	}
+	for k, p := range want {
+		if have[k] {
+			if err := d.hub.ensureRoute(p.IP); err != nil {
+				d.o.Log.Error("same-node route", "pod", p.ID, "err", err)
+			}
+			continue
+		}
+		if err := d.hub.ApplyPod(d.wg, p); err != nil {
+			d.o.Log.Error("same-node pod", "pod", p.ID, "err", err)
+			continue
+		}
+		added++
+		d.o.Log.Info("hub peer added", "pod", p.ID, "ip", p.IP)
+	}
+	if routes, err := d.hub.Routes(); err == nil {
+		for _, ip := range routes {
+			if !wantIP[ip] {
+				if err := d.hub.deleteRoute(ip); err == nil {
+					removed++
+				}
+			}
+		}
+	}
+	if resp, err := Call(d.o.RunDir, Request{Op: "list"}, callTimeout); err == nil {
+		for _, id := range resp.IDs {
+			if ids[id] {
+				continue
+			}
+			// Registration is written right after the device is made: give a
+			// running ADD the benefit of the doubt only if it is fresh.
+			if _, err := Call(d.o.RunDir, Request{Op: "del", ID: id}, callTimeout); err == nil {
+				removed++
+				d.o.Log.Info("removed unregistered pod device", "id", id)
+			}
+		}
+	}
+	return added, removed
+}
+
+// EnsureHost starts the pod device host unless one answers on its socket.
+// It is detached (own session) so it outlives daemon restarts: pod devices
+// keep running while wgcnid restarts.
+func EnsureHost(runDir string, log *slog.Logger) error {
+	if _, err := Call(runDir, Request{Op: "ping"}, 2*time.Second); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(runDir, 0o755); err != nil {
+		return err
+	}
+	logPath := filepath.Join(runDir, "samenode-host.log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", logPath, err)
+	}
+	defer logf.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer pr.Close()
+	cmd := exec.Command("/proc/self/exe", "samenode-host", "--run-dir", runDir)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{pw}
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		pw.Close()
+		return fmt.Errorf("start same-node pod device host: %w", err)
+	}
+	pw.Close()
+	go cmd.Wait() // reap it if it exits while we are its parent
+	pr.SetReadDeadline(time.Now().Add(15 * time.Second))
+	line, _ := bufio.NewReader(pr).ReadString('\n')
+	if strings.TrimSpace(line) != "ready" {
+		cmd.Process.Kill()
+		return fmt.Errorf("same-node pod device host did not start: %q (log: %s)", strings.TrimSpace(line), logPath)
+	}
+	log.Info("started same-node pod device host", "pid", cmd.Process.Pid)
+	return nil
+}
+
+// Cleanup removes the hub (and its routes), the pod device host and the
+// registry. Pods that still exist lose their WireGuard device: with
+// same-node encryption they fail closed until re-added.
+func Cleanup(runDir, device string, log *slog.Logger) error {
+	var errs []error
+	hub := Hub{Name: HubName(device)}
+	if routes, err := hub.Routes(); err == nil {
+		for _, ip := range routes {
+			if err := hub.deleteRoute(ip); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := wgdev.Remove(runDir, hub.Name, log); err != nil {
+		errs = append(errs, err)
+	}
+	if b, err := os.ReadFile(HostPIDFile(runDir)); err == nil {
+		var pid int
+		if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &pid); err == nil && pid > 1 && isHost(pid) {
+			syscall.Kill(pid, syscall.SIGTERM)
+			for i := 0; i < 100 && isHost(pid); i++ {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+	}
+	os.Remove(HostSocket(runDir))
+	os.Remove(HostPIDFile(runDir))
+	if err := os.RemoveAll(Dir(runDir)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// isHost reports whether pid is a live samenode-host (pids are reused).
+func isHost(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		if i := strings.LastIndexByte(string(st), ')'); i >= 0 && i+2 < len(st) && st[i+2] == 'Z' {
+			return false
+		}
+	}
+	return strings.Contains(string(b), "samenode-host")
+}

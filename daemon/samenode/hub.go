@@ -1,0 +1,148 @@
+package samenode
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// RouteProto marks the hub's /32 pod routes (the mesh uses 87).
+const RouteProto netlink.RouteProtocol = 88
+
+// HubName derives the hub device's name from the node's WireGuard device
+// name (both must be unique on the machine: userspace UAPI sockets share
+// one directory across namespaces).
+func HubName(device string) string {
+	if len(device) > 12 {
+		device = device[:12]
+	}
+	return device + "-sn"
+}
+
+// DefaultHubPort is the hub's UDP port when --same-node-port is 0.
+func DefaultHubPort(listenPort int) int { return listenPort + 1 }
+
+// Hub is what the plugin and the daemon need to change the hub.
+type Hub struct {
+	Name    string
+	Gateway net.IP // source of host -> pod packets (the bridge's gateway IP)
+}
+
+// Info reads the hub's public key and port.
+func (h Hub) Info(wg *wgctrl.Client) (wgtypes.Key, int, error) {
+	d, err := wg.Device(h.Name)
+	if err != nil {
+		return wgtypes.Key{}, 0, fmt.Errorf("same-node hub device %s: %w", h.Name, err)
+	}
+	if d.ListenPort == 0 {
+		return wgtypes.Key{}, 0, fmt.Errorf("same-node hub device %s has no listen port", h.Name)
+	}
+	return d.PublicKey, d.ListenPort, nil
+}
+
+// ApplyPod makes p a peer of the hub (AllowedIPs exactly p's /32, endpoint
+// its loopback port) and routes p's /32 into the hub, so the node sends
+// nothing to p in plain text over the bridge.
+func (h Hub) ApplyPod(wg *wgctrl.Client, p *Pod) error {
+	key, err := wgtypes.ParseKey(p.PublicKey)
+	if err != nil {
+		return fmt.Errorf("same-node registration %s: publicKey: %w", p.ID, err)
+	}
+	err = wg.ConfigureDevice(h.Name, wgtypes.Config{Peers: []wgtypes.PeerConfig{{
+		PublicKey:         key,
+		Endpoint:          &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p.Port},
+		ReplaceAllowedIPs: true,
+		AllowedIPs:        []net.IPNet{hostNet(p.IP)},
+	}}})
+	if err != nil {
+		return fmt.Errorf("add pod %s (%s) as peer of hub %s: %w", p.ID, p.IP, h.Name, err)
+	}
+	return h.ensureRoute(p.IP)
+}
+
+// RemovePod removes p's peer and /32 route; missing ones are fine.
+func (h Hub) RemovePod(wg *wgctrl.Client, p *Pod) error {
+	var errs []error
+	if key, err := wgtypes.ParseKey(p.PublicKey); err == nil {
+		if err := wg.ConfigureDevice(h.Name, wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: key, Remove: true}}}); err != nil && !isGone(err) {
+			errs = append(errs, fmt.Errorf("remove pod %s from hub %s: %w", p.ID, h.Name, err))
+		}
+	}
+	if err := h.deleteRoute(p.IP); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (h Hub) link() (netlink.Link, error) {
+	l, err := netlink.LinkByName(h.Name)
+	if err != nil {
+		return nil, fmt.Errorf("same-node hub device %s: %w", h.Name, err)
+	}
+	return l, nil
+}
+
+func (h Hub) ensureRoute(ip netip.Addr) error {
+	l, err := h.link()
+	if err != nil {
+		return err
+	}
+	dst := hostNet(ip)
+	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &dst, Src: h.Gateway, Scope: netlink.SCOPE_LINK, Protocol: RouteProto}
+	if err := netlink.RouteReplace(r); err != nil {
+		return fmt.Errorf("route %s dev %s: %w", ip, h.Name, err)
+	}
+	return nil
+}
+
+func (h Hub) deleteRoute(ip netip.Addr) error {
+	l, err := h.link()
+	if err != nil {
+		return nil // no hub, no route through it
+	}
+	dst := hostNet(ip)
+	err = netlink.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: &dst, Protocol: RouteProto})
+	if err != nil && !errors.Is(err, syscall.ESRCH) && !errors.Is(err, syscall.ENOENT) {
+		return fmt.Errorf("delete route %s dev %s: %w", ip, h.Name, err)
+	}
+	return nil
+}
+
+// Routes returns the /32 pod routes through the hub.
+func (h Hub) Routes() ([]netip.Addr, error) {
+	l, err := h.link()
+	if err != nil {
+		return nil, err
+	}
+	rs, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: l.Attrs().Index, Protocol: RouteProto}, netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return nil, fmt.Errorf("list routes of hub %s: %w", h.Name, err)
+	}
+	var out []netip.Addr
+	for _, r := range rs {
+		if r.Dst == nil {
+			continue
+		}
+		if ones, _ := r.Dst.Mask.Size(); ones != 32 {
+			continue
+		}
+		if a, ok := netip.AddrFromSlice(r.Dst.IP.To4()); ok {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+func hostNet(ip netip.Addr) net.IPNet {
+	return net.IPNet{IP: net.IP(ip.AsSlice()), Mask: net.CIDRMask(ip.BitLen(), ip.BitLen())}
+}
+
+func isGone(err error) bool {
+	return errors.Is(err, syscall.ENODEV) || errors.Is(err, syscall.ENOENT)
+}
