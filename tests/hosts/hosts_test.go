@@ -7,6 +7,7 @@ package hosts
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -196,4 +197,106 @@ func err2s(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// TestKeepaliveAndEndpointChange: a node's --keepalive applies to its own
+// peers and to what others use towards it; when a node's underlay address
+// changes, it re-publishes its record and the peers follow without a
+// restart, and pods keep talking.
+func TestKeepaliveAndEndpointChange(t *testing.T) {
+	c := harness.Start(t, harness.Config{ClusterCIDR: clusterCIDR, LeaseTTL: leaseTTL, ListenPort: wgPort,
+		ResyncInterval: 5 * time.Second}, 0)
+	n1, err := c.AddNode("--keepalive", "7s") // "behind NAT"
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2, err := c.AddNode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n1.WaitPeerCIDRs([]string{podCIDR(t, n2)}, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.WaitPeerCIDRs([]string{podCIDR(t, n1)}, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*harness.Node{n1, n2} {
+		dev, err := n.WGDevice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ka := dev.Peers[0].PersistentKeepaliveInterval; ka != 7*time.Second {
+			t.Fatalf("%s: keepalive towards its peer is %v, want 7s (n1 asked for it)", n.Name, ka)
+		}
+	}
+	p1, err := n1.AddPod()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := n2.AddPod()
+	if err != nil {
+		t.Fatal(err)
+	}
+	connect(t, p1.NS, p2.IP, "before: "+p1.Name+" -> "+p2.Name)
+
+	// Move n1 to a new underlay address: add it, drop the old one (the new
+	// one is promoted), restore the default route the kernel dropped.
+	oldIP := n1.UnderlayIP
+	newIP := netip.AddrFrom4([4]byte{oldIP.As4()[0], oldIP.As4()[1], oldIP.As4()[2], 111})
+	bits := c.Underlay.Prefix.Bits()
+	for _, argv := range [][]string{
+		{"sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1"},
+		{"ip", "addr", "add", fmt.Sprintf("%s/%d", newIP, bits), "dev", "eth0"},
+		{"ip", "addr", "del", fmt.Sprintf("%s/%d", oldIP, bits), "dev", "eth0"},
+		{"ip", "route", "replace", "default", "via", c.Underlay.Gateway.String(), "dev", "eth0"},
+	} {
+		if out, err := n1.Exec(argv...); err != nil {
+			t.Fatalf("%v: %v %s", argv, err, out)
+		}
+	}
+	n1.UnderlayIP = newIP
+	t.Logf("%s moved from %s to %s", n1.Name, oldIP, newIP)
+	start := time.Now()
+	err = harness.WaitFor(20*time.Second, "n1's record and n2's peer to carry "+newIP.String(), func() (bool, error) {
+		l, err := c.LeaseOf(n1.Name)
+		if err != nil || l == nil || l.Endpoint != newIP.String() {
+			return false, fmt.Errorf("record %+v %v", l, err)
+		}
+		dev, err := n2.WGDevice()
+		if err != nil {
+			return false, err
+		}
+		if len(dev.Peers) != 1 || dev.Peers[0].Endpoint == nil || dev.Peers[0].Endpoint.IP.String() != newIP.String() {
+			return false, fmt.Errorf("n2's peers %+v", dev.Peers)
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("re-published and followed by the peer in %v", time.Since(start).Round(time.Millisecond))
+	if b, err := os.ReadFile(n1.LogPath); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, "part=endpoint") {
+				t.Logf("%s: %s", n1.Name, l)
+			}
+		}
+	}
+	connect(t, p1.NS, p2.IP, "after: "+p1.Name+" -> "+p2.Name)
+	connect(t, p2.NS, p1.IP, "after: "+p2.Name+" -> "+p1.Name)
+	transfer(t, p2.NS, p1.NS, p1.IP, "after: "+p2.Name+" -> "+p1.Name)
+	// The lease is still kept alive from the new address: after two TTLs
+	// the record is still there, on the same lease.
+	before, err := c.LeaseOf(n1.Name)
+	if err != nil || before == nil {
+		t.Fatalf("n1's record: %+v %v", before, err)
+	}
+	time.Sleep(2 * leaseTTL)
+	after, err := c.LeaseOf(n1.Name)
+	if err != nil || after == nil || after.TTL <= 0 {
+		t.Fatalf("n1's record after %v: %+v %v (etcd unreachable from the new address?)", 2*leaseTTL, after, err)
+	}
+	if after.Endpoint != newIP.String() {
+		t.Fatalf("n1's record went back to %s", after.Endpoint)
+	}
 }
