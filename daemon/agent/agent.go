@@ -128,6 +128,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	keeper := lease.NewKeeper(acq, self, held)
 	go keeper.Run(ctx)
+	followEndpoint(ctx, cfg, keeper, endpoint, log)
 
 	// 7. Bridge with the gateway, then the node file for the plugins.
 	gw := record.Gateway(held.CIDR)
@@ -156,6 +157,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, OwnCIDR: held.CIDR,
 		Gateway: gw, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
 		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck, Observe: om.observe,
+		Keepalive: int(cfg.Keepalive / time.Second),
 	})
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(dev.Mode), WG: wg, PodCIDR: held.CIDR,

@@ -55,12 +55,15 @@ type Config struct {
 	// SameNodeEncryption turns on WireGuard between pods of this node
 	// (also on when the cluster config record in etcd says so).
 	SameNodeEncryption bool
-	SameNodePort       int // hub UDP port; 0: ListenPort+1
+	SameNodePort       int    // hub UDP port; 0: ListenPort+1
+	HostOnly           bool   // host-only peer: no pods, a /32 out of HostCIDR (docs/hosts.md)
+	HostCIDR           string // empty: the cluster's last node-sized block
 
 	// Derived by Validate.
-	Cluster  record.Cluster
-	Endpoint netip.Addr // zero when auto-detected later
-	Level    slog.Level
+	Cluster   record.Cluster
+	Endpoint  netip.Addr // zero when auto-detected later
+	Level     slog.Level
+	HostRange netip.Prefix // validated HostCIDR (set when HostOnly)
 }
 
 // FlagSet registers every flag on a new FlagSet bound to c, with defaults.
@@ -96,6 +99,8 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "host:port serving Prometheus /metrics, /healthz and /readyz, e.g. 127.0.0.1:9586 (empty = off)")
+	fs.BoolVar(&c.HostOnly, "host-only", false, "join the mesh as a host-only peer: no pods, one overlay address out of --host-cidr")
+	fs.StringVar(&c.HostCIDR, "host-cidr", "", "node-sized block of --cluster-cidr that host-only peers lease their /32 from (default: the last block)")
 	return fs
 }
 
@@ -271,6 +276,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Level.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		return fmt.Errorf("--log-level: %q is not debug, info, warn or error", c.LogLevel)
+	}
+	if err := c.validateHosts(); err != nil {
+		return err
 	}
 	if c.MetricsAddr != "" {
 		_, port, err := net.SplitHostPort(c.MetricsAddr)

@@ -383,8 +383,10 @@ func listRecords(ctx context.Context, cfg *config.Config) ([]etcdRecord, *client
 	}
 	var out []etcdRecord
 	for _, kv := range kvs {
-		l, err := record.DecodeSubnet(cfg.EtcdPrefix, string(kv.Key), kv.Value, cfg.Cluster)
-		if err != nil {
+		// Host-only peers (a /32 "cidr") are listed like nodes; host
+		// range reservations are not peers.
+		l, err := record.DecodePeer(cfg.EtcdPrefix, string(kv.Key), kv.Value, cfg.Cluster)
+		if err != nil || l.Kind == record.KindHostRange {
 			continue
 		}
 		out = append(out, etcdRecord{key: string(kv.Key), leaseID: clientv3.LeaseID(kv.Lease), lease: l})

@@ -52,6 +52,10 @@ type Config struct {
 	// (one PodCIDR changed in etcd) or "resync" (the periodic re-diff
 	// against the kernel), and whether it failed. Metrics use it.
 	Observe func(kind string, took time.Duration, err error)
+	// Keepalive (seconds) is this node's own --keepalive: it keeps
+	// alive towards every peer (a node behind NAT holds its mapping
+	// open); see effectiveKeepalive.
+	Keepalive int
 }
 
 // Stats are counters for operators and metrics.
@@ -75,6 +79,7 @@ type Reconciler struct {
 	conflicted map[netip.Prefix]bool         // valid records waiting for their key to be free
 	applied    map[netip.Prefix]Peer         // what is on the device and in the routes
 	dirty      map[netip.Prefix]bool         // failed applies to retry
+	hostRanges map[netip.Prefix]bool         // reserved host blocks (hosts.go)
 	synced     chan struct{}
 
 	// peerNodes maps the public key of every applied peer to its node
@@ -150,6 +155,7 @@ func (r *Reconciler) reset() {
 	r.keyOwner = map[wgtypes.Key]netip.Prefix{}
 	r.conflicted = map[netip.Prefix]bool{}
 	r.dirty = map[netip.Prefix]bool{}
+	r.hostRanges = map[netip.Prefix]bool{}
 }
 
 // Run reconciles until ctx ends.
@@ -340,10 +346,11 @@ func (r *Reconciler) handle(ev *clientv3.Event) {
 		r.put(ev.Kv, true)
 	case clientv3.EventTypeDelete:
 		key := string(ev.Kv.Key)
-		cidr, err := record.ParseSubnetKey(r.cfg.Prefix, key, r.cfg.Cluster)
+		cidr, err := record.ParsePeerKey(r.cfg.Prefix, key, r.cfg.Cluster)
 		if err != nil {
 			return // a key we never accepted
 		}
+		r.hostRangeGone(cidr)
 		if cidr == r.cfg.OwnCIDR {
 			r.ownChanged()
 			return
@@ -361,9 +368,13 @@ func (r *Reconciler) handle(ev *clientv3.Event) {
 // which applies everything at the end).
 func (r *Reconciler) put(kv *mvccpb.KeyValue, apply bool) {
 	key := string(kv.Key)
-	cidr, kerr := record.ParseSubnetKey(r.cfg.Prefix, key, r.cfg.Cluster)
-	l, err := record.DecodeSubnet(r.cfg.Prefix, key, kv.Value, r.cfg.Cluster)
+	cidr, kerr := record.ParsePeerKey(r.cfg.Prefix, key, r.cfg.Cluster)
+	l, err := r.decode(key, kv.Value)
 	switch {
+	case errors.Is(err, errHostRange):
+		delete(r.records, cidr)
+		r.resolve(cidr, apply)
+		return
 	case err != nil:
 		r.skip(key, err)
 		if kerr == nil && cidr != r.cfg.OwnCIDR {
@@ -410,7 +421,7 @@ func (r *Reconciler) resolve(cidr netip.Prefix, apply bool) {
 	delete(r.active, cidr)
 	delete(r.conflicted, cidr)
 	if l, ok := r.records[cidr]; ok {
-		want := Peer{CIDR: cidr, Node: l.Node, PublicKey: l.PublicKey, Endpoint: l.Endpoint, Keepalive: l.Keepalive}
+		want := Peer{CIDR: cidr, Node: l.Node, PublicKey: l.PublicKey, Endpoint: l.Endpoint, Keepalive: effectiveKeepalive(r.cfg.Keepalive, l.Keepalive)}
 		if owner, taken := r.keyOwner[want.PublicKey]; taken && owner != cidr {
 			r.conflicted[cidr] = true
 			r.skip(record.SubnetKey(r.cfg.Prefix, cidr), fmt.Errorf("public key %s is already used by the record for %s", want.PublicKey, owner))

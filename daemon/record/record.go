@@ -122,6 +122,10 @@ type Subnet struct {
 	Endpoint  string `json:"endpoint"`
 	Port      int    `json:"port"`
 	Keepalive int    `json:"keepalive"` // seconds; what this node asks peers to use towards it
+	// Kind is empty for a node's PodCIDR lease and "host" for a host-only
+	// peer's /32 (see hosts.go); omitted for nodes so their records stay
+	// byte-identical to what older daemons write.
+	Kind string `json:"kind,omitempty"`
 }
 
 // Lease is a decoded, validated subnet record.
@@ -131,6 +135,7 @@ type Lease struct {
 	PublicKey [32]byte
 	Endpoint  netip.AddrPort
 	Keepalive int
+	Kind      string // "" (node) or KindHost
 }
 
 // Subnet returns the wire form of l.
@@ -141,6 +146,7 @@ func (l Lease) Subnet() Subnet {
 		Endpoint:  l.Endpoint.Addr().String(),
 		Port:      int(l.Endpoint.Port()),
 		Keepalive: l.Keepalive,
+		Kind:      l.Kind,
 	}
 }
 
@@ -213,6 +219,16 @@ func DecodeSubnet(prefix, key string, value []byte, cluster Cluster) (Lease, err
 		// Tunnel packets addressed into the pod network would loop.
 		return Lease{}, fmt.Errorf("etcd key %s: field endpoint: %s lies inside cluster CIDR %s", key, l.Endpoint.Addr(), cluster.CIDR)
 	}
+	// The kind follows from the key: a full-length prefix is a host's
+	// address, anything else a node's PodCIDR. A record whose kind
+	// disagrees is refused, so a node lease can never pose as a host.
+	want := ""
+	if cidr.IsSingleIP() {
+		want = KindHost
+	}
+	if l.Kind != want {
+		return Lease{}, fmt.Errorf("etcd key %s: field kind: %q does not fit a /%d key (want %q)", key, l.Kind, cidr.Bits(), want)
+	}
 	l.CIDR = cidr
 	return l, nil
 }
@@ -241,6 +257,7 @@ func (s Subnet) Validate() (Lease, error) {
 		PublicKey: key,
 		Endpoint:  netip.AddrPortFrom(addr.Unmap(), uint16(s.Port)),
 		Keepalive: s.Keepalive,
+		Kind:      s.Kind,
 	}, nil
 }
 

@@ -41,9 +41,13 @@ func run(args []string) int {
 	log := cfg.NewLogger(os.Stderr).With("node", cfg.NodeName)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	switch cmd {
-	case "cleanup":
+	switch {
+	case cmd == "cleanup" && cfg.HostOnly:
+		err = agent.CleanupHost(ctx, cfg, log)
+	case cmd == "cleanup":
 		err = agent.Cleanup(ctx, cfg, log)
+	case cfg.HostOnly:
+		err = agent.RunHost(ctx, cfg, log)
 	default:
 		err = agent.Run(ctx, cfg, log)
 	}
