@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -41,7 +42,7 @@ func (c *Cluster) startEtcd() (*Etcd, error) {
 		host:    c.Underlay.Gateway.String(),
 		logf:    c.Cfg.Logf,
 	}
-	e.Endpoint = fmt.Sprintf("http://%s:%d", e.host, e.port)
+	e.Endpoint = "http://" + net.JoinHostPort(e.host, strconv.Itoa(e.port))
 	if err := os.MkdirAll(e.Dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -62,7 +63,7 @@ func (e *Etcd) Start() error {
 	cmd := e.NS.Command(context.Background(), "etcd",
 		"--name", "wge",
 		"--data-dir", filepath.Join(e.Dir, "data"),
-		"--listen-client-urls", fmt.Sprintf("http://%s:%d,http://127.0.0.1:%d", e.host, e.port, e.port),
+		"--listen-client-urls", fmt.Sprintf("%s,http://127.0.0.1:%d", e.Endpoint, e.port),
 		"--advertise-client-urls", e.Endpoint,
 		"--listen-peer-urls", peer,
 		"--initial-advertise-peer-urls", peer,
