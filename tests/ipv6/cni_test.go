@@ -175,9 +175,11 @@ func cniVersions(t *testing.T, c *harness.Cluster, n *harness.Node, peers ...net
 	}
 }
 
+// firstLine squeezes a multi-line CNI error into one short line.
 func firstLine(s string) string {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i]
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 240 {
+		s = s[:240] + "..."
 	}
 	return s
 }

@@ -103,7 +103,11 @@ func TestDualStackOverIPv4Underlay(t *testing.T) {
 		})
 		for _, n := range []*harness.Node{n1} {
 			for _, cidr := range []string{dualV4, dualV6} {
-				out, err := n.Exec("ip", "route", "show", "type", "unreachable", cidr)
+				fam := "-4"
+				if netip.MustParsePrefix(cidr).Addr().Is6() {
+					fam = "-6"
+				}
+				out, err := n.Exec("ip", fam, "route", "show", "type", "unreachable", cidr)
 				if err != nil || out == "" {
 					t.Fatalf("%s: no unreachable route for %s: %v %q", n.Name, cidr, err, out)
 				}
