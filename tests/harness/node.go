@@ -142,6 +142,9 @@ func (n *Node) DaemonArgs() []string {
 		"--wireguard", cfg.WireGuard,
 		"--resync-interval", cfg.ResyncInterval.String(),
 	}
+	if t := n.c.Etcd.TLS; t != nil {
+		args = append(args, t.NodeArgs()...)
+	}
 	args = append(args, cfg.DaemonArgs...)
 	return append(args, n.ExtraArgs...)
 }
