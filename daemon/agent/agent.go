@@ -139,6 +139,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	keeper := lease.NewKeeper(acq, self, held)
 	go keeper.Run(ctx)
+	go (&rotator{cfg: cfg, log: log, cli: cli, wg: wg, keeper: keeper, self: self}).run(ctx)
 
 	// 7. Bridge with the gateway, then the node file for the plugins.
 	gw := record.Gateway(held.CIDR)

@@ -375,6 +375,30 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	}
 	r.applied[cidr] = *want
 	r.cfg.Log.Info("peer configured", "cidr", cidr, "node", want.Node, "endpoint", want.Endpoint, "public_key", want.PublicKey)
+	if have != nil && have.PublicKey != want.PublicKey && want.Keepalive == 0 {
+		r.handshakeNow(*want)
+	}
+}
+
+// handshakeNow makes the device initiate a handshake with a peer whose key
+// just changed (a key rotation), instead of waiting for our next packet to
+// it. The rotating node switched its device before publishing, so this
+// handshake succeeds at once; its own earlier attempt with the new key was
+// refused by us and WireGuard would retry only after 5 s, holding its
+// packets meanwhile. Turning persistent keepalive on sends a keepalive
+// immediately (kernel and wireguard-go alike); it is turned off again
+// right away. A peer with keepalive configured got one already.
+func (r *Reconciler) handshakeNow(p Peer) {
+	on, off := time.Second, time.Duration(0)
+	for _, ka := range []*time.Duration{&on, &off} {
+		err := r.cfg.WG.ConfigureDevice(r.cfg.Device, wgtypes.Config{Peers: []wgtypes.PeerConfig{{
+			PublicKey: p.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: ka,
+		}}})
+		if err != nil {
+			r.cfg.Log.Warn("could not trigger a handshake with the re-keyed peer; it happens with the next packet", "cidr", p.CIDR, "err", err)
+			return
+		}
+	}
 }
 
 // execute applies a plan: route deletions, peer changes, route additions.
