@@ -44,6 +44,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err := route.EnsureStrict(cluster); err != nil {
 		return err
 	}
+	log.Info("strict mode: unreachable route for the cluster CIDR in place; pod traffic to a PodCIDR without a configured peer is dropped, never sent in clear", "cluster_cidr", cluster)
 	if err := route.EnableForwarding(cluster); err != nil {
 		return err
 	}
