@@ -306,6 +306,15 @@ func (r *Reconciler) put(kv *mvccpb.KeyValue, apply bool) {
 		r.skip(key, fmt.Errorf("record names this node (%s) but this node holds %s", r.cfg.Self, r.cfg.OwnCIDR))
 		return
 	}
+	// A PodCIDR changes owner only through deletion (lease expiry) and a
+	// fresh create-if-absent, which restarts the key's version at 1. A
+	// live record rewritten in place under another node's name is a
+	// hijack attempt by someone with etcd write access bypassing the
+	// owner-checking transactions: keep the peer we trust.
+	if prev, ok := r.records[cidr]; ok && kv.Version > 1 && prev.Node != l.Node {
+		r.skip(key, fmt.Errorf("record of node %q was overwritten in place with node %q (an owner changes only after the record is deleted or expires); keeping %q's peer", prev.Node, l.Node, prev.Node))
+		return
+	}
 	r.records[cidr] = l
 	r.resolve(cidr, apply)
 }
