@@ -75,7 +75,10 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 	t.Run("rotation under 100/s ping", func(t *testing.T) {
 		oldPriv := privateKeyOf(t, n2)
 		oldPub := oldPriv.PublicKey()
-		const count = 800 // 8 s at 100/s; rotation at ~2.5 s
+		// ping -i 0.01 manages only ~60/s on a loaded 2-core machine; -i
+		// 0.006 gives at least the 100/s the figure is quoted for (the
+		// measured rate is printed).
+		const count, interval = 1300, 6 * time.Millisecond // ~8 s; rotation at ~2.5 s
 		var wg sync.WaitGroup
 		res := make([]harness.PingResult, 2)
 		errs := make([]error, 2)
@@ -85,7 +88,7 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				t0 := time.Now()
-				res[i], errs[i] = pair[0].Ping(pair[1].IP, count, 10*time.Millisecond)
+				res[i], errs[i] = pair[0].Ping(pair[1].IP, count, interval)
 				durs[i] = time.Since(t0)
 			}()
 		}
@@ -115,7 +118,7 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 			t.Fatalf("rotate-key printed %q, not the new public key %s", out, newPub)
 		}
 		lossIn, lossOut := res[0].Loss(), res[1].Loss()
-		fmt.Printf("KEY ROTATION: packets lost during a rotation of n2's key under ping -i 0.01 (measured %.0f/s and %.0f/s): towards n2 %d/%d, from n2 %d/%d\n",
+		fmt.Printf("KEY ROTATION: packets lost during a rotation of n2's key under two ping streams (measured %.0f/s and %.0f/s): towards n2 %d/%d, from n2 %d/%d\n",
 			float64(res[0].Sent)/durs[0].Seconds(), float64(res[1].Sent)/durs[1].Seconds(), lossIn, res[0].Sent, lossOut, res[1].Sent)
 		t.Logf("loss towards rotating node %d/%d, from it %d/%d", lossIn, res[0].Sent, lossOut, res[1].Sent)
 
