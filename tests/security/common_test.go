@@ -98,3 +98,24 @@ func mustAddr(t *testing.T, s string) netip.Addr {
 	}
 	return a
 }
+
+// freeCIDR returns a node CIDR of the test cluster that no node holds.
+func freeCIDR(t *testing.T, c *harness.Cluster) netip.Prefix {
+	t.Helper()
+	held := map[string]bool{}
+	ls, err := c.Leases()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ls {
+		held[l.CIDR] = true
+	}
+	for i := 15; i > 0; i-- {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24)
+		if !held[p.String()] {
+			return p
+		}
+	}
+	t.Fatal("no free node CIDR")
+	return netip.Prefix{}
+}

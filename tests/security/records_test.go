@@ -113,10 +113,7 @@ func TestRecordsCannotBeHijacked(t *testing.T) {
 		good := func(node, pub, ep string) string {
 			return fmt.Sprintf(`{"node":%q,"publicKey":%q,"endpoint":%q,"port":51820,"keepalive":0}`, node, pub, ep)
 		}
-		free := "10.244.9.0"
-		if victim.Addr().String() == free || podCIDROf(t, n1) == free+"/24" {
-			free = "10.244.10.0"
-		}
+		free := freeCIDR(t, c).Addr().String()
 		cases := []struct{ name, key, val, why string }{
 			{"outside the cluster CIDR", "/wgcni/subnets/10.250.0.0-24", good("eve", pk.PublicKey().String(), "10.99.0.66"), "outside cluster CIDR"},
 			{"overlaps n2's CIDR (/23)", "/wgcni/subnets/" + netip.PrefixFrom(victim.Addr(), 23).Masked().Addr().String() + "-23", good("eve", pk.PublicKey().String(), "10.99.0.66"), "not the cluster's node prefix length"},

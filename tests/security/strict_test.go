@@ -91,12 +91,7 @@ func TestStrictMode(t *testing.T) {
 	defer cli.Close()
 
 	// A CIDR of the cluster no node holds.
-	free := netip.MustParseAddr("10.244.9.5")
-	for _, n := range c.Nodes() {
-		if strings.HasPrefix(podCIDROf(t, n), "10.244.9.") {
-			free = netip.MustParseAddr("10.244.10.5")
-		}
-	}
+	free := freeCIDR(t, c).Addr().Next().Next().Next().Next().Next() // .5
 
 	t.Run("no record for the CIDR", func(t *testing.T) {
 		cp := startCapture(t, c)
