@@ -51,6 +51,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err := ensureStrictAll(cfg.Cluster); err != nil {
 		return err
 	}
+	log.Info("strict mode: unreachable route for the cluster CIDR in place; pod traffic to a PodCIDR without a configured peer is dropped, never sent in clear", "cluster_cidr", cfg.ClusterCIDR)
 
 	// 2. Identity.
 	priv, created, err := keys.LoadOrCreate(cfg.StateDir)
@@ -60,7 +61,21 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	log.Info("WireGuard key ready", "public_key", priv.Public().String(), "new", created)
 
 	// 3. etcd and the cluster config.
-	cli, err := etcdutil.NewClient(etcdutil.ClientOptions{Endpoints: cfg.EtcdEndpoints, CAFile: cfg.EtcdCAFile, CertFile: cfg.EtcdCertFile, KeyFile: cfg.EtcdKeyFile})
+	etcdOpts, err := cfg.EtcdOptions()
+	if err != nil {
+		return err
+	}
+	// With a password the client authenticates while it is created, so a
+	// down etcd or refused credentials show up here: retry and say why.
+	var cli *clientv3.Client
+	err = retry(ctx, log, "connect to etcd", func(ctx context.Context) error {
+		c, err := etcdutil.NewClient(etcdOpts)
+		if err != nil {
+			return etcdutil.Explain(context.WithoutCancel(ctx), etcdOpts, err)
+		}
+		cli = c
+		return nil
+	}, func(error) bool { return false })
 	if err != nil {
 		return err
 	}
@@ -69,6 +84,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		created, err := lease.EnsureConfig(ctx, cli, cfg.EtcdPrefix, cfg.Cluster)
 		if err == nil {
 			log.Info("cluster config", "cluster_cidr", cluster, "node_prefix_len", cfg.Cluster.NodePrefixLen, "written_by_us", created)
+		}
+		if err != nil && !isPermanentConfigErr(err) {
+			// Say why: a refused certificate looks like a timeout.
+			err = etcdutil.Explain(context.WithoutCancel(ctx), etcdOpts, err)
 		}
 		return err
 	}, isPermanentConfigErr)
@@ -130,6 +149,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	keeper := lease.NewKeeper(acq, self, held)
 	go keeper.Run(ctx)
 	followEndpoint(ctx, cfg, keeper, endpoint, log)
+	go (&rotator{cfg: cfg, log: log, cli: cli, wg: wg, keeper: keeper, self: self}).run(ctx)
 
 	// 7. Bridge with the gateway, then the node file for the plugins.
 	gw := record.Gateway(held.CIDR)
@@ -247,7 +267,11 @@ func Cleanup(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 }
 
 func deleteOwnRecords(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	cli, err := etcdutil.NewClient(etcdutil.ClientOptions{Endpoints: cfg.EtcdEndpoints, CAFile: cfg.EtcdCAFile, CertFile: cfg.EtcdCertFile, KeyFile: cfg.EtcdKeyFile})
+	opts, err := cfg.EtcdOptions()
+	if err != nil {
+		return err
+	}
+	cli, err := etcdutil.NewClient(opts)
 	if err != nil {
 		return err
 	}

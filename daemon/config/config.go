@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wgcni/wgcni/daemon/etcdutil"
 	"github.com/wgcni/wgcni/daemon/record"
 )
 
@@ -35,6 +36,8 @@ type Config struct {
 	EtcdCAFile      string
 	EtcdCertFile    string
 	EtcdKeyFile     string
+	EtcdUsername    string
+	EtcdPassFile    string // --etcd-password-file; read at start, never logged
 	NodeName        string
 	ClusterCIDR     string
 	NodePrefixLen   int
@@ -81,6 +84,8 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.StringVar(&c.EtcdCAFile, "etcd-cafile", "", "etcd CA certificate file")
 	fs.StringVar(&c.EtcdCertFile, "etcd-certfile", "", "etcd client certificate file")
 	fs.StringVar(&c.EtcdKeyFile, "etcd-keyfile", "", "etcd client key file")
+	fs.StringVar(&c.EtcdUsername, "etcd-username", "", "etcd user for password authentication (optional; with client certificates etcd can take the user from the certificate's CommonName)")
+	fs.StringVar(&c.EtcdPassFile, "etcd-password-file", "", "file holding the etcd user's password (needs --etcd-username)")
 	fs.StringVar(&c.NodeName, "node-name", host, "node name: the identity of this node's lease")
 	fs.StringVar(&c.ClusterCIDR, "cluster-cidr", "10.244.0.0/16", "cluster pod CIDR: one IPv4 or IPv6 CIDR, or an IPv4 and an IPv6 CIDR separated by a comma (dual-stack)")
 	fs.IntVar(&c.NodePrefixLen, "node-prefix-len", 24, "prefix length of each node's IPv4 PodCIDR")
@@ -213,6 +218,9 @@ func (c *Config) Validate() error {
 	if (c.EtcdCertFile == "") != (c.EtcdKeyFile == "") {
 		return errors.New("--etcd-certfile and --etcd-keyfile must be given together")
 	}
+	if (c.EtcdUsername == "") != (c.EtcdPassFile == "") {
+		return errors.New("--etcd-username and --etcd-password-file must be given together")
+	}
 	if err := record.ValidNodeName(c.NodeName); err != nil {
 		return fmt.Errorf("--node-name: %w", err)
 	}
@@ -289,6 +297,23 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// EtcdOptions returns the etcd client options, reading the password file.
+// The password itself never appears in an error.
+func (c *Config) EtcdOptions() (etcdutil.ClientOptions, error) {
+	o := etcdutil.ClientOptions{Endpoints: c.EtcdEndpoints, CAFile: c.EtcdCAFile, CertFile: c.EtcdCertFile, KeyFile: c.EtcdKeyFile, Username: c.EtcdUsername}
+	if c.EtcdPassFile != "" {
+		b, err := os.ReadFile(c.EtcdPassFile)
+		if err != nil {
+			return o, fmt.Errorf("--etcd-password-file: %w", err)
+		}
+		o.Password = strings.TrimRight(string(b), "\r\n")
+		if o.Password == "" {
+			return o, fmt.Errorf("--etcd-password-file %s: empty", c.EtcdPassFile)
+		}
+	}
+	return o, nil
 }
 
 // NewLogger builds the slog logger the flags ask for.

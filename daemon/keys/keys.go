@@ -96,3 +96,21 @@ func ensureDir(dir string) error {
 	}
 	return nil
 }
+
+// Rotate generates a new private key and stores it in place of the old one
+// (atomically, 0600). The file is written before the device or etcd see
+// the new key, so a crash at any later point restarts with the new key and
+// the restarted daemon configures and publishes it. The old key is not kept.
+func Rotate(stateDir string) (Private, error) {
+	if err := ensureDir(stateDir); err != nil {
+		return Private{}, err
+	}
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return Private{}, fmt.Errorf("generate private key: %w", err)
+	}
+	if err := nodefile.WriteFileAtomic(filepath.Join(stateDir, FileName), []byte(k.String()+"\n"), 0o600); err != nil {
+		return Private{}, fmt.Errorf("store rotated private key: %w", err)
+	}
+	return Private{k}, nil
+}

@@ -66,6 +66,11 @@ type Stats struct {
 	ApplyErrors   atomic.Int64
 	FullResyncs   atomic.Int64 // etcd re-lists (start, compaction)
 	WatchRestarts atomic.Int64
+	// Strict mode made visible: peers we send to (handshake attempts) that
+	// never answer, e.g. a wrong key or endpoint in their record. Their
+	// PodCIDR's traffic is dropped (it only ever leaves encrypted).
+	NoHandshakePeers atomic.Int64 // gauge: peers failing right now
+	HandshakeStalls  atomic.Int64 // times a peer became failing
 }
 
 // Reconciler keeps the device and routes equal to the records in etcd.
@@ -88,6 +93,8 @@ type Reconciler struct {
 	// name, readable from other goroutines (metrics, at scrape time).
 	peerMu    sync.Mutex
 	peerNodes map[wgtypes.Key]PeerInfo
+
+	health map[wgtypes.Key]*peerHealth // by peer key, owned by Run
 }
 
 // PeerInfo names the node behind a configured peer.
@@ -237,6 +244,7 @@ func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev 
 				delete(r.dirty, cidr)
 				r.apply(cidr)
 			}
+			r.checkHandshakes(time.Now())
 		}
 	}
 }
@@ -394,6 +402,15 @@ func (r *Reconciler) put(kv *mvccpb.KeyValue, apply bool) {
 		r.skip(key, fmt.Errorf("record names this node (%s) but this node holds %s", r.cfg.Self, r.cfg.OwnCIDR))
 		return
 	}
+	// A PodCIDR changes owner only through deletion (lease expiry) and a
+	// fresh create-if-absent, which restarts the key's version at 1. A
+	// live record rewritten in place under another node's name is a
+	// hijack attempt by someone with etcd write access bypassing the
+	// owner-checking transactions: keep the peer we trust.
+	if prev, ok := r.records[cidr]; ok && kv.Version > 1 && prev.Node != l.Node {
+		r.skip(key, fmt.Errorf("record of node %q was overwritten in place with node %q (an owner changes only after the record is deleted or expires); keeping %q's peer", prev.Node, l.Node, prev.Node))
+		return
+	}
 	r.records[cidr] = l
 	r.resolve(cidr, apply)
 }
@@ -484,6 +501,30 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	r.applied[cidr] = *want
 	r.publishPeer(have, want)
 	r.cfg.Log.Info("peer configured", "cidr", cidr, "peer_node", want.Node, "endpoint", want.Endpoint, "public_key", want.PublicKey.String())
+	if have != nil && have.PublicKey != want.PublicKey && want.Keepalive == 0 {
+		r.handshakeNow(*want)
+	}
+}
+
+// handshakeNow makes the device initiate a handshake with a peer whose key
+// just changed (a key rotation), instead of waiting for our next packet to
+// it. The rotating node switched its device before publishing, so this
+// handshake succeeds at once; its own earlier attempt with the new key was
+// refused by us and WireGuard would retry only after 5 s, holding its
+// packets meanwhile. Turning persistent keepalive on sends a keepalive
+// immediately (kernel and wireguard-go alike); it is turned off again
+// right away. A peer with keepalive configured got one already.
+func (r *Reconciler) handshakeNow(p Peer) {
+	on, off := time.Second, time.Duration(0)
+	for _, ka := range []*time.Duration{&on, &off} {
+		err := r.cfg.WG.ConfigureDevice(r.cfg.Device, wgtypes.Config{Peers: []wgtypes.PeerConfig{{
+			PublicKey: p.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: ka,
+		}}})
+		if err != nil {
+			r.cfg.Log.Warn("could not trigger a handshake with the re-keyed peer; it happens with the next packet", "cidr", p.CIDR, "err", err)
+			return
+		}
+	}
 }
 
 // execute applies a plan: route deletions, peer changes, route additions.
@@ -506,4 +547,79 @@ func (r *Reconciler) execute(p Plan) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// peerHealth tracks one peer's handshakes between checks.
+type peerHealth struct {
+	since   time.Time // first seen on the device with this key
+	lastTx  int64
+	failing bool
+}
+
+// handshakeGrace is how long a peer may try before it counts as failing:
+// WireGuard retries a handshake every 5 s, so three attempts.
+const handshakeGrace = 15 * time.Second
+
+// rejectAfter is WireGuard's session lifetime: older sessions are dead.
+const rejectAfter = 180 * time.Second
+
+// checkHandshakes logs and counts peers that this node is sending to
+// (handshake initiations or data) without a live session: with strict
+// mode their traffic is dropped, and this is where an operator sees why.
+func (r *Reconciler) checkHandshakes(now time.Time) {
+	dev, err := r.cfg.WG.Device(r.cfg.Device)
+	if err != nil {
+		return
+	}
+	if r.health == nil {
+		r.health = map[wgtypes.Key]*peerHealth{}
+	}
+	seen := make(map[wgtypes.Key]bool, len(dev.Peers))
+	failing := int64(0)
+	for _, p := range dev.Peers {
+		seen[p.PublicKey] = true
+		h := r.health[p.PublicKey]
+		if h == nil {
+			h = &peerHealth{since: now, lastTx: p.TransmitBytes}
+			r.health[p.PublicKey] = h
+			continue
+		}
+		sending := p.TransmitBytes > h.lastTx
+		h.lastTx = p.TransmitBytes
+		dead := p.LastHandshakeTime.IsZero() || now.Sub(p.LastHandshakeTime) > rejectAfter
+		bad := dead && sending && now.Sub(h.since) > handshakeGrace
+		if !dead && h.failing {
+			h.failing = false
+			r.cfg.Log.Info("WireGuard handshake problem cleared: handshake with peer succeeded", "cidr", r.cidrOf(p.PublicKey), "public_key", p.PublicKey)
+		}
+		if bad && !h.failing {
+			h.failing = true
+			r.Stats.HandshakeStalls.Add(1)
+			cidr := r.cidrOf(p.PublicKey)
+			r.cfg.Log.Warn("no WireGuard handshake with peer: its traffic is dropped (strict mode, never sent in clear); check the key and endpoint in its record, or whether that node is down",
+				"cidr", cidr, "node", r.applied[cidr].Node, "endpoint", p.Endpoint, "public_key", p.PublicKey,
+				"last_handshake", p.LastHandshakeTime, "handshake_stalls", r.Stats.HandshakeStalls.Load())
+		}
+		if h.failing {
+			failing++
+		}
+	}
+	for k, h := range r.health {
+		if !seen[k] {
+			if h.failing {
+				r.cfg.Log.Info("WireGuard handshake problem cleared: failing peer removed or re-keyed", "public_key", k)
+			}
+			delete(r.health, k)
+		}
+	}
+	r.Stats.NoHandshakePeers.Store(failing)
+}
+
+func (r *Reconciler) cidrOf(k wgtypes.Key) netip.Prefix {
+	for c, p := range r.applied {
+		if p.PublicKey == k {
+			return c
+		}
+	}
+	return netip.Prefix{}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/wgcni/wgcni/daemon/agent"
 	"github.com/wgcni/wgcni/daemon/config"
@@ -21,7 +22,7 @@ func main() { os.Exit(run(os.Args[1:])) }
 
 func run(args []string) int {
 	cmd := "run"
-	if len(args) > 0 && (args[0] == "cleanup" || args[0] == "userspace-device" || args[0] == "samenode-host") {
+	if len(args) > 0 && (args[0] == "cleanup" || args[0] == "userspace-device" || args[0] == "samenode-host" || args[0] == "rotate-key") {
 		cmd, args = args[0], args[1:]
 	}
 	if cmd == "userspace-device" {
@@ -39,6 +40,9 @@ func run(args []string) int {
 		return 2
 	}
 	log := cfg.NewLogger(os.Stderr).With("node", cfg.NodeName)
+	// SIGHUP asks the daemon to look for a key rotation request; caught
+	// from the start so an early one never terminates the daemon.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	switch {
@@ -46,6 +50,8 @@ func run(args []string) int {
 		err = agent.CleanupHost(ctx, cfg, log)
 	case cmd == "cleanup":
 		err = agent.Cleanup(ctx, cfg, log)
+	case cmd == "rotate-key":
+		err = agent.RequestRotation(ctx, cfg, os.Stdout, time.Minute)
 	case cfg.HostOnly:
 		err = agent.RunHost(ctx, cfg, log)
 	default:

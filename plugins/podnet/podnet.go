@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -17,8 +18,11 @@ import (
 	"github.com/containernetworking/plugins/pkg/ipam"
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/vishvananda/netlink"
 	"github.com/wgcni/wgcni/daemon/nodefile"
 	"github.com/wgcni/wgcni/daemon/samenode"
+
+	"github.com/wgcni/wgcni/plugins/antispoof"
 	"github.com/wgcni/wgcni/plugins/bridge"
 	"github.com/wgcni/wgcni/plugins/masq"
 	"github.com/wgcni/wgcni/plugins/netconf"
@@ -176,6 +180,22 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		}()
 	}
 
+	// The pod may send only from its own IP and MAC (bridge-port filter).
+	var podIPs []net.IP
+	for _, ipc := range result.IPs {
+		podIPs = append(podIPs, ipc.Address.IP)
+	}
+	if err := antispoof.Allow(pair.HostName, podMAC, podIPs); err != nil {
+		return fmt.Errorf("wgcni: %w", err)
+	}
+	defer func() {
+		if !success {
+			if err := antispoof.Revoke(pair.HostName); err != nil {
+				p.Log.Error("rollback: anti-spoofing entry", "veth", pair.HostName, "err", err)
+			}
+		}
+	}()
+
 	for _, f := range fams {
 		if !used[f.Is6()] {
 			continue
@@ -236,6 +256,9 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	}
 	if err := p.detachSameNode(conf, args); err != nil {
 		errs = append(errs, err)
+	}
+	if err := antispoof.Revoke(veth.HostName(attachment(conf, args))); err != nil {
+		errs = append(errs, fmt.Errorf("wgcni: %w", err))
 	}
 	if err := ipm.Del(); err != nil {
 		var cniErr *types.Error
@@ -318,6 +341,14 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 			continue
 		}
 		p.Log.Info("GC removed untagged orphaned veth", "veth", name)
+	}
+	// Anti-spoofing entries of ports that no longer exist.
+	if err := antispoof.GC(func(port string) bool {
+		_, err := netlink.LinkByName(port)
+		var gone netlink.LinkNotFoundError
+		return !errors.As(err, &gone)
+	}); err != nil {
+		errs = append(errs, fmt.Errorf("wgcni: GC: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -48,6 +48,10 @@ type Config struct {
 	ResyncInterval time.Duration
 	// DaemonArgs are extra wgcnid flags for every node.
 	DaemonArgs []string
+	// EtcdTLS runs etcd with TLS, client-certificate auth and etcd auth
+	// on; daemons get a certificate whose user holds only the wgcni role
+	// (Etcd.TLS has the files).
+	EtcdTLS bool
 	// EtcdPort is the client port inside the underlay namespace (2379).
 	EtcdPort int
 	// Logf receives progress lines (default: discarded).

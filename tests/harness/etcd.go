@@ -2,14 +2,17 @@ package harness
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -24,10 +27,13 @@ type Etcd struct {
 	LogPath string
 	// Endpoint is the client URL the nodes use, e.g. http://10.99.37.1:2379.
 	Endpoint string
-	port     int
-	host     string
-	proc     *Process
-	logf     func(string, ...any)
+	// TLS is set when the cluster runs etcd with TLS, client-cert auth
+	// and etcd auth (Config.EtcdTLS).
+	TLS  *EtcdTLS
+	port int
+	host string
+	proc *Process
+	logf func(string, ...any)
 }
 
 func (c *Cluster) startEtcd() (*Etcd, error) {
@@ -46,9 +52,29 @@ func (c *Cluster) startEtcd() (*Etcd, error) {
 	if err := os.MkdirAll(e.Dir, 0o700); err != nil {
 		return nil, err
 	}
+	if c.Cfg.EtcdTLS {
+		t, err := newEtcdTLS(filepath.Join(c.Dir, "etcd-pki"), c.Underlay.Gateway, netip.MustParseAddr("127.0.0.1"))
+		if err != nil {
+			return nil, fmt.Errorf("etcd certificates: %w", err)
+		}
+		e.TLS = t
+		e.Endpoint = "https://" + net.JoinHostPort(e.host, strconv.Itoa(e.port))
+	}
 	c.onClose(e.Stop)
 	if err := e.Start(); err != nil {
 		return nil, err
+	}
+	if e.TLS != nil {
+		cli, err := e.Client()
+		if err != nil {
+			return nil, err
+		}
+		defer cli.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := e.TLS.setupAuth(ctx, cli, "/wgcni/"); err != nil {
+			return nil, err
+		}
 	}
 	return e, nil
 }
@@ -60,18 +86,26 @@ func (e *Etcd) Start() error {
 		return nil
 	}
 	peer := fmt.Sprintf("http://127.0.0.1:%d", e.port+1)
-	cmd := e.NS.Command(context.Background(), "etcd",
+	scheme := "http"
+	var tlsArgs []string
+	if e.TLS != nil {
+		scheme = "https"
+		tlsArgs = []string{"--cert-file", e.TLS.ServerCert, "--key-file", e.TLS.ServerKey,
+			"--client-cert-auth", "--trusted-ca-file", e.TLS.CA}
+	}
+	argv := append([]string{"etcd",
 		"--name", "wge",
 		"--data-dir", filepath.Join(e.Dir, "data"),
-		"--listen-client-urls", fmt.Sprintf("%s,http://127.0.0.1:%d", e.Endpoint, e.port),
+		"--listen-client-urls", fmt.Sprintf("%s://%s,%s://127.0.0.1:%d", scheme, net.JoinHostPort(e.host, strconv.Itoa(e.port)), scheme, e.port),
 		"--advertise-client-urls", e.Endpoint,
 		"--listen-peer-urls", peer,
 		"--initial-advertise-peer-urls", peer,
-		"--initial-cluster", "wge="+peer,
+		"--initial-cluster", "wge=" + peer,
 		"--initial-cluster-state", "new",
 		"--logger", "zap",
 		"--log-level", "warn",
-	)
+	}, tlsArgs...)
+	cmd := e.NS.Command(context.Background(), argv...)
 	p, err := startProcess("etcd", cmd, e.LogPath)
 	if err != nil {
 		return err
@@ -131,11 +165,20 @@ func (e *Etcd) Client() (*clientv3.Client, error) {
 		})
 		return conn, err
 	}
+	var tlsCfg *tls.Config
+	if e.TLS != nil {
+		var err error
+		info := transport.TLSInfo{TrustedCAFile: e.TLS.CA, CertFile: e.TLS.RootCert, KeyFile: e.TLS.RootKey}
+		if tlsCfg, err = info.ClientConfig(); err != nil {
+			return nil, fmt.Errorf("etcd client TLS: %w", err)
+		}
+	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{e.Endpoint},
 		DialTimeout: 5 * time.Second,
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(dial)},
 		Logger:      zap.NewNop(),
+		TLS:         tlsCfg,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %s: %w", e.Endpoint, err)

@@ -33,6 +33,9 @@ type Node struct {
 	// ExtraArgs are appended to this node's wgcnid flags (after the
 	// cluster's DaemonArgs, so they win).
 	ExtraArgs []string
+	// Wrapper is put before the wgcnid command line inside the namespace
+	// (e.g. setpriv to drop capabilities).
+	Wrapper []string
 
 	c       *Cluster
 	mu      sync.Mutex
@@ -145,6 +148,9 @@ func (n *Node) DaemonArgs() []string {
 	if cfg.NodePrefixLenV6 != 0 {
 		args = append(args, "--node-prefix-len-v6", strconv.Itoa(cfg.NodePrefixLenV6))
 	}
+	if t := n.c.Etcd.TLS; t != nil {
+		args = append(args, t.NodeArgs()...)
+	}
 	args = append(args, cfg.DaemonArgs...)
 	return append(args, n.ExtraArgs...)
 }
@@ -162,7 +168,7 @@ func (n *Node) StartDaemon() error {
 	if n.proc != nil && n.proc.Running() {
 		return nil
 	}
-	argv := append([]string{n.c.Bin("wgcnid")}, n.DaemonArgs()...)
+	argv := append(append(append([]string{}, n.Wrapper...), n.c.Bin("wgcnid")), n.DaemonArgs()...)
 	p, err := startProcess("wgcnid "+n.Name, n.Command(context.Background(), argv...), n.LogPath)
 	if err != nil {
 		return fmt.Errorf("node %s: %w", n.Name, err)

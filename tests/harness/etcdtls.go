@@ -1,0 +1,213 @@
+package harness
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// EtcdTLS is a certificate authority made at test time and the files a
+// TLS etcd and its clients need. The cluster runs etcd with client-cert
+// auth and etcd auth on: a client certificate's CommonName is its etcd
+// user, and the daemons' user holds only the least-privilege role that
+// docs/security.md documents.
+type EtcdTLS struct {
+	Dir string
+	CA  string // CA certificate (PEM), what every side trusts
+	// Server certificate for etcd (SANs: the underlay gateway, 127.0.0.1).
+	ServerCert, ServerKey string
+	// Root: the harness's own client (etcd user root).
+	RootCert, RootKey string
+	// Node: what wgcnid presents (etcd user NodeUser, role Role).
+	NodeCert, NodeKey string
+	// Rogue: a well-formed client certificate from a CA etcd does not trust.
+	RogueCert, RogueKey string
+	// PasswordUser is an etcd user with the same role, authenticated by
+	// password (PasswordFile) instead of the certificate's CommonName.
+	PasswordUser, PasswordFile string
+
+	ca    *x509.Certificate
+	caKey *ecdsa.PrivateKey
+}
+
+// Users and role the TLS cluster sets up.
+const (
+	EtcdNodeUser = "wgcni-node"
+	EtcdRole     = "wgcni"
+)
+
+// newEtcdTLS writes a fresh CA and certificates into dir.
+func newEtcdTLS(dir string, serverIPs ...netip.Addr) (*EtcdTLS, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	t := &EtcdTLS{Dir: dir, PasswordUser: "wgcni-pw", PasswordFile: filepath.Join(dir, "wgcni-pw.password")}
+	var err error
+	if t.ca, t.caKey, err = selfSignedCA(Tag + "-etcd-ca"); err != nil {
+		return nil, err
+	}
+	t.CA = filepath.Join(dir, "ca.crt")
+	if err := writePEMFile(t.CA, "CERTIFICATE", t.ca.Raw); err != nil {
+		return nil, err
+	}
+	if t.ServerCert, t.ServerKey, err = issue(dir, "etcd-server", t.ca, t.caKey, true, serverIPs); err != nil {
+		return nil, err
+	}
+	if t.RootCert, t.RootKey, err = issue(dir, "root", t.ca, t.caKey, false, nil); err != nil {
+		return nil, err
+	}
+	if t.NodeCert, t.NodeKey, err = issue(dir, EtcdNodeUser, t.ca, t.caKey, false, nil); err != nil {
+		return nil, err
+	}
+	rogueCA, rogueKey, err := selfSignedCA(Tag + "-rogue-ca")
+	if err != nil {
+		return nil, err
+	}
+	if t.RogueCert, t.RogueKey, err = issue(filepath.Join(dir, "rogue"), EtcdNodeUser, rogueCA, rogueKey, false, nil); err != nil {
+		return nil, err
+	}
+	pw := make([]byte, 12)
+	if _, err := rand.Read(pw); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(t.PasswordFile, []byte(hex.EncodeToString(pw)+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// NodeArgs are the wgcnid flags for a node with a valid certificate.
+func (t *EtcdTLS) NodeArgs() []string {
+	return []string{"--etcd-cafile", t.CA, "--etcd-certfile", t.NodeCert, "--etcd-keyfile", t.NodeKey}
+}
+
+// setupAuth creates the role and users and turns etcd auth on, through a
+// root client (the same steps as docs/security.md's etcdctl commands).
+func (t *EtcdTLS) setupAuth(ctx context.Context, root *clientv3.Client, prefix string) error {
+	pw, err := os.ReadFile(t.PasswordFile)
+	if err != nil {
+		return err
+	}
+	steps := []struct {
+		what string
+		do   func() error
+	}{
+		{"user add root", func() error {
+			_, err := root.UserAddWithOptions(ctx, "root", "", &clientv3.UserAddOptions{NoPassword: true})
+			return err
+		}},
+		{"grant root", func() error { _, err := root.UserGrantRole(ctx, "root", "root"); return err }},
+		{"role add " + EtcdRole, func() error { _, err := root.RoleAdd(ctx, EtcdRole); return err }},
+		{"role grant-permission", func() error {
+			_, err := root.RoleGrantPermission(ctx, EtcdRole, prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		}},
+		{"user add " + EtcdNodeUser, func() error {
+			_, err := root.UserAddWithOptions(ctx, EtcdNodeUser, "", &clientv3.UserAddOptions{NoPassword: true})
+			return err
+		}},
+		{"grant " + EtcdNodeUser, func() error { _, err := root.UserGrantRole(ctx, EtcdNodeUser, EtcdRole); return err }},
+		{"user add " + t.PasswordUser, func() error {
+			_, err := root.UserAdd(ctx, t.PasswordUser, string(trimNL(pw)))
+			return err
+		}},
+		{"grant " + t.PasswordUser, func() error { _, err := root.UserGrantRole(ctx, t.PasswordUser, EtcdRole); return err }},
+		{"auth enable", func() error { _, err := root.AuthEnable(ctx); return err }},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			return fmt.Errorf("etcd auth setup: %s: %w", s.what, err)
+		}
+	}
+	return nil
+}
+
+func trimNL(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+func selfSignedCA(cn string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := x509.ParseCertificate(der)
+	return c, key, err
+}
+
+// issue writes <dir>/<cn>.crt and .key signed by ca.
+func issue(dir, cn string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, server bool, ips []netip.Addr) (string, string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", "", err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", "", err
+	}
+	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		return "", "", err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	if server {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+		tmpl.DNSNames = []string{"localhost"}
+		for _, ip := range ips {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, net.IP(ip.AsSlice()))
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return "", "", err
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return "", "", err
+	}
+	crt, kf := filepath.Join(dir, cn+".crt"), filepath.Join(dir, cn+".key")
+	if err := writePEMFile(crt, "CERTIFICATE", der); err != nil {
+		return "", "", err
+	}
+	return crt, kf, writePEMFile(kf, "PRIVATE KEY", kder)
+}
+
+func writePEMFile(path, typ string, der []byte) error {
+	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
+}

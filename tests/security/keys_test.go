@@ -1,0 +1,274 @@
+package security
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgcni/wgcni/tests/harness"
+)
+
+func privateKeyOf(t *testing.T, n *harness.Node) wgtypes.Key {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(n.StateDir, "privatekey"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := wgtypes.ParseKey(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("%s: private key file: %v", n.Name, err)
+	}
+	return k
+}
+
+// TestKeysNeverLeakAndRotation runs a full cluster, rotates one node's key
+// under two 100/s ping streams (towards and away from the rotating node),
+// prints the packets lost, checks every peer switched to the new key and
+// dropped the old one, and finally searches everything the run produced
+// (daemon logs, etcd's contents and data files, node files, CNI results,
+// command outputs, process command lines and environments) for every
+// private key the nodes ever had, as base64, hex and raw bytes.
+func TestKeysNeverLeakAndRotation(t *testing.T) {
+	c := harness.Start(t, cfg(), 3)
+	nodes := c.Nodes()
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	p1, p2, p3 := mustPod(t, n1), mustPod(t, n2), mustPod(t, n3)
+
+	// Files: key 0600 in a 0700 directory.
+	for _, n := range nodes {
+		fi, err := os.Stat(filepath.Join(n.StateDir, "privatekey"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		di, err := os.Stat(n.StateDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 || di.Mode().Perm() != 0o700 {
+			t.Fatalf("%s: private key mode %v in dir mode %v, want 0600 in 0700", n.Name, fi.Mode().Perm(), di.Mode().Perm())
+		}
+	}
+	var secrets []wgtypes.Key
+	for _, n := range nodes {
+		secrets = append(secrets, privateKeyOf(t, n))
+	}
+	var outputs []string // everything our commands printed
+	for _, p := range []*harness.Pod{p1, p2, p3} {
+		outputs = append(outputs, p.Result)
+	}
+
+	connect(t, p1.NS, p2.IP, "p1 -> p2")
+	connect(t, p2.NS, p3.IP, "p2 -> p3")
+
+	t.Run("rotation under 100/s ping", func(t *testing.T) {
+		oldPriv := privateKeyOf(t, n2)
+		oldPub := oldPriv.PublicKey()
+		// ping -i 0.01 manages only ~60/s on a loaded 2-core machine; -i
+		// 0.006 gives at least the 100/s the figure is quoted for (the
+		// measured rate is printed).
+		const count, interval = 1300, 6 * time.Millisecond // ~8 s; rotation at ~2.5 s
+		var wg sync.WaitGroup
+		res := make([]harness.PingResult, 2)
+		errs := make([]error, 2)
+		durs := make([]time.Duration, 2)
+		for i, pair := range [][2]*harness.Pod{{p1, p2}, {p2, p3}} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				t0 := time.Now()
+				res[i], errs[i] = pair[0].Ping(pair[1].IP, count, interval)
+				durs[i] = time.Since(t0)
+			}()
+		}
+		time.Sleep(2500 * time.Millisecond)
+		t0 := time.Now()
+		argv := append([]string{c.Bin("wgcnid"), "rotate-key"}, n2.DaemonArgs()...)
+		out, err := n2.ExecTimeout(90*time.Second, argv...)
+		took := time.Since(t0)
+		outputs = append(outputs, out)
+		if err != nil {
+			t.Fatalf("wgcnid rotate-key: %v", err)
+		}
+		t.Logf("wgcnid rotate-key (%v): %s", took.Round(time.Millisecond), strings.TrimSpace(out))
+		wg.Wait()
+		for i := range errs {
+			if errs[i] != nil {
+				t.Fatal(errs[i])
+			}
+		}
+		newPriv := privateKeyOf(t, n2)
+		secrets = append(secrets, newPriv)
+		newPub := newPriv.PublicKey()
+		if newPub == oldPub {
+			t.Fatal("the key did not change")
+		}
+		if !strings.Contains(out, newPub.String()) {
+			t.Fatalf("rotate-key printed %q, not the new public key %s", out, newPub)
+		}
+		lossIn, lossOut := res[0].Loss(), res[1].Loss()
+		fmt.Printf("KEY ROTATION: packets lost during a rotation of n2's key under two ping streams (measured %.0f/s and %.0f/s): towards n2 %d/%d, from n2 %d/%d\n",
+			float64(res[0].Sent)/durs[0].Seconds(), float64(res[1].Sent)/durs[1].Seconds(), lossIn, res[0].Sent, lossOut, res[1].Sent)
+		t.Logf("loss towards rotating node %d/%d, from it %d/%d", lossIn, res[0].Sent, lossOut, res[1].Sent)
+
+		// etcd has the new key; every peer uses it and has no entry for
+		// the old one.
+		l, err := c.LeaseOf(n2.Name)
+		if err != nil || l == nil {
+			t.Fatalf("n2 record: %v %v", l, err)
+		}
+		if l.PublicKey != newPub.String() {
+			t.Fatalf("n2 record publishes %s, want the new key %s", l.PublicKey, newPub)
+		}
+		for _, n := range []*harness.Node{n1, n3} {
+			err := harness.WaitFor(10*time.Second, n.Name+" to use n2's new key only", func() (bool, error) {
+				dev, err := n.WGDevice()
+				if err != nil {
+					return false, err
+				}
+				hasNew := false
+				for _, p := range dev.Peers {
+					if p.PublicKey == oldPub {
+						return false, nil
+					}
+					if p.PublicKey == newPub {
+						hasNew = !p.LastHandshakeTime.IsZero()
+					}
+				}
+				return hasNew, nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if lossIn+lossOut > 5 {
+			t.Fatalf("lost %d+%d packets during the rotation; target 0, at most a handful", lossIn, lossOut)
+		}
+		// The node and its peers still talk with the new key after a restart.
+		if err := n2.RestartDaemon(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n2.WaitReady(20 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if k := privateKeyOf(t, n2); k != newPriv {
+			t.Fatal("restart changed the key again")
+		}
+		connect(t, p1.NS, p2.IP, "p1 -> p2 after rotation and restart")
+	})
+
+	t.Run("no private key in any output", func(t *testing.T) {
+		// CLI outputs: wgcnid cleanup is run by the harness at Close;
+		// run the read-only commands operators use here.
+		for _, n := range nodes {
+			if out, err := n.WGShow(); err == nil {
+				outputs = append(outputs, out)
+			}
+		}
+		var procs []string
+		for _, n := range nodes {
+			if p := n.Daemon(); p != nil {
+				procs = append(procs, fmt.Sprint(p.PID()))
+			}
+			if b, err := os.ReadFile(filepath.Join(n.RunDir, n.Device+".pid")); err == nil {
+				procs = append(procs, strings.TrimSpace(string(b)))
+			}
+		}
+		for _, pid := range procs {
+			for _, f := range []string{"cmdline", "environ"} {
+				if b, err := os.ReadFile(filepath.Join("/proc", pid, f)); err == nil {
+					outputs = append(outputs, string(b))
+				}
+			}
+		}
+		dump := etcdDump(t, c)
+		outputs = append(outputs, dump)
+
+		type hit struct{ where, form string }
+		var hits []hit
+		scanned, files := 0, 0
+		check := func(where string, data []byte) {
+			scanned += len(data)
+			for i, k := range secrets {
+				forms := map[string][]byte{
+					"base64": []byte(k.String()),
+					"hex":    []byte(hex.EncodeToString(k[:])),
+					"HEX":    []byte(strings.ToUpper(hex.EncodeToString(k[:]))),
+					"raw":    k[:],
+					// base64 without padding, as some encoders print it
+					"base64-nopad": []byte(strings.TrimRight(k.String(), "=")),
+				}
+				for form, b := range forms {
+					if bytes.Contains(data, b) {
+						hits = append(hits, hit{where, fmt.Sprintf("key #%d as %s", i, form)})
+					}
+				}
+			}
+		}
+		for i, o := range outputs {
+			check(fmt.Sprintf("command/CNI/etcd output #%d", i), []byte(o))
+		}
+		err := filepath.WalkDir(c.Dir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !d.Type().IsRegular() {
+				return nil
+			}
+			if filepath.Base(path) == "privatekey" && filepath.Base(filepath.Dir(path)) == "state" {
+				return nil // the one place the key belongs
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return nil
+			}
+			files++
+			check(path, b)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("searched %d files and %d outputs (%d bytes incl. etcd data files, %d etcd keys dumped) for %d private keys in 5 forms: %d hits",
+			files, len(outputs), scanned, strings.Count(dump, "\n"), len(secrets), len(hits))
+		fmt.Printf("KEY LEAK SEARCH: %d files + %d outputs, %d bytes, %d private keys x 5 encodings: %d hits\n", files, len(outputs), scanned, len(secrets), len(hits))
+		for _, h := range hits {
+			t.Errorf("private key found in %s (%s)", h.where, h.form)
+		}
+		// The search itself works: a planted key is found.
+		hits = nil
+		check("planted", []byte("x"+secrets[0].String()+"y"))
+		if len(hits) == 0 {
+			t.Fatal("the search cannot find a planted key")
+		}
+	})
+}
+
+// etcdDump returns every key and value in etcd, one per line.
+func etcdDump(t *testing.T, c *harness.Cluster) string {
+	t.Helper()
+	cli, err := c.Etcd.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, "\x00", clientv3.WithFromKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, kv := range resp.Kvs {
+		fmt.Fprintf(&b, "%s=%s\n", kv.Key, kv.Value)
+	}
+	return b.String()
+}

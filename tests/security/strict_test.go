@@ -1,0 +1,278 @@
+package security
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgcni/wgcni/tests/capture"
+	"github.com/wgcni/wgcni/tests/harness"
+)
+
+// addDefaultRoute gives a node what a real node has: a default route into
+// the underlay. Without strict mode, pod traffic with no peer would follow
+// it in plain text (the underlay namespace does not forward, so it goes no
+// further than our capture).
+func addDefaultRoute(t *testing.T, c *harness.Cluster, n *harness.Node) {
+	t.Helper()
+	err := n.Do(func() error {
+		return netlink.RouteReplace(&netlink.Route{Gw: net.IP(c.Underlay.Gateway.AsSlice())})
+	})
+	if err != nil {
+		t.Fatalf("default route on %s: %v", n.Name, err)
+	}
+}
+
+func startCapture(t *testing.T, c *harness.Cluster) *capture.Capture {
+	t.Helper()
+	cp, err := capture.Start(c.Underlay.Path(), "", classifier(), capture.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cp.Stop() })
+	return cp
+}
+
+func requireNoPlain(t *testing.T, what string, cp *capture.Capture) *capture.Report {
+	t.Helper()
+	rep, err := cp.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: underlay capture: %s", what, rep)
+	fmt.Printf("STRICT %s: %d frames on the underlay, %d WireGuard, %d plaintext pod packets\n", what, rep.Total, rep.WireGuard(), rep.PlainPod())
+	if rep.PlainPod() != 0 {
+		t.Fatalf("%s: %d plaintext pod packets on the underlay:\n%s", what, rep.PlainPod(), rep.Excerpt(20))
+	}
+	if rep.Drops != 0 {
+		t.Fatalf("%s: capture dropped %d frames", what, rep.Drops)
+	}
+	return rep
+}
+
+// pingFor pings dst from ns at 50/s for d in the background.
+func pingFor(ns harness.NS, dst netip.Addr, d time.Duration) func() harness.PingResult {
+	var wg sync.WaitGroup
+	var res harness.PingResult
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		res, _ = ns.Ping(dst, int(d/(20*time.Millisecond)), 20*time.Millisecond)
+	}()
+	return func() harness.PingResult { wg.Wait(); return res }
+}
+
+// TestStrictMode proves that pod traffic to a PodCIDR is never sent in
+// clear, at every moment: with no record for the CIDR, with a record whose
+// peer has a wrong key, with a newly announced node whose key/endpoint are
+// bogus, during start-up before the first sync (etcd down), and across
+// daemon restarts; and that the operator is told why.
+func TestStrictMode(t *testing.T) {
+	c := harness.Start(t, cfg(), 2)
+	n1, n2 := c.Nodes()[0], c.Nodes()[1]
+	p1, p2 := mustPod(t, n1), mustPod(t, n2)
+	addDefaultRoute(t, c, n1)
+	addDefaultRoute(t, c, n2)
+	connect(t, p1.NS, p2.IP, "p1 -> p2")
+	cli, err := c.Etcd.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+
+	// A CIDR of the cluster no node holds.
+	free := freeCIDR(t, c).Addr().Next().Next().Next().Next().Next() // .5
+
+	t.Run("no record for the CIDR", func(t *testing.T) {
+		cp := startCapture(t, c)
+		r, _ := p1.Ping(free, 20, 20*time.Millisecond)
+		requireNoPlain(t, "no record", cp)
+		if r.Received != 0 {
+			t.Fatalf("replies from %s with no node there", free)
+		}
+		route, _ := n1.RouteTo(net.IP(free.AsSlice()))
+		t.Logf("route to %s on n1: %q (the pod gets ICMP host unreachable from its gateway)", free, strings.TrimSpace(route))
+	})
+
+	t.Run("new node announced with a bogus key and endpoint", func(t *testing.T) {
+		// The window between a node's lease being known and its peer
+		// working: n1 configures a peer that can never answer (a real
+		// host, n2, that knows no such key).
+		ghostCIDR := netip.PrefixFrom(free, 24).Masked()
+		key := fmt.Sprintf("/wgcni/subnets/%s-24", ghostCIDR.Addr())
+		pk, _ := wgtypes.GeneratePrivateKey()
+		ctx, cancel := etcdCtx()
+		defer cancel()
+		g, err := cli.Grant(ctx, 120)
+		if err != nil {
+			t.Fatal(err)
+		}
+		val := fmt.Sprintf(`{"node":"ghost","publicKey":%q,"endpoint":%q,"port":51820,"keepalive":0}`, pk.PublicKey(), n2.UnderlayIP.String())
+		if _, err := cli.Put(ctx, key, val, clientv3.WithLease(g.ID)); err != nil {
+			t.Fatal(err)
+		}
+		defer cli.Revoke(context.Background(), g.ID)
+		if err := n1.WaitPeerCIDRs([]string{podCIDROf(t, n2), ghostCIDR.String()}, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		cp := startCapture(t, c)
+		wait := pingFor(p1.NS, free, 25*time.Second)
+		log := waitLog(t, n1, 40*time.Second, "no WireGuard handshake with peer", "cidr="+ghostCIDR.String())
+		r := wait()
+		rep := requireNoPlain(t, "bogus new node", cp)
+		if r.Received != 0 {
+			t.Fatal("replies from the ghost node")
+		}
+		if rep.WGTypes[capture.WGHandshakeInit] == 0 {
+			t.Fatalf("no handshake initiations on the underlay: the traffic was not even tried through WireGuard")
+		}
+		t.Logf("operator sees: %s", firstLine(log, "no WireGuard handshake"))
+	})
+
+	t.Run("peer with a wrong key", func(t *testing.T) {
+		// Rewrite n2's record (same lease) with a key nobody holds.
+		ctx, cancel := etcdCtx()
+		defer cancel()
+		key := fmt.Sprintf("/wgcni/subnets/%s", strings.Replace(podCIDROf(t, n2), "/", "-", 1))
+		resp, err := cli.Get(ctx, key)
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("n2 record: %v", err)
+		}
+		kv := resp.Kvs[0]
+		pk, _ := wgtypes.GeneratePrivateKey()
+		bogus := strings.Replace(string(kv.Value), n2PublicKey(t, c, n2), pk.PublicKey().String(), 1)
+		if _, err := cli.Put(ctx, key, bogus, clientv3.WithLease(clientv3.LeaseID(kv.Lease))); err != nil {
+			t.Fatal(err)
+		}
+		cp := startCapture(t, c)
+		wait := pingFor(p1.NS, p2.IP, 25*time.Second)
+		msg, who := "no WireGuard handshake with peer", "cidr="+podCIDROf(t, n2)+" node=n2"
+		log := waitLog(t, n1, 40*time.Second, msg, `node is down" node=n1 part=mesh `+who)
+		r := wait()
+		requireNoPlain(t, "wrong key", cp)
+		if r.Received != 0 {
+			t.Fatalf("%d replies with n2's key wrong", r.Received)
+		}
+		t.Logf("p1 -> p2 with n2's key wrong: %d/%d replies; operator sees: %s", r.Received, r.Sent, firstLine(log, `node is down" node=n1 part=mesh `+who))
+		// n2 publishing a (new) key repairs it.
+		out, err := n2.ExecTimeout(60*time.Second, append([]string{c.Bin("wgcnid"), "rotate-key"}, n2.DaemonArgs()...)...)
+		if err != nil {
+			t.Fatalf("rotate-key: %v %s", err, out)
+		}
+		connect(t, p1.NS, p2.IP, "p1 -> p2 after n2 republished its key")
+		waitLog(t, n1, 20*time.Second, "WireGuard handshake problem cleared")
+	})
+
+	t.Run("daemon restarts", func(t *testing.T) {
+		cp := startCapture(t, c)
+		wait := pingFor(p1.NS, p2.IP, 8*time.Second)
+		time.Sleep(time.Second)
+		n1.StopDaemon(syscall.SIGKILL)
+		if err := n1.StartDaemon(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second)
+		if err := n2.RestartDaemon(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		r := wait()
+		requireNoPlain(t, "daemon restarts", cp)
+		t.Logf("p1 -> p2 across SIGKILL/SIGTERM restarts: %d/%d replies", r.Received, r.Sent)
+		fmt.Printf("STRICT restarts: ping loss %d/%d\n", r.Loss(), r.Sent)
+	})
+
+	t.Run("start-up before the first sync", func(t *testing.T) {
+		// Reboot-like state on n1 while its pod keeps sending: daemon
+		// gone, device, routes and strict route removed; etcd is down so
+		// the restarted daemon cannot sync for a while.
+		n1.StopDaemon(syscall.SIGTERM)
+		c.Etcd.Stop()
+		defer c.Etcd.Start()
+		if out, err := n1.Cleanup(); err != nil {
+			t.Fatalf("cleanup: %v %s", err, out)
+		}
+		// Control: with nothing in place the capture does see plaintext,
+		// so its zero below means something.
+		cp := startCapture(t, c)
+		p1.Ping(p2.IP, 10, 20*time.Millisecond)
+		rep, _ := cp.Stop()
+		t.Logf("control without any daemon state: %s", rep)
+		if rep.PlainPod() == 0 {
+			t.Fatal("control: no plaintext seen without strict mode; the capture or the default route is broken")
+		}
+		cp = startCapture(t, c)
+		wait := pingFor(p1.NS, p2.IP, 12*time.Second)
+		// Give the pod's stream a head start, then start the daemon: it
+		// must shut the plaintext path first thing. Packets sent before
+		// that are the control's, so measure from the strict route on.
+		time.Sleep(300 * time.Millisecond)
+		leakedBefore := snapPlain(cp)
+		if err := n1.StartDaemon(); err != nil {
+			t.Fatal(err)
+		}
+		waitLog(t, n1, 10*time.Second, "strict mode: unreachable route")
+		atStrict := snapPlain(cp)
+		time.Sleep(4 * time.Second) // daemon retrying etcd: no sync yet
+		if _, err := n1.NodeFile(); err == nil {
+			t.Fatal("daemon ready while etcd is down?")
+		}
+		duringNoSync := snapPlain(cp) - atStrict
+		if err := c.Etcd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n1.WaitReady(30 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		r := wait()
+		rep, _ = cp.Stop()
+		afterStrict := rep.PlainPod() - atStrict
+		t.Logf("plaintext: %d before the daemon started, %d until its strict route (log line), %d from then on (%d while it could not sync); ping %d/%d", leakedBefore, atStrict, afterStrict, duringNoSync, r.Received, r.Sent)
+		fmt.Printf("STRICT start-up: %d plaintext pod packets after the strict route, %d while waiting for etcd\n", afterStrict, duringNoSync)
+		if afterStrict != 0 {
+			t.Fatalf("%d plaintext pod packets after the daemon installed its strict route:\n%s", afterStrict, rep.Excerpt(20))
+		}
+		connect(t, p1.NS, p2.IP, "p1 -> p2 after start-up")
+	})
+}
+
+func podCIDROf(t *testing.T, n *harness.Node) string {
+	t.Helper()
+	nf, err := n.NodeFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nf.PodCIDR
+}
+
+func n2PublicKey(t *testing.T, c *harness.Cluster, n *harness.Node) string {
+	t.Helper()
+	l, err := c.LeaseOf(n.Name)
+	if err != nil || l == nil {
+		t.Fatalf("lease of %s: %v", n.Name, err)
+	}
+	return l.PublicKey
+}
+
+func firstLine(s, sub string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			return strings.TrimSpace(l)
+		}
+	}
+	return "(no line with " + sub + ")"
+}
+
+func snapPlain(cp *capture.Capture) int {
+	r := cp.Snapshot()
+	return r.PlainPod()
+}
