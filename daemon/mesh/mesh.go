@@ -201,8 +201,19 @@ func (r *Reconciler) fullSync(ctx context.Context) (int64, error) {
 	r.reset()
 	// Oldest record first: when two records carry one key, the older wins.
 	slices.SortFunc(kvs, func(a, b *mvccpb.KeyValue) int { return int(a.CreateRevision - b.CreateRevision) })
+	ownSeen := false
 	for _, kv := range kvs {
+		if string(kv.Key) == record.SubnetKey(r.cfg.Prefix, r.cfg.OwnCIDR) {
+			ownSeen = true
+		}
 		r.put(kv, false)
+	}
+	if !ownSeen && r.cfg.OwnCIDR.IsValid() {
+		// Our record vanished while we were not watching (e.g. deleted
+		// during a watch gap the compaction hid): the keeper must check,
+		// since its lease may still be alive without the record.
+		r.cfg.Log.Warn("own record missing from the full listing; asking the lease keeper to re-check", "key", record.SubnetKey(r.cfg.Prefix, r.cfg.OwnCIDR))
+		r.ownChanged()
 	}
 	if err := r.kernelResync(); err != nil {
 		return 0, err
