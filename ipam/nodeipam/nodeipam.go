@@ -139,6 +139,14 @@ func (m *IPAM) Del(args *skel.CmdArgs) error {
 func Release(conf *ipamconf.Conf, containerID, ifName string) error {
 	dir, _, err := dataDir(conf)
 	if err != nil {
+		if _, nerr := nodefile.Read(conf.RunDir); errors.Is(nerr, nodefile.ErrNoLease) {
+			// No node file (wgcnid cleaned up, or not started since a
+			// reboot): we cannot know where allocations live, and failing
+			// DEL would wedge the runtime's pod removal forever. The
+			// address stays allocated until GC with the valid attachments
+			// releases it (the runtime calls GC once the daemon is back).
+			return nil
+		}
 		return err
 	}
 	storeDir := filepath.Join(dir, conf.Name)
