@@ -116,6 +116,7 @@ func TestNoLeaks(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 6))
 	kept := map[attachment]harness.NS{}
+	forgot := map[attachment]bool{}
 	var killed, killedDone, addOK, addFail, dels, skipped, delFail int
 	t0 := time.Now()
 	for i := 0; i < cycles; i++ {
@@ -149,6 +150,7 @@ func TestNoLeaks(t *testing.T) {
 			continue
 		case r == 1 || (!ok && r < 4): // runtime forgot the pod: no DEL
 			skipped++
+			forgot[a] = true
 			continue
 		}
 		dels++
@@ -162,6 +164,26 @@ func TestNoLeaks(t *testing.T) {
 		cycles, took.Round(time.Millisecond), killed, killedDone, addOK, addFail, dels, delFail, skipped, len(kept))
 
 	leakedBefore := countLeaks(t, n, pl, pool, kept)
+	// What DEL alone must have cleaned: everything but the kept and the
+	// forgotten attachments.
+	known := map[attachment]harness.NS{}
+	for a, ns := range kept {
+		known[a] = ns
+	}
+	for a := range forgot {
+		known[a] = harness.NS{}
+	}
+	afterDel := countLeaks(t, n, pl, pool, known)
+	var delLeft []string
+	for _, d := range afterDel.detail {
+		if strings.HasPrefix(d, "IP ") || strings.HasPrefix(d, "veth ") {
+			delLeft = append(delLeft, d)
+		}
+	}
+	t.Logf("left behind by completed DELs (before GC): %d IPs, %d host veths %v", afterDel.ips, afterDel.veths, delLeft)
+	if afterDel.ips+afterDel.veths != 0 {
+		t.Errorf("DEL left %d IPs and %d veths of attachments it was called for", afterDel.ips, afterDel.veths)
+	}
 	valid := []map[string]string{}
 	for a := range kept {
 		valid = append(valid, map[string]string{"containerID": a.cid, "ifname": a.ifname})
@@ -317,10 +339,18 @@ func countLeaks(t *testing.T, n *harness.Node, pl *plugin, pool []harness.NS, ke
 		})
 	}
 	want := map[string]bool{}
-	for a := range kept {
+	for a, ns := range kept {
+		if ns.Name == "" {
+			continue // forgotten: may or may not hold anything
+		}
 		want[veth.HostName(veth.Attachment{Network: pl.netName, ContainerID: a.cid, IfName: a.ifname})] = true
 		if !haveIP[a] {
 			l.missing++
+		}
+	}
+	for a, ns := range kept {
+		if ns.Name == "" {
+			want[veth.HostName(veth.Attachment{Network: pl.netName, ContainerID: a.cid, IfName: a.ifname})] = true
 		}
 	}
 	have := hostVeths(t, n)
@@ -330,8 +360,8 @@ func countLeaks(t *testing.T, n *harness.Node, pl *plugin, pool []harness.NS, ke
 			l.detail = append(l.detail, "veth "+name)
 		}
 	}
-	for name := range want {
-		if !have[name] {
+	for a, ns := range kept {
+		if name := veth.HostName(veth.Attachment{Network: pl.netName, ContainerID: a.cid, IfName: a.ifname}); ns.Name != "" && !have[name] {
 			l.missing++
 		}
 	}
