@@ -51,8 +51,8 @@ func TestHitlessRestart(t *testing.T) {
 	for _, n := range c.Nodes() {
 		churnBase[n.Name] = countLog(t, n, "peer removed") + countLog(t, n, "resync: repairing")
 	}
-	// 4 restarts, ~3 s apart; 2500 pings at 100/s cover them with margin.
-	stream := startPing(t, p1.NS, p2.IP, 2500, 10*time.Millisecond)
+	// 4 restarts, ~2 s apart; 1500 pings at 100/s cover them with margin.
+	stream := startPing(t, p1.NS, p2.IP, 1500, 10*time.Millisecond)
 	steps := []struct {
 		n   *harness.Node
 		sig syscall.Signal
