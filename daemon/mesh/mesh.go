@@ -37,6 +37,11 @@ type Config struct {
 	Prefix    string
 	Cluster   record.Cluster
 	Self      string       // this node's name
+	// SelfKey is this node's public key: a record of another node that
+	// carries it is refused (WireGuard ignores a peer with the device's
+	// own key, so it would only leave a route into nowhere and a resync
+	// that "repairs" it forever).
+	SelfKey wgtypes.Key
 	OwnCIDR   netip.Prefix // this node's PodCIDR
 	Gateway   netip.Addr   // source address of routes into the tunnel
 	Device    string
@@ -308,6 +313,13 @@ func (r *Reconciler) put(kv *mvccpb.KeyValue, apply bool) {
 		return
 	case l.Node == r.cfg.Self:
 		r.skip(key, fmt.Errorf("record names this node (%s) but this node holds %s", r.cfg.Self, r.cfg.OwnCIDR))
+		return
+	case r.cfg.SelfKey != (wgtypes.Key{}) && wgtypes.Key(l.PublicKey) == r.cfg.SelfKey:
+		r.skip(key, fmt.Errorf("record of node %q carries this node's own public key", l.Node))
+		if kerr == nil {
+			delete(r.records, cidr)
+			r.resolve(cidr, apply)
+		}
 		return
 	}
 	r.records[cidr] = l
