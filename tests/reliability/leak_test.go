@@ -73,7 +73,9 @@ func (p *plugin) stdin(extra map[string]any) []byte {
 // start launches one plugin command; the caller waits (and may kill).
 func (p *plugin) start(cmd, cid, netns, ifname string, extra map[string]any) (*exec.Cmd, *bytes.Buffer) {
 	c := exec.Command(p.bin)
-	c.Env = []string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=" + cid, "CNI_NETNS=" + netns, "CNI_IFNAME=" + ifname, "CNI_PATH=" + p.path, "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	c.Env = []string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=" + cid, "CNI_NETNS=" + netns, "CNI_IFNAME=" + ifname, "CNI_PATH=" + p.path, "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+		// The plugin takes nothing from CNI_ARGS: hostile ones must not matter.
+		"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAME=x;IP=999.1.1.1;=;;garbage;K8S_POD_NAMESPACE=" + strings.Repeat("z", 300)}
 	c.Stdin = bytes.NewReader(p.stdin(extra))
 	var out bytes.Buffer
 	c.Stdout, c.Stderr = &out, &out
