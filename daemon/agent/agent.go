@@ -159,7 +159,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 // retry runs f until it succeeds, ctx ends, or permanent(err); each attempt
 // gets its own timeout, and every failure is logged with the next delay.
 func retry(ctx context.Context, log *slog.Logger, what string, f func(context.Context) error, permanent func(error) bool) error {
-	bo := etcdutil.Backoff{Min: 500 * time.Millisecond, Max: 30 * time.Second}
+	// At most 5 s between attempts: a node started during an etcd outage
+	// joins within seconds of etcd's return (one log line per attempt).
+	bo := etcdutil.Backoff{Min: 500 * time.Millisecond, Max: 5 * time.Second}
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, opTimeout)
 		err := f(actx)

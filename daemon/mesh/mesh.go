@@ -99,7 +99,9 @@ func (r *Reconciler) reset() {
 
 // Run reconciles until ctx ends.
 func (r *Reconciler) Run(ctx context.Context) error {
-	bo := etcdutil.Backoff{Min: 500 * time.Millisecond, Max: 30 * time.Second}
+	// Short cap: after an outage the watch must catch up within seconds
+	// (the client itself reconnects at least every 2 s).
+	bo := etcdutil.Backoff{Min: 500 * time.Millisecond, Max: 5 * time.Second}
 	rev, err := r.fullSyncRetry(ctx, &bo)
 	if err != nil {
 		return err
