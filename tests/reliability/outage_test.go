@@ -35,8 +35,8 @@ func TestEtcdOutage(t *testing.T) {
 	cidrs := map[string]string{n1.Name: podCIDR(t, n1), n2.Name: podCIDR(t, n2)}
 	removedBase := countLog(t, n1, "peer removed") + countLog(t, n2, "peer removed")
 
-	// The stream covers the outage and 15 s of recovery.
-	count := int((outage + 15*time.Second) / (10 * time.Millisecond))
+	// The stream covers the outage and 10 s of recovery.
+	count := int((outage + 10*time.Second) / (10 * time.Millisecond))
 	stream := startPing(t, p1.NS, p2.IP, count, 10*time.Millisecond)
 	time.Sleep(time.Second)
 	c.Etcd.Stop()
