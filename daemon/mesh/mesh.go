@@ -33,15 +33,15 @@ import (
 
 // Config wires the reconciler to etcd, the device and this node.
 type Config struct {
-	Client    *clientv3.Client
-	Prefix    string
-	Cluster   record.Cluster
-	Self      string       // this node's name
+	Client  *clientv3.Client
+	Prefix  string
+	Cluster record.Cluster
+	Self    string // this node's name
 	// SelfKey is this node's public key: a record of another node that
 	// carries it is refused (WireGuard ignores a peer with the device's
 	// own key, so it would only leave a route into nowhere and a resync
 	// that "repairs" it forever).
-	SelfKey wgtypes.Key
+	SelfKey   wgtypes.Key
 	OwnCIDR   netip.Prefix // this node's PodCIDR
 	Gateway   netip.Addr   // source address of routes into the tunnel
 	Device    string
