@@ -150,7 +150,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	keeper := lease.NewKeeper(acq, self, held)
 	go keeper.Run(ctx)
 	followEndpoint(ctx, cfg, keeper, endpoint, log)
-	go (&rotator{cfg: cfg, log: log, cli: cli, wg: wg, keeper: keeper, self: self}).run(ctx)
+	rot := &rotator{cfg: cfg, log: log, cli: cli, wg: wg, keeper: keeper, self: self}
+	go rot.run(ctx)
 
 	// 7. Bridge with the gateway, then the node file for the plugins.
 	gw := record.Gateway(held.CIDR)
@@ -184,6 +185,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(dev.Mode), WG: wg, PodCIDR: held.CIDR,
 		IPAMDir: nf.IPAMDir, LeaseExpiry: keeper.Expiry, Peers: rec.PeerNodes, Stats: &rec.Stats, Retakes: keeper.Retakes.Load,
+		Rotations: rot.Rotations.Load,
 	})
 	go func() {
 		select {
