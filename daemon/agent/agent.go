@@ -29,7 +29,9 @@ import (
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/samenode"
 	"github.com/wgcni/wgcni/daemon/wgdev"
+	"github.com/wgcni/wgcni/plugins/antispoof"
 	"github.com/wgcni/wgcni/plugins/bridge"
+	"github.com/wgcni/wgcni/plugins/masq"
 )
 
 // opTimeout bounds single etcd calls during start-up, so an unreachable
@@ -149,7 +151,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	keeper := lease.NewKeeper(acq, self, held)
 	go keeper.Run(ctx)
 	followEndpoint(ctx, cfg, keeper, endpoint, log)
-	go (&rotator{cfg: cfg, log: log, cli: cli, wg: wg, keeper: keeper, self: self}).run(ctx)
+	rot := &rotator{cfg: cfg, log: log, cli: cli, wg: wg, keeper: keeper, self: self}
+	go rot.run(ctx)
 
 	// 7. Bridge with the gateway, then the node file for the plugins.
 	gw := record.Gateway(held.CIDR)
@@ -177,7 +180,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("look up WireGuard device %s: %w", cfg.Device, err)
 	}
 	rec := mesh.New(mesh.Config{
-		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, OwnCIDR: held.CIDR,
+		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, SelfKey: priv.Public(), OwnCIDR: held.CIDR,
 		Gateway: gw, Gateway6: gw6, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
 		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck, Observe: om.observe,
 		Keepalive: int(cfg.Keepalive / time.Second),
@@ -185,6 +188,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(dev.Mode), WG: wg, PodCIDR: held.CIDR,
 		IPAMDir: nf.IPAMDir, LeaseExpiry: keeper.Expiry, Peers: rec.PeerNodes, Stats: &rec.Stats, Retakes: keeper.Retakes.Load,
+		Rotations: rot.Rotations.Load,
 	})
 	go func() {
 		select {
@@ -204,7 +208,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 // retry runs f until it succeeds, ctx ends, or permanent(err); each attempt
 // gets its own timeout, and every failure is logged with the next delay.
 func retry(ctx context.Context, log *slog.Logger, what string, f func(context.Context) error, permanent func(error) bool) error {
-	bo := etcdutil.Backoff{Min: 500 * time.Millisecond, Max: 30 * time.Second}
+	// At most 5 s between attempts: a node started during an etcd outage
+	// joins within seconds of etcd's return (one log line per attempt).
+	bo := etcdutil.Backoff{Min: 500 * time.Millisecond, Max: 5 * time.Second}
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, opTimeout)
 		err := f(actx)
@@ -243,8 +249,9 @@ func writeNodeFile(runDir string, n *nodefile.Node) (bool, error) {
 
 // Cleanup removes what the daemon created: its etcd record (best effort),
 // peer routes, the strict route, the device (and its userspace process),
-// the bridge if no pod uses it, and the node file. The state dir (key,
-// remembered CIDR, IPAM) stays.
+// and, once no pod uses the bridge any more, the bridge, the masquerade
+// table and the node file (pods still attached need the node file for
+// their CNI DEL). The state dir (key, remembered CIDR, IPAM) stays.
 func Cleanup(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	var errs []error
 	if err := deleteOwnRecords(ctx, cfg, log); err != nil {
@@ -257,7 +264,21 @@ func Cleanup(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err := samenode.Cleanup(cfg.RunDir, cfg.Device, log); err != nil {
 		errs = append(errs, err)
 	}
-	if err := removeBridgeIfUnused(cfg.Bridge, log); err != nil {
+	inUse, err := removeBridgeIfUnused(cfg.Bridge, log)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if inUse {
+		// Pods still use the bridge: their CNI DEL and CHECK need the node
+		// file (gateway, IPAM dir), and their egress the masquerade rule.
+		// Run cleanup again after the last pod is gone.
+		log.Info("pods still attached; keeping the node file, the masquerade and anti-spoofing tables", "bridge", cfg.Bridge, "node_file", nodefile.Path(cfg.RunDir))
+		return errors.Join(errs...)
+	}
+	if err := masq.Remove(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := antispoof.Remove(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := os.Remove(nodefile.Path(cfg.RunDir)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -301,26 +322,28 @@ func deleteOwnRecords(ctx context.Context, cfg *config.Config, log *slog.Logger)
 	return nil
 }
 
-func removeBridgeIfUnused(name string, log *slog.Logger) error {
+// removeBridgeIfUnused deletes the bridge unless pods are attached to it;
+// inUse reports that they are.
+func removeBridgeIfUnused(name string, log *slog.Logger) (inUse bool, err error) {
 	br, err := netlink.LinkByName(name)
 	if err != nil {
-		return nil // gone already
+		return false, nil // gone already
 	}
 	if _, ok := br.(*netlink.Bridge); !ok {
-		return nil
+		return false, nil
 	}
 	links, err := netlink.LinkList()
 	if err != nil {
-		return fmt.Errorf("list links: %w", err)
+		return true, fmt.Errorf("list links: %w", err)
 	}
 	for _, l := range links {
 		if l.Attrs().MasterIndex == br.Attrs().Index {
 			log.Info("bridge still has ports (pods); leaving it", "bridge", name, "port", l.Attrs().Name)
-			return nil
+			return true, nil
 		}
 	}
 	if err := netlink.LinkDel(br); err != nil {
-		return fmt.Errorf("delete bridge %s: %w", name, err)
+		return false, fmt.Errorf("delete bridge %s: %w", name, err)
 	}
-	return nil
+	return false, nil
 }

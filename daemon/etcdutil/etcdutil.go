@@ -15,7 +15,13 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
+
+// MaxReconnectDelay bounds how long a client waits between attempts to
+// reconnect to an etcd member that went away.
+const MaxReconnectDelay = 2 * time.Second
 
 // ClientOptions selects the etcd cluster, its TLS files and, optionally,
 // etcd user/password authentication (with client certificates and etcd
@@ -47,6 +53,15 @@ func NewClient(o ClientOptions) (*clientv3.Client, error) {
 		// fails over to another member.
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 5 * time.Second,
+		// gRPC's default reconnect backoff grows to 120 s: after a long
+		// etcd outage the client would come back up to two minutes after
+		// etcd did, by which time etcd (which restores every lease with a
+		// full TTL when it starts) may have expired our lease and every
+		// peer would drop us. Retry a dead connection at least every 2 s.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: MaxReconnectDelay},
+			MinConnectTimeout: 5 * time.Second,
+		})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %v: %w", o.Endpoints, err)

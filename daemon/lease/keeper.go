@@ -131,7 +131,10 @@ func (k *Keeper) drain(ctx context.Context, ch <-chan *clientv3.LeaseKeepAliveRe
 // by renumbering.
 func (k *Keeper) retake(ctx context.Context) {
 	log := k.A.Log
-	bo := etcdutil.Backoff{Min: 500 * time.Millisecond, Max: 30 * time.Second}
+	// Never sleep past a third of the TTL: once etcd is back, our lease
+	// (restored by etcd with a full TTL) must be renewed before it ends,
+	// or every peer drops this node.
+	bo := etcdutil.Backoff{Min: 500 * time.Millisecond, Max: retakeMaxDelay(k.A.TTL)}
 	cidr := k.Held().CIDR
 	for ctx.Err() == nil {
 		k.mu.Lock()
@@ -171,4 +174,10 @@ func (k *Keeper) Publish(ctx context.Context, self record.Lease) error {
 	k.Self = self
 	k.mu.Unlock()
 	return k.A.Publish(ctx, h, self)
+}
+
+// retakeMaxDelay caps the retake backoff at TTL/3 (at least 500 ms, at
+// most 30 s).
+func retakeMaxDelay(ttl time.Duration) time.Duration {
+	return min(max(ttl/3, 500*time.Millisecond), 30*time.Second)
 }

@@ -35,7 +35,12 @@ type Config struct {
 	Client  *clientv3.Client
 	Prefix  string
 	Cluster record.Cluster
-	Self    string       // this node's name
+	Self    string // this node's name
+	// SelfKey is this node's public key: a record of another node that
+	// carries it is refused (WireGuard ignores a peer with the device's
+	// own key, so it would only leave a route into nowhere and a resync
+	// that "repairs" it forever).
+	SelfKey wgtypes.Key
 	OwnCIDR netip.Prefix // this node's PodCIDR
 	Gateway netip.Addr   // source address of routes into the tunnel
 	// Gateway6 is the IPv6 gateway in a dual-stack cluster: the source of
@@ -170,7 +175,9 @@ func (r *Reconciler) reset() {
 
 // Run reconciles until ctx ends.
 func (r *Reconciler) Run(ctx context.Context) error {
-	bo := etcdutil.Backoff{Min: 500 * time.Millisecond, Max: 30 * time.Second}
+	// Short cap: after an outage the watch must catch up within seconds
+	// (the client itself reconnects at least every 2 s).
+	bo := etcdutil.Backoff{Min: 500 * time.Millisecond, Max: 5 * time.Second}
 	rev, err := r.fullSyncRetry(ctx, &bo)
 	if err != nil {
 		return err
@@ -278,8 +285,19 @@ func (r *Reconciler) fullSync(ctx context.Context) (int64, error) {
 	r.reset()
 	// Oldest record first: when two records carry one key, the older wins.
 	slices.SortFunc(kvs, func(a, b *mvccpb.KeyValue) int { return int(a.CreateRevision - b.CreateRevision) })
+	ownSeen := false
 	for _, kv := range kvs {
+		if string(kv.Key) == record.SubnetKey(r.cfg.Prefix, r.cfg.OwnCIDR) {
+			ownSeen = true
+		}
 		r.put(kv, false)
+	}
+	if !ownSeen && r.cfg.OwnCIDR.IsValid() {
+		// Our record vanished while we were not watching (e.g. deleted
+		// during a watch gap the compaction hid): the keeper must check,
+		// since its lease may still be alive without the record.
+		r.cfg.Log.Warn("own record missing from the full listing; asking the lease keeper to re-check", "key", record.SubnetKey(r.cfg.Prefix, r.cfg.OwnCIDR))
+		r.ownChanged()
 	}
 	if err := r.kernelResync(); err != nil {
 		return 0, err
@@ -400,6 +418,13 @@ func (r *Reconciler) put(kv *mvccpb.KeyValue, apply bool) {
 		return
 	case l.Node == r.cfg.Self:
 		r.skip(key, fmt.Errorf("record names this node (%s) but this node holds %s", r.cfg.Self, r.cfg.OwnCIDR))
+		return
+	case r.cfg.SelfKey != (wgtypes.Key{}) && wgtypes.Key(l.PublicKey) == r.cfg.SelfKey:
+		r.skip(key, fmt.Errorf("record of node %q carries this node's own public key", l.Node))
+		if kerr == nil {
+			delete(r.records, cidr)
+			r.resolve(cidr, apply)
+		}
 		return
 	}
 	// A PodCIDR changes owner only through deletion (lease expiry) and a

@@ -52,6 +52,7 @@ type env struct {
 	dev   string
 	r     *Reconciler
 	logs  *syncBuf
+	key   wgtypes.Key // the device's public key
 }
 
 func rec(t *testing.T, node string, ep string) (record.Lease, wgtypes.Key) {
@@ -93,7 +94,8 @@ func setup(t *testing.T) *env {
 		if err := wgdev.Configure(e.wg, e.dev, k, 51820); err != nil {
 			return err
 		}
-		cfg = Config{Client: e.cli, Prefix: "/wgcni", Cluster: cluster, Self: "self", OwnCIDR: own,
+		e.key = k.PublicKey()
+		cfg = Config{Client: e.cli, Prefix: "/wgcni", Cluster: cluster, Self: "self", SelfKey: e.key, OwnCIDR: own,
 			Gateway: netip.MustParseAddr("10.244.1.1"), Device: e.dev, LinkIndex: d.Index, WG: e.wg, Resync: time.Hour,
 			Log: slog.New(slog.NewTextHandler(e.logs, nil))}
 		return nil
@@ -274,5 +276,27 @@ func TestReconcilerRecoversFromCompaction(t *testing.T) {
 	}
 	if !strings.Contains(e.logs.String(), "compaction") {
 		t.Fatal("compaction not logged")
+	}
+}
+
+// TestRecordWithOwnKeyRefused: another node's record carrying this node's
+// public key is skipped and counted; WireGuard would ignore such a peer and
+// leave only a route into nowhere.
+func TestRecordWithOwnKeyRefused(t *testing.T) {
+	e := setup(t)
+	a, _ := rec(t, "a", "10.99.0.2:51820")
+	e.put("10.244.2.0/24", string(a.Encode()))
+	e.start(func(ctx context.Context) { e.r.Run(ctx) })
+	<-e.r.Synced()
+	thief, _ := rec(t, "thief", "10.99.0.9:51820")
+	thief.PublicKey = e.key
+	e.put("10.244.6.0/24", string(thief.Encode()))
+	e.waitFor("own-key record counted", func() bool { return e.r.Stats.BadRecords.Load() == 1 })
+	peers, routes := e.state()
+	if len(peers) != 1 || len(routes) != 1 {
+		t.Fatalf("own-key record changed state: peers %v routes %v", peers, routes)
+	}
+	if !strings.Contains(e.logs.String(), "10.244.6.0-24") || !strings.Contains(e.logs.String(), "own public key") {
+		t.Fatalf("log does not name the record:\n%s", e.logs.String())
 	}
 }

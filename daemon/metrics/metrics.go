@@ -48,7 +48,9 @@ type Sources struct {
 	Stats *mesh.Stats
 	// Retakes counts own-record re-creations (lease.Keeper.Retakes).
 	Retakes func() int64
-	Now     func() time.Time
+	// Rotations counts key rotations done by this daemon.
+	Rotations func() int64
+	Now       func() time.Time
 }
 
 // Collector reports wgcnid's metrics. Build it with NewCollector.
@@ -105,6 +107,12 @@ var (
 		"Node records skipped as invalid or conflicting.", nil, nil)
 	descRetakes = prometheus.NewDesc("wgcni_lease_retakes_total",
 		"Times this node's record had vanished and was taken back.", nil, nil)
+	descNoHandshake = prometheus.NewDesc("wgcni_peers_without_handshake",
+		"Peers configured for a while that have no recent handshake: their traffic is dropped (strict mode), check their key and endpoint.", nil, nil)
+	descStalls = prometheus.NewDesc("wgcni_peer_handshake_stalls_total",
+		"Times a peer became one without a recent handshake.", nil, nil)
+	descRotations = prometheus.NewDesc("wgcni_key_rotations_total",
+		"WireGuard key rotations done by this daemon since it started.", nil, nil)
 )
 
 // NewCollector returns a collector over src.
@@ -132,7 +140,8 @@ func (c *Collector) ObserveReconcile(kind string, took time.Duration, _ error) {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHandshake, descRx, descTx, descStatus, descEstablished, descEndpoint,
 		descPeers, descDeviceUp, descMode, descLease, descLeaseExpiry, descLeaseTTL, descIPAMUsed, descIPAMFree,
-		descIPAMUp, descApplied, descApplyErr, descResyncs, descWatch, descBad, descRetakes} {
+		descIPAMUp, descApplied, descApplyErr, descResyncs, descWatch, descBad, descRetakes, descNoHandshake, descStalls,
+		descRotations} {
 		ch <- d
 	}
 	c.reconcile.Describe(ch)
@@ -150,6 +159,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descResyncs, prometheus.CounterValue, float64(s.FullResyncs.Load()))
 		ch <- prometheus.MustNewConstMetric(descWatch, prometheus.CounterValue, float64(s.WatchRestarts.Load()))
 		ch <- prometheus.MustNewConstMetric(descBad, prometheus.CounterValue, float64(s.BadRecords.Load()))
+		ch <- prometheus.MustNewConstMetric(descNoHandshake, prometheus.GaugeValue, float64(s.NoHandshakePeers.Load()))
+		ch <- prometheus.MustNewConstMetric(descStalls, prometheus.CounterValue, float64(s.HandshakeStalls.Load()))
+	}
+	if c.src.Rotations != nil {
+		ch <- prometheus.MustNewConstMetric(descRotations, prometheus.CounterValue, float64(c.src.Rotations()))
 	}
 	if c.src.Retakes != nil {
 		ch <- prometheus.MustNewConstMetric(descRetakes, prometheus.CounterValue, float64(c.src.Retakes()))

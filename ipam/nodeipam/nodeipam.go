@@ -176,6 +176,14 @@ func (m *IPAM) Del(args *skel.CmdArgs) error {
 func Release(conf *ipamconf.Conf, containerID, ifName string) error {
 	dir, _, err := dataDir(conf)
 	if err != nil {
+		if _, nerr := nodefile.Read(conf.RunDir); errors.Is(nerr, nodefile.ErrNoLease) {
+			// No node file (wgcnid cleaned up, or not started since a
+			// reboot): we cannot know where allocations live, and failing
+			// DEL would wedge the runtime's pod removal forever. The
+			// address stays allocated until GC with the valid attachments
+			// releases it (the runtime calls GC once the daemon is back).
+			return nil
+		}
 		return err
 	}
 	storeDir := filepath.Join(dir, conf.Name)
@@ -194,7 +202,30 @@ func Release(conf *ipamconf.Conf, containerID, ifName string) error {
 	if err := store.ReleaseByID(containerID, ifName); err != nil {
 		return fmt.Errorf("wgcni-ipam: release %s/%s in %s: %w", containerID, ifName, storeDir, err)
 	}
+	removeInterrupted(storeDir)
 	return nil
+}
+
+// removeInterrupted deletes empty allocation files. The store creates an
+// address file and then writes the owner into it, both under the store
+// lock; an ADD killed between the two leaves an empty file that no DEL
+// can ever match (it names no attachment). Holding the lock, we know no
+// reservation is in progress, so an empty file is such a leftover. A
+// runtime calls DEL after a failed ADD, which makes this the place to
+// reclaim it; GC reclaims it as well.
+func removeInterrupted(storeDir string) {
+	entries, err := os.ReadDir(storeDir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !e.Type().IsRegular() || net.ParseIP(e.Name()) == nil {
+			continue
+		}
+		if info, err := e.Info(); err == nil && info.Size() == 0 {
+			_ = os.Remove(filepath.Join(storeDir, e.Name()))
+		}
+	}
 }
 
 // Check confirms the attachment still holds an address, and the one

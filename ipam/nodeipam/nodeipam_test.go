@@ -11,6 +11,7 @@ import (
 	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/disk"
 
 	"github.com/wgcni/wgcni/daemon/nodefile"
+	"github.com/wgcni/wgcni/ipam/ipamconf"
 )
 
 func testNode(cidr, gw string) *nodefile.Node {
@@ -108,5 +109,39 @@ func TestGCStore(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "net", "lock")); err != nil {
 		t.Fatalf("lock file removed: %v", err)
+	}
+}
+
+// TestReleaseRemovesInterruptedReservation: an ADD killed between creating
+// an address file and writing its owner leaves an empty file; the next DEL
+// (run under the store lock) reclaims it and leaves real allocations alone.
+func TestReleaseRemovesInterruptedReservation(t *testing.T) {
+	dir := t.TempDir()
+	storeDir := filepath.Join(dir, "net")
+	if err := os.MkdirAll(storeDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{"10.244.9.7": "", "10.244.9.8": "c1" + disk.LineBreak + "eth0", "10.244.9.9": "c2" + disk.LineBreak + "eth0"} {
+		if err := os.WriteFile(filepath.Join(storeDir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conf := &ipamconf.Conf{Name: "net", DataDir: dir, RunDir: t.TempDir()}
+	if err := Release(conf, "c1", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	ents, _ := os.ReadDir(storeDir)
+	for _, e := range ents {
+		left = append(left, e.Name())
+	}
+	sort.Strings(left)
+	if len(left) < 1 || left[0] != "10.244.9.9" {
+		t.Fatalf("store after DEL of c1: %v; want only 10.244.9.9 (and the lock)", left)
+	}
+	for _, n := range left {
+		if n == "10.244.9.7" || n == "10.244.9.8" {
+			t.Fatalf("store after DEL of c1: %v", left)
+		}
 	}
 }

@@ -89,6 +89,9 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"name":"n","ipam":{"type":"i"},"mtu":1400,"prevResult":{"ips":[{"address":"10.0.0.2/24"}]}}`))
 	f.Add([]byte(`{"name":"n","ipam":{"type":"i"},"cni.dev/valid-attachments":[{"containerID":"a","ifname":"b"}]}`))
 	f.Add([]byte(`{"name":"n","ipam":{"type":"i"},"dns":{"nameservers":["1.1.1.1"]}}`))
+	// Conflist-level "args" and "runtimeConfig" (what a runtime adds) must
+	// never change validation.
+	f.Add([]byte(`{"name":"n","ipam":{"type":"i"},"args":{"cni":{"ips":["10.0.0.9"]}},"runtimeConfig":{"portMappings":[{"hostPort":1}]}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse(data)
 		if err != nil {

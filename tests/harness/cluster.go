@@ -58,6 +58,9 @@ type Config struct {
 	Logf func(format string, args ...any)
 	// KeepDir keeps the run directory (logs, state) after Close.
 	KeepDir bool
+	// Tag prefixes the run's namespaces, devices and temp dir (default
+	// Tag, "wge"); suites running side by side use their own.
+	Tag string
 }
 
 func (c *Config) setDefaults() error {
@@ -97,6 +100,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
+	}
+	if c.Tag == "" {
+		c.Tag = Tag
 	}
 	return nil
 }
@@ -151,13 +157,13 @@ func New(cfg Config) (_ *Cluster, err error) {
 			return nil, fmt.Errorf("harness: ClusterCIDR: %w", err)
 		}
 	}
-	Sweep(cfg.Logf)
+	SweepTag(cfg.Tag, cfg.Logf)
 	id := make([]byte, 2)
 	if _, err := rand.Read(id); err != nil {
 		return nil, err
 	}
 	c := &Cluster{Cfg: cfg, RunID: hex.EncodeToString(id)}
-	c.Dir = filepath.Join(os.TempDir(), Tag+"-"+c.RunID)
+	c.Dir = filepath.Join(os.TempDir(), cfg.Tag+"-"+c.RunID)
 	if err := os.Mkdir(c.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("harness: run dir: %w", err)
 	}
@@ -182,7 +188,7 @@ func New(cfg Config) (_ *Cluster, err error) {
 }
 
 // name makes a namespace or device name carrying our tag and run id.
-func (c *Cluster) name(suffix string) string { return Tag + "-" + c.RunID + "-" + suffix }
+func (c *Cluster) name(suffix string) string { return c.Cfg.Tag + "-" + c.RunID + "-" + suffix }
 
 // onClose registers cleanup work; Close runs it in reverse order.
 func (c *Cluster) onClose(f func()) {

@@ -31,37 +31,40 @@ func runAlive(dir string) bool {
 // named wge-<run>-* whose owning process is gone (and the processes inside
 // them, by PID), their stale WireGuard control sockets and run dirs. Runs
 // whose owner is alive (a concurrent test or a running demo) are untouched.
-func Sweep(logf func(string, ...any)) {
+func Sweep(logf func(string, ...any)) { SweepTag(Tag, logf) }
+
+// SweepTag is Sweep for runs made with Config.Tag = tag.
+func SweepTag(tag string, logf func(string, ...any)) {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
 	runs := map[string]bool{}
 	ents, _ := os.ReadDir(NetnsDir)
 	for _, e := range ents {
-		if id, ok := runIDOf(e.Name()); ok {
+		if id, ok := runIDOf(tag, e.Name()); ok {
 			runs[id] = true
 		}
 	}
-	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), Tag+"-*"))
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), tag+"-*"))
 	for _, d := range dirs {
-		if id, ok := runIDOf(filepath.Base(d)); ok {
+		if id, ok := runIDOf(tag, filepath.Base(d)); ok {
 			runs[id] = true
 		}
 	}
 	for id := range runs {
-		dir := filepath.Join(os.TempDir(), Tag+"-"+id)
+		dir := filepath.Join(os.TempDir(), tag+"-"+id)
 		if runAlive(dir) {
 			continue
 		}
 		for _, e := range ents {
-			if rid, ok := runIDOf(e.Name()); ok && rid == id {
+			if rid, ok := runIDOf(tag, e.Name()); ok && rid == id {
 				logf("harness: sweeping leftover netns %s", e.Name())
 				if err := deleteNS(NS{Name: e.Name()}); err != nil {
 					logf("harness: %v", err)
 				}
 			}
 		}
-		socks, _ := filepath.Glob(filepath.Join("/var/run/wireguard", Tag+"-"+id+"-*.sock"))
+		socks, _ := filepath.Glob(filepath.Join("/var/run/wireguard", tag+"-"+id+"-*.sock"))
 		for _, s := range socks {
 			_ = os.Remove(s)
 		}
@@ -70,8 +73,8 @@ func Sweep(logf func(string, ...any)) {
 }
 
 // runIDOf extracts the run id from "wge-<id>" or "wge-<id>-...".
-func runIDOf(name string) (string, bool) {
-	rest, ok := strings.CutPrefix(name, Tag+"-")
+func runIDOf(tag, name string) (string, bool) {
+	rest, ok := strings.CutPrefix(name, tag+"-")
 	if !ok {
 		return "", false
 	}

@@ -236,7 +236,8 @@ func TestOperatorView(t *testing.T) {
 	if n := s1.must(t, "n1", "wgcni_reconcile_duration_seconds", map[string]string{"kind": "resync"}); n < 1 {
 		t.Fatalf("resync reconciles %v, want >= 1 (the initial sync)", n)
 	}
-	for _, name := range []string{"wgcni_reconcile_errors_total", "wgcni_etcd_watch_restarts_total", "wgcni_bad_records_total"} {
+	for _, name := range []string{"wgcni_reconcile_errors_total", "wgcni_etcd_watch_restarts_total", "wgcni_bad_records_total",
+		"wgcni_peers_without_handshake", "wgcni_peer_handshake_stalls_total", "wgcni_key_rotations_total"} {
 		if v := s1.must(t, "n1", name, nil); v != 0 {
 			t.Errorf("%s = %v on a healthy cluster", name, v)
 		}
