@@ -141,7 +141,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	log.Info("PodCIDR lease held", "cidr", held.CIDR, "key", held.Key, "how", held.How, "lease", fmt.Sprintf("%x", int64(held.LeaseID)), "cidr6", held.CIDR6)
+	log.Info("PodCIDR lease held", "cidr", held.CIDR, "key", held.Key, "how", held.How, "lease", fmt.Sprintf("%x", int64(held.LeaseID)), "cidr6", prefixOrNone(held.CIDR6))
 	if err := lease.Remember(cfg.StateDir, held.CIDR); err != nil {
 		return err
 	}

@@ -79,3 +79,11 @@ func setFamilies(nf *nodefile.Node, c record.Cluster, h lease.Held) {
 		nf.ClusterCIDRs = append(nf.ClusterCIDRs, c.CIDR6.String())
 	}
 }
+
+// prefixOrNone renders an optional prefix for logs.
+func prefixOrNone(p netip.Prefix) string {
+	if !p.IsValid() {
+		return "none"
+	}
+	return p.String()
+}
