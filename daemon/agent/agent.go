@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -26,7 +27,6 @@ import (
 	"github.com/wgcni/wgcni/daemon/metrics"
 	"github.com/wgcni/wgcni/daemon/nodefile"
 	"github.com/wgcni/wgcni/daemon/record"
-	"github.com/wgcni/wgcni/daemon/route"
 	"github.com/wgcni/wgcni/daemon/samenode"
 	"github.com/wgcni/wgcni/daemon/wgdev"
 	"github.com/wgcni/wgcni/plugins/antispoof"
@@ -50,13 +50,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer om.close()
 	// 1. Strict mode before anything else: from this moment on, pod
 	// traffic without a configured peer is refused, never sent in clear.
-	if err := route.EnsureStrict(cluster); err != nil {
+	if err := ensureStrictAll(cfg.Cluster); err != nil {
 		return err
 	}
-	log.Info("strict mode: unreachable route for the cluster CIDR in place; pod traffic to a PodCIDR without a configured peer is dropped, never sent in clear", "cluster_cidr", cluster)
-	if err := route.EnableForwarding(cluster); err != nil {
-		return err
-	}
+	log.Info("strict mode: unreachable route for the cluster CIDR in place; pod traffic to a PodCIDR without a configured peer is dropped, never sent in clear", "cluster_cidr", cfg.ClusterCIDR)
 
 	// 2. Identity.
 	priv, created, err := keys.LoadOrCreate(cfg.StateDir)
@@ -133,7 +130,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Endpoint:  netip.AddrPortFrom(endpoint, uint16(cfg.ListenPort)),
 		Keepalive: int(cfg.Keepalive / time.Second),
 	}
-	acq := &lease.Acquirer{Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Node: cfg.NodeName, TTL: cfg.LeaseTTL, Log: log}
+	acq := &lease.Acquirer{Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Node: cfg.NodeName, TTL: cfg.LeaseTTL, Log: log,
+		Preferred6: lease.LoadRemembered6(cfg.StateDir)}
 	var held lease.Held
 	err = retry(ctx, log, "acquire PodCIDR lease", func(ctx context.Context) error {
 		var err error
@@ -143,8 +141,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	log.Info("PodCIDR lease held", "cidr", held.CIDR, "key", held.Key, "how", held.How, "lease", fmt.Sprintf("%x", int64(held.LeaseID)))
+	log.Info("PodCIDR lease held", "cidr", held.CIDR, "key", held.Key, "how", held.How, "lease", fmt.Sprintf("%x", int64(held.LeaseID)), "cidr6", prefixOrNone(held.CIDR6))
 	if err := lease.Remember(cfg.StateDir, held.CIDR); err != nil {
+		return err
+	}
+	if err := lease.Remember6(cfg.StateDir, held.CIDR6); err != nil {
 		return err
 	}
 	keeper := lease.NewKeeper(acq, self, held)
@@ -155,13 +156,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 	// 7. Bridge with the gateway, then the node file for the plugins.
 	gw := record.Gateway(held.CIDR)
-	if _, err := bridge.Ensure(cfg.Bridge, mtu, toIPNet(netip.PrefixFrom(gw, held.CIDR.Bits()))); err != nil {
+	gw6 := gateway6(held.CIDR6)
+	if _, err := bridge.Ensure(cfg.Bridge, mtu, toIPNet(netip.PrefixFrom(gw, held.CIDR.Bits())), gatewayNet6(held.CIDR6)); err != nil {
 		return fmt.Errorf("ensure bridge: %w", err)
 	}
 	nf := &nodefile.Node{
 		Name: cfg.NodeName, PodCIDR: held.CIDR.String(), Gateway: gw.String(), ClusterCIDR: cluster.String(),
 		MTU: mtu, Bridge: cfg.Bridge, Device: cfg.Device, IPAMDir: filepath.Join(cfg.StateDir, "ipam"),
 	}
+	setFamilies(nf, cfg.Cluster, held)
 	if err := setupSameNode(ctx, cfg, cli, mtu, gw, nf, log); err != nil {
 		return err
 	}
@@ -178,7 +181,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	rec := mesh.New(mesh.Config{
 		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, SelfKey: priv.Public(), OwnCIDR: held.CIDR,
-		Gateway: gw, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
+		Gateway: gw, Gateway6: gw6, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
 		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck, Observe: om.observe,
 		Keepalive: int(cfg.Keepalive / time.Second),
 	})
@@ -235,7 +238,7 @@ func isPermanentConfigErr(err error) bool {
 }
 
 func writeNodeFile(runDir string, n *nodefile.Node) (bool, error) {
-	if cur, err := nodefile.Read(runDir); err == nil && *cur == *n {
+	if cur, err := nodefile.Read(runDir); err == nil && reflect.DeepEqual(cur, n) {
 		return false, nil
 	}
 	if err := nodefile.Write(runDir, n); err != nil {
@@ -254,22 +257,7 @@ func Cleanup(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err := deleteOwnRecords(ctx, cfg, log); err != nil {
 		log.Warn("could not delete own etcd record; it expires with its lease", "err", err)
 	}
-	fam := netlink.FAMILY_V4
-	if cfg.Cluster.CIDR.Addr().Is6() {
-		fam = netlink.FAMILY_V6
-	}
-	peers, _, err := route.Ours(fam)
-	if err != nil {
-		errs = append(errs, err)
-	}
-	for _, p := range peers {
-		if err := route.DeletePeer(p); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := route.RemoveStrict(cfg.Cluster.CIDR); err != nil {
-		errs = append(errs, err)
-	}
+	errs = append(errs, removeRoutesAll(cfg.Cluster)...)
 	if err := wgdev.Remove(cfg.RunDir, cfg.Device, log); err != nil {
 		errs = append(errs, err)
 	}

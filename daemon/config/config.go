@@ -31,30 +31,31 @@ const (
 
 // Config is the daemon's validated configuration.
 type Config struct {
-	EtcdEndpoints  []string
-	EtcdPrefix     string
-	EtcdCAFile     string
-	EtcdCertFile   string
-	EtcdKeyFile    string
-	EtcdUsername   string
-	EtcdPassFile   string // --etcd-password-file; read at start, never logged
-	NodeName       string
-	ClusterCIDR    string
-	NodePrefixLen  int
-	EndpointIP     string // empty: auto-detect
-	ListenPort     int
-	Device         string
-	Bridge         string
-	StateDir       string
-	RunDir         string
-	LeaseTTL       time.Duration
-	Keepalive      time.Duration
-	MTU            int // 0: derive from underlay
-	WireGuard      string
-	ResyncInterval time.Duration
-	LogFormat      string
-	LogLevel       string
-	MetricsAddr    string // empty: no metrics/health endpoint
+	EtcdEndpoints   []string
+	EtcdPrefix      string
+	EtcdCAFile      string
+	EtcdCertFile    string
+	EtcdKeyFile     string
+	EtcdUsername    string
+	EtcdPassFile    string // --etcd-password-file; read at start, never logged
+	NodeName        string
+	ClusterCIDR     string
+	NodePrefixLen   int
+	NodePrefixLenV6 int    // prefix length of IPv6 node CIDRs (dual.go)
+	EndpointIP      string // empty: auto-detect
+	ListenPort      int
+	Device          string
+	Bridge          string
+	StateDir        string
+	RunDir          string
+	LeaseTTL        time.Duration
+	Keepalive       time.Duration
+	MTU             int // 0: derive from underlay
+	WireGuard       string
+	ResyncInterval  time.Duration
+	LogFormat       string
+	LogLevel        string
+	MetricsAddr     string // empty: no metrics/health endpoint
 	// SameNodeEncryption turns on WireGuard between pods of this node
 	// (also on when the cluster config record in etcd says so).
 	SameNodeEncryption bool
@@ -86,8 +87,9 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.StringVar(&c.EtcdUsername, "etcd-username", "", "etcd user for password authentication (optional; with client certificates etcd can take the user from the certificate's CommonName)")
 	fs.StringVar(&c.EtcdPassFile, "etcd-password-file", "", "file holding the etcd user's password (needs --etcd-username)")
 	fs.StringVar(&c.NodeName, "node-name", host, "node name: the identity of this node's lease")
-	fs.StringVar(&c.ClusterCIDR, "cluster-cidr", "10.244.0.0/16", "cluster pod CIDR")
-	fs.IntVar(&c.NodePrefixLen, "node-prefix-len", 24, "prefix length of each node's PodCIDR")
+	fs.StringVar(&c.ClusterCIDR, "cluster-cidr", "10.244.0.0/16", "cluster pod CIDR: one IPv4 or IPv6 CIDR, or an IPv4 and an IPv6 CIDR separated by a comma (dual-stack)")
+	fs.IntVar(&c.NodePrefixLen, "node-prefix-len", 24, "prefix length of each node's IPv4 PodCIDR")
+	fs.IntVar(&c.NodePrefixLenV6, "node-prefix-len-v6", 64, "prefix length of each node's IPv6 PodCIDR")
 	fs.StringVar(&c.EndpointIP, "endpoint-ip", "", "underlay IP peers send WireGuard traffic to (default: address of the default-route interface)")
 	fs.IntVar(&c.ListenPort, "listen-port", 51820, "WireGuard UDP listen port")
 	fs.StringVar(&c.Device, "device", "wgcni-wg", "WireGuard device name")
@@ -222,9 +224,9 @@ func (c *Config) Validate() error {
 	if err := record.ValidNodeName(c.NodeName); err != nil {
 		return fmt.Errorf("--node-name: %w", err)
 	}
-	cl, err := record.NewCluster(c.ClusterCIDR, c.NodePrefixLen)
+	cl, err := clusterFromFlags(c.ClusterCIDR, c.NodePrefixLen, c.NodePrefixLenV6)
 	if err != nil {
-		return fmt.Errorf("--cluster-cidr/--node-prefix-len: %w", err)
+		return err
 	}
 	c.Cluster = cl
 	if c.EndpointIP != "" {
@@ -232,8 +234,8 @@ func (c *Config) Validate() error {
 		if err != nil || a.IsUnspecified() || a.IsMulticast() || a.Zone() != "" {
 			return fmt.Errorf("--endpoint-ip: %q is not a unicast IP address", c.EndpointIP)
 		}
-		if cl.CIDR.Contains(a) {
-			return fmt.Errorf("--endpoint-ip: %s lies inside --cluster-cidr %s; the underlay must be outside the pod network", a, cl.CIDR)
+		if cl.Contains(a.Unmap()) {
+			return fmt.Errorf("--endpoint-ip: %s lies inside --cluster-cidr %s; the underlay must be outside the pod network", a, c.ClusterCIDR)
 		}
 		c.Endpoint = a.Unmap()
 	}

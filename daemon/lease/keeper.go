@@ -139,6 +139,7 @@ func (k *Keeper) retake(ctx context.Context) {
 	for ctx.Err() == nil {
 		k.mu.Lock()
 		self := k.Self
+		self.CIDR6 = k.held.CIDR6 // retake both families as one
 		k.mu.Unlock()
 		h, err := k.A.Retake(ctx, self, cidr)
 		if err == nil {

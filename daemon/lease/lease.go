@@ -43,6 +43,9 @@ type Held struct {
 	CIDR    netip.Prefix
 	Key     string
 	LeaseID clientv3.LeaseID
+	// CIDR6 is the IPv6 PodCIDR in a dual-stack cluster (its guard key
+	// is bound to LeaseID too; dual.go).
+	CIDR6 netip.Prefix
 	// How it was obtained: "created", "adopted" (own record found, e.g.
 	// after a restart) or "retaken" (own record had vanished).
 	How string
@@ -56,6 +59,9 @@ type Acquirer struct {
 	Node    string
 	TTL     time.Duration
 	Log     *slog.Logger
+	// Preferred6 is the IPv6 PodCIDR to ask for first in a dual-stack
+	// cluster (LoadRemembered6), like Acquire's preferred for IPv4.
+	Preferred6 netip.Prefix
 }
 
 func (a *Acquirer) ttlSeconds() int64 {
@@ -88,6 +94,10 @@ func (a *Acquirer) Acquire(ctx context.Context, self record.Lease, preferred net
 			own = append(own, kv)
 		}
 	}
+	taken6, err := a.listTaken6(ctx)
+	if err != nil {
+		return Held{}, err
+	}
 	if len(own) > 0 {
 		h, err := a.adoptOwn(ctx, own, self, preferred)
 		if err == nil || !errors.Is(err, errGone) {
@@ -107,8 +117,9 @@ func (a *Acquirer) Acquire(ctx context.Context, self record.Lease, preferred net
 		}
 	}()
 	var free []netip.Prefix
+	picker := a.newPicker6(taken6)
 	if preferred.IsValid() && !taken[preferred] {
-		h, won, err := a.create(ctx, preferred, self, leaseID)
+		h, won, err := a.createPicked(ctx, preferred, picker, self, leaseID)
 		if err != nil {
 			return Held{}, err
 		}
@@ -128,7 +139,7 @@ func (a *Acquirer) Acquire(ctx context.Context, self record.Lease, preferred net
 		if cidr == preferred {
 			continue
 		}
-		h, won, err := a.create(ctx, cidr, self, leaseID)
+		h, won, err := a.createPicked(ctx, cidr, picker, self, leaseID)
 		if err != nil {
 			return Held{}, err
 		}
@@ -136,6 +147,13 @@ func (a *Acquirer) Acquire(ctx context.Context, self record.Lease, preferred net
 			ok = true
 			return h, nil
 		}
+		if picker.full() {
+			break
+		}
+	}
+	if picker.full() {
+		return Held{}, fmt.Errorf("%w: all %d IPv6 node CIDRs (/%d) of %s are leased; enlarge the IPv6 --cluster-cidr or remove stale keys under %s",
+			ErrClusterFull, a.Cluster.V6Grid().NodeCount(), a.Cluster.NodePrefixLen6, a.Cluster.CIDR6, record.Subnets6Prefix(a.Prefix))
 	}
 	return Held{}, fmt.Errorf("%w: all %d node CIDRs (/%d) of %s are leased; enlarge --cluster-cidr or remove stale records under %s",
 		ErrClusterFull, a.Cluster.NodeCount(), a.Cluster.NodePrefixLen, a.Cluster.CIDR, record.SubnetsPrefix(a.Prefix))
@@ -165,11 +183,14 @@ func (a *Acquirer) Retake(ctx context.Context, self record.Lease, cidr netip.Pre
 			return Held{}, &TakenError{CIDR: cidr, By: "(unreadable record: " + derr.Error() + ")"}
 		}
 	}
+	if err := a.check6Free(ctx, self.CIDR6); err != nil {
+		return Held{}, err
+	}
 	leaseID, err := a.grant(ctx)
 	if err != nil {
 		return Held{}, err
 	}
-	h, won, err := a.create(ctx, cidr, self, leaseID)
+	h, won, _, err := a.create(ctx, cidr, self.CIDR6, self, leaseID)
 	if err != nil || !won {
 		a.revoke(leaseID)
 		if err == nil {
@@ -185,6 +206,7 @@ func (a *Acquirer) Retake(ctx context.Context, self record.Lease, cidr netip.Pre
 // key). The transaction compares the record's lease with ours, so a node can
 // only ever overwrite its own record.
 func (a *Acquirer) Publish(ctx context.Context, h Held, self record.Lease) error {
+	self.CIDR6 = h.CIDR6
 	resp, err := a.Client.Txn(ctx).
 		If(clientv3.Compare(clientv3.LeaseValue(h.Key), "=", h.LeaseID)).
 		Then(clientv3.OpPut(h.Key, string(self.Encode()), clientv3.WithLease(h.LeaseID))).
@@ -251,6 +273,18 @@ func (a *Acquirer) adopt(ctx context.Context, kv *mvccpb.KeyValue, self record.L
 	} else {
 		leaseID = clientv3.NoLease
 	}
+	cur, err := record.DecodeSubnet(a.Prefix, key, kv.Value, a.Cluster)
+	if err != nil {
+		return Held{}, fmt.Errorf("adopt own record: %w", err)
+	}
+	if a.Cluster.Dual() && !cur.CIDR6.IsValid() {
+		return Held{}, fmt.Errorf("own record %s has no podCIDRv6 but the cluster is dual-stack; delete it (etcdctl del %s) so this node leases both families", key, key)
+	}
+	guardCmp, err := a.guard6Compare(ctx, cur.CIDR6)
+	if err != nil {
+		return Held{}, err
+	}
+	self.CIDR6 = cur.CIDR6
 	fresh := leaseID == clientv3.NoLease
 	if fresh {
 		if leaseID, err = a.grant(ctx); err != nil {
@@ -259,10 +293,13 @@ func (a *Acquirer) adopt(ctx context.Context, kv *mvccpb.KeyValue, self record.L
 	}
 	// Compare on the lease the record had when we read it: if it changed,
 	// someone else touched our record and we must look again.
-	resp, err := a.Client.Txn(ctx).
-		If(clientv3.Compare(clientv3.LeaseValue(key), "=", old), clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-		Then(clientv3.OpPut(key, string(self.Encode()), clientv3.WithLease(leaseID))).
-		Commit()
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(key), "=", old), clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)}
+	ops := []clientv3.Op{clientv3.OpPut(key, string(self.Encode()), clientv3.WithLease(leaseID))}
+	if guardCmp != nil {
+		cmps = append(cmps, *guardCmp)
+		ops = append(ops, a.guard6Put(cur.CIDR6, cidr, leaseID))
+	}
+	resp, err := a.Client.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil || !resp.Succeeded {
 		if fresh {
 			a.revoke(leaseID)
@@ -277,23 +314,36 @@ func (a *Acquirer) adopt(ctx context.Context, kv *mvccpb.KeyValue, self record.L
 		// waiting for its TTL.
 		a.revoke(old)
 	}
-	return Held{CIDR: cidr, Key: key, LeaseID: leaseID, How: "adopted"}, nil
+	return Held{CIDR: cidr, Key: key, LeaseID: leaseID, How: "adopted", CIDR6: cur.CIDR6}, nil
 }
 
-// create writes self at cidr if no record exists there.
-func (a *Acquirer) create(ctx context.Context, cidr netip.Prefix, self record.Lease, leaseID clientv3.LeaseID) (Held, bool, error) {
+// create writes self at cidr if no record exists there; in a dual-stack
+// cluster it also creates the guard key of cidr6 in the same transaction,
+// and only if that is absent too. taken6 reports that cidr6 was the one
+// already held.
+func (a *Acquirer) create(ctx context.Context, cidr, cidr6 netip.Prefix, self record.Lease, leaseID clientv3.LeaseID) (h Held, won, taken6 bool, err error) {
 	key := record.SubnetKey(a.Prefix, cidr)
-	resp, err := a.Client.Txn(ctx).
-		If(clientv3.Compare(clientv3.Version(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(self.Encode()), clientv3.WithLease(leaseID))).
-		Commit()
+	self.CIDR6 = cidr6
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.Version(key), "=", 0)}
+	ops := []clientv3.Op{clientv3.OpPut(key, string(self.Encode()), clientv3.WithLease(leaseID))}
+	var orElse []clientv3.Op
+	if cidr6.IsValid() {
+		key6 := record.Subnet6Key(a.Prefix, cidr6)
+		cmps = append(cmps, clientv3.Compare(clientv3.Version(key6), "=", 0))
+		ops = append(ops, a.guard6Put(cidr6, cidr, leaseID))
+		orElse = append(orElse, clientv3.OpGet(key6, clientv3.WithCountOnly()))
+	}
+	resp, err := a.Client.Txn(ctx).If(cmps...).Then(ops...).Else(orElse...).Commit()
 	if err != nil {
-		return Held{}, false, fmt.Errorf("create record %s: %w", key, err)
+		return Held{}, false, false, fmt.Errorf("create record %s: %w", key, err)
 	}
 	if !resp.Succeeded {
-		return Held{}, false, nil
+		if cidr6.IsValid() && len(resp.Responses) > 0 && resp.Responses[0].GetResponseRange().Count > 0 {
+			taken6 = true
+		}
+		return Held{}, false, taken6, nil
 	}
-	return Held{CIDR: cidr, Key: key, LeaseID: leaseID, How: "created"}, true, nil
+	return Held{CIDR: cidr, Key: key, LeaseID: leaseID, How: "created", CIDR6: cidr6}, true, false, nil
 }
 
 func (a *Acquirer) grant(ctx context.Context) (clientv3.LeaseID, error) {

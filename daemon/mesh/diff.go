@@ -15,6 +15,7 @@ import (
 // AllowedIPs are exactly its PodCIDR, and a route to that PodCIDR.
 type Peer struct {
 	CIDR      netip.Prefix
+	CIDR6     netip.Prefix // dual-stack: the peer's IPv6 PodCIDR (also allowed, also routed)
 	Node      string
 	PublicKey wgtypes.Key
 	Endpoint  netip.AddrPort
@@ -40,12 +41,37 @@ func (p Peer) config() wgtypes.PeerConfig {
 		Endpoint:                    net.UDPAddrFromAddrPort(p.Endpoint),
 		PersistentKeepaliveInterval: &ka,
 		ReplaceAllowedIPs:           true,
-		AllowedIPs:                  []net.IPNet{toIPNet(p.CIDR)},
+		AllowedIPs:                  p.allowed(),
 	}
 }
 
-func (p Peer) route(link int, src netip.Addr) route.Peer {
-	return route.Peer{Dst: p.CIDR, LinkIndex: link, Src: src}
+// allowed is the peer's AllowedIPs: its PodCIDR of each family. One
+// WireGuard device carries both families whatever the underlay's family.
+func (p Peer) allowed() []net.IPNet {
+	out := []net.IPNet{toIPNet(p.CIDR)}
+	if p.CIDR6.IsValid() {
+		out = append(out, toIPNet(p.CIDR6))
+	}
+	return out
+}
+
+// routes are the peer's routes, one per PodCIDR; each takes as source the
+// one of srcs (this node's gateways) of the same family.
+func (p Peer) routes(link int, srcs []netip.Addr) []route.Peer {
+	out := []route.Peer{{Dst: p.CIDR, LinkIndex: link, Src: srcFor(p.CIDR, srcs)}}
+	if p.CIDR6.IsValid() {
+		out = append(out, route.Peer{Dst: p.CIDR6, LinkIndex: link, Src: srcFor(p.CIDR6, srcs)})
+	}
+	return out
+}
+
+func srcFor(dst netip.Prefix, srcs []netip.Addr) netip.Addr {
+	for _, s := range srcs {
+		if s.IsValid() && s.Is4() == dst.Addr().Is4() {
+			return s
+		}
+	}
+	return netip.Addr{}
 }
 
 func toIPNet(p netip.Prefix) net.IPNet {
@@ -54,14 +80,19 @@ func toIPNet(p netip.Prefix) net.IPNet {
 
 // matches reports whether the device's peer is exactly as desired.
 func matches(have wgtypes.Peer, want Peer) bool {
-	if len(have.AllowedIPs) != 1 {
+	allowed := want.allowed()
+	if len(have.AllowedIPs) != len(allowed) {
 		return false
 	}
-	a := have.AllowedIPs[0]
-	ones, _ := a.Mask.Size()
-	ip, ok := netip.AddrFromSlice(a.IP)
-	if !ok || netip.PrefixFrom(ip.Unmap(), ones) != want.CIDR {
-		return false
+	for _, a := range have.AllowedIPs {
+		ones, _ := a.Mask.Size()
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			return false
+		}
+		if p := netip.PrefixFrom(ip.Unmap(), ones); p != want.CIDR && p != want.CIDR6 {
+			return false
+		}
 	}
 	if have.Endpoint == nil || have.Endpoint.AddrPort() != want.Endpoint && unmapAP(have.Endpoint.AddrPort()) != want.Endpoint {
 		return false
@@ -74,9 +105,10 @@ func unmapAP(ap netip.AddrPort) netip.AddrPort {
 }
 
 // Diff compares the desired peers with the device's peers and our routes
-// (as listed by route.Ours) and returns the changes. Used for the full
-// resync; per-event changes use DiffOne.
-func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.Prefix]route.Peer, link int, src netip.Addr) Plan {
+// (as listed by route.Ours, every family) and returns the changes. Used for
+// the full resync; per-event changes use DiffOne. src holds this node's
+// gateway of each family; a route takes the one of its family as source.
+func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.Prefix]route.Peer, link int, src ...netip.Addr) Plan {
 	var plan Plan
 	byKey := make(map[wgtypes.Key]Peer, len(desired))
 	for _, d := range desired {
@@ -97,13 +129,21 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 		if !seen[d.PublicKey] {
 			plan.Peers = append(plan.Peers, d.config())
 		}
-		want := d.route(link, src)
-		if r, ok := routes[d.CIDR]; !ok || r != want {
-			plan.RouteAdd = append(plan.RouteAdd, want)
+		for _, want := range d.routes(link, src) {
+			if r, ok := routes[want.Dst]; !ok || r != want {
+				plan.RouteAdd = append(plan.RouteAdd, want)
+			}
+		}
+	}
+	wanted := make(map[netip.Prefix]bool, 2*len(desired))
+	for c, d := range desired {
+		wanted[c] = true
+		if d.CIDR6.IsValid() {
+			wanted[d.CIDR6] = true
 		}
 	}
 	for _, dst := range sortedKeys(routes) {
-		if _, ok := desired[dst]; !ok {
+		if !wanted[dst] {
 			plan.RouteDel = append(plan.RouteDel, routes[dst])
 		}
 	}
@@ -114,25 +154,30 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 // applied for it (nil if nothing), want what should be there (nil if the
 // peer must go). A changed key removes the old peer, since WireGuard
 // identifies peers by key and a stale one would keep the old AllowedIPs.
-func DiffOne(have, want *Peer, link int, src netip.Addr) Plan {
+func DiffOne(have, want *Peer, link int, src ...netip.Addr) Plan {
 	var plan Plan
 	switch {
 	case have == nil && want == nil:
 	case want == nil:
-		plan.RouteDel = append(plan.RouteDel, have.route(link, src))
+		plan.RouteDel = append(plan.RouteDel, have.routes(link, src)...)
 		plan.Peers = append(plan.Peers, wgtypes.PeerConfig{PublicKey: have.PublicKey, Remove: true})
 	case have == nil:
 		plan.Peers = append(plan.Peers, want.config())
-		plan.RouteAdd = append(plan.RouteAdd, want.route(link, src))
+		plan.RouteAdd = append(plan.RouteAdd, want.routes(link, src)...)
 	case *have == *want:
 	default:
+		if have.CIDR6.IsValid() && have.CIDR6 != want.CIDR6 {
+			// The peer's IPv6 PodCIDR changed or went: its old route must
+			// not keep pointing into the tunnel.
+			plan.RouteDel = append(plan.RouteDel, route.Peer{Dst: have.CIDR6, LinkIndex: link, Src: srcFor(have.CIDR6, src)})
+		}
 		if have.PublicKey != want.PublicKey {
 			plan.Peers = append(plan.Peers, wgtypes.PeerConfig{PublicKey: have.PublicKey, Remove: true})
 		}
 		plan.Peers = append(plan.Peers, want.config())
 		// The route does not depend on the peer; replacing it is cheap
 		// and repairs it if someone removed it.
-		plan.RouteAdd = append(plan.RouteAdd, want.route(link, src))
+		plan.RouteAdd = append(plan.RouteAdd, want.routes(link, src)...)
 	}
 	return plan
 }

@@ -37,7 +37,7 @@ func onDevice(p Peer) wgtypes.Peer {
 func TestDiffConverged(t *testing.T) {
 	a, b := peer(t, "10.244.2.0/24"), peer(t, "10.244.3.0/24")
 	desired := map[netip.Prefix]Peer{a.CIDR: a, b.CIDR: b}
-	routes := map[netip.Prefix]route.Peer{a.CIDR: a.route(link, gw), b.CIDR: b.route(link, gw)}
+	routes := map[netip.Prefix]route.Peer{a.CIDR: a.routes(link, []netip.Addr{gw})[0], b.CIDR: b.routes(link, []netip.Addr{gw})[0]}
 	if p := Diff(desired, []wgtypes.Peer{onDevice(a), onDevice(b)}, routes, link, gw); !p.Empty() {
 		t.Fatalf("converged state gives plan %+v", p)
 	}
@@ -52,7 +52,7 @@ func TestDiffAddRemoveUpdate(t *testing.T) {
 	desired := map[netip.Prefix]Peer{a.CIDR: moved, b.CIDR: b}
 	have := []wgtypes.Peer{onDevice(a), wide, onDevice(stale)}
 	routes := map[netip.Prefix]route.Peer{
-		stale.CIDR: stale.route(link, gw),
+		stale.CIDR: stale.routes(link, []netip.Addr{gw})[0],
 		b.CIDR:     {Dst: b.CIDR, LinkIndex: link, Src: netip.MustParseAddr("10.244.1.9")}, // wrong source
 	}
 	p := Diff(desired, have, routes, link, gw)

@@ -25,8 +25,6 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/wgcni/wgcni/daemon/etcdutil"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
@@ -42,9 +40,12 @@ type Config struct {
 	// carries it is refused (WireGuard ignores a peer with the device's
 	// own key, so it would only leave a route into nowhere and a resync
 	// that "repairs" it forever).
-	SelfKey   wgtypes.Key
-	OwnCIDR   netip.Prefix // this node's PodCIDR
-	Gateway   netip.Addr   // source address of routes into the tunnel
+	SelfKey wgtypes.Key
+	OwnCIDR netip.Prefix // this node's PodCIDR
+	Gateway netip.Addr   // source address of routes into the tunnel
+	// Gateway6 is the IPv6 gateway in a dual-stack cluster: the source of
+	// routes to peers' IPv6 PodCIDRs (dual.go).
+	Gateway6  netip.Addr
 	Device    string
 	LinkIndex int
 	WG        *wgctrl.Client
@@ -90,6 +91,7 @@ type Reconciler struct {
 	applied    map[netip.Prefix]Peer         // what is on the device and in the routes
 	dirty      map[netip.Prefix]bool         // failed applies to retry
 	hostRanges map[netip.Prefix]bool         // reserved host blocks (hosts.go)
+	owner6     map[netip.Prefix]netip.Prefix // IPv6 PodCIDR -> record (primary CIDR) using it (dual.go)
 	synced     chan struct{}
 
 	// peerNodes maps the public key of every applied peer to its node
@@ -168,6 +170,7 @@ func (r *Reconciler) reset() {
 	r.conflicted = map[netip.Prefix]bool{}
 	r.dirty = map[netip.Prefix]bool{}
 	r.hostRanges = map[netip.Prefix]bool{}
+	r.owner6 = map[netip.Prefix]netip.Prefix{}
 }
 
 // Run reconciles until ctx ends.
@@ -312,11 +315,7 @@ func (r *Reconciler) kernelResync() (err error) {
 	if err != nil {
 		return fmt.Errorf("read WireGuard device %s: %w", r.cfg.Device, err)
 	}
-	fam := netlink.FAMILY_V4
-	if r.cfg.Cluster.CIDR.Addr().Is6() {
-		fam = netlink.FAMILY_V6
-	}
-	routes, _, err := route.Ours(fam)
+	routes, err := oursAllFamilies(r.cfg.Cluster)
 	if err != nil {
 		return err
 	}
@@ -327,7 +326,7 @@ func (r *Reconciler) kernelResync() (err error) {
 			delete(routes, dst)
 		}
 	}
-	plan := Diff(r.active, dev.Peers, routes, r.cfg.LinkIndex, r.cfg.Gateway)
+	plan := Diff(r.active, dev.Peers, routes, r.cfg.LinkIndex, r.cfg.Gateway, r.cfg.Gateway6)
 	if !plan.Empty() {
 		r.cfg.Log.Info("resync: repairing device/routes", "peer_changes", len(plan.Peers), "route_adds", len(plan.RouteAdd), "route_dels", len(plan.RouteDel))
 	}
@@ -460,13 +459,18 @@ func (r *Reconciler) resolve(cidr netip.Prefix, apply bool) {
 	if hadPrev && r.keyOwner[prev.PublicKey] == cidr {
 		delete(r.keyOwner, prev.PublicKey)
 	}
+	r.release6(cidr, prev)
 	delete(r.active, cidr)
 	delete(r.conflicted, cidr)
 	if l, ok := r.records[cidr]; ok {
 		want := Peer{CIDR: cidr, Node: l.Node, PublicKey: l.PublicKey, Endpoint: l.Endpoint, Keepalive: effectiveKeepalive(r.cfg.Keepalive, l.Keepalive)}
+		want.CIDR6 = l.CIDR6
 		if owner, taken := r.keyOwner[want.PublicKey]; taken && owner != cidr {
 			r.conflicted[cidr] = true
 			r.skip(record.SubnetKey(r.cfg.Prefix, cidr), fmt.Errorf("public key %s is already used by the record for %s", want.PublicKey, owner))
+		} else if err := r.claim6(cidr, want.CIDR6); err != nil {
+			r.conflicted[cidr] = true
+			r.skip(record.SubnetKey(r.cfg.Prefix, cidr), err)
 		} else {
 			r.active[cidr] = want
 			r.keyOwner[want.PublicKey] = cidr
@@ -484,6 +488,7 @@ func (r *Reconciler) resolve(cidr netip.Prefix, apply bool) {
 			}
 		}
 	}
+	r.retry6(cidr, prev, hadPrev, apply)
 }
 
 // apply makes the device and routes match the desired state for one CIDR.
@@ -495,7 +500,7 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	if p, ok := r.active[cidr]; ok {
 		want = &p
 	}
-	plan := DiffOne(have, want, r.cfg.LinkIndex, r.cfg.Gateway)
+	plan := DiffOne(have, want, r.cfg.LinkIndex, r.cfg.Gateway, r.cfg.Gateway6)
 	if plan.Empty() {
 		return
 	}

@@ -36,6 +36,11 @@ type Node struct {
 	// SameNodeEncryption tells the plugin to route pod-to-pod traffic inside
 	// this node through WireGuard too.
 	SameNodeEncryption bool `json:"sameNodeEncryption,omitempty"`
+	// One entry per address family, primary first (dual.go); PodCIDR,
+	// Gateway and ClusterCIDR repeat the first entries for older plugins.
+	PodCIDRs     []string `json:"podCIDRs,omitempty"`
+	Gateways     []string `json:"gateways,omitempty"`
+	ClusterCIDRs []string `json:"clusterCIDRs,omitempty"`
 }
 
 // Path returns the node file path inside runDir.
@@ -98,7 +103,7 @@ func (n *Node) Validate() error {
 	if n.IPAMDir == "" {
 		return errors.New("node file field ipamDir is empty")
 	}
-	return nil
+	return n.validateFamilies()
 }
 
 // Read loads and validates the node file from runDir. A missing file is

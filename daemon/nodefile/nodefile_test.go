@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -22,7 +23,7 @@ func TestWriteReadRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *got != *valid() {
+	if !reflect.DeepEqual(got, valid()) {
 		t.Fatalf("round trip: got %+v", got)
 	}
 	entries, _ := os.ReadDir(dir)

@@ -37,21 +37,38 @@ type ClusterConfig struct {
 	// SameNodeEncryption turns same-node encryption on for every node
 	// (read by daemon/samenode; not part of the equality check).
 	SameNodeEncryption bool `json:"sameNodeEncryption,omitempty"`
+	// Dual-stack clusters (dual.go): the IPv6 cluster CIDR and node prefix
+	// length. Omitted when empty, so a single-family record stays
+	// byte-identical to what older daemons write.
+	ClusterCIDRv6   string `json:"clusterCIDRv6,omitempty"`
+	NodePrefixLenV6 int    `json:"nodePrefixLenV6,omitempty"`
 }
 
 // Cluster is a validated ClusterConfig.
 type Cluster struct {
 	CIDR          netip.Prefix
 	NodePrefixLen int
+	// CIDR6 and NodePrefixLen6 are set in a dual-stack cluster only; CIDR
+	// is then IPv4 and keys the records (dual.go). A single-family cluster
+	// of either family uses CIDR alone.
+	CIDR6          netip.Prefix
+	NodePrefixLen6 int
 }
 
 // Record returns the wire form of c.
 func (c Cluster) Record() ClusterConfig {
-	return ClusterConfig{ClusterCIDR: c.CIDR.String(), NodePrefixLen: c.NodePrefixLen}
+	cc := ClusterConfig{ClusterCIDR: c.CIDR.String(), NodePrefixLen: c.NodePrefixLen}
+	if c.Dual() {
+		cc.ClusterCIDRv6, cc.NodePrefixLenV6 = c.CIDR6.String(), c.NodePrefixLen6
+	}
+	return cc
 }
 
 // String renders c the way error messages quote it.
 func (c Cluster) String() string {
+	if c.Dual() {
+		return fmt.Sprintf("clusterCIDR=%s nodePrefixLen=%d clusterCIDRv6=%s nodePrefixLenV6=%d", c.CIDR, c.NodePrefixLen, c.CIDR6, c.NodePrefixLen6)
+	}
 	return fmt.Sprintf("clusterCIDR=%s nodePrefixLen=%d", c.CIDR, c.NodePrefixLen)
 }
 
@@ -110,6 +127,11 @@ func DecodeConfig(key string, value []byte) (Cluster, error) {
 	if err != nil {
 		return Cluster{}, fmt.Errorf("etcd key %s: %w", key, err)
 	}
+	if cc.ClusterCIDRv6 != "" || cc.NodePrefixLenV6 != 0 {
+		if c, err = c.WithV6(cc.ClusterCIDRv6, cc.NodePrefixLenV6); err != nil {
+			return Cluster{}, fmt.Errorf("etcd key %s: %w", key, err)
+		}
+	}
 	return c, nil
 }
 
@@ -126,6 +148,9 @@ type Subnet struct {
 	// peer's /32 (see hosts.go); omitted for nodes so their records stay
 	// byte-identical to what older daemons write.
 	Kind string `json:"kind,omitempty"`
+	// PodCIDRv6 is the node's IPv6 PodCIDR in a dual-stack cluster, held
+	// together with the key's IPv4 CIDR (dual.go); omitted otherwise.
+	PodCIDRv6 string `json:"podCIDRv6,omitempty"`
 }
 
 // Lease is a decoded, validated subnet record.
@@ -135,7 +160,8 @@ type Lease struct {
 	PublicKey [32]byte
 	Endpoint  netip.AddrPort
 	Keepalive int
-	Kind      string // "" (node) or KindHost
+	Kind      string       // "" (node) or KindHost
+	CIDR6     netip.Prefix // dual-stack: the node's IPv6 PodCIDR
 }
 
 // Subnet returns the wire form of l.
@@ -147,6 +173,7 @@ func (l Lease) Subnet() Subnet {
 		Port:      int(l.Endpoint.Port()),
 		Keepalive: l.Keepalive,
 		Kind:      l.Kind,
+		PodCIDRv6: prefixString(l.CIDR6),
 	}
 }
 
@@ -215,7 +242,10 @@ func DecodeSubnet(prefix, key string, value []byte, cluster Cluster) (Lease, err
 	if err != nil {
 		return Lease{}, fmt.Errorf("etcd key %s: %w", key, err)
 	}
-	if cluster.CIDR.Contains(l.Endpoint.Addr()) {
+	if err := cluster.checkCIDR6(l.CIDR6, cidr); err != nil {
+		return Lease{}, fmt.Errorf("etcd key %s: field podCIDRv6: %w", key, err)
+	}
+	if cluster.CIDR.Contains(l.Endpoint.Addr()) || cluster.CIDR6.Contains(l.Endpoint.Addr()) {
 		// Tunnel packets addressed into the pod network would loop.
 		return Lease{}, fmt.Errorf("etcd key %s: field endpoint: %s lies inside cluster CIDR %s", key, l.Endpoint.Addr(), cluster.CIDR)
 	}
@@ -252,12 +282,19 @@ func (s Subnet) Validate() (Lease, error) {
 	if s.Keepalive < 0 || s.Keepalive > 65535 {
 		return Lease{}, fmt.Errorf("field keepalive: %d is out of range 0..65535", s.Keepalive)
 	}
+	var cidr6 netip.Prefix
+	if s.PodCIDRv6 != "" {
+		if cidr6, err = netip.ParsePrefix(s.PodCIDRv6); err != nil || !cidr6.Addr().Is6() || cidr6.Addr().Is4In6() || cidr6.Addr().Zone() != "" {
+			return Lease{}, fmt.Errorf("field podCIDRv6: %q is not an IPv6 CIDR", s.PodCIDRv6)
+		}
+	}
 	return Lease{
 		Node:      s.Node,
 		PublicKey: key,
 		Endpoint:  netip.AddrPortFrom(addr.Unmap(), uint16(s.Port)),
 		Keepalive: s.Keepalive,
 		Kind:      s.Kind,
+		CIDR6:     cidr6,
 	}, nil
 }
 

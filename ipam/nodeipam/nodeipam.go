@@ -101,7 +101,7 @@ func Allocate(conf *ipamconf.Conf, containerID, ifName string) (*current.Result,
 	if conf.DataDir != "" {
 		dir = conf.DataDir
 	}
-	rs, err := RangeSet(node)
+	sets, err := RangeSets(node)
 	if err != nil {
 		return nil, fmt.Errorf("wgcni-ipam: %w", err)
 	}
@@ -111,19 +111,56 @@ func Allocate(conf *ipamconf.Conf, containerID, ifName string) (*current.Result,
 	}
 	defer store.Close()
 
-	ipc, err := allocator.NewIPAllocator(&rs, store, 0).Get(containerID, ifName, nil)
+	// One address per family (a dual-stack node has two PodCIDRs), each
+	// with a default route via the gateway of its family. The allocator's
+	// rangeID keeps a separate "last reserved" cursor per family.
+	res := &current.Result{CNIVersion: current.ImplementedSpecVersion}
+	for i, rs := range sets {
+		ipc, err := allocator.NewIPAllocator(&rs, store, i).Get(containerID, ifName, nil)
+		if err != nil {
+			if i > 0 {
+				// Nothing half-allocated: give back the other families.
+				if rerr := releaseLocked(store, containerID, ifName); rerr != nil {
+					err = errors.Join(err, rerr)
+				}
+			}
+			return nil, fmt.Errorf("wgcni-ipam: allocate from podCIDR %s for %s/%s: %w", (*net.IPNet)(&rs[0].Subnet).String(), containerID, ifName, err)
+		}
+		zero := net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+		if ipc.Address.IP.To4() == nil {
+			zero = net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+		}
+		res.IPs = append(res.IPs, ipc)
+		res.Routes = append(res.Routes, &types.Route{Dst: zero, GW: ipc.Gateway})
+	}
+	return res, nil
+}
+
+// RangeSets is RangeSet for every family of the node, primary first.
+func RangeSets(node *nodefile.Node) ([]allocator.RangeSet, error) {
+	fams, err := node.Families()
 	if err != nil {
-		return nil, fmt.Errorf("wgcni-ipam: allocate from podCIDR %s for %s/%s: %w", node.PodCIDR, containerID, ifName, err)
+		return nil, err
 	}
-	zero := net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
-	if ipc.Address.IP.To4() == nil {
-		zero = net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+	out := make([]allocator.RangeSet, 0, len(fams))
+	for _, f := range fams {
+		rs := allocator.RangeSet{{Subnet: types.IPNet(*f.Pod), Gateway: f.Gateway.IP}}
+		if err := rs.Canonicalize(); err != nil {
+			return nil, fmt.Errorf("node file podCIDR %s: %w", f.Pod, err)
+		}
+		out = append(out, rs)
 	}
-	return &current.Result{
-		CNIVersion: current.ImplementedSpecVersion,
-		IPs:        []*current.IPConfig{ipc},
-		Routes:     []*types.Route{{Dst: zero, GW: ipc.Gateway}},
-	}, nil
+	return out, nil
+}
+
+// releaseLocked releases every address of the attachment under the store
+// lock.
+func releaseLocked(store *disk.Store, containerID, ifName string) error {
+	if err := store.Lock(); err != nil {
+		return err
+	}
+	defer store.Unlock()
+	return store.ReleaseByID(containerID, ifName)
 }
 
 // Del releases the attachment's address; releasing nothing is success.
@@ -252,7 +289,7 @@ func Ready(conf *ipamconf.Conf) error {
 	if err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, "wgcni-ipam: not ready: "+err.Error(), "")
 	}
-	if _, err := RangeSet(node); err != nil {
+	if _, err := RangeSets(node); err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, "wgcni-ipam: not ready: "+err.Error(), "")
 	}
 	dir := node.IPAMDir

@@ -1,12 +1,19 @@
 // Package antispoof keeps pods from forging their source on the node
-// bridge. One nftables table per node (bridge family, "wgcni") holds one
-// set of allowed (bridge port, MAC, IPv4) triples and three fixed rules on
-// the bridge's prerouting hook, for frames entering from pod ports (host
-// veths, named wgv…):
+// bridge. One nftables table per node (bridge family, "wgcni") holds a
+// set of allowed (bridge port, MAC, IPv4) triples, one of (bridge port,
+// MAC, IPv6) triples, and four fixed rules on the bridge's prerouting hook,
+// for frames entering from pod ports (host veths, named wgv…):
 //
 //	IPv4 whose (port, ether saddr, ip saddr) is not in the set: drop
 //	ARP  whose (port, ether saddr, arp sender ip) is not in the set: drop
-//	any other ethertype (IPv6, VLAN tags, …): drop
+//	IPv6 whose (port, ether saddr, ip6 saddr) is not in the set: drop
+//	any other ethertype (VLAN tags, …): drop
+//
+// A pod's neighbour solicitation for its gateway carries the pod's own
+// address as source (the kernel takes the source of the packet waiting for
+// resolution), so it passes; pods need no DAD, RA or MLD (plugins/podnet
+// turns DAD and RA off), so frames from link-local or unspecified sources
+// are dropped like any other forged source.
 //
 // so a pod may only send from its own IP and MAC. A CNI ADD adds one set
 // element per pod IP (one netlink transaction when the table exists), DEL
@@ -38,18 +45,25 @@ const (
 	PortPrefix = "wgv"
 	// ruleTag marks our rules (UserData), versioned so a changed rule set
 	// is recognised and rewritten.
-	ruleTag = "wgcni-antispoof v1"
+	ruleTag = "wgcni-antispoof v2"
+	// Set6 holds the IPv6 triples.
+	Set6 = "pods6"
 )
 
 const ifNameSize = 16
 
 var (
-	table   = &nftables.Table{Name: Table, Family: nftables.TableFamilyBridge}
-	keyType = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIPAddr)
+	table    = &nftables.Table{Name: Table, Family: nftables.TableFamilyBridge}
+	keyType  = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIPAddr)
+	keyType6 = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIP6Addr)
 )
 
 func set() *nftables.Set {
 	return &nftables.Set{Table: table, Name: Set, KeyType: keyType, Concatenation: true}
+}
+
+func set6() *nftables.Set {
+	return &nftables.Set{Table: table, Name: Set6, KeyType: keyType6, Concatenation: true}
 }
 
 // key encodes one element: ifname (16 bytes, NUL padded), MAC (6 + 2
@@ -63,7 +77,15 @@ func key(port string, mac net.HardwareAddr, ip net.IP) ([]byte, error) {
 	}
 	ip4 := ip.To4()
 	if ip4 == nil {
-		return nil, fmt.Errorf("antispoof: port %s: %s is not IPv4 (only IPv4 pods are supported)", port, ip)
+		ip16 := ip.To16()
+		if ip16 == nil {
+			return nil, fmt.Errorf("antispoof: port %s: %s is not an IP address", port, ip)
+		}
+		k := make([]byte, 40)
+		copy(k, port)
+		copy(k[16:], mac)
+		copy(k[24:], ip16)
+		return k, nil
 	}
 	k := make([]byte, 28)
 	copy(k, port)
@@ -83,23 +105,40 @@ func portOf(k []byte) string {
 // table is there (every ADD but the node's first) this is one netlink
 // transaction; otherwise the table, set and rules are created first.
 func Allow(port string, mac net.HardwareAddr, ips []net.IP) error {
-	var elems []nftables.SetElement
+	var elems, elems6 []nftables.SetElement
 	for _, ip := range ips {
 		k, err := key(port, mac, ip)
 		if err != nil {
 			return err
 		}
-		elems = append(elems, nftables.SetElement{Key: k})
+		if len(k) == 40 {
+			elems6 = append(elems6, nftables.SetElement{Key: k})
+		} else {
+			elems = append(elems, nftables.SetElement{Key: k})
+		}
 	}
-	if len(elems) == 0 {
-		return fmt.Errorf("antispoof: port %s: no IPv4 address to allow", port)
+	if len(elems)+len(elems6) == 0 {
+		return fmt.Errorf("antispoof: port %s: no IP address to allow", port)
 	}
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("antispoof: open nftables: %w", err)
 	}
-	if err := c.SetAddElements(set(), elems); err != nil {
-		return fmt.Errorf("antispoof: %w", err)
+	add := func() error {
+		if len(elems) > 0 {
+			if err := c.SetAddElements(set(), elems); err != nil {
+				return fmt.Errorf("antispoof: %w", err)
+			}
+		}
+		if len(elems6) > 0 {
+			if err := c.SetAddElements(set6(), elems6); err != nil {
+				return fmt.Errorf("antispoof: %w", err)
+			}
+		}
+		return nil
+	}
+	if err := add(); err != nil {
+		return err
 	}
 	err = c.Flush()
 	if err == nil {
@@ -111,8 +150,8 @@ func Allow(port string, mac net.HardwareAddr, ips []net.IP) error {
 	if err := ensure(c); err != nil {
 		return err
 	}
-	if err := c.SetAddElements(set(), elems); err != nil {
-		return fmt.Errorf("antispoof: %w", err)
+	if err := add(); err != nil {
+		return err
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("antispoof: allow %s %s on %s: %w", ips, mac, port, err)
@@ -129,6 +168,10 @@ func ensure(c *nftables.Conn) error {
 	if err := c.AddSet(s, nil); err != nil {
 		return fmt.Errorf("antispoof: %w", err)
 	}
+	s6 := set6()
+	if err := c.AddSet(s6, nil); err != nil {
+		return fmt.Errorf("antispoof: %w", err)
+	}
 	policy := nftables.ChainPolicyAccept
 	ch := c.AddChain(&nftables.Chain{
 		Name:     Chain,
@@ -139,7 +182,7 @@ func ensure(c *nftables.Conn) error {
 		Policy:   &policy,
 	})
 	c.FlushChain(ch)
-	for _, r := range rules(s) {
+	for _, r := range rules(s, s6) {
 		c.AddRule(&nftables.Rule{Table: table, Chain: ch, UserData: []byte(ruleTag), Exprs: r})
 	}
 	if err := c.Flush(); err != nil {
@@ -148,7 +191,7 @@ func ensure(c *nftables.Conn) error {
 	return nil
 }
 
-func rules(s *nftables.Set) [][]expr.Any {
+func rules(s, s6 *nftables.Set) [][]expr.Any {
 	fromPod := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(PortPrefix)},
@@ -169,6 +212,13 @@ func rules(s *nftables.Set) [][]expr.Any {
 			&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID, Invert: true},
 		}
 	}
+	// The IPv6 source (16 bytes) fills registers 14..17.
+	notAllowed6 := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Payload{DestRegister: 2, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
+		&expr.Payload{DestRegister: 14, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 16},
+		&expr.Lookup{SourceRegister: 1, SetName: s6.Name, SetID: s6.ID, Invert: true},
+	}
 	drop := []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}
 	cat := func(parts ...[]expr.Any) []expr.Any {
 		var out []expr.Any
@@ -181,7 +231,8 @@ func rules(s *nftables.Set) [][]expr.Any {
 		cat(fromPod, etherType(expr.CmpOpEq, unix.ETH_P_IP), notAllowed(12), drop),
 		// ARP sender protocol address: 8 bytes of header + 6 of sender MAC.
 		cat(fromPod, etherType(expr.CmpOpEq, unix.ETH_P_ARP), notAllowed(14), drop),
-		cat(fromPod, etherType(expr.CmpOpNeq, unix.ETH_P_IP), etherType(expr.CmpOpNeq, unix.ETH_P_ARP), drop),
+		cat(fromPod, etherType(expr.CmpOpEq, unix.ETH_P_IPV6), notAllowed6, drop),
+		cat(fromPod, etherType(expr.CmpOpNeq, unix.ETH_P_IP), etherType(expr.CmpOpNeq, unix.ETH_P_ARP), etherType(expr.CmpOpNeq, unix.ETH_P_IPV6), drop),
 	}
 }
 
@@ -198,20 +249,30 @@ func GC(keep func(port string) bool) error {
 }
 
 func removeWhere(match func(port string) bool) error {
+	var errs []error
+	for _, name := range []string{Set, Set6} {
+		if err := removeFrom(name, match); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func removeFrom(name string, match func(port string) bool) error {
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("antispoof: open nftables: %w", err)
 	}
-	s, err := c.GetSetByName(table, Set)
+	s, err := c.GetSetByName(table, name)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), "no such file") {
 			return nil
 		}
-		return fmt.Errorf("antispoof: read set %s: %w", Set, err)
+		return fmt.Errorf("antispoof: read set %s: %w", name, err)
 	}
 	elems, err := c.GetSetElements(s)
 	if err != nil {
-		return fmt.Errorf("antispoof: list set %s: %w", Set, err)
+		return fmt.Errorf("antispoof: list set %s: %w", name, err)
 	}
 	var del []nftables.SetElement
 	for _, e := range elems {
@@ -238,20 +299,24 @@ func Allowed() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := c.GetSetByName(table, Set)
-	if err != nil {
-		return nil, nil
-	}
-	elems, err := c.GetSetElements(s)
-	if err != nil {
-		return nil, err
-	}
 	var out []string
-	for _, e := range elems {
-		if len(e.Key) < 28 {
+	for _, name := range []string{Set, Set6} {
+		s, err := c.GetSetByName(table, name)
+		if err != nil {
 			continue
 		}
-		out = append(out, fmt.Sprintf("%s %s %s", portOf(e.Key), net.HardwareAddr(e.Key[16:22]), net.IP(e.Key[24:28])))
+		elems, err := c.GetSetElements(s)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range elems {
+			switch len(e.Key) {
+			case 28:
+				out = append(out, fmt.Sprintf("%s %s %s", portOf(e.Key), net.HardwareAddr(e.Key[16:22]), net.IP(e.Key[24:28])))
+			case 40:
+				out = append(out, fmt.Sprintf("%s %s %s", portOf(e.Key), net.HardwareAddr(e.Key[16:22]), net.IP(e.Key[24:40])))
+			}
+		}
 	}
 	return out, nil
 }

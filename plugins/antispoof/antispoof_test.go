@@ -54,8 +54,8 @@ func TestAllowRevokeGC(t *testing.T) {
 			t.Fatal(err)
 		}
 		rules, err := c.GetRules(table, &nftables.Chain{Name: Chain, Table: table})
-		if err != nil || len(rules) != 3 {
-			t.Fatalf("want 3 rules, got %d (%v)", len(rules), err)
+		if err != nil || len(rules) != 4 {
+			t.Fatalf("want 4 rules, got %d (%v)", len(rules), err)
 		}
 		got, err := Allowed()
 		if err != nil || len(got) != 20 {
@@ -77,8 +77,22 @@ func TestAllowRevokeGC(t *testing.T) {
 		if len(got) != 15 || containsLine(got, "wgv000000000003 02:00:00:00:00:03 10.244.1.5") {
 			t.Fatalf("after Revoke and GC: %v", got)
 		}
-		if err := Allow("wgv00000000000x", net.HardwareAddr{2, 0, 0, 0, 0, 1}, []net.IP{net.ParseIP("fd00::1")}); err == nil || !strings.Contains(err.Error(), "not IPv4") {
-			t.Fatalf("IPv6 pod: %v", err)
+		// A dual-stack pod: one element in each set; Revoke takes both.
+		if err := Allow("wgv00000000000x", net.HardwareAddr{2, 0, 0, 0, 0, 1}, []net.IP{net.ParseIP("10.244.1.200"), net.ParseIP("fd00::1")}); err != nil {
+			t.Fatalf("dual-stack pod: %v", err)
+		}
+		got, _ = Allowed()
+		if !containsLine(got, "wgv00000000000x 02:00:00:00:00:01 fd00::1") || !containsLine(got, "wgv00000000000x 02:00:00:00:00:01 10.244.1.200") {
+			t.Fatalf("dual-stack elements: %v", got)
+		}
+		if err := Revoke("wgv00000000000x"); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ = Allowed(); len(got) != 15 {
+			t.Fatalf("after revoking the dual-stack pod: %v", got)
+		}
+		if err := Allow("wgv00000000000y", net.HardwareAddr{2, 0, 0, 0, 0, 1}, nil); err == nil || !strings.Contains(err.Error(), "no IP address") {
+			t.Fatalf("no address: %v", err)
 		}
 		if err := Remove(); err != nil {
 			t.Fatal(err)

@@ -12,17 +12,22 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Ensure makes sure a bridge called name exists, is up, has the given MTU
-// (when mtu > 0) and carries gw (the node's gateway address with the
-// PodCIDR's mask). It returns the bridge link.
-func Ensure(name string, mtu int, gw *net.IPNet) (*netlink.Bridge, error) {
+// (when mtu > 0) and carries every gw (the node's gateway address of each
+// family with its PodCIDR's mask; nil entries are skipped). It returns the
+// bridge link.
+func Ensure(name string, mtu int, gws ...*net.IPNet) (*netlink.Bridge, error) {
 	br, err := ensureLink(name, mtu)
 	if err != nil {
 		return nil, err
 	}
-	if gw != nil {
+	for _, gw := range gws {
+		if gw == nil {
+			continue
+		}
 		if err := ensureAddr(br, gw); err != nil {
 			return nil, err
 		}
@@ -106,7 +111,13 @@ func ensureAddr(br netlink.Link, gw *net.IPNet) error {
 			return fmt.Errorf("bridge %s has gateway %s with a different mask (%s)", br.Attrs().Name, gw.IP, a.IPNet)
 		}
 	}
-	if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: gw}); err != nil && !errors.Is(err, syscall.EEXIST) {
+	addr := &netlink.Addr{IPNet: gw}
+	if family == netlink.FAMILY_V6 {
+		// No duplicate address detection: the gateway is ours by lease,
+		// and a tentative address would refuse pods' first packets.
+		addr.Flags = unix.IFA_F_NODAD
+	}
+	if err := netlink.AddrAdd(br, addr); err != nil && !errors.Is(err, syscall.EEXIST) {
 		return fmt.Errorf("add gateway %s to bridge %s: %w", gw, br.Attrs().Name, err)
 	}
 	return nil

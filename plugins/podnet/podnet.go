@@ -88,9 +88,10 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	gw, _ := node.GatewayNet() // validated by nodefile.Read
-	podNet, _ := node.PodNet()
-	clusterNet, _ := node.ClusterNet()
+	fams, err := node.Families() // validated by nodefile.Read
+	if err != nil {
+		return types.NewError(types.ErrTryAgainLater, "wgcni: unusable node file "+nodefile.Path(conf.RunDir)+": "+err.Error(), "")
+	}
 	mtu := node.MTU
 	if conf.MTU > 0 {
 		mtu = conf.MTU
@@ -102,7 +103,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	}
 	defer podNS.Close()
 
-	br, err := bridge.Ensure(node.Bridge, node.MTU, gw)
+	br, err := bridge.Ensure(node.Bridge, node.MTU, gateways(fams)...)
 	if err != nil {
 		return fmt.Errorf("wgcni: ensure bridge %s: %w", node.Bridge, err)
 	}
@@ -151,27 +152,17 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		Routes: ipamRes.Routes,
 		DNS:    ipamRes.DNS,
 	}
-	hasDefault := false
-	for _, r := range result.Routes {
-		if ones, _ := r.Dst.Mask.Size(); ones == 0 && r.Dst.IP.To4() != nil {
-			hasDefault = true
-		}
-	}
-	for _, ipc := range ipamRes.IPs {
-		if !podNet.Contains(ipc.Address.IP) {
-			return fmt.Errorf("wgcni: IPAM plugin %s returned %s, outside this node's podCIDR %s", conf.IPAMType, ipc.Address.IP, podNet)
-		}
-		if ipc.Gateway == nil {
-			ipc.Gateway = gw.IP
-		}
-		ipc.Interface = current.Int(ifPod)
-		result.IPs = append(result.IPs, ipc)
-	}
-	if !hasDefault {
-		result.Routes = append(result.Routes, &types.Route{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: gw.IP})
+	used, err := addIPs(result, ipamRes.IPs, fams, conf.IPAMType)
+	if err != nil {
+		return err
 	}
 
 	if err := podNS.Do(func(ns.NetNS) error {
+		if used[true] {
+			if err := podIPv6Sysctls(args.IfName); err != nil {
+				return err
+			}
+		}
 		return ipam.ConfigureIface(args.IfName, result)
 	}); err != nil {
 		return fmt.Errorf("wgcni: configure %s in %s: %w", args.IfName, args.Netns, err)
@@ -205,12 +196,17 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		}
 	}()
 
-	if err := ensureForwarding(); err != nil {
-		return fmt.Errorf("wgcni: %w", err)
-	}
-	if conf.IPMasq {
-		if err := masq.Ensure(podNet, clusterNet); err != nil {
+	for _, f := range fams {
+		if !used[f.Is6()] {
+			continue
+		}
+		if err := ensureForwardingFamily(f.Is6()); err != nil {
 			return fmt.Errorf("wgcni: %w", err)
+		}
+		if conf.IPMasq {
+			if err := masq.Ensure(f.Pod, f.Cluster); err != nil {
+				return fmt.Errorf("wgcni: %w", err)
+			}
 		}
 	}
 	if dnsSet(conf.DNS) {

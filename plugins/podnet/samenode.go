@@ -30,6 +30,14 @@ func hubOf(n *nodefile.Node) samenode.Hub {
 func (p *Plugin) attachSameNode(node *nodefile.Node, conf *netconf.NetConf, args *skel.CmdArgs, id string, result *current.Result, mtu int) error {
 	var ip netip.Addr
 	for _, ipc := range result.IPs {
+		if ipc.Address.IP.To4() == nil {
+			// The per-pod devices and the hub carry IPv4 only: an IPv6
+			// address would talk to same-node pods in clear over the
+			// bridge. Refuse rather than leak (docs/ipv6.md).
+			return types.NewError(types.ErrInvalidNetworkConfig, "wgcni: same-node encryption covers IPv4 only; this node's pods have IPv6 addresses ("+ipc.Address.String()+"), which would cross the bridge unencrypted", "turn off same-node encryption or use an IPv4-only cluster CIDR")
+		}
+	}
+	for _, ipc := range result.IPs {
 		if a, ok := netip.AddrFromSlice(ipc.Address.IP.To4()); ok && ipc.Address.IP.To4() != nil {
 			ip = a
 			break

@@ -27,8 +27,13 @@ type Config struct {
 	// (default 1500; 9000 for jumbo frames).
 	UnderlayMTU int
 	// ClusterCIDR and NodePrefixLen are passed to every wgcnid.
-	ClusterCIDR   string // default 10.244.0.0/16
+	ClusterCIDR   string // default 10.244.0.0/16; "v4,v6" for dual-stack, or one IPv6 CIDR
 	NodePrefixLen int    // default 24
+	// NodePrefixLenV6 is --node-prefix-len-v6 (0: the daemon's default).
+	NodePrefixLenV6 int
+	// UnderlayIPv6 builds an IPv6-only underlay (ULA fd99:<run>::/64):
+	// nodes' eth0, their default routes and etcd are IPv6 (dual.go).
+	UnderlayIPv6 bool
 	// LeaseTTL is each daemon's etcd lease TTL (default 6s: short so
 	// tests can watch a stopped node's lease expire).
 	LeaseTTL time.Duration
@@ -147,8 +152,10 @@ func New(cfg Config) (_ *Cluster, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("harness: must run as root (network namespaces)")
 	}
-	if _, err := netip.ParsePrefix(cfg.ClusterCIDR); err != nil {
-		return nil, fmt.Errorf("harness: ClusterCIDR: %w", err)
+	for _, s := range strings.Split(cfg.ClusterCIDR, ",") {
+		if _, err := netip.ParsePrefix(strings.TrimSpace(s)); err != nil {
+			return nil, fmt.Errorf("harness: ClusterCIDR: %w", err)
+		}
 	}
 	SweepTag(cfg.Tag, cfg.Logf)
 	id := make([]byte, 2)

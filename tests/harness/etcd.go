@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -47,7 +48,7 @@ func (c *Cluster) startEtcd() (*Etcd, error) {
 		host:    c.Underlay.Gateway.String(),
 		logf:    c.Cfg.Logf,
 	}
-	e.Endpoint = fmt.Sprintf("http://%s:%d", e.host, e.port)
+	e.Endpoint = "http://" + net.JoinHostPort(e.host, strconv.Itoa(e.port))
 	if err := os.MkdirAll(e.Dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -57,7 +58,7 @@ func (c *Cluster) startEtcd() (*Etcd, error) {
 			return nil, fmt.Errorf("etcd certificates: %w", err)
 		}
 		e.TLS = t
-		e.Endpoint = fmt.Sprintf("https://%s:%d", e.host, e.port)
+		e.Endpoint = "https://" + net.JoinHostPort(e.host, strconv.Itoa(e.port))
 	}
 	c.onClose(e.Stop)
 	if err := e.Start(); err != nil {
@@ -95,7 +96,7 @@ func (e *Etcd) Start() error {
 	argv := append([]string{"etcd",
 		"--name", "wge",
 		"--data-dir", filepath.Join(e.Dir, "data"),
-		"--listen-client-urls", fmt.Sprintf("%s://%s:%d,%s://127.0.0.1:%d", scheme, e.host, e.port, scheme, e.port),
+		"--listen-client-urls", fmt.Sprintf("%s://%s,%s://127.0.0.1:%d", scheme, net.JoinHostPort(e.host, strconv.Itoa(e.port)), scheme, e.port),
 		"--advertise-client-urls", e.Endpoint,
 		"--listen-peer-urls", peer,
 		"--initial-advertise-peer-urls", peer,

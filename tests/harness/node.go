@@ -82,7 +82,7 @@ func (c *Cluster) AddBareNode() (*Node, error) {
 	n := &Node{
 		Name:       name,
 		Index:      idx,
-		UnderlayIP: netip.AddrFrom4([4]byte{10, 99, c.Underlay.Prefix.Addr().As4()[2], byte(10 + idx)}),
+		UnderlayIP: c.Underlay.nodeAddr(idx),
 		Device:     c.name(name),
 		Dir:        filepath.Join(c.Dir, name),
 		c:          c,
@@ -144,6 +144,9 @@ func (n *Node) DaemonArgs() []string {
 		"--keepalive", cfg.Keepalive.String(),
 		"--wireguard", cfg.WireGuard,
 		"--resync-interval", cfg.ResyncInterval.String(),
+	}
+	if cfg.NodePrefixLenV6 != 0 {
+		args = append(args, "--node-prefix-len-v6", strconv.Itoa(cfg.NodePrefixLenV6))
 	}
 	if t := n.c.Etcd.TLS; t != nil {
 		args = append(args, t.NodeArgs()...)

@@ -25,7 +25,10 @@ type Pod struct {
 	IP      netip.Addr
 	Prefix  netip.Prefix
 	Gateway netip.Addr
-	Result  string // raw JSON printed by cnitool
+	// IPs are all the pod interface's addresses in the result, in order
+	// (one per family on a dual-stack node; IP is the first).
+	IPs    []netip.Prefix
+	Result string // raw JSON printed by cnitool
 	// CapArgs is the CAP_ARGS JSON given to cnitool (e.g. portMappings).
 	CapArgs string
 }
@@ -130,10 +133,16 @@ func (p *Pod) parseResult(out string) error {
 		if err != nil {
 			return fmt.Errorf("CNI result ips address %q: %w", ip.Address, err)
 		}
+		p.IPs = append(p.IPs, pfx)
+		if len(p.IPs) > 1 {
+			continue
+		}
 		p.IP, p.Prefix = pfx.Addr(), pfx
 		if ip.Gateway != "" {
 			p.Gateway, _ = netip.ParseAddr(ip.Gateway)
 		}
+	}
+	if len(p.IPs) > 0 {
 		return nil
 	}
 	return fmt.Errorf("CNI result has no pod address: %s", out)

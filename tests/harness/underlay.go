@@ -25,6 +25,9 @@ const underlayBridge = Tag + "-br0"
 
 func (c *Cluster) newUnderlay(third byte) (*Underlay, error) {
 	prefix := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 99, third, 0}), 24)
+	if c.Cfg.UnderlayIPv6 {
+		prefix = underlay6Prefix(third)
+	}
 	u := &Underlay{Bridge: underlayBridge, Prefix: prefix, Gateway: prefix.Addr().Next(), MTU: c.Cfg.UnderlayMTU}
 	n, err := createNS(c.name("ul"))
 	if err != nil {
@@ -42,6 +45,9 @@ func (c *Cluster) newUnderlay(third byte) (*Underlay, error) {
 		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("0"), 0o644); err != nil {
 			return fmt.Errorf("disable forwarding: %w", err)
 		}
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("0"), 0o644); err != nil {
+			return fmt.Errorf("disable IPv6 forwarding: %w", err)
+		}
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: u.Bridge, MTU: u.MTU}}
 		if err := netlink.LinkAdd(br); err != nil {
 			return fmt.Errorf("add bridge %s: %w", u.Bridge, err)
@@ -53,7 +59,7 @@ func (c *Cluster) newUnderlay(third byte) (*Underlay, error) {
 		if err := netlink.LinkSetHardwareAddr(br, net.HardwareAddr{0x02, 0x99, 0, third, 0, 1}); err != nil {
 			return fmt.Errorf("mac of %s: %w", u.Bridge, err)
 		}
-		addr := &netlink.Addr{IPNet: &net.IPNet{IP: u.Gateway.AsSlice(), Mask: net.CIDRMask(prefix.Bits(), 32)}}
+		addr := underlayAddr(u.Gateway, prefix)
 		if err := netlink.AddrAdd(br, addr); err != nil {
 			return fmt.Errorf("address %s on %s: %w", addr, u.Bridge, err)
 		}
@@ -114,7 +120,7 @@ func (u *Underlay) attach(port string, node NS, addr netip.Addr) error {
 		if err := netlink.LinkSetMTU(eth, u.MTU); err != nil {
 			return fmt.Errorf("mtu of eth0 in %s: %w", node.Name, err)
 		}
-		a := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(u.Prefix.Bits(), 32)}}
+		a := underlayAddr(addr, u.Prefix)
 		if err := netlink.AddrAdd(eth, a); err != nil {
 			return fmt.Errorf("address %s on eth0 in %s: %w", a, node.Name, err)
 		}
