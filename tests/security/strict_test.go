@@ -2,9 +2,11 @@ package security
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/nodefile"
 	"github.com/wgcni/wgcni/tests/capture"
 	"github.com/wgcni/wgcni/tests/harness"
 )
@@ -200,6 +203,11 @@ func TestStrictMode(t *testing.T) {
 		defer c.Etcd.Start()
 		if out, err := n1.Cleanup(); err != nil {
 			t.Fatalf("cleanup: %v %s", err, out)
+		}
+		// cleanup keeps the node file while a pod is attached (its DEL
+		// needs it); a reboot clears /run, so remove it as a reboot would.
+		if err := os.Remove(nodefile.Path(n1.RunDir)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
 		}
 		// Control: with nothing in place the capture does see plaintext,
 		// so its zero below means something.
