@@ -1,0 +1,425 @@
+// Command datapath measures cross-node TCP throughput (iperf3, 1 and 4
+// streams) through wgcni — pod to pod across two nodes of the harness
+// cluster — against references measured in the same run, interleaved
+// round by round, on the same underlay (same bridge, same MTU, same kind
+// of node namespaces):
+//
+//   - wgref: a plain pair of userspace WireGuard devices built from the
+//     same golang.zx2c4.com/wireguard version (tests/bench/datapath/wgref),
+//     node to node. The target is wgcni/wgref >= 0.95.
+//   - Debian's wireguard-go binary (if installed), node to node.
+//   - the raw underlay veth (through the underlay bridge): the ceiling.
+//
+// To attribute what wgcni itself costs it also measures node to node
+// through wgcni's own device (no pod veth, no bridge), and pod to pod with
+// the node's nftables masquerade table removed.
+//
+// Run as root from the repository root after `make build`:
+//
+//	go run ./tests/bench/datapath [-mtu 1500,9000] [-t 5s] [-rounds 2]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgcni/wgcni/tests/harness"
+)
+
+// Options select what to measure.
+type Options struct {
+	MTUs    []int
+	Dur     time.Duration
+	Rounds  int
+	Streams []int
+	Only    *regexp.Regexp // cases to run (nil: all)
+	Logf    func(string, ...any)
+}
+
+// Case is one measured path.
+type Case struct {
+	Name   string
+	Client harness.NS
+	Server harness.NS
+	Addr   netip.Addr
+	// Before/After run around each measurement (e.g. remove and restore
+	// the masquerade table).
+	Before, After func() error
+}
+
+// Result holds every sample per case and stream count for one MTU.
+type Result struct {
+	MTU, PodMTU int
+	Samples     map[string][]float64 // "case/streams" -> Gbit/s
+	Notes       []string
+	Offloads    string
+}
+
+func main() {
+	mtus := flag.String("mtu", "1500,9000", "underlay MTUs")
+	dur := flag.Duration("t", 5*time.Second, "iperf3 duration per sample")
+	rounds := flag.Int("rounds", 2, "rounds; the case order reverses every round (A/B/B/A)")
+	only := flag.String("only", "", "regexp: run only the matching cases")
+	streams := flag.String("P", "1,4", "iperf3 parallel streams to measure")
+	flag.Parse()
+	o := Options{Dur: *dur, Rounds: *rounds}
+	if *only != "" {
+		o.Only = regexp.MustCompile(*only)
+	}
+	for _, s := range strings.Split(*streams, ",") {
+		p, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || p < 1 {
+			fmt.Fprintf(os.Stderr, "datapath: -P: bad stream count %q\n", s)
+			os.Exit(2)
+		}
+		o.Streams = append(o.Streams, p)
+	}
+	for _, s := range strings.Split(*mtus, ",") {
+		m, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || m < 1280 {
+			fmt.Fprintf(os.Stderr, "datapath: -mtu: bad MTU %q\n", s)
+			os.Exit(2)
+		}
+		o.MTUs = append(o.MTUs, m)
+	}
+	o.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
+	var all []Result
+	for _, m := range o.MTUs {
+		r, err := Run(m, o)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "datapath: MTU %d: %v\n", m, err)
+			Print(os.Stdout, all)
+			os.Exit(1)
+		}
+		all = append(all, r)
+	}
+	Print(os.Stdout, all)
+}
+
+// Run builds one cluster with underlay MTU mtu and measures every case.
+func Run(mtu int, o Options) (res Result, err error) {
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	res = Result{MTU: mtu, Samples: map[string][]float64{}}
+	c, err := harness.New(harness.Config{UnderlayMTU: mtu, Logf: o.Logf})
+	if err != nil {
+		return res, err
+	}
+	defer c.Close()
+	nodes, err := c.AddNodes(2)
+	if err != nil {
+		return res, err
+	}
+	p1, err := nodes[0].AddPod()
+	if err != nil {
+		return res, err
+	}
+	p2, err := nodes[1].AddPod()
+	if err != nil {
+		return res, err
+	}
+	nf2, err := nodes[1].NodeFile()
+	if err != nil {
+		return res, err
+	}
+	res.PodMTU = nf2.MTU
+	if err := harness.WaitFor(30*time.Second, "pod to pod ping", func() (bool, error) {
+		r, err := p1.Ping(p2.IP, 1, 200*time.Millisecond)
+		return err == nil && r.Received == 1, nil
+	}); err != nil {
+		return res, err
+	}
+	res.Offloads = offloads(nodes[0].NS, nodes[0].Device)
+
+	// Reference nodes: same underlay, no wgcnid.
+	r1, err := c.AddBareNode()
+	if err != nil {
+		return res, err
+	}
+	r2, err := c.AddBareNode()
+	if err != nil {
+		return res, err
+	}
+	wgMTU := mtu - 60
+	refBin := filepath.Join(c.Dir, "wgref")
+	build := exec.Command("go", "build", "-o", refBin, "./tests/bench/datapath/wgref")
+	build.Dir = c.Cfg.Repo
+	if out, err := build.CombinedOutput(); err != nil {
+		return res, fmt.Errorf("build wgref: %v: %s", err, out)
+	}
+	pair := func(tag string, subnet byte, port int, start func(n *harness.Node, dev string) error) ([2]netip.Addr, error) {
+		var addrs [2]netip.Addr
+		devs := [2]string{"wgb-" + c.RunID + "-" + tag + "1", "wgb-" + c.RunID + "-" + tag + "2"}
+		keys := [2]wgtypes.Key{}
+		for i, n := range []*harness.Node{r1, r2} {
+			if err := start(n, devs[i]); err != nil {
+				return addrs, err
+			}
+			k, err := wgtypes.GeneratePrivateKey()
+			if err != nil {
+				return addrs, err
+			}
+			keys[i] = k
+			addrs[i] = netip.AddrFrom4([4]byte{10, 250, subnet, byte(i + 1)})
+		}
+		for i, n := range []*harness.Node{r1, r2} {
+			other := []*harness.Node{r1, r2}[1-i]
+			err := n.Do(func() error {
+				wg, err := wgctrl.New()
+				if err != nil {
+					return err
+				}
+				defer wg.Close()
+				_, ipn, _ := net.ParseCIDR(fmt.Sprintf("10.250.%d.%d/32", subnet, 2-i))
+				ep := net.UDPAddrFromAddrPort(netip.AddrPortFrom(other.UnderlayIP, uint16(port+1-i)))
+				lp := port + i
+				if err := wg.ConfigureDevice(devs[i], wgtypes.Config{PrivateKey: &keys[i], ListenPort: &lp,
+					Peers: []wgtypes.PeerConfig{{PublicKey: keys[1-i].PublicKey(), Endpoint: ep, AllowedIPs: []net.IPNet{*ipn}}}}); err != nil {
+					return fmt.Errorf("configure %s: %w", devs[i], err)
+				}
+				l, err := netlink.LinkByName(devs[i])
+				if err != nil {
+					return err
+				}
+				if err := netlink.LinkSetMTU(l, wgMTU); err != nil {
+					return err
+				}
+				a, _ := netlink.ParseAddr(fmt.Sprintf("10.250.%d.%d/24", subnet, i+1))
+				if err := netlink.AddrAdd(l, a); err != nil {
+					return err
+				}
+				return netlink.LinkSetUp(l)
+			})
+			if err != nil {
+				return addrs, err
+			}
+		}
+		return addrs, nil
+	}
+	startProc := func(n *harness.Node, dev string, argv ...string) error {
+		cmd := n.Command(context.Background(), argv...)
+		cmd.Env = append(os.Environ(), "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1", "LOG_LEVEL=error")
+		lf, err := os.Create(filepath.Join(c.Dir, dev+".log"))
+		if err != nil {
+			return err
+		}
+		cmd.Stdout, cmd.Stderr = lf, lf
+		if err := cmd.Start(); err != nil {
+			lf.Close()
+			return fmt.Errorf("start %v: %w", argv, err)
+		}
+		// Processes in the node namespace are killed by PID when the
+		// cluster removes the namespace; reap it when that happens.
+		go func() { _ = cmd.Wait(); lf.Close() }()
+		return harness.WaitFor(10*time.Second, dev, func() (bool, error) {
+			_, err := os.Stat(filepath.Join("/var/run/wireguard", dev+".sock"))
+			return err == nil, nil
+		})
+	}
+	refAddrs, err := pair("g", 1, 51830, func(n *harness.Node, dev string) error {
+		return startProc(n, dev, refBin, dev, strconv.Itoa(wgMTU))
+	})
+	if err != nil {
+		return res, fmt.Errorf("wgref pair: %w", err)
+	}
+	defer removeSockets(c.RunID)
+	cases := []Case{
+		{Name: "wgcni pod->pod", Client: p1.NS, Server: p2.NS, Addr: p2.IP},
+		{Name: "wgref node->node", Client: r1.NS, Server: r2.NS, Addr: refAddrs[1]},
+	}
+	if _, err := exec.LookPath("wireguard-go"); err == nil {
+		debAddrs, err := pair("d", 2, 51840, func(n *harness.Node, dev string) error {
+			return startProc(n, dev, "wireguard-go", "-f", dev)
+		})
+		if err != nil {
+			return res, fmt.Errorf("Debian wireguard-go pair: %w", err)
+		}
+		cases = append(cases, Case{Name: "debian wireguard-go", Client: r1.NS, Server: r2.NS, Addr: debAddrs[1]})
+	} else {
+		res.Notes = append(res.Notes, "Debian wireguard-go not installed (apt-get install wireguard-go): skipped")
+	}
+	gw2 := netip.MustParseAddr(nf2.Gateway)
+	cases = append(cases,
+		Case{Name: "veth underlay (ceiling)", Client: r1.NS, Server: r2.NS, Addr: r2.UnderlayIP},
+		Case{Name: "wgcni node->node", Client: nodes[0].NS, Server: nodes[1].NS, Addr: gw2},
+	)
+	if _, err := exec.LookPath("nft"); err == nil {
+		var saved [2]string
+		cases = append(cases, Case{Name: "wgcni pod->pod no masq", Client: p1.NS, Server: p2.NS, Addr: p2.IP,
+			Before: func() error {
+				for i, n := range nodes {
+					out, err := n.Exec("nft", "list", "table", "ip", "wgcni")
+					if err != nil {
+						return err
+					}
+					saved[i] = out
+					if _, err := n.Exec("nft", "delete", "table", "ip", "wgcni"); err != nil {
+						return err
+					}
+				}
+				return nil
+			},
+			After: func() error {
+				for i, n := range nodes {
+					f := filepath.Join(c.Dir, fmt.Sprintf("nft-%d", i))
+					if err := os.WriteFile(f, []byte(saved[i]), 0o600); err != nil {
+						return err
+					}
+					if _, err := n.Exec("nft", "-f", f); err != nil {
+						return err
+					}
+				}
+				return nil
+			}})
+	}
+
+	if o.Only != nil {
+		cases = slices.DeleteFunc(cases, func(c Case) bool { return !o.Only.MatchString(c.Name) })
+	}
+	if len(o.Streams) == 0 {
+		o.Streams = []int{1, 4}
+	}
+	port := 5201
+	for round := 0; round < o.Rounds; round++ {
+		order := slices.Clone(cases)
+		if round%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, cs := range order {
+			for _, st := range o.Streams {
+				if cs.Before != nil {
+					if err := cs.Before(); err != nil {
+						return res, fmt.Errorf("%s: %w", cs.Name, err)
+					}
+				}
+				port++
+				r, err := harness.Iperf3(cs.Client, cs.Server, cs.Addr, port, o.Dur, st)
+				if cs.After != nil {
+					if aerr := cs.After(); aerr != nil {
+						return res, fmt.Errorf("%s: restore: %w", cs.Name, aerr)
+					}
+				}
+				if err != nil {
+					return res, fmt.Errorf("%s, %d streams: %w", cs.Name, st, err)
+				}
+				key := fmt.Sprintf("%s/%d", cs.Name, st)
+				res.Samples[key] = append(res.Samples[key], r.BitsPerSecond/1e9)
+				o.Logf("MTU %d round %d: %-26s P%d %6.2f Gbit/s (retr %d) load %s", mtu, round+1, cs.Name, st, r.BitsPerSecond/1e9, r.Retransmits, loadavg())
+			}
+		}
+	}
+	return res, nil
+}
+
+// offloads reports the TUN device's offload features (ethtool -k) and the
+// userspace device's batch size from its log.
+func offloads(n harness.NS, dev string) string {
+	out, err := n.Exec("ethtool", "-k", dev)
+	if err != nil {
+		return "ethtool -k unavailable: " + strings.SplitN(err.Error(), "\n", 2)[0]
+	}
+	var on []string
+	for _, l := range strings.Split(out, "\n") {
+		l = strings.TrimSpace(l)
+		for _, f := range []string{"tx-checksumming:", "tcp-segmentation-offload:", "tx-tcp-segmentation:", "tx-tcp6-segmentation:", "generic-segmentation-offload:", "generic-receive-offload:", "tx-udp-segmentation:", "rx-gro-list:", "rx-udp-gro-forwarding:"} {
+			if strings.HasPrefix(l, f) {
+				on = append(on, strings.TrimSuffix(f, ":")+"="+strings.Fields(strings.TrimPrefix(l, f))[0])
+			}
+		}
+	}
+	return strings.Join(on, " ")
+}
+
+func removeSockets(runID string) {
+	socks, _ := filepath.Glob(filepath.Join("/var/run/wireguard", "wgb-"+runID+"-*.sock"))
+	for _, s := range socks {
+		_ = os.Remove(s)
+	}
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// Print writes a table of medians and the ratios.
+func Print(w io.Writer, res []Result) {
+	host, _ := os.Hostname()
+	fmt.Fprintf(w, "data path benchmark  %s  host %s  %d cores  load %s\n", time.Now().Format(time.RFC3339), host, numCPU(), loadavg())
+	for _, r := range res {
+		fmt.Fprintf(w, "underlay MTU %d, pod/WireGuard MTU %d; wgcni TUN offloads: %s\n", r.MTU, r.PodMTU, r.Offloads)
+		var names []string
+		for k := range r.Samples {
+			name, _, _ := strings.Cut(k, "/")
+			if !slices.Contains(names, name) {
+				names = append(names, name)
+			}
+		}
+		fmt.Fprintf(w, "  %-26s %14s %14s   (median Gbit/s; samples)\n", "path", "1 stream", "4 streams")
+		for _, n := range names {
+			fmt.Fprintf(w, "  %-26s %14.2f %14.2f   %v %v\n", n, median(r.Samples[n+"/1"]), median(r.Samples[n+"/4"]), fmtS(r.Samples[n+"/1"]), fmtS(r.Samples[n+"/4"]))
+		}
+		for _, st := range []int{1, 4} {
+			p := median(r.Samples[fmt.Sprintf("wgcni pod->pod/%d", st)])
+			ref := median(r.Samples[fmt.Sprintf("wgref node->node/%d", st)])
+			nn := median(r.Samples[fmt.Sprintf("wgcni node->node/%d", st)])
+			deb := median(r.Samples[fmt.Sprintf("debian wireguard-go/%d", st)])
+			if ref > 0 {
+				fmt.Fprintf(w, "  ratio %d stream(s): wgcni/wgref %.2f (target >= 0.95); wgcni node->node/wgref %.2f", st, p/ref, nn/ref)
+				if deb > 0 {
+					fmt.Fprintf(w, "; wgcni/debian %.2f", p/deb)
+				}
+				fmt.Fprintln(w)
+			}
+		}
+		for _, n := range r.Notes {
+			fmt.Fprintf(w, "  note: %s\n", n)
+		}
+	}
+}
+
+func fmtS(v []float64) string {
+	var s []string
+	for _, x := range v {
+		s = append(s, strconv.FormatFloat(x, 'f', 2, 64))
+	}
+	return "[" + strings.Join(s, " ") + "]"
+}
+
+func numCPU() int {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	return strings.Count(string(b), "processor\t:")
+}
