@@ -21,6 +21,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -49,6 +50,9 @@ type Options struct {
 	Rounds  int
 	Streams []int
 	Only    *regexp.Regexp // cases to run (nil: all)
+	// PerfDir, if set, gets a system-wide `perf record -g` of the first
+	// sample of every case (to see where the CPU time goes).
+	PerfDir string
 	Logf    func(string, ...any)
 }
 
@@ -61,14 +65,20 @@ type Case struct {
 	// Before/After run around each measurement (e.g. remove and restore
 	// the masquerade table).
 	Before, After func() error
+	// PIDs are the WireGuard processes on the path (none for the veth).
+	PIDs []int
 }
 
 // Result holds every sample per case and stream count for one MTU.
 type Result struct {
 	MTU, PodMTU int
 	Samples     map[string][]float64 // "case/streams" -> Gbit/s
-	Notes       []string
-	Offloads    string
+	// Eff is Gbit per CPU-second spent by iperf3 (both ends, including
+	// the kernel work done in their context) and the WireGuard processes:
+	// what a path costs, largely independent of the machine's other load.
+	Eff      map[string][]float64
+	Notes    []string
+	Offloads string
 }
 
 func main() {
@@ -77,8 +87,9 @@ func main() {
 	rounds := flag.Int("rounds", 2, "rounds; the case order reverses every round (A/B/B/A)")
 	only := flag.String("only", "", "regexp: run only the matching cases")
 	streams := flag.String("P", "1,4", "iperf3 parallel streams to measure")
+	perfDir := flag.String("perf", "", "directory for perf record data of each case's first sample")
 	flag.Parse()
-	o := Options{Dur: *dur, Rounds: *rounds}
+	o := Options{Dur: *dur, Rounds: *rounds, PerfDir: *perfDir}
 	if *only != "" {
 		o.Only = regexp.MustCompile(*only)
 	}
@@ -117,7 +128,7 @@ func Run(mtu int, o Options) (res Result, err error) {
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
 	}
-	res = Result{MTU: mtu, Samples: map[string][]float64{}}
+	res = Result{MTU: mtu, Samples: map[string][]float64{}, Eff: map[string][]float64{}}
 	c, err := harness.New(harness.Config{UnderlayMTU: mtu, Logf: o.Logf})
 	if err != nil {
 		return res, err
@@ -213,6 +224,7 @@ func Run(mtu int, o Options) (res Result, err error) {
 		}
 		return addrs, nil
 	}
+	pids := map[string]int{}
 	startProc := func(n *harness.Node, dev string, argv ...string) error {
 		cmd := n.Command(context.Background(), argv...)
 		cmd.Env = append(os.Environ(), "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1", "LOG_LEVEL=error")
@@ -228,6 +240,7 @@ func Run(mtu int, o Options) (res Result, err error) {
 		// Processes in the node namespace are killed by PID when the
 		// cluster removes the namespace; reap it when that happens.
 		go func() { _ = cmd.Wait(); lf.Close() }()
+		pids[dev] = cmd.Process.Pid // ip netns exec execs: same pid
 		return harness.WaitFor(10*time.Second, dev, func() (bool, error) {
 			_, err := os.Stat(filepath.Join("/var/run/wireguard", dev+".sock"))
 			return err == nil, nil
@@ -240,9 +253,20 @@ func Run(mtu int, o Options) (res Result, err error) {
 		return res, fmt.Errorf("wgref pair: %w", err)
 	}
 	defer removeSockets(c.RunID)
+	var wgPIDs []int
+	for _, n := range nodes {
+		pid, err := readPID(filepath.Join(n.RunDir, n.Device+".pid"))
+		if err != nil {
+			return res, err
+		}
+		wgPIDs = append(wgPIDs, pid)
+	}
+	pidsOf := func(tag string) []int {
+		return []int{pids["wgb-"+c.RunID+"-"+tag+"1"], pids["wgb-"+c.RunID+"-"+tag+"2"]}
+	}
 	cases := []Case{
-		{Name: "wgcni pod->pod", Client: p1.NS, Server: p2.NS, Addr: p2.IP},
-		{Name: "wgref node->node", Client: r1.NS, Server: r2.NS, Addr: refAddrs[1]},
+		{Name: "wgcni pod->pod", Client: p1.NS, Server: p2.NS, Addr: p2.IP, PIDs: wgPIDs},
+		{Name: "wgref node->node", Client: r1.NS, Server: r2.NS, Addr: refAddrs[1], PIDs: pidsOf("g")},
 	}
 	if _, err := exec.LookPath("wireguard-go"); err == nil {
 		debAddrs, err := pair("d", 2, 51840, func(n *harness.Node, dev string) error {
@@ -251,18 +275,18 @@ func Run(mtu int, o Options) (res Result, err error) {
 		if err != nil {
 			return res, fmt.Errorf("Debian wireguard-go pair: %w", err)
 		}
-		cases = append(cases, Case{Name: "debian wireguard-go", Client: r1.NS, Server: r2.NS, Addr: debAddrs[1]})
+		cases = append(cases, Case{Name: "debian wireguard-go", Client: r1.NS, Server: r2.NS, Addr: debAddrs[1], PIDs: pidsOf("d")})
 	} else {
 		res.Notes = append(res.Notes, "Debian wireguard-go not installed (apt-get install wireguard-go): skipped")
 	}
 	gw2 := netip.MustParseAddr(nf2.Gateway)
 	cases = append(cases,
 		Case{Name: "veth underlay (ceiling)", Client: r1.NS, Server: r2.NS, Addr: r2.UnderlayIP},
-		Case{Name: "wgcni node->node", Client: nodes[0].NS, Server: nodes[1].NS, Addr: gw2},
+		Case{Name: "wgcni node->node", Client: nodes[0].NS, Server: nodes[1].NS, Addr: gw2, PIDs: wgPIDs},
 	)
 	if _, err := exec.LookPath("nft"); err == nil {
 		var saved [2]string
-		cases = append(cases, Case{Name: "wgcni pod->pod no masq", Client: p1.NS, Server: p2.NS, Addr: p2.IP,
+		cases = append(cases, Case{Name: "wgcni pod->pod no masq", Client: p1.NS, Server: p2.NS, Addr: p2.IP, PIDs: wgPIDs,
 			Before: func() error {
 				for i, n := range nodes {
 					out, err := n.Exec("nft", "list", "table", "ip", "wgcni")
@@ -310,7 +334,16 @@ func Run(mtu int, o Options) (res Result, err error) {
 					}
 				}
 				port++
-				r, err := harness.Iperf3(cs.Client, cs.Server, cs.Addr, port, o.Dur, st)
+				var stopPerf func()
+				if o.PerfDir != "" && round == 0 {
+					stopPerf = perfRecord(filepath.Join(o.PerfDir, fmt.Sprintf("%d-%s-P%d.data", mtu, strings.NewReplacer(" ", "_", ">", "", "(", "", ")", "").Replace(cs.Name), st)), o.Dur)
+				}
+				cpu0 := cpuOf(cs.PIDs)
+				r, err := iperf3(cs.Client, cs.Server, cs.Addr, port, o.Dur, st)
+				wgCPU := cpuOf(cs.PIDs) - cpu0
+				if stopPerf != nil {
+					stopPerf()
+				}
 				if cs.After != nil {
 					if aerr := cs.After(); aerr != nil {
 						return res, fmt.Errorf("%s: restore: %w", cs.Name, aerr)
@@ -321,7 +354,11 @@ func Run(mtu int, o Options) (res Result, err error) {
 				}
 				key := fmt.Sprintf("%s/%d", cs.Name, st)
 				res.Samples[key] = append(res.Samples[key], r.BitsPerSecond/1e9)
-				o.Logf("MTU %d round %d: %-26s P%d %6.2f Gbit/s (retr %d) load %s", mtu, round+1, cs.Name, st, r.BitsPerSecond/1e9, r.Retransmits, loadavg())
+				cpu := (r.CPU + wgCPU).Seconds()
+				eff := r.BitsPerSecond * r.Seconds / 1e9 / cpu
+				res.Eff[key] = append(res.Eff[key], eff)
+				o.Logf("MTU %d round %d: %-26s P%d %6.2f Gbit/s (retr %d) cpu %5.2fs (WireGuard %5.2fs) %5.2f Gbit/cpu-s  load %s",
+					mtu, round+1, cs.Name, st, r.BitsPerSecond/1e9, r.Retransmits, cpu, wgCPU.Seconds(), eff, loadavg())
 			}
 		}
 	}
@@ -345,6 +382,117 @@ func offloads(n harness.NS, dev string) string {
 		}
 	}
 	return strings.Join(on, " ")
+}
+
+// perfRecord samples the whole machine with call graphs for about d,
+// starting now; the returned func waits for it to finish.
+func perfRecord(out string, d time.Duration) func() {
+	_ = os.MkdirAll(filepath.Dir(out), 0o755)
+	cmd := exec.Command("perf", "record", "-a", "-g", "-q", "-o", out, "--", "sleep", strconv.Itoa(max(1, int(d.Seconds())-1)))
+	if err := cmd.Start(); err != nil {
+		return func() {}
+	}
+	return func() { _ = cmd.Wait() }
+}
+
+// iperfResult is one iperf3 run and the CPU time its two processes used.
+type iperfResult struct {
+	BitsPerSecond float64
+	Seconds       float64
+	Retransmits   int
+	CPU           time.Duration
+}
+
+// iperf3 is harness.Iperf3 plus the CPU time (user+system, from the
+// processes' rusage) of the iperf3 client and server.
+func iperf3(client, server harness.NS, addr netip.Addr, port int, d time.Duration, streams int) (iperfResult, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
+	defer cancel()
+	srv := server.Command(ctx, "iperf3", "-s", "-1", "-B", addr.String(), "-p", strconv.Itoa(port))
+	var srvOut strings.Builder
+	srv.Stdout, srv.Stderr = &srvOut, &srvOut
+	if err := srv.Start(); err != nil {
+		return iperfResult{}, fmt.Errorf("start iperf3 server in %s: %w", server.Name, err)
+	}
+	srvDone := false
+	defer func() {
+		if !srvDone {
+			_ = srv.Process.Kill()
+			_ = srv.Wait()
+		}
+	}()
+	var out []byte
+	var cl *exec.Cmd
+	var err error
+	for i := 0; i < 50; i++ {
+		cl = client.Command(ctx, "iperf3", "-c", addr.String(), "-p", strconv.Itoa(port),
+			"-t", strconv.Itoa(max(1, int(d.Seconds()))), "-P", strconv.Itoa(max(streams, 1)), "-J")
+		out, err = cl.Output()
+		if !strings.Contains(string(out), "unable to connect") {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return iperfResult{}, fmt.Errorf("iperf3 client in %s to %s: %w: %s %s", client.Name, addr, err, out, srvOut.String())
+	}
+	var res struct {
+		End struct {
+			SumSent struct {
+				Retransmits int `json:"retransmits"`
+			} `json:"sum_sent"`
+			SumReceived struct {
+				Seconds       float64 `json:"seconds"`
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		return iperfResult{}, fmt.Errorf("parse iperf3 output: %w", err)
+	}
+	if res.Error != "" {
+		return iperfResult{}, fmt.Errorf("iperf3 client in %s to %s: %s (server: %s)", client.Name, addr, res.Error, srvOut.String())
+	}
+	// The server exits after one test (-1); its rusage is complete then.
+	werr := make(chan error, 1)
+	go func() { werr <- srv.Wait() }()
+	select {
+	case <-werr:
+		srvDone = true
+	case <-time.After(5 * time.Second):
+	}
+	cpu := cl.ProcessState.UserTime() + cl.ProcessState.SystemTime()
+	if srvDone {
+		cpu += srv.ProcessState.UserTime() + srv.ProcessState.SystemTime()
+	}
+	return iperfResult{BitsPerSecond: res.End.SumReceived.BitsPerSecond, Seconds: res.End.SumReceived.Seconds,
+		Retransmits: res.End.SumSent.Retransmits, CPU: cpu}, nil
+}
+
+func readPID(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// cpuOf sums utime+stime of pids (clock ticks of 10 ms).
+func cpuOf(pids []int) time.Duration {
+	var t time.Duration
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		t += time.Duration(ut+st) * 10 * time.Millisecond
+	}
+	return t
 }
 
 func removeSockets(runID string) {
@@ -382,33 +530,57 @@ func Print(w io.Writer, res []Result) {
 	for _, r := range res {
 		fmt.Fprintf(w, "underlay MTU %d, pod/WireGuard MTU %d; wgcni TUN offloads: %s\n", r.MTU, r.PodMTU, r.Offloads)
 		var names []string
+		var streams []string
 		for k := range r.Samples {
-			name, _, _ := strings.Cut(k, "/")
+			name, st, _ := strings.Cut(k, "/")
 			if !slices.Contains(names, name) {
 				names = append(names, name)
 			}
-		}
-		fmt.Fprintf(w, "  %-26s %14s %14s   (median Gbit/s; samples)\n", "path", "1 stream", "4 streams")
-		for _, n := range names {
-			fmt.Fprintf(w, "  %-26s %14.2f %14.2f   %v %v\n", n, median(r.Samples[n+"/1"]), median(r.Samples[n+"/4"]), fmtS(r.Samples[n+"/1"]), fmtS(r.Samples[n+"/4"]))
-		}
-		for _, st := range []int{1, 4} {
-			p := median(r.Samples[fmt.Sprintf("wgcni pod->pod/%d", st)])
-			ref := median(r.Samples[fmt.Sprintf("wgref node->node/%d", st)])
-			nn := median(r.Samples[fmt.Sprintf("wgcni node->node/%d", st)])
-			deb := median(r.Samples[fmt.Sprintf("debian wireguard-go/%d", st)])
-			if ref > 0 {
-				fmt.Fprintf(w, "  ratio %d stream(s): wgcni/wgref %.2f (target >= 0.95); wgcni node->node/wgref %.2f", st, p/ref, nn/ref)
-				if deb > 0 {
-					fmt.Fprintf(w, "; wgcni/debian %.2f", p/deb)
-				}
-				fmt.Fprintln(w)
+			if !slices.Contains(streams, st) {
+				streams = append(streams, st)
 			}
+		}
+		slices.Sort(streams)
+		slices.SortStableFunc(names, func(a, b string) int { return caseOrder(a) - caseOrder(b) })
+		fmt.Fprintf(w, "  %-26s", "path (median)")
+		for _, st := range streams {
+			fmt.Fprintf(w, " %8s %10s", "P"+st+" Gb/s", "Gb/cpu-s")
+		}
+		fmt.Fprintf(w, "   samples Gbit/s\n")
+		for _, n := range names {
+			fmt.Fprintf(w, "  %-26s", n)
+			var all []string
+			for _, st := range streams {
+				fmt.Fprintf(w, " %8.2f %10.2f", median(r.Samples[n+"/"+st]), median(r.Eff[n+"/"+st]))
+				all = append(all, fmtS(r.Samples[n+"/"+st]))
+			}
+			fmt.Fprintf(w, "   %s\n", strings.Join(all, " "))
+		}
+		for _, st := range streams {
+			ratio := func(a, b string, m map[string][]float64) string {
+				x, y := median(m[a+"/"+st]), median(m[b+"/"+st])
+				if x == 0 || y == 0 {
+					return "-"
+				}
+				return fmt.Sprintf("%.2f", x/y)
+			}
+			fmt.Fprintf(w, "  P%s ratios: wgcni pod->pod / wgref: throughput %s (target >= 0.95), per CPU-s %s; wgcni node->node / wgref: %s, %s; wgcni / debian wireguard-go: %s; masq cost: pod->pod / no masq per CPU-s %s\n",
+				st, ratio("wgcni pod->pod", "wgref node->node", r.Samples), ratio("wgcni pod->pod", "wgref node->node", r.Eff),
+				ratio("wgcni node->node", "wgref node->node", r.Samples), ratio("wgcni node->node", "wgref node->node", r.Eff),
+				ratio("wgcni pod->pod", "debian wireguard-go", r.Samples), ratio("wgcni pod->pod", "wgcni pod->pod no masq", r.Eff))
 		}
 		for _, n := range r.Notes {
 			fmt.Fprintf(w, "  note: %s\n", n)
 		}
 	}
+}
+
+func caseOrder(name string) int {
+	i := slices.Index([]string{"wgcni pod->pod", "wgref node->node", "debian wireguard-go", "veth underlay (ceiling)", "wgcni node->node", "wgcni pod->pod no masq"}, name)
+	if i < 0 {
+		return 99
+	}
+	return i
 }
 
 func fmtS(v []float64) string {
