@@ -268,6 +268,15 @@ func Run(mtu int, o Options) (res Result, err error) {
 		{Name: "wgcni pod->pod", Client: p1.NS, Server: p2.NS, Addr: p2.IP, PIDs: wgPIDs},
 		{Name: "wgref node->node", Client: r1.NS, Server: r2.NS, Addr: refAddrs[1], PIDs: pidsOf("g")},
 	}
+	// The device host wgcnid itself runs (wgcnid userspace-device) on a
+	// bare node: tells the device apart from the node setup around it.
+	devAddrs, err := pair("w", 3, 51850, func(n *harness.Node, dev string) error {
+		return startProc(n, dev, c.Bin("wgcnid"), "userspace-device", "--name", dev, "--mtu", strconv.Itoa(wgMTU), "--run-dir", filepath.Join(c.Dir, dev))
+	})
+	if err != nil {
+		return res, fmt.Errorf("wgcnid userspace-device pair: %w", err)
+	}
+	cases = append(cases, Case{Name: "wgcnid-device node->node", Client: r1.NS, Server: r2.NS, Addr: devAddrs[1], PIDs: pidsOf("w")})
 	if _, err := exec.LookPath("wireguard-go"); err == nil {
 		debAddrs, err := pair("d", 2, 51840, func(n *harness.Node, dev string) error {
 			return startProc(n, dev, "wireguard-go", "-f", dev)
@@ -576,7 +585,7 @@ func Print(w io.Writer, res []Result) {
 }
 
 func caseOrder(name string) int {
-	i := slices.Index([]string{"wgcni pod->pod", "wgref node->node", "debian wireguard-go", "veth underlay (ceiling)", "wgcni node->node", "wgcni pod->pod no masq"}, name)
+	i := slices.Index([]string{"wgcni pod->pod", "wgref node->node", "debian wireguard-go", "veth underlay (ceiling)", "wgcni node->node", "wgcnid-device node->node", "wgcni pod->pod no masq"}, name)
 	if i < 0 {
 		return 99
 	}
