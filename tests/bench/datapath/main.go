@@ -277,6 +277,27 @@ func Run(mtu int, o Options) (res Result, err error) {
 		return res, fmt.Errorf("wgcnid userspace-device pair: %w", err)
 	}
 	cases = append(cases, Case{Name: "wgcnid-device node->node", Client: r1.NS, Server: r2.NS, Addr: devAddrs[1], PIDs: pidsOf("w")})
+	// The same pair with one piece of a wgcni node's setup added at a
+	// time: IP forwarding on, and a NAT chain (which turns on conntrack).
+	onBoth := func(argvs ...[]string) func() error {
+		return func() error {
+			for _, n := range []*harness.Node{r1, r2} {
+				for _, argv := range argvs {
+					if _, err := n.Exec(argv...); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		}
+	}
+	cases = append(cases,
+		Case{Name: "wgcnid-device +forwarding", Client: r1.NS, Server: r2.NS, Addr: devAddrs[1], PIDs: pidsOf("w"),
+			Before: onBoth([]string{"sysctl", "-qw", "net.ipv4.ip_forward=1"}), After: onBoth([]string{"sysctl", "-qw", "net.ipv4.ip_forward=0"})},
+		Case{Name: "wgcnid-device +nat", Client: r1.NS, Server: r2.NS, Addr: devAddrs[1], PIDs: pidsOf("w"),
+			Before: onBoth([]string{"nft", "add", "table", "ip", "wgb"}, []string{"nft", "add chain ip wgb post { type nat hook postrouting priority srcnat; }"}),
+			After:  onBoth([]string{"nft", "delete", "table", "ip", "wgb"})},
+	)
 	if _, err := exec.LookPath("wireguard-go"); err == nil {
 		debAddrs, err := pair("d", 2, 51840, func(n *harness.Node, dev string) error {
 			return startProc(n, dev, "wireguard-go", "-f", dev)
@@ -371,7 +392,32 @@ func Run(mtu int, o Options) (res Result, err error) {
 			}
 		}
 	}
+	// Where packets were dropped on wgcni's path, if anywhere (the
+	// retransmits iperf3 reports come from these).
+	for _, n := range nodes {
+		for _, dev := range []string{n.Device, "eth0"} {
+			if out, err := n.Exec("tc", "-s", "qdisc", "show", "dev", dev); err == nil {
+				res.Notes = append(res.Notes, fmt.Sprintf("%s %s: %s", n.Name, dev, qdiscDrops(out)))
+			}
+		}
+	}
 	return res, nil
+}
+
+// qdiscDrops condenses `tc -s qdisc show` to "qdisc ... sent/dropped".
+func qdiscDrops(out string) string {
+	var parts []string
+	for _, l := range strings.Split(out, "\n") {
+		l = strings.TrimSpace(l)
+		if strings.HasPrefix(l, "qdisc ") {
+			f := strings.Fields(l)
+			parts = append(parts, strings.Join(f[:min(2, len(f))], " "))
+		}
+		if strings.HasPrefix(l, "Sent ") {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // offloads reports the TUN device's offload features (ethtool -k) and the
@@ -585,7 +631,7 @@ func Print(w io.Writer, res []Result) {
 }
 
 func caseOrder(name string) int {
-	i := slices.Index([]string{"wgcni pod->pod", "wgref node->node", "debian wireguard-go", "veth underlay (ceiling)", "wgcni node->node", "wgcnid-device node->node", "wgcni pod->pod no masq"}, name)
+	i := slices.Index([]string{"wgcni pod->pod", "wgref node->node", "debian wireguard-go", "veth underlay (ceiling)", "wgcni node->node", "wgcnid-device node->node", "wgcnid-device +forwarding", "wgcnid-device +nat", "wgcni pod->pod no masq"}, name)
 	if i < 0 {
 		return 99
 	}
