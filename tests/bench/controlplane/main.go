@@ -66,7 +66,9 @@ type Result struct {
 	N              int
 	Cold           time.Duration
 	ColdRequests   map[string]float64 // per gRPC method
-	Lat            map[string][]time.Duration
+	Lat            map[string][]time.Duration // from the write call to applied
+	Commit         []time.Duration            // the etcd write itself (call to ack)
+	AfterAck       []time.Duration            // from the write's ack to applied (>= 0)
 	CPUPerEvent    time.Duration // daemon
 	DevCPUPerEvent time.Duration // userspace device process
 	RSS, DevRSS    int64         // bytes, after the events
@@ -294,6 +296,7 @@ func runSize(c *harness.Cluster, cli *clientv3.Client, n int, o Options) (Result
 		if err != nil {
 			return res, err
 		}
+		acked := time.Now()
 		var rev int64
 		switch {
 		case resp.Put() != nil:
@@ -310,6 +313,8 @@ func runSize(c *harness.Cluster, cli *clientv3.Client, n int, o Options) (Result
 			return res, fmt.Errorf("%s event %d (%s, rev %d): %w", kind, i, cidr, rev, err)
 		}
 		res.Lat[kind] = append(res.Lat[kind], l.Time.Sub(start))
+		res.Commit = append(res.Commit, acked.Sub(start))
+		res.AfterAck = append(res.AfterAck, max(0, l.Time.Sub(acked)))
 	}
 	res.CPUPerEvent = (cpuTime(pid) - cpu0) / time.Duration(o.Events)
 	res.DevCPUPerEvent = (cpuTime(devPID) - dcpu0) / time.Duration(o.Events)
@@ -608,6 +613,8 @@ func Print(w io.Writer, res []Result) {
 			ms(r.CPUPerEvent), ms(r.DevCPUPerEvent), float64(r.RSS)/(1<<20), float64(r.DevRSS)/(1<<20), sum(r.ColdRequests))
 	}
 	for _, r := range res {
+		fmt.Fprintf(w, "N=%d event latency breakdown: etcd write (call to ack) p50 %s p99 %s ms; ack to applied p50 %s p99 %s ms\n",
+			r.N, ms(pct(r.Commit, .5)), ms(pct(r.Commit, .99)), ms(pct(r.AfterAck, .5)), ms(pct(r.AfterAck, .99)))
 		fmt.Fprintf(w, "N=%d cold-start etcd requests: %g (flannel 2N+9 = %d): %s\n", r.N, sum(r.ColdRequests), flannel.coldRequests(r.N), fmtMethods(r.ColdRequests))
 		fmt.Fprintf(w, "N=%d steady state: %.1f requests/min (%s); open streams: %s\n", r.N, r.SteadyPerMin, fmtMethods(r.SteadyMethods), fmtMethods(r.OpenStreams))
 	}
