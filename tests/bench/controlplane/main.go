@@ -65,14 +65,14 @@ type Options struct {
 type Result struct {
 	N              int
 	Cold           time.Duration
-	ColdRequests   map[string]float64 // per gRPC method
+	ColdRequests   map[string]float64         // per gRPC method
 	Lat            map[string][]time.Duration // from the write call to applied
 	Commit         []time.Duration            // the etcd write itself (call to ack)
 	AfterAck       []time.Duration            // from the write's ack to applied (>= 0)
-	CPUPerEvent    time.Duration // daemon
-	DevCPUPerEvent time.Duration // userspace device process
-	RSS, DevRSS    int64         // bytes, after the events
-	SteadyPerMin   float64       // unary requests per minute
+	CPUPerEvent    time.Duration              // daemon
+	DevCPUPerEvent time.Duration              // userspace device process
+	RSS, DevRSS    int64                      // bytes, after the events
+	SteadyPerMin   float64                    // unary requests per minute
 	SteadyMethods  map[string]float64
 	OpenStreams    map[string]float64
 }
