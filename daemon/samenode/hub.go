@@ -142,7 +142,9 @@ func (h Hub) deleteRoute(ip netip.Addr) error {
 		return nil // no hub, no route through it
 	}
 	dst := hostNet(ip)
-	err = netlink.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: &dst, Protocol: RouteProto})
+	// The scope must be the one installed: IPv4 deletes match on it, and
+	// a mismatch is ESRCH, silently leaving the route behind.
+	err = netlink.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: &dst, Scope: netlink.SCOPE_LINK, Protocol: RouteProto})
 	if err != nil && !errors.Is(err, syscall.ESRCH) && !errors.Is(err, syscall.ENOENT) {
 		return fmt.Errorf("delete route %s dev %s: %w", ip, h.Name, err)
 	}
