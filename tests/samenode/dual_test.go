@@ -219,3 +219,57 @@ func TestSameNodeEncryptionDualStack(t *testing.T) {
 		}
 	})
 }
+
+// TestSameNodeEncryptionIPv6Only: IPv6-only pods (no IPv4 at all) on a node
+// with same-node encryption: ADD succeeds, the hub holds each pod's /128
+// only, same-node IPv6 is WireGuard only, and CHECK/DEL work.
+func TestSameNodeEncryptionIPv6Only(t *testing.T) {
+	const v6only = "fd00:247::/56"
+	c := harness.Start(t, harness.Config{Tag: "wgq", ClusterCIDR: v6only, NodePrefixLenV6: 64, ListenPort: wgPort}, 0)
+	on, err := c.AddNode("--same-node-encryption")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := on.AddPod()
+	if err != nil {
+		t.Fatalf("ADD of an IPv6-only pod with same-node encryption: %v", err)
+	}
+	b, err := on.AddPod()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Addr4().IsValid() || !a.Addr6().IsValid() {
+		t.Fatalf("pod %s got %v, want IPv6 only", a.Name, a.IPs)
+	}
+	hub := samenode.HubName(on.Device)
+	out, err := on.Exec("wg", "show", hub, "allowed-ips")
+	if err != nil || !strings.Contains(out, a.Addr6().String()+"/128") || strings.Contains(out, "/32") {
+		t.Fatalf("hub AllowedIPs: %v\n%s", err, out)
+	}
+	cls := &capture.Classifier{PodNets: []netip.Prefix{netip.MustParsePrefix(v6only)}, WGPorts: []uint16{wgPort, hubPort}}
+	wire, lo := sniff(t, cls, on, a, b, func() {
+		connect(t, a.NS, b.Addr6(), "same-node ping6 a->b (IPv6 only)")
+		transfer(t, b.NS, a.NS, a.Addr6(), "same-node TCP b->a (IPv6 only)")
+		connect(t, on.NS, b.Addr6(), "node -> its pod (IPv6 only)")
+	})
+	for _, rep := range wire {
+		if rep.PlainPod() != 0 {
+			t.Errorf("%d plaintext pod packets with same-node encryption on (IPv6 only): %s", rep.PlainPod(), rep)
+		}
+	}
+	if lo.WGTypes[capture.WGTransportData] == 0 {
+		t.Errorf("loopback: no WireGuard transport data: %s", lo)
+	}
+	if out, err := a.CNI("check"); err != nil {
+		t.Fatalf("CHECK: %v %s", err, out)
+	}
+	if err := b.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := on.Exec("wg", "show", hub, "allowed-ips"); strings.Contains(out, b.Addr6().String()) {
+		t.Errorf("after DEL the hub still allows %s:\n%s", b.Addr6(), out)
+	}
+	if out, _ := on.Exec("ip", "-6", "route", "show", "dev", hub, "proto", "88"); strings.Contains(out, b.Addr6().String()+" ") {
+		t.Errorf("after DEL the node still routes %s into the hub:\n%s", b.Addr6(), out)
+	}
+}
