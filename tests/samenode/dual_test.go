@@ -1,7 +1,12 @@
 package samenode
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -218,6 +223,72 @@ func TestSameNodeEncryptionDualStack(t *testing.T) {
 			t.Errorf("registry after DEL: %+v", regs)
 		}
 	})
+
+	t.Run("GC detaches a pod not in valid-attachments: both families", func(t *testing.T) {
+		d, err := on.AddPod()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keep *samenode.Pod
+		regs, _ := samenode.List(on.RunDir)
+		for _, r := range regs {
+			if r.IP6 == a.Addr6() {
+				keep = r
+			}
+		}
+		if len(regs) != 2 || keep == nil || allowed(d) == nil {
+			t.Fatalf("registry before GC: %+v", regs)
+		}
+		if out, err := gc(t, c, on, keep.ContainerID, keep.IfName); err != nil {
+			t.Fatalf("GC: %v %s", err, out)
+		}
+		if got := allowed(d); got != nil {
+			t.Errorf("after GC the hub still allows %v", got)
+		}
+		if r := hubRoutes6(); strings.Contains(r, d.Addr6().String()+" ") {
+			t.Errorf("after GC the node still routes %s into the hub:\n%s", d.Addr6(), r)
+		}
+		if out, _ := on.Exec("ip", "-4", "route", "show", "dev", hub, "proto", "88"); strings.Contains(out, d.Addr4().String()+" ") {
+			t.Errorf("after GC the node still routes %s into the hub:\n%s", d.Addr4(), out)
+		}
+		if regs, _ := samenode.List(on.RunDir); len(regs) != 1 || regs[0].ID != keep.ID {
+			t.Errorf("registry after GC: %+v", regs)
+		}
+		connect(t, a.NS, x.Addr6(), "kept pod still reaches the other node over IPv6")
+	})
+}
+
+// gc runs the plugin's CNI GC on node n, as a runtime would, with one
+// valid attachment.
+func gc(t *testing.T, c *harness.Cluster, n *harness.Node, containerID, ifName string) (string, error) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(n.ConfDir, "10-wgcni.conflist"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Name    string           `json:"name"`
+		Plugins []map[string]any `json:"plugins"`
+	}
+	if err := json.Unmarshal(data, &list); err != nil {
+		t.Fatal(err)
+	}
+	var conf map[string]any
+	for _, p := range list.Plugins {
+		if p["type"] == "wgcni" {
+			conf = p
+		}
+	}
+	conf["name"], conf["cniVersion"] = list.Name, "1.1.0"
+	conf["cni.dev/valid-attachments"] = []map[string]string{{"containerID": containerID, "ifname": ifName}}
+	stdin, _ := json.Marshal(conf)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := n.Command(ctx, c.Bin("wgcni"))
+	cmd.Env = append(os.Environ(), "CNI_COMMAND=GC", "CNI_PATH="+c.CNIPath())
+	cmd.Stdin = bytes.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
 
 // TestSameNodeEncryptionIPv6Only: IPv6-only pods (no IPv4 at all) on a node
