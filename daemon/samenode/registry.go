@@ -31,11 +31,11 @@ import (
 type Pod struct {
 	// ID identifies the attachment; the plugin uses the host veth name
 	// (deterministic from network, container ID and ifname).
-	ID          string     `json:"id"`
-	Network     string     `json:"network"`
-	ContainerID string     `json:"containerID"`
-	IfName      string     `json:"ifName"`
-	Netns       string     `json:"netns"`
+	ID          string `json:"id"`
+	Network     string `json:"network"`
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+	Netns       string `json:"netns"`
 	// IP is the pod's IPv4 address, IP6 its IPv6 address; a pod has one
 	// or both (IPv4-only, IPv6-only, dual-stack). The hub peer's AllowedIPs
 	// are exactly these as /32 and /128.
