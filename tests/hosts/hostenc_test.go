@@ -222,6 +222,25 @@ func TestHostEncryption(t *testing.T) {
 		}
 	}
 
+	// A pod on n1 reaching n2's underlay address goes through the tunnel
+	// as well (its packets are masqueraded, then routed by the same rule).
+	pod, err := n1.AddPod()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := capture.Start(c.Underlay.Path(), "", hostClassifier(n1.UnderlayIP, n2.UnderlayIP), capture.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	connect(t, pod.NS, n2.UnderlayIP, "ping pod on n1 -> n2 underlay")
+	prep, err := cp.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if prep.PlainPod() != 0 || prep.WGTypes[capture.WGTransportData] == 0 {
+		t.Errorf("pod on n1 -> n2's underlay: %s\n%s", prep, prep.Excerpt(10))
+	}
+
 	// Control: the option off on one side, the same traffic is plain.
 	ctl := hostTraffic(t, c, n1, n3)
 	if ctl.PlainPod() == 0 {
