@@ -215,8 +215,13 @@ func (c *Classifier) isPod(a netip.Addr) bool {
 }
 
 // isPlainHost reports TCP or ICMP (any fragment) between two PlainHosts.
+// IPv6 neighbour discovery (ICMPv6 133-137) is not: it resolves the
+// underlay itself and can never go through a tunnel.
 func (c *Classifier) isPlainHost(h ipHeader) bool {
 	if h.proto != 6 && h.proto != 1 && h.proto != 58 {
+		return false
+	}
+	if h.proto == 58 && h.l4 && len(h.payload) > 0 && h.payload[0] >= 133 && h.payload[0] <= 137 {
 		return false
 	}
 	src, dst := false, false

@@ -259,3 +259,42 @@ func TestHostEncryption(t *testing.T) {
 		t.Fatalf("left after cleanup: rules\n%s\ntable %s:\n%s", rules, hostTable, table)
 	}
 }
+
+// TestHostEncryptionIPv6Underlay: the same over an IPv6 underlay: the /128
+// is allowed and routed, the rule is an IPv6 rule, no plaintext crosses.
+func TestHostEncryptionIPv6Underlay(t *testing.T) {
+	c := harness.Start(t, harness.Config{UnderlayIPv6: true, ClusterCIDR: "fd00:246::/56", NodePrefixLenV6: 64, LeaseTTL: leaseTTL, ListenPort: wgPort}, 0)
+	n1, err := c.AddNode("--host-encryption")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2, err := c.AddNode("--host-encryption")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !n1.UnderlayIP.Is6() {
+		t.Fatalf("underlay is not IPv6: %s", n1.UnderlayIP)
+	}
+	err = harness.WaitFor(30*time.Second, "n1<->n2 IPv6 underlay routes through WireGuard", func() (bool, error) {
+		r12, err1 := n1.Exec("ip", "route", "get", n2.UnderlayIP.String())
+		r21, err2 := n2.Exec("ip", "route", "get", n1.UnderlayIP.String())
+		return err1 == nil && err2 == nil && strings.Contains(r12, "dev "+n1.Device) && strings.Contains(r21, "dev "+n2.Device), nil
+	})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.DumpLogs(40))
+	}
+	if rules, _ := n1.Exec("ip", "-6", "rule", "show"); !strings.Contains(rules, "not from all fwmark 0x5767 lookup "+hostTable) {
+		t.Fatalf("IPv6 rule missing on n1:\n%s", rules)
+	}
+	stop := probeEtcd([]*harness.Node{n1, n2}, c.Etcd.Endpoint)
+	rep := hostTraffic(t, c, n1, n2)
+	gets, fails := stop()
+	if rep.PlainPod() != 0 || rep.WGTypes[capture.WGTransportData] < 100 {
+		t.Errorf("IPv6 underlay with host encryption: %s\n%s", rep, rep.Excerpt(10))
+	}
+	if len(fails) != 0 || gets == 0 {
+		t.Errorf("etcd (IPv6) from the nodes: %d ok, %d failed: %v", gets, len(fails), fails)
+	}
+	t.Logf("FIGURE IPv6 underlay: n1->n2 %d wireguard data / %d plaintext; etcdctl get %d ok, %d failed",
+		rep.WGTypes[capture.WGTransportData], rep.PlainPod(), gets, len(fails))
+}
