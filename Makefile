@@ -42,6 +42,14 @@ demo-down:
 	@# namespaces whose owning process is gone).
 	@if [ -x $(BIN)/wgcni-demo ]; then $(BIN)/wgcni-demo -sweep; fi
 
-# Benchmarks under tests/ (each prints its figures and ratios; issue 11).
+# Benchmarks under tests/bench (each prints its figures and ratios against a
+# reference measured in the same run; issue 11, docs/performance.md). Not
+# part of `make test`, which only runs a tiny smoke run of each.
+BENCH_CNI_ARGS ?=
+BENCH_CP_ARGS ?=
+BENCH_DP_ARGS ?=
 bench: deps build
-	$(GO) test -count=1 -run '^$$' -bench . -timeout 30m ./tests/...
+	WGCNI_BENCH=1 GO=$(GO) ./tests/deps.sh
+	$(GO) run ./tests/bench/cni -cnitool $(BIN)/cnitool $(BENCH_CNI_ARGS)
+	$(GO) run ./tests/bench/controlplane $(BENCH_CP_ARGS)
+	$(GO) run ./tests/bench/datapath $(BENCH_DP_ARGS)

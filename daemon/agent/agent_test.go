@@ -88,7 +88,7 @@ func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(
 
 func testConfig(t *testing.T, endpoint string, extra ...string) *config.Config {
 	args := append([]string{"--node-name", "n1", "--etcd-endpoints", endpoint, "--endpoint-ip", "10.99.0.1",
-		"--state-dir", t.TempDir(), "--run-dir", t.TempDir(), "--device", "wgd-a1", "--bridge", "wgd-abr", "--wireguard", "userspace"}, extra...)
+		"--state-dir", t.TempDir(), "--run-dir", t.TempDir(), "--device", netnstest.DeviceName("wgd-a1"), "--bridge", "wgd-abr", "--wireguard", "userspace"}, extra...)
 	c, err := config.Parse("wgcnid", args, io.Discard)
 	if err != nil {
 		t.Fatal(err)

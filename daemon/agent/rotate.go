@@ -15,6 +15,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/etcdutil"
@@ -118,7 +119,7 @@ func (r *rotator) rotate(ctx context.Context) error {
 		}
 	}
 	r.Rotations.Add(1)
-	r.log.Info("WireGuard key rotated", "old_public_key", old, "public_key", r.self.PublicKey,
+	r.log.Info("WireGuard key rotated", "old_public_key", wgtypes.Key(old).String(), "public_key", wgtypes.Key(r.self.PublicKey).String(),
 		"publish_took", time.Since(start).Round(time.Millisecond), "rotations", r.Rotations.Load())
 	return nil
 }

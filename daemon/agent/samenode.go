@@ -32,11 +32,25 @@ func setupSameNode(ctx context.Context, cfg *config.Config, cli *clientv3.Client
 	if !on {
 		return nil
 	}
-	d, err := samenode.Setup(samenode.Options{
+	opts := samenode.Options{
 		Device: cfg.Device, Port: cfg.SameNodePort, MTU: mtu, Mode: wgdev.Mode(cfg.WireGuard),
-		StateDir: cfg.StateDir, RunDir: cfg.RunDir, Gateway: gw, Resync: sameNodeResync(cfg),
+		StateDir: cfg.StateDir, RunDir: cfg.RunDir, Resync: sameNodeResync(cfg),
 		Log: log.With("part", "samenode"),
-	})
+	}
+	// One gateway per family: the hub's pod routes use the one of the
+	// pod address's family as source.
+	for _, s := range append([]string{gw.String()}, nf.Gateways...) {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			continue
+		}
+		if a.Is4() {
+			opts.Gateway = a
+		} else {
+			opts.Gateway6 = a
+		}
+	}
+	d, err := samenode.Setup(opts)
 	if err != nil {
 		return err
 	}

@@ -101,6 +101,10 @@ type Reconciler struct {
 	owner6     map[netip.Prefix]netip.Prefix // IPv6 PodCIDR -> record (primary CIDR) using it (dual.go)
 	hostOwner  map[netip.Addr]netip.Prefix   // tunneled underlay address -> record using it (hostenc.go)
 	synced     chan struct{}
+	// rev is the etcd revision of the event being handled; logged with
+	// each applied change so benchmarks and operators can tie a device
+	// change to the etcd write that caused it.
+	rev int64
 
 	// peerNodes maps the public key of every applied peer to its node
 	// name, readable from other goroutines (metrics, at scrape time).
@@ -250,6 +254,7 @@ func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev 
 			}
 			bo.Reset()
 			for _, ev := range resp.Events {
+				r.rev = ev.Kv.ModRevision
 				r.handle(ev)
 				rev = ev.Kv.ModRevision
 			}
@@ -536,15 +541,15 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	if want == nil {
 		delete(r.applied, cidr)
 		r.publishPeer(have, nil)
-		r.cfg.Log.Info("peer removed", "cidr", cidr, "peer_node", have.Node, "public_key", have.PublicKey.String())
+		r.cfg.Log.Info("peer removed", "cidr", cidr, "peer_node", have.Node, "public_key", have.PublicKey.String(), "rev", r.rev)
 		return
 	}
 	if have != nil && have.PublicKey != want.PublicKey {
-		r.cfg.Log.Info("peer key rotated", "cidr", cidr, "peer_node", want.Node, "old_public_key", have.PublicKey.String(), "public_key", want.PublicKey.String())
+		r.cfg.Log.Info("peer key rotated", "cidr", cidr, "peer_node", want.Node, "old_public_key", have.PublicKey.String(), "public_key", want.PublicKey.String(), "rev", r.rev)
 	}
 	r.applied[cidr] = *want
 	r.publishPeer(have, want)
-	r.cfg.Log.Info("peer configured", "cidr", cidr, "peer_node", want.Node, "endpoint", want.Endpoint, "public_key", want.PublicKey.String())
+	r.cfg.Log.Info("peer configured", "cidr", cidr, "peer_node", want.Node, "endpoint", want.Endpoint, "public_key", want.PublicKey.String(), "rev", r.rev)
 	if want.Host.IsValid() && (have == nil || have.Host != want.Host) {
 		r.cfg.Log.Info("host encryption on towards peer: its underlay address goes through WireGuard", "peer_node", want.Node, "addr", want.Host, "table", route.HostTable)
 	}

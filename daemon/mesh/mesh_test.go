@@ -63,7 +63,7 @@ func rec(t *testing.T, node string, ep string) (record.Lease, wgtypes.Key) {
 func setup(t *testing.T) *env {
 	n, _ := netnstest.New(t, "wgd")
 	srv := etcdtest.Start(t)
-	e := &env{t: t, cli: srv.Client(t), netns: n, dev: "wgd-m1", logs: &syncBuf{}}
+	e := &env{t: t, cli: srv.Client(t), netns: n, dev: netnstest.DeviceName("wgd-m1"), logs: &syncBuf{}}
 	exe, _ := os.Executable()
 	runDir := t.TempDir()
 	cluster, _ := record.NewCluster("10.244.0.0/16", 24)

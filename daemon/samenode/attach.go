@@ -35,9 +35,12 @@ type Attachment struct {
 	ContainerID string
 	IfName      string // the pod's veth end (e.g. eth0)
 	Netns       string
-	IP          netip.Addr
-	MTU         int          // pod MTU towards other nodes (the node file's)
-	PodCIDR     netip.Prefix // this node's pods: reached at DeviceMTU
+	IP          netip.Addr // IPv4 address, if the pod has one
+	IP6         netip.Addr // IPv6 address, if the pod has one
+	MTU         int        // pod MTU towards other nodes (the node file's)
+	// This node's pods (PodCIDR of each family): reached at DeviceMTU.
+	PodCIDR  netip.Prefix
+	PodCIDR6 netip.Prefix
 }
 
 // DeviceMTU is the MTU of the pod devices and the hub. Their WireGuard
@@ -64,7 +67,7 @@ func AttachPod(a Attachment) (_ *Pod, err error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Pod{ID: a.ID, Network: a.Network, ContainerID: a.ContainerID, IfName: a.IfName, Netns: a.Netns, IP: a.IP, WGIfName: wgIf, PublicKey: resp.PublicKey, Port: resp.Port}
+	p := &Pod{ID: a.ID, Network: a.Network, ContainerID: a.ContainerID, IfName: a.IfName, Netns: a.Netns, IP: a.IP, IP6: a.IP6, WGIfName: wgIf, PublicKey: resp.PublicKey, Port: resp.Port}
 	defer func() {
 		if err != nil {
 			detach(wg, a.RunDir, a.Hub, a.ID, p)
@@ -76,18 +79,38 @@ func AttachPod(a Attachment) (_ *Pod, err error) {
 	if err := a.Hub.ApplyPod(wg, p); err != nil {
 		return nil, err
 	}
-	err = ns.WithNetNSPath(a.Netns, func(ns.NetNS) error { return podRoutes(a.IfName, wgIf, a.IP, a.PodCIDR, a.MTU) })
+	err = ns.WithNetNSPath(a.Netns, func(ns.NetNS) error {
+		if a.IP.IsValid() {
+			if err := podRoutes(a.IfName, wgIf, a.IP, a.PodCIDR, a.MTU); err != nil {
+				return err
+			}
+		}
+		if a.IP6.IsValid() {
+			if err := enableIPv6(wgIf); err != nil {
+				return err
+			}
+			if err := podRoutes(a.IfName, wgIf, a.IP6, a.PodCIDR6, a.MTU); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("same-node routes in %s: %w", a.Netns, err)
 	}
 	return p, nil
 }
 
-// podRoutes removes every IPv4 route through the veth (the connected
-// PodCIDR route included: pod-to-pod must not take the bridge) and sends
-// everything into the WireGuard device instead. With the device gone the
-// pod has no route at all: it fails closed, never in clear.
+// podRoutes removes every route of ip's family through the veth (the
+// connected PodCIDR route included: pod-to-pod must not take the bridge)
+// and sends everything of that family into the WireGuard device instead.
+// With the device gone the pod has no route at all: it fails closed, never
+// in clear.
 func podRoutes(vethName, wgIf string, ip netip.Addr, podCIDR netip.Prefix, mtu int) error {
+	family, bits, zero := netlink.FAMILY_V4, 32, net.IPv4zero.To4()
+	if ip.Is6() {
+		family, bits, zero = netlink.FAMILY_V6, 128, net.IPv6zero
+	}
 	veth, err := netlink.LinkByName(vethName)
 	if err != nil {
 		return err
@@ -98,16 +121,21 @@ func podRoutes(vethName, wgIf string, ip netip.Addr, podCIDR netip.Prefix, mtu i
 	}
 	// Keep the address on the veth (the pod's identity, what runtimes and
 	// CHECK look at) but without its prefix route.
-	addrs, err := netlink.AddrList(veth, netlink.FAMILY_V4)
+	addrs, err := netlink.AddrList(veth, family)
 	if err != nil {
 		return err
 	}
 	for _, ad := range addrs {
-		if ad.Flags&unix.IFA_F_NOPREFIXROUTE != 0 {
-			continue
+		if ad.Flags&unix.IFA_F_NOPREFIXROUTE != 0 || !ad.IP.IsGlobalUnicast() {
+			continue // done already, or link-local (never pod traffic)
 		}
 		repl := ad
 		repl.Flags |= unix.IFA_F_NOPREFIXROUTE
+		if ip.Is6() {
+			// Re-added addresses would go through DAD again and stay
+			// tentative (unusable as source) for a while.
+			repl.Flags |= unix.IFA_F_NODAD
+		}
 		repl.Label = ""
 		if err := netlink.AddrDel(veth, &ad); err != nil {
 			return fmt.Errorf("re-add %s without prefix route: %w", ad.IPNet, err)
@@ -116,22 +144,25 @@ func podRoutes(vethName, wgIf string, ip netip.Addr, podCIDR netip.Prefix, mtu i
 			return fmt.Errorf("re-add %s without prefix route: %w", ad.IPNet, err)
 		}
 	}
-	rs, err := netlink.RouteList(veth, netlink.FAMILY_V4)
+	rs, err := netlink.RouteList(veth, family)
 	if err != nil {
 		return err
 	}
 	for _, r := range rs {
+		if r.Dst != nil && r.Dst.IP.IsLinkLocalUnicast() {
+			continue // fe80::/64: link-local, no pod address is in it
+		}
 		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, syscall.ESRCH) {
 			return fmt.Errorf("delete route %s on %s: %w", r.Dst, vethName, err)
 		}
 	}
-	def := &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+	def := &net.IPNet{IP: zero, Mask: net.CIDRMask(0, bits)}
 	src := net.IP(ip.AsSlice())
 	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: wgl.Attrs().Index, Dst: def, Src: src, Scope: netlink.SCOPE_LINK, MTU: mtu}); err != nil {
 		return fmt.Errorf("default route dev %s: %w", wgIf, err)
 	}
 	if podCIDR.IsValid() {
-		local := &net.IPNet{IP: net.IP(podCIDR.Addr().AsSlice()), Mask: net.CIDRMask(podCIDR.Bits(), 32)}
+		local := &net.IPNet{IP: net.IP(podCIDR.Addr().AsSlice()), Mask: net.CIDRMask(podCIDR.Bits(), bits)}
 		if err := netlink.RouteReplace(&netlink.Route{LinkIndex: wgl.Attrs().Index, Dst: local, Src: src, Scope: netlink.SCOPE_LINK}); err != nil {
 			return fmt.Errorf("route %s dev %s: %w", podCIDR, wgIf, err)
 		}
@@ -178,7 +209,7 @@ func detach(wg *wgctrl.Client, runDir string, hub Hub, id string, p *Pod) error 
 }
 
 // CheckPod verifies, inside the pod netns, that the pod's WireGuard device
-// is up and carries the default route.
+// is up and carries the default route of each family the pod has.
 func CheckPod(p *Pod) error {
 	return ns.WithNetNSPath(p.Netns, func(ns.NetNS) error {
 		l, err := netlink.LinkByName(p.WGIfName)
@@ -188,15 +219,66 @@ func CheckPod(p *Pod) error {
 		if l.Attrs().Flags&net.FlagUp == 0 {
 			return fmt.Errorf("same-node WireGuard interface %s is down", p.WGIfName)
 		}
-		rs, err := netlink.RouteList(l, netlink.FAMILY_V4)
-		if err != nil {
-			return err
-		}
-		for _, r := range rs {
-			if r.Dst == nil || r.Dst.IP.IsUnspecified() {
-				return nil
+		for _, a := range p.Addrs() {
+			family := netlink.FAMILY_V4
+			if a.Is6() {
+				family = netlink.FAMILY_V6
+			}
+			rs, err := netlink.RouteList(l, family)
+			if err != nil {
+				return err
+			}
+			found := false
+			for _, r := range rs {
+				if r.Dst == nil || r.Dst.IP.IsUnspecified() {
+					found = true
+				}
+			}
+			if !found {
+				return fmt.Errorf("default route of %s's family via same-node WireGuard interface %s missing", a, p.WGIfName)
 			}
 		}
-		return fmt.Errorf("default route via same-node WireGuard interface %s missing", p.WGIfName)
+		return nil
 	})
+}
+
+// CheckHub verifies, in the node netns, that the hub has p as a peer with
+// AllowedIPs exactly p's /32 and /128, and routes each of them into the hub.
+func (h Hub) CheckHub(p *Pod) error {
+	wg, err := wgctrl.New()
+	if err != nil {
+		return fmt.Errorf("open wgctrl: %w", err)
+	}
+	defer wg.Close()
+	d, err := wg.Device(h.Name)
+	if err != nil {
+		return fmt.Errorf("same-node hub device %s: %w", h.Name, err)
+	}
+	found := false
+	for _, peer := range d.Peers {
+		if peer.PublicKey.String() != p.PublicKey {
+			continue
+		}
+		found = true
+		if !sameNets(peer.AllowedIPs, AllowedIPs(p)) {
+			return fmt.Errorf("same-node hub %s: peer of pod %s allows %v, want %v", h.Name, p.ID, peer.AllowedIPs, p.Addrs())
+		}
+	}
+	if !found {
+		return fmt.Errorf("same-node hub %s has no peer for pod %s", h.Name, p.ID)
+	}
+	routes, err := h.Routes()
+	if err != nil {
+		return err
+	}
+	for _, a := range p.Addrs() {
+		ok := false
+		for _, r := range routes {
+			ok = ok || r == a
+		}
+		if !ok {
+			return fmt.Errorf("same-node hub %s: route %s dev %s missing", h.Name, a, h.Name)
+		}
+	}
+	return nil
 }

@@ -55,7 +55,8 @@ type Options struct {
 	Mode     wgdev.Mode
 	StateDir string // hub key lives in <StateDir>/samenode
 	RunDir   string
-	Gateway  netip.Addr
+	Gateway  netip.Addr // this node's gateway of each family it has
+	Gateway6 netip.Addr
 	Resync   time.Duration
 	Log      *slog.Logger
 }
@@ -73,7 +74,13 @@ func Setup(o Options) (*Daemon, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	hub := Hub{Name: HubName(o.Device), Gateway: net.IP(o.Gateway.AsSlice())}
+	hub := Hub{Name: HubName(o.Device)}
+	if o.Gateway.IsValid() {
+		hub.Gateway = net.IP(o.Gateway.AsSlice())
+	}
+	if o.Gateway6.IsValid() {
+		hub.Gateway6 = net.IP(o.Gateway6.AsSlice())
+	}
 	// Pod devices send to the hub on 127.0.0.1: loopback must be up.
 	if lo, err := netlink.LinkByName("lo"); err == nil && lo.Attrs().Flags&net.FlagUp == 0 {
 		if err := netlink.LinkSetUp(lo); err != nil {
@@ -95,6 +102,13 @@ func Setup(o Options) (*Daemon, error) {
 	if err := wgdev.Configure(wg, hub.Name, priv.Key(), o.Port); err != nil {
 		wg.Close()
 		return nil, err
+	}
+	if hub.Gateway6 != nil {
+		// Routes of pods' /128s need IPv6 on the hub's interface.
+		if err := enableIPv6(hub.Name); err != nil {
+			wg.Close()
+			return nil, err
+		}
 	}
 	o.Log.Info("same-node hub ready", "device", hub.Name, "mode", dev.Mode, "adopted", dev.Adopted, "port", o.Port, "public_key", priv.Public())
 	if err := EnsureHost(o.RunDir, o.Log); err != nil {
@@ -124,8 +138,8 @@ func (d *Daemon) Run(ctx context.Context) {
 	}
 }
 
-// Sync makes the hub match the registry: a peer and a /32 route per
-// registered pod, nothing else; and drops pod devices that have no
+// Sync makes the hub match the registry: a peer (AllowedIPs exactly the
+// pod's /32 and /128) and a route per pod address, nothing else; and drops pod devices that have no
 // registration (an ADD killed half-way, a DEL that never came and a GC
 // that removed the file). Returns what it changed, for tests and logs.
 func (d *Daemon) Sync() (added, removed int) {
@@ -141,7 +155,10 @@ func (d *Daemon) Sync() (added, removed int) {
 		if err != nil {
 			continue
 		}
-		want[k], wantIP[p.IP], ids[p.ID] = p, true, true
+		want[k], ids[p.ID] = p, true
+		for _, a := range p.Addrs() {
+			wantIP[a] = true
+		}
 	}
 	dev, err := d.wg.Device(d.hub.Name)
 	if err != nil {
@@ -160,14 +177,16 @@ func (d *Daemon) Sync() (added, removed int) {
 			}
 			continue
 		}
-		if len(peer.AllowedIPs) == 1 && peer.AllowedIPs[0].String() == p.IP.String()+"/32" && peer.Endpoint != nil && peer.Endpoint.Port == p.Port {
+		if sameNets(peer.AllowedIPs, AllowedIPs(p)) && peer.Endpoint != nil && peer.Endpoint.Port == p.Port {
 			have[peer.PublicKey] = true
 		}
 	}
 	for k, p := range want {
 		if have[k] {
-			if err := d.hub.ensureRoute(p.IP); err != nil {
-				d.o.Log.Error("same-node route", "pod", p.ID, "err", err)
+			for _, a := range p.Addrs() {
+				if err := d.hub.ensureRoute(a); err != nil {
+					d.o.Log.Error("same-node route", "pod", p.ID, "ip", a, "err", err)
+				}
 			}
 			continue
 		}
@@ -176,7 +195,7 @@ func (d *Daemon) Sync() (added, removed int) {
 			continue
 		}
 		added++
-		d.o.Log.Info("hub peer added", "pod", p.ID, "ip", p.IP)
+		d.o.Log.Info("hub peer added", "pod", p.ID, "ips", p.Addrs())
 	}
 	if routes, err := d.hub.Routes(); err == nil {
 		for _, ip := range routes {
@@ -201,6 +220,37 @@ func (d *Daemon) Sync() (added, removed int) {
 		}
 	}
 	return added, removed
+}
+
+// sameNets reports whether a and b hold the same prefixes, in any order.
+func sameNets(a, b []net.IPNet) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	seen := map[string]int{}
+	for _, n := range a {
+		seen[n.String()]++
+	}
+	for _, n := range b {
+		if seen[n.String()] == 0 {
+			return false
+		}
+		seen[n.String()]--
+	}
+	return true
+}
+
+// enableIPv6 turns IPv6 on for interface name in the calling thread's
+// netns (a new interface may inherit disable_ipv6=1).
+func enableIPv6(name string) error {
+	path := "/proc/sys/net/ipv6/conf/" + name + "/disable_ipv6"
+	if b, err := os.ReadFile(path); err == nil && len(b) > 0 && b[0] == '0' {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte("0"), 0o644); err != nil {
+		return fmt.Errorf("enable IPv6 on %s: %w", name, err)
+	}
+	return nil
 }
 
 // EnsureHost starts the pod device host unless one answers on its socket.

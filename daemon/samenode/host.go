@@ -228,7 +228,7 @@ func (h *host) add(req Request) (*Response, error) {
 	}
 	// Back on a node-netns thread: the socket the device binds lives in the
 	// node netns, the peer (hub) is on loopback.
-	cfg := fmt.Sprintf("private_key=%s\nlisten_port=0\nreplace_peers=true\npublic_key=%s\nendpoint=127.0.0.1:%d\nreplace_allowed_ips=true\nallowed_ip=0.0.0.0/0\n",
+	cfg := fmt.Sprintf("private_key=%s\nlisten_port=0\nreplace_peers=true\npublic_key=%s\nendpoint=127.0.0.1:%d\nreplace_allowed_ips=true\nallowed_ip=0.0.0.0/0\nallowed_ip=::/0\n",
 		hex.EncodeToString(priv[:]), hex.EncodeToString(hubKey[:]), req.HubPort)
 	if err := dev.Up(); err != nil {
 		dev.Close()

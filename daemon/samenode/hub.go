@@ -30,8 +30,32 @@ func DefaultHubPort(listenPort int) int { return listenPort + 1 }
 
 // Hub is what the plugin and the daemon need to change the hub.
 type Hub struct {
-	Name    string
-	Gateway net.IP // source of host -> pod packets (the bridge's gateway IP)
+	Name string
+	// Gateway and Gateway6 (the bridge's gateway of each family) are the
+	// sources of host -> pod packets; nil when the node lacks the family.
+	Gateway  net.IP
+	Gateway6 net.IP
+}
+
+// gateway is the route source for pod address ip.
+func (h Hub) gateway(ip netip.Addr) (net.IP, error) {
+	gw := h.Gateway
+	if ip.Is6() {
+		gw = h.Gateway6
+	}
+	if gw == nil {
+		return nil, fmt.Errorf("same-node hub %s: no gateway of %s's family on this node", h.Name, ip)
+	}
+	return gw, nil
+}
+
+// AllowedIPs is what the hub accepts from pod p: exactly its /32 and /128.
+func AllowedIPs(p *Pod) []net.IPNet {
+	var out []net.IPNet
+	for _, a := range p.Addrs() {
+		out = append(out, hostNet(a))
+	}
+	return out
 }
 
 // Info reads the hub's public key and port.
@@ -46,9 +70,9 @@ func (h Hub) Info(wg *wgctrl.Client) (wgtypes.Key, int, error) {
 	return d.PublicKey, d.ListenPort, nil
 }
 
-// ApplyPod makes p a peer of the hub (AllowedIPs exactly p's /32, endpoint
-// its loopback port) and routes p's /32 into the hub, so the node sends
-// nothing to p in plain text over the bridge.
+// ApplyPod makes p a peer of the hub (AllowedIPs exactly p's /32 and /128,
+// endpoint its loopback port) and routes each of p's addresses into the
+// hub, so the node sends nothing to p in plain text over the bridge.
 func (h Hub) ApplyPod(wg *wgctrl.Client, p *Pod) error {
 	key, err := wgtypes.ParseKey(p.PublicKey)
 	if err != nil {
@@ -58,15 +82,20 @@ func (h Hub) ApplyPod(wg *wgctrl.Client, p *Pod) error {
 		PublicKey:         key,
 		Endpoint:          &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p.Port},
 		ReplaceAllowedIPs: true,
-		AllowedIPs:        []net.IPNet{hostNet(p.IP)},
+		AllowedIPs:        AllowedIPs(p),
 	}}})
 	if err != nil {
-		return fmt.Errorf("add pod %s (%s) as peer of hub %s: %w", p.ID, p.IP, h.Name, err)
+		return fmt.Errorf("add pod %s (%v) as peer of hub %s: %w", p.ID, p.Addrs(), h.Name, err)
 	}
-	return h.ensureRoute(p.IP)
+	for _, a := range p.Addrs() {
+		if err := h.ensureRoute(a); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// RemovePod removes p's peer and /32 route; missing ones are fine.
+// RemovePod removes p's peer and its /32 and /128 routes; missing ones are fine.
 func (h Hub) RemovePod(wg *wgctrl.Client, p *Pod) error {
 	var errs []error
 	if key, err := wgtypes.ParseKey(p.PublicKey); err == nil {
@@ -74,8 +103,10 @@ func (h Hub) RemovePod(wg *wgctrl.Client, p *Pod) error {
 			errs = append(errs, fmt.Errorf("remove pod %s from hub %s: %w", p.ID, h.Name, err))
 		}
 	}
-	if err := h.deleteRoute(p.IP); err != nil {
-		errs = append(errs, err)
+	for _, a := range p.Addrs() {
+		if err := h.deleteRoute(a); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -93,8 +124,12 @@ func (h Hub) ensureRoute(ip netip.Addr) error {
 	if err != nil {
 		return err
 	}
+	gw, err := h.gateway(ip)
+	if err != nil {
+		return err
+	}
 	dst := hostNet(ip)
-	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &dst, Src: h.Gateway, Scope: netlink.SCOPE_LINK, Protocol: RouteProto}
+	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &dst, Src: gw, Scope: netlink.SCOPE_LINK, Protocol: RouteProto}
 	if err := netlink.RouteReplace(r); err != nil {
 		return fmt.Errorf("route %s dev %s: %w", ip, h.Name, err)
 	}
@@ -107,20 +142,22 @@ func (h Hub) deleteRoute(ip netip.Addr) error {
 		return nil // no hub, no route through it
 	}
 	dst := hostNet(ip)
-	err = netlink.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: &dst, Protocol: RouteProto})
+	// The scope must be the one installed: IPv4 deletes match on it, and
+	// a mismatch is ESRCH, silently leaving the route behind.
+	err = netlink.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: &dst, Scope: netlink.SCOPE_LINK, Protocol: RouteProto})
 	if err != nil && !errors.Is(err, syscall.ESRCH) && !errors.Is(err, syscall.ENOENT) {
 		return fmt.Errorf("delete route %s dev %s: %w", ip, h.Name, err)
 	}
 	return nil
 }
 
-// Routes returns the /32 pod routes through the hub.
+// Routes returns the /32 and /128 pod routes through the hub.
 func (h Hub) Routes() ([]netip.Addr, error) {
 	l, err := h.link()
 	if err != nil {
 		return nil, err
 	}
-	rs, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: l.Attrs().Index, Protocol: RouteProto}, netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+	rs, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: l.Attrs().Index, Protocol: RouteProto}, netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		return nil, fmt.Errorf("list routes of hub %s: %w", h.Name, err)
 	}
@@ -129,12 +166,15 @@ func (h Hub) Routes() ([]netip.Addr, error) {
 		if r.Dst == nil {
 			continue
 		}
-		if ones, _ := r.Dst.Mask.Size(); ones != 32 {
+		a, ok := netip.AddrFromSlice(r.Dst.IP)
+		if !ok {
 			continue
 		}
-		if a, ok := netip.AddrFromSlice(r.Dst.IP.To4()); ok {
-			out = append(out, a)
+		a = a.Unmap()
+		if ones, bits := r.Dst.Mask.Size(); ones != a.BitLen() || bits != a.BitLen() {
+			continue
 		}
+		out = append(out, a)
 	}
 	return out, nil
 }

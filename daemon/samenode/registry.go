@@ -31,17 +31,32 @@ import (
 type Pod struct {
 	// ID identifies the attachment; the plugin uses the host veth name
 	// (deterministic from network, container ID and ifname).
-	ID          string     `json:"id"`
-	Network     string     `json:"network"`
-	ContainerID string     `json:"containerID"`
-	IfName      string     `json:"ifName"`
-	Netns       string     `json:"netns"`
-	IP          netip.Addr `json:"ip"`
+	ID          string `json:"id"`
+	Network     string `json:"network"`
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+	Netns       string `json:"netns"`
+	// IP is the pod's IPv4 address, IP6 its IPv6 address; a pod has one
+	// or both (IPv4-only, IPv6-only, dual-stack). The hub peer's AllowedIPs
+	// are exactly these as /32 and /128.
+	IP  netip.Addr `json:"ip,omitzero"`
+	IP6 netip.Addr `json:"ip6,omitzero"`
 	// WGIfName is the pod's WireGuard interface inside its netns.
 	WGIfName  string `json:"wgIfName"`
 	PublicKey string `json:"publicKey"`
 	// Port is the pod device's UDP port in the node netns (on loopback).
 	Port int `json:"port"`
+}
+
+// Addrs lists the pod's addresses, IPv4 first.
+func (p *Pod) Addrs() []netip.Addr {
+	var out []netip.Addr
+	for _, a := range []netip.Addr{p.IP, p.IP6} {
+		if a.IsValid() {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // Dir is where registrations live.
@@ -61,8 +76,14 @@ func (p *Pod) Validate() error {
 	if err := validID(p.ID); err != nil {
 		return err
 	}
-	if !p.IP.Is4() {
+	if p.IP.IsValid() && !p.IP.Is4() {
 		return fmt.Errorf("same-node registration %s: field ip %q is not an IPv4 address", p.ID, p.IP)
+	}
+	if p.IP6.IsValid() && (!p.IP6.Is6() || p.IP6.Is4In6()) {
+		return fmt.Errorf("same-node registration %s: field ip6 %q is not an IPv6 address", p.ID, p.IP6)
+	}
+	if !p.IP.IsValid() && !p.IP6.IsValid() {
+		return fmt.Errorf("same-node registration %s: fields ip and ip6 are both empty", p.ID)
 	}
 	if p.PublicKey == "" {
 		return fmt.Errorf("same-node registration %s: field publicKey is empty", p.ID)

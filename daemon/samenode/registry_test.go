@@ -62,3 +62,56 @@ func TestNames(t *testing.T) {
 		t.Errorf("WGIfName too long: %q", got)
 	}
 }
+
+func TestRegistryFamilies(t *testing.T) {
+	dir := t.TempDir()
+	base := Pod{ID: "wgv0123456789ab", Network: "wgcni", ContainerID: "c1", IfName: "eth0", Netns: "/run/netns/x",
+		WGIfName: "wg-eth0", PublicKey: "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28=", Port: 40000}
+	v4, v6 := netip.MustParseAddr("10.244.1.5"), netip.MustParseAddr("fd00:244:0:1::5")
+	for _, tc := range []struct {
+		name    string
+		ip, ip6 netip.Addr
+		allowed []string
+		bad     string
+	}{
+		{name: "dual", ip: v4, ip6: v6, allowed: []string{"10.244.1.5/32", "fd00:244:0:1::5/128"}},
+		{name: "v6 only", ip6: v6, allowed: []string{"fd00:244:0:1::5/128"}},
+		{name: "v4 only", ip: v4, allowed: []string{"10.244.1.5/32"}},
+		{name: "none", bad: "both empty"},
+		{name: "v6 in ip", ip: v6, bad: "field ip "},
+		{name: "v4 in ip6", ip: v4, ip6: v4, bad: "field ip6"},
+		{name: "mapped v4 in ip6", ip6: netip.MustParseAddr("::ffff:10.244.1.5"), bad: "field ip6"},
+	} {
+		p := base
+		p.IP, p.IP6 = tc.ip, tc.ip6
+		err := Register(dir, &p)
+		if tc.bad != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.bad) {
+				t.Errorf("%s: Register = %v, want error naming %q", tc.name, err, tc.bad)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		got, err := Load(dir, p.ID)
+		if err != nil || got == nil || *got != p {
+			t.Fatalf("%s: Load = %+v, %v; want %+v", tc.name, got, err, p)
+		}
+		var nets []string
+		for _, n := range AllowedIPs(got) {
+			nets = append(nets, n.String())
+		}
+		if strings.Join(nets, " ") != strings.Join(tc.allowed, " ") {
+			t.Errorf("%s: AllowedIPs = %v, want %v", tc.name, nets, tc.allowed)
+		}
+	}
+	// A registration written before IPv6 support (no ip6 field) still loads.
+	old := `{"id":"wgvold","network":"wgcni","containerID":"c","ifName":"eth0","netns":"/x","ip":"10.244.1.9","wgIfName":"wg-eth0","publicKey":"aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28=","port":4}`
+	if err := os.WriteFile(filepath.Join(Dir(dir), "wgvold.json"), []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := Load(dir, "wgvold"); err != nil || p.IP6.IsValid() || len(p.Addrs()) != 1 {
+		t.Fatalf("old registration: %+v %v", p, err)
+	}
+}

@@ -38,6 +38,13 @@ func createUserspace(o Options) (*Device, error) {
 	exe, args := o.Exe, o.Args
 	if exe == "" {
 		exe, args = "/proc/self/exe", []string{"userspace-device"}
+		// Exec'd as /proc/self/exe the host would be called "exe" in ps,
+		// top and perf; the resolved path keeps the name wgcnid.
+		if p, err := os.Executable(); err == nil {
+			if _, err := os.Stat(p); err == nil {
+				exe = p
+			}
+		}
 	}
 	if err := os.MkdirAll(o.RunDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create run dir %s: %w", o.RunDir, err)
@@ -108,9 +115,11 @@ func RunHost(args []string, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	ready := os.NewFile(3, "ready")
-	if _, err := unix.FcntlInt(3, unix.F_GETFD, 0); err != nil {
-		ready = nil
+	// Wrap fd 3 only if it is open: an *os.File for a closed fd would,
+	// once garbage collected, close whatever file (the TUN) got fd 3 later.
+	var ready *os.File
+	if _, err := unix.FcntlInt(3, unix.F_GETFD, 0); err == nil {
+		ready = os.NewFile(3, "ready")
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil)).With("device", *name, "pid", os.Getpid())
 	fail := func(err error) int {

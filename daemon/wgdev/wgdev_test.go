@@ -89,7 +89,7 @@ func TestKernelModeFailsClearly(t *testing.T) {
 
 func TestAutoFallsBackToUserspaceAndIsAdopted(t *testing.T) {
 	n, _ := netnstest.New(t, "wgd")
-	const name = "wgd-u1"
+	name := netnstest.DeviceName("wgd-u1")
 	o := testOptions(t, name, Auto)
 	t.Cleanup(func() { n.Do(func(ns.NetNS) error { return Remove(o.RunDir, name, o.Log) }) })
 	key, _ := wgtypes.GeneratePrivateKey()

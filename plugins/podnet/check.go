@@ -81,7 +81,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	}
 	defer podNS.Close()
 	routes := prev.Routes
-	if sn, err := checkSameNode(conf, args); err != nil {
+	if sn, err := checkSameNode(conf, args, node, podIPs); err != nil {
 		return fmt.Errorf("wgcni CHECK: %w", err)
 	} else if sn {
 		routes = nil // they go through the pod's WireGuard device, checked above

@@ -16,10 +16,14 @@ import (
 )
 
 func hubOf(n *nodefile.Node) samenode.Hub {
-	gw, _ := n.GatewayNet()
 	h := samenode.Hub{Name: samenode.HubName(n.Device)}
-	if gw != nil {
-		h.Gateway = gw.IP
+	fams, _ := n.Families()
+	for _, f := range fams {
+		if f.Is6() {
+			h.Gateway6 = f.Gateway.IP
+		} else {
+			h.Gateway = f.Gateway.IP.To4()
+		}
 	}
 	return h
 }
@@ -28,42 +32,57 @@ func hubOf(n *nodefile.Node) samenode.Hub {
 // WireGuard device peered with the node hub, and records the device in the
 // result (the default route now has no gateway: it goes into the device).
 func (p *Plugin) attachSameNode(node *nodefile.Node, conf *netconf.NetConf, args *skel.CmdArgs, id string, result *current.Result, mtu int) error {
-	var ip netip.Addr
+	var ip, ip6 netip.Addr
 	for _, ipc := range result.IPs {
-		if ipc.Address.IP.To4() == nil {
-			// The per-pod devices and the hub carry IPv4 only: an IPv6
-			// address would talk to same-node pods in clear over the
-			// bridge. Refuse rather than leak (docs/ipv6.md).
-			return types.NewError(types.ErrInvalidNetworkConfig, "wgcni: same-node encryption covers IPv4 only; this node's pods have IPv6 addresses ("+ipc.Address.String()+"), which would cross the bridge unencrypted", "turn off same-node encryption or use an IPv4-only cluster CIDR")
+		a, ok := netip.AddrFromSlice(ipc.Address.IP)
+		if !ok {
+			continue
 		}
-	}
-	for _, ipc := range result.IPs {
-		if a, ok := netip.AddrFromSlice(ipc.Address.IP.To4()); ok && ipc.Address.IP.To4() != nil {
+		if a = a.Unmap(); a.Is4() && !ip.IsValid() {
 			ip = a
-			break
+		} else if a.Is6() && !ip6.IsValid() {
+			ip6 = a
 		}
 	}
-	if !ip.IsValid() {
-		return fmt.Errorf("wgcni: same-node encryption needs an IPv4 pod address")
+	if !ip.IsValid() && !ip6.IsValid() {
+		return fmt.Errorf("wgcni: same-node encryption needs a pod address")
 	}
-	podCIDR, _ := netip.ParsePrefix(node.PodCIDR)
+	var podCIDR, podCIDR6 netip.Prefix
+	fams, _ := node.Families()
+	for _, f := range fams {
+		ones, _ := f.Pod.Mask.Size()
+		a, _ := netip.AddrFromSlice(f.Pod.IP)
+		if f.Is6() {
+			podCIDR6 = netip.PrefixFrom(a, ones)
+		} else {
+			podCIDR = netip.PrefixFrom(a.Unmap(), ones)
+		}
+	}
 	pod, err := samenode.AttachPod(samenode.Attachment{
-		PodCIDR: podCIDR,
-		RunDir:  conf.RunDir, Hub: hubOf(node), ID: id, Network: conf.Name, ContainerID: args.ContainerID,
+		PodCIDR: podCIDR, PodCIDR6: podCIDR6, IP6: ip6,
+		RunDir: conf.RunDir, Hub: hubOf(node), ID: id, Network: conf.Name, ContainerID: args.ContainerID,
 		IfName: args.IfName, Netns: args.Netns, IP: ip, MTU: mtu,
 	})
 	if err != nil {
 		return fmt.Errorf("wgcni: same-node encryption: %w", err)
 	}
 	result.Interfaces = append(result.Interfaces, &current.Interface{Name: pod.WGIfName, Sandbox: args.Netns})
+	// The default route of each family the pod has now goes into the
+	// device (no gateway).
 	var routes []*types.Route
 	for _, r := range result.Routes {
-		if ones, _ := r.Dst.Mask.Size(); ones == 0 && r.Dst.IP.To4() != nil {
+		if ones, _ := r.Dst.Mask.Size(); ones == 0 && ((r.Dst.IP.To4() != nil && ip.IsValid()) || (r.Dst.IP.To4() == nil && ip6.IsValid())) {
 			continue
 		}
 		routes = append(routes, r)
 	}
-	result.Routes = append(routes, &types.Route{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}})
+	if ip.IsValid() {
+		routes = append(routes, &types.Route{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}})
+	}
+	if ip6.IsValid() {
+		routes = append(routes, &types.Route{Dst: net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}})
+	}
+	result.Routes = routes
 	return nil
 }
 
@@ -112,8 +131,11 @@ func (p *Plugin) gcSameNode(conf *netconf.NetConf, valid map[veth.Attachment]boo
 	return errs
 }
 
-// checkSameNode is CHECK's part for a pod with a same-node device.
-func checkSameNode(conf *netconf.NetConf, args *skel.CmdArgs) (bool, error) {
+// checkSameNode is CHECK's part for a pod with a same-node device: the
+// registration holds the addresses CHECK was given, the pod device carries
+// each family's default route, the hub has the pod's /32 and /128 as peer
+// and routes.
+func checkSameNode(conf *netconf.NetConf, args *skel.CmdArgs, node *nodefile.Node, podIPs []*current.IPConfig) (bool, error) {
 	pod, err := samenode.Load(conf.RunDir, veth.HostName(attachment(conf, args)))
 	if err != nil {
 		return true, err
@@ -121,5 +143,14 @@ func checkSameNode(conf *netconf.NetConf, args *skel.CmdArgs) (bool, error) {
 	if pod == nil {
 		return false, nil
 	}
-	return true, samenode.CheckPod(pod)
+	for _, ipc := range podIPs {
+		a, ok := netip.AddrFromSlice(ipc.Address.IP)
+		if a = a.Unmap(); !ok || (a != pod.IP && a != pod.IP6) {
+			return true, fmt.Errorf("same-node registration %s has %v, not prevResult's %s", pod.ID, pod.Addrs(), ipc.Address.IP)
+		}
+	}
+	if err := samenode.CheckPod(pod); err != nil {
+		return true, err
+	}
+	return true, hubOf(node).CheckHub(pod)
 }

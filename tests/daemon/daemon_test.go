@@ -123,7 +123,7 @@ func (l *lab) etcdctl(args ...string) string {
 func (l *lab) addNode(i int, autoEndpoint bool) *node {
 	t := l.t
 	n := &node{
-		name: fmt.Sprintf("n%d", i), ns: fmt.Sprintf("wgd-%s-n%d", l.id, i), dev: fmt.Sprintf("wgd-n%d", i),
+		name: fmt.Sprintf("n%d", i), ns: fmt.Sprintf("wgd-%s-n%d", l.id, i), dev: fmt.Sprintf("wgd%s-%d", l.id[:min(4, len(l.id))], i),
 		ip:    fmt.Sprintf("10.99.0.%d", i),
 		state: filepath.Join(l.dir, fmt.Sprintf("n%d", i), "state"), run: filepath.Join(l.dir, fmt.Sprintf("n%d", i), "run"),
 	}

@@ -80,7 +80,7 @@ func transfer(t *testing.T, from, to harness.NS, addr netip.Addr, what string) {
 // sniff captures on the node's bridge, the two pods' host veths and the
 // node's loopback while traffic runs, and returns the reports of the three
 // wire interfaces and of loopback.
-func sniff(t *testing.T, n *harness.Node, a, b *harness.Pod, traffic func()) (wire []*capture.Report, lo *capture.Report) {
+func sniff(t *testing.T, cls *capture.Classifier, n *harness.Node, a, b *harness.Pod, traffic func()) (wire []*capture.Report, lo *capture.Report) {
 	t.Helper()
 	nf, err := n.NodeFile()
 	if err != nil {
@@ -91,7 +91,7 @@ func sniff(t *testing.T, n *harness.Node, a, b *harness.Pod, traffic func()) (wi
 	for _, ifn := range ifs {
 		// Keep every plaintext packet (up to the capture's cap) so each
 		// one can be judged below.
-		c, err := capture.Start(n.Path(), ifn, classifier(), capture.Options{Samples: 1000})
+		c, err := capture.Start(n.Path(), ifn, cls, capture.Options{Samples: 1000})
 		if err != nil {
 			t.Fatalf("capture on %s: %v", ifn, err)
 		}
@@ -167,7 +167,7 @@ func TestSameNodeEncryption(t *testing.T) {
 	a, b, x, y := pods[0], pods[1], pods[2], pods[3]
 
 	t.Run("on: only WireGuard on bridge and veths", func(t *testing.T) {
-		wire, lo := sniff(t, on, a, b, func() {
+		wire, lo := sniff(t, classifier(), on, a, b, func() {
 			connect(t, a.NS, b.IP, "same-node ping a->b (option on)")
 			connect(t, b.NS, a.IP, "same-node ping b->a (option on)")
 			transfer(t, a.NS, b.NS, b.IP, "same-node TCP a->b (option on)")
@@ -191,7 +191,7 @@ func TestSameNodeEncryption(t *testing.T) {
 	})
 
 	t.Run("off: the same capture sees the plaintext", func(t *testing.T) {
-		wire, _ := sniff(t, off, x, y, func() {
+		wire, _ := sniff(t, classifier(), off, x, y, func() {
 			connect(t, x.NS, y.IP, "same-node ping x->y (option off)")
 			transfer(t, x.NS, y.NS, y.IP, "same-node TCP x->y (option off)")
 			connect(t, off.NS, x.IP, "node -> its pod (option off)")
