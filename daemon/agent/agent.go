@@ -27,6 +27,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/metrics"
 	"github.com/wgcni/wgcni/daemon/nodefile"
 	"github.com/wgcni/wgcni/daemon/record"
+	"github.com/wgcni/wgcni/daemon/route"
 	"github.com/wgcni/wgcni/daemon/samenode"
 	"github.com/wgcni/wgcni/daemon/wgdev"
 	"github.com/wgcni/wgcni/plugins/antispoof"
@@ -123,12 +124,19 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 
+	hostEnc, err := setupHostEncryption(ctx, cfg, wg, endpoint, log)
+	if err != nil {
+		return err
+	}
+
 	// 6. PodCIDR lease.
 	self := record.Lease{
 		Node:      cfg.NodeName,
 		PublicKey: priv.Public(),
 		Endpoint:  netip.AddrPortFrom(endpoint, uint16(cfg.ListenPort)),
 		Keepalive: int(cfg.Keepalive / time.Second),
+
+		HostEncryption: hostEnc.On,
 	}
 	acq := &lease.Acquirer{Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Node: cfg.NodeName, TTL: cfg.LeaseTTL, Log: log,
 		Preferred6: lease.LoadRemembered6(cfg.StateDir)}
@@ -150,7 +158,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	keeper := lease.NewKeeper(acq, self, held)
 	go keeper.Run(ctx)
-	followEndpoint(ctx, cfg, keeper, endpoint, log)
+	if hostEnc.On {
+		// Host routes carry the endpoint as their source; a moving
+		// endpoint would strand them (restart the daemon instead).
+		log.Info("host encryption: the endpoint is not followed; restart wgcnid after the underlay address changes", "endpoint", endpoint)
+	} else {
+		followEndpoint(ctx, cfg, keeper, endpoint, log)
+	}
 	rot := &rotator{cfg: cfg, log: log, cli: cli, wg: wg, keeper: keeper, self: self}
 	go rot.run(ctx)
 
@@ -183,7 +197,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, SelfKey: priv.Public(), OwnCIDR: held.CIDR,
 		Gateway: gw, Gateway6: gw6, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
 		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck, Observe: om.observe,
-		Keepalive: int(cfg.Keepalive / time.Second),
+		Keepalive:      int(cfg.Keepalive / time.Second),
+		HostEncryption: hostEnc.On, HostSrc: endpoint, NoTunnel: hostEnc.NoTunnel,
 	})
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(dev.Mode), WG: wg, PodCIDR: held.CIDR,
@@ -258,6 +273,9 @@ func Cleanup(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		log.Warn("could not delete own etcd record; it expires with its lease", "err", err)
 	}
 	errs = append(errs, removeRoutesAll(cfg.Cluster)...)
+	if err := route.RemoveHost(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := wgdev.Remove(cfg.RunDir, cfg.Device, log); err != nil {
 		errs = append(errs, err)
 	}

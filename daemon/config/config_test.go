@@ -69,6 +69,7 @@ func TestValidationNamesFlag(t *testing.T) {
 		{[]string{"--etcd-prefix", "wgcni"}, "--etcd-prefix"},
 		{[]string{"--node-name", "bad name"}, "--node-name"},
 		{[]string{"--etcd-certfile", "c.pem"}, "--etcd-keyfile"},
+		{[]string{"--host-encryption", "--host-only"}, "--host-encryption"},
 	} {
 		_, err := Parse("wgcnid", append([]string{"--node-name", "n1"}, c.args...), io.Discard)
 		if err == nil || !strings.Contains(err.Error(), c.flag) {

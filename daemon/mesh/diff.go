@@ -20,6 +20,12 @@ type Peer struct {
 	PublicKey wgtypes.Key
 	Endpoint  netip.AddrPort
 	Keepalive int // seconds, 0 = off
+	// Host is the peer's underlay address when both nodes use host
+	// encryption (hostenc.go): it is then allowed (the one exception to
+	// "exactly the PodCIDR") and routed in route.HostTable with HostSrc,
+	// this node's underlay address, as source. Invalid = off.
+	Host    netip.Addr
+	HostSrc netip.Addr
 }
 
 // Plan is what must change on the device and in the routing table. Apply
@@ -52,6 +58,9 @@ func (p Peer) allowed() []net.IPNet {
 	if p.CIDR6.IsValid() {
 		out = append(out, toIPNet(p.CIDR6))
 	}
+	if p.Host.IsValid() {
+		out = append(out, toIPNet(p.hostPrefix()))
+	}
 	return out
 }
 
@@ -61,6 +70,9 @@ func (p Peer) routes(link int, srcs []netip.Addr) []route.Peer {
 	out := []route.Peer{{Dst: p.CIDR, LinkIndex: link, Src: srcFor(p.CIDR, srcs)}}
 	if p.CIDR6.IsValid() {
 		out = append(out, route.Peer{Dst: p.CIDR6, LinkIndex: link, Src: srcFor(p.CIDR6, srcs)})
+	}
+	if p.Host.IsValid() {
+		out = append(out, route.HostRoute(p.Host, link, p.HostSrc))
 	}
 	return out
 }
@@ -90,7 +102,7 @@ func matches(have wgtypes.Peer, want Peer) bool {
 		if !ok {
 			return false
 		}
-		if p := netip.PrefixFrom(ip.Unmap(), ones); p != want.CIDR && p != want.CIDR6 {
+		if p := netip.PrefixFrom(ip.Unmap(), ones); p != want.CIDR && p != want.CIDR6 && (!want.Host.IsValid() || p != want.hostPrefix()) {
 			return false
 		}
 	}
@@ -141,6 +153,9 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 		if d.CIDR6.IsValid() {
 			wanted[d.CIDR6] = true
 		}
+		if d.Host.IsValid() {
+			wanted[d.hostPrefix()] = true
+		}
 	}
 	for _, dst := range sortedKeys(routes) {
 		if !wanted[dst] {
@@ -170,6 +185,11 @@ func DiffOne(have, want *Peer, link int, src ...netip.Addr) Plan {
 			// The peer's IPv6 PodCIDR changed or went: its old route must
 			// not keep pointing into the tunnel.
 			plan.RouteDel = append(plan.RouteDel, route.Peer{Dst: have.CIDR6, LinkIndex: link, Src: srcFor(have.CIDR6, src)})
+		}
+		if have.Host.IsValid() && have.Host != want.Host {
+			// Host encryption went off for this peer (or its address
+			// moved): its underlay address must leave the tunnel table.
+			plan.RouteDel = append(plan.RouteDel, route.HostRoute(have.Host, link, have.HostSrc))
 		}
 		if have.PublicKey != want.PublicKey {
 			plan.Peers = append(plan.Peers, wgtypes.PeerConfig{PublicKey: have.PublicKey, Remove: true})

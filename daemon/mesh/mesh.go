@@ -62,6 +62,13 @@ type Config struct {
 	// alive towards every peer (a node behind NAT holds its mapping
 	// open); see effectiveKeepalive.
 	Keepalive int
+	// HostEncryption: tunnel traffic to peers' underlay addresses when
+	// they advertise it too (hostenc.go), with HostSrc (this node's
+	// underlay address) as source; never to the NoTunnel addresses (the
+	// etcd endpoints).
+	HostEncryption bool
+	HostSrc        netip.Addr
+	NoTunnel       []netip.Addr
 }
 
 // Stats are counters for operators and metrics.
@@ -92,6 +99,7 @@ type Reconciler struct {
 	dirty      map[netip.Prefix]bool         // failed applies to retry
 	hostRanges map[netip.Prefix]bool         // reserved host blocks (hosts.go)
 	owner6     map[netip.Prefix]netip.Prefix // IPv6 PodCIDR -> record (primary CIDR) using it (dual.go)
+	hostOwner  map[netip.Addr]netip.Prefix   // tunneled underlay address -> record using it (hostenc.go)
 	synced     chan struct{}
 	// rev is the etcd revision of the event being handled; logged with
 	// each applied change so benchmarks and operators can tie a device
@@ -175,6 +183,7 @@ func (r *Reconciler) reset() {
 	r.dirty = map[netip.Prefix]bool{}
 	r.hostRanges = map[netip.Prefix]bool{}
 	r.owner6 = map[netip.Prefix]netip.Prefix{}
+	r.hostOwner = map[netip.Addr]netip.Prefix{}
 }
 
 // Run reconciles until ctx ends.
@@ -324,6 +333,9 @@ func (r *Reconciler) kernelResync() (err error) {
 	if err != nil {
 		return err
 	}
+	if err := oursHostTable(routes); err != nil {
+		return err
+	}
 	// Only routes through our device are ours to manage here; the strict
 	// route is listed separately.
 	for dst, rt := range routes {
@@ -465,6 +477,9 @@ func (r *Reconciler) resolve(cidr netip.Prefix, apply bool) {
 		delete(r.keyOwner, prev.PublicKey)
 	}
 	r.release6(cidr, prev)
+	if hadPrev && prev.Host.IsValid() && r.hostOwner[prev.Host] == cidr {
+		delete(r.hostOwner, prev.Host)
+	}
 	delete(r.active, cidr)
 	delete(r.conflicted, cidr)
 	if l, ok := r.records[cidr]; ok {
@@ -477,6 +492,10 @@ func (r *Reconciler) resolve(cidr netip.Prefix, apply bool) {
 			r.conflicted[cidr] = true
 			r.skip(record.SubnetKey(r.cfg.Prefix, cidr), err)
 		} else {
+			if want.Host = r.hostFor(cidr, l); want.Host.IsValid() {
+				want.HostSrc = r.cfg.HostSrc
+				r.hostOwner[want.Host] = cidr
+			}
 			r.active[cidr] = want
 			r.keyOwner[want.PublicKey] = cidr
 		}
@@ -531,6 +550,9 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	r.applied[cidr] = *want
 	r.publishPeer(have, want)
 	r.cfg.Log.Info("peer configured", "cidr", cidr, "peer_node", want.Node, "endpoint", want.Endpoint, "public_key", want.PublicKey.String(), "rev", r.rev)
+	if want.Host.IsValid() && (have == nil || have.Host != want.Host) {
+		r.cfg.Log.Info("host encryption on towards peer: its underlay address goes through WireGuard", "peer_node", want.Node, "addr", want.Host, "table", route.HostTable)
+	}
 	if have != nil && have.PublicKey != want.PublicKey && want.Keepalive == 0 {
 		r.handshakeNow(*want)
 	}

@@ -151,6 +151,10 @@ type Subnet struct {
 	// PodCIDRv6 is the node's IPv6 PodCIDR in a dual-stack cluster, held
 	// together with the key's IPv4 CIDR (dual.go); omitted otherwise.
 	PodCIDRv6 string `json:"podCIDRv6,omitempty"`
+	// HostEncryption says this node tunnels host-to-host traffic to its
+	// underlay address (docs/hosts.md); used towards a peer only when both
+	// advertise it. Omitted when off; older daemons ignore it.
+	HostEncryption bool `json:"hostEncryption,omitempty"`
 }
 
 // Lease is a decoded, validated subnet record.
@@ -162,6 +166,9 @@ type Lease struct {
 	Keepalive int
 	Kind      string       // "" (node) or KindHost
 	CIDR6     netip.Prefix // dual-stack: the node's IPv6 PodCIDR
+	// HostEncryption: the node accepts host-to-host traffic to its
+	// underlay address (the endpoint's) through WireGuard.
+	HostEncryption bool
 }
 
 // Subnet returns the wire form of l.
@@ -174,6 +181,8 @@ func (l Lease) Subnet() Subnet {
 		Keepalive: l.Keepalive,
 		Kind:      l.Kind,
 		PodCIDRv6: prefixString(l.CIDR6),
+
+		HostEncryption: l.HostEncryption,
 	}
 }
 
@@ -295,6 +304,8 @@ func (s Subnet) Validate() (Lease, error) {
 		Keepalive: s.Keepalive,
 		Kind:      s.Kind,
 		CIDR6:     cidr6,
+
+		HostEncryption: s.HostEncryption,
 	}, nil
 }
 

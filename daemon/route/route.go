@@ -25,6 +25,9 @@ type Peer struct {
 	Dst       netip.Prefix
 	LinkIndex int
 	Src       netip.Addr
+	// Table is 0 (main) for PodCIDR routes and HostTable for a peer's
+	// underlay address under host encryption (host.go).
+	Table int
 }
 
 func family(p netip.Prefix) int {
@@ -76,6 +79,9 @@ func (p Peer) route() *netlink.Route {
 		Protocol:  Protocol,
 		Table:     unix.RT_TABLE_MAIN,
 		Family:    family(p.Dst),
+	}
+	if p.Table != 0 {
+		r.Table = p.Table
 	}
 	// The gateway as source: host->remote-pod packets then carry an address
 	// inside our PodCIDR, which is what the peer's AllowedIPs for us

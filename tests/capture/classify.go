@@ -63,6 +63,10 @@ type Classifier struct {
 	PodNets []netip.Prefix
 	// WGPorts are the WireGuard listen ports of the nodes.
 	WGPorts []uint16
+	// PlainHosts, if set, are underlay addresses whose host-to-host
+	// traffic must be encrypted: TCP or ICMP with both source and
+	// destination among them counts as plaintext (KindPlainPod) too.
+	PlainHosts []netip.Addr
 }
 
 // Result describes one classified frame.
@@ -210,6 +214,24 @@ func (c *Classifier) isPod(a netip.Addr) bool {
 	return false
 }
 
+// isPlainHost reports TCP or ICMP (any fragment) between two PlainHosts.
+// IPv6 neighbour discovery (ICMPv6 133-137) is not: it resolves the
+// underlay itself and can never go through a tunnel.
+func (c *Classifier) isPlainHost(h ipHeader) bool {
+	if h.proto != 6 && h.proto != 1 && h.proto != 58 {
+		return false
+	}
+	if h.proto == 58 && h.l4 && len(h.payload) > 0 && h.payload[0] >= 133 && h.payload[0] <= 137 {
+		return false
+	}
+	src, dst := false, false
+	for _, a := range c.PlainHosts {
+		src = src || a == h.src.Unmap()
+		dst = dst || a == h.dst.Unmap()
+	}
+	return src && dst
+}
+
 func (c *Classifier) isWGPort(p uint16) bool {
 	for _, w := range c.WGPorts {
 		if w == p {
@@ -270,6 +292,9 @@ func (c *Classifier) classifyIP(b []byte, depth int) Result {
 	}
 	if c.isPod(h.src) || c.isPod(h.dst) {
 		return Result{Kind: KindPlainPod, Summary: fmt.Sprintf("%s %s len %d", addrs, protoName(h.proto), len(b))}
+	}
+	if c.isPlainHost(h) {
+		return Result{Kind: KindPlainPod, Summary: fmt.Sprintf("host-to-host %s %s len %d", addrs, protoName(h.proto), len(b))}
 	}
 	if !h.l4 {
 		return Result{Kind: KindOther, Summary: fmt.Sprintf("%s %s fragment", addrs, protoName(h.proto))}

@@ -223,3 +223,31 @@ func FuzzClassify(f *testing.F) {
 		}
 	})
 }
+
+// PlainHosts: TCP and ICMP between two listed underlay addresses are
+// plaintext; WireGuard between them, and TCP to anyone else (etcd), are not.
+func TestClassifyPlainHosts(t *testing.T) {
+	c := testClassifier()
+	c.PlainHosts = []netip.Addr{netip.MustParseAddr("10.99.1.11"), netip.MustParseAddr("10.99.1.12"), netip.MustParseAddr("fd99::11"), netip.MustParseAddr("fd99::12")}
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		want  Kind
+	}{
+		{"tcp between hosts", eth(0x0800, ip4("10.99.1.11", "10.99.1.12", 6, tcp(40000, 5201))), KindPlainPod},
+		{"icmp between hosts", eth(0x0800, ip4("10.99.1.12", "10.99.1.11", 1, icmpEcho())), KindPlainPod},
+		{"tcp between hosts v6", eth(0x86dd, ip6("fd99::11", "fd99::12", 6, tcp(40000, 5201))), KindPlainPod},
+		{"wireguard between hosts", eth(0x0800, ip4("10.99.1.11", "10.99.1.12", 17, udp(51820, 51820, wg(4, 64)))), KindWireGuard},
+		{"icmp6 echo between hosts", eth(0x86dd, ip6("fd99::11", "fd99::12", 58, []byte{128, 0, 0, 0, 0, 1, 0, 1})), KindPlainPod},
+		{"neighbour advertisement between hosts", eth(0x86dd, ip6("fd99::12", "fd99::11", 58, append([]byte{136, 0, 0, 0, 0x60, 0, 0, 0}, make([]byte, 16)...))), KindOther},
+		{"tcp to etcd", eth(0x0800, ip4("10.99.1.11", "10.99.1.1", 6, tcp(40000, 2379))), KindOther},
+		{"udp between hosts (not tcp/icmp)", eth(0x0800, ip4("10.99.1.11", "10.99.1.12", 17, udp(53, 53, []byte("dns")))), KindOther},
+	} {
+		if r := c.Classify(LinkEthernet, tc.frame); r.Kind != tc.want {
+			t.Errorf("%s: %v (%s), want %v", tc.name, r.Kind, r.Summary, tc.want)
+		}
+	}
+	if r := testClassifier().Classify(LinkEthernet, eth(0x0800, ip4("10.99.1.11", "10.99.1.12", 6, tcp(40000, 5201)))); r.Kind != KindOther {
+		t.Errorf("without PlainHosts, host TCP is %v", r.Kind)
+	}
+}
