@@ -71,16 +71,26 @@ func openNS(path string) (ns.NetNS, error) {
 	return podNS, nil
 }
 
+// parse decodes the network config and prepares its IPAM, the first
+// step of every command that touches addresses.
+func (p *Plugin) parse(args *skel.CmdArgs) (*netconf.NetConf, ipamClient, error) {
+	conf, err := netconf.Parse(args.StdinData)
+	if err != nil {
+		return nil, nil, err
+	}
+	ipm, err := newIPAM(conf.IPAMType, args, p.Log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return conf, ipm, nil
+}
+
 // Add implements CNI ADD. Everything it creates is undone if a later step
 // fails: the veth pair is deleted and the IPAM allocation released.
 func (p *Plugin) Add(args *skel.CmdArgs) error {
-	conf, err := netconf.Parse(args.StdinData)
-	if err != nil {
-		return err
-	}
 	// For wgcni-ipam this also validates the ipam section, before anything
 	// is created.
-	ipm, err := newIPAM(conf.IPAMType, args, p.Log)
+	conf, ipm, err := p.parse(args)
 	if err != nil {
 		return err
 	}
@@ -225,11 +235,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 // Del implements CNI DEL. It succeeds when the netns, the veth or the IP
 // allocation are already gone, and always asks IPAM to release.
 func (p *Plugin) Del(args *skel.CmdArgs) error {
-	conf, err := netconf.Parse(args.StdinData)
-	if err != nil {
-		return err
-	}
-	ipm, err := newIPAM(conf.IPAMType, args, p.Log)
+	conf, ipm, err := p.parse(args)
 	if err != nil {
 		return err
 	}
@@ -273,11 +279,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 // Status implements CNI STATUS: code 50 until wgcnid has written the node
 // file, then whatever the IPAM plugin says.
 func (p *Plugin) Status(args *skel.CmdArgs) error {
-	conf, err := netconf.Parse(args.StdinData)
-	if err != nil {
-		return err
-	}
-	ipm, err := newIPAM(conf.IPAMType, args, p.Log)
+	conf, ipm, err := p.parse(args)
 	if err != nil {
 		return err
 	}
