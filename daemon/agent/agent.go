@@ -17,7 +17,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/etcdutil"
@@ -98,31 +97,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 
-	// 4. Underlay: endpoint and MTU.
-	endpoint, underlayMTU, err := Underlay(cfg.Endpoint)
+	// 4-5. Underlay (endpoint, MTU) and the device: adopted if it exists.
+	nd, err := ensureDevice(cfg, priv, log)
 	if err != nil {
 		return err
 	}
-	mtu := cfg.MTU
-	if mtu == 0 {
-		mtu = WireGuardMTU(underlayMTU, endpoint)
-	}
-	log.Info("underlay", "endpoint", endpoint, "underlay_mtu", underlayMTU, "mtu", mtu)
-
-	// 5. Device: adopted if it exists (restart), created otherwise.
-	dev, err := wgdev.Ensure(wgdev.Options{Name: cfg.Device, MTU: mtu, Want: wgdev.Mode(cfg.WireGuard), RunDir: cfg.RunDir, Log: log})
-	if err != nil {
-		return err
-	}
-	log.Info("WireGuard device ready", "device", dev.Name, "mode", dev.Mode, "adopted", dev.Adopted, "pid", dev.PID)
-	wg, err := wgctrl.New()
-	if err != nil {
-		return fmt.Errorf("open wgctrl: %w", err)
-	}
-	defer wg.Close()
-	if err := wgdev.Configure(wg, cfg.Device, priv.Key(), cfg.ListenPort); err != nil {
-		return err
-	}
+	defer nd.wg.Close()
+	endpoint, mtu, dev, wg := nd.endpoint, nd.mtu, nd.dev, nd.wg
 
 	hostEnc, err := setupHostEncryption(ctx, cfg, wg, endpoint, log)
 	if err != nil {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/etcdutil"
@@ -86,28 +85,12 @@ func RunHost(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("--host-cidr %s: %w; choose another --host-cidr", cfg.HostRange, err)
 	}
 
-	endpoint, underlayMTU, err := Underlay(cfg.Endpoint)
+	nd, err := ensureDevice(cfg, priv, log)
 	if err != nil {
 		return err
 	}
-	mtu := cfg.MTU
-	if mtu == 0 {
-		mtu = WireGuardMTU(underlayMTU, endpoint)
-	}
-	log.Info("underlay", "endpoint", endpoint, "underlay_mtu", underlayMTU, "mtu", mtu)
-	dev, err := wgdev.Ensure(wgdev.Options{Name: cfg.Device, MTU: mtu, Want: wgdev.Mode(cfg.WireGuard), RunDir: cfg.RunDir, Log: log})
-	if err != nil {
-		return err
-	}
-	log.Info("WireGuard device ready", "device", dev.Name, "mode", dev.Mode, "adopted", dev.Adopted, "pid", dev.PID)
-	wg, err := wgctrl.New()
-	if err != nil {
-		return fmt.Errorf("open wgctrl: %w", err)
-	}
-	defer wg.Close()
-	if err := wgdev.Configure(wg, cfg.Device, priv.Key(), cfg.ListenPort); err != nil {
-		return err
-	}
+	defer nd.wg.Close()
+	endpoint, mtu, wg := nd.endpoint, nd.mtu, nd.wg
 
 	// The host's address is leased exactly like a PodCIDR, on a grid of
 	// single addresses inside the host range.

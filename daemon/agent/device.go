@@ -1,0 +1,52 @@
+package agent
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+
+	"golang.zx2c4.com/wireguard/wgctrl"
+
+	"github.com/wgcni/wgcni/daemon/config"
+	"github.com/wgcni/wgcni/daemon/keys"
+	"github.com/wgcni/wgcni/daemon/wgdev"
+)
+
+// nodeDevice is what start-up learns about the underlay and the WireGuard
+// device; pod nodes and host-only peers bring it up the same way.
+type nodeDevice struct {
+	endpoint netip.Addr
+	mtu      int
+	dev      *wgdev.Device
+	wg       *wgctrl.Client // the caller closes it
+}
+
+// ensureDevice detects the underlay (endpoint, MTU), adopts or creates the
+// WireGuard device and sets its key and port.
+func ensureDevice(cfg *config.Config, priv keys.Private, log *slog.Logger) (*nodeDevice, error) {
+	endpoint, underlayMTU, err := Underlay(cfg.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu = WireGuardMTU(underlayMTU, endpoint)
+	}
+	log.Info("underlay", "endpoint", endpoint, "underlay_mtu", underlayMTU, "mtu", mtu)
+
+	// Adopted if it exists (restart), created otherwise.
+	dev, err := wgdev.Ensure(wgdev.Options{Name: cfg.Device, MTU: mtu, Want: wgdev.Mode(cfg.WireGuard), RunDir: cfg.RunDir, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("WireGuard device ready", "device", dev.Name, "mode", dev.Mode, "adopted", dev.Adopted, "pid", dev.PID)
+	wg, err := wgctrl.New()
+	if err != nil {
+		return nil, fmt.Errorf("open wgctrl: %w", err)
+	}
+	if err := wgdev.Configure(wg, cfg.Device, priv.Key(), cfg.ListenPort); err != nil {
+		wg.Close()
+		return nil, err
+	}
+	return &nodeDevice{endpoint: endpoint, mtu: mtu, dev: dev, wg: wg}, nil
+}
