@@ -5,14 +5,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/wgcni/wgcni/daemon/etcdutil"
-	"github.com/wgcni/wgcni/daemon/nodefile"
 	"github.com/wgcni/wgcni/daemon/record"
 )
 
@@ -161,25 +157,12 @@ func (a *Acquirer) check6Free(ctx context.Context, cidr6 netip.Prefix) error {
 const RememberFile6 = "podcidr6"
 
 // LoadRemembered6 returns the remembered IPv6 PodCIDR (invalid if none).
-func LoadRemembered6(stateDir string) netip.Prefix {
-	b, err := os.ReadFile(filepath.Join(stateDir, RememberFile6))
-	if err != nil {
-		return netip.Prefix{}
-	}
-	p, err := netip.ParsePrefix(strings.TrimSpace(string(b)))
-	if err != nil {
-		return netip.Prefix{}
-	}
-	return p
-}
+func LoadRemembered6(stateDir string) netip.Prefix { return loadPrefix(stateDir, RememberFile6) }
 
 // Remember6 stores the IPv6 PodCIDR in stateDir (no-op when invalid).
 func Remember6(stateDir string, cidr6 netip.Prefix) error {
 	if !cidr6.IsValid() {
 		return nil
 	}
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return fmt.Errorf("remember IPv6 PodCIDR: %w", err)
-	}
-	return nodefile.WriteFileAtomic(filepath.Join(stateDir, RememberFile6), []byte(cidr6.String()+"\n"), 0o644)
+	return storePrefix(stateDir, RememberFile6, cidr6)
 }

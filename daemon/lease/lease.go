@@ -399,8 +399,15 @@ const RememberFile = "podcidr"
 
 // LoadRemembered returns the CIDR remembered in stateDir, or an invalid
 // prefix if there is none or it is unreadable (then any CIDR will do).
-func LoadRemembered(stateDir string) netip.Prefix {
-	b, err := os.ReadFile(filepath.Join(stateDir, RememberFile))
+func LoadRemembered(stateDir string) netip.Prefix { return loadPrefix(stateDir, RememberFile) }
+
+// Remember stores cidr in stateDir.
+func Remember(stateDir string, cidr netip.Prefix) error {
+	return storePrefix(stateDir, RememberFile, cidr)
+}
+
+func loadPrefix(stateDir, name string) netip.Prefix {
+	b, err := os.ReadFile(filepath.Join(stateDir, name))
 	if err != nil {
 		return netip.Prefix{}
 	}
@@ -411,10 +418,9 @@ func LoadRemembered(stateDir string) netip.Prefix {
 	return p
 }
 
-// Remember stores cidr in stateDir.
-func Remember(stateDir string, cidr netip.Prefix) error {
+func storePrefix(stateDir, name string, p netip.Prefix) error {
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return fmt.Errorf("remember PodCIDR: %w", err)
+		return fmt.Errorf("remember %s: %w", name, err)
 	}
-	return nodefile.WriteFileAtomic(filepath.Join(stateDir, RememberFile), []byte(cidr.String()+"\n"), 0o644)
+	return nodefile.WriteFileAtomic(filepath.Join(stateDir, name), []byte(p.String()+"\n"), 0o644)
 }
