@@ -229,6 +229,13 @@ func TestStrictMode(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitLog(t, n1, 10*time.Second, "strict mode: unreachable route")
+		// The route is in place before that line is written, but frames
+		// sent before it may still sit in the capture socket (its reader
+		// stamps and counts them when it gets to them, tens of ms late on
+		// a loaded machine): let it drain before drawing the line. The
+		// stream keeps running for seconds after, so a leak through the
+		// strict route would still show.
+		time.Sleep(150 * time.Millisecond)
 		atStrict := snapPlain(cp)
 		time.Sleep(4 * time.Second) // daemon retrying etcd: no sync yet
 		if _, err := n1.NodeFile(); err == nil {
