@@ -250,7 +250,7 @@ func writeNodeFile(runDir string, n *nodefile.Node) (bool, error) {
 // their CNI DEL). The state dir (key, remembered CIDR, IPAM) stays.
 func Cleanup(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	var errs []error
-	if err := deleteOwnRecords(ctx, cfg, log); err != nil {
+	if err := deleteOwnRecords(ctx, cfg, "", log); err != nil {
 		log.Warn("could not delete own etcd record; it expires with its lease", "err", err)
 	}
 	errs = append(errs, removeRoutesAll(cfg.Cluster)...)
@@ -286,7 +286,10 @@ func Cleanup(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	return errors.Join(errs...)
 }
 
-func deleteOwnRecords(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+// deleteOwnRecords deletes this node's records of the given kind ("" for
+// a pod node's PodCIDR, record.KindHost for a host-only peer's address)
+// and revokes their leases.
+func deleteOwnRecords(ctx context.Context, cfg *config.Config, kind string, log *slog.Logger) error {
 	opts, err := cfg.EtcdOptions()
 	if err != nil {
 		return err
@@ -303,8 +306,8 @@ func deleteOwnRecords(ctx context.Context, cfg *config.Config, log *slog.Logger)
 		return err
 	}
 	for _, kv := range kvs {
-		l, err := record.DecodeSubnet(cfg.EtcdPrefix, string(kv.Key), kv.Value, cfg.Cluster)
-		if err != nil || l.Node != cfg.NodeName {
+		l, err := record.DecodePeer(cfg.EtcdPrefix, string(kv.Key), kv.Value, cfg.Cluster)
+		if err != nil || l.Kind != kind || l.Node != cfg.NodeName {
 			continue
 		}
 		// Delete only the exact version we read, bound to its lease: never
@@ -316,7 +319,7 @@ func deleteOwnRecords(ctx context.Context, cfg *config.Config, log *slog.Logger)
 		if kv.Lease != 0 {
 			cli.Revoke(ctx, clientv3.LeaseID(kv.Lease))
 		}
-		log.Info("deleted own record", "key", string(kv.Key))
+		log.Info("deleted own record", "key", string(kv.Key), "kind", kind)
 	}
 	return nil
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/etcdutil"
@@ -179,7 +178,7 @@ func ReadHostFile(runDir string) (*HostStatus, error) {
 // stays: other hosts may use it.
 func CleanupHost(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	var errs []error
-	if err := deleteOwnHostRecords(ctx, cfg, log); err != nil {
+	if err := deleteOwnRecords(ctx, cfg, record.KindHost, log); err != nil {
 		log.Warn("could not delete own host record; it expires with its lease", "err", err)
 	}
 	fam := netlink.FAMILY_V4
@@ -205,33 +204,4 @@ func CleanupHost(ctx context.Context, cfg *config.Config, log *slog.Logger) erro
 		errs = append(errs, fmt.Errorf("remove host file: %w", err))
 	}
 	return errors.Join(errs...)
-}
-
-func deleteOwnHostRecords(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	cli, err := etcdutil.NewClient(etcdutil.ClientOptions{Endpoints: cfg.EtcdEndpoints, CAFile: cfg.EtcdCAFile, CertFile: cfg.EtcdCertFile, KeyFile: cfg.EtcdKeyFile})
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	kvs, _, err := etcdutil.List(ctx, cli, record.SubnetsPrefix(cfg.EtcdPrefix))
-	if err != nil {
-		return err
-	}
-	for _, kv := range kvs {
-		l, err := record.DecodePeer(cfg.EtcdPrefix, string(kv.Key), kv.Value, cfg.Cluster)
-		if err != nil || l.Kind != record.KindHost || l.Node != cfg.NodeName {
-			continue
-		}
-		if _, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
-			Then(clientv3.OpDelete(string(kv.Key))).Commit(); err != nil {
-			return fmt.Errorf("delete own host record %s: %w", kv.Key, err)
-		}
-		if kv.Lease != 0 {
-			cli.Revoke(ctx, clientv3.LeaseID(kv.Lease))
-		}
-		log.Info("deleted own host record", "key", string(kv.Key))
-	}
-	return nil
 }
