@@ -32,23 +32,6 @@ func classifier() *capture.Classifier {
 	}
 }
 
-// connect waits until one ping gets through (the first packet to a peer
-// may wait for a WireGuard handshake), then requires count of count.
-func connect(t *testing.T, from harness.NS, to netip.Addr, what string) {
-	t.Helper()
-	err := harness.WaitFor(15*time.Second, what, func() (bool, error) {
-		r, err := from.Ping(to, 1, 200*time.Millisecond)
-		return err == nil && r.Received == 1, err
-	})
-	if err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-	r, err := from.Ping(to, 5, 100*time.Millisecond)
-	if err != nil || r.Loss() != 0 {
-		t.Fatalf("%s: %d/%d replies: %v\n%s", what, r.Received, r.Sent, err, r.Output)
-	}
-}
-
 func transfer(t *testing.T, from, to harness.NS, addr netip.Addr, size int64, what string) {
 	t.Helper()
 	r, err := harness.TCPTransfer(from, to, addr, 5201, size, 30*time.Second)
@@ -132,7 +115,7 @@ func TestCluster(t *testing.T) {
 			b := nodes[(i+1)%len(nodes)]
 			src, dst := pods[a.Name][0], pods[b.Name][1]
 			what := src.Name + " -> " + dst.Name
-			connect(t, src.NS, dst.IP, what)
+			harness.Connect(t, src.NS, dst.IP, what, 5)
 			transfer(t, src.NS, dst.NS, dst.IP, 4<<20, what)
 		}
 		// A full-size packet with DF set fits the pod MTU end to end: the
@@ -150,20 +133,20 @@ func TestCluster(t *testing.T) {
 
 	t.Run("pod to pod on the same node", func(t *testing.T) {
 		a, b := pods[n1.Name][0], pods[n1.Name][1]
-		connect(t, a.NS, b.IP, a.Name+" -> "+b.Name)
+		harness.Connect(t, a.NS, b.IP, a.Name+" -> "+b.Name, 5)
 		transfer(t, a.NS, b.NS, b.IP, 4<<20, a.Name+" -> "+b.Name)
 	})
 
 	t.Run("node host to pod on another node and back", func(t *testing.T) {
 		dst := pods[n2.Name][0]
-		connect(t, n1.NS, dst.IP, "host "+n1.Name+" -> "+dst.Name)
+		harness.Connect(t, n1.NS, dst.IP, "host "+n1.Name+" -> "+dst.Name, 5)
 		transfer(t, n1.NS, dst.NS, dst.IP, 1<<20, "host "+n1.Name+" -> "+dst.Name)
 		nf, err := n1.NodeFile()
 		if err != nil {
 			t.Fatal(err)
 		}
 		gw := netip.MustParseAddr(nf.Gateway)
-		connect(t, dst.NS, gw, dst.Name+" -> host "+n1.Name+" ("+nf.Gateway+")")
+		harness.Connect(t, dst.NS, gw, dst.Name+" -> host "+n1.Name+" ("+nf.Gateway+")", 5)
 		transfer(t, dst.NS, n1.NS, gw, 1<<20, dst.Name+" -> host "+n1.Name)
 	})
 
@@ -176,9 +159,9 @@ func TestCluster(t *testing.T) {
 		for i, a := range nodes {
 			b := nodes[(i+1)%len(nodes)]
 			src, dst := pods[a.Name][1], pods[b.Name][0]
-			connect(t, src.NS, dst.IP, src.Name+" -> "+dst.Name)
+			harness.Connect(t, src.NS, dst.IP, src.Name+" -> "+dst.Name, 5)
 			transfer(t, src.NS, dst.NS, dst.IP, 2<<20, src.Name+" -> "+dst.Name)
-			connect(t, a.NS, dst.IP, "host "+a.Name+" -> "+dst.Name)
+			harness.Connect(t, a.NS, dst.IP, "host "+a.Name+" -> "+dst.Name, 5)
 		}
 		rep, err := cp.Stop()
 		if err != nil {
@@ -281,9 +264,9 @@ func TestCluster(t *testing.T) {
 		}
 		for _, n := range []*harness.Node{n1, n2} {
 			src := pods[n.Name][0]
-			connect(t, src.NS, p4.IP, src.Name+" -> "+p4.Name+" (new node)")
+			harness.Connect(t, src.NS, p4.IP, src.Name+" -> "+p4.Name+" (new node)", 5)
 			transfer(t, src.NS, p4.NS, p4.IP, 1<<20, src.Name+" -> "+p4.Name)
-			connect(t, p4.NS, src.IP, p4.Name+" -> "+src.Name)
+			harness.Connect(t, p4.NS, src.IP, p4.Name+" -> "+src.Name, 5)
 		}
 	})
 }

@@ -80,7 +80,7 @@ func hostTraffic(t *testing.T, c *harness.Cluster, a, b *harness.Node) *capture.
 	if err != nil {
 		t.Fatal(err)
 	}
-	connect(t, a.NS, b.UnderlayIP, fmt.Sprintf("ping %s -> %s underlay", a.Name, b.Name))
+	harness.Connect(t, a.NS, b.UnderlayIP, fmt.Sprintf("ping %s -> %s underlay", a.Name, b.Name), 5)
 	r, err := harness.TCPTransfer(a.NS, b.NS, b.UnderlayIP, 5301, 4<<20, 30*time.Second)
 	if err != nil {
 		cp.Stop()
@@ -232,7 +232,7 @@ func TestHostEncryption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	connect(t, pod.NS, n2.UnderlayIP, "ping pod on n1 -> n2 underlay")
+	harness.Connect(t, pod.NS, n2.UnderlayIP, "ping pod on n1 -> n2 underlay", 5)
 	prep, err := cp.Stop()
 	if err != nil {
 		t.Fatal(err)

@@ -32,23 +32,6 @@ func classifier() *capture.Classifier {
 	}
 }
 
-// connect waits for one echo reply (the first packet may wait for a
-// handshake), then requires 5 of 5.
-func connect(t *testing.T, from harness.NS, to netip.Addr, what string) {
-	t.Helper()
-	err := harness.WaitFor(15*time.Second, what, func() (bool, error) {
-		r, err := from.Ping(to, 1, 200*time.Millisecond)
-		return err == nil && r.Received == 1, err
-	})
-	if err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-	r, err := from.Ping(to, 5, 100*time.Millisecond)
-	if err != nil || r.Loss() != 0 {
-		t.Fatalf("%s: %d/%d replies: %v\n%s", what, r.Received, r.Sent, err, r.Output)
-	}
-}
-
 func transfer(t *testing.T, from, to harness.NS, addr netip.Addr, what string) {
 	t.Helper()
 	r, err := harness.TCPTransfer(from, to, addr, 5201, 1<<20, 30*time.Second)
@@ -143,9 +126,9 @@ func TestHostOnlyPeer(t *testing.T) {
 	}
 	defer cp.Stop()
 	for _, p := range pods {
-		connect(t, h.NS, p.IP, "host "+h.Name+" -> "+p.Name)
+		harness.Connect(t, h.NS, p.IP, "host "+h.Name+" -> "+p.Name, 5)
 		transfer(t, h.NS, p.NS, p.IP, "host "+h.Name+" -> "+p.Name)
-		connect(t, p.NS, hostAddr, p.Name+" -> host "+h.Name)
+		harness.Connect(t, p.NS, hostAddr, p.Name+" -> host "+h.Name, 5)
 		transfer(t, p.NS, h.NS, hostAddr, p.Name+" -> host "+h.Name)
 	}
 	rep, err := cp.Stop()
@@ -237,7 +220,7 @@ func TestKeepaliveAndEndpointChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	connect(t, p1.NS, p2.IP, "before: "+p1.Name+" -> "+p2.Name)
+	harness.Connect(t, p1.NS, p2.IP, "before: "+p1.Name+" -> "+p2.Name, 5)
 
 	// Move n1 to a new underlay address: add it, drop the old one (the new
 	// one is promoted), restore the default route the kernel dropped.
@@ -282,8 +265,8 @@ func TestKeepaliveAndEndpointChange(t *testing.T) {
 			}
 		}
 	}
-	connect(t, p1.NS, p2.IP, "after: "+p1.Name+" -> "+p2.Name)
-	connect(t, p2.NS, p1.IP, "after: "+p2.Name+" -> "+p1.Name)
+	harness.Connect(t, p1.NS, p2.IP, "after: "+p1.Name+" -> "+p2.Name, 5)
+	harness.Connect(t, p2.NS, p1.IP, "after: "+p2.Name+" -> "+p1.Name, 5)
 	transfer(t, p2.NS, p1.NS, p1.IP, "after: "+p2.Name+" -> "+p1.Name)
 	// The lease is still kept alive from the new address: after two TTLs
 	// the record is still there, on the same lease.

@@ -82,16 +82,16 @@ func TestDualStackOverIPv4Underlay(t *testing.T) {
 	} {
 		t.Run(fam.name+" across nodes, only WireGuard on the underlay", func(t *testing.T) {
 			captureUnderlay(t, c, cls, 0x0800, fam.name, func() {
-				connect(t, a1.NS, fam.addr(b1), fam.name+" "+a1.Name+" -> "+b1.Name)
-				connect(t, b1.NS, fam.addr(a2), fam.name+" "+b1.Name+" -> "+a2.Name)
+				harness.Connect(t, a1.NS, fam.addr(b1), fam.name+" "+a1.Name+" -> "+b1.Name, 5)
+				harness.Connect(t, b1.NS, fam.addr(a2), fam.name+" "+b1.Name+" -> "+a2.Name, 5)
 				transfer(t, a1.NS, b1.NS, fam.addr(b1), fam.name+" "+a1.Name+" -> "+b1.Name)
 				fullSizePing(t, a1.NS, fam.addr(b1), files["n1"].MTU, fam.name)
 				// Node to remote pod: sourced from the node's gateway of the family.
-				connect(t, n1.NS, fam.addr(b1), fam.name+" node n1 -> "+b1.Name)
+				harness.Connect(t, n1.NS, fam.addr(b1), fam.name+" node n1 -> "+b1.Name, 5)
 			})
 		})
 		t.Run(fam.name+" same node", func(t *testing.T) {
-			connect(t, a1.NS, fam.addr(a2), fam.name+" "+a1.Name+" -> "+a2.Name)
+			harness.Connect(t, a1.NS, fam.addr(a2), fam.name+" "+a1.Name+" -> "+a2.Name, 5)
 		})
 	}
 

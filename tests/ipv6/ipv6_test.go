@@ -25,23 +25,6 @@ const (
 	leaseTTL = 6 * time.Second
 )
 
-// connect waits for one reply (the first packet may wait for a WireGuard
-// handshake), then requires 5 of 5.
-func connect(t *testing.T, from harness.NS, to netip.Addr, what string) {
-	t.Helper()
-	err := harness.WaitFor(20*time.Second, what, func() (bool, error) {
-		r, err := from.Ping(to, 1, 200*time.Millisecond)
-		return err == nil && r.Received == 1, err
-	})
-	if err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-	r, err := from.Ping(to, 5, 100*time.Millisecond)
-	if err != nil || r.Loss() != 0 {
-		t.Fatalf("%s: %d/%d replies: %v\n%s", what, r.Received, r.Sent, err, r.Output)
-	}
-}
-
 func transfer(t *testing.T, from, to harness.NS, addr netip.Addr, what string) {
 	t.Helper()
 	r, err := harness.TCPTransfer(from, to, addr, 5201, 4<<20, 30*time.Second)

@@ -64,15 +64,15 @@ func TestIPv6OnlyUnderlayAndPods(t *testing.T) {
 	cls := &capture.Classifier{PodNets: []netip.Prefix{netip.MustParsePrefix(v6only)}, WGPorts: []uint16{wgPort}}
 	t.Run("across nodes, only WireGuard over IPv6 on the underlay", func(t *testing.T) {
 		captureUnderlay(t, c, cls, 0x86dd, "IPv6-only", func() {
-			connect(t, a1.NS, b1.IP, a1.Name+" -> "+b1.Name)
-			connect(t, b1.NS, a2.IP, b1.Name+" -> "+a2.Name)
+			harness.Connect(t, a1.NS, b1.IP, a1.Name+" -> "+b1.Name, 5)
+			harness.Connect(t, b1.NS, a2.IP, b1.Name+" -> "+a2.Name, 5)
 			transfer(t, a1.NS, b1.NS, b1.IP, a1.Name+" -> "+b1.Name)
 			fullSizePing(t, a1.NS, b1.IP, files["n1"].MTU, "IPv6-only")
-			connect(t, n1.NS, b1.IP, "node n1 -> "+b1.Name)
+			harness.Connect(t, n1.NS, b1.IP, "node n1 -> "+b1.Name, 5)
 		})
 	})
 	t.Run("same node", func(t *testing.T) {
-		connect(t, a1.NS, a2.IP, a1.Name+" -> "+a2.Name)
+		harness.Connect(t, a1.NS, a2.IP, a1.Name+" -> "+a2.Name, 5)
 	})
 	t.Run("strict mode", func(t *testing.T) {
 		captureUnderlayNoPlain(t, c, cls, func() {

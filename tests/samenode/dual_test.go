@@ -130,12 +130,12 @@ func TestSameNodeEncryptionDualStack(t *testing.T) {
 
 	t.Run("on: only WireGuard on bridge and veths, both families", func(t *testing.T) {
 		wire, lo := sniff(t, cls, on, a, b, func() {
-			connect(t, a.NS, b.Addr6(), "same-node ping6 a->b (option on)")
-			connect(t, b.NS, a.Addr6(), "same-node ping6 b->a (option on)")
+			harness.Connect(t, a.NS, b.Addr6(), "same-node ping6 a->b (option on)", 10)
+			harness.Connect(t, b.NS, a.Addr6(), "same-node ping6 b->a (option on)", 10)
 			transfer(t, a.NS, b.NS, b.Addr6(), "same-node TCP over IPv6 a->b (option on)")
-			connect(t, a.NS, b.Addr4(), "same-node ping a->b (option on)")
+			harness.Connect(t, a.NS, b.Addr4(), "same-node ping a->b (option on)", 10)
 			transfer(t, b.NS, a.NS, a.Addr4(), "same-node TCP over IPv4 b->a (option on)")
-			connect(t, on.NS, a.Addr6(), "node -> its pod over IPv6 (option on)")
+			harness.Connect(t, on.NS, a.Addr6(), "node -> its pod over IPv6 (option on)", 10)
 		})
 		gw := netip.MustParseAddr(nfOn.Gateway)
 		for _, rep := range wire {
@@ -152,7 +152,7 @@ func TestSameNodeEncryptionDualStack(t *testing.T) {
 
 	t.Run("off: the same capture sees IPv6 plaintext", func(t *testing.T) {
 		wire, _ := sniff(t, cls, off, x, y, func() {
-			connect(t, x.NS, y.Addr6(), "same-node ping6 x->y (option off)")
+			harness.Connect(t, x.NS, y.Addr6(), "same-node ping6 x->y (option off)", 10)
 			transfer(t, x.NS, y.NS, y.Addr6(), "same-node TCP over IPv6 x->y (option off)")
 		})
 		for i, rep := range wire {
@@ -163,12 +163,12 @@ func TestSameNodeEncryptionDualStack(t *testing.T) {
 	})
 
 	t.Run("cross-node IPv6 from and to same-node-encrypted pods", func(t *testing.T) {
-		connect(t, a.NS, x.Addr6(), "ping6 on-node pod -> off-node pod")
-		connect(t, y.NS, b.Addr6(), "ping6 off-node pod -> on-node pod")
+		harness.Connect(t, a.NS, x.Addr6(), "ping6 on-node pod -> off-node pod", 10)
+		harness.Connect(t, y.NS, b.Addr6(), "ping6 off-node pod -> on-node pod", 10)
 		transfer(t, a.NS, x.NS, x.Addr6(), "TCP6 on-node pod -> off-node pod")
 		transfer(t, x.NS, a.NS, a.Addr6(), "TCP6 off-node pod -> on-node pod")
-		connect(t, off.NS, a.Addr6(), "ping6 other node -> pod (option on)")
-		connect(t, a.NS, y.Addr4(), "ping on-node pod -> off-node pod (IPv4 still)")
+		harness.Connect(t, off.NS, a.Addr6(), "ping6 other node -> pod (option on)", 10)
+		harness.Connect(t, a.NS, y.Addr4(), "ping on-node pod -> off-node pod (IPv4 still)", 10)
 	})
 
 	t.Run("CHECK, daemon repair, DEL: both families", func(t *testing.T) {
@@ -205,7 +205,7 @@ func TestSameNodeEncryptionDualStack(t *testing.T) {
 		if out, err := a.CNI("check"); err != nil {
 			t.Fatalf("CHECK after repair: %v %s", err, out)
 		}
-		connect(t, a.NS, b.Addr6(), "same-node ping6 after repair")
+		harness.Connect(t, a.NS, b.Addr6(), "same-node ping6 after repair", 10)
 
 		if err := b.Delete(); err != nil {
 			t.Fatal(err)
@@ -254,7 +254,7 @@ func TestSameNodeEncryptionDualStack(t *testing.T) {
 		if regs, _ := samenode.List(on.RunDir); len(regs) != 1 || regs[0].ID != keep.ID {
 			t.Errorf("registry after GC: %+v", regs)
 		}
-		connect(t, a.NS, x.Addr6(), "kept pod still reaches the other node over IPv6")
+		harness.Connect(t, a.NS, x.Addr6(), "kept pod still reaches the other node over IPv6", 10)
 	})
 }
 
@@ -319,9 +319,9 @@ func TestSameNodeEncryptionIPv6Only(t *testing.T) {
 	}
 	cls := &capture.Classifier{PodNets: []netip.Prefix{netip.MustParsePrefix(v6only)}, WGPorts: []uint16{wgPort, hubPort}}
 	wire, lo := sniff(t, cls, on, a, b, func() {
-		connect(t, a.NS, b.Addr6(), "same-node ping6 a->b (IPv6 only)")
+		harness.Connect(t, a.NS, b.Addr6(), "same-node ping6 a->b (IPv6 only)", 10)
 		transfer(t, b.NS, a.NS, a.Addr6(), "same-node TCP b->a (IPv6 only)")
-		connect(t, on.NS, b.Addr6(), "node -> its pod (IPv6 only)")
+		harness.Connect(t, on.NS, b.Addr6(), "node -> its pod (IPv6 only)", 10)
 	})
 	for _, rep := range wire {
 		if rep.PlainPod() != 0 {

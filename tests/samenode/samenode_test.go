@@ -53,21 +53,6 @@ func hostVeth(t *testing.T, p *harness.Pod) string {
 	return ""
 }
 
-func connect(t *testing.T, from harness.NS, to netip.Addr, what string) {
-	t.Helper()
-	err := harness.WaitFor(20*time.Second, what, func() (bool, error) {
-		r, err := from.Ping(to, 1, 200*time.Millisecond)
-		return err == nil && r.Received == 1, nil
-	})
-	if err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-	r, err := from.Ping(to, 10, 50*time.Millisecond)
-	if err != nil || r.Loss() != 0 {
-		t.Fatalf("%s: %d/%d replies: %v\n%s", what, r.Received, r.Sent, err, r.Output)
-	}
-}
-
 func transfer(t *testing.T, from, to harness.NS, addr netip.Addr, what string) {
 	t.Helper()
 	r, err := harness.TCPTransfer(from, to, addr, 5201, 4<<20, 30*time.Second)
@@ -168,11 +153,11 @@ func TestSameNodeEncryption(t *testing.T) {
 
 	t.Run("on: only WireGuard on bridge and veths", func(t *testing.T) {
 		wire, lo := sniff(t, classifier(), on, a, b, func() {
-			connect(t, a.NS, b.IP, "same-node ping a->b (option on)")
-			connect(t, b.NS, a.IP, "same-node ping b->a (option on)")
+			harness.Connect(t, a.NS, b.IP, "same-node ping a->b (option on)", 10)
+			harness.Connect(t, b.NS, a.IP, "same-node ping b->a (option on)", 10)
 			transfer(t, a.NS, b.NS, b.IP, "same-node TCP a->b (option on)")
 			// Host -> pod crosses the bridge device itself when in clear.
-			connect(t, on.NS, a.IP, "node -> its pod (option on)")
+			harness.Connect(t, on.NS, a.IP, "node -> its pod (option on)", 10)
 			transfer(t, on.NS, a.NS, a.IP, "node -> its pod TCP (option on)")
 		})
 		gw := netip.MustParseAddr(nfOn.Gateway)
@@ -192,9 +177,9 @@ func TestSameNodeEncryption(t *testing.T) {
 
 	t.Run("off: the same capture sees the plaintext", func(t *testing.T) {
 		wire, _ := sniff(t, classifier(), off, x, y, func() {
-			connect(t, x.NS, y.IP, "same-node ping x->y (option off)")
+			harness.Connect(t, x.NS, y.IP, "same-node ping x->y (option off)", 10)
 			transfer(t, x.NS, y.NS, y.IP, "same-node TCP x->y (option off)")
-			connect(t, off.NS, x.IP, "node -> its pod (option off)")
+			harness.Connect(t, off.NS, x.IP, "node -> its pod (option off)", 10)
 		})
 		gw := netip.MustParseAddr(nfOff.Gateway)
 		for i, rep := range wire {
@@ -205,15 +190,15 @@ func TestSameNodeEncryption(t *testing.T) {
 	})
 
 	t.Run("cross-node between nodes with and without the option", func(t *testing.T) {
-		connect(t, a.NS, x.IP, "ping on-node pod -> off-node pod")
-		connect(t, y.NS, b.IP, "ping off-node pod -> on-node pod")
+		harness.Connect(t, a.NS, x.IP, "ping on-node pod -> off-node pod", 10)
+		harness.Connect(t, y.NS, b.IP, "ping off-node pod -> on-node pod", 10)
 		transfer(t, a.NS, x.NS, x.IP, "TCP on-node pod -> off-node pod")
 		transfer(t, x.NS, a.NS, a.IP, "TCP off-node pod -> on-node pod")
 	})
 
 	t.Run("host to pod", func(t *testing.T) {
-		connect(t, on.NS, a.IP, "ping node -> its own pod (option on)")
-		connect(t, off.NS, b.IP, "ping other node -> pod (option on)")
+		harness.Connect(t, on.NS, a.IP, "ping node -> its own pod (option on)", 10)
+		harness.Connect(t, off.NS, b.IP, "ping other node -> pod (option on)", 10)
 		transfer(t, on.NS, a.NS, a.IP, "TCP node -> its own pod")
 	})
 
@@ -257,6 +242,6 @@ func TestSameNodeEncryption(t *testing.T) {
 		if err := harness.WaitFor(20*time.Second, "daemon removes the orphaned peer", func() (bool, error) { return peers() == 1, nil }); err != nil {
 			t.Fatal(err)
 		}
-		connect(t, a.NS, x.IP, "remaining pod still reaches the other node")
+		harness.Connect(t, a.NS, x.IP, "remaining pod still reaches the other node", 10)
 	})
 }

@@ -66,9 +66,9 @@ func TestAntiSpoofing(t *testing.T) {
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
 	a, b, cc := mustPod(t, n1), mustPod(t, n1), mustPod(t, n1)
 	d, e := mustPod(t, n2), mustPod(t, n2)
-	connect(t, a.NS, cc.IP, "a -> c (same node)")
-	connect(t, a.NS, d.IP, "a -> d (cross node)")
-	connect(t, n1.NS, d.IP, "n1 host -> d")
+	harness.Connect(t, a.NS, cc.IP, "a -> c (same node)", 3)
+	harness.Connect(t, a.NS, d.IP, "a -> d (cross node)", 3)
+	harness.Connect(t, n1.NS, d.IP, "n1 host -> d", 3)
 
 	// The plugin's anti-spoofing entries are exactly one per pod.
 	elems, err := n1.Exec("nft", "list", "set", "bridge", "wgcni", "pods")
@@ -179,7 +179,7 @@ func TestAntiSpoofing(t *testing.T) {
 			t.Errorf("drop counters rose by %d, want at least %d (operators read them with nft list table bridge wgcni):\n%s", after-before, 5*copies, table)
 		}
 		// Legit traffic still flows after all that.
-		connect(t, a.NS, cc.IP, "a -> c after spoofing attempts")
+		harness.Connect(t, a.NS, cc.IP, "a -> c after spoofing attempts", 3)
 	})
 
 	t.Run("cross node: WireGuard AllowedIPs", func(t *testing.T) {

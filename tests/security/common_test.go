@@ -34,22 +34,6 @@ func cfg() harness.Config {
 	return harness.Config{ClusterCIDR: clusterCIDR, LeaseTTL: leaseTTL, ListenPort: wgPort}
 }
 
-// connect waits until a ping gets through, then requires 3 of 3.
-func connect(t *testing.T, from harness.NS, to netip.Addr, what string) {
-	t.Helper()
-	err := harness.WaitFor(20*time.Second, what, func() (bool, error) {
-		r, err := from.Ping(to, 1, 200*time.Millisecond)
-		return err == nil && r.Received == 1, nil
-	})
-	if err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-	r, err := from.Ping(to, 3, 100*time.Millisecond)
-	if err != nil || r.Loss() != 0 {
-		t.Fatalf("%s: %d/%d replies: %v\n%s", what, r.Received, r.Sent, err, r.Output)
-	}
-}
-
 func mustPod(t *testing.T, n *harness.Node) *harness.Pod {
 	t.Helper()
 	p, err := n.AddPod()

@@ -32,8 +32,8 @@ func TestEtcdTLSAndAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	p1, p2, p3 := mustPod(t, n1), mustPod(t, n2), mustPod(t, n3)
-	connect(t, p1.NS, p2.IP, "p1 -> p2 over TLS-etcd cluster")
-	connect(t, p3.NS, p1.IP, "p3 (password auth node) -> p1")
+	harness.Connect(t, p1.NS, p2.IP, "p1 -> p2 over TLS-etcd cluster", 3)
+	harness.Connect(t, p3.NS, p1.IP, "p3 (password auth node) -> p1", 3)
 	log3, _ := os.ReadFile(n3.LogPath)
 	if strings.Contains(string(log3), strings.TrimSpace(readFile(t, tlsf.PasswordFile))) {
 		t.Fatal("the etcd password appears in the daemon log")

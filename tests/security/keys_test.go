@@ -69,8 +69,8 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 		outputs = append(outputs, p.Result)
 	}
 
-	connect(t, p1.NS, p2.IP, "p1 -> p2")
-	connect(t, p2.NS, p3.IP, "p2 -> p3")
+	harness.Connect(t, p1.NS, p2.IP, "p1 -> p2", 3)
+	harness.Connect(t, p2.NS, p3.IP, "p2 -> p3", 3)
 
 	t.Run("rotation under 100/s ping", func(t *testing.T) {
 		// rotateOnce rotates n2's key under the two ping streams and returns
@@ -179,7 +179,7 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 		if k := privateKeyOf(t, n2); k != newPriv {
 			t.Fatal("restart changed the key again")
 		}
-		connect(t, p1.NS, p2.IP, "p1 -> p2 after rotation and restart")
+		harness.Connect(t, p1.NS, p2.IP, "p1 -> p2 after rotation and restart", 3)
 	})
 
 	t.Run("no private key in any output", func(t *testing.T) {

@@ -115,8 +115,8 @@ func TestLeastPrivilege(t *testing.T) {
 				}
 			}
 			p := mustPod(t, n)
-			connect(t, p.NS, p1.IP, "pod on the least-privilege node -> pod on n1")
-			connect(t, p1.NS, p.IP, "pod on n1 -> pod on the least-privilege node")
+			harness.Connect(t, p.NS, p1.IP, "pod on the least-privilege node -> pod on n1", 3)
+			harness.Connect(t, p1.NS, p.IP, "pod on n1 -> pod on the least-privilege node", 3)
 			if fi, err := os.Stat(filepath.Join(n.StateDir, "privatekey")); err != nil || fi.Mode().Perm() != 0o600 {
 				t.Fatalf("private key: %v %v", fi, err)
 			}

@@ -29,7 +29,7 @@ func TestRecordsCannotBeHijacked(t *testing.T) {
 	c := harness.Start(t, cfg(), 2)
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
 	p1, p2 := mustPod(t, n1), mustPod(t, n2)
-	connect(t, p1.NS, p2.IP, "p1 -> p2")
+	harness.Connect(t, p1.NS, p2.IP, "p1 -> p2", 3)
 	cli, err := c.Etcd.Client()
 	if err != nil {
 		t.Fatal(err)
@@ -133,7 +133,7 @@ func TestRecordsCannotBeHijacked(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		connect(t, p1.NS, p2.IP, "p1 -> p2 after the bad records")
+		harness.Connect(t, p1.NS, p2.IP, "p1 -> p2 after the bad records", 3)
 	})
 
 	t.Run("live record rewritten in place under another name", func(t *testing.T) {
@@ -146,7 +146,7 @@ func TestRecordsCannotBeHijacked(t *testing.T) {
 		}
 		waitLog(t, n1, 15*time.Second, "key="+victimKey, `overwritten in place with node \"mallory\"`)
 		samePeers("in-place overwrite")
-		connect(t, p1.NS, p2.IP, "p1 -> p2 while the record is hijacked")
+		harness.Connect(t, p1.NS, p2.IP, "p1 -> p2 while the record is hijacked", 3)
 		// n2 notices too (its record no longer carries its name).
 		waitLog(t, n2, 15*time.Second, `claims this node's PodCIDR`)
 		// Restore n2's record so the cluster's teardown is clean.

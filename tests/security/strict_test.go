@@ -86,7 +86,7 @@ func TestStrictMode(t *testing.T) {
 	p1, p2 := mustPod(t, n1), mustPod(t, n2)
 	addDefaultRoute(t, c, n1)
 	addDefaultRoute(t, c, n2)
-	connect(t, p1.NS, p2.IP, "p1 -> p2")
+	harness.Connect(t, p1.NS, p2.IP, "p1 -> p2", 3)
 	cli, err := c.Etcd.Client()
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +172,7 @@ func TestStrictMode(t *testing.T) {
 		if err != nil {
 			t.Fatalf("rotate-key: %v %s", err, out)
 		}
-		connect(t, p1.NS, p2.IP, "p1 -> p2 after n2 republished its key")
+		harness.Connect(t, p1.NS, p2.IP, "p1 -> p2 after n2 republished its key", 3)
 		waitLog(t, n1, 20*time.Second, "WireGuard handshake problem cleared")
 	})
 
@@ -256,7 +256,7 @@ func TestStrictMode(t *testing.T) {
 		if afterStrict != 0 {
 			t.Fatalf("%d plaintext pod packets after the daemon installed its strict route:\n%s", afterStrict, rep.Excerpt(20))
 		}
-		connect(t, p1.NS, p2.IP, "p1 -> p2 after start-up")
+		harness.Connect(t, p1.NS, p2.IP, "p1 -> p2 after start-up", 3)
 	})
 }
 
