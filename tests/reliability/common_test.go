@@ -235,3 +235,14 @@ func peersEqual(a, b map[string]peerState) bool {
 	}
 	return true
 }
+
+// handshakesEqual says whether every peer of a has the same last handshake
+// in b.
+func handshakesEqual(a, b map[string]peerState) bool {
+	for k, v := range a {
+		if w, ok := b[k]; !ok || !w.Handshake.Equal(v.Handshake) {
+			return false
+		}
+	}
+	return len(a) == len(b)
+}
