@@ -35,7 +35,8 @@ func ensureDevice(cfg *config.Config, priv keys.Private, log *slog.Logger) (*nod
 	log.Info("underlay", "endpoint", endpoint, "underlay_mtu", underlayMTU, "mtu", mtu)
 
 	// Adopted if it exists (restart), created otherwise.
-	dev, err := wgdev.Ensure(wgdev.Options{Name: cfg.Device, MTU: mtu, Want: wgdev.Mode(cfg.WireGuard), RunDir: cfg.RunDir, Log: log})
+	dev, err := wgdev.Ensure(wgdev.Options{Name: cfg.Device, MTU: mtu, Want: wgdev.Mode(cfg.WireGuard), RunDir: cfg.RunDir,
+		Verbose: cfg.Level <= slog.LevelDebug, Log: log})
 	if err != nil {
 		return nil, err
 	}

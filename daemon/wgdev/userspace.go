@@ -61,7 +61,11 @@ func createUserspace(o Options) (*Device, error) {
 	}
 	defer pr.Close()
 
-	cmd := exec.Command(exe, append(args, "--name", o.Name, "--mtu", strconv.Itoa(o.MTU), "--run-dir", o.RunDir)...)
+	args = append(args, "--name", o.Name, "--mtu", strconv.Itoa(o.MTU), "--run-dir", o.RunDir)
+	if o.Verbose {
+		args = append(args, "--verbose")
+	}
+	cmd := exec.Command(exe, args...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.ExtraFiles = []*os.File{pw} // fd 3: readiness
@@ -112,6 +116,7 @@ func RunHost(args []string, stderr io.Writer) int {
 	name := fs.String("name", "", "device name")
 	mtu := fs.Int("mtu", device.DefaultMTU, "device MTU")
 	runDir := fs.String("run-dir", nodefile.DefaultRunDir, "directory for the pid file")
+	verbose := fs.Bool("verbose", false, "log WireGuard's handshake and timer events")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -121,7 +126,11 @@ func RunHost(args []string, stderr io.Writer) int {
 	if _, err := unix.FcntlInt(3, unix.F_GETFD, 0); err == nil {
 		ready = os.NewFile(3, "ready")
 	}
-	log := slog.New(slog.NewTextHandler(stderr, nil)).With("device", *name, "pid", os.Getpid())
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})).With("device", *name, "pid", os.Getpid())
 	fail := func(err error) int {
 		log.Error("userspace WireGuard device failed", "err", err)
 		if ready != nil {
@@ -155,6 +164,9 @@ func RunHost(args []string, stderr io.Writer) int {
 	dlog := &device.Logger{
 		Verbosef: device.DiscardLogf,
 		Errorf:   func(format string, a ...any) { log.Error(fmt.Sprintf(format, a...)) },
+	}
+	if *verbose {
+		dlog.Verbosef = func(format string, a ...any) { log.Debug(fmt.Sprintf(format, a...)) }
 	}
 	dev := device.NewDevice(tdev, conn.NewDefaultBind(), dlog)
 	uapi, err := ipc.UAPIListen(*name, uapiFile)

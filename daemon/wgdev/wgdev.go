@@ -51,7 +51,12 @@ type Options struct {
 	Exe  string
 	Args []string
 	Env  []string // extra environment for the host process
-	Log  *slog.Logger
+	// Verbose makes a new userspace host log WireGuard's own events
+	// (handshakes sent/received, keypairs, timers) to its log file: the
+	// record operators need when a peer does not come up. Off by default,
+	// as it logs a line per handshake.
+	Verbose bool
+	Log     *slog.Logger
 }
 
 // Device is an ensured WireGuard device.

@@ -79,6 +79,13 @@ func repoRoot(t *testing.T) string {
 func newLab(t *testing.T) *lab {
 	need(t, "ip", "etcd", "etcdctl", "ping", "go")
 	l := &lab{t: t, id: fmt.Sprintf("%04x", rand.N(1<<16)), dir: t.TempDir()}
+	// Registered before everything else, so it runs last: the logs are
+	// read once the processes are gone, before the directory is removed.
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("WGD_DUMP_LOGS") != "" {
+			l.dumpLogs()
+		}
+	})
 	l.bin = filepath.Join(l.dir, "wgcnid")
 	build := exec.Command("go", "build", "-o", l.bin, "./daemon/wgcnid")
 	build.Dir = repoRoot(t)
@@ -219,7 +226,6 @@ func (l *lab) waitFor(d time.Duration, what string, f func() bool) {
 	deadline := time.Now().Add(d)
 	for !f() {
 		if time.Now().After(deadline) {
-			l.dumpLogs()
 			l.t.Fatalf("timed out after %s waiting for %s", d, what)
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -283,9 +289,6 @@ var lossRe = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
 
 func TestTwoNodesUserspaceWireGuard(t *testing.T) {
 	l := newLab(t)
-	if os.Getenv("WGD_DUMP_LOGS") != "" {
-		t.Cleanup(l.dumpLogs)
-	}
 	n1 := l.addNode(1, false)
 	n2 := l.addNode(2, true)
 	t0 := time.Now()
@@ -343,7 +346,6 @@ func TestTwoNodesUserspaceWireGuard(t *testing.T) {
 	before := peerFor(device(t, wg, n2.dev), pub1).ReceiveBytes
 	out, err := exec.Command("ip", "netns", "exec", n1.ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", nf2.Gateway).CombinedOutput()
 	if err != nil {
-		l.dumpLogs()
 		t.Fatalf("ping n1 -> n2 gateway: %v\n%s", err, out)
 	}
 	p21 = peerFor(device(t, wg, n2.dev), pub1)

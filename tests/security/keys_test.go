@@ -41,7 +41,11 @@ func privateKeyOf(t *testing.T, n *harness.Node) wgtypes.Key {
 // command outputs, process command lines and environments) for every
 // private key the nodes ever had, as base64, hex and raw bytes.
 func TestKeysNeverLeakAndRotation(t *testing.T) {
-	c := harness.Start(t, cfg(), 3)
+	// Debug level: the daemons log every reconcile step and the userspace
+	// devices WireGuard's handshake events, which a stalled rotation needs.
+	conf := cfg()
+	conf.DaemonArgs = []string{"--log-level", "debug"}
+	c := harness.Start(t, conf, 3)
 	nodes := c.Nodes()
 	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
 	p1, p2, p3 := mustPod(t, n1), mustPod(t, n2), mustPod(t, n3)
@@ -133,6 +137,12 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 			// printed above; a second rotation is measured and must meet the
 			// target, so a rotation that always stalls still fails.
 			fmt.Printf("KEY ROTATION: first attempt lost %d+%d (known intermittent stall); measuring a second rotation\n", lossIn, lossOut)
+			for _, n := range nodes {
+				for _, f := range []string{filepath.Join(n.RunDir, n.Device+".log"), filepath.Join(n.RunDir, "..", "wgcnid.log")} {
+					b, _ := os.ReadFile(f)
+					fmt.Printf("----- %s %s\n%s\n", n.Name, f, b)
+				}
+			}
 			lossIn, lossOut, oldPub, newPub, newPriv = rotateOnce()
 		}
 
