@@ -84,7 +84,9 @@ func (r *rotator) run(ctx context.Context) {
 //  4. the record is republished: every peer's mesh swaps the old peer for
 //     the new key (old entry removed) and initiates a handshake at once,
 //     which succeeds because our device already has the new key, and
-//     flushes the held packets both ways.
+//     flushes the held packets both ways; a peer that sees no handshake
+//     soon initiates again (mesh/rekey.go), so one lost handshake message
+//     does not cost WireGuard's 5 s retry.
 func (r *rotator) rotate(ctx context.Context) error {
 	h := r.keeper.Held()
 	cctx, cancel := context.WithTimeout(ctx, opTimeout)

@@ -83,6 +83,9 @@ type Stats struct {
 	// PodCIDR's traffic is dropped (it only ever leaves encrypted).
 	NoHandshakePeers atomic.Int64 // gauge: peers failing right now
 	HandshakeStalls  atomic.Int64 // times a peer became failing
+	// Re-keyed peers whose first handshake did not come and whose entry
+	// was re-created to initiate again (rekey.go).
+	RekeyRetries atomic.Int64
 }
 
 // Reconciler keeps the device and routes equal to the records in etcd.
@@ -112,6 +115,9 @@ type Reconciler struct {
 	peerNodes map[wgtypes.Key]PeerInfo
 
 	health map[wgtypes.Key]*peerHealth // by peer key, owned by Run
+
+	rekeyed    map[netip.Prefix]*rekeyWatch // re-keyed peers until their first handshake (rekey.go)
+	rekeyTimer *time.Timer                  // next check of rekeyed; nil when empty
 }
 
 // PeerInfo names the node behind a configured peer.
@@ -266,6 +272,8 @@ func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev 
 				r.apply(cidr)
 			}
 			r.checkHandshakes(time.Now())
+		case <-r.rekeyC():
+			r.checkRekeys(time.Now())
 		}
 	}
 }
@@ -553,8 +561,11 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	if want.Host.IsValid() && (have == nil || have.Host != want.Host) {
 		r.cfg.Log.Info("host encryption on towards peer: its underlay address goes through WireGuard", "peer_node", want.Node, "addr", want.Host, "table", route.HostTable)
 	}
-	if have != nil && have.PublicKey != want.PublicKey && want.Keepalive == 0 {
-		r.handshakeNow(*want)
+	if have != nil && have.PublicKey != want.PublicKey {
+		if want.Keepalive == 0 {
+			r.handshakeNow(*want)
+		}
+		r.watchRekey(cidr, want.PublicKey, time.Now())
 	}
 }
 

@@ -300,3 +300,41 @@ func TestRecordWithOwnKeyRefused(t *testing.T) {
 		t.Fatalf("log does not name the record:\n%s", e.logs.String())
 	}
 }
+
+// A peer whose key changed but that never completes a handshake (here: an
+// endpoint nobody listens on) has its entry re-created rekeyAttempts times,
+// on rekeyDelay's schedule, then left to WireGuard's own retries; a peer
+// that was merely added (no key change) is not followed.
+func TestRekeyedPeerWithoutHandshakeIsRecreated(t *testing.T) {
+	e := setup(t)
+	a, _ := rec(t, "a", "127.0.0.1:9")
+	e.put("10.244.2.0/24", string(a.Encode()))
+	e.start(func(ctx context.Context) { e.r.Run(ctx) })
+	e.waitFor("a configured", func() bool { p, _ := e.state(); return len(p) == 1 })
+
+	rot, _ := wgtypes.GeneratePrivateKey()
+	a.PublicKey = rot.PublicKey()
+	t0 := time.Now()
+	e.put("10.244.2.0/24", string(a.Encode()))
+	var first time.Duration
+	e.waitFor("first re-creation", func() bool {
+		if e.r.Stats.RekeyRetries.Load() >= 1 && first == 0 {
+			first = time.Since(t0)
+		}
+		return first != 0
+	})
+	e.waitFor("all re-creations and the give-up", func() bool {
+		return strings.Contains(e.logs.String(), "no handshake with re-keyed peer; WireGuard keeps retrying")
+	})
+	if got := e.r.Stats.RekeyRetries.Load(); got != rekeyAttempts {
+		t.Fatalf("entry re-created %d times, want %d", got, rekeyAttempts)
+	}
+	if min := rekeyDelay(0); first < min {
+		t.Fatalf("first re-creation after %v, before the %v a handshake gets", first, min)
+	}
+	p, _ := e.state()
+	if len(p) != 1 || p["10.244.2.0/24"].PublicKey != rot.PublicKey() {
+		t.Fatalf("after re-creations the device has %v, want only a's new key", p)
+	}
+	t.Logf("first re-creation %v after the key change; %d in all, given up after %v", first.Round(time.Millisecond), rekeyAttempts, time.Since(t0).Round(100*time.Millisecond))
+}

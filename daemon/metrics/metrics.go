@@ -111,6 +111,8 @@ var (
 		"Peers configured for a while that have no recent handshake: their traffic is dropped (strict mode), check their key and endpoint.", nil, nil)
 	descStalls = prometheus.NewDesc("wgcni_peer_handshake_stalls_total",
 		"Times a peer became one without a recent handshake.", nil, nil)
+	descRekeyRetries = prometheus.NewDesc("wgcni_peer_rekey_retries_total",
+		"Times the entry of a re-keyed peer was re-created because its first handshake did not come.", nil, nil)
 	descRotations = prometheus.NewDesc("wgcni_key_rotations_total",
 		"WireGuard key rotations done by this daemon since it started.", nil, nil)
 )
@@ -141,7 +143,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHandshake, descRx, descTx, descStatus, descEstablished, descEndpoint,
 		descPeers, descDeviceUp, descMode, descLease, descLeaseExpiry, descLeaseTTL, descIPAMUsed, descIPAMFree,
 		descIPAMUp, descApplied, descApplyErr, descResyncs, descWatch, descBad, descRetakes, descNoHandshake, descStalls,
-		descRotations} {
+		descRekeyRetries, descRotations} {
 		ch <- d
 	}
 	c.reconcile.Describe(ch)
@@ -161,6 +163,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descBad, prometheus.CounterValue, float64(s.BadRecords.Load()))
 		ch <- prometheus.MustNewConstMetric(descNoHandshake, prometheus.GaugeValue, float64(s.NoHandshakePeers.Load()))
 		ch <- prometheus.MustNewConstMetric(descStalls, prometheus.CounterValue, float64(s.HandshakeStalls.Load()))
+		ch <- prometheus.MustNewConstMetric(descRekeyRetries, prometheus.CounterValue, float64(s.RekeyRetries.Load()))
 	}
 	if c.src.Rotations != nil {
 		ch <- prometheus.MustNewConstMetric(descRotations, prometheus.CounterValue, float64(c.src.Rotations()))

@@ -76,76 +76,71 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 	harness.Connect(t, p1.NS, p2.IP, "p1 -> p2", 3)
 	harness.Connect(t, p2.NS, p3.IP, "p2 -> p3", 3)
 
-	t.Run("rotation under 100/s ping", func(t *testing.T) {
-		// rotateOnce rotates n2's key under the two ping streams and returns
-		// the loss in each direction.
-		rotateOnce := func() (lossIn, lossOut int, oldPub, newPub wgtypes.Key, newPriv wgtypes.Key) {
-			oldPriv := privateKeyOf(t, n2)
-			oldPub = oldPriv.PublicKey()
-			// ping -i 0.01 manages only ~60/s on a loaded 2-core machine; -i
-			// 0.006 gives at least the 100/s the figure is quoted for (the
-			// measured rate is printed).
-			const count, interval = 1300, 6 * time.Millisecond // ~8 s; rotation at ~2.5 s
-			var wg sync.WaitGroup
-			res := make([]harness.PingResult, 2)
-			errs := make([]error, 2)
-			durs := make([]time.Duration, 2)
-			for i, pair := range [][2]*harness.Pod{{p1, p2}, {p2, p3}} {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					t0 := time.Now()
-					res[i], errs[i] = pair[0].Ping(pair[1].IP, count, interval)
-					durs[i] = time.Since(t0)
-				}()
-			}
-			time.Sleep(2500 * time.Millisecond)
-			t0 := time.Now()
-			argv := append([]string{c.Bin("wgcnid"), "rotate-key"}, n2.DaemonArgs()...)
-			out, err := n2.ExecTimeout(90*time.Second, argv...)
-			took := time.Since(t0)
-			outputs = append(outputs, out)
-			if err != nil {
-				t.Fatalf("wgcnid rotate-key: %v", err)
-			}
-			t.Logf("wgcnid rotate-key (%v): %s", took.Round(time.Millisecond), strings.TrimSpace(out))
-			wg.Wait()
-			for i := range errs {
-				if errs[i] != nil {
-					t.Fatal(errs[i])
-				}
-			}
-			newPriv = privateKeyOf(t, n2)
-			secrets = append(secrets, newPriv)
-			newPub = newPriv.PublicKey()
-			if newPub == oldPub {
-				t.Fatal("the key did not change")
-			}
-			if !strings.Contains(out, newPub.String()) {
-				t.Fatalf("rotate-key printed %q, not the new public key %s", out, newPub)
-			}
-			lossIn, lossOut = res[0].Loss(), res[1].Loss()
-			fmt.Printf("KEY ROTATION: packets lost during a rotation of n2's key under two ping streams (measured %.0f/s and %.0f/s): towards n2 %d/%d, from n2 %d/%d\n",
-				float64(res[0].Sent)/durs[0].Seconds(), float64(res[1].Sent)/durs[1].Seconds(), lossIn, res[0].Sent, lossOut, res[1].Sent)
-			t.Logf("loss towards rotating node %d/%d, from it %d/%d", lossIn, res[0].Sent, lossOut, res[1].Sent)
-			return lossIn, lossOut, oldPub, newPub, newPriv
+	// rotateOnce rotates n2's key under the two ping streams and returns
+	// the loss in each direction.
+	rotateOnce := func(t *testing.T) (lossIn, lossOut int, oldPub, newPub wgtypes.Key, newPriv wgtypes.Key) {
+		oldPriv := privateKeyOf(t, n2)
+		oldPub = oldPriv.PublicKey()
+		// ping -i 0.01 manages only ~60/s on a loaded 2-core machine; -i
+		// 0.006 gives at least the 100/s the figure is quoted for (the
+		// measured rate is printed).
+		const count, interval = 1300, 6 * time.Millisecond // ~8 s; rotation at ~2.5 s
+		var wg sync.WaitGroup
+		res := make([]harness.PingResult, 2)
+		errs := make([]error, 2)
+		durs := make([]time.Duration, 2)
+		for i, pair := range [][2]*harness.Pod{{p1, p2}, {p2, p3}} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				t0 := time.Now()
+				res[i], errs[i] = pair[0].Ping(pair[1].IP, count, interval)
+				durs[i] = time.Since(t0)
+			}()
 		}
-		lossIn, lossOut, oldPub, newPub, newPriv := rotateOnce()
+		time.Sleep(2500 * time.Millisecond)
+		t0 := time.Now()
+		argv := append([]string{c.Bin("wgcnid"), "rotate-key"}, n2.DaemonArgs()...)
+		out, err := n2.ExecTimeout(90*time.Second, argv...)
+		took := time.Since(t0)
+		outputs = append(outputs, out)
+		if err != nil {
+			t.Fatalf("wgcnid rotate-key: %v", err)
+		}
+		t.Logf("wgcnid rotate-key (%v): %s", took.Round(time.Millisecond), strings.TrimSpace(out))
+		wg.Wait()
+		for i := range errs {
+			if errs[i] != nil {
+				t.Fatal(errs[i])
+			}
+		}
+		newPriv = privateKeyOf(t, n2)
+		secrets = append(secrets, newPriv)
+		newPub = newPriv.PublicKey()
+		if newPub == oldPub {
+			t.Fatal("the key did not change")
+		}
+		if !strings.Contains(out, newPub.String()) {
+			t.Fatalf("rotate-key printed %q, not the new public key %s", out, newPub)
+		}
+		lossIn, lossOut = res[0].Loss(), res[1].Loss()
+		fmt.Printf("KEY ROTATION: packets lost during a rotation of n2's key under two ping streams (measured %.0f/s and %.0f/s): towards n2 %d/%d, from n2 %d/%d\n",
+			float64(res[0].Sent)/durs[0].Seconds(), float64(res[1].Sent)/durs[1].Seconds(), lossIn, res[0].Sent, lossOut, res[1].Sent)
+		t.Logf("loss towards rotating node %d/%d, from it %d/%d", lossIn, res[0].Sent, lossOut, res[1].Sent)
 		if lossIn+lossOut > 5 {
-			// Known defect (docs/security.md, "Key rotation"): now and then the
-			// rotating node's traffic towards a peer stalls ~3 s. The figure is
-			// printed above; a second rotation is measured and must meet the
-			// target, so a rotation that always stalls still fails.
-			fmt.Printf("KEY ROTATION: first attempt lost %d+%d (known intermittent stall); measuring a second rotation\n", lossIn, lossOut)
+			// The daemons log at debug level and the devices WireGuard's
+			// handshake events: what a stalled rotation needs explained.
 			for _, n := range nodes {
 				for _, f := range []string{filepath.Join(n.RunDir, n.Device+".log"), filepath.Join(n.RunDir, "..", "wgcnid.log")} {
 					b, _ := os.ReadFile(f)
-					fmt.Printf("----- %s %s\n%s\n", n.Name, f, b)
+					t.Logf("----- %s %s\n%s", n.Name, f, b)
 				}
 			}
-			lossIn, lossOut, oldPub, newPub, newPriv = rotateOnce()
 		}
-
+		return lossIn, lossOut, oldPub, newPub, newPriv
+	}
+	t.Run("rotation under 100/s ping", func(t *testing.T) {
+		lossIn, lossOut, oldPub, newPub, newPriv := rotateOnce(t)
 		// etcd has the new key; every peer uses it and has no entry for
 		// the old one.
 		l, err := c.LeaseOf(n2.Name)
@@ -190,6 +185,48 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 			t.Fatal("restart changed the key again")
 		}
 		harness.Connect(t, p1.NS, p2.IP, "p1 -> p2 after rotation and restart", 3)
+	})
+
+	t.Run("rotation with handshake messages lost", func(t *testing.T) {
+		// n3 drops the first WireGuard handshake initiation (message type
+		// 1) and the first response (type 2) it gets from n2 from now on:
+		// n2's own attempt with its new key, and n2's answer to the
+		// handshake n3 starts when it learns that key. WireGuard alone
+		// would retry only after 5 s on both sides (~700 pings held or
+		// lost); n3's daemon sees no handshake and re-creates the peer
+		// entry, which initiates again at once (daemon/mesh/rekey.go).
+		rule := fmt.Sprintf(`table inet wgtest {
+	set seen1 { type ipv4_addr; }
+	set seen2 { type ipv4_addr; }
+	chain in {
+		type filter hook input priority -10;
+		ip saddr %[1]s udp sport %[2]d @th,64,8 1 ip saddr @seen1 accept
+		ip saddr %[1]s udp sport %[2]d @th,64,8 1 add @seen1 { ip saddr } counter drop
+		ip saddr %[1]s udp sport %[2]d @th,64,8 2 ip saddr @seen2 accept
+		ip saddr %[1]s udp sport %[2]d @th,64,8 2 add @seen2 { ip saddr } counter drop
+	}
+}`, n2.UnderlayIP, wgPort)
+		ruleFile := filepath.Join(t.TempDir(), "drop-first-response.nft")
+		if err := os.WriteFile(ruleFile, []byte(rule), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := n3.Exec("nft", "-f", ruleFile); err != nil {
+			t.Fatalf("nft: %v\n%s", err, out)
+		}
+		defer n3.Exec("nft", "delete", "table", "inet", "wgtest")
+		lossIn, lossOut, _, _, _ := rotateOnce(t)
+		out, err := n3.Exec("nft", "list", "table", "inet", "wgtest")
+		if err != nil || strings.Count(out, "counter packets 1 ") != 2 {
+			t.Fatalf("n3 did not drop one handshake initiation and one response from n2 (%v):\n%s", err, out)
+		}
+		log, _ := os.ReadFile(filepath.Join(n3.RunDir, "..", "wgcnid.log"))
+		if !bytes.Contains(log, []byte("re-creating its entry")) {
+			t.Fatal("n3's daemon did not re-create the entry of n2's peer")
+		}
+		fmt.Printf("KEY ROTATION: with n2's first handshake initiation and response to n3 dropped: lost towards n2 %d, from n2 %d (WireGuard alone: ~5 s of traffic)\n", lossIn, lossOut)
+		if lossIn+lossOut > 5 {
+			t.Fatalf("lost %d+%d packets during a rotation with two handshake messages dropped", lossIn, lossOut)
+		}
 	})
 
 	t.Run("no private key in any output", func(t *testing.T) {
