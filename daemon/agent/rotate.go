@@ -80,7 +80,8 @@ func (r *rotator) run(ctx context.Context) {
 //  3. the device switches: its current sessions stop sending, but packets
 //     peers still encrypt with the old session keys are still accepted;
 //     packets we send are held (WireGuard's staged queue) until a
-//     handshake with the new key succeeds;
+//     handshake with the new key succeeds. We initiate to every peer at
+//     once, knowing the peers refuse it (initiateRefused);
 //  4. the record is republished: every peer's mesh swaps the old peer for
 //     the new key (old entry removed) and initiates a handshake at once,
 //     which succeeds because our device already has the new key, and
@@ -103,6 +104,7 @@ func (r *rotator) rotate(ctx context.Context) error {
 	if err := wgdev.Configure(r.wg, r.cfg.Device, priv.Key(), r.cfg.ListenPort); err != nil {
 		return err
 	}
+	r.initiateRefused()
 	r.self.PublicKey = priv.Public()
 	start := time.Now()
 	bo := etcdutil.Backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second}
@@ -124,6 +126,29 @@ func (r *rotator) rotate(ctx context.Context) error {
 	r.log.Info("WireGuard key rotated", "old_public_key", wgtypes.Key(old).String(), "public_key", wgtypes.Key(r.self.PublicKey).String(),
 		"publish_took", time.Since(start).Round(time.Millisecond), "rotations", r.Rotations.Load())
 	return nil
+}
+
+// initiateRefused sends every peer an initiation with the new key before
+// the key is published, which they refuse. Its point is WireGuard's limit
+// of one initiation per peer per 5 s: our own traffic can then not start a
+// handshake in the moment a peer, having just learned the key, starts its
+// own. Two initiations that cross leave both sides as responders, each
+// waiting for the other to send first, until the 5 s are up (seen as ~5 s
+// of lost traffic in tests/security). So the peers' handshakes are the only
+// ones.
+func (r *rotator) initiateRefused() {
+	dev, err := r.wg.Device(r.cfg.Device)
+	if err != nil {
+		r.log.Warn("read device to initiate with the new key", "err", err)
+		return
+	}
+	ka := make(map[wgtypes.Key]time.Duration, len(dev.Peers))
+	for _, p := range dev.Peers {
+		ka[p.PublicKey] = p.PersistentKeepaliveInterval
+	}
+	if err := wgdev.Initiate(r.wg, r.cfg.Device, ka); err != nil {
+		r.log.Warn("initiate with the new key", "err", err)
+	}
 }
 
 // RequestRotation implements `wgcnid rotate-key`: it asks the daemon of

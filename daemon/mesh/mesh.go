@@ -28,6 +28,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/etcdutil"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
+	"github.com/wgcni/wgcni/daemon/wgdev"
 )
 
 // Config wires the reconciler to etcd, the device and this node.
@@ -571,22 +572,16 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 
 // handshakeNow makes the device initiate a handshake with a peer whose key
 // just changed (a key rotation), instead of waiting for our next packet to
-// it. The rotating node switched its device before publishing, so this
-// handshake succeeds at once; its own earlier attempt with the new key was
-// refused by us and WireGuard would retry only after 5 s, holding its
-// packets meanwhile. Turning persistent keepalive on sends a keepalive
-// immediately (kernel and wireguard-go alike); it is turned off again
-// right away. A peer with keepalive configured got one already.
+// it. The rotating node switched its device, and made its own first
+// initiation (refused: we did not know the key yet) before publishing, so
+// it cannot initiate again for 5 s and ours is the one handshake: no two
+// initiations cross, which would leave both sides answering and neither
+// sending. A peer with keepalive configured got its keepalive, and so its
+// initiation, when its entry was created.
 func (r *Reconciler) handshakeNow(p Peer) {
-	on, off := time.Second, time.Duration(0)
-	for _, ka := range []*time.Duration{&on, &off} {
-		err := r.cfg.WG.ConfigureDevice(r.cfg.Device, wgtypes.Config{Peers: []wgtypes.PeerConfig{{
-			PublicKey: p.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: ka,
-		}}})
-		if err != nil {
-			r.cfg.Log.Warn("could not trigger a handshake with the re-keyed peer; it happens with the next packet", "cidr", p.CIDR, "err", err)
-			return
-		}
+	err := wgdev.Initiate(r.cfg.WG, r.cfg.Device, map[wgtypes.Key]time.Duration{p.PublicKey: 0})
+	if err != nil {
+		r.cfg.Log.Warn("could not trigger a handshake with the re-keyed peer; it happens with the next packet", "cidr", p.CIDR, "err", err)
 	}
 }
 
