@@ -73,17 +73,27 @@ func (h Hub) Info(wg *wgctrl.Client) (wgtypes.Key, int, error) {
 // ApplyPod makes p a peer of the hub (AllowedIPs exactly p's /32 and /128,
 // endpoint its loopback port) and routes each of p's addresses into the
 // hub, so the node sends nothing to p in plain text over the bridge.
-func (h Hub) ApplyPod(wg *wgctrl.Client, p *Pod) error {
+func (h Hub) ApplyPod(wg *wgctrl.Client, p *Pod) error { return h.applyPod(wg, p, "") }
+
+// applyPod is ApplyPod that also removes the peer of public key replaces
+// (the pod's previous, dead device) in the same configuration change, so
+// the pod's addresses move from the old key to the new one at once.
+func (h Hub) applyPod(wg *wgctrl.Client, p *Pod, replaces string) error {
 	key, err := wgtypes.ParseKey(p.PublicKey)
 	if err != nil {
 		return fmt.Errorf("same-node registration %s: publicKey: %w", p.ID, err)
 	}
-	err = wg.ConfigureDevice(h.Name, wgtypes.Config{Peers: []wgtypes.PeerConfig{{
+	var peers []wgtypes.PeerConfig
+	if old, err := wgtypes.ParseKey(replaces); err == nil && old != key {
+		peers = append(peers, wgtypes.PeerConfig{PublicKey: old, Remove: true})
+	}
+	peers = append(peers, wgtypes.PeerConfig{
 		PublicKey:         key,
 		Endpoint:          &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p.Port},
 		ReplaceAllowedIPs: true,
 		AllowedIPs:        AllowedIPs(p),
-	}}})
+	})
+	err = wg.ConfigureDevice(h.Name, wgtypes.Config{Peers: peers})
 	if err != nil {
 		return fmt.Errorf("add pod %s (%v) as peer of hub %s: %w", p.ID, p.Addrs(), h.Name, err)
 	}
