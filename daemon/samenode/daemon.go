@@ -381,19 +381,6 @@ func sameNets(a, b []net.IPNet) bool {
 	return true
 }
 
-// enableIPv6 turns IPv6 on for interface name in the calling thread's
-// netns (a new interface may inherit disable_ipv6=1).
-func enableIPv6(name string) error {
-	path := "/proc/sys/net/ipv6/conf/" + name + "/disable_ipv6"
-	if b, err := os.ReadFile(path); err == nil && len(b) > 0 && b[0] == '0' {
-		return nil
-	}
-	if err := os.WriteFile(path, []byte("0"), 0o644); err != nil {
-		return fmt.Errorf("enable IPv6 on %s: %w", name, err)
-	}
-	return nil
-}
-
 // EnsureHost starts the pod device host unless one answers on its socket.
 // It is detached (own session) so it outlives daemon restarts: pod devices
 // keep running while wgcnid restarts.

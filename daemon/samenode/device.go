@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"syscall"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -16,6 +18,10 @@ import (
 	"github.com/wgcni/wgcni/daemon/wgdev"
 )
 
+// handshakeTimeout bounds plumb's wait for the hub-device handshake (on
+// loopback it takes about a millisecond).
+const handshakeTimeout = 3 * time.Second
+
 // plumb gives pod p (a registration to be: everything but its key and
 // port) a new WireGuard device and points everything at it. It is the one
 // sequence behind CNI ADD (AttachPod, in the plugin) and the daemon's
@@ -23,15 +29,16 @@ import (
 //
 //  1. the device, with a fresh key and the hub as its only peer;
 //  2. the registration, with the device's public key and port;
-//  3. the hub peer — AllowedIPs exactly p's /32 and /128, taken over from
+//  3. a handshake between hub and device, started by the hub alone
+//     (Hub.handshake: why);
+//  4. the hub peer — AllowedIPs exactly p's /32 and /128, taken over from
 //     the peer of key replaces (a dead device's) if given — and the node's
 //     routes of p's addresses into the hub;
-//  4. last, the pod's routes into the device.
+//  5. last, the pod's routes into the device.
 //
-// Routes last means that until the hub knows the device's key the pod has
-// no route at all: nothing leaves in clear (fail closed), and the pod's
-// first packet starts a handshake the hub answers (one the hub dropped
-// would be retried only after WireGuard's 5 s rekey timeout).
+// Routes last means that until the hub and the device share a session the
+// pod has no route at all: nothing leaves in clear (fail closed), and its
+// first packets go out at once on that session.
 // The caller holds the registry lock and cleans up after an error.
 func plumb(wg *wgctrl.Client, runDir string, hub Hub, p *Pod, replaces string) error {
 	hubKey, hubPort, err := hub.Info(wg)
@@ -46,6 +53,9 @@ func plumb(wg *wgctrl.Client, runDir string, hub Hub, p *Pod, replaces string) e
 	if err := Register(runDir, p); err != nil {
 		return err
 	}
+	// Not fatal: WireGuard's own handshake retry still connects the pod,
+	// only later (and nothing is sent in clear meanwhile).
+	_ = hub.handshake(wg, p, handshakeTimeout)
 	if err := hub.applyPod(wg, p, replaces); err != nil {
 		return err
 	}
@@ -84,6 +94,35 @@ func removeDevice(runDir, id string, p *Pod) error {
 		if !errors.As(err, &ne) {
 			return err
 		}
+	}
+	return nil
+}
+
+// enableIPv6 turns IPv6 on for interface name in the calling thread's
+// netns (a new interface may inherit disable_ipv6=1, and pod devices are
+// made with it: see quietIPv6).
+func enableIPv6(name string) error { return setIPv6(name, true) }
+
+// quietIPv6 turns IPv6 off on a new pod device before it comes up, in the
+// calling thread's netns. Otherwise bringing it up makes the kernel send
+// MLD reports and router solicitations into it at once, and the device
+// starts a handshake of its own before the hub knows its key (dropped,
+// retried only after 5 s) or crossing the hub's (Hub.handshake: both
+// fail). routePod turns IPv6 on again, once hub and device share a
+// session, for pods that have IPv6.
+func quietIPv6(name string) error { return setIPv6(name, false) }
+
+func setIPv6(name string, on bool) error {
+	path := "/proc/sys/net/ipv6/conf/" + name + "/disable_ipv6"
+	want := byte('1')
+	if on {
+		want = '0'
+	}
+	if b, err := os.ReadFile(path); err == nil && len(b) > 0 && b[0] == want {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte{want}, 0o644); err != nil {
+		return fmt.Errorf("set IPv6 %v on %s: %w", on, name, err)
 	}
 	return nil
 }

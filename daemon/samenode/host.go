@@ -215,6 +215,9 @@ func (h *host) add(req Request) (*Response, error) {
 		}
 		link, err := netlink.LinkByName(req.IfName)
 		if err == nil {
+			err = quietIPv6(req.IfName)
+		}
+		if err == nil {
 			err = netlink.LinkSetUp(link)
 		}
 		if err != nil {

@@ -130,6 +130,9 @@ func configureKernelDevice(l netlink.Link, wgIf string, hubKey wgtypes.Key, hubP
 	if err != nil {
 		return wgtypes.Key{}, 0, fmt.Errorf("configure %s: %w", wgIf, err)
 	}
+	if err := quietIPv6(wgIf); err != nil {
+		return wgtypes.Key{}, 0, err
+	}
 	if err := netlink.LinkSetUp(l); err != nil {
 		return wgtypes.Key{}, 0, fmt.Errorf("set %s up: %w", wgIf, err)
 	}
