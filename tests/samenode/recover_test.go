@@ -398,6 +398,63 @@ func TestSameNodeHostKilled(t *testing.T) {
 	})
 }
 
+// TestSameNodeHostKilledManyPods: pods added in parallel (their ADDs and
+// the daemon's reconciler serialize on the registry lock) all get devices;
+// after the host is killed every one is re-created and reachable again.
+func TestSameNodeHostKilledManyPods(t *testing.T) {
+	const pods = 8
+	c := harness.Start(t, harness.Config{Tag: "wgk", ClusterCIDR: clusterCIDR, ListenPort: wgPort, ResyncInterval: 3 * time.Second}, 0)
+	on, err := c.AddNode("--same-node-encryption")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	ps := make([]*harness.Pod, pods)
+	errs := make([]error, pods)
+	start := time.Now()
+	for i := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ps[i], errs[i] = on.AddPod()
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d parallel ADDs took %v", pods, time.Since(start).Round(time.Millisecond))
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("parallel ADD %d: %v", i, err)
+		}
+	}
+	if got := len(hubPeers(t, on)); got != pods {
+		t.Fatalf("hub has %d peers after %d parallel ADDs", got, pods)
+	}
+	for _, p := range ps[1:] {
+		harness.Connect(t, ps[0].NS, p.IP, "pod 0 -> "+p.Name, 2)
+	}
+	regs := registrations(t, on)
+	probes := make([]*udpProbe, 0, pods-1)
+	for i, p := range ps[1:] {
+		probes = append(probes, startProbe(t, ps[0].NS, p.NS, ps[0].IP, p.IP, 7100+i))
+	}
+	time.Sleep(200 * time.Millisecond)
+	_, killedAt := killHost(t, on)
+	recovery, _ := waitRecovery(t, killedAt, 30*time.Second, probes...)
+	for _, p := range probes {
+		p.Stop()
+	}
+	t.Logf("RESULT host SIGKILL with %d pods: every pod reachable again %v after the kill", pods, recovery.Round(time.Millisecond))
+	if recovery > recoveryBound {
+		t.Errorf("traffic back only after %v, bound %v", recovery, recoveryBound)
+	}
+	checkRecreated(t, on, regs)
+	for _, p := range ps {
+		if out, err := p.CNI("check"); err != nil {
+			t.Errorf("CHECK %s: %v %s", p.Name, err, out)
+		}
+	}
+}
+
 func logText(t *testing.T, n *harness.Node) string {
 	t.Helper()
 	b, err := os.ReadFile(n.LogPath)
