@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl"
@@ -249,8 +250,8 @@ func (d *Daemon) Sync() (r SyncResult) {
 // means it cannot be told (host unreachable, netns unreadable): leave it.
 func (d *Daemon) deviceAlive(p *Pod, hostOK bool, hosted map[string]bool) (bool, error) {
 	if p.DeviceMode() == wgdev.Kernel {
-		if _, err := os.Stat(p.Netns); err != nil {
-			return true, err // nothing to re-create into
+		if !netnsExists(p.Netns) {
+			return true, errNetnsGone // nothing to re-create into
 		}
 		return kernelDeviceUp(p)
 	}
@@ -264,6 +265,17 @@ func (d *Daemon) deviceAlive(p *Pod, hostOK bool, hosted map[string]bool) (bool,
 // removes the registration.
 var errNetnsGone = errors.New("pod netns gone")
 
+// netnsExists reports whether path is (still) a network namespace: a
+// deleted pod's path may be gone, or an empty bind-mount target left.
+func netnsExists(path string) bool {
+	n, err := ns.GetNS(path)
+	if err != nil {
+		return false
+	}
+	n.Close()
+	return true
+}
+
 // recreate gives registered pod p a new device after its device died —
 // with the pod device host's process, or deleted. The old private key died
 // with it and pod keys are never stored, so the new device has a fresh key
@@ -273,7 +285,7 @@ var errNetnsGone = errors.New("pod netns gone")
 // closed and never reaches the bridge in clear. On error the new device is
 // removed again and the registration kept, for the next try.
 func (d *Daemon) recreate(p *Pod) error {
-	if _, err := os.Stat(p.Netns); errors.Is(err, os.ErrNotExist) {
+	if !netnsExists(p.Netns) {
 		return errNetnsGone
 	}
 	q := *p
@@ -291,6 +303,11 @@ func (d *Daemon) recreate(p *Pod) error {
 	if err := plumb(d.wg, d.o.RunDir, d.hub, &q, p.PublicKey); err != nil {
 		if rerr := removeDevice(d.o.RunDir, q.ID, &q); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("remove half-made device: %w", rerr))
+		}
+		// plumb may have registered the new key already: the hub sync of
+		// this pass must follow what is on disk.
+		if cur, lerr := Load(d.o.RunDir, p.ID); lerr == nil && cur != nil {
+			*p = *cur
 		}
 		return err
 	}
