@@ -50,12 +50,26 @@ func setupSameNode(ctx context.Context, cfg *config.Config, cli *clientv3.Client
 			opts.Gateway6 = a
 		}
 	}
+	// The PodCIDR of each family: the in-pod route re-created for pods
+	// whose registration predates recording it.
+	for _, s := range append([]string{nf.PodCIDR}, nf.PodCIDRs...) {
+		pfx, err := netip.ParsePrefix(s)
+		if err != nil {
+			continue
+		}
+		if pfx.Addr().Is4() {
+			opts.PodCIDR = pfx.Masked()
+		} else {
+			opts.PodCIDR6 = pfx.Masked()
+		}
+	}
 	d, err := samenode.Setup(opts)
 	if err != nil {
 		return err
 	}
 	go d.Run(ctx)
 	nf.SameNodeEncryption = true
+	nf.SameNodeDevice = string(d.PodMode())
 	return nil
 }
 

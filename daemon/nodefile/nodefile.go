@@ -36,6 +36,11 @@ type Node struct {
 	// SameNodeEncryption tells the plugin to route pod-to-pod traffic inside
 	// this node through WireGuard too.
 	SameNodeEncryption bool `json:"sameNodeEncryption,omitempty"`
+	// SameNodeDevice is the WireGuard of new pods' same-node devices, as
+	// the daemon decided it at start: "kernel" (a wireguard link the plugin
+	// creates) or "userspace" (hosted by wgcnid samenode-host; also when
+	// empty).
+	SameNodeDevice string `json:"sameNodeDevice,omitempty"`
 	// One entry per address family, primary first (dual.go); PodCIDR,
 	// Gateway and ClusterCIDR repeat the first entries for older plugins.
 	PodCIDRs     []string `json:"podCIDRs,omitempty"`

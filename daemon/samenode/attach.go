@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"syscall"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
+
+	"github.com/wgcni/wgcni/daemon/wgdev"
 )
 
 // callTimeout bounds one call to the pod device host.
@@ -38,6 +38,9 @@ type Attachment struct {
 	IP          netip.Addr // IPv4 address, if the pod has one
 	IP6         netip.Addr // IPv6 address, if the pod has one
 	MTU         int        // pod MTU towards other nodes (the node file's)
+	// Mode is the WireGuard of the pod device (the node file's
+	// sameNodeDevice): kernel, or userspace (also when empty).
+	Mode wgdev.Mode
 	// This node's pods (PodCIDR of each family): reached at DeviceMTU.
 	PodCIDR  netip.Prefix
 	PodCIDR6 netip.Prefix
@@ -53,127 +56,40 @@ const DeviceMTU = 65000
 // peer of the hub, and points the pod's routes into the device instead of
 // the veth. On error nothing of it is left behind.
 func AttachPod(a Attachment) (_ *Pod, err error) {
+	unlock, err := lockRegistry(a.RunDir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	wg, err := wgctrl.New()
 	if err != nil {
 		return nil, fmt.Errorf("open wgctrl: %w", err)
 	}
 	defer wg.Close()
-	hubKey, hubPort, err := a.Hub.Info(wg)
-	if err != nil {
-		return nil, err
+	mode := a.Mode
+	if mode != wgdev.Kernel {
+		mode = wgdev.Userspace
 	}
-	wgIf := WGIfName(a.IfName)
-	resp, err := Call(a.RunDir, Request{Op: "add", ID: a.ID, Netns: a.Netns, IfName: wgIf, MTU: DeviceMTU, HubKey: hubKey.String(), HubPort: hubPort}, callTimeout)
-	if err != nil {
-		return nil, err
-	}
-	p := &Pod{ID: a.ID, Network: a.Network, ContainerID: a.ContainerID, IfName: a.IfName, Netns: a.Netns, IP: a.IP, IP6: a.IP6, WGIfName: wgIf, PublicKey: resp.PublicKey, Port: resp.Port}
-	defer func() {
-		if err != nil {
-			detach(wg, a.RunDir, a.Hub, a.ID, p)
+	p := &Pod{ID: a.ID, Network: a.Network, ContainerID: a.ContainerID, IfName: a.IfName, Netns: a.Netns,
+		IP: a.IP, IP6: a.IP6, WGIfName: WGIfName(a.IfName), Mode: mode, MTU: a.MTU, PodCIDR: a.PodCIDR, PodCIDR6: a.PodCIDR6}
+	if err := plumb(wg, a.RunDir, a.Hub, p, ""); err != nil {
+		if derr := detach(wg, a.RunDir, a.Hub, a.ID, p); derr != nil {
+			err = errors.Join(err, fmt.Errorf("roll back: %w", derr))
 		}
-	}()
-	if err := Register(a.RunDir, p); err != nil {
 		return nil, err
-	}
-	if err := a.Hub.ApplyPod(wg, p); err != nil {
-		return nil, err
-	}
-	err = ns.WithNetNSPath(a.Netns, func(ns.NetNS) error {
-		if a.IP.IsValid() {
-			if err := podRoutes(a.IfName, wgIf, a.IP, a.PodCIDR, a.MTU); err != nil {
-				return err
-			}
-		}
-		if a.IP6.IsValid() {
-			if err := enableIPv6(wgIf); err != nil {
-				return err
-			}
-			if err := podRoutes(a.IfName, wgIf, a.IP6, a.PodCIDR6, a.MTU); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("same-node routes in %s: %w", a.Netns, err)
 	}
 	return p, nil
-}
-
-// podRoutes removes every route of ip's family through the veth (the
-// connected PodCIDR route included: pod-to-pod must not take the bridge)
-// and sends everything of that family into the WireGuard device instead.
-// With the device gone the pod has no route at all: it fails closed, never
-// in clear.
-func podRoutes(vethName, wgIf string, ip netip.Addr, podCIDR netip.Prefix, mtu int) error {
-	family, bits, zero := netlink.FAMILY_V4, 32, net.IPv4zero.To4()
-	if ip.Is6() {
-		family, bits, zero = netlink.FAMILY_V6, 128, net.IPv6zero
-	}
-	veth, err := netlink.LinkByName(vethName)
-	if err != nil {
-		return err
-	}
-	wgl, err := netlink.LinkByName(wgIf)
-	if err != nil {
-		return err
-	}
-	// Keep the address on the veth (the pod's identity, what runtimes and
-	// CHECK look at) but without its prefix route.
-	addrs, err := netlink.AddrList(veth, family)
-	if err != nil {
-		return err
-	}
-	for _, ad := range addrs {
-		if ad.Flags&unix.IFA_F_NOPREFIXROUTE != 0 || !ad.IP.IsGlobalUnicast() {
-			continue // done already, or link-local (never pod traffic)
-		}
-		repl := ad
-		repl.Flags |= unix.IFA_F_NOPREFIXROUTE
-		if ip.Is6() {
-			// Re-added addresses would go through DAD again and stay
-			// tentative (unusable as source) for a while.
-			repl.Flags |= unix.IFA_F_NODAD
-		}
-		repl.Label = ""
-		if err := netlink.AddrDel(veth, &ad); err != nil {
-			return fmt.Errorf("re-add %s without prefix route: %w", ad.IPNet, err)
-		}
-		if err := netlink.AddrAdd(veth, &repl); err != nil {
-			return fmt.Errorf("re-add %s without prefix route: %w", ad.IPNet, err)
-		}
-	}
-	rs, err := netlink.RouteList(veth, family)
-	if err != nil {
-		return err
-	}
-	for _, r := range rs {
-		if r.Dst != nil && r.Dst.IP.IsLinkLocalUnicast() {
-			continue // fe80::/64: link-local, no pod address is in it
-		}
-		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, syscall.ESRCH) {
-			return fmt.Errorf("delete route %s on %s: %w", r.Dst, vethName, err)
-		}
-	}
-	def := &net.IPNet{IP: zero, Mask: net.CIDRMask(0, bits)}
-	src := net.IP(ip.AsSlice())
-	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: wgl.Attrs().Index, Dst: def, Src: src, Scope: netlink.SCOPE_LINK, MTU: mtu}); err != nil {
-		return fmt.Errorf("default route dev %s: %w", wgIf, err)
-	}
-	if podCIDR.IsValid() {
-		local := &net.IPNet{IP: net.IP(podCIDR.Addr().AsSlice()), Mask: net.CIDRMask(podCIDR.Bits(), bits)}
-		if err := netlink.RouteReplace(&netlink.Route{LinkIndex: wgl.Attrs().Index, Dst: local, Src: src, Scope: netlink.SCOPE_LINK}); err != nil {
-			return fmt.Errorf("route %s dev %s: %w", podCIDR, wgIf, err)
-		}
-	}
-	return nil
 }
 
 // DetachPod undoes AttachPod for attachment id: hub peer and route, the pod
 // device, the registration. Everything already gone is fine. hub may be
 // zero (no node file): the daemon's reconciler then removes the hub side.
 func DetachPod(runDir string, hub Hub, id string) error {
+	unlock, err := lockRegistry(runDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	p, err := Load(runDir, id)
 	if err != nil {
 		// Unreadable registration: still remove the device and the file.
@@ -195,12 +111,8 @@ func detach(wg *wgctrl.Client, runDir string, hub Hub, id string, p *Pod) error 
 			errs = append(errs, err)
 		}
 	}
-	if _, err := Call(runDir, Request{Op: "del", ID: id}, callTimeout); err != nil {
-		// No host running means no device to remove.
-		var ne *net.OpError
-		if !errors.As(err, &ne) {
-			errs = append(errs, err)
-		}
+	if err := removeDevice(runDir, id, p); err != nil {
+		errs = append(errs, err)
 	}
 	if err := Unregister(runDir, id); err != nil {
 		errs = append(errs, err)

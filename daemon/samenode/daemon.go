@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl"
@@ -57,15 +58,20 @@ type Options struct {
 	RunDir   string
 	Gateway  netip.Addr // this node's gateway of each family it has
 	Gateway6 netip.Addr
+	// This node's PodCIDR of each family it has: the pod route re-created
+	// for registrations that do not record it.
+	PodCIDR  netip.Prefix
+	PodCIDR6 netip.Prefix
 	Resync   time.Duration
 	Log      *slog.Logger
 }
 
 // Daemon owns the hub device, its peers and routes, and the pod device host.
 type Daemon struct {
-	o   Options
-	hub Hub
-	wg  *wgctrl.Client
+	o       Options
+	hub     Hub
+	wg      *wgctrl.Client
+	podMode wgdev.Mode // WireGuard of new pods' devices
 }
 
 // Setup ensures the hub device (adopted if it exists) with its own key, the
@@ -115,47 +121,212 @@ func Setup(o Options) (*Daemon, error) {
 		wg.Close()
 		return nil, err
 	}
-	d := &Daemon{o: o, hub: hub, wg: wg}
+	podMode, err := PodDeviceMode(o.Mode, ProbeName(o.Device), o.Log)
+	if err != nil {
+		wg.Close()
+		return nil, err
+	}
+	o.Log.Info("same-node pod devices", "mode", podMode)
+	d := &Daemon{o: o, hub: hub, wg: wg, podMode: podMode}
 	d.Sync()
 	return d, nil
 }
 
-// Run reconciles every Resync interval until ctx ends.
+// PodMode is the WireGuard new pods' devices use (for the node file).
+func (d *Daemon) PodMode() wgdev.Mode { return d.podMode }
+
+// Run reconciles until ctx ends: at once when the pod device host dies
+// (watchHost), every Resync interval anyway, and sooner again while pods
+// wait for a device (a re-creation that failed, e.g. because the dead
+// host's TUN was still being torn down).
 func (d *Daemon) Run(ctx context.Context) {
 	defer d.wg.Close()
+	died := make(chan struct{}, 1)
+	go watchHost(ctx, d.o.RunDir, d.o.Resync, died, d.o.Log)
 	t := time.NewTicker(d.o.Resync)
 	defer t.Stop()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	backoff := retryMin
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-died:
+			d.o.Log.Warn("same-node pod device host gone; restarting it and re-creating pod devices")
 		case <-t.C:
-			if err := EnsureHost(d.o.RunDir, d.o.Log); err != nil {
-				d.o.Log.Error("same-node pod device host", "err", err)
-			}
-			d.Sync()
+		case <-retry.C:
+		}
+		if err := EnsureHost(d.o.RunDir, d.o.Log); err != nil {
+			d.o.Log.Error("same-node pod device host", "err", err)
+		}
+		if r := d.Sync(); r.Pending > 0 {
+			retry.Reset(backoff)
+			backoff = min(2*backoff, d.o.Resync)
+		} else {
+			backoff = retryMin
 		}
 	}
 }
 
-// Sync makes the hub match the registry: a peer (AllowedIPs exactly the
-// pod's /32 and /128) and a route per pod address, nothing else; and drops pod devices that have no
-// registration (an ADD killed half-way, a DEL that never came and a GC
-// that removed the file). Returns what it changed, for tests and logs.
-func (d *Daemon) Sync() (added, removed int) {
+// retryMin is the first quick retry for pods still without a device.
+const retryMin = 200 * time.Millisecond
+
+// SyncResult says what one reconcile changed, for tests and logs.
+type SyncResult struct {
+	Added, Removed int
+	Recreated      int // pod devices re-created from the registry
+	Pending        int // pods whose device could not be re-created yet
+}
+
+// Sync makes pod devices, the hub and the registry agree, under the
+// registry lock (no ADD, DEL or GC runs meanwhile):
+//   - a registered pod whose device is gone (the pod device host died, or
+//     a kernel device was deleted) gets a new one (recreate);
+//   - the hub has a peer (AllowedIPs exactly the pod's /32 and /128) and a
+//     route per pod address, nothing else;
+//   - hosted pod devices without a registration (an ADD killed half-way,
+//     a DEL that never came and a GC that removed the file) are closed.
+func (d *Daemon) Sync() (r SyncResult) {
+	unlock, err := lockRegistry(d.o.RunDir)
+	if err != nil {
+		d.o.Log.Error("same-node reconcile skipped", "err", err)
+		r.Pending = 1
+		return r
+	}
+	defer unlock()
 	pods, errs := List(d.o.RunDir)
 	for _, err := range errs {
 		d.o.Log.Warn("skipping bad same-node registration", "err", err)
 	}
+	hosted, hostErr := Call(d.o.RunDir, Request{Op: "list"}, callTimeout)
+	if hostErr != nil {
+		d.o.Log.Error("same-node pod device host: list devices", "err", hostErr)
+	}
+	hostedIDs := map[string]bool{}
+	if hostErr == nil {
+		for _, id := range hosted.IDs {
+			hostedIDs[id] = true
+		}
+	}
+	for _, p := range pods {
+		alive, err := d.deviceAlive(p, hostErr == nil, hostedIDs)
+		if err != nil || alive {
+			continue
+		}
+		switch err := d.recreate(p); {
+		case err == nil:
+			r.Recreated++
+		case errors.Is(err, errNetnsGone):
+			d.o.Log.Info("same-node pod device not re-created: pod netns gone; DEL or GC will remove the registration", "pod", p.ID, "netns", p.Netns)
+		default:
+			r.Pending++
+			d.o.Log.Error("re-create same-node pod device", "pod", p.ID, "err", err)
+		}
+	}
+	r.Added, r.Removed = d.syncHub(pods)
+	if hostErr == nil {
+		ids := map[string]bool{}
+		for _, p := range pods {
+			ids[p.ID] = true
+		}
+		for _, id := range hosted.IDs {
+			if ids[id] {
+				continue
+			}
+			// Safe under the lock: an ADD registers before releasing it.
+			if _, err := Call(d.o.RunDir, Request{Op: "del", ID: id}, callTimeout); err == nil {
+				r.Removed++
+				d.o.Log.Info("removed unregistered pod device", "id", id)
+			}
+		}
+	}
+	return r
+}
+
+// deviceAlive reports whether p's device exists: a hosted one is in the
+// host's list, a kernel one is a wireguard link in the pod's netns. err
+// means it cannot be told (host unreachable, netns unreadable): leave it.
+func (d *Daemon) deviceAlive(p *Pod, hostOK bool, hosted map[string]bool) (bool, error) {
+	if p.DeviceMode() == wgdev.Kernel {
+		if !netnsExists(p.Netns) {
+			return true, errNetnsGone // nothing to re-create into
+		}
+		return kernelDeviceUp(p)
+	}
+	if !hostOK {
+		return true, errors.New("pod device host unreachable")
+	}
+	return hosted[p.ID], nil
+}
+
+// errNetnsGone: the pod's netns is gone, so is the pod; its DEL or GC
+// removes the registration.
+var errNetnsGone = errors.New("pod netns gone")
+
+// netnsExists reports whether path is (still) a network namespace: a
+// deleted pod's path may be gone, or an empty bind-mount target left.
+func netnsExists(path string) bool {
+	n, err := ns.GetNS(path)
+	if err != nil {
+		return false
+	}
+	n.Close()
+	return true
+}
+
+// recreate gives registered pod p a new device after its device died —
+// with the pod device host's process, or deleted. The old private key died
+// with it and pod keys are never stored, so the new device has a fresh key
+// (made where the device lives, like at ADD); the registration and the hub
+// peer follow the new key (plumb), the pod keeps its name, addresses and
+// routes. While it has no device the pod has no route at all: it fails
+// closed and never reaches the bridge in clear. On error the new device is
+// removed again and the registration kept, for the next try.
+func (d *Daemon) recreate(p *Pod) error {
+	if !netnsExists(p.Netns) {
+		return errNetnsGone
+	}
+	q := *p
+	// Registrations from before route parameters were recorded.
+	if q.MTU == 0 {
+		q.MTU = d.o.MTU
+	}
+	if q.IP.IsValid() && !q.PodCIDR.IsValid() {
+		q.PodCIDR = d.o.PodCIDR
+	}
+	if q.IP6.IsValid() && !q.PodCIDR6.IsValid() {
+		q.PodCIDR6 = d.o.PodCIDR6
+	}
+	start := time.Now()
+	if err := plumb(d.wg, d.o.RunDir, d.hub, &q, p.PublicKey); err != nil {
+		if rerr := removeDevice(d.o.RunDir, q.ID, &q); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("remove half-made device: %w", rerr))
+		}
+		// plumb may have registered the new key already: the hub sync of
+		// this pass must follow what is on disk.
+		if cur, lerr := Load(d.o.RunDir, p.ID); lerr == nil && cur != nil {
+			*p = *cur
+		}
+		return err
+	}
+	d.o.Log.Info("re-created same-node pod device", "pod", q.ID, "netns", q.Netns, "mode", q.DeviceMode(),
+		"public_key", q.PublicKey, "replaces", p.PublicKey, "port", q.Port, "took", time.Since(start).Round(time.Microsecond))
+	*p = q
+	return nil
+}
+
+// syncHub makes the hub's peers and routes match pods.
+func (d *Daemon) syncHub(pods []*Pod) (added, removed int) {
 	want := map[wgtypes.Key]*Pod{}
 	wantIP := map[netip.Addr]bool{}
-	ids := map[string]bool{}
 	for _, p := range pods {
 		k, err := wgtypes.ParseKey(p.PublicKey)
 		if err != nil {
 			continue
 		}
-		want[k], ids[p.ID] = p, true
+		want[k] = p
 		for _, a := range p.Addrs() {
 			wantIP[a] = true
 		}
@@ -206,19 +377,6 @@ func (d *Daemon) Sync() (added, removed int) {
 			}
 		}
 	}
-	if resp, err := Call(d.o.RunDir, Request{Op: "list"}, callTimeout); err == nil {
-		for _, id := range resp.IDs {
-			if ids[id] {
-				continue
-			}
-			// Registration is written right after the device is made: give a
-			// running ADD the benefit of the doubt only if it is fresh.
-			if _, err := Call(d.o.RunDir, Request{Op: "del", ID: id}, callTimeout); err == nil {
-				removed++
-				d.o.Log.Info("removed unregistered pod device", "id", id)
-			}
-		}
-	}
 	return added, removed
 }
 
@@ -238,19 +396,6 @@ func sameNets(a, b []net.IPNet) bool {
 		seen[n.String()]--
 	}
 	return true
-}
-
-// enableIPv6 turns IPv6 on for interface name in the calling thread's
-// netns (a new interface may inherit disable_ipv6=1).
-func enableIPv6(name string) error {
-	path := "/proc/sys/net/ipv6/conf/" + name + "/disable_ipv6"
-	if b, err := os.ReadFile(path); err == nil && len(b) > 0 && b[0] == '0' {
-		return nil
-	}
-	if err := os.WriteFile(path, []byte("0"), 0o644); err != nil {
-		return fmt.Errorf("enable IPv6 on %s: %w", name, err)
-	}
-	return nil
 }
 
 // EnsureHost starts the pod device host unless one answers on its socket.
@@ -295,11 +440,21 @@ func EnsureHost(runDir string, log *slog.Logger) error {
 	return nil
 }
 
-// Cleanup removes the hub (and its routes), the pod device host and the
-// registry. Pods that still exist lose their WireGuard device: with
-// same-node encryption they fail closed until re-added.
+// Cleanup removes the hub (and its routes), the pod device host, kernel
+// pod devices and the registry. Pods that still exist lose their WireGuard
+// device: with same-node encryption they fail closed until re-added.
 func Cleanup(runDir, device string, log *slog.Logger) error {
 	var errs []error
+	// Kernel pod devices outlive every process: remove them while the
+	// registry still says where they are.
+	pods, _ := List(runDir)
+	for _, p := range pods {
+		if p.DeviceMode() == wgdev.Kernel {
+			if err := deleteKernelDevice(p); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	hub := Hub{Name: HubName(device)}
 	if routes, err := hub.Routes(); err == nil {
 		for _, ip := range routes {

@@ -126,6 +126,14 @@ func (h *host) serve(c net.Conn) {
 		json.NewEncoder(c).Encode(Response{Error: "bad request: " + err.Error()})
 		return
 	}
+	if req.Op == "watch" {
+		// The daemon's death detector: acknowledge, then hold the
+		// connection without ever writing again; it closes when this
+		// process ends, however it ends.
+		json.NewEncoder(c).Encode(Response{})
+		io.Copy(io.Discard, c)
+		return
+	}
 	resp, err := h.handle(req)
 	if err != nil {
 		resp = &Response{Error: err.Error()}
@@ -206,6 +214,9 @@ func (h *host) add(req Request) (*Response, error) {
 			return fmt.Errorf("create TUN %s: %w", req.IfName, err)
 		}
 		link, err := netlink.LinkByName(req.IfName)
+		if err == nil {
+			err = quietIPv6(req.IfName)
+		}
 		if err == nil {
 			err = netlink.LinkSetUp(link)
 		}

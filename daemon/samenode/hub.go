@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl"
@@ -73,17 +74,29 @@ func (h Hub) Info(wg *wgctrl.Client) (wgtypes.Key, int, error) {
 // ApplyPod makes p a peer of the hub (AllowedIPs exactly p's /32 and /128,
 // endpoint its loopback port) and routes each of p's addresses into the
 // hub, so the node sends nothing to p in plain text over the bridge.
-func (h Hub) ApplyPod(wg *wgctrl.Client, p *Pod) error {
+func (h Hub) ApplyPod(wg *wgctrl.Client, p *Pod) error { return h.applyPod(wg, p, "") }
+
+// applyPod is ApplyPod that also removes the peer of public key replaces
+// (the pod's previous, dead device) in the same configuration change, so
+// the pod's addresses move from the old key to the new one at once.
+func (h Hub) applyPod(wg *wgctrl.Client, p *Pod, replaces string) error {
 	key, err := wgtypes.ParseKey(p.PublicKey)
 	if err != nil {
 		return fmt.Errorf("same-node registration %s: publicKey: %w", p.ID, err)
 	}
-	err = wg.ConfigureDevice(h.Name, wgtypes.Config{Peers: []wgtypes.PeerConfig{{
-		PublicKey:         key,
-		Endpoint:          &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p.Port},
-		ReplaceAllowedIPs: true,
-		AllowedIPs:        AllowedIPs(p),
-	}}})
+	var peers []wgtypes.PeerConfig
+	if old, err := wgtypes.ParseKey(replaces); err == nil && old != key {
+		peers = append(peers, wgtypes.PeerConfig{PublicKey: old, Remove: true})
+	}
+	noKeepalive := time.Duration(0) // switched on only by handshake
+	peers = append(peers, wgtypes.PeerConfig{
+		PublicKey:                   key,
+		Endpoint:                    &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p.Port},
+		ReplaceAllowedIPs:           true,
+		AllowedIPs:                  AllowedIPs(p),
+		PersistentKeepaliveInterval: &noKeepalive,
+	})
+	err = wg.ConfigureDevice(h.Name, wgtypes.Config{Peers: peers})
 	if err != nil {
 		return fmt.Errorf("add pod %s (%v) as peer of hub %s: %w", p.ID, p.Addrs(), h.Name, err)
 	}
@@ -93,6 +106,50 @@ func (h Hub) ApplyPod(wg *wgctrl.Client, p *Pod) error {
 		}
 	}
 	return nil
+}
+
+// handshake makes p's new device a hub peer without AllowedIPs (so no
+// traffic can reach it through the hub yet), has the hub initiate a
+// handshake with it at once (switching a persistent keepalive on sends
+// one; applyPod switches it off) and waits up to timeout for it to
+// complete. Only the hub initiates: the device has no route yet and IPv6
+// off, so it sends nothing. Without this, the hub (traffic for the pod
+// arrives) and the pod (it sends) initiate at the same moment once the
+// routes are in; each end's initiation overwrites its own pending one, both
+// responses are then rejected, and WireGuard retries only after its 5 s
+// rekey timeout: we measured 5-15 s stalls after re-creation from exactly
+// that.
+func (h Hub) handshake(wg *wgctrl.Client, p *Pod, timeout time.Duration) error {
+	key, err := wgtypes.ParseKey(p.PublicKey)
+	if err != nil {
+		return fmt.Errorf("same-node registration %s: publicKey: %w", p.ID, err)
+	}
+	keepalive := 25 * time.Second
+	err = wg.ConfigureDevice(h.Name, wgtypes.Config{Peers: []wgtypes.PeerConfig{{
+		PublicKey:                   key,
+		Endpoint:                    &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p.Port},
+		ReplaceAllowedIPs:           true,
+		PersistentKeepaliveInterval: &keepalive,
+	}}})
+	if err != nil {
+		return fmt.Errorf("add pod %s as peer of hub %s: %w", p.ID, h.Name, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		d, err := wg.Device(h.Name)
+		if err != nil {
+			return fmt.Errorf("same-node hub device %s: %w", h.Name, err)
+		}
+		for _, peer := range d.Peers {
+			if peer.PublicKey == key && !peer.LastHandshakeTime.IsZero() {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("same-node hub %s: no handshake with pod %s's device within %v", h.Name, p.ID, timeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // RemovePod removes p's peer and its /32 and /128 routes; missing ones are fine.

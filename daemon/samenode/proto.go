@@ -16,7 +16,7 @@ func HostSocket(runDir string) string { return filepath.Join(runDir, "samenode.s
 func HostPIDFile(runDir string) string { return filepath.Join(runDir, "samenode-host.pid") }
 
 // Request is one call to the pod device host. Ops: "ping", "add", "del",
-// "list".
+// "list", and "watch" (acknowledged, then held open until the host ends).
 type Request struct {
 	Op     string `json:"op"`
 	ID     string `json:"id,omitempty"`

@@ -24,6 +24,7 @@ import (
 	"strings"
 
 	"github.com/wgcni/wgcni/daemon/nodefile"
+	"github.com/wgcni/wgcni/daemon/wgdev"
 )
 
 // Pod is a pod's registration: only public data (never a private key). It
@@ -46,6 +47,25 @@ type Pod struct {
 	PublicKey string `json:"publicKey"`
 	// Port is the pod device's UDP port in the node netns (on loopback).
 	Port int `json:"port"`
+	// Mode is the WireGuard behind the pod device: "kernel" (a wireguard
+	// link) or "userspace" (hosted by wgcnid samenode-host); empty in
+	// registrations written before kernel pod devices means userspace.
+	Mode wgdev.Mode `json:"mode,omitempty"`
+	// MTU, PodCIDR and PodCIDR6 are the pod's route parameters as ADD set
+	// them (route MTU towards other nodes, this node's PodCIDRs), so the
+	// daemon re-creates exactly those routes; zero in older registrations
+	// (the daemon then uses the node's own values).
+	MTU      int          `json:"mtu,omitempty"`
+	PodCIDR  netip.Prefix `json:"podCIDR,omitzero"`
+	PodCIDR6 netip.Prefix `json:"podCIDR6,omitzero"`
+}
+
+// DeviceMode is the WireGuard behind p's device (userspace if unrecorded).
+func (p *Pod) DeviceMode() wgdev.Mode {
+	if p.Mode == wgdev.Kernel {
+		return wgdev.Kernel
+	}
+	return wgdev.Userspace
 }
 
 // Addrs lists the pod's addresses, IPv4 first.
@@ -90,6 +110,23 @@ func (p *Pod) Validate() error {
 	}
 	if p.Port <= 0 || p.Port > 65535 {
 		return fmt.Errorf("same-node registration %s: field port %d out of range", p.ID, p.Port)
+	}
+	switch p.Mode {
+	case "", wgdev.Userspace, wgdev.Kernel:
+	default:
+		return fmt.Errorf("same-node registration %s: field mode %q is neither kernel nor userspace", p.ID, p.Mode)
+	}
+	if p.MTU < 0 || p.MTU > 65535 {
+		return fmt.Errorf("same-node registration %s: field mtu %d out of range", p.ID, p.MTU)
+	}
+	if p.PodCIDR.IsValid() && !p.PodCIDR.Addr().Is4() {
+		return fmt.Errorf("same-node registration %s: field podCIDR %s is not IPv4", p.ID, p.PodCIDR)
+	}
+	if p.PodCIDR6.IsValid() && (!p.PodCIDR6.Addr().Is6() || p.PodCIDR6.Addr().Is4In6()) {
+		return fmt.Errorf("same-node registration %s: field podCIDR6 %s is not IPv6", p.ID, p.PodCIDR6)
+	}
+	if p.WGIfName == "" || len(p.WGIfName) > 15 || strings.ContainsAny(p.WGIfName, "/ \x00") {
+		return fmt.Errorf("same-node registration %s: field wgIfName %q is not an interface name", p.ID, p.WGIfName)
 	}
 	return nil
 }

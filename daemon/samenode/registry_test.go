@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/wgcni/wgcni/daemon/wgdev"
 )
 
 func TestRegistry(t *testing.T) {
@@ -114,4 +116,73 @@ func TestRegistryFamilies(t *testing.T) {
 	if p, err := Load(dir, "wgvold"); err != nil || p.IP6.IsValid() || len(p.Addrs()) != 1 {
 		t.Fatalf("old registration: %+v %v", p, err)
 	}
+}
+
+// TestRegistryDeviceFields: what re-creating a pod's device needs is kept
+// (mode, route MTU, PodCIDRs) and checked.
+func TestRegistryDeviceFields(t *testing.T) {
+	dir := t.TempDir()
+	p := &Pod{ID: "wgv0123456789ab", Network: "wgcni", ContainerID: "c1", IfName: "eth0", Netns: "/run/netns/x",
+		IP: netip.MustParseAddr("10.244.1.5"), IP6: netip.MustParseAddr("fd00:244:0:1::5"), WGIfName: "wg-eth0",
+		PublicKey: "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28=", Port: 40000, Mode: wgdev.Kernel, MTU: 1420,
+		PodCIDR: netip.MustParsePrefix("10.244.1.0/24"), PodCIDR6: netip.MustParsePrefix("fd00:244:0:1::/64")}
+	if err := Register(dir, p); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Load(dir, p.ID)
+	if err != nil || got == nil || *got != *p || got.DeviceMode() != wgdev.Kernel {
+		t.Fatalf("Load = %+v, %v; want %+v", got, err, p)
+	}
+	for _, tc := range []struct {
+		field string
+		mod   func(q *Pod)
+	}{
+		{"mode", func(q *Pod) { q.Mode = "ebpf" }},
+		{"mtu", func(q *Pod) { q.MTU = -1 }},
+		{"podCIDR", func(q *Pod) { q.PodCIDR = q.PodCIDR6 }},
+		{"podCIDR6", func(q *Pod) { q.PodCIDR6 = netip.MustParsePrefix("10.0.0.0/8") }},
+		{"wgIfName", func(q *Pod) { q.WGIfName = "" }},
+		{"wgIfName", func(q *Pod) { q.WGIfName = "../../etc" }},
+	} {
+		q := *p
+		tc.mod(&q)
+		if err := Register(dir, &q); err == nil || !strings.Contains(err.Error(), "field "+tc.field) {
+			t.Errorf("%s: Register = %v, want an error naming field %s", tc.field, err, tc.field)
+		}
+	}
+	if (&Pod{}).DeviceMode() != wgdev.Userspace {
+		t.Error("a registration without mode must mean userspace")
+	}
+}
+
+// FuzzLoad: no registration file makes Load panic, and whatever it accepts
+// is valid and survives a write and re-read unchanged.
+func FuzzLoad(f *testing.F) {
+	f.Add([]byte(`{"id":"wgv1","network":"n","containerID":"c","ifName":"eth0","netns":"/x","ip":"10.0.0.1","wgIfName":"wg-eth0","publicKey":"k","port":1}`))
+	f.Add([]byte(`{"id":"wgv1","ip6":"fd00::1","wgIfName":"wg-eth0","publicKey":"k","port":65535,"mode":"kernel","mtu":1420,"podCIDR6":"fd00::/64"}`))
+	f.Add([]byte(`{"id":"../x"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		dir := t.TempDir()
+		if err := os.MkdirAll(Dir(dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(Dir(dir), "wgv1.json"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		p, err := Load(dir, "wgv1")
+		if err != nil || p == nil {
+			return
+		}
+		if err := p.Validate(); err != nil {
+			t.Fatalf("Load accepted an invalid registration: %v", err)
+		}
+		p.ID = "wgv2"
+		if err := Register(dir, p); err != nil {
+			t.Fatalf("re-register: %v", err)
+		}
+		q, err := Load(dir, "wgv2")
+		if err != nil || q == nil || *q != *p {
+			t.Fatalf("round trip: %+v %v, want %+v", q, err, p)
+		}
+	})
 }

@@ -139,26 +139,49 @@ func adopt(o Options) (*Device, error) {
 }
 
 func create(o Options) (*Device, error) {
-	switch o.Want {
+	var d *Device
+	mode, err := Choose(o.Want,
+		func() error { return CreateKernel(o.Name, o.MTU) },
+		func() error {
+			var err error
+			d, err = createUserspace(o)
+			return err
+		}, o.Log.With("device", o.Name))
+	if err != nil {
+		return nil, err
+	}
+	if mode == Kernel {
+		d = &Device{Name: o.Name, Mode: Kernel}
+	}
+	return d, nil
+}
+
+// Choose is the one rule for which WireGuard a device wgcni makes gets
+// (the node device, the same-node hub, pods' same-node devices): kernel()
+// for Kernel, userspace() for Userspace, and for Auto kernel() first,
+// falling back to userspace() only when kernel() fails with
+// ErrKernelUnavailable — any other kernel failure is a real error, not a
+// reason to run slower. It returns the mode that succeeded.
+func Choose(want Mode, kernel, userspace func() error, log *slog.Logger) (Mode, error) {
+	switch want {
 	case Kernel:
-		if err := createKernel(o.Name, o.MTU); err != nil {
-			return nil, err
-		}
-		return &Device{Name: o.Name, Mode: Kernel}, nil
+		return Kernel, kernel()
 	case Userspace:
-		return createUserspace(o)
+		return Userspace, userspace()
 	case Auto, "":
-		err := createKernel(o.Name, o.MTU)
+		err := kernel()
 		if err == nil {
-			return &Device{Name: o.Name, Mode: Kernel}, nil
+			return Kernel, nil
 		}
 		if !errors.Is(err, ErrKernelUnavailable) {
-			return nil, err
+			return Kernel, err
 		}
-		o.Log.Info("kernel WireGuard unavailable; using userspace WireGuard", "device", o.Name, "reason", err)
-		return createUserspace(o)
+		if log != nil {
+			log.Info("kernel WireGuard unavailable; using userspace WireGuard", "reason", err)
+		}
+		return Userspace, userspace()
 	default:
-		return nil, fmt.Errorf("unknown WireGuard mode %q", o.Want)
+		return "", fmt.Errorf("unknown WireGuard mode %q (want auto, kernel or userspace)", want)
 	}
 }
 
@@ -172,12 +195,32 @@ func kernelLink(name string, mtu int) *netlink.Wireguard {
 	return &netlink.Wireguard{LinkAttrs: la}
 }
 
-func createKernel(name string, mtu int) error {
+// CreateKernel creates a kernel WireGuard link name in the calling
+// thread's netns (an existing one is fine). Without WireGuard in the kernel
+// the error wraps ErrKernelUnavailable and names the missing module.
+func CreateKernel(name string, mtu int) error {
 	err := netlink.LinkAdd(kernelLink(name, mtu))
 	if err == nil || errors.Is(err, syscall.EEXIST) {
 		return nil
 	}
 	return classifyKernelErr(name, err)
+}
+
+// ProbeKernel reports whether kernel WireGuard links can be made here, by
+// creating link name and deleting it again; the error is CreateKernel's.
+func ProbeKernel(name string) error {
+	if _, err := netlink.LinkByName(name); err == nil {
+		return fmt.Errorf("probe kernel WireGuard: interface %s already exists", name)
+	}
+	if err := CreateKernel(name, 0); err != nil {
+		return err
+	}
+	if l, err := netlink.LinkByName(name); err == nil {
+		if err := netlink.LinkDel(l); err != nil {
+			return fmt.Errorf("probe kernel WireGuard: delete probe link %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // classifyKernelErr turns the errors a kernel without WireGuard returns

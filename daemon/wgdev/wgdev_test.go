@@ -219,3 +219,63 @@ func TestHostFailsReportsReason(t *testing.T) {
 	}
 	t.Logf("host failure: %v", err)
 }
+
+// TestChoose pins the fallback rule every WireGuard device follows: only
+// "kernel unavailable" in auto mode falls back to userspace.
+func TestChoose(t *testing.T) {
+	unavailable := fmt.Errorf("%w: no module", ErrKernelUnavailable)
+	other := errors.New("EINVAL")
+	for _, tc := range []struct {
+		want               Mode
+		kernelErr          error
+		got                Mode
+		err                error
+		kernelRan, userRan bool
+	}{
+		{want: Auto, kernelErr: nil, got: Kernel, kernelRan: true},
+		{want: "", kernelErr: unavailable, got: Userspace, kernelRan: true, userRan: true},
+		{want: Auto, kernelErr: unavailable, got: Userspace, kernelRan: true, userRan: true},
+		{want: Auto, kernelErr: other, err: other, kernelRan: true},
+		{want: Kernel, kernelErr: unavailable, err: ErrKernelUnavailable, kernelRan: true},
+		{want: Userspace, kernelErr: unavailable, got: Userspace, userRan: true},
+	} {
+		var kernelRan, userRan bool
+		got, err := Choose(tc.want,
+			func() error { kernelRan = true; return tc.kernelErr },
+			func() error { userRan = true; return nil },
+			slog.New(slog.DiscardHandler))
+		if tc.err != nil {
+			if !errors.Is(err, tc.err) {
+				t.Errorf("Choose(%q, kernel err %v) = %v, want %v", tc.want, tc.kernelErr, err, tc.err)
+			}
+		} else if err != nil || got != tc.got {
+			t.Errorf("Choose(%q, kernel err %v) = %s, %v; want %s", tc.want, tc.kernelErr, got, err, tc.got)
+		}
+		if kernelRan != tc.kernelRan || userRan != tc.userRan {
+			t.Errorf("Choose(%q, kernel err %v) ran kernel=%v userspace=%v", tc.want, tc.kernelErr, kernelRan, userRan)
+		}
+	}
+	if _, err := Choose("bogus", nil, nil, nil); err == nil || !strings.Contains(err.Error(), "bogus") {
+		t.Errorf("unknown mode: %v", err)
+	}
+}
+
+func TestProbeKernel(t *testing.T) {
+	n, _ := netnstest.New(t, "wgd")
+	err := n.Do(func(ns.NetNS) error {
+		err := ProbeKernel("wgd-p0")
+		if _, lerr := netlink.LinkByName("wgd-p0"); lerr == nil {
+			return fmt.Errorf("probe link left behind (probe err %v)", err)
+		}
+		return err
+	})
+	if kernelHasWireGuard() {
+		if err != nil {
+			t.Fatalf("kernel has WireGuard but probe failed: %v", err)
+		}
+		return
+	}
+	if !errors.Is(err, ErrKernelUnavailable) || !strings.Contains(err.Error(), "wireguard kernel module") {
+		t.Fatalf("probe without module: %v", err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/wgcni/wgcni/daemon/nodefile"
 	"github.com/wgcni/wgcni/daemon/samenode"
+	"github.com/wgcni/wgcni/daemon/wgdev"
 	"github.com/wgcni/wgcni/plugins/netconf"
 	"github.com/wgcni/wgcni/plugins/veth"
 )
@@ -61,7 +62,7 @@ func (p *Plugin) attachSameNode(node *nodefile.Node, conf *netconf.NetConf, args
 	pod, err := samenode.AttachPod(samenode.Attachment{
 		PodCIDR: podCIDR, PodCIDR6: podCIDR6, IP6: ip6,
 		RunDir: conf.RunDir, Hub: hubOf(node), ID: id, Network: conf.Name, ContainerID: args.ContainerID,
-		IfName: args.IfName, Netns: args.Netns, IP: ip, MTU: mtu,
+		IfName: args.IfName, Netns: args.Netns, IP: ip, MTU: mtu, Mode: wgdev.Mode(node.SameNodeDevice),
 	})
 	if err != nil {
 		return fmt.Errorf("wgcni: same-node encryption: %w", err)
