@@ -161,16 +161,9 @@ func hubPeer(hubKey wgtypes.Key, hubPort int) wgtypes.PeerConfig {
 // fine (a netns takes its WireGuard links with it).
 func deleteKernelDevice(p *Pod) error {
 	err := ns.WithNetNSPath(p.Netns, func(ns.NetNS) error {
-		l, err := netlink.LinkByName(p.WGIfName)
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if l.Type() != "wireguard" {
-			return nil // not a kernel device: not ours to delete
+		l, err := kernelLink(p.WGIfName)
+		if l == nil || err != nil {
+			return err // a missing or non-kernel device is not ours to delete
 		}
 		return netlink.LinkDel(l)
 	})
@@ -185,16 +178,26 @@ func deleteKernelDevice(p *Pod) error {
 func kernelDeviceUp(p *Pod) (bool, error) {
 	up := false
 	err := ns.WithNetNSPath(p.Netns, func(ns.NetNS) error {
-		l, err := netlink.LinkByName(p.WGIfName)
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		up = l.Type() == "wireguard" && l.Attrs().Flags&net.FlagUp != 0
-		return nil
+		l, err := kernelLink(p.WGIfName)
+		up = l != nil && l.Attrs().Flags&net.FlagUp != 0
+		return err
 	})
 	return up, err
+}
+
+// kernelLink returns the kernel WireGuard link name in the current netns;
+// nil, without error, when there is none or name is another kind of link.
+func kernelLink(name string) (netlink.Link, error) {
+	l, err := netlink.LinkByName(name)
+	var nf netlink.LinkNotFoundError
+	if errors.As(err, &nf) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if l.Type() != "wireguard" {
+		return nil, nil
+	}
+	return l, nil
 }
