@@ -418,9 +418,12 @@ func TestTwoNodesUserspaceWireGuard(t *testing.T) {
 	// Node loss: n2's daemon stops (SIGTERM keeps everything), its device
 	// process is killed and its namespace deleted. Only after the lease TTL
 	// does n1 drop the peer and the route.
+	// The clock starts when the daemon stops renewing: removing the node
+	// can take a second on a loaded machine, and the lease (renewed every
+	// TTL/3) expires 2/3 TTL to TTL after the last renewal, not after that.
+	lost := time.Now()
 	l.stop(n2, syscall.SIGTERM)
 	l.removeNode(n2)
-	lost := time.Now()
 	l.waitFor(30*time.Second, "n1 removes n2's peer and route", func() bool {
 		return peerFor(device(t, wg, n1.dev), pub2) == nil && !routeExists(n1, nf2.PodCIDR)
 	})
