@@ -11,8 +11,11 @@
 //   - the raw underlay veth (through the underlay bridge): the ceiling.
 //
 // To attribute what wgcni itself costs it also measures node to node
-// through wgcni's own device (no pod veth, no bridge), and pod to pod with
-// the node's nftables masquerade table removed.
+// through wgcni's own device (no pod veth, no bridge), pod to pod with
+// the node's nftables masquerade table removed, and pods wired by hand
+// behind another wgref pair (pods.go): bridged like wgcni's, routed
+// without a bridge, and bridged with wgcni's nftables tables added. Those
+// separate what any pod behind a veth costs from what wgcni adds.
 //
 // Run as root from the repository root after `make build`:
 //
@@ -22,6 +25,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -282,6 +286,46 @@ func Run(mtu int, o Options) (res Result, err error) {
 		{Name: "wgcni pod->pod", Client: p1.NS, Server: p2.NS, Addr: p2.IP, PIDs: wgPIDs},
 		{Name: "wgref node->node", Client: r1.NS, Server: r2.NS, Addr: refAddrs[1], PIDs: pidsOf("g")},
 	}
+	// The pod hop without wgcnid: two more bare nodes with a wgref pair
+	// and pods wired by hand (pods.go), bridged like wgcni's and routed
+	// without a bridge; then the bridged ones with wgcni's nftables
+	// tables added. wgcni pod->pod against these tells what wgcni adds
+	// from what any pod behind a veth costs.
+	if want(o, "wgref pod->pod", "wgref pod->pod routed", "wgref pod->pod +wgcni nft") {
+		r3, err := c.AddBareNode()
+		if err != nil {
+			return res, err
+		}
+		r4, err := c.AddBareNode()
+		if err != nil {
+			return res, err
+		}
+		on := [2]*harness.Node{r3, r4}
+		if _, err := pairOn(on, "p", 6, 51880, func(n *harness.Node, dev string) error {
+			return startProc(n, dev, refBin, dev, strconv.Itoa(wgMTU))
+		}); err != nil {
+			return res, fmt.Errorf("wgref pod pair: %w", err)
+		}
+		devs := [2]string{"wgb-" + c.RunID + "-p1", "wgb-" + c.RunID + "-p2"}
+		bp, err := barePods(c, on, "bp", podPlan{Bridged: true, Second: 251, Dev: devs, MTU: wgMTU})
+		if err != nil {
+			return res, err
+		}
+		rp, err := barePods(c, on, "rp", podPlan{Second: 249, Dev: devs, MTU: wgMTU})
+		if err != nil {
+			return res, err
+		}
+		cluster := netip.MustParsePrefix("10.251.0.0/16")
+		add1, rm1 := wgcniFilters(r3, bp[0], netip.MustParsePrefix("10.251.1.0/24"), cluster)
+		add2, rm2 := wgcniFilters(r4, bp[1], netip.MustParsePrefix("10.251.2.0/24"), cluster)
+		cases = append(cases,
+			Case{Name: "wgref pod->pod", Client: bp[0].NS, Server: bp[1].NS, Addr: bp[1].IP, PIDs: pidsOf("p")},
+			Case{Name: "wgref pod->pod routed", Client: rp[0].NS, Server: rp[1].NS, Addr: rp[1].IP, PIDs: pidsOf("p")},
+			Case{Name: "wgref pod->pod +wgcni nft", Client: bp[0].NS, Server: bp[1].NS, Addr: bp[1].IP, PIDs: pidsOf("p"),
+				Before: func() error { return errors.Join(add1(), add2()) },
+				After:  func() error { return errors.Join(rm1(), rm2()) }},
+		)
+	}
 	sameAddrs, err := pair("q", 5, 51870, func(n *harness.Node, dev string) error {
 		return startProc(n, dev, refBin, dev, strconv.Itoa(wgMTU))
 	})
@@ -423,6 +467,12 @@ func Run(mtu int, o Options) (res Result, err error) {
 		}
 	}
 	return res, nil
+}
+
+// want reports whether any of the cases named is measured (-only), so
+// setting up what only filtered-out cases use can be skipped.
+func want(o Options, names ...string) bool {
+	return o.Only == nil || slices.ContainsFunc(names, o.Only.MatchString)
 }
 
 // qdiscDrops condenses `tc -s qdisc show` to "qdisc ... sent/dropped".
@@ -634,16 +684,21 @@ func Print(w io.Writer, res []Result) {
 		}
 		for _, st := range streams {
 			ratio := func(a, b string, m map[string][]float64) string {
-				x, y := median(m[a+"/"+st]), median(m[b+"/"+st])
-				if x == 0 || y == 0 {
+				x := pairedRatio(m[a+"/"+st], m[b+"/"+st])
+				if x == 0 {
 					return "-"
 				}
-				return fmt.Sprintf("%.2f", x/y)
+				return fmt.Sprintf("%.2f", x)
 			}
-			fmt.Fprintf(w, "  P%s ratios: wgcni pod->pod / wgref: throughput %s (target >= 0.95), per CPU-s %s; wgcni node->node / wgref: %s, %s; wgcni / debian wireguard-go: %s; masq cost: pod->pod / no masq per CPU-s %s\n",
-				st, ratio("wgcni pod->pod", "wgref node->node", r.Samples), ratio("wgcni pod->pod", "wgref node->node", r.Eff),
-				ratio("wgcni node->node", "wgref node->node", r.Samples), ratio("wgcni node->node", "wgref node->node", r.Eff),
+			both := func(a, b string) string {
+				return ratio(a, b, r.Samples) + " (per CPU-s " + ratio(a, b, r.Eff) + ")"
+			}
+			fmt.Fprintf(w, "  P%s ratios (median of per-round ratios): wgcni pod->pod / wgref node->node: %s (target >= 0.95); wgcni node->node / wgref node->node: %s; wgcni / debian wireguard-go: %s; masq cost: pod->pod / no masq per CPU-s %s\n",
+				st, both("wgcni pod->pod", "wgref node->node"), both("wgcni node->node", "wgref node->node"),
 				ratio("wgcni pod->pod", "debian wireguard-go", r.Samples), ratio("wgcni pod->pod", "wgcni pod->pod no masq", r.Eff))
+			fmt.Fprintf(w, "  P%s the pod hop: wgcni pod->pod / wgref pod->pod (same hop, no wgcnid): %s; wgref pod->pod / wgref node->node (what a bridged pod hop costs): %s; routed pod hop / wgref node->node: %s; wgref pod->pod +wgcni nft / wgref pod->pod: %s\n",
+				st, both("wgcni pod->pod", "wgref pod->pod"), both("wgref pod->pod", "wgref node->node"),
+				both("wgref pod->pod routed", "wgref node->node"), both("wgref pod->pod +wgcni nft", "wgref pod->pod"))
 		}
 		for _, n := range r.Notes {
 			fmt.Fprintf(w, "  note: %s\n", n)
@@ -651,8 +706,21 @@ func Print(w io.Writer, res []Result) {
 	}
 }
 
+// pairedRatio is the median over rounds of a[i]/b[i]: both samples of a
+// round were taken minutes apart at most, so a change in the machine's
+// other load cancels out better than in a ratio of medians.
+func pairedRatio(a, b []float64) float64 {
+	var r []float64
+	for i := range min(len(a), len(b)) {
+		if b[i] > 0 {
+			r = append(r, a[i]/b[i])
+		}
+	}
+	return median(r)
+}
+
 func caseOrder(name string) int {
-	i := slices.Index([]string{"wgcni pod->pod", "wgref node->node", "wgref same session", "debian wireguard-go", "veth underlay (ceiling)", "wgcni node->node", "wgcnid-device node->node", "wgcnid-device +forwarding", "wgcnid-device +nat", "wgcni pod->pod no masq"}, name)
+	i := slices.Index([]string{"wgcni pod->pod", "wgref node->node", "wgref pod->pod", "wgref pod->pod +wgcni nft", "wgref pod->pod routed", "wgref same session", "debian wireguard-go", "veth underlay (ceiling)", "wgcni node->node", "wgcnid-device node->node", "wgcnid-device +forwarding", "wgcnid-device +nat", "wgcni pod->pod no masq"}, name)
 	if i < 0 {
 		return 99
 	}
