@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -39,17 +40,27 @@ func TestBadRecordsLive(t *testing.T) {
 	ep := c.Underlay.Gateway.Next().Next().Next().String()
 	_, goodVal := fakeRecord(t, "ghost", "10.244.240.0/24", c.Underlay.Gateway.Next().Next().Next())
 	pfx := harness.Prefix + "/subnets/"
+	// The bad records go to free PodCIDRs: the nodes got theirs at random,
+	// and overwriting one would test something else (a node's own record
+	// turned bad, after which its key is free for the "thief" below).
+	own1, own2 := podCIDR(t, n1), podCIDR(t, n2)
+	var free []string
+	for i := 255; len(free) < 7; i-- {
+		if cidr := fmt.Sprintf("10.244.%d.0/24", i); cidr != own1 && cidr != own2 {
+			free = append(free, strings.TrimSuffix(cidr, "/24")+"-24")
+		}
+	}
 	bad := []struct{ what, key, value string }{
-		{"malformed JSON", pfx + "10.244.250.0-24", `{"node":"x","publicKey":`},
-		{"wrong-typed field", pfx + "10.244.251.0-24", strings.Replace(goodVal, `"port":51820`, `"port":"51820"`, 1)},
-		{"another node's public key", pfx + "10.244.253.0-24", fmt.Sprintf(`{"node":"thief","publicKey":%q,"endpoint":%q,"port":51820,"keepalive":0}`, l2.PublicKey, ep)},
+		{"malformed JSON", pfx + free[0], `{"node":"x","publicKey":`},
+		{"wrong-typed field", pfx + free[1], strings.Replace(goodVal, `"port":51820`, `"port":"51820"`, 1)},
+		{"another node's public key", pfx + free[2], fmt.Sprintf(`{"node":"thief","publicKey":%q,"endpoint":%q,"port":51820,"keepalive":0}`, l2.PublicKey, ep)},
 		{"CIDR outside the cluster", pfx + "10.245.0.0-24", goodVal},
 		{"wrong prefix length", pfx + "10.244.254.0-23", goodVal},
 		{"not a CIDR", pfx + "garbage", goodVal},
-		{"endpoint inside the cluster CIDR", pfx + "10.244.249.0-24", strings.Replace(goodVal, `"endpoint":"`+ep+`"`, `"endpoint":"10.244.1.1"`, 1)},
-		{"oversized value (1 MiB)", pfx + "10.244.248.0-24", `{"node":"` + strings.Repeat("a", 1<<20) + `"}`},
-		{"empty value", pfx + "10.244.247.0-24", ``},
-		{"JSON null", pfx + "10.244.246.0-24", `null`},
+		{"endpoint inside the cluster CIDR", pfx + free[3], strings.Replace(goodVal, `"endpoint":"`+ep+`"`, `"endpoint":"10.244.1.1"`, 1)},
+		{"oversized value (1 MiB)", pfx + free[4], `{"node":"` + strings.Repeat("a", 1<<20) + `"}`},
+		{"empty value", pfx + free[5], ``},
+		{"JSON null", pfx + free[6], `null`},
 	}
 	cli, err := c.Etcd.Client()
 	if err != nil {
@@ -132,11 +143,12 @@ func TestBadRecordsLive(t *testing.T) {
 			t.Errorf("%s: peers changed: %v -> %v", n.Name, before[n.Name], now)
 		}
 		// No route into the tunnel for any bad record's CIDR either.
-		for _, third := range []int{246, 247, 248, 249, 250, 251, 253} {
-			rt, _ := n.RouteTo(net.IPv4(10, 244, byte(third), 1))
+		for _, key := range free {
+			gw := netip.MustParsePrefix(strings.Replace(key, "-", "/", 1)).Addr().Next()
+			rt, _ := n.RouteTo(net.IP(gw.AsSlice()))
 			if strings.Contains(rt, n.Device) {
 				wrong++
-				t.Errorf("%s routes 10.244.%d.1 into WireGuard: %s", n.Name, third, rt)
+				t.Errorf("%s routes %s into WireGuard: %s", n.Name, gw, rt)
 			}
 		}
 		if ls := logLines(n, "level=ERROR"); len(ls) > 0 {

@@ -35,15 +35,8 @@ func plain6(rep *capture.Report) int {
 // exactly each pod's /32 and /128; routes, registry, CHECK, the daemon's
 // repair and DEL cover both families.
 func TestSameNodeEncryptionDualStack(t *testing.T) {
-	c := harness.Start(t, harness.Config{Tag: "wgq", ClusterCIDR: clusterCIDR + "," + dualV6, NodePrefixLenV6: 64, ListenPort: wgPort, ResyncInterval: 3 * time.Second}, 0)
-	on, err := c.AddNode("--same-node-encryption")
-	if err != nil {
-		t.Fatal(err)
-	}
-	off, err := c.AddNode()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, on, off := startOnOff(t, harness.Config{Tag: "wgq", ClusterCIDR: clusterCIDR + "," + dualV6, NodePrefixLenV6: 64, ListenPort: wgPort, ResyncInterval: 3 * time.Second})
+	var err error
 	nfOn, _ := on.NodeFile()
 	if !nfOn.SameNodeEncryption || len(nfOn.Gateways) != 2 {
 		t.Fatalf("node file of %s: sameNodeEncryption=%v gateways %v", on.Name, nfOn.SameNodeEncryption, nfOn.Gateways)

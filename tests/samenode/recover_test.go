@@ -268,15 +268,7 @@ func checkRecreated(t *testing.T, n *harness.Node, before map[string]samenode.Po
 // re-creates the devices. Dual-stack, and --wireguard=auto, which on this
 // kernel (no WireGuard module) must fall back to userspace pod devices.
 func TestSameNodeHostKilled(t *testing.T) {
-	c := harness.Start(t, harness.Config{Tag: "wgk", ClusterCIDR: clusterCIDR + "," + dualV6, NodePrefixLenV6: 64, ListenPort: wgPort, WireGuard: "auto"}, 0)
-	on, err := c.AddNode("--same-node-encryption")
-	if err != nil {
-		t.Fatal(err)
-	}
-	off, err := c.AddNode()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, on, off := startOnOff(t, harness.Config{Tag: "wgk", ClusterCIDR: clusterCIDR + "," + dualV6, NodePrefixLenV6: 64, ListenPort: wgPort, WireGuard: "auto"})
 	nf, _ := on.NodeFile()
 	if !nf.SameNodeEncryption || nf.SameNodeDevice != "userspace" {
 		t.Fatalf("node file of %s: sameNodeEncryption=%v sameNodeDevice=%q, want userspace (auto without kernel module)", on.Name, nf.SameNodeEncryption, nf.SameNodeDevice)

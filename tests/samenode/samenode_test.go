@@ -129,15 +129,8 @@ func plaintext(rep *capture.Report, gw netip.Addr) []string {
 }
 
 func TestSameNodeEncryption(t *testing.T) {
-	c := harness.Start(t, harness.Config{ClusterCIDR: clusterCIDR, ListenPort: wgPort, ResyncInterval: 5 * time.Second}, 0)
-	on, err := c.AddNode("--same-node-encryption")
-	if err != nil {
-		t.Fatal(err)
-	}
-	off, err := c.AddNode()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, on, off := startOnOff(t, harness.Config{ClusterCIDR: clusterCIDR, ListenPort: wgPort, ResyncInterval: 5 * time.Second})
+	var err error
 	nfOn, _ := on.NodeFile()
 	nfOff, _ := off.NodeFile()
 	if !nfOn.SameNodeEncryption || nfOff.SameNodeEncryption {
@@ -244,4 +237,19 @@ func TestSameNodeEncryption(t *testing.T) {
 		}
 		harness.Connect(t, a.NS, x.IP, "remaining pod still reaches the other node", 10)
 	})
+}
+
+// startOnOff starts a cluster of two nodes: on with same-node encryption,
+// off without (the control that proves the capture sees plaintext).
+func startOnOff(t *testing.T, cfg harness.Config) (c *harness.Cluster, on, off *harness.Node) {
+	t.Helper()
+	c = harness.Start(t, cfg, 0)
+	on, err := c.AddNode("--same-node-encryption")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if off, err = c.AddNode(); err != nil {
+		t.Fatal(err)
+	}
+	return c, on, off
 }
