@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"time"
@@ -149,7 +150,12 @@ func TCPTransfer(client, server NS, addr netip.Addr, port int, size int64, timeo
 // IperfResult is an iperf3 TCP measurement.
 type IperfResult struct {
 	BitsPerSecond float64
+	Seconds       float64 // measured by iperf3
 	Retransmits   int
+	// CPU is the user+system time of the iperf3 client and server (their
+	// rusage, which includes the kernel work done in their context): the
+	// denominator of the benchmarks' Gbit per CPU-second.
+	CPU time.Duration
 }
 
 // Iperf3 runs an iperf3 server bound to addr in the server namespace and a
@@ -163,17 +169,22 @@ func Iperf3(client, server NS, addr netip.Addr, port int, d time.Duration, strea
 	if err := srv.Start(); err != nil {
 		return IperfResult{}, fmt.Errorf("start iperf3 server in %s: %w", server.Name, err)
 	}
+	srvDone := false
 	defer func() {
-		_ = srv.Process.Kill()
-		_ = srv.Wait()
+		if !srvDone {
+			_ = srv.Process.Kill()
+			_ = srv.Wait()
+		}
 	}()
 	var out []byte
+	var cl *exec.Cmd
 	var err error
 	// The server needs a moment to listen; iperf3 fails fast until then.
 	// (With -J, iperf3 may report the refusal in its JSON and exit 0.)
 	for i := 0; i < 50; i++ {
-		out, err = client.Command(ctx, "iperf3", "-c", addr.String(), "-p", strconv.Itoa(port),
-			"-t", strconv.Itoa(int(d.Seconds())), "-P", strconv.Itoa(max(streams, 1)), "-J").Output()
+		cl = client.Command(ctx, "iperf3", "-c", addr.String(), "-p", strconv.Itoa(port),
+			"-t", strconv.Itoa(max(1, int(d.Seconds()))), "-P", strconv.Itoa(max(streams, 1)), "-J")
+		out, err = cl.Output()
 		if !bytes.Contains(out, []byte("unable to connect")) {
 			break
 		}
@@ -188,6 +199,7 @@ func Iperf3(client, server NS, addr netip.Addr, port int, d time.Duration, strea
 				Retransmits int `json:"retransmits"`
 			} `json:"sum_sent"`
 			SumReceived struct {
+				Seconds       float64 `json:"seconds"`
 				BitsPerSecond float64 `json:"bits_per_second"`
 			} `json:"sum_received"`
 		} `json:"end"`
@@ -199,5 +211,18 @@ func Iperf3(client, server NS, addr netip.Addr, port int, d time.Duration, strea
 	if res.Error != "" {
 		return IperfResult{}, fmt.Errorf("iperf3 client in %s to %s: %s (server: %s)", client.Name, addr, res.Error, srvOut.String())
 	}
-	return IperfResult{BitsPerSecond: res.End.SumReceived.BitsPerSecond, Retransmits: res.End.SumSent.Retransmits}, nil
+	// The server exits after one test (-1); its rusage is complete then.
+	werr := make(chan error, 1)
+	go func() { werr <- srv.Wait() }()
+	select {
+	case <-werr:
+		srvDone = true
+	case <-time.After(5 * time.Second):
+	}
+	cpu := cl.ProcessState.UserTime() + cl.ProcessState.SystemTime()
+	if srvDone {
+		cpu += srv.ProcessState.UserTime() + srv.ProcessState.SystemTime()
+	}
+	return IperfResult{BitsPerSecond: res.End.SumReceived.BitsPerSecond, Seconds: res.End.SumReceived.Seconds,
+		Retransmits: res.End.SumSent.Retransmits, CPU: cpu}, nil
 }

@@ -24,7 +24,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -434,7 +433,7 @@ func Run(mtu int, o Options) (res Result, err error) {
 					stopPerf = perfRecord(filepath.Join(o.PerfDir, fmt.Sprintf("%d-%s-P%d.data", mtu, strings.NewReplacer(" ", "_", ">", "", "(", "", ")", "").Replace(cs.Name), st)), o.Dur)
 				}
 				cpu0 := cpuOf(cs.PIDs)
-				r, err := iperf3(cs.Client, cs.Server, cs.Addr, port, o.Dur, st)
+				r, err := harness.Iperf3(cs.Client, cs.Server, cs.Addr, port, o.Dur, st)
 				wgCPU := cpuOf(cs.PIDs) - cpu0
 				if stopPerf != nil {
 					stopPerf()
@@ -519,81 +518,6 @@ func perfRecord(out string, d time.Duration) func() {
 		return func() {}
 	}
 	return func() { _ = cmd.Wait() }
-}
-
-// iperfResult is one iperf3 run and the CPU time its two processes used.
-type iperfResult struct {
-	BitsPerSecond float64
-	Seconds       float64
-	Retransmits   int
-	CPU           time.Duration
-}
-
-// iperf3 is harness.Iperf3 plus the CPU time (user+system, from the
-// processes' rusage) of the iperf3 client and server.
-func iperf3(client, server harness.NS, addr netip.Addr, port int, d time.Duration, streams int) (iperfResult, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
-	defer cancel()
-	srv := server.Command(ctx, "iperf3", "-s", "-1", "-B", addr.String(), "-p", strconv.Itoa(port))
-	var srvOut strings.Builder
-	srv.Stdout, srv.Stderr = &srvOut, &srvOut
-	if err := srv.Start(); err != nil {
-		return iperfResult{}, fmt.Errorf("start iperf3 server in %s: %w", server.Name, err)
-	}
-	srvDone := false
-	defer func() {
-		if !srvDone {
-			_ = srv.Process.Kill()
-			_ = srv.Wait()
-		}
-	}()
-	var out []byte
-	var cl *exec.Cmd
-	var err error
-	for i := 0; i < 50; i++ {
-		cl = client.Command(ctx, "iperf3", "-c", addr.String(), "-p", strconv.Itoa(port),
-			"-t", strconv.Itoa(max(1, int(d.Seconds()))), "-P", strconv.Itoa(max(streams, 1)), "-J")
-		out, err = cl.Output()
-		if !strings.Contains(string(out), "unable to connect") {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
-		return iperfResult{}, fmt.Errorf("iperf3 client in %s to %s: %w: %s %s", client.Name, addr, err, out, srvOut.String())
-	}
-	var res struct {
-		End struct {
-			SumSent struct {
-				Retransmits int `json:"retransmits"`
-			} `json:"sum_sent"`
-			SumReceived struct {
-				Seconds       float64 `json:"seconds"`
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-		Error string `json:"error"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		return iperfResult{}, fmt.Errorf("parse iperf3 output: %w", err)
-	}
-	if res.Error != "" {
-		return iperfResult{}, fmt.Errorf("iperf3 client in %s to %s: %s (server: %s)", client.Name, addr, res.Error, srvOut.String())
-	}
-	// The server exits after one test (-1); its rusage is complete then.
-	werr := make(chan error, 1)
-	go func() { werr <- srv.Wait() }()
-	select {
-	case <-werr:
-		srvDone = true
-	case <-time.After(5 * time.Second):
-	}
-	cpu := cl.ProcessState.UserTime() + cl.ProcessState.SystemTime()
-	if srvDone {
-		cpu += srv.ProcessState.UserTime() + srv.ProcessState.SystemTime()
-	}
-	return iperfResult{BitsPerSecond: res.End.SumReceived.BitsPerSecond, Seconds: res.End.SumReceived.Seconds,
-		Retransmits: res.End.SumSent.Retransmits, CPU: cpu}, nil
 }
 
 func readPID(path string) (int, error) {
