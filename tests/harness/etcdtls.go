@@ -40,8 +40,7 @@ type EtcdTLS struct {
 	// password (PasswordFile) instead of the certificate's CommonName.
 	PasswordUser, PasswordFile string
 
-	ca    *x509.Certificate
-	caKey *ecdsa.PrivateKey
+	ca *CA
 }
 
 // Users and role the TLS cluster sets up.
@@ -57,27 +56,27 @@ func newEtcdTLS(dir string, serverIPs ...netip.Addr) (*EtcdTLS, error) {
 	}
 	t := &EtcdTLS{Dir: dir, PasswordUser: "wgcni-pw", PasswordFile: filepath.Join(dir, "wgcni-pw.password")}
 	var err error
-	if t.ca, t.caKey, err = selfSignedCA(Tag + "-etcd-ca"); err != nil {
+	if t.ca, err = NewCA(Tag + "-etcd-ca"); err != nil {
 		return nil, err
 	}
 	t.CA = filepath.Join(dir, "ca.crt")
-	if err := writePEMFile(t.CA, "CERTIFICATE", t.ca.Raw); err != nil {
+	if err := t.ca.WriteCert(t.CA); err != nil {
 		return nil, err
 	}
-	if t.ServerCert, t.ServerKey, err = issue(dir, "etcd-server", t.ca, t.caKey, true, serverIPs); err != nil {
+	if t.ServerCert, t.ServerKey, err = t.ca.Issue(dir, "etcd-server", true, serverIPs...); err != nil {
 		return nil, err
 	}
-	if t.RootCert, t.RootKey, err = issue(dir, "root", t.ca, t.caKey, false, nil); err != nil {
+	if t.RootCert, t.RootKey, err = t.ca.Issue(dir, "root", false); err != nil {
 		return nil, err
 	}
-	if t.NodeCert, t.NodeKey, err = issue(dir, EtcdNodeUser, t.ca, t.caKey, false, nil); err != nil {
+	if t.NodeCert, t.NodeKey, err = t.ca.Issue(dir, EtcdNodeUser, false); err != nil {
 		return nil, err
 	}
-	rogueCA, rogueKey, err := selfSignedCA(Tag + "-rogue-ca")
+	rogue, err := NewCA(Tag + "-rogue-ca")
 	if err != nil {
 		return nil, err
 	}
-	if t.RogueCert, t.RogueKey, err = issue(filepath.Join(dir, "rogue"), EtcdNodeUser, rogueCA, rogueKey, false, nil); err != nil {
+	if t.RogueCert, t.RogueKey, err = rogue.Issue(filepath.Join(dir, "rogue"), EtcdNodeUser, false); err != nil {
 		return nil, err
 	}
 	pw := make([]byte, 12)
@@ -143,10 +142,17 @@ func trimNL(b []byte) []byte {
 	return b
 }
 
-func selfSignedCA(cn string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+// CA is a throw-away certificate authority for test clusters.
+type CA struct {
+	Cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+// NewCA makes a self-signed CA valid for a day.
+func NewCA(cn string) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
@@ -159,14 +165,19 @@ func selfSignedCA(cn string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	c, err := x509.ParseCertificate(der)
-	return c, key, err
+	return &CA{Cert: c, key: key}, err
 }
 
-// issue writes <dir>/<cn>.crt and .key signed by ca.
-func issue(dir, cn string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, server bool, ips []netip.Addr) (string, string, error) {
+// WriteCert writes the CA certificate (PEM) to path.
+func (ca *CA) WriteCert(path string) error { return writePEMFile(path, "CERTIFICATE", ca.Cert.Raw) }
+
+// Issue writes <dir>/<cn>.crt and .key signed by ca and returns their
+// paths: a client certificate, or with server a server+client one for
+// localhost and ips.
+func (ca *CA) Issue(dir, cn string, server bool, ips ...netip.Addr) (string, string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", err
 	}
@@ -193,7 +204,7 @@ func issue(dir, cn string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, server
 			tmpl.IPAddresses = append(tmpl.IPAddresses, net.IP(ip.AsSlice()))
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
 	if err != nil {
 		return "", "", err
 	}

@@ -2,16 +2,11 @@ package manifests
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +18,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"sigs.k8s.io/yaml"
+
+	"github.com/wgcni/wgcni/tests/harness"
 )
 
 // TestEtcdExampleAndRole starts a real 3-member etcd cluster from
@@ -59,12 +56,13 @@ func TestEtcdExampleAndRole(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	ca := newCA(t, "wgm-etcd-ca")
-	rogue := newCA(t, "wgm-rogue-ca")
-	ca.writeCert(t, dir, "ca")
-	rootCert := ca.issue(t, dir, "root", false)
-	nodeCert := ca.issue(t, dir, "wgcni-node", false)
-	rogueCert := rogue.issue(t, dir, "wgcni-node-rogue", false)
+	ca, rogue := newCA(t, "wgm-etcd-ca"), newCA(t, "wgm-rogue-ca")
+	if err := ca.WriteCert(filepath.Join(dir, "ca.crt")); err != nil {
+		t.Fatal(err)
+	}
+	rootCert := issue(t, ca, dir, "root", false)
+	nodeCert := issue(t, ca, dir, "wgcni-node", false)
+	rogueCert := issue(t, rogue, dir, "wgcni-node-rogue", false)
 
 	const members = 3
 	ports := freePorts(t, 2*members)
@@ -75,7 +73,7 @@ func TestEtcdExampleAndRole(t *testing.T) {
 	}
 	for i := range members {
 		name := fmt.Sprintf("etcd-%d", i+1)
-		server := ca.issue(t, dir, name, true)
+		server := issue(t, ca, dir, name, true)
 		cfg := replaceKeys(t, base, map[string]any{
 			"name":                        name,
 			"data-dir":                    filepath.Join(dir, name+".data"),
@@ -234,86 +232,30 @@ func replaceKeys(t *testing.T, m map[string]any, with map[string]any) map[string
 	return out
 }
 
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	der  []byte
-}
-
-func newCA(t *testing.T, cn string) *testCA {
+func newCA(t *testing.T, cn string) *harness.CA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := harness.NewCA(cn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key, der: der}
-}
-
-func (ca *testCA) writeCert(t *testing.T, dir, name string) {
-	t.Helper()
-	writePEM(t, filepath.Join(dir, name+".crt"), "CERTIFICATE", ca.der)
+	return ca
 }
 
 // issue writes <dir>/<cn>.crt and .key and returns the path without suffix.
-func (ca *testCA) issue(t *testing.T, dir, cn string, server bool) string {
+func issue(t *testing.T, ca *harness.CA, dir, cn string, server bool) string {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	crt, _, err := ca.Issue(dir, cn, server, netip.MustParseAddr("127.0.0.1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(dir, cn)
-	writePEM(t, p+".crt", "CERTIFICATE", der)
-	writePEM(t, p+".key", "PRIVATE KEY", kder)
-	return p
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	return strings.TrimSuffix(crt, ".crt")
 }
 
 // client connects with the given client certificate ("" for none).
-func client(t *testing.T, ca *testCA, certPath string, endpoints []string) *clientv3.Client {
+func client(t *testing.T, ca *harness.CA, certPath string, endpoints []string) *clientv3.Client {
 	t.Helper()
 	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
+	pool.AddCert(ca.Cert)
 	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	if certPath != "" {
 		kp, err := tls.LoadX509KeyPair(certPath+".crt", certPath+".key")
