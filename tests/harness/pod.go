@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"testing"
 	"time"
 )
 
@@ -35,6 +36,16 @@ type Pod struct {
 
 // AddPod creates a pod namespace on the node and runs CNI ADD for it.
 func (n *Node) AddPod() (*Pod, error) { return n.AddPodWith("") }
+
+// MustAddPod is AddPod for tests: a failure ends the test.
+func (n *Node) MustAddPod(tb testing.TB) *Pod {
+	tb.Helper()
+	p, err := n.AddPod()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
 
 // AddPodWith is AddPod with runtime capability args (CAP_ARGS JSON, e.g.
 // `{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}`).

@@ -52,18 +52,9 @@ func TestDualStackOverIPv4Underlay(t *testing.T) {
 		}
 	}
 
-	a1, err := n1.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
-	a2, err := n1.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b1, err := n2.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
+	a1 := n1.MustAddPod(t)
+	a2 := n1.MustAddPod(t)
+	b1 := n2.MustAddPod(t)
 	for _, p := range []*harness.Pod{a1, a2, b1} {
 		if !p.Addr4().IsValid() || !p.Addr6().IsValid() {
 			t.Fatalf("pod %s got %v, want one address of each family", p.Name, p.IPs)

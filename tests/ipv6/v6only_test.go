@@ -44,18 +44,9 @@ func TestIPv6OnlyUnderlayAndPods(t *testing.T) {
 		t.Logf("n1 peer endpoint %s allowed %v", p.Endpoint, p.AllowedIPs)
 	}
 
-	a1, err := n1.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
-	a2, err := n1.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b1, err := n2.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
+	a1 := n1.MustAddPod(t)
+	a2 := n1.MustAddPod(t)
+	b1 := n2.MustAddPod(t)
 	for _, p := range []*harness.Pod{a1, a2, b1} {
 		if len(p.IPs) != 1 || !p.IP.Is6() {
 			t.Fatalf("pod %s: %v, want one IPv6 address", p.Name, p.IPs)

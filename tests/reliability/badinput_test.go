@@ -23,14 +23,8 @@ func TestBadRecordsLive(t *testing.T) {
 	c := start(t, harness.Config{}, 2)
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
 	waitMesh(t, c.Nodes(), 20*time.Second)
-	p1, err := n1.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p2, err := n2.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
+	p1 := n1.MustAddPod(t)
+	p2 := n2.MustAddPod(t)
 	connect(t, p1.NS, p2.IP)
 	before := map[string]map[string]peerState{n1.Name: peers(t, n1), n2.Name: peers(t, n2)}
 	l2, err := c.LeaseOf(n2.Name)

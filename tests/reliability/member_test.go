@@ -79,14 +79,8 @@ func TestEtcdMemberLoss(t *testing.T) {
 	}
 	defer cli.Close()
 	leasesBefore := recordLeases(t, cli)
-	p1, err := n1.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p2, err := n2.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
+	p1 := n1.MustAddPod(t)
+	p2 := n2.MustAddPod(t)
 	connect(t, p1.NS, p2.IP)
 
 	// Which member does n1's daemon talk to?

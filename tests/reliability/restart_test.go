@@ -16,14 +16,8 @@ func TestHitlessRestart(t *testing.T) {
 	c := start(t, harness.Config{LeaseTTL: 6 * time.Second}, 2)
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
 	waitMesh(t, c.Nodes(), 20*time.Second)
-	p1, err := n1.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p2, err := n2.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
+	p1 := n1.MustAddPod(t)
+	p2 := n2.MustAddPod(t)
 	connect(t, p1.NS, p2.IP)
 
 	type snap struct {

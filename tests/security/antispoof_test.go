@@ -64,8 +64,8 @@ func spoofDrops(t *testing.T, n *harness.Node) (int, string) {
 func TestAntiSpoofing(t *testing.T) {
 	c := harness.Start(t, cfg(), 2)
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
-	a, b, cc := mustPod(t, n1), mustPod(t, n1), mustPod(t, n1)
-	d, e := mustPod(t, n2), mustPod(t, n2)
+	a, b, cc := n1.MustAddPod(t), n1.MustAddPod(t), n1.MustAddPod(t)
+	d, e := n2.MustAddPod(t), n2.MustAddPod(t)
 	harness.Connect(t, a.NS, cc.IP, "a -> c (same node)", 3)
 	harness.Connect(t, a.NS, d.IP, "a -> d (cross node)", 3)
 	harness.Connect(t, n1.NS, d.IP, "n1 host -> d", 3)

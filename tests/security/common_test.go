@@ -34,15 +34,6 @@ func cfg() harness.Config {
 	return harness.Config{ClusterCIDR: clusterCIDR, LeaseTTL: leaseTTL, ListenPort: wgPort}
 }
 
-func mustPod(t *testing.T, n *harness.Node) *harness.Pod {
-	t.Helper()
-	p, err := n.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // waitLog waits until the node's daemon log contains every substring.
 func waitLog(t *testing.T, n *harness.Node, timeout time.Duration, subs ...string) string {
 	t.Helper()

@@ -31,7 +31,7 @@ func TestEtcdTLSAndAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p1, p2, p3 := mustPod(t, n1), mustPod(t, n2), mustPod(t, n3)
+	p1, p2, p3 := n1.MustAddPod(t), n2.MustAddPod(t), n3.MustAddPod(t)
 	harness.Connect(t, p1.NS, p2.IP, "p1 -> p2 over TLS-etcd cluster", 3)
 	harness.Connect(t, p3.NS, p1.IP, "p3 (password auth node) -> p1", 3)
 	log3, _ := os.ReadFile(n3.LogPath)

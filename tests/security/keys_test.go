@@ -48,7 +48,7 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 	c := harness.Start(t, conf, 3)
 	nodes := c.Nodes()
 	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
-	p1, p2, p3 := mustPod(t, n1), mustPod(t, n2), mustPod(t, n3)
+	p1, p2, p3 := n1.MustAddPod(t), n2.MustAddPod(t), n3.MustAddPod(t)
 
 	// Files: key 0600 in a 0700 directory.
 	for _, n := range nodes {

@@ -53,7 +53,7 @@ func TestLeastPrivilege(t *testing.T) {
 	}
 	c := harness.Start(t, cfg(), 1)
 	n1 := c.Nodes()[0]
-	p1 := mustPod(t, n1)
+	p1 := n1.MustAddPod(t)
 	const drop = "--inh-caps=-all,+net_admin"
 	variants := []struct {
 		name    string
@@ -114,7 +114,7 @@ func TestLeastPrivilege(t *testing.T) {
 					t.Fatalf("userspace device has capabilities %#x beyond CAP_NET_ADMIN", e)
 				}
 			}
-			p := mustPod(t, n)
+			p := n.MustAddPod(t)
 			harness.Connect(t, p.NS, p1.IP, "pod on the least-privilege node -> pod on n1", 3)
 			harness.Connect(t, p1.NS, p.IP, "pod on n1 -> pod on the least-privilege node", 3)
 			if fi, err := os.Stat(filepath.Join(n.StateDir, "privatekey")); err != nil || fi.Mode().Perm() != 0o600 {

@@ -28,7 +28,7 @@ import (
 func TestRecordsCannotBeHijacked(t *testing.T) {
 	c := harness.Start(t, cfg(), 2)
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
-	p1, p2 := mustPod(t, n1), mustPod(t, n2)
+	p1, p2 := n1.MustAddPod(t), n2.MustAddPod(t)
 	harness.Connect(t, p1.NS, p2.IP, "p1 -> p2", 3)
 	cli, err := c.Etcd.Client()
 	if err != nil {

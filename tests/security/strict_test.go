@@ -83,7 +83,7 @@ func pingFor(ns harness.NS, dst netip.Addr, d time.Duration) func() harness.Ping
 func TestStrictMode(t *testing.T) {
 	c := harness.Start(t, cfg(), 2)
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
-	p1, p2 := mustPod(t, n1), mustPod(t, n2)
+	p1, p2 := n1.MustAddPod(t), n2.MustAddPod(t)
 	addDefaultRoute(t, c, n1)
 	addDefaultRoute(t, c, n2)
 	harness.Connect(t, p1.NS, p2.IP, "p1 -> p2", 3)
