@@ -56,7 +56,8 @@ type Config struct {
 	EtcdPort int
 	// Logf receives progress lines (default: discarded).
 	Logf func(format string, args ...any)
-	// KeepDir keeps the run directory (logs, state) after Close.
+	// KeepDir keeps the run directory (logs, state) after Close; so does
+	// WGCNI_KEEP_DIR=1 in the environment, for a failure to be studied.
 	KeepDir bool
 	// Tag prefixes the run's namespaces, devices and temp dir (default
 	// Tag, "wge"); suites running side by side use their own.
@@ -64,6 +65,9 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() error {
+	if os.Getenv("WGCNI_KEEP_DIR") == "1" {
+		c.KeepDir = true
+	}
 	if c.Repo == "" {
 		c.Repo = os.Getenv("WGCNI_REPO")
 	}
@@ -232,9 +236,12 @@ func (c *Cluster) Close() {
 // failing test's output.
 func (c *Cluster) DumpLogs(lines int) string {
 	var b strings.Builder
-	logs, _ := filepath.Glob(filepath.Join(c.Dir, "*", "*.log"))
 	more, _ := filepath.Glob(filepath.Join(c.Dir, "*.log"))
-	for _, p := range append(more, logs...) {
+	logs, _ := filepath.Glob(filepath.Join(c.Dir, "*", "*.log"))
+	// The userspace WireGuard devices' logs (handshake events at debug
+	// level) explain a stalled handshake; the daemons' logs alone do not.
+	devs, _ := filepath.Glob(filepath.Join(c.Dir, "*", "run", "*.log"))
+	for _, p := range append(append(more, logs...), devs...) {
 		data, err := os.ReadFile(p)
 		if err != nil {
 			continue
