@@ -23,9 +23,11 @@ deps:
 
 # Unit tests plus the root end-to-end tests in the namespace cluster.
 # WGCNI_E2E_REQUIRE=1 turns "skipped: tool missing" into a failure, so the
-# suite can never pass by skipping the end-to-end tests.
+# suite can never pass by skipping the end-to-end tests. tests/gotest is
+# `go test` that ends with a recap of each failed test's message, which a
+# failed cluster test's process-log dump would otherwise push out of view.
 test: deps build
-	WGCNI_E2E_REQUIRE=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	WGCNI_E2E_REQUIRE=1 GO=$(GO) $(GO) run ./tests/gotest -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 # A 3-node cluster with 2 pods per node and a short tour; runs until
 # Ctrl-C or `make demo-down`, then removes everything it made.

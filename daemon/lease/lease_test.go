@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -21,11 +20,9 @@ import (
 
 const prefix = "/wgcni"
 
+// testLog logs into the test's own output: shown when it fails (or with -v).
 func testLog(t *testing.T) *slog.Logger {
-	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(os.Stderr, nil)).With("test", t.Name())
-	}
-	return slog.New(slog.DiscardHandler)
+	return slog.New(slog.NewTextHandler(t.Output(), nil))
 }
 
 func mustCluster(t *testing.T, cidr string, n int) record.Cluster {

@@ -41,16 +41,21 @@ func (n NS) Ping(dst netip.Addr, count int, interval time.Duration) (PingResult,
 
 // PingSize is Ping with a payload size (0: ping's default) and the
 // don't-fragment bit set when size > 0, to probe the path MTU.
+//
+// No -w: with a deadline, ping stops at the first ICMP error (a host or
+// network unreachable while a route or peer changes), so a loss figure
+// would stop counting exactly when it matters. Without it ping sends all
+// count requests and then waits twice the longest round trip seen (1 s if
+// none came back); the context only guards against a hung ping.
 func (n NS) PingSize(dst netip.Addr, count int, interval time.Duration, size int) (PingResult, error) {
-	deadline := int(time.Duration(count)*interval/time.Second) + 2
 	args := []string{"ping", "-n", "-q", "-c", strconv.Itoa(count),
-		"-i", strconv.FormatFloat(interval.Seconds(), 'f', 3, 64),
-		"-W", "1", "-w", strconv.Itoa(deadline)}
+		"-i", strconv.FormatFloat(interval.Seconds(), 'f', 3, 64), "-W", "1"}
 	if size > 0 {
 		args = append(args, "-s", strconv.Itoa(size), "-M", "do")
 	}
 	args = append(args, dst.String())
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(deadline+10)*time.Second)
+	// A loaded machine sends more slowly than asked: allow twice the time.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Duration(count)*interval+15*time.Second)
 	defer cancel()
 	out, _ := n.Command(ctx, args...).CombinedOutput()
 	m := pingSummary.FindStringSubmatch(string(out))

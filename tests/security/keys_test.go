@@ -210,24 +210,44 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 		if err := os.WriteFile(ruleFile, []byte(rule), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := n3.Exec("nft", "-f", ruleFile); err != nil {
-			t.Fatalf("nft: %v\n%s", err, out)
-		}
 		defer n3.Exec("nft", "delete", "table", "inet", "wgtest")
-		lossIn, lossOut, _, _, _ := rotateOnce(t)
-		out, err := n3.Exec("nft", "list", "table", "inet", "wgtest")
-		// The response is the one that matters: n2's initiation, sent
-		// before n3 knew the key, would have been refused anyway.
-		if err != nil || !strings.Contains(out, "@th,64,8 0x2 add @seen2 { ip saddr } counter packets 1 ") {
-			t.Fatalf("n3 did not drop exactly one handshake response from n2 (%v):\n%s", err, out)
+		logPath := filepath.Join(n3.RunDir, "..", "wgcnid.log")
+		recreations := func() int {
+			b, _ := os.ReadFile(logPath)
+			return bytes.Count(b, []byte("re-creating its entry"))
 		}
-		log, _ := os.ReadFile(filepath.Join(n3.RunDir, "..", "wgcnid.log"))
-		if !bytes.Contains(log, []byte("re-creating its entry")) {
-			t.Fatal("n3's daemon did not re-create the entry of n2's peer")
-		}
-		fmt.Printf("KEY ROTATION: with n2's first handshake response to n3 dropped: lost towards n2 %d, from n2 %d (WireGuard alone: ~5 s of traffic)\n", lossIn, lossOut)
-		if lossIn+lossOut > 5 {
-			t.Fatalf("lost %d+%d packets during a rotation with two handshake messages dropped", lossIn, lossOut)
+		// The scenario needs n2's answer to n3 to be the first response
+		// n3 sees after the rule is in place. If the exchange went
+		// another way (n3 dropped no response, or never had to
+		// re-create the entry), the rotation proved nothing about lost
+		// messages: say how it went and rotate again.
+		const tries = 3
+		for try := 1; ; try++ {
+			n3.Exec("nft", "delete", "table", "inet", "wgtest")
+			if out, err := n3.Exec("nft", "-f", ruleFile); err != nil {
+				t.Fatalf("nft: %v\n%s", err, out)
+			}
+			before := recreations()
+			lossIn, lossOut, _, _, _ := rotateOnce(t)
+			fmt.Printf("KEY ROTATION: with n2's first handshake response to n3 dropped: lost towards n2 %d, from n2 %d (WireGuard alone: ~5 s of traffic)\n", lossIn, lossOut)
+			if lossIn+lossOut > 5 {
+				t.Fatalf("lost %d+%d packets during a rotation with handshake messages dropped", lossIn, lossOut)
+			}
+			out, err := n3.Exec("nft", "list", "table", "inet", "wgtest")
+			if err != nil {
+				t.Fatalf("nft list: %v\n%s", err, out)
+			}
+			// The response is the one that matters: n2's initiation, sent
+			// before n3 knew the key, would have been refused anyway.
+			dropped := strings.Contains(out, "@th,64,8 0x2 add @seen2 { ip saddr } counter packets 1 ")
+			recreated := recreations() > before
+			if dropped && recreated {
+				return
+			}
+			t.Logf("try %d did not exercise the lost response (response dropped: %v, entry re-created: %v); n3's rules:\n%s", try, dropped, recreated, out)
+			if try == tries {
+				t.Fatalf("in %d rotations n3 never had to recover from a lost handshake response; the test cannot show the recovery", tries)
+			}
 		}
 	})
 
