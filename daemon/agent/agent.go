@@ -180,6 +180,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck, Observe: om.observe,
 		Keepalive:      int(cfg.Keepalive / time.Second),
 		HostEncryption: hostEnc.On, HostSrc: endpoint, NoTunnel: hostEnc.NoTunnel,
+		Recreate: nd.recreate(cfg, log, nil), DeviceGone: wgdev.WatchGone(ctx, cfg.Device, log),
 	})
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(dev.Mode), WG: wg, PodCIDR: held.CIDR,

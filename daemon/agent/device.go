@@ -33,21 +33,52 @@ func ensureDevice(cfg *config.Config, priv keys.Private, log *slog.Logger) (*nod
 		mtu = WireGuardMTU(underlayMTU, endpoint)
 	}
 	log.Info("underlay", "endpoint", endpoint, "underlay_mtu", underlayMTU, "mtu", mtu)
+	wg, err := wgctrl.New()
+	if err != nil {
+		return nil, fmt.Errorf("open wgctrl: %w", err)
+	}
+	dev, err := bringUpDevice(cfg, mtu, priv, wg, log)
+	if err != nil {
+		wg.Close()
+		return nil, err
+	}
+	return &nodeDevice{endpoint: endpoint, mtu: mtu, dev: dev, wg: wg}, nil
+}
 
-	// Adopted if it exists (restart), created otherwise.
+// bringUpDevice adopts the device if it exists (a restart) or creates it,
+// and sets its key and port.
+func bringUpDevice(cfg *config.Config, mtu int, priv keys.Private, wg *wgctrl.Client, log *slog.Logger) (*wgdev.Device, error) {
 	dev, err := wgdev.Ensure(wgdev.Options{Name: cfg.Device, MTU: mtu, Want: wgdev.Mode(cfg.WireGuard), RunDir: cfg.RunDir,
 		Verbose: cfg.Level <= slog.LevelDebug, Log: log})
 	if err != nil {
 		return nil, err
 	}
 	log.Info("WireGuard device ready", "device", dev.Name, "mode", dev.Mode, "adopted", dev.Adopted, "pid", dev.PID)
-	wg, err := wgctrl.New()
-	if err != nil {
-		return nil, fmt.Errorf("open wgctrl: %w", err)
-	}
 	if err := wgdev.Configure(wg, cfg.Device, priv.Key(), cfg.ListenPort); err != nil {
-		wg.Close()
 		return nil, err
 	}
-	return &nodeDevice{endpoint: endpoint, mtu: mtu, dev: dev, wg: wg}, nil
+	return dev, nil
+}
+
+// recreate returns the mesh's Recreate: bring the lost device back with
+// the key in the state directory (a rotation may have replaced the one
+// the daemon started with), then run after (e.g. the host-only peer's
+// address) on the new link.
+func (nd *nodeDevice) recreate(cfg *config.Config, log *slog.Logger, after func() error) func() (int, error) {
+	return func() (int, error) {
+		priv, _, err := keys.LoadOrCreate(cfg.StateDir)
+		if err != nil {
+			return 0, err
+		}
+		dev, err := bringUpDevice(cfg, nd.mtu, priv, nd.wg, log)
+		if err != nil {
+			return 0, err
+		}
+		if after != nil {
+			if err := after(); err != nil {
+				return 0, err
+			}
+		}
+		return dev.Index, nil
+	}
 }

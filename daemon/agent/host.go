@@ -122,14 +122,26 @@ func RunHost(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	go keeper.Run(ctx)
 	followEndpoint(ctx, cfg, keeper, endpoint, log)
 
+	// The host's leased address lives on the device (and goes back on a
+	// re-created one).
+	setAddr := func() error {
+		l, err := netlink.LinkByName(cfg.Device)
+		if err != nil {
+			return fmt.Errorf("look up WireGuard device %s: %w", cfg.Device, err)
+		}
+		if err := netlink.AddrReplace(l, &netlink.Addr{IPNet: toIPNet(held.CIDR)}); err != nil {
+			return fmt.Errorf("address %s on %s: %w", held.CIDR, cfg.Device, err)
+		}
+		return nil
+	}
+	if err := setAddr(); err != nil {
+		return err
+	}
 	link, err := netlink.LinkByName(cfg.Device)
 	if err != nil {
 		return fmt.Errorf("look up WireGuard device %s: %w", cfg.Device, err)
 	}
 	addr := held.CIDR.Addr()
-	if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: toIPNet(held.CIDR)}); err != nil {
-		return fmt.Errorf("address %s on %s: %w", held.CIDR, cfg.Device, err)
-	}
 	st := HostStatus{Name: cfg.NodeName, Address: addr.String(), HostCIDR: cfg.HostRange.String(), ClusterCIDR: cluster.String(), Device: cfg.Device, MTU: mtu}
 	if err := writeHostFile(cfg.RunDir, st); err != nil {
 		return err
@@ -139,6 +151,8 @@ func RunHost(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, OwnCIDR: held.CIDR,
 		Gateway: addr, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
 		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck, Keepalive: int(cfg.Keepalive / time.Second),
+		Recreate:   nd.recreate(cfg, log, setAddr),
+		DeviceGone: wgdev.WatchGone(ctx, cfg.Device, log),
 	})
 	err = rec.Run(ctx)
 	if ctx.Err() != nil {

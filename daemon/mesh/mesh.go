@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -70,6 +71,12 @@ type Config struct {
 	HostEncryption bool
 	HostSrc        netip.Addr
 	NoTunnel       []netip.Addr
+	// Recreate brings the device back after it was lost (its userspace
+	// host process died, or the link was deleted) — created, keyed,
+	// addressed, up — and returns its new link index; DeviceGone signals
+	// the loss (wgdev.WatchGone). Both optional (device.go).
+	Recreate   func() (linkIndex int, err error)
+	DeviceGone <-chan struct{}
 }
 
 // Stats are counters for operators and metrics.
@@ -87,6 +94,8 @@ type Stats struct {
 	// Re-keyed peers whose first handshake did not come and whose entry
 	// was re-created to initiate again (rekey.go).
 	RekeyRetries atomic.Int64
+	// Times the device was lost and re-created (device.go).
+	DeviceRecreations atomic.Int64
 }
 
 // Reconciler keeps the device and routes equal to the records in etcd.
@@ -119,6 +128,13 @@ type Reconciler struct {
 
 	rekeyed    map[netip.Prefix]*rekeyWatch // re-keyed peers until their first handshake (rekey.go)
 	rekeyTimer *time.Timer                  // next check of rekeyed; nil when empty
+
+	// The device is gone and re-creating it failed: retried on
+	// deviceTimer with deviceBackoff (device.go).
+	deviceLost    bool
+	deviceTimer   *time.Timer
+	deviceBackoff etcdutil.Backoff
+	recreating    bool // recreateDevice is running (its resync must not recurse)
 }
 
 // PeerInfo names the node behind a configured peer.
@@ -176,7 +192,8 @@ func New(cfg Config) *Reconciler {
 	if cfg.Resync <= 0 {
 		cfg.Resync = time.Minute
 	}
-	return &Reconciler{cfg: cfg, synced: make(chan struct{})}
+	return &Reconciler{cfg: cfg, synced: make(chan struct{}),
+		deviceBackoff: etcdutil.Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second}}
 }
 
 // Synced is closed after the first full sync was applied.
@@ -267,6 +284,10 @@ func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev 
 			}
 		case <-resync:
 			r.kernelResync()
+		case <-r.cfg.DeviceGone:
+			r.recreateDevice("device deleted")
+		case <-r.deviceRetryC():
+			r.recreateDevice("retry")
 		case <-retry:
 			for cidr := range r.dirty {
 				delete(r.dirty, cidr)
@@ -335,6 +356,12 @@ func (r *Reconciler) kernelResync() (err error) {
 	start := time.Now()
 	defer func() { r.observe("resync", start, err) }()
 	dev, err := r.cfg.WG.Device(r.cfg.Device)
+	if errors.Is(err, os.ErrNotExist) && r.cfg.Recreate != nil && !r.recreating {
+		// Lost without the event (the watch failed): re-creating it
+		// runs a resync of its own.
+		r.recreateDevice("resync found no device")
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("read WireGuard device %s: %w", r.cfg.Device, err)
 	}

@@ -7,8 +7,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -53,6 +56,10 @@ type env struct {
 	r     *Reconciler
 	logs  *syncBuf
 	key   wgtypes.Key // the device's public key
+
+	priv   wgtypes.Key // the device's private key
+	runDir string      // the userspace device host's pid and log files
+	cfg    Config      // what the reconciler got
 }
 
 func rec(t *testing.T, node string, ep string) (record.Lease, wgtypes.Key) {
@@ -66,6 +73,7 @@ func setup(t *testing.T) *env {
 	e := &env{t: t, cli: srv.Client(t), netns: n, dev: netnstest.DeviceName("wgd-m1"), logs: &syncBuf{}}
 	exe, _ := os.Executable()
 	runDir := t.TempDir()
+	e.runDir = runDir
 	cluster, _ := record.NewCluster("10.244.0.0/16", 24)
 	own := netip.MustParsePrefix("10.244.1.0/24")
 	var cfg Config
@@ -94,7 +102,7 @@ func setup(t *testing.T) *env {
 		if err := wgdev.Configure(e.wg, e.dev, k, 51820); err != nil {
 			return err
 		}
-		e.key = k.PublicKey()
+		e.key, e.priv = k.PublicKey(), k
 		cfg = Config{Client: e.cli, Prefix: "/wgcni", Cluster: cluster, Self: "self", SelfKey: e.key, OwnCIDR: own,
 			Gateway: netip.MustParseAddr("10.244.1.1"), Device: e.dev, LinkIndex: d.Index, WG: e.wg, Resync: time.Hour,
 			Log: slog.New(slog.NewTextHandler(e.logs, nil))}
@@ -104,6 +112,7 @@ func setup(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.wg.Close() })
+	e.cfg = cfg
 	e.r = New(cfg)
 	return e
 }
@@ -337,4 +346,66 @@ func TestRekeyedPeerWithoutHandshakeIsRecreated(t *testing.T) {
 		t.Fatalf("after re-creations the device has %v, want only a's new key", p)
 	}
 	t.Logf("first re-creation %v after the key change; %d in all, given up after %v", first.Round(time.Millisecond), rekeyAttempts, time.Since(t0).Round(100*time.Millisecond))
+}
+
+// TestLostDeviceIsRecreated kills the userspace device's host process (the
+// TUN and all configuration go with it): the reconciler hears of it from
+// netlink, re-creates the device through Recreate and puts every peer and
+// route back, without an etcd event.
+func TestLostDeviceIsRecreated(t *testing.T) {
+	e := setup(t)
+	exe, _ := os.Executable()
+	cfg := e.cfg
+	var calls atomic.Int32
+	cfg.Recreate = func() (int, error) {
+		calls.Add(1)
+		d, err := wgdev.Ensure(wgdev.Options{Name: e.dev, MTU: 1420, Want: wgdev.Userspace, RunDir: e.runDir,
+			Exe: exe, Args: []string{"userspace-device"}, Env: []string{hostEnv + "=1"}})
+		if err != nil {
+			return 0, err
+		}
+		return d.Index, wgdev.Configure(e.wg, e.dev, e.priv, 51820)
+	}
+	a, _ := rec(t, "a", "127.0.0.1:9")
+	b, _ := rec(t, "b", "127.0.0.1:10")
+	e.put("10.244.2.0/24", string(a.Encode()))
+	e.put("10.244.3.0/24", string(b.Encode()))
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	// The subscription belongs to the namespace it is made in.
+	e.netns.Do(func(ns.NetNS) error { cfg.DeviceGone = wgdev.WatchGone(ctx, e.dev, cfg.Log); return nil })
+	if cfg.DeviceGone == nil {
+		t.Fatal("no link subscription")
+	}
+	e.r = New(cfg)
+	e.start(func(ctx context.Context) { e.r.Run(ctx) })
+	full := func() bool {
+		p, r := e.state()
+		return len(p) == 2 && len(r) == 2
+	}
+	e.waitFor("a and b configured", full)
+
+	pidb, err := os.ReadFile(wgdev.PIDFile(e.runDir, e.dev))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(pidb)))
+	t0 := time.Now()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor("the device re-created", func() bool {
+		return e.r.Stats.DeviceRecreations.Load() == 1 && strings.Contains(e.logs.String(), "peers and routes restored")
+	})
+	took := time.Since(t0)
+	if !full() {
+		p, r := e.state()
+		t.Fatalf("after re-creation: %d peers, %d routes; want 2 and 2\n%s", len(p), len(r), e.logs.String())
+	}
+	var dev *wgtypes.Device
+	e.netns.Do(func(ns.NetNS) error { dev, err = e.wg.Device(e.dev); return err })
+	if err != nil || dev.PublicKey != e.key || dev.ListenPort != 51820 {
+		t.Fatalf("re-created device: %v %+v", err, dev)
+	}
+	t.Logf("device back with 2 peers and routes %v after the kill (%d Recreate call(s))", took.Round(time.Millisecond), calls.Load())
 }

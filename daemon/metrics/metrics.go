@@ -113,6 +113,8 @@ var (
 		"Times a peer became one without a recent handshake.", nil, nil)
 	descRekeyRetries = prometheus.NewDesc("wgcni_peer_rekey_retries_total",
 		"Times the entry of a re-keyed peer was re-created because its first handshake did not come.", nil, nil)
+	descRecreations = prometheus.NewDesc("wgcni_device_recreations_total",
+		"Times the WireGuard device was lost (its userspace host process died, or the link was deleted) and re-created with its peers and routes.", nil, nil)
 	descRotations = prometheus.NewDesc("wgcni_key_rotations_total",
 		"WireGuard key rotations done by this daemon since it started.", nil, nil)
 )
@@ -143,7 +145,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHandshake, descRx, descTx, descStatus, descEstablished, descEndpoint,
 		descPeers, descDeviceUp, descMode, descLease, descLeaseExpiry, descLeaseTTL, descIPAMUsed, descIPAMFree,
 		descIPAMUp, descApplied, descApplyErr, descResyncs, descWatch, descBad, descRetakes, descNoHandshake, descStalls,
-		descRekeyRetries, descRotations} {
+		descRekeyRetries, descRecreations, descRotations} {
 		ch <- d
 	}
 	c.reconcile.Describe(ch)
@@ -164,6 +166,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descNoHandshake, prometheus.GaugeValue, float64(s.NoHandshakePeers.Load()))
 		ch <- prometheus.MustNewConstMetric(descStalls, prometheus.CounterValue, float64(s.HandshakeStalls.Load()))
 		ch <- prometheus.MustNewConstMetric(descRekeyRetries, prometheus.CounterValue, float64(s.RekeyRetries.Load()))
+		ch <- prometheus.MustNewConstMetric(descRecreations, prometheus.CounterValue, float64(s.DeviceRecreations.Load()))
 	}
 	if c.src.Rotations != nil {
 		ch <- prometheus.MustNewConstMetric(descRotations, prometheus.CounterValue, float64(c.src.Rotations()))

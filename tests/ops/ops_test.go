@@ -237,7 +237,8 @@ func TestOperatorView(t *testing.T) {
 		t.Fatalf("resync reconciles %v, want >= 1 (the initial sync)", n)
 	}
 	for _, name := range []string{"wgcni_reconcile_errors_total", "wgcni_etcd_watch_restarts_total", "wgcni_bad_records_total",
-		"wgcni_peers_without_handshake", "wgcni_peer_handshake_stalls_total", "wgcni_key_rotations_total"} {
+		"wgcni_peers_without_handshake", "wgcni_peer_handshake_stalls_total", "wgcni_key_rotations_total",
+		"wgcni_device_recreations_total"} {
 		if v := s1.must(t, "n1", name, nil); v != 0 {
 			t.Errorf("%s = %v on a healthy cluster", name, v)
 		}
