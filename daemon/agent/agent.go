@@ -98,7 +98,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 
 	// 4-5. Underlay (endpoint, MTU) and the device: adopted if it exists.
-	nd, err := ensureDevice(cfg, priv, log)
+	nd, err := ensureDevice(ctx, cfg, priv, log)
 	if err != nil {
 		return err
 	}
@@ -180,7 +180,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck, Observe: om.observe,
 		Keepalive:      int(cfg.Keepalive / time.Second),
 		HostEncryption: hostEnc.On, HostSrc: endpoint, NoTunnel: hostEnc.NoTunnel,
-		Recreate: nd.recreate(cfg, log, nil), DeviceGone: wgdev.WatchGone(ctx, cfg.Device, log),
+		Recreate: nd.recreate(cfg, log, nil), DeviceEvents: wgdev.WatchLink(ctx, cfg.Device, log),
+		// A new device for a record that was still ours (a crash or
+		// reboot within the lease TTL): the peers hold sessions with the
+		// old one. For a new record the peers may not know our key yet,
+		// and an initiation they refuse would hold back ours for 5 s.
+		FreshDevice: !dev.Adopted && held.How == "adopted",
 	})
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(dev.Mode), WG: wg, PodCIDR: held.CIDR,

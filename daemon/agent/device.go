@@ -1,16 +1,24 @@
 package agent
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/wgcni/wgcni/daemon/config"
+	"github.com/wgcni/wgcni/daemon/etcdutil"
 	"github.com/wgcni/wgcni/daemon/keys"
 	"github.com/wgcni/wgcni/daemon/wgdev"
 )
+
+// hostPoll is how often start-up looks for a device an external host
+// has not created yet.
+const hostPoll = 200 * time.Millisecond
 
 // nodeDevice is what start-up learns about the underlay and the WireGuard
 // device; pod nodes and host-only peers bring it up the same way.
@@ -23,7 +31,10 @@ type nodeDevice struct {
 
 // ensureDevice detects the underlay (endpoint, MTU), adopts or creates the
 // WireGuard device and sets its key and port.
-func ensureDevice(cfg *config.Config, priv keys.Private, log *slog.Logger) (*nodeDevice, error) {
+//
+// With an external device host (--device-host=external) it waits, until
+// ctx ends, for that host to create the device.
+func ensureDevice(ctx context.Context, cfg *config.Config, priv keys.Private, log *slog.Logger) (*nodeDevice, error) {
 	endpoint, underlayMTU, err := Underlay(cfg.Endpoint)
 	if err != nil {
 		return nil, err
@@ -38,6 +49,16 @@ func ensureDevice(cfg *config.Config, priv keys.Private, log *slog.Logger) (*nod
 		return nil, fmt.Errorf("open wgctrl: %w", err)
 	}
 	dev, err := bringUpDevice(cfg, mtu, priv, wg, log)
+	for waited := 0; errors.Is(err, wgdev.ErrNotHosted); waited++ {
+		if waited%50 == 0 { // every 10 s
+			log.Info("waiting for the external host of the userspace WireGuard device (e.g. its sidecar container)", "device", cfg.Device, "waited", time.Duration(waited)*hostPoll)
+		}
+		if !etcdutil.Sleep(ctx, hostPoll) {
+			wg.Close()
+			return nil, ctx.Err()
+		}
+		dev, err = bringUpDevice(cfg, mtu, priv, wg, log)
+	}
 	if err != nil {
 		wg.Close()
 		return nil, err
@@ -49,7 +70,7 @@ func ensureDevice(cfg *config.Config, priv keys.Private, log *slog.Logger) (*nod
 // and sets its key and port.
 func bringUpDevice(cfg *config.Config, mtu int, priv keys.Private, wg *wgctrl.Client, log *slog.Logger) (*wgdev.Device, error) {
 	dev, err := wgdev.Ensure(wgdev.Options{Name: cfg.Device, MTU: mtu, Want: wgdev.Mode(cfg.WireGuard), RunDir: cfg.RunDir,
-		Verbose: cfg.Level <= slog.LevelDebug, Log: log})
+		Verbose: cfg.Level <= slog.LevelDebug, External: cfg.DeviceHost == config.HostExternal, Log: log})
 	if err != nil {
 		return nil, err
 	}

@@ -84,7 +84,7 @@ func RunHost(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("--host-cidr %s: %w; choose another --host-cidr", cfg.HostRange, err)
 	}
 
-	nd, err := ensureDevice(cfg, priv, log)
+	nd, err := ensureDevice(ctx, cfg, priv, log)
 	if err != nil {
 		return err
 	}
@@ -151,8 +151,8 @@ func RunHost(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, OwnCIDR: held.CIDR,
 		Gateway: addr, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
 		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck, Keepalive: int(cfg.Keepalive / time.Second),
-		Recreate:   nd.recreate(cfg, log, setAddr),
-		DeviceGone: wgdev.WatchGone(ctx, cfg.Device, log),
+		Recreate:     nd.recreate(cfg, log, setAddr),
+		DeviceEvents: wgdev.WatchLink(ctx, cfg.Device, log), FreshDevice: !nd.dev.Adopted && held.How == "adopted",
 	})
 	err = rec.Run(ctx)
 	if ctx.Err() != nil {

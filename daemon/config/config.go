@@ -29,6 +29,18 @@ const (
 	ModeUserspace = "userspace"
 )
 
+// Who runs the userspace device (--device-host).
+const (
+	// HostSpawn: wgcnid starts `wgcnid userspace-device` itself, detached,
+	// so that it outlives the daemon (bare metal, systemd).
+	HostSpawn = "spawn"
+	// HostExternal: something else runs it (a sidecar container, which a
+	// wgcnid container restart does not touch); wgcnid only waits for the
+	// device, adopts and configures it, also when it comes back after
+	// its host restarted.
+	HostExternal = "external"
+)
+
 // Config is the daemon's validated configuration.
 type Config struct {
 	EtcdEndpoints   []string
@@ -52,6 +64,7 @@ type Config struct {
 	Keepalive       time.Duration
 	MTU             int // 0: derive from underlay
 	WireGuard       string
+	DeviceHost      string // HostSpawn or HostExternal
 	ResyncInterval  time.Duration
 	LogFormat       string
 	LogLevel        string
@@ -103,6 +116,7 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.DurationVar(&c.Keepalive, "keepalive", 0, "WireGuard persistent keepalive peers should use towards this node (0 = off)")
 	fs.IntVar(&c.MTU, "mtu", 0, "pod and WireGuard MTU (0 = underlay MTU - 60 for IPv4, - 80 for IPv6)")
 	fs.StringVar(&c.WireGuard, "wireguard", ModeAuto, "WireGuard implementation: auto, kernel or userspace")
+	fs.StringVar(&c.DeviceHost, "device-host", HostSpawn, "who runs the userspace device: spawn (wgcnid starts it, detached) or external (e.g. a sidecar container running `wgcnid userspace-device`; needs --wireguard=userspace)")
 	fs.DurationVar(&c.ResyncInterval, "resync-interval", time.Minute, "how often the device and routes are re-checked against the desired state")
 	fs.BoolVar(&c.SameNodeEncryption, "same-node-encryption", false, "encrypt pod-to-pod traffic inside this node too (per-pod WireGuard devices and a node hub); also on when the etcd config record has sameNodeEncryption=true")
 	fs.IntVar(&c.SameNodePort, "same-node-port", 0, "UDP port of the same-node hub device (0 = listen-port + 1)")
@@ -281,6 +295,15 @@ func (c *Config) Validate() error {
 	case ModeAuto, ModeKernel, ModeUserspace:
 	default:
 		return fmt.Errorf("--wireguard: %q is not auto, kernel or userspace", c.WireGuard)
+	}
+	switch c.DeviceHost {
+	case HostSpawn:
+	case HostExternal:
+		if c.WireGuard != ModeUserspace {
+			return fmt.Errorf("--device-host=external runs a userspace device and needs --wireguard=userspace, not %q", c.WireGuard)
+		}
+	default:
+		return fmt.Errorf("--device-host: %q is not spawn or external", c.DeviceHost)
 	}
 	if c.ResyncInterval < time.Second {
 		return fmt.Errorf("--resync-interval: %s is shorter than 1s", c.ResyncInterval)

@@ -63,6 +63,9 @@ func TestValidationNamesFlag(t *testing.T) {
 		{[]string{"--keepalive", "1500ms"}, "--keepalive"},
 		{[]string{"--mtu", "500"}, "--mtu"},
 		{[]string{"--wireguard", "maybe"}, "--wireguard"},
+		{[]string{"--device-host", "sidecar"}, "--device-host"},
+		{[]string{"--device-host", "external"}, "--device-host=external"},
+		{[]string{"--device-host", "external", "--wireguard", "kernel"}, "--wireguard=userspace"},
 		{[]string{"--log-level", "loud"}, "--log-level"},
 		{[]string{"--log-format", "xml"}, "--log-format"},
 		{[]string{"--etcd-endpoints", "127.0.0.1:2379"}, "--etcd-endpoints"},
@@ -75,6 +78,17 @@ func TestValidationNamesFlag(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.flag) {
 			t.Errorf("%v: err %v does not name %s", c.args, err, c.flag)
 		}
+	}
+}
+
+func TestDeviceHost(t *testing.T) {
+	c, err := Parse("wgcnid", []string{"--node-name", "n1"}, io.Discard)
+	if err != nil || c.DeviceHost != HostSpawn {
+		t.Fatalf("default must be spawn: %q %v", c.DeviceHost, err)
+	}
+	c, err = Parse("wgcnid", []string{"--node-name", "n1", "--wireguard", "userspace", "--device-host", "external"}, io.Discard)
+	if err != nil || c.DeviceHost != HostExternal {
+		t.Fatalf("external with userspace: %q %v", c.DeviceHost, err)
 	}
 }
 

@@ -1,6 +1,8 @@
 package mesh
 
 import (
+	"context"
+	"log/slog"
 	"net/netip"
 	"time"
 
@@ -16,10 +18,7 @@ import (
 // re-created through cfg.Recreate and every peer and route is applied
 // again from the desired state. Until then the strict route drops the
 // node's cross-node pod traffic: fail closed, never plain.
-//
-// The peers still hold sessions whose keys died with the device; traffic
-// they send is dropped until they notice (up to 15 s for a one-way flow).
-// So the new device initiates to every peer at once.
+// The new device initiates to every peer at once (initiateAll).
 func (r *Reconciler) recreateDevice(why string) {
 	if r.cfg.Recreate == nil || r.recreating {
 		return
@@ -35,18 +34,29 @@ func (r *Reconciler) recreateDevice(why string) {
 	r.recreating = true
 	defer func() { r.recreating = false }()
 	start := time.Now()
-	r.cfg.Log.Warn("WireGuard device lost; re-creating it", "device", r.cfg.Device, "why", why)
+	if !r.deviceLost {
+		r.cfg.Log.Warn("WireGuard device lost; re-creating it", "device", r.cfg.Device, "why", why)
+	}
 	idx, err := r.cfg.Recreate()
 	if err != nil {
 		// Typically the dead host's UDP socket still holds the listen
-		// port for a moment after its TUN is gone: retry soon.
+		// port for a moment after its TUN is gone, or an external host
+		// (a sidecar container) is being restarted: retry soon, and
+		// say so now and then, not on every attempt.
 		r.deviceLost = true
+		r.deviceFailures++
 		d := r.deviceBackoff.Next()
 		r.deviceTimer = time.NewTimer(d)
-		r.cfg.Log.Warn("re-create WireGuard device failed; will retry", "device", r.cfg.Device, "in", d.Round(time.Millisecond), "err", err)
+		level := slog.LevelDebug
+		if r.deviceFailures == 1 || r.deviceFailures%60 == 0 {
+			level = slog.LevelWarn
+		}
+		r.cfg.Log.Log(context.Background(), level, "re-create WireGuard device failed; retrying", "device", r.cfg.Device,
+			"attempts", r.deviceFailures, "in", d.Round(time.Millisecond), "err", err)
 		return
 	}
 	r.deviceLost = false
+	r.deviceFailures = 0
 	r.deviceTimer = nil
 	r.deviceBackoff.Reset()
 	r.cfg.LinkIndex = idx
@@ -55,16 +65,10 @@ func (r *Reconciler) recreateDevice(why string) {
 	// peers and routes against the empty new one.
 	r.applied = make(map[netip.Prefix]Peer)
 	if err := r.kernelResync(); err != nil {
-		r.cfg.Log.Error("restore peers and routes on the re-created device; the retry timer tries again", "device", r.cfg.Device, "err", err)
+		r.cfg.Log.Error("restore peers and routes on the re-created device; the next resync tries again", "device", r.cfg.Device, "err", err)
 		return
 	}
-	ka := make(map[wgtypes.Key]time.Duration, len(r.applied))
-	for _, p := range r.applied {
-		ka[p.PublicKey] = time.Duration(p.Keepalive) * time.Second
-	}
-	if err := wgdev.Initiate(r.cfg.WG, r.cfg.Device, ka); err != nil {
-		r.cfg.Log.Warn("initiate handshakes from the re-created device", "err", err)
-	}
+	r.initiateAll()
 	r.cfg.Log.Info("WireGuard device re-created; peers and routes restored", "device", r.cfg.Device, "link_index", idx,
 		"peers", len(r.applied), "took", time.Since(start).Round(time.Millisecond))
 }
@@ -76,4 +80,19 @@ func (r *Reconciler) deviceRetryC() <-chan time.Time {
 		return nil
 	}
 	return r.deviceTimer.C
+}
+
+// initiateAll makes a device that replaced another (re-created here, or
+// created at start-up after a crash or reboot) start a handshake with
+// every peer now. The peers still hold sessions whose keys died with the
+// old device and keep sending on them, dropped, until a handshake: ours,
+// or theirs after up to 15 s without a reply.
+func (r *Reconciler) initiateAll() {
+	ka := make(map[wgtypes.Key]time.Duration, len(r.applied))
+	for _, p := range r.applied {
+		ka[p.PublicKey] = time.Duration(p.Keepalive) * time.Second
+	}
+	if err := wgdev.Initiate(r.cfg.WG, r.cfg.Device, ka); err != nil {
+		r.cfg.Log.Warn("initiate handshakes from the new device", "device", r.cfg.Device, "err", err)
+	}
 }

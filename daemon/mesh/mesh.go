@@ -72,11 +72,17 @@ type Config struct {
 	HostSrc        netip.Addr
 	NoTunnel       []netip.Addr
 	// Recreate brings the device back after it was lost (its userspace
-	// host process died, or the link was deleted) — created, keyed,
-	// addressed, up — and returns its new link index; DeviceGone signals
-	// the loss (wgdev.WatchGone). Both optional (device.go).
-	Recreate   func() (linkIndex int, err error)
-	DeviceGone <-chan struct{}
+	// host process died, or the link was deleted) — created or adopted,
+	// keyed, addressed, up — and returns its new link index; DeviceEvents
+	// signals that the device link was deleted, created or changed
+	// (wgdev.WatchLink). Both optional (device.go).
+	Recreate     func() (linkIndex int, err error)
+	DeviceEvents <-chan struct{}
+	// FreshDevice: the device was just created, not adopted, in place of
+	// one the peers still hold sessions with (a crash, a reboot, a
+	// container restart): the first sync initiates to every peer
+	// (device.go).
+	FreshDevice bool
 }
 
 // Stats are counters for operators and metrics.
@@ -131,10 +137,11 @@ type Reconciler struct {
 
 	// The device is gone and re-creating it failed: retried on
 	// deviceTimer with deviceBackoff (device.go).
-	deviceLost    bool
-	deviceTimer   *time.Timer
-	deviceBackoff etcdutil.Backoff
-	recreating    bool // recreateDevice is running (its resync must not recurse)
+	deviceLost     bool
+	deviceFailures int // failed attempts since the loss
+	deviceTimer    *time.Timer
+	deviceBackoff  etcdutil.Backoff
+	recreating     bool // recreateDevice is running (its resync must not recurse)
 }
 
 // PeerInfo names the node behind a configured peer.
@@ -193,7 +200,7 @@ func New(cfg Config) *Reconciler {
 		cfg.Resync = time.Minute
 	}
 	return &Reconciler{cfg: cfg, synced: make(chan struct{}),
-		deviceBackoff: etcdutil.Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second}}
+		deviceBackoff: etcdutil.Backoff{Min: 50 * time.Millisecond, Max: time.Second}}
 }
 
 // Synced is closed after the first full sync was applied.
@@ -220,6 +227,9 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		return err
 	}
 	close(r.synced)
+	if r.cfg.FreshDevice {
+		r.initiateAll()
+	}
 	return r.loop(ctx, rev, &bo)
 }
 
@@ -284,8 +294,13 @@ func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev 
 			}
 		case <-resync:
 			r.kernelResync()
-		case <-r.cfg.DeviceGone:
-			r.recreateDevice("device deleted")
+		case <-r.cfg.DeviceEvents:
+			if r.deviceLost {
+				// The device is being made again (an external host
+				// restarted): try at once and soon after.
+				r.deviceBackoff.Reset()
+			}
+			r.recreateDevice("device link deleted")
 		case <-r.deviceRetryC():
 			r.recreateDevice("retry")
 		case <-retry:

@@ -373,8 +373,8 @@ func TestLostDeviceIsRecreated(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	// The subscription belongs to the namespace it is made in.
-	e.netns.Do(func(ns.NetNS) error { cfg.DeviceGone = wgdev.WatchGone(ctx, e.dev, cfg.Log); return nil })
-	if cfg.DeviceGone == nil {
+	e.netns.Do(func(ns.NetNS) error { cfg.DeviceEvents = wgdev.WatchLink(ctx, e.dev, cfg.Log); return nil })
+	if cfg.DeviceEvents == nil {
 		t.Fatal("no link subscription")
 	}
 	e.r = New(cfg)

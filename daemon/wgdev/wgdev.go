@@ -56,7 +56,11 @@ type Options struct {
 	// record operators need when a peer does not come up. Off by default,
 	// as it logs a line per handshake.
 	Verbose bool
-	Log     *slog.Logger
+	// External: the userspace device is run by something else (a sidecar
+	// container running `wgcnid userspace-device`); Ensure adopts it and
+	// never creates one, failing with ErrNotHosted while it is missing.
+	External bool
+	Log      *slog.Logger
 }
 
 // Device is an ensured WireGuard device.
@@ -67,6 +71,10 @@ type Device struct {
 	Adopted bool // it existed before Ensure
 	PID     int  // userspace host process, 0 for kernel devices
 }
+
+// ErrNotHosted means an external device host has not created the device
+// (yet): the caller waits for it.
+var ErrNotHosted = errors.New("the userspace WireGuard device is not there; its external host (--device-host=external) has not created it")
 
 // ErrKernelUnavailable means the kernel cannot create WireGuard links
 // (no module, or not permitted).
@@ -81,6 +89,9 @@ func Ensure(o Options) (*Device, error) {
 	d, err := adopt(o)
 	if err != nil {
 		return nil, err
+	}
+	if d == nil && o.External {
+		return nil, fmt.Errorf("WireGuard device %s: %w", o.Name, ErrNotHosted)
 	}
 	if d == nil {
 		d, err = create(o)

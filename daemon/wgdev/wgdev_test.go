@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -277,5 +278,54 @@ func TestProbeKernel(t *testing.T) {
 	}
 	if !errors.Is(err, ErrKernelUnavailable) || !strings.Contains(err.Error(), "wireguard kernel module") {
 		t.Fatalf("probe without module: %v", err)
+	}
+}
+
+// TestExternalHostIsWaitedForAndAdopted: with External, Ensure never makes
+// a device; it reports ErrNotHosted (creating nothing) until another
+// process — a sidecar container in production, here the test binary
+// started by hand — hosts it, then adopts it.
+func TestExternalHostIsWaitedForAndAdopted(t *testing.T) {
+	n, _ := netnstest.New(t, "wgd")
+	name := netnstest.DeviceName("wgd-x")
+	o := testOptions(t, name, Userspace)
+	o.External = true
+	err := n.Do(func(ns.NetNS) error { _, err := Ensure(o); return err })
+	if !errors.Is(err, ErrNotHosted) || !strings.Contains(err.Error(), name) {
+		t.Fatalf("no host yet: %v, want ErrNotHosted naming %s", err, name)
+	}
+	n.Do(func(ns.NetNS) error {
+		if _, err := netlink.LinkByName(name); err == nil {
+			t.Errorf("Ensure created %s although the host is external", name)
+		}
+		return nil
+	})
+	if _, err := os.Stat(PIDFile(o.RunDir, name)); err == nil {
+		t.Error("Ensure started a host although the host is external")
+	}
+
+	// The "sidecar": its own process, not started by Ensure.
+	exe, _ := os.Executable()
+	hostDir := t.TempDir()
+	cmd := exec.Command(exe, "userspace-device", "--name", name, "--mtu", "1420", "--run-dir", hostDir)
+	cmd.Env = append(os.Environ(), hostEnv+"=1")
+	if err := n.Do(func(ns.NetNS) error { return cmd.Start() }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+	var d *Device
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err = n.Do(func(ns.NetNS) error { var err error; d, err = Ensure(o); return err })
+		if err == nil || !errors.Is(err, ErrNotHosted) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("device hosted by another process: %v", err)
+	}
+	if !d.Adopted || d.Mode != Userspace {
+		t.Fatalf("got %+v, want the external device adopted", d)
 	}
 }

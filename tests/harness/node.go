@@ -177,6 +177,14 @@ func (n *Node) StartDaemon() error {
 	return nil
 }
 
+// StartProcess starts argv in the node's namespace as a long-running
+// process other than wgcnid (e.g. a device host run the way a sidecar
+// container would run it), its output in the node's <name>.log (dumped
+// when a test fails). Removing the node stops it.
+func (n *Node) StartProcess(name string, argv ...string) (*Process, error) {
+	return startProcess(name+" "+n.Name, n.Command(context.Background(), argv...), filepath.Join(n.Dir, name+".log"))
+}
+
 // Daemon returns the running wgcnid process (nil before the first start).
 func (n *Node) Daemon() *Process {
 	n.mu.Lock()

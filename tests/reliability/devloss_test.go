@@ -133,3 +133,139 @@ func devicePID(t *testing.T, pidFile string) int {
 	}
 	return pid
 }
+
+// TestExternalDeviceHost runs two nodes the way a Kubernetes DaemonSet pod
+// runs wgcnid: the daemon as PID 1 of its own PID namespace (a container;
+// when it dies the kernel kills everything it started), and kills and
+// restarts those daemons under a 100/s ping from a third node.
+//   - control: wgcnid spawns its userspace device (the default): the device
+//     dies with the "container";
+//   - external: the device runs in its own PID namespace (a sidecar
+//     container, `wgcnid userspace-device`) and wgcnid has
+//     --device-host=external: it waits for the device, adopts it, and the
+//     daemon's death does not touch it. Killing the sidecar then shows the
+//     daemon re-configuring the device its restarted host makes.
+func TestExternalDeviceHost(t *testing.T) {
+	c := start(t, harness.Config{LeaseTTL: 6 * time.Second}, 1)
+	peer := c.Nodes()[0]
+	container := []string{"unshare", "--pid", "--fork", "--kill-child"}
+	ext, err := c.AddBareNode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl, err := c.AddBareNode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext.Wrapper, ctl.Wrapper = container, container
+	ext.ExtraArgs = []string{"--device-host", "external"}
+
+	// The daemon comes first and waits; then the sidecar.
+	if err := ext.StartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	waitLogCount(t, ext, "waiting for the external host", 0, 15*time.Second)
+	sidecarDir := filepath.Join(ext.Dir, "sidecar")
+	sidecar := func() *harness.Process {
+		argv := append(append([]string{}, container...), c.Bin("wgcnid"), "userspace-device", "--name", ext.Device, "--run-dir", sidecarDir)
+		p, err := ext.StartProcess("sidecar", argv...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	side := sidecar()
+	// SIGTERM does not reach a process behind unshare (it ignores it), so
+	// the harness's graceful stop would wait 10 s per node: stop them
+	// here, before the cluster goes (cleanups run last-in first-out).
+	t.Cleanup(func() {
+		ext.StopDaemon(syscall.SIGKILL)
+		ctl.StopDaemon(syscall.SIGKILL)
+		side.Kill()
+	})
+	for _, n := range []*harness.Node{ext, ctl} {
+		if n == ctl {
+			if err := ctl.StartDaemon(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := n.WaitReady(30 * time.Second); err != nil {
+			t.Fatalf("%s: %v", n.Name, err)
+		}
+	}
+	if countLog(t, ext, "started userspace WireGuard device") != 0 {
+		t.Fatal("wgcnid --device-host=external started a device itself")
+	}
+	waitMesh(t, c.Nodes(), 20*time.Second)
+	pp, pe, pc := peer.MustAddPod(t), ext.MustAddPod(t), ctl.MustAddPod(t)
+	connect(t, pp.NS, pe.IP)
+	connect(t, pp.NS, pc.IP)
+	// The host's pid file holds its pid inside the sidecar (1): find it
+	// as the child of the sidecar's unshare.
+	hostPID := childOf(t, side.PID())
+
+	// Both "containers" die (SIGKILL) and come back a second later.
+	const count, interval = 600, 10 * time.Millisecond
+	toExt := startPing(t, pp.NS, pe.IP, count, interval)
+	toCtl := startPing(t, pp.NS, pc.IP, count, interval)
+	time.Sleep(2 * time.Second)
+	ctlStarts := countLog(t, ctl, "started userspace WireGuard device")
+	for _, n := range []*harness.Node{ext, ctl} {
+		n.StopDaemon(syscall.SIGKILL)
+	}
+	time.Sleep(time.Second)
+	for _, n := range []*harness.Node{ext, ctl} {
+		syncs := countLog(t, n, "full sync done")
+		if err := n.StartDaemon(); err != nil {
+			t.Fatal(err)
+		}
+		waitLogCount(t, n, "full sync done", syncs, 30*time.Second)
+	}
+	extSent, extRecv := toExt.Wait(t)
+	ctlSent, ctlRecv := toCtl.Wait(t)
+	if !side.Running() || childOf(t, side.PID()) != hostPID {
+		t.Fatal("the sidecar's device host did not survive the daemon's container")
+	}
+	if countLog(t, ctl, "started userspace WireGuard device") == ctlStarts {
+		t.Fatal("control: the spawned device survived its daemon's PID namespace; the test does not show what it claims")
+	}
+	if lost := extSent - extRecv; lost != 0 {
+		t.Errorf("external device host: %d/%d pings lost across the daemon container's death and restart, want 0", lost, extSent)
+	}
+
+	// The sidecar dies and its restart makes a new, empty device: the
+	// running daemon configures it (key, peers, routes) by itself.
+	toExt = startPing(t, pp.NS, pe.IP, 500, interval)
+	time.Sleep(time.Second)
+	recreated := countLog(t, ext, "WireGuard device re-created")
+	side.Kill()
+	killed := time.Now()
+	time.Sleep(time.Second) // the kubelet's restart delay
+	side = sidecar()
+	waitLogCount(t, ext, "WireGuard device re-created", recreated, 15*time.Second)
+	back := time.Since(killed)
+	sideSent, sideRecv := toExt.Wait(t)
+	if err := ext.WaitPeerCIDRs([]string{podCIDR(t, peer), podCIDR(t, ctl)}, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	result(t, "wgcnid as PID 1 of its own PID namespace (a container), SIGKILLed and restarted 1 s later under 100/s ping: spawned device (default) lost %d/%d, device in a sidecar (--device-host=external) lost %d/%d; sidecar SIGKILLed and restarted 1 s later: device configured again %v after the kill, %d/%d lost",
+		ctlSent-ctlRecv, ctlSent, extSent-extRecv, extSent, back.Round(time.Millisecond), sideSent-sideRecv, sideSent)
+	// The sidecar was down 1 s; a device configured well after its
+	// return would be a regression (the daemon retries at least every
+	// second).
+	if back > 4*time.Second {
+		t.Errorf("device configured again only %v after its host was killed (restarted after 1 s)", back)
+	}
+}
+
+// childOf returns the one child of pid (the process unshare --fork runs).
+func childOf(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "task", strconv.Itoa(pid), "children"))
+	f := strings.Fields(string(b))
+	if err != nil || len(f) != 1 {
+		t.Fatalf("children of %d: %q %v", pid, b, err)
+	}
+	c, _ := strconv.Atoi(f[0])
+	return c
+}
