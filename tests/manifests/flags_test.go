@@ -33,6 +33,7 @@ var wgcnidFlags = map[string]func(string) error{
 	"keepalive":       duration,
 	"mtu":             intIn(0, 65535),
 	"wireguard":       oneOf("auto", "kernel", "userspace"),
+	"device-host":     oneOf("spawn", "external"),
 	"resync-interval": positiveDuration,
 	"log-format":      oneOf("text", "json"),
 	"log-level":       oneOf("debug", "info", "warn", "error"),

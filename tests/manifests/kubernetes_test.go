@@ -46,6 +46,7 @@ const (
 var wantCaps = map[string][]string{
 	"wgcnid":      {"NET_ADMIN"},
 	"install-cni": {},
+	"wireguard":   {"NET_ADMIN"}, // conf/patches/userspace-sidecar.yaml
 }
 
 // requiredDaemonFlags must be passed explicitly in the DaemonSet: their
