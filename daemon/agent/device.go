@@ -87,9 +87,15 @@ func bringUpDevice(cfg *config.Config, mtu int, priv keys.Private, wg *wgctrl.Cl
 // address) on the new link.
 func (nd *nodeDevice) recreate(cfg *config.Config, log *slog.Logger, after func() error) func() (int, error) {
 	return func() (int, error) {
-		priv, _, err := keys.LoadOrCreate(cfg.StateDir)
+		priv, created, err := keys.LoadOrCreate(cfg.StateDir)
 		if err != nil {
 			return 0, err
+		}
+		if created {
+			// Someone removed the key file under a running daemon: the
+			// new key is not the published one, and peers will refuse it
+			// until a restart publishes it.
+			log.Error("private key file was gone; the re-created device has a new, unpublished key: restart wgcnid to publish it", "state_dir", cfg.StateDir)
 		}
 		dev, err := bringUpDevice(cfg, nd.mtu, priv, nd.wg, log)
 		if err != nil {
