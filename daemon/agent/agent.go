@@ -139,13 +139,20 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	keeper := lease.NewKeeper(acq, self, held)
 	go keeper.Run(ctx)
+	// With host encryption the host routes carry the endpoint as their
+	// source: a moved endpoint goes to the mesh too (latest wins).
+	hostSrc := make(chan netip.Addr, 1)
+	var moved func(netip.Addr)
 	if hostEnc.On {
-		// Host routes carry the endpoint as their source; a moving
-		// endpoint would strand them (restart the daemon instead).
-		log.Info("host encryption: the endpoint is not followed; restart wgcnid after the underlay address changes", "endpoint", endpoint)
-	} else {
-		followEndpoint(ctx, cfg, keeper, endpoint, log)
+		moved = func(a netip.Addr) {
+			select {
+			case <-hostSrc:
+			default:
+			}
+			hostSrc <- a
+		}
 	}
+	followEndpoint(ctx, cfg, keeper, endpoint, moved, log)
 	rot := &rotator{cfg: cfg, log: log, cli: cli, wg: wg, keeper: keeper, self: self}
 	go rot.run(ctx)
 
@@ -179,7 +186,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Gateway: gw, Gateway6: gw6, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
 		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck, Observe: om.observe,
 		Keepalive:      int(cfg.Keepalive / time.Second),
-		HostEncryption: hostEnc.On, HostSrc: endpoint, NoTunnel: hostEnc.NoTunnel,
+		HostEncryption: hostEnc.On, HostSrc: endpoint, NoTunnel: hostEnc.NoTunnel, HostSrcChanges: hostSrc,
 		Recreate: nd.recreate(cfg, log, nil), DeviceEvents: wgdev.WatchLink(ctx, cfg.Device, log),
 		// A new device for a record that was still ours (a crash or
 		// reboot within the lease TTL): the peers hold sessions with the

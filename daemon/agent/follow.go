@@ -15,8 +15,9 @@ import (
 // followEndpoint re-publishes the auto-detected underlay endpoint whenever
 // it changes; peers pick the new one up from their watch. A fixed
 // --endpoint-ip (e.g. a NAT's public address) is the operator's word and is
-// never followed.
-func followEndpoint(ctx context.Context, cfg *config.Config, keeper *lease.Keeper, published netip.Addr, log *slog.Logger) {
+// never followed. moved, if set, hears of the new address before it is
+// published (host encryption: the mesh's host routes take it as source).
+func followEndpoint(ctx context.Context, cfg *config.Config, keeper *lease.Keeper, published netip.Addr, moved func(netip.Addr), log *slog.Logger) {
 	if cfg.Endpoint.IsValid() {
 		return
 	}
@@ -29,6 +30,9 @@ func followEndpoint(ctx context.Context, cfg *config.Config, keeper *lease.Keepe
 			return a, err
 		},
 		Publish: func(ctx context.Context, a netip.Addr) error {
+			if moved != nil {
+				moved(a)
+			}
 			_, err := keeper.Update(ctx, func(l *record.Lease) { l.Endpoint = netip.AddrPortFrom(a, l.Endpoint.Port()) })
 			return err
 		},

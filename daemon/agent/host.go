@@ -120,7 +120,7 @@ func RunHost(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	keeper := lease.NewKeeper(acq, self, held)
 	go keeper.Run(ctx)
-	followEndpoint(ctx, cfg, keeper, endpoint, log)
+	followEndpoint(ctx, cfg, keeper, endpoint, nil, log)
 
 	// The host's leased address lives on the device (and goes back on a
 	// re-created one).

@@ -58,3 +58,19 @@ func oursHostTable(into map[netip.Prefix]route.Peer) error {
 	}
 	return nil
 }
+
+// setHostSrc follows this node's underlay address when it moves: every
+// peer's host route gets the new source (the old one is no longer ours,
+// and a route with it would not be used), and a peer whose address is now
+// ours stops being tunneled. One event per move, so re-resolving every
+// record is fine.
+func (r *Reconciler) setHostSrc(a netip.Addr) {
+	if !r.cfg.HostEncryption || !a.IsValid() || a == r.cfg.HostSrc {
+		return
+	}
+	r.cfg.Log.Info("host encryption: underlay address moved; host routes take the new source", "old", r.cfg.HostSrc, "new", a)
+	r.cfg.HostSrc = a
+	for cidr := range r.records {
+		r.resolve(cidr, true)
+	}
+}

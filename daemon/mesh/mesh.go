@@ -71,6 +71,9 @@ type Config struct {
 	HostEncryption bool
 	HostSrc        netip.Addr
 	NoTunnel       []netip.Addr
+	// HostSrcChanges delivers this node's new underlay address when it
+	// moves (roaming): the source of the host-table routes (hostenc.go).
+	HostSrcChanges <-chan netip.Addr
 	// Recreate brings the device back after it was lost (its userspace
 	// host process died, or the link was deleted) — created or adopted,
 	// keyed, addressed, up — and returns its new link index; DeviceEvents
@@ -303,6 +306,8 @@ func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev 
 			r.recreateDevice("device link deleted")
 		case <-r.deviceRetryC():
 			r.recreateDevice("retry")
+		case a := <-r.cfg.HostSrcChanges:
+			r.setHostSrc(a)
 		case <-retry:
 			for cidr := range r.dirty {
 				delete(r.dirty, cidr)

@@ -298,3 +298,60 @@ func TestHostEncryptionIPv6Underlay(t *testing.T) {
 	t.Logf("FIGURE IPv6 underlay: n1->n2 %d wireguard data / %d plaintext; etcdctl get %d ok, %d failed",
 		rep.WGTypes[capture.WGTransportData], rep.PlainPod(), gets, len(fails))
 }
+
+// TestHostEncryptionFollowsEndpoint: a node with --host-encryption whose
+// underlay address moves re-publishes it, its peer tunnels to the new
+// address (and no longer to the old one), its own host routes take the new
+// source, and host-to-host TCP and ICMP between the two nodes still cross
+// the underlay only inside WireGuard — without restarting anything.
+func TestHostEncryptionFollowsEndpoint(t *testing.T) {
+	c := harness.Start(t, harness.Config{ClusterCIDR: clusterCIDR, LeaseTTL: leaseTTL, ListenPort: wgPort,
+		ResyncInterval: 5 * time.Second}, 0)
+	n1, err := c.AddNode("--host-encryption")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2, err := c.AddNode("--host-encryption")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tunnels := func(from, to *harness.Node, addr netip.Addr) bool {
+		r, err := from.Exec("ip", "route", "get", addr.String())
+		return err == nil && strings.Contains(r, "dev "+from.Device)
+	}
+	err = harness.WaitFor(20*time.Second, "n1<->n2 underlay routes through WireGuard", func() (bool, error) {
+		return tunnels(n1, n2, n2.UnderlayIP) && tunnels(n2, n1, n1.UnderlayIP), nil
+	})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.DumpLogs(40))
+	}
+	daemon := n1.Daemon().PID()
+
+	oldIP, newIP := moveUnderlay(t, c, n1, 111)
+	start := time.Now()
+	err = harness.WaitFor(30*time.Second, "n2 to tunnel to n1's new address and n1's host routes to use it as source", func() (bool, error) {
+		if !tunnels(n2, n1, newIP) || tunnels(n2, n1, oldIP) {
+			return false, nil
+		}
+		out, err := n1.Exec("ip", "route", "show", "table", hostTable)
+		return err == nil && strings.Contains(out, n2.UnderlayIP.String()) && strings.Contains(out, "src "+newIP.String()), nil
+	})
+	if err != nil {
+		out, _ := n1.Exec("ip", "route", "show", "table", hostTable)
+		t.Fatalf("%v\nn1's host table:\n%s\n%s", err, out, c.DumpLogs(40))
+	}
+	followed := time.Since(start)
+	if n1.Daemon().PID() != daemon {
+		t.Fatal("n1's wgcnid restarted")
+	}
+	rep := hostTraffic(t, c, n2, n1)
+	if rep.PlainPod() != 0 || rep.WireGuard() == 0 {
+		t.Fatalf("n2 -> n1's new address: %d plaintext host packets, %d WireGuard:\n%s", rep.PlainPod(), rep.WireGuard(), rep.Excerpt(20))
+	}
+	rep = hostTraffic(t, c, n1, n2)
+	if rep.PlainPod() != 0 || rep.WireGuard() == 0 {
+		t.Fatalf("n1 (new address) -> n2: %d plaintext host packets, %d WireGuard:\n%s", rep.PlainPod(), rep.WireGuard(), rep.Excerpt(20))
+	}
+	fmt.Printf("RESULT %s: node with host encryption moved %s -> %s: peer tunnels to the new address and host routes use it as source after %v; host-to-host TCP+ICMP both ways: 0 plaintext, only WireGuard; no restart\n",
+		t.Name(), oldIP, newIP, followed.Round(100*time.Millisecond))
+}

@@ -222,23 +222,7 @@ func TestKeepaliveAndEndpointChange(t *testing.T) {
 	}
 	harness.Connect(t, p1.NS, p2.IP, "before: "+p1.Name+" -> "+p2.Name, 5)
 
-	// Move n1 to a new underlay address: add it, drop the old one (the new
-	// one is promoted), restore the default route the kernel dropped.
-	oldIP := n1.UnderlayIP
-	newIP := netip.AddrFrom4([4]byte{oldIP.As4()[0], oldIP.As4()[1], oldIP.As4()[2], 111})
-	bits := c.Underlay.Prefix.Bits()
-	for _, argv := range [][]string{
-		{"sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1"},
-		{"ip", "addr", "add", fmt.Sprintf("%s/%d", newIP, bits), "dev", "eth0"},
-		{"ip", "addr", "del", fmt.Sprintf("%s/%d", oldIP, bits), "dev", "eth0"},
-		{"ip", "route", "replace", "default", "via", c.Underlay.Gateway.String(), "dev", "eth0"},
-	} {
-		if out, err := n1.Exec(argv...); err != nil {
-			t.Fatalf("%v: %v %s", argv, err, out)
-		}
-	}
-	n1.UnderlayIP = newIP
-	t.Logf("%s moved from %s to %s", n1.Name, oldIP, newIP)
+	_, newIP := moveUnderlay(t, c, n1, 111)
 	start := time.Now()
 	err = harness.WaitFor(20*time.Second, "n1's record and n2's peer to carry "+newIP.String(), func() (bool, error) {
 		l, err := c.LeaseOf(n1.Name)
@@ -282,4 +266,27 @@ func TestKeepaliveAndEndpointChange(t *testing.T) {
 	if after.Endpoint != newIP.String() {
 		t.Fatalf("n1's record went back to %s", after.Endpoint)
 	}
+}
+
+// moveUnderlay moves n to the underlay address ending in last: add it,
+// drop the old one (the new one is promoted), restore the default route
+// the kernel dropped with it.
+func moveUnderlay(t *testing.T, c *harness.Cluster, n *harness.Node, last byte) (oldIP, newIP netip.Addr) {
+	t.Helper()
+	oldIP = n.UnderlayIP
+	newIP = netip.AddrFrom4([4]byte{oldIP.As4()[0], oldIP.As4()[1], oldIP.As4()[2], last})
+	bits := c.Underlay.Prefix.Bits()
+	for _, argv := range [][]string{
+		{"sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1"},
+		{"ip", "addr", "add", fmt.Sprintf("%s/%d", newIP, bits), "dev", "eth0"},
+		{"ip", "addr", "del", fmt.Sprintf("%s/%d", oldIP, bits), "dev", "eth0"},
+		{"ip", "route", "replace", "default", "via", c.Underlay.Gateway.String(), "dev", "eth0"},
+	} {
+		if out, err := n.Exec(argv...); err != nil {
+			t.Fatalf("%v: %v %s", argv, err, out)
+		}
+	}
+	n.UnderlayIP = newIP
+	t.Logf("%s moved from %s to %s", n.Name, oldIP, newIP)
+	return oldIP, newIP
 }
