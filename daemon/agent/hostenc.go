@@ -52,7 +52,10 @@ func setupHostEncryption(ctx context.Context, cfg *config.Config, wg *wgctrl.Cli
 		if err := route.RemoveHost(); err != nil {
 			return h, err
 		}
-		return h, setMark(wg, cfg.Device, 0, route.FirewallMark)
+		if err := setMark(wg, cfg.Device, 0, route.FirewallMark); err != nil {
+			return h, err
+		}
+		return h, setMark(wg, cfg.Device, 0, route.LegacyFirewallMark)
 	}
 	if err := setMark(wg, cfg.Device, route.FirewallMark, -1); err != nil {
 		return h, err

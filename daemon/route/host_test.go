@@ -24,6 +24,12 @@ func TestHostRuleInNetns(t *testing.T) {
 		}
 		tunl := mkBridge(t, "wgh-tun0")
 		self, peer := netip.MustParseAddr("10.99.0.1"), netip.MustParseAddr("10.99.0.2")
+		// What an earlier version left: its rule, with the old mark.
+		legacy := hostRule(netlink.FAMILY_V4)
+		legacy.Mark = LegacyFirewallMark
+		if err := netlink.RuleAdd(legacy); err != nil {
+			return err
+		}
 		for i := 0; i < 2; i++ {
 			if err := EnsureHostRule(netlink.FAMILY_V4); err != nil {
 				return err
@@ -31,7 +37,7 @@ func TestHostRuleInNetns(t *testing.T) {
 		}
 		rules, _ := netlink.RuleListFiltered(netlink.FAMILY_V4, &netlink.Rule{Table: HostTable}, netlink.RT_FILTER_TABLE)
 		if len(rules) != 1 || !rules[0].Invert || rules[0].Mark != FirewallMark || rules[0].Priority != RulePriority {
-			return fmt.Errorf("rules after two ensures: %+v", rules)
+			return fmt.Errorf("rules after two ensures over a legacy rule: %+v", rules)
 		}
 		hr := HostRoute(peer, tunl.Attrs().Index, self)
 		if err := EnsurePeer(hr); err != nil {
@@ -51,6 +57,9 @@ func TestHostRuleInNetns(t *testing.T) {
 		rs, err = netlink.RouteGetWithOptions(net.ParseIP("10.99.0.2"), &netlink.RouteGetOptions{Mark: FirewallMark})
 		if err != nil || len(rs) == 0 || rs[0].LinkIndex != under.Attrs().Index {
 			return fmt.Errorf("marked (WireGuard's own) packet: %+v %v (want the underlay)", rs, err)
+		}
+		if err := netlink.RuleAdd(legacy); err != nil { // cleanup removes any mark's rule
+			return err
 		}
 		for i := 0; i < 2; i++ {
 			if err := RemoveHost(); err != nil {

@@ -13,6 +13,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/wgcni/wgcni/daemon/route"
 	"github.com/wgcni/wgcni/tests/capture"
 	"github.com/wgcni/wgcni/tests/harness"
 )
@@ -177,14 +178,15 @@ func TestHostEncryption(t *testing.T) {
 		t.Fatalf("n2's underlay %s in n1's AllowedIPs %d times, want once: %v", n2host, found, allowed)
 	}
 	// WireGuard's own packets carry the mark and take the underlay.
-	if r, err := n1.Exec("ip", "route", "get", n2.UnderlayIP.String(), "mark", "0x5767"); err != nil || strings.Contains(r, "dev "+n1.Device) {
+	mark := fmt.Sprintf("%#x", route.FirewallMark)
+	if r, err := n1.Exec("ip", "route", "get", n2.UnderlayIP.String(), "mark", mark); err != nil || strings.Contains(r, "dev "+n1.Device) {
 		t.Fatalf("marked packet to n2's underlay: %s %v (must not enter the tunnel)", r, err)
 	}
 	rules, _ := n1.Exec("ip", "rule", "show")
-	if !strings.Contains(rules, "not from all fwmark 0x5767 lookup "+hostTable) {
+	if !strings.Contains(rules, "not from all fwmark "+mark+" lookup "+hostTable) {
 		t.Fatalf("rule missing on n1:\n%s", rules)
 	}
-	if rules, _ := n3.Exec("ip", "rule", "show"); strings.Contains(rules, "0x5767") {
+	if rules, _ := n3.Exec("ip", "rule", "show"); strings.Contains(rules, mark) {
 		t.Fatalf("rule on n3 without the option:\n%s", rules)
 	}
 
@@ -255,7 +257,7 @@ func TestHostEncryption(t *testing.T) {
 	}
 	rules, _ = n1.Exec("ip", "rule", "show")
 	table, _ := n1.Exec("ip", "route", "show", "table", hostTable)
-	if strings.Contains(rules, "0x5767") || strings.TrimSpace(table) != "" {
+	if strings.Contains(rules, fmt.Sprintf("%#x", route.FirewallMark)) || strings.TrimSpace(table) != "" {
 		t.Fatalf("left after cleanup: rules\n%s\ntable %s:\n%s", rules, hostTable, table)
 	}
 }
@@ -283,7 +285,7 @@ func TestHostEncryptionIPv6Underlay(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, c.DumpLogs(40))
 	}
-	if rules, _ := n1.Exec("ip", "-6", "rule", "show"); !strings.Contains(rules, "not from all fwmark 0x5767 lookup "+hostTable) {
+	if rules, _ := n1.Exec("ip", "-6", "rule", "show"); !strings.Contains(rules, "not from all fwmark "+fmt.Sprintf("%#x", route.FirewallMark)+" lookup "+hostTable) {
 		t.Fatalf("IPv6 rule missing on n1:\n%s", rules)
 	}
 	stop := probeEtcd([]*harness.Node{n1, n2}, c.Etcd.Endpoint)
