@@ -73,6 +73,27 @@ func probeEtcd(nodes []*harness.Node, endpoint string) (stop func() (int64, []er
 	}
 }
 
+// addHostEncNodes adds n nodes whose wgcnid runs with --host-encryption.
+func addHostEncNodes(t *testing.T, c *harness.Cluster, n int) []*harness.Node {
+	t.Helper()
+	var out []*harness.Node
+	for range n {
+		node, err := c.AddNode("--host-encryption")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, node)
+	}
+	return out
+}
+
+// tunnels reports whether from routes traffic to addr into its WireGuard
+// device.
+func tunnels(from *harness.Node, addr netip.Addr) bool {
+	r, err := from.Exec("ip", "route", "get", addr.String())
+	return err == nil && strings.Contains(r, "dev "+from.Device)
+}
+
 // hostTraffic sends ICMP and a 4 MiB TCP transfer from a's underlay
 // address to b's, capturing the underlay meanwhile.
 func hostTraffic(t *testing.T, c *harness.Cluster, a, b *harness.Node) *capture.Report {
@@ -102,14 +123,8 @@ func hostTraffic(t *testing.T, c *harness.Cluster, a, b *harness.Node) *capture.
 // cleanup removes the rule and the table.
 func TestHostEncryption(t *testing.T) {
 	c := harness.Start(t, harness.Config{ClusterCIDR: clusterCIDR, LeaseTTL: leaseTTL, ListenPort: wgPort}, 0)
-	n1, err := c.AddNode("--host-encryption")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n2, err := c.AddNode("--host-encryption")
-	if err != nil {
-		t.Fatal(err)
-	}
+	hn := addHostEncNodes(t, c, 2)
+	n1, n2 := hn[0], hn[1]
 	n3, err := c.AddNode() // without the option
 	if err != nil {
 		t.Fatal(err)
@@ -146,16 +161,14 @@ func TestHostEncryption(t *testing.T) {
 
 	// n1 and n2 tunnel to each other's underlay address, not to n3's.
 	err = harness.WaitFor(20*time.Second, "n1<->n2 underlay routes through WireGuard", func() (bool, error) {
-		r12, err1 := n1.Exec("ip", "route", "get", n2.UnderlayIP.String())
-		r21, err2 := n2.Exec("ip", "route", "get", n1.UnderlayIP.String())
-		return err1 == nil && err2 == nil && strings.Contains(r12, "dev "+n1.Device) && strings.Contains(r21, "dev "+n2.Device), nil
+		return tunnels(n1, n2.UnderlayIP) && tunnels(n2, n1.UnderlayIP), nil
 	})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, c.DumpLogs(40))
 	}
 	for _, pair := range [][2]*harness.Node{{n1, n3}, {n3, n1}} {
-		if r, _ := pair[0].Exec("ip", "route", "get", pair[1].UnderlayIP.String()); strings.Contains(r, "dev "+pair[0].Device) {
-			t.Fatalf("%s tunnels to %s, which does not use host encryption: %s", pair[0].Name, pair[1].Name, r)
+		if tunnels(pair[0], pair[1].UnderlayIP) {
+			t.Fatalf("%s tunnels to %s, which does not use host encryption", pair[0].Name, pair[1].Name)
 		}
 	}
 	allowed, err := n1.PeerAllowedIPs()
@@ -266,21 +279,13 @@ func TestHostEncryption(t *testing.T) {
 // is allowed and routed, the rule is an IPv6 rule, no plaintext crosses.
 func TestHostEncryptionIPv6Underlay(t *testing.T) {
 	c := harness.Start(t, harness.Config{UnderlayIPv6: true, ClusterCIDR: "fd00:246::/56", NodePrefixLenV6: 64, LeaseTTL: leaseTTL, ListenPort: wgPort}, 0)
-	n1, err := c.AddNode("--host-encryption")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n2, err := c.AddNode("--host-encryption")
-	if err != nil {
-		t.Fatal(err)
-	}
+	hn := addHostEncNodes(t, c, 2)
+	n1, n2 := hn[0], hn[1]
 	if !n1.UnderlayIP.Is6() {
 		t.Fatalf("underlay is not IPv6: %s", n1.UnderlayIP)
 	}
-	err = harness.WaitFor(30*time.Second, "n1<->n2 IPv6 underlay routes through WireGuard", func() (bool, error) {
-		r12, err1 := n1.Exec("ip", "route", "get", n2.UnderlayIP.String())
-		r21, err2 := n2.Exec("ip", "route", "get", n1.UnderlayIP.String())
-		return err1 == nil && err2 == nil && strings.Contains(r12, "dev "+n1.Device) && strings.Contains(r21, "dev "+n2.Device), nil
+	err := harness.WaitFor(30*time.Second, "n1<->n2 IPv6 underlay routes through WireGuard", func() (bool, error) {
+		return tunnels(n1, n2.UnderlayIP) && tunnels(n2, n1.UnderlayIP), nil
 	})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, c.DumpLogs(40))
@@ -309,20 +314,10 @@ func TestHostEncryptionIPv6Underlay(t *testing.T) {
 func TestHostEncryptionFollowsEndpoint(t *testing.T) {
 	c := harness.Start(t, harness.Config{ClusterCIDR: clusterCIDR, LeaseTTL: leaseTTL, ListenPort: wgPort,
 		ResyncInterval: 5 * time.Second}, 0)
-	n1, err := c.AddNode("--host-encryption")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n2, err := c.AddNode("--host-encryption")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tunnels := func(from, to *harness.Node, addr netip.Addr) bool {
-		r, err := from.Exec("ip", "route", "get", addr.String())
-		return err == nil && strings.Contains(r, "dev "+from.Device)
-	}
-	err = harness.WaitFor(20*time.Second, "n1<->n2 underlay routes through WireGuard", func() (bool, error) {
-		return tunnels(n1, n2, n2.UnderlayIP) && tunnels(n2, n1, n1.UnderlayIP), nil
+	hn := addHostEncNodes(t, c, 2)
+	n1, n2 := hn[0], hn[1]
+	err := harness.WaitFor(20*time.Second, "n1<->n2 underlay routes through WireGuard", func() (bool, error) {
+		return tunnels(n1, n2.UnderlayIP) && tunnels(n2, n1.UnderlayIP), nil
 	})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, c.DumpLogs(40))
@@ -332,7 +327,7 @@ func TestHostEncryptionFollowsEndpoint(t *testing.T) {
 	oldIP, newIP := moveUnderlay(t, c, n1, 111)
 	start := time.Now()
 	err = harness.WaitFor(30*time.Second, "n2 to tunnel to n1's new address and n1's host routes to use it as source", func() (bool, error) {
-		if !tunnels(n2, n1, newIP) || tunnels(n2, n1, oldIP) {
+		if !tunnels(n2, newIP) || tunnels(n2, oldIP) {
 			return false, nil
 		}
 		out, err := n1.Exec("ip", "route", "show", "table", hostTable)
