@@ -66,12 +66,9 @@ func AttachPod(a Attachment) (_ *Pod, err error) {
 		return nil, fmt.Errorf("open wgctrl: %w", err)
 	}
 	defer wg.Close()
-	mode := a.Mode
-	if mode != wgdev.Kernel {
-		mode = wgdev.Userspace
-	}
 	p := &Pod{ID: a.ID, Network: a.Network, ContainerID: a.ContainerID, IfName: a.IfName, Netns: a.Netns,
-		IP: a.IP, IP6: a.IP6, WGIfName: WGIfName(a.IfName), Mode: mode, MTU: a.MTU, PodCIDR: a.PodCIDR, PodCIDR6: a.PodCIDR6}
+		IP: a.IP, IP6: a.IP6, WGIfName: WGIfName(a.IfName), Mode: a.Mode, MTU: a.MTU, PodCIDR: a.PodCIDR, PodCIDR6: a.PodCIDR6}
+	p.Mode = p.DeviceMode() // recorded explicitly: empty means userspace
 	if err := plumb(wg, a.RunDir, a.Hub, p, ""); err != nil {
 		if derr := detach(wg, a.RunDir, a.Hub, a.ID, p); derr != nil {
 			err = errors.Join(err, fmt.Errorf("roll back: %w", derr))

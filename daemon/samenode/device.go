@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"syscall"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
@@ -113,15 +113,11 @@ func enableIPv6(name string) error { return setIPv6(name, true) }
 func quietIPv6(name string) error { return setIPv6(name, false) }
 
 func setIPv6(name string, on bool) error {
-	path := "/proc/sys/net/ipv6/conf/" + name + "/disable_ipv6"
-	want := byte('1')
+	disable := "1"
 	if on {
-		want = '0'
+		disable = "0"
 	}
-	if b, err := os.ReadFile(path); err == nil && len(b) > 0 && b[0] == want {
-		return nil
-	}
-	if err := os.WriteFile(path, []byte{want}, 0o644); err != nil {
+	if _, err := sysctl.Sysctl("net/ipv6/conf/"+name+"/disable_ipv6", disable); err != nil {
 		return fmt.Errorf("set IPv6 %v on %s: %w", on, name, err)
 	}
 	return nil

@@ -88,14 +88,8 @@ func (h Hub) applyPod(wg *wgctrl.Client, p *Pod, replaces string) error {
 	if old, err := wgtypes.ParseKey(replaces); err == nil && old != key {
 		peers = append(peers, wgtypes.PeerConfig{PublicKey: old, Remove: true})
 	}
-	noKeepalive := time.Duration(0) // switched on only by handshake
-	peers = append(peers, wgtypes.PeerConfig{
-		PublicKey:                   key,
-		Endpoint:                    &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p.Port},
-		ReplaceAllowedIPs:           true,
-		AllowedIPs:                  AllowedIPs(p),
-		PersistentKeepaliveInterval: &noKeepalive,
-	})
+	// Keepalive is switched on only by handshake.
+	peers = append(peers, podPeer(key, p.Port, AllowedIPs(p), 0))
 	err = wg.ConfigureDevice(h.Name, wgtypes.Config{Peers: peers})
 	if err != nil {
 		return fmt.Errorf("add pod %s (%v) as peer of hub %s: %w", p.ID, p.Addrs(), h.Name, err)
@@ -124,13 +118,7 @@ func (h Hub) handshake(wg *wgctrl.Client, p *Pod, timeout time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("same-node registration %s: publicKey: %w", p.ID, err)
 	}
-	keepalive := 25 * time.Second
-	err = wg.ConfigureDevice(h.Name, wgtypes.Config{Peers: []wgtypes.PeerConfig{{
-		PublicKey:                   key,
-		Endpoint:                    &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p.Port},
-		ReplaceAllowedIPs:           true,
-		PersistentKeepaliveInterval: &keepalive,
-	}}})
+	err = wg.ConfigureDevice(h.Name, wgtypes.Config{Peers: []wgtypes.PeerConfig{podPeer(key, p.Port, nil, 25*time.Second)}})
 	if err != nil {
 		return fmt.Errorf("add pod %s as peer of hub %s: %w", p.ID, h.Name, err)
 	}
@@ -149,6 +137,18 @@ func (h Hub) handshake(wg *wgctrl.Client, p *Pod, timeout time.Duration) error {
 			return fmt.Errorf("same-node hub %s: no handshake with pod %s's device within %v", h.Name, p.ID, timeout)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// podPeer is the hub's peer for a pod device on loopback port port, with
+// exactly allowed as AllowedIPs and the given persistent keepalive.
+func podPeer(key wgtypes.Key, port int, allowed []net.IPNet, keepalive time.Duration) wgtypes.PeerConfig {
+	return wgtypes.PeerConfig{
+		PublicKey:                   key,
+		Endpoint:                    &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port},
+		ReplaceAllowedIPs:           true,
+		AllowedIPs:                  allowed,
+		PersistentKeepaliveInterval: &keepalive,
 	}
 }
 

@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 
+	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
@@ -91,7 +91,7 @@ func wirePod(pod *barePod, pns harness.NS, i int, gw netip.Addr, peerSubnet neti
 	if err != nil {
 		return err
 	}
-	if err := sysctl("net/ipv4/ip_forward", "1"); err != nil {
+	if _, err := sysctl.Sysctl("net/ipv4/ip_forward", "1"); err != nil {
 		return err
 	}
 	if p.Bridged {
@@ -103,7 +103,7 @@ func wirePod(pod *barePod, pns harness.NS, i int, gw netip.Addr, peerSubnet neti
 			return err
 		}
 	} else {
-		if err := sysctl("net/ipv4/conf/"+pod.HostEnd+"/proxy_arp", "1"); err != nil {
+		if _, err := sysctl.Sysctl("net/ipv4/conf/"+pod.HostEnd+"/proxy_arp", "1"); err != nil {
 			return err
 		}
 	}
@@ -209,15 +209,6 @@ func netns(n harness.NS) (int, error) {
 		return -1, fmt.Errorf("open netns %s: %w", n.Name, err)
 	}
 	return fd, nil
-}
-
-// sysctl sets key in the network namespace of the calling thread (the
-// /proc/sys/net files follow the opener's namespace).
-func sysctl(key, val string) error {
-	if err := os.WriteFile("/proc/sys/"+key, []byte(val), 0o644); err != nil {
-		return fmt.Errorf("sysctl %s: %w", key, err)
-	}
-	return nil
 }
 
 func hostNet(a netip.Addr) *net.IPNet {
