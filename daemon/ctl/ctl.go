@@ -25,6 +25,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/buildinfo"
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/etcdutil"
 	"github.com/wgcni/wgcni/daemon/metrics"
@@ -34,6 +35,7 @@ import (
 )
 
 const usage = `usage: wgcnictl <status|nodes|ipam> [-o table|json] [wgcnid flags...]
+       wgcnictl help [COMMAND] | version
 
   status   this node: lease, WireGuard device, mode, MTU, every peer with
            endpoint, handshake age, bytes and status
@@ -51,7 +53,16 @@ const etcdTimeout = 5 * time.Second
 // Main runs wgcnictl with args (without the program name); it returns the
 // exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+	switch {
+	case buildinfo.IsVersionArg(args):
+		fmt.Fprintln(stdout, buildinfo.String("wgcnictl"))
+		return 0
+	case len(args) == 1 && buildinfo.IsHelpArg(args):
+		fmt.Fprint(stdout, usage)
+		return 0
+	case len(args) == 2 && args[0] == "help":
+		args = []string{args[1], "--help"}
+	case len(args) == 0 || strings.HasPrefix(args[0], "-"):
 		fmt.Fprint(stderr, usage)
 		return 2
 	}

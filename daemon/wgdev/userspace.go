@@ -26,6 +26,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/wgcni/wgcni/daemon/nodefile"
+	"github.com/wgcni/wgcni/daemon/tundev"
 )
 
 // readyTimeout bounds how long the daemon waits for its host process.
@@ -154,7 +155,7 @@ func RunHost(args []string, stderr io.Writer) int {
 	// fast paths of modern wireguard-go.
 	tdev, err := tun.CreateTUN(*name, *mtu)
 	if err != nil {
-		return fail(fmt.Errorf("create TUN %s: %w", *name, err))
+		return fail(fmt.Errorf("create TUN %s: %w", *name, tundev.Explain(tundev.Path, err)))
 	}
 	uapiFile, err := ipc.UAPIOpen(*name)
 	if err != nil {

@@ -9,11 +9,13 @@ package wgdev
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl"
@@ -60,8 +62,21 @@ type Options struct {
 	// container running `wgcnid userspace-device`); Ensure adopts it and
 	// never creates one, failing with ErrNotHosted while it is missing.
 	External bool
-	Log      *slog.Logger
+	// SocketWait bounds how long a TUN with our name may lack its UAPI
+	// socket before it is taken for a foreign device (default
+	// DefaultSocketWait).
+	SocketWait time.Duration
+	Log        *slog.Logger
 }
+
+// DefaultSocketWait is how long a TUN with the device's name may exist
+// without a listening UAPI socket. A userspace host creates its TUN first
+// and starts listening right after (wireguard-go cannot do it the other
+// way round): milliseconds on an idle machine, but a host that has just
+// started — a sidecar container coming up, a respawn on a loaded node —
+// can be descheduled in between. Past this, the TUN belongs to something
+// else or its host hung, and an operator must look.
+const DefaultSocketWait = 5 * time.Second
 
 // Device is an ensured WireGuard device.
 type Device struct {
@@ -138,14 +153,38 @@ func adopt(o Options) (*Device, error) {
 			o.Log.Warn("adopting existing userspace WireGuard device although --wireguard=kernel; delete it (wgcnid cleanup) to switch", "device", o.Name)
 		}
 		// A TUN lives only as long as its process holds it, so a TUN with
-		// our name is either our host process or something foreign.
-		if err := probeUserspace(o.Name); err != nil {
-			return nil, fmt.Errorf("device %s exists as a TUN device but is not a working userspace WireGuard device: %w", o.Name, err)
+		// our name is either our host process (perhaps still starting) or
+		// something foreign.
+		if err := awaitUserspace(o); err != nil {
+			return nil, err
 		}
 		pid, _ := readPID(PIDFile(o.RunDir, o.Name))
 		return &Device{Name: o.Name, Mode: Userspace, Adopted: true, PID: pid}, nil
 	default:
 		return nil, fmt.Errorf("interface %s exists but is a %s device, not WireGuard; choose another --device", o.Name, link.Type())
+	}
+}
+
+// awaitUserspace waits, up to o.SocketWait, for the UAPI socket of a TUN
+// that has our device's name: until then the device is "not hosted yet",
+// not foreign.
+func awaitUserspace(o Options) error {
+	wait := o.SocketWait
+	if wait <= 0 {
+		wait = DefaultSocketWait
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		err := probeUserspace(o.Name)
+		if err == nil {
+			return nil
+		}
+		starting := errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED)
+		if !starting || time.Now().After(deadline) {
+			return fmt.Errorf("device %s exists as a TUN device but is not a working userspace WireGuard device (no UAPI socket answered within %s: another program's TUN, or its WireGuard host hung while starting; remove it or choose another --device): %w",
+				o.Name, wait, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

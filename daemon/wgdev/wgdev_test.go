@@ -329,3 +329,62 @@ func TestExternalHostIsWaitedForAndAdopted(t *testing.T) {
 		t.Fatalf("got %+v, want the external device adopted", d)
 	}
 }
+
+// TestTUNWithoutSocketYet is the window between a userspace host creating
+// its TUN and listening on its UAPI socket: Ensure must wait for the
+// socket (a host still starting) and adopt the device, and only after
+// SocketWait call the TUN foreign — changing nothing either way.
+func TestTUNWithoutSocketYet(t *testing.T) {
+	n, _ := netnstest.New(t, "wgd")
+	for _, c := range []struct {
+		name   string
+		listen bool // a "host" starts listening after Ensure began
+	}{{"host starts listening late", true}, {"nobody ever listens", false}} {
+		t.Run(c.name, func(t *testing.T) {
+			name := netnstest.DeviceName("wgd-s")
+			o := testOptions(t, name, Userspace)
+			o.External = true
+			tuntap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name}, Mode: netlink.TUNTAP_MODE_TUN}
+			if err := n.Do(func(ns.NetNS) error { return netlink.LinkAdd(tuntap) }); err != nil {
+				t.Fatalf("create a TUN %s: %v", name, err)
+			}
+			if err := os.MkdirAll(SocketDir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.Remove(SocketPath(name)) })
+			listening := make(chan net.Listener, 1)
+			if c.listen {
+				o.SocketWait = time.Minute
+				go func() {
+					// Late on purpose: Ensure is already probing.
+					time.Sleep(300 * time.Millisecond)
+					l, err := net.Listen("unix", SocketPath(name))
+					if err != nil {
+						t.Error(err)
+					}
+					listening <- l
+				}()
+			} else {
+				o.SocketWait = 300 * time.Millisecond
+			}
+			var d *Device
+			err := n.Do(func(ns.NetNS) error { var err error; d, err = Ensure(o); return err })
+			if c.listen {
+				if l := <-listening; l != nil {
+					l.Close()
+				}
+				if err != nil || !d.Adopted || d.Mode != Userspace {
+					t.Fatalf("Ensure while the host is still starting: %+v, %v; want the device adopted once its socket listens", d, err)
+				}
+				return
+			}
+			if err == nil || errors.Is(err, ErrNotHosted) || !strings.Contains(err.Error(), name) || !strings.Contains(err.Error(), "no UAPI socket answered within") {
+				t.Fatalf("TUN that never gets a socket: %v; want an error naming %s and the wait", err, name)
+			}
+			// Nothing was changed: the foreign TUN is still there.
+			if err := n.Do(func(ns.NetNS) error { _, err := netlink.LinkByName(name); return err }); err != nil {
+				t.Fatalf("foreign TUN %s was removed: %v", name, err)
+			}
+		})
+	}
+}

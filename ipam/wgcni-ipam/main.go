@@ -9,10 +9,14 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/wgcni/wgcni/daemon/buildinfo"
 	"github.com/wgcni/wgcni/ipam/nodeipam"
 )
 
 func main() {
+	if buildinfo.PluginCommandLine("wgcni-ipam", "pod addresses out of this node's PodCIDR", os.Args[1:], os.Stdout) {
+		return
+	}
 	m := &nodeipam.IPAM{Log: slog.New(slog.NewTextHandler(os.Stderr, nil))}
 	skel.PluginMainFuncs(skel.CNIFuncs{
 		Add:    m.Add,

@@ -9,10 +9,14 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/wgcni/wgcni/daemon/buildinfo"
 	"github.com/wgcni/wgcni/plugins/podnet"
 )
 
 func main() {
+	if buildinfo.PluginCommandLine("wgcni", "pods on the node bridge of an encrypted WireGuard network", os.Args[1:], os.Stdout) {
+		return
+	}
 	// stdout carries the CNI result; logs go to stderr, which runtimes keep.
 	p := &podnet.Plugin{Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))}
 	skel.PluginMainFuncs(skel.CNIFuncs{

@@ -128,6 +128,14 @@ func checkUnit(u unit, cfg map[string]string) problems {
 		}
 	}
 
+	// On hosts whose /dev/net/tun is 0600 the unprivileged daemon needs
+	// its group to be granted the node, by root, before it starts.
+	pre := u[svc]["ExecStartPre"]
+	wantPre := "+/usr/local/bin/wgcnid tun-access --group " + u.last(svc, "Group")
+	if !slices.Contains(pre, wantPre) {
+		p.add("ExecStartPre=%q lacks %q (userspace WireGuard on 0600 /dev/net/tun hosts)", pre, wantPre)
+	}
+
 	caps := u.list(svc, "CapabilityBoundingSet")
 	sort.Strings(caps)
 	want := slices.Clone(wantUnitCaps)
@@ -324,7 +332,7 @@ func TestSystemdAnalyze(t *testing.T) {
 			t.Fatalf("%s: no %q in ExecStart", name, s[0])
 		}
 		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(strings.Replace(text, s[0], s[1], 1)), 0o644); err != nil {
+		if err := os.WriteFile(p, []byte(strings.ReplaceAll(text, s[0], s[1])), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		units = append(units, p)
@@ -355,6 +363,8 @@ func TestSystemdChecksCatchBrokenFiles(t *testing.T) {
 		{"ProtectSystem full", unitFile, "ProtectSystem=strict", "ProtectSystem=full", "ProtectSystem"},
 		{"wireguard dir not writable", unitFile, "ReadWritePaths=/var/lib/wgcni /run/wgcni /run/wireguard", "ReadWritePaths=/var/lib/wgcni /run/wgcni", "lacks /run/wireguard"},
 		{"run dir deleted on stop", unitFile, "RuntimeDirectoryPreserve=yes", "RuntimeDirectoryPreserve=no", "RuntimeDirectoryPreserve"},
+		{"no TUN access on 0600 hosts", unitFile, "ExecStartPre=+/usr/local/bin/wgcnid tun-access --group wgcni\n", "", "ExecStartPre"},
+		{"TUN access for the wrong group", unitFile, "tun-access --group wgcni", "tun-access --group root", "ExecStartPre"},
 		{"tun hidden", unitFile, "DeviceAllow=/dev/net/tun rw", "DeviceAllow=/dev/null rw", "DeviceAllow"},
 		{"key dir readable", unitFile, "StateDirectoryMode=0700", "StateDirectoryMode=0755", "StateDirectoryMode"},
 		{"wrong config path", unitFile, "--config /etc/wgcni/wgcnid.json", "--config /etc/wgcnid.json", "--config"},
