@@ -7,7 +7,13 @@ cd "$(dirname "$0")/.."
 GO=${GO:-go}
 BIN="$PWD/bin"
 
-pkgs=(etcd-server etcd-client iproute2 wireguard-tools tcpdump iperf3 iputils-ping nftables containernetworking-plugins)
+# util-linux (unshare, setpriv, nsenter) and coreutils are essential on
+# Debian; the rest are installed when missing. iptables: portmap's default
+# backend; systemd: systemd-analyze for the unit checks (no systemd as PID 1
+# is needed). The container runtimes are for tests/runtimes (podman with its
+# CNI backend, runc, a static busybox for offline images, containerd's CRI).
+pkgs=(etcd-server etcd-client iproute2 wireguard-tools tcpdump iperf3 iputils-ping nftables iptables systemd
+	containernetworking-plugins podman runc conmon busybox-static containerd)
 # make bench also compares against Debian's wireguard-go and reads TUN
 # offload features with ethtool.
 [[ -n ${WGCNI_BENCH:-} ]] && pkgs+=(wireguard-go ethtool)
@@ -26,26 +32,6 @@ if ((${#missing[@]})); then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
-
-# Container runtimes for tests/runtimes (podman with its CNI backend, runc,
-# a static busybox for offline images, containerd's CRI plugin). Optional:
-# if apt cannot install them here, those tests skip (they check for the
-# binaries) instead of failing the suite.
-optional=(podman runc conmon busybox-static containerd)
-missing=()
-for p in "${optional[@]}"; do
-	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-		missing+=("$p")
-	fi
-done
-if ((${#missing[@]})) && [[ $(id -u) -eq 0 ]]; then
-	echo "deps: installing runtime packages ${missing[*]} (optional)"
-	export DEBIAN_FRONTEND=noninteractive
-	if ! apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" ||
-			echo "deps: could not install ${missing[*]}; tests/runtimes will skip" >&2
-	fi
 fi
 
 mkdir -p "$BIN/ext"

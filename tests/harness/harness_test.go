@@ -27,10 +27,7 @@ func requireInfra(t *testing.T) {
 	}
 	for _, tool := range []string{"ip", "etcd", "etcdctl", "ping"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv(harness.RequireEnv) == "1" {
-				t.Fatalf("%s missing (make deps)", tool)
-			}
-			t.Skipf("%s missing (make deps)", tool)
+			harness.Missing(t, "%s (make deps)", tool)
 		}
 	}
 }

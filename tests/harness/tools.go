@@ -41,6 +41,18 @@ func Prereqs(repo string) []string {
 // into a failure (set by `make test`, so CI can never pass by skipping).
 const RequireEnv = "WGCNI_E2E_REQUIRE"
 
+// Missing reports a prerequisite that is not there (a tool, a package's
+// file, a kernel feature): it fails the test under $WGCNI_E2E_REQUIRE=1
+// (make test installs every prerequisite, so a missing one is a bug) and
+// skips it otherwise. The message must name what is missing.
+func Missing(tb testing.TB, format string, args ...any) {
+	tb.Helper()
+	if os.Getenv(RequireEnv) == "1" {
+		tb.Fatalf("missing: "+format, args...)
+	}
+	tb.Skipf("missing: "+format, args...)
+}
+
 // Require skips the test when a cluster can't run here, or fails it when
 // $WGCNI_E2E_REQUIRE=1. It returns the repository root.
 func Require(tb testing.TB) string {

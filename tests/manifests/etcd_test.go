@@ -34,7 +34,7 @@ func TestEtcdExampleAndRole(t *testing.T) {
 	}
 	etcdBin, err := exec.LookPath("etcd")
 	if err != nil {
-		t.Skip("etcd binary not installed (Debian: etcd-server)")
+		harness.Missing(t, "etcd binary (Debian etcd-server; make deps)")
 	}
 	example, err := os.ReadFile(filepath.Join(repoRoot(t), "conf", "systemd", "etcd.conf.yml"))
 	if err != nil {

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/wgcni/wgcni/tests/harness"
 )
 
 const (
@@ -315,7 +317,7 @@ func TestSystemdUnitAndConfig(t *testing.T) {
 func TestSystemdAnalyze(t *testing.T) {
 	sa, err := exec.LookPath("systemd-analyze")
 	if err != nil {
-		t.Skip("systemd-analyze not installed")
+		harness.Missing(t, "systemd-analyze (Debian systemd; make deps)")
 	}
 	files := readSystemdFiles(t)
 	dir := t.TempDir()

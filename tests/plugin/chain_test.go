@@ -16,6 +16,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/wgcni/wgcni/tests/harness"
 )
 
 // loadExampleConflist reads conf/examples/10-wgcni.conflist with runDir
@@ -40,7 +42,7 @@ func loadExampleConflist(t *testing.T, runDir string) *libcni.NetworkConfigList 
 func TestPortmapChain(t *testing.T) {
 	requireRoot(t)
 	if _, err := exec.LookPath("iptables"); err != nil {
-		t.Skip("portmap's default backend needs iptables")
+		harness.Missing(t, "iptables (portmap's default backend; make deps installs it)")
 	}
 	node := newNode(t, "10.244.3.0/24", "10.244.3.1")
 	list := loadExampleConflist(t, node.RunDir)

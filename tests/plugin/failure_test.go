@@ -11,6 +11,8 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
+
+	"github.com/wgcni/wgcni/tests/harness"
 )
 
 // assertNothingCreated fails if the node has any wgcni veth or allocation.
@@ -185,7 +187,7 @@ func TestAddFailureRollsBack(t *testing.T) {
 		// node's PodCIDR: wgcni refuses it after the allocation and the
 		// veth exist, and must undo both.
 		if _, err := os.Stat("/usr/lib/cni/host-local"); err != nil {
-			t.Skip("needs Debian's /usr/lib/cni/host-local")
+			harness.Missing(t, "Debian's /usr/lib/cni/host-local (containernetworking-plugins; make deps)")
 		}
 		node := newNode(t, "10.244.3.0/24", "10.244.3.1")
 		dataDir := t.TempDir()
@@ -218,7 +220,7 @@ func TestAddFailureRollsBack(t *testing.T) {
 func TestHairpinAndMasq(t *testing.T) {
 	requireRoot(t)
 	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft to inspect the ruleset")
+		harness.Missing(t, "nft to inspect the ruleset (nftables; make deps)")
 	}
 	node := newNode(t, "10.244.3.0/24", "10.244.3.1")
 	conf := node.conf("1.1.0", map[string]any{"hairpinMode": true})

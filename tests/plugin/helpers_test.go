@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/wgcni/wgcni/tests/harness"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,7 +65,7 @@ func requireRoot(t *testing.T) {
 	}
 	for _, tool := range []string{"ip", "nsenter"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s", tool)
+			harness.Missing(t, "%s (make deps)", tool)
 		}
 	}
 }

@@ -38,7 +38,7 @@ func needTools(t *testing.T, tools ...string) {
 	}
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (tests/deps.sh installs it when apt can): %v", tool, err)
+			harness.Missing(t, "%s is not installed (tests/deps.sh installs it): %v", tool, err)
 		}
 	}
 }
@@ -98,7 +98,7 @@ func busyboxRootfs(t *testing.T, path string) {
 		}
 	}
 	if bb == "" {
-		t.Skip("no static busybox (Debian busybox-static; tests/deps.sh installs it)")
+		harness.Missing(t, "no static busybox (Debian busybox-static; tests/deps.sh installs it)")
 	}
 	data, err := os.ReadFile(bb)
 	if err != nil {

@@ -142,7 +142,7 @@ func startContainerd(t *testing.T, c *harness.Cluster, n *harness.Node, base, pa
 	// (Debian's reference plugins).
 	loopback := "/usr/lib/cni/loopback"
 	if _, err := os.Stat(loopback); err != nil {
-		t.Skipf("CRI needs the loopback CNI plugin (Debian containernetworking-plugins): %v", err)
+		harness.Missing(t, "CRI needs the loopback CNI plugin (Debian containernetworking-plugins): %v", err)
 	}
 	for _, p := range []string{c.Bin("wgcni"), c.Bin("wgcni-ipam"), filepath.Join(filepath.Dir(c.Bin("x")), "ext", "portmap"), loopback} {
 		if err := os.Symlink(p, filepath.Join(bind, filepath.Base(p))); err != nil {
