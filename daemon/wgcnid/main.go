@@ -14,7 +14,7 @@ import (
 
 	"github.com/wgcni/wgcni/daemon/agent"
 	"github.com/wgcni/wgcni/daemon/config"
-	"github.com/wgcni/wgcni/daemon/samenode"
+	"github.com/wgcni/wgcni/daemon/samenode/poddevices"
 	"github.com/wgcni/wgcni/daemon/wgdev"
 )
 
@@ -26,10 +26,10 @@ func run(args []string) int {
 		cmd, args = args[0], args[1:]
 	}
 	if cmd == "userspace-device" {
-		return wgdev.RunHost(args, os.Stderr)
+		return wgdev.RunUserspaceDevice(args, os.Stderr)
 	}
 	if cmd == "samenode-host" {
-		return samenode.RunHost(args, os.Stderr)
+		return poddevices.Serve(args, os.Stderr)
 	}
 	cfg, err := config.Parse("wgcnid "+cmd, args, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {

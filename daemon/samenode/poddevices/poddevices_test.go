@@ -1,4 +1,4 @@
-package samenode
+package poddevices
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -16,11 +15,11 @@ import (
 
 const hostEnv = "WGD_SAMENODE_TEST_HOST"
 
-// TestMain lets the test binary double as the pod device host, which
-// EnsureHost starts as /proc/self/exe samenode-host.
+// TestMain lets the test binary double as the pod device process, which
+// Ensure starts as this binary's samenode-host.
 func TestMain(m *testing.M) {
-	if os.Getenv(hostEnv) == "1" && len(os.Args) > 1 && os.Args[1] == "samenode-host" {
-		os.Exit(RunHost(os.Args[2:], os.Stderr))
+	if os.Getenv(hostEnv) == "1" && len(os.Args) > 1 && os.Args[1] == Subcommand {
+		os.Exit(Serve(os.Args[2:], os.Stderr))
 	}
 	os.Exit(m.Run())
 }
@@ -30,12 +29,12 @@ func TestMain(m *testing.M) {
 func startHost(t *testing.T, runDir string) int {
 	t.Helper()
 	t.Setenv(hostEnv, "1")
-	if err := EnsureHost(runDir, slog.New(slog.DiscardHandler)); err != nil {
+	if err := Ensure(runDir, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}
 	pid := hostPID(t, runDir)
 	t.Cleanup(func() {
-		if isHost(pid) {
+		if Running(pid) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
@@ -44,13 +43,13 @@ func startHost(t *testing.T, runDir string) int {
 
 func hostPID(t *testing.T, runDir string) int {
 	t.Helper()
-	b, err := os.ReadFile(HostPIDFile(runDir))
+	b, err := os.ReadFile(PIDFile(runDir))
 	if err != nil {
 		t.Fatal(err)
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || !isHost(pid) {
-		t.Fatalf("pid file %q: %v (is host: %v)", b, err, isHost(pid))
+	if err != nil || !Running(pid) {
+		t.Fatalf("pid file %q: %v (is host: %v)", b, err, Running(pid))
 	}
 	return pid
 }
@@ -68,7 +67,7 @@ func TestWatchHostSeesDeath(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		watchHost(ctx, runDir, time.Minute, died, slog.New(slog.DiscardHandler))
+		Watch(ctx, runDir, 200*time.Millisecond, time.Minute, died, slog.New(slog.DiscardHandler))
 	}()
 	for round := 1; round <= 2; round++ {
 		// Let the watch connect before the kill.
@@ -94,42 +93,7 @@ func TestWatchHostSeesDeath(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
-		t.Fatal("watchHost did not end with its context")
-	}
-}
-
-// TestRegistryLock: a second holder waits until the first lets go.
-func TestRegistryLock(t *testing.T) {
-	runDir := t.TempDir()
-	unlock, err := lockRegistry(runDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st, err := os.Stat(LockPath(runDir)); err != nil || st.Mode().Perm() != 0o600 {
-		t.Fatalf("lock file: %v %v", st, err)
-	}
-	var second atomic.Bool
-	got := make(chan error, 1)
-	go func() {
-		u, err := lockRegistry(runDir)
-		if err == nil {
-			second.Store(true)
-			u()
-		}
-		got <- err
-	}()
-	time.Sleep(100 * time.Millisecond)
-	if second.Load() {
-		t.Fatal("second holder got the lock while the first held it")
-	}
-	unlock()
-	select {
-	case err := <-got:
-		if err != nil || !second.Load() {
-			t.Fatalf("second holder after unlock: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("second holder still waiting after unlock")
+		t.Fatal("Watch did not end with its context")
 	}
 }
 

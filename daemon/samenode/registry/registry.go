@@ -1,17 +1,9 @@
-// Package samenode is wgcni's optional same-node encryption: every pod gets
-// its own userspace WireGuard device (TUN in the pod's netns, UDP socket in
-// the node's netns), peered only with one per-node hub device. The hub's
-// AllowedIPs for a pod are exactly the pod's /32, so pod-to-pod traffic on
-// one node goes pod wg -> hub -> pod wg and is never plain on the bridge or
-// on the pods' veths. Cost is O(pods on the node): one peer per pod on the
-// hub, one peer (the hub) per pod device.
-//
-// Parts: the registry (one file per pod in the run dir, public data only),
-// the pod device host (a detached long-lived process serving a unix socket,
-// hosting every pod device as a set of goroutines), the hub (a normal wgdev
-// device owned by wgcnid) and the reconciler (wgcnid makes the hub's peers
-// and /32 routes match the registry; GC of orphans).
-package samenode
+// Package registry is same-node encryption's record of pods: one file per
+// pod attachment in <run-dir>/samenode, public data only (never a private
+// key), written by the plugin on ADD and removed on DEL/GC, read by the
+// daemon's reconciler; and the lock that serialises every change to
+// registrations, hub peers and pod devices (lock.go).
+package registry
 
 import (
 	"encoding/json"
@@ -20,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -27,8 +20,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/wgdev"
 )
 
-// Pod is a pod's registration: only public data (never a private key). It
-// is written by the plugin on ADD and removed on DEL/GC.
+// Pod is a pod's registration.
 type Pod struct {
 	// ID identifies the attachment; the plugin uses the host veth name
 	// (deterministic from network, container ID and ifname).
@@ -37,27 +29,64 @@ type Pod struct {
 	ContainerID string `json:"containerID"`
 	IfName      string `json:"ifName"`
 	Netns       string `json:"netns"`
-	// IP is the pod's IPv4 address, IP6 its IPv6 address; a pod has one
-	// or both (IPv4-only, IPv6-only, dual-stack). The hub peer's AllowedIPs
-	// are exactly these as /32 and /128.
-	IP  netip.Addr `json:"ip,omitzero"`
-	IP6 netip.Addr `json:"ip6,omitzero"`
+	// IPs are the pod's addresses, at most one per family, IPv4 first
+	// (IPv4-only, IPv6-only, dual-stack). The hub peer's AllowedIPs are
+	// exactly these as host prefixes (/32, /128).
+	IPs []netip.Addr `json:"ips"`
 	// WGIfName is the pod's WireGuard interface inside its netns.
 	WGIfName  string `json:"wgIfName"`
 	PublicKey string `json:"publicKey"`
 	// Port is the pod device's UDP port in the node netns (on loopback).
 	Port int `json:"port"`
 	// Mode is the WireGuard behind the pod device: "kernel" (a wireguard
-	// link) or "userspace" (hosted by wgcnid samenode-host); empty in
+	// link) or "userspace" (in the pod device process); empty in
 	// registrations written before kernel pod devices means userspace.
 	Mode wgdev.Mode `json:"mode,omitempty"`
-	// MTU, PodCIDR and PodCIDR6 are the pod's route parameters as ADD set
-	// them (route MTU towards other nodes, this node's PodCIDRs), so the
-	// daemon re-creates exactly those routes; zero in older registrations
-	// (the daemon then uses the node's own values).
-	MTU      int          `json:"mtu,omitempty"`
-	PodCIDR  netip.Prefix `json:"podCIDR,omitzero"`
-	PodCIDR6 netip.Prefix `json:"podCIDR6,omitzero"`
+	// MTU and PodCIDRs are the pod's route parameters as ADD set them
+	// (route MTU towards other nodes, this node's PodCIDR of each family),
+	// so the daemon re-creates exactly those routes; empty in older
+	// registrations (the daemon then uses the node's own values).
+	MTU      int            `json:"mtu,omitempty"`
+	PodCIDRs []netip.Prefix `json:"podCIDRs,omitempty"`
+}
+
+// UnmarshalJSON reads the current format and also the per-family fields of
+// registrations written before the address lists ("ip", "ip6", "podCIDR",
+// "podCIDR6": one address and PodCIDR per family), into the lists: a node
+// upgraded in place keeps its pods. A legacy field that does not parse is
+// an error naming it.
+func (p *Pod) UnmarshalJSON(b []byte) error {
+	type plain Pod
+	if err := json.Unmarshal(b, (*plain)(p)); err != nil {
+		return err
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	for _, f := range []string{"ip", "ip6"} {
+		if v, ok := raw[f]; ok {
+			var a netip.Addr
+			if err := json.Unmarshal(v, &a); err != nil {
+				return fmt.Errorf("field %s: %w", f, err)
+			}
+			if a.IsValid() {
+				p.IPs = append(p.IPs, a)
+			}
+		}
+	}
+	for _, f := range []string{"podCIDR", "podCIDR6"} {
+		if v, ok := raw[f]; ok {
+			var c netip.Prefix
+			if err := json.Unmarshal(v, &c); err != nil {
+				return fmt.Errorf("field %s: %w", f, err)
+			}
+			if c.IsValid() {
+				p.PodCIDRs = append(p.PodCIDRs, c)
+			}
+		}
+	}
+	return nil
 }
 
 // DeviceMode is the WireGuard behind p's device (userspace if unrecorded).
@@ -68,15 +97,24 @@ func (p *Pod) DeviceMode() wgdev.Mode {
 	return wgdev.Userspace
 }
 
-// Addrs lists the pod's addresses, IPv4 first.
-func (p *Pod) Addrs() []netip.Addr {
-	var out []netip.Addr
-	for _, a := range []netip.Addr{p.IP, p.IP6} {
-		if a.IsValid() {
-			out = append(out, a)
+// PodCIDR is the recorded PodCIDR of a's family, if any.
+func (p *Pod) PodCIDR(a netip.Addr) (netip.Prefix, bool) {
+	for _, c := range p.PodCIDRs {
+		if c.Addr().Is4() == a.Is4() {
+			return c, true
 		}
 	}
-	return out
+	return netip.Prefix{}, false
+}
+
+// Normalize orders p's lists IPv4 first (the order they are written and
+// compared in); an empty list is nil (written as absent).
+func (p *Pod) Normalize() {
+	if len(p.PodCIDRs) == 0 {
+		p.PodCIDRs = nil
+	}
+	slices.SortFunc(p.IPs, netip.Addr.Compare)
+	slices.SortFunc(p.PodCIDRs, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 }
 
 // Dir is where registrations live.
@@ -84,26 +122,24 @@ func Dir(runDir string) string { return filepath.Join(runDir, "samenode") }
 
 func regPath(runDir, id string) string { return filepath.Join(Dir(runDir), id+".json") }
 
-func validID(id string) error {
+// ValidID checks that id is a plain name (it becomes a file name).
+func ValidID(id string) error {
 	if id == "" || len(id) > 64 || strings.ContainsAny(id, "/\\.\x00") {
 		return fmt.Errorf("same-node registration id %q is not a plain name", id)
 	}
 	return nil
 }
 
-// Validate checks a registration read from disk.
+// Validate checks a registration.
 func (p *Pod) Validate() error {
-	if err := validID(p.ID); err != nil {
+	if err := ValidID(p.ID); err != nil {
 		return err
 	}
-	if p.IP.IsValid() && !p.IP.Is4() {
-		return fmt.Errorf("same-node registration %s: field ip %q is not an IPv4 address", p.ID, p.IP)
+	if len(p.IPs) == 0 {
+		return fmt.Errorf("same-node registration %s: field ips is empty", p.ID)
 	}
-	if p.IP6.IsValid() && (!p.IP6.Is6() || p.IP6.Is4In6()) {
-		return fmt.Errorf("same-node registration %s: field ip6 %q is not an IPv6 address", p.ID, p.IP6)
-	}
-	if !p.IP.IsValid() && !p.IP6.IsValid() {
-		return fmt.Errorf("same-node registration %s: fields ip and ip6 are both empty", p.ID)
+	if err := onePerFamily(p.IPs, func(a netip.Addr) netip.Addr { return a }); err != nil {
+		return fmt.Errorf("same-node registration %s: field ips: %w", p.ID, err)
 	}
 	if p.PublicKey == "" {
 		return fmt.Errorf("same-node registration %s: field publicKey is empty", p.ID)
@@ -119,11 +155,8 @@ func (p *Pod) Validate() error {
 	if p.MTU < 0 || p.MTU > 65535 {
 		return fmt.Errorf("same-node registration %s: field mtu %d out of range", p.ID, p.MTU)
 	}
-	if p.PodCIDR.IsValid() && !p.PodCIDR.Addr().Is4() {
-		return fmt.Errorf("same-node registration %s: field podCIDR %s is not IPv4", p.ID, p.PodCIDR)
-	}
-	if p.PodCIDR6.IsValid() && (!p.PodCIDR6.Addr().Is6() || p.PodCIDR6.Addr().Is4In6()) {
-		return fmt.Errorf("same-node registration %s: field podCIDR6 %s is not IPv6", p.ID, p.PodCIDR6)
+	if err := onePerFamily(p.PodCIDRs, netip.Prefix.Addr); err != nil {
+		return fmt.Errorf("same-node registration %s: field podCIDRs: %w", p.ID, err)
 	}
 	if p.WGIfName == "" || len(p.WGIfName) > 15 || strings.ContainsAny(p.WGIfName, "/ \x00") {
 		return fmt.Errorf("same-node registration %s: field wgIfName %q is not an interface name", p.ID, p.WGIfName)
@@ -131,8 +164,26 @@ func (p *Pod) Validate() error {
 	return nil
 }
 
-// Register writes p atomically.
+// onePerFamily checks that every element is a valid address (no IPv4
+// mapped into IPv6) and that no family appears twice.
+func onePerFamily[T fmt.Stringer](xs []T, addr func(T) netip.Addr) error {
+	seen := map[bool]T{}
+	for _, x := range xs {
+		a := addr(x)
+		if !a.IsValid() || a.Is4In6() || a.Zone() != "" {
+			return fmt.Errorf("%s is not a plain IPv4 or IPv6 address", x)
+		}
+		if prev, ok := seen[a.Is4()]; ok {
+			return fmt.Errorf("%s and %s are of the same family", prev, x)
+		}
+		seen[a.Is4()] = x
+	}
+	return nil
+}
+
+// Register writes p atomically (lists normalised first).
 func Register(runDir string, p *Pod) error {
+	p.Normalize()
 	if err := p.Validate(); err != nil {
 		return err
 	}
@@ -145,7 +196,7 @@ func Register(runDir string, p *Pod) error {
 
 // Unregister removes the registration of id; a missing one is not an error.
 func Unregister(runDir, id string) error {
-	if err := validID(id); err != nil {
+	if err := ValidID(id); err != nil {
 		return err
 	}
 	if err := os.Remove(regPath(runDir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -156,7 +207,7 @@ func Unregister(runDir, id string) error {
 
 // Load reads one registration; (nil, nil) when there is none.
 func Load(runDir, id string) (*Pod, error) {
-	if err := validID(id); err != nil {
+	if err := ValidID(id); err != nil {
 		return nil, err
 	}
 	b, err := os.ReadFile(regPath(runDir, id))
@@ -170,6 +221,7 @@ func Load(runDir, id string) (*Pod, error) {
 	if err := json.Unmarshal(b, &p); err != nil {
 		return nil, fmt.Errorf("decode same-node registration %s: %w", regPath(runDir, id), err)
 	}
+	p.Normalize()
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}

@@ -1,4 +1,4 @@
-package samenode
+package poddevices
 
 import (
 	"bufio"
@@ -27,7 +27,10 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/helperproc"
 	"github.com/wgcni/wgcni/daemon/nodefile"
+	"github.com/wgcni/wgcni/daemon/route"
+	"github.com/wgcni/wgcni/daemon/samenode/registry"
 )
 
 // podDev is one hosted pod device. Its private key exists only here, in
@@ -40,58 +43,49 @@ type podDev struct {
 	ifName string
 }
 
-// host serves the pod devices of one node.
+// host serves the pod devices of one node (one process: Serve).
 type host struct {
 	log  *slog.Logger
 	mu   sync.Mutex
 	devs map[string]*podDev
 }
 
-// RunHost is the body of `wgcnid samenode-host`: a detached process (so it
-// outlives daemon restarts) that hosts every pod's WireGuard device on this
-// node — O(pods) goroutine sets, one process — and serves HostSocket.
-// Readiness is reported on fd 3 if open.
-func RunHost(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("samenode-host", flag.ContinueOnError)
+// Serve is the body of `wgcnid samenode-host`: the process that carries
+// every pod's userspace WireGuard device on this node — O(pods) goroutine
+// sets, one process — and serves Socket. Readiness is reported on fd 3
+// (helperproc).
+func Serve(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet(Subcommand, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	runDir := fs.String("run-dir", nodefile.DefaultRunDir, "run dir (socket and pid file)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	ready := os.NewFile(3, "ready")
-	if _, err := unix.FcntlInt(3, unix.F_GETFD, 0); err != nil {
-		ready = nil
-	}
-	log := slog.New(slog.NewTextHandler(stderr, nil)).With("part", "samenode-host", "pid", os.Getpid())
+	ready := helperproc.ReadyPipe()
+	log := slog.New(slog.NewTextHandler(stderr, nil)).With("part", Subcommand, "pid", os.Getpid())
 	fail := func(err error) int {
-		log.Error("same-node pod device host failed", "err", err)
-		if ready != nil {
-			fmt.Fprintf(ready, "%s\n", strings.ReplaceAll(err.Error(), "\n", " "))
-			ready.Close()
-		}
+		log.Error("same-node pod device process failed", "err", err)
+		ready.Fail(err)
 		return 1
 	}
 	if err := os.MkdirAll(*runDir, 0o755); err != nil {
 		return fail(err)
 	}
-	sock := HostSocket(*runDir)
-	_ = os.Remove(sock) // stale from a killed host; the caller checked none answers
+	sock := Socket(*runDir)
+	_ = os.Remove(sock) // stale from a killed process; the caller checked none answers
 	old := unix.Umask(0o077)
 	l, err := net.Listen("unix", sock)
 	unix.Umask(old)
 	if err != nil {
 		return fail(fmt.Errorf("listen on %s: %w", sock, err))
 	}
-	if err := nodefile.WriteFileAtomic(HostPIDFile(*runDir), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+	if err := helperproc.WritePID(PIDFile(*runDir)); err != nil {
 		l.Close()
 		return fail(err)
 	}
 	h := &host{log: log, devs: map[string]*podDev{}}
-	if ready != nil {
-		fmt.Fprintln(ready, "ready")
-		ready.Close()
-	}
-	log.Info("same-node pod device host running", "socket", sock)
+	ready.Ready()
+	log.Info("same-node pod device process running", "socket", sock)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -115,7 +109,7 @@ func RunHost(args []string, stderr io.Writer) int {
 	}
 	h.mu.Unlock()
 	os.Remove(sock)
-	os.Remove(HostPIDFile(*runDir))
+	os.Remove(PIDFile(*runDir))
 	return 0
 }
 
@@ -155,7 +149,7 @@ func (h *host) handle(req Request) (*Response, error) {
 		sort.Strings(ids)
 		return &Response{IDs: ids}, nil
 	case "del":
-		if err := validID(req.ID); err != nil {
+		if err := registry.ValidID(req.ID); err != nil {
 			return nil, err
 		}
 		h.mu.Lock()
@@ -179,7 +173,7 @@ func (h *host) handle(req Request) (*Response, error) {
 // thread switched into it), WireGuard state and UDP socket in this process,
 // i.e. in the node netns. Idempotent for a repeated ADD.
 func (h *host) add(req Request) (*Response, error) {
-	if err := validID(req.ID); err != nil {
+	if err := registry.ValidID(req.ID); err != nil {
 		return nil, err
 	}
 	if req.Netns == "" || req.IfName == "" || len(req.IfName) > 15 {
@@ -215,7 +209,7 @@ func (h *host) add(req Request) (*Response, error) {
 		}
 		link, err := netlink.LinkByName(req.IfName)
 		if err == nil {
-			err = quietIPv6(req.IfName)
+			err = route.SetIPv6(req.IfName, false) // route.SetIPv6: why
 		}
 		if err == nil {
 			err = netlink.LinkSetUp(link)
