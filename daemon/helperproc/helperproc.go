@@ -11,10 +11,12 @@ package helperproc
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/signal"
 	"slices"
 	"strconv"
 	"strings"
@@ -136,6 +138,14 @@ func (r *Readiness) send(line string) {
 	fmt.Fprintln(r.f, line)
 	r.f.Close()
 	r.f = nil
+}
+
+// Lifetime is a helper's life: a context that ends on SIGTERM or SIGINT.
+// SIGHUP (a terminal closing) and SIGPIPE never end a helper: it carries
+// data plane.
+func Lifetime() (context.Context, context.CancelFunc) {
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	return signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 }
 
 // WritePID records this process's pid in path (atomically).

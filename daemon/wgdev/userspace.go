@@ -1,7 +1,6 @@
 package wgdev
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,11 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"syscall"
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
@@ -140,10 +137,8 @@ func RunUserspaceDevice(args []string, stderr io.Writer) int {
 	ready.Ready()
 	log.Info("userspace WireGuard device running", "mtu", *mtu, "batch", dev.BatchSize())
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	ctx, stop := helperproc.Lifetime()
 	defer stop()
-	// SIGHUP must not kill the data plane (e.g. a terminal closing).
-	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 	select {
 	case <-ctx.Done():
 		log.Info("stopping on signal")

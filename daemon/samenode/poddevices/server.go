@@ -2,7 +2,6 @@ package poddevices
 
 import (
 	"bufio"
-	"context"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,12 +11,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -87,9 +84,8 @@ func Serve(args []string, stderr io.Writer) int {
 	ready.Ready()
 	log.Info("same-node pod device process running", "socket", sock)
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	ctx, stop := helperproc.Lifetime()
 	defer stop()
-	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 	go func() {
 		<-ctx.Done()
 		l.Close()

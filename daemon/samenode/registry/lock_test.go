@@ -41,4 +41,3 @@ func TestRegistryLock(t *testing.T) {
 		t.Fatal("second holder still waiting after unlock")
 	}
 }
-

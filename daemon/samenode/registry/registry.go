@@ -64,29 +64,31 @@ func (p *Pod) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return err
 	}
-	for _, f := range []string{"ip", "ip6"} {
-		if v, ok := raw[f]; ok {
-			var a netip.Addr
-			if err := json.Unmarshal(v, &a); err != nil {
-				return fmt.Errorf("field %s: %w", f, err)
-			}
-			if a.IsValid() {
-				p.IPs = append(p.IPs, a)
-			}
+	var err error
+	if p.IPs, err = appendLegacy(raw, []string{"ip", "ip6"}, p.IPs, netip.Addr.IsValid); err != nil {
+		return err
+	}
+	p.PodCIDRs, err = appendLegacy(raw, []string{"podCIDR", "podCIDR6"}, p.PodCIDRs, netip.Prefix.IsValid)
+	return err
+}
+
+// appendLegacy appends the values of the given legacy fields of raw that
+// are present and valid to out.
+func appendLegacy[T any](raw map[string]json.RawMessage, fields []string, out []T, valid func(T) bool) ([]T, error) {
+	for _, f := range fields {
+		v, ok := raw[f]
+		if !ok {
+			continue
+		}
+		var x T
+		if err := json.Unmarshal(v, &x); err != nil {
+			return nil, fmt.Errorf("field %s: %w", f, err)
+		}
+		if valid(x) {
+			out = append(out, x)
 		}
 	}
-	for _, f := range []string{"podCIDR", "podCIDR6"} {
-		if v, ok := raw[f]; ok {
-			var c netip.Prefix
-			if err := json.Unmarshal(v, &c); err != nil {
-				return fmt.Errorf("field %s: %w", f, err)
-			}
-			if c.IsValid() {
-				p.PodCIDRs = append(p.PodCIDRs, c)
-			}
-		}
-	}
-	return nil
+	return out, nil
 }
 
 // DeviceMode is the WireGuard behind p's device (userspace if unrecorded).
