@@ -156,15 +156,15 @@ func RunUserspaceDevice(args []string, stderr io.Writer) int {
 
 func readPID(path string) (int, error) { return helperproc.ReadPID(path) }
 
-// stopHost terminates the host process of device name, after checking the
-// pid still runs it (pids are reused).
-func stopHost(pid int, name string) error {
-	helperproc.Stop(pid, hostOf(name), 5*time.Second)
+// stopDeviceProcess terminates the process of userspace device name, after
+// checking the pid still runs it (pids are reused).
+func stopDeviceProcess(pid int, name string) error {
+	helperproc.Stop(pid, deviceProcess(name), 5*time.Second)
 	return nil
 }
 
-// hostOf recognises the command line of device name's host process.
-func hostOf(name string) helperproc.Match {
+// deviceProcess recognises the command line of device name's process.
+func deviceProcess(name string) helperproc.Match {
 	return helperproc.Subcommand("userspace-device", "--name", name)
 }
 

@@ -24,15 +24,15 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// startHost starts a pod device host for runDir and stops it (by its pid,
+// startProcess starts a pod device process for runDir and stops it (by its pid,
 // after checking it is one) when the test ends.
-func startHost(t *testing.T, runDir string) int {
+func startProcess(t *testing.T, runDir string) int {
 	t.Helper()
 	t.Setenv(hostEnv, "1")
 	if err := Ensure(runDir, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}
-	pid := hostPID(t, runDir)
+	pid := processPID(t, runDir)
 	t.Cleanup(func() {
 		if Running(pid) {
 			syscall.Kill(pid, syscall.SIGKILL)
@@ -41,7 +41,7 @@ func startHost(t *testing.T, runDir string) int {
 	return pid
 }
 
-func hostPID(t *testing.T, runDir string) int {
+func processPID(t *testing.T, runDir string) int {
 	t.Helper()
 	b, err := os.ReadFile(PIDFile(runDir))
 	if err != nil {
@@ -49,18 +49,18 @@ func hostPID(t *testing.T, runDir string) int {
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil || !Running(pid) {
-		t.Fatalf("pid file %q: %v (is host: %v)", b, err, Running(pid))
+		t.Fatalf("pid file %q: %v (is the process: %v)", b, err, Running(pid))
 	}
 	return pid
 }
 
-// TestWatchHostSeesDeath: the daemon learns that the pod device host died
+// TestWatchSeesDeath: the daemon learns that the pod device process died
 // from its watch connection, at once (not at the next resync), also when
-// the host is SIGKILLed; and again for the host started next.
-func TestWatchHostSeesDeath(t *testing.T) {
+// the process is SIGKILLed; and again for the process started next.
+func TestWatchSeesDeath(t *testing.T) {
 	netnstest.RequireRoot(t)
 	runDir := t.TempDir()
-	pid := startHost(t, runDir)
+	pid := startProcess(t, runDir)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	died := make(chan struct{}, 1)
@@ -74,7 +74,7 @@ func TestWatchHostSeesDeath(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 		select {
 		case <-died:
-			t.Fatalf("round %d: died reported while the host runs", round)
+			t.Fatalf("round %d: died reported while the process runs", round)
 		default:
 		}
 		start := time.Now()
@@ -83,11 +83,11 @@ func TestWatchHostSeesDeath(t *testing.T) {
 		}
 		select {
 		case <-died:
-			t.Logf("round %d: host %d SIGKILLed, death seen after %v", round, pid, time.Since(start).Round(time.Microsecond))
+			t.Logf("round %d: process %d SIGKILLed, death seen after %v", round, pid, time.Since(start).Round(time.Microsecond))
 		case <-time.After(5 * time.Second):
-			t.Fatalf("round %d: host death not reported within 5 s (resync is a minute)", round)
+			t.Fatalf("round %d: process death not reported within 5 s (resync is a minute)", round)
 		}
-		pid = startHost(t, runDir)
+		pid = startProcess(t, runDir)
 	}
 	cancel()
 	select {
@@ -97,12 +97,12 @@ func TestWatchHostSeesDeath(t *testing.T) {
 	}
 }
 
-// TestHostHandlesWatchAndOps: "watch" is acknowledged and held; the other
+// TestProcessHandlesWatchAndOps: "watch" is acknowledged and held; the other
 // ops still answer meanwhile.
-func TestHostHandlesWatchAndOps(t *testing.T) {
+func TestProcessHandlesWatchAndOps(t *testing.T) {
 	netnstest.RequireRoot(t)
 	runDir := t.TempDir()
-	startHost(t, runDir)
+	startProcess(t, runDir)
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	errc := make(chan error, 1)

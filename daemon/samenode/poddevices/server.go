@@ -40,8 +40,8 @@ type podDev struct {
 	ifName string
 }
 
-// host serves the pod devices of one node (one process: Serve).
-type host struct {
+// server carries the pod devices of one node (one process: Serve).
+type server struct {
 	log  *slog.Logger
 	mu   sync.Mutex
 	devs map[string]*podDev
@@ -80,7 +80,7 @@ func Serve(args []string, stderr io.Writer) int {
 		l.Close()
 		return fail(err)
 	}
-	h := &host{log: log, devs: map[string]*podDev{}}
+	h := &server{log: log, devs: map[string]*podDev{}}
 	ready.Ready()
 	log.Info("same-node pod device process running", "socket", sock)
 
@@ -109,7 +109,7 @@ func Serve(args []string, stderr io.Writer) int {
 	return 0
 }
 
-func (h *host) serve(c net.Conn) {
+func (h *server) serve(c net.Conn) {
 	defer c.Close()
 	var req Request
 	if err := json.NewDecoder(bufio.NewReader(c)).Decode(&req); err != nil {
@@ -131,7 +131,7 @@ func (h *host) serve(c net.Conn) {
 	json.NewEncoder(c).Encode(resp)
 }
 
-func (h *host) handle(req Request) (*Response, error) {
+func (h *server) handle(req Request) (*Response, error) {
 	switch req.Op {
 	case "ping":
 		return &Response{}, nil
@@ -168,7 +168,7 @@ func (h *host) handle(req Request) (*Response, error) {
 // add creates the pod's device: TUN inside the pod netns (created there on a
 // thread switched into it), WireGuard state and UDP socket in this process,
 // i.e. in the node netns. Idempotent for a repeated ADD.
-func (h *host) add(req Request) (*Response, error) {
+func (h *server) add(req Request) (*Response, error) {
 	if err := registry.ValidID(req.ID); err != nil {
 		return nil, err
 	}
