@@ -2,10 +2,12 @@ package samenode
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"sort"
 	"strconv"
@@ -352,7 +354,7 @@ func TestSameNodeHostKilled(t *testing.T) {
 			}
 		}
 		for _, line := range strings.Split(logText(t, on), "\n") {
-			if strings.Contains(line, "host gone") || strings.Contains(line, "started same-node pod device host") || strings.Contains(line, "re-created") {
+			if strings.Contains(line, "process gone") || strings.Contains(line, "started same-node pod device process") || strings.Contains(line, "re-created") {
 				t.Logf("daemon: %s", line)
 			}
 		}
@@ -361,7 +363,7 @@ func TestSameNodeHostKilled(t *testing.T) {
 		}
 	})
 
-	t.Run("host dies while the daemon is down: pods fail closed, restart re-creates", func(t *testing.T) {
+	t.Run("host dies while the daemon is down: pods fail closed, restart re-creates (from registrations in the previous version's format)", func(t *testing.T) {
 		var recovery time.Duration
 		wire, lo := sniff(t, cls, on, a, b, func() {
 			on.StopDaemon(syscall.SIGTERM)
@@ -376,6 +378,9 @@ func TestSameNodeHostKilled(t *testing.T) {
 			if out, _ := a.Exec("ip", "-4", "route", "show"); strings.TrimSpace(out) != "" {
 				t.Errorf("pod without device still has IPv4 routes (must fail closed):\n%s", out)
 			}
+			// The daemon comes back as an upgrade in place would: the
+			// registrations on disk are the previous version's.
+			writeLegacyRegistrations(t, on, regs)
 			started := time.Now()
 			if err := on.StartDaemon(); err != nil {
 				t.Fatal(err)
@@ -390,7 +395,38 @@ func TestSameNodeHostKilled(t *testing.T) {
 		}
 		noPlaintext("daemon down", wire, lo)
 		checkRecreated(t, on, regs)
+		for _, p := range []*harness.Pod{a, b} {
+			if out, err := p.CNI("check"); err != nil {
+				t.Errorf("CHECK %s after re-creation from a legacy registration: %v %s", p.Name, err, out)
+			}
+		}
 	})
+}
+
+// writeLegacyRegistrations rewrites regs in the format of the version
+// before address lists: one field per family (ip, ip6, podCIDR, podCIDR6).
+func writeLegacyRegistrations(t *testing.T, n *harness.Node, regs map[string]registry.Pod) {
+	t.Helper()
+	for id, r := range regs {
+		m := map[string]any{"id": r.ID, "network": r.Network, "containerID": r.ContainerID, "ifName": r.IfName, "netns": r.Netns,
+			"wgIfName": r.WGIfName, "publicKey": r.PublicKey, "port": r.Port, "mode": r.Mode, "mtu": r.MTU}
+		for _, a := range r.IPs {
+			m[map[bool]string{true: "ip", false: "ip6"}[a.Is4()]] = a
+		}
+		for _, c := range r.PodCIDRs {
+			m[map[bool]string{true: "podCIDR", false: "podCIDR6"}[c.Addr().Is4()]] = c
+		}
+		b, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), `"ip6"`) || strings.Contains(string(b), `"ips"`) {
+			t.Fatalf("legacy registration of %s: %s", id, b)
+		}
+		if err := os.WriteFile(filepath.Join(registry.Dir(n.RunDir), id+".json"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // TestSameNodeHostKilledManyPods: pods added in parallel (their ADDs and
