@@ -17,7 +17,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/wgdev"
 )
 
-// handshakeTimeout bounds plumb's wait for the hub-device handshake (on
+// handshakeTimeout bounds Plumb's wait for the hub-device handshake (on
 // loopback it takes about a millisecond).
 const handshakeTimeout = 3 * time.Second
 
