@@ -27,7 +27,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/nodefile"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
-	"github.com/wgcni/wgcni/daemon/samenode"
+	"github.com/wgcni/wgcni/daemon/samenode/reconcile"
 	"github.com/wgcni/wgcni/daemon/wgdev"
 	"github.com/wgcni/wgcni/plugins/antispoof"
 	"github.com/wgcni/wgcni/plugins/bridge"
@@ -167,7 +167,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		MTU: mtu, Bridge: cfg.Bridge, Device: cfg.Device, IPAMDir: filepath.Join(cfg.StateDir, "ipam"),
 	}
 	setFamilies(nf, cfg.Cluster, held)
-	if err := setupSameNode(ctx, cfg, cli, mtu, gw, nf, log); err != nil {
+	sameNode, err := setupSameNode(ctx, cfg, cli, mtu, nf, log)
+	if err != nil {
 		return err
 	}
 	if written, err := writeNodeFile(cfg.RunDir, nf); err != nil {
@@ -196,7 +197,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	})
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(dev.Mode), WG: wg, PodCIDR: held.CIDR,
-		IPAMDir: nf.IPAMDir, LeaseExpiry: keeper.Expiry, Peers: rec.PeerNodes, Stats: &rec.Stats, Retakes: keeper.Retakes.Load,
+		IPAMDir: nf.IPAMDir, LeaseExpiry: keeper.Expiry, Peers: rec.PeerNodes, Stats: &rec.Stats, SameNode: sameNode, Retakes: keeper.Retakes.Load,
 		Rotations: rot.Rotations.Load,
 	})
 	go func() {
@@ -273,7 +274,7 @@ func Cleanup(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err := wgdev.Remove(cfg.RunDir, cfg.Device, log); err != nil {
 		errs = append(errs, err)
 	}
-	if err := samenode.Cleanup(cfg.RunDir, cfg.Device, log); err != nil {
+	if err := reconcile.Cleanup(cfg.RunDir, cfg.Device, log); err != nil {
 		errs = append(errs, err)
 	}
 	inUse, err := removeBridgeIfUnused(cfg.Bridge, log)

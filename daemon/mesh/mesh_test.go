@@ -33,7 +33,7 @@ const hostEnv = "WGD_MESH_TEST_HOST"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(hostEnv) == "1" && len(os.Args) > 1 && os.Args[1] == "userspace-device" {
-		os.Exit(wgdev.RunHost(os.Args[2:], os.Stderr))
+		os.Exit(wgdev.RunUserspaceDevice(os.Args[2:], os.Stderr))
 	}
 	os.Exit(m.Run())
 }

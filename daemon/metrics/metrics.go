@@ -15,6 +15,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/daemon/mesh"
+	"github.com/wgcni/wgcni/daemon/samenode/reconcile"
 	"github.com/wgcni/wgcni/ipam/nodeipam"
 )
 
@@ -46,6 +47,8 @@ type Sources struct {
 	// Peers names the node behind each configured public key.
 	Peers func() map[wgtypes.Key]mesh.PeerInfo
 	Stats *mesh.Stats
+	// SameNode counts the same-node reconciler's failures (nil: off).
+	SameNode *reconcile.Stats
 	// Retakes counts own-record re-creations (lease.Keeper.Retakes).
 	Retakes func() int64
 	// Rotations counts key rotations done by this daemon.
@@ -115,6 +118,12 @@ var (
 		"Times the entry of a re-keyed peer was re-created because its first handshake did not come.", nil, nil)
 	descRecreations = prometheus.NewDesc("wgcni_device_recreations_total",
 		"Times the WireGuard device was lost (its userspace host process died, or the link was deleted) and re-created with its peers and routes.", nil, nil)
+	descSameNodeFailures = prometheus.NewDesc("wgcni_samenode_reconcile_errors_total",
+		"Same-node reconcile steps that failed (a pod's device, hub peer or route; the hub; the pod device process); each is retried.", nil, nil)
+	descSameNodeRetries = prometheus.NewDesc("wgcni_samenode_reconcile_retries_total",
+		"Same-node reconcile steps tried again after failing.", nil, nil)
+	descSameNodePending = prometheus.NewDesc("wgcni_samenode_reconcile_pending",
+		"Same-node reconcile steps failing right now (waiting for their retry).", nil, nil)
 	descRotations = prometheus.NewDesc("wgcni_key_rotations_total",
 		"WireGuard key rotations done by this daemon since it started.", nil, nil)
 )
@@ -145,7 +154,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHandshake, descRx, descTx, descStatus, descEstablished, descEndpoint,
 		descPeers, descDeviceUp, descMode, descLease, descLeaseExpiry, descLeaseTTL, descIPAMUsed, descIPAMFree,
 		descIPAMUp, descApplied, descApplyErr, descResyncs, descWatch, descBad, descRetakes, descNoHandshake, descStalls,
-		descRekeyRetries, descRecreations, descRotations} {
+		descRekeyRetries, descRecreations, descRotations, descSameNodeFailures, descSameNodeRetries, descSameNodePending} {
 		ch <- d
 	}
 	c.reconcile.Describe(ch)
@@ -167,6 +176,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descStalls, prometheus.CounterValue, float64(s.HandshakeStalls.Load()))
 		ch <- prometheus.MustNewConstMetric(descRekeyRetries, prometheus.CounterValue, float64(s.RekeyRetries.Load()))
 		ch <- prometheus.MustNewConstMetric(descRecreations, prometheus.CounterValue, float64(s.DeviceRecreations.Load()))
+	}
+	if s := c.src.SameNode; s != nil {
+		ch <- prometheus.MustNewConstMetric(descSameNodeFailures, prometheus.CounterValue, float64(s.Failures.Load()))
+		ch <- prometheus.MustNewConstMetric(descSameNodeRetries, prometheus.CounterValue, float64(s.Retries.Load()))
+		ch <- prometheus.MustNewConstMetric(descSameNodePending, prometheus.GaugeValue, float64(s.Pending.Load()))
 	}
 	if c.src.Rotations != nil {
 		ch <- prometheus.MustNewConstMetric(descRotations, prometheus.CounterValue, float64(c.src.Rotations()))

@@ -17,7 +17,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/agent"
 	"github.com/wgcni/wgcni/daemon/buildinfo"
 	"github.com/wgcni/wgcni/daemon/config"
-	"github.com/wgcni/wgcni/daemon/samenode"
+	"github.com/wgcni/wgcni/daemon/samenode/poddevices"
 	"github.com/wgcni/wgcni/daemon/tundev"
 	"github.com/wgcni/wgcni/daemon/wgdev"
 )
@@ -38,8 +38,8 @@ func commands() []command {
 		{name: "tun-access", summary: "as root, before an unprivileged wgcnid starts: let its group open /dev/net/tun", run: func(a []string) int { return tundev.Command(a, os.Stdout, os.Stderr) }},
 		{name: "version", summary: "print the build's version", run: func([]string) int { fmt.Println(buildinfo.String("wgcnid")); return 0 }},
 		{name: "help", summary: "help for wgcnid or one of its commands", run: func(a []string) int { return help(a, os.Stdout) }},
-		{name: "userspace-device", summary: "host a userspace WireGuard device (spawned by wgcnid, or run as a sidecar)", internal: true, run: func(a []string) int { return wgdev.RunHost(a, os.Stderr) }},
-		{name: "samenode-host", summary: "host the same-node pod WireGuard devices (spawned by wgcnid)", internal: true, run: func(a []string) int { return samenode.RunHost(a, os.Stderr) }},
+		{name: "userspace-device", summary: "host a userspace WireGuard device (spawned by wgcnid, or run as a sidecar)", internal: true, run: func(a []string) int { return wgdev.RunUserspaceDevice(a, os.Stderr) }},
+		{name: "samenode-host", summary: "host the same-node pod WireGuard devices (spawned by wgcnid)", internal: true, run: func(a []string) int { return poddevices.Serve(a, os.Stderr) }},
 	}
 }
 

@@ -318,7 +318,7 @@ func Remove(runDir, name string, log *slog.Logger) error {
 	var errs []error
 	pidFile := PIDFile(runDir, name)
 	if pid, err := readPID(pidFile); err == nil {
-		if err := stopHost(pid, name); err != nil {
+		if err := stopDeviceProcess(pid, name); err != nil {
 			errs = append(errs, err)
 		} else {
 			log.Info("stopped userspace WireGuard process", "device", name, "pid", pid)

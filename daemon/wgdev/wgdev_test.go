@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/helperproc"
 	"github.com/wgcni/wgcni/daemon/internal/netnstest"
 )
 
@@ -27,7 +27,7 @@ const hostEnv = "WGD_WGDEV_TEST_HOST"
 // TestMain lets the test binary double as the userspace host process.
 func TestMain(m *testing.M) {
 	if os.Getenv(hostEnv) == "1" && len(os.Args) > 1 && os.Args[1] == "userspace-device" {
-		os.Exit(RunHost(os.Args[2:], os.Stderr))
+		os.Exit(RunUserspaceDevice(os.Args[2:], os.Stderr))
 	}
 	os.Exit(m.Run())
 }
@@ -186,11 +186,8 @@ func TestAutoFallsBackToUserspaceAndIsAdopted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join("/proc", fmt.Sprint(first.PID), "cmdline")); err == nil {
-		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", first.PID))
-		if !isZombie(string(st)) {
-			t.Fatalf("host process %d still running", first.PID)
-		}
+	if helperproc.Running(first.PID, nil) {
+		t.Fatalf("host process %d still running", first.PID)
 	}
 }
 

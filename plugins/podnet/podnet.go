@@ -20,7 +20,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/wgcni/wgcni/daemon/nodefile"
-	"github.com/wgcni/wgcni/daemon/samenode"
 
 	"github.com/wgcni/wgcni/plugins/antispoof"
 	"github.com/wgcni/wgcni/plugins/bridge"
@@ -183,7 +182,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		}
 		defer func() {
 			if !success {
-				if err := samenode.DetachPod(conf.RunDir, hubOf(node), pair.HostName); err != nil {
+				if err := rollbackSameNode(node, conf.RunDir, pair.HostName); err != nil {
 					p.Log.Error("rollback: same-node detach", "id", pair.HostName, "err", err)
 				}
 			}

@@ -7,12 +7,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/wgcni/wgcni/daemon/samenode"
+	"github.com/wgcni/wgcni/daemon/samenode/hub"
+	"github.com/wgcni/wgcni/daemon/samenode/registry"
 	"github.com/wgcni/wgcni/tests/capture"
 	"github.com/wgcni/wgcni/tests/harness"
 )
@@ -51,15 +53,15 @@ func TestSameNodeEncryptionDualStack(t *testing.T) {
 		}
 	}
 	a, b, x, y := pods[0], pods[1], pods[2], pods[3]
-	hub := samenode.HubName(on.Device)
+	hubDev := hub.DeviceName(on.Device)
 	cls := &capture.Classifier{PodNets: []netip.Prefix{netip.MustParsePrefix(clusterCIDR), netip.MustParsePrefix(dualV6)}, WGPorts: []uint16{wgPort, hubPort}}
 	gw6On := netip.MustParseAddr(nfOn.Gateways[1])
 
 	allowed := func(p *harness.Pod) []string {
 		t.Helper()
-		out, err := on.Exec("wg", "show", hub, "allowed-ips")
+		out, err := on.Exec("wg", "show", hubDev, "allowed-ips")
 		if err != nil {
-			t.Fatalf("wg show %s: %v %s", hub, err, out)
+			t.Fatalf("wg show %s: %v %s", hubDev, err, out)
 		}
 		want := []string{p.Addr4().String() + "/32", p.Addr6().String() + "/128"}
 		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
@@ -78,7 +80,7 @@ func TestSameNodeEncryptionDualStack(t *testing.T) {
 		return nil
 	}
 	hubRoutes6 := func() string {
-		out, err := on.Exec("ip", "-6", "route", "show", "dev", hub, "proto", "88")
+		out, err := on.Exec("ip", "-6", "route", "show", "dev", hubDev, "proto", "88")
 		if err != nil {
 			t.Fatalf("ip -6 route: %v %s", err, out)
 		}
@@ -93,7 +95,7 @@ func TestSameNodeEncryptionDualStack(t *testing.T) {
 				t.Errorf("hub AllowedIPs of %s = %v, want exactly %v", p.Name, got, want)
 			}
 			if r := hubRoutes6(); !strings.Contains(r, p.Addr6().String()+" ") || !strings.Contains(r, "src "+gw6On.String()) {
-				t.Errorf("node: no route %s/128 dev %s src %s proto 88:\n%s", p.Addr6(), hub, gw6On, r)
+				t.Errorf("node: no route %s/128 dev %s src %s proto 88:\n%s", p.Addr6(), hubDev, gw6On, r)
 			}
 			r6, _ := p.Exec("ip", "-6", "route", "show")
 			addr6, _ := p.Exec("ip", "-6", "addr", "show", "dev", "eth0")
@@ -110,13 +112,13 @@ func TestSameNodeEncryptionDualStack(t *testing.T) {
 				t.Errorf("pod %s eth0 IPv6 address without noprefixroute/nodad:\n%s", p.Name, addr6)
 			}
 		}
-		regs, _ := samenode.List(on.RunDir)
+		regs, _ := registry.List(on.RunDir)
 		if len(regs) != 2 {
 			t.Fatalf("registry: %+v", regs)
 		}
 		for _, r := range regs {
-			if (r.IP != a.Addr4() || r.IP6 != a.Addr6()) && (r.IP != b.Addr4() || r.IP6 != b.Addr6()) {
-				t.Errorf("registration %s records %s %s, want a pod's two addresses", r.ID, r.IP, r.IP6)
+			if !slices.Equal(r.IPs, []netip.Addr{a.Addr4(), a.Addr6()}) && !slices.Equal(r.IPs, []netip.Addr{b.Addr4(), b.Addr6()}) {
+				t.Errorf("registration %s records %v, want a pod's two addresses", r.ID, r.IPs)
 			}
 		}
 	})
@@ -170,7 +172,7 @@ func TestSameNodeEncryptionDualStack(t *testing.T) {
 		}
 		// The node loses the pod's /128 route: CHECK names it, the daemon's
 		// re-check restores it.
-		if out, err := on.Exec("ip", "-6", "route", "del", a.Addr6().String()+"/128", "dev", hub); err != nil {
+		if out, err := on.Exec("ip", "-6", "route", "del", a.Addr6().String()+"/128", "dev", hubDev); err != nil {
 			t.Fatalf("delete route: %v %s", err, out)
 		}
 		if out, err := a.CNI("check"); err == nil || !strings.Contains(out+err.Error(), a.Addr6().String()) {
@@ -182,10 +184,10 @@ func TestSameNodeEncryptionDualStack(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The hub loses the pod's peer: the daemon re-adds it with both.
-		regs, _ := samenode.List(on.RunDir)
+		regs, _ := registry.List(on.RunDir)
 		for _, r := range regs {
-			if r.IP6 == a.Addr6() {
-				if out, err := on.Exec("wg", "set", hub, "peer", r.PublicKey, "remove"); err != nil {
+			if slices.Contains(r.IPs, a.Addr6()) {
+				if out, err := on.Exec("wg", "set", hubDev, "peer", r.PublicKey, "remove"); err != nil {
 					t.Fatalf("remove peer: %v %s", err, out)
 				}
 			}
@@ -209,10 +211,10 @@ func TestSameNodeEncryptionDualStack(t *testing.T) {
 		if r := hubRoutes6(); strings.Contains(r, b.Addr6().String()+" ") {
 			t.Errorf("after DEL the node still routes %s into the hub:\n%s", b.Addr6(), r)
 		}
-		if out, _ := on.Exec("ip", "-4", "route", "show", "dev", hub, "proto", "88"); strings.Contains(out, b.Addr4().String()+" ") {
+		if out, _ := on.Exec("ip", "-4", "route", "show", "dev", hubDev, "proto", "88"); strings.Contains(out, b.Addr4().String()+" ") {
 			t.Errorf("after DEL the node still routes %s into the hub:\n%s", b.Addr4(), out)
 		}
-		if regs, _ := samenode.List(on.RunDir); len(regs) != 1 {
+		if regs, _ := registry.List(on.RunDir); len(regs) != 1 {
 			t.Errorf("registry after DEL: %+v", regs)
 		}
 	})
@@ -222,10 +224,10 @@ func TestSameNodeEncryptionDualStack(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var keep *samenode.Pod
-		regs, _ := samenode.List(on.RunDir)
+		var keep *registry.Pod
+		regs, _ := registry.List(on.RunDir)
 		for _, r := range regs {
-			if r.IP6 == a.Addr6() {
+			if slices.Contains(r.IPs, a.Addr6()) {
 				keep = r
 			}
 		}
@@ -241,10 +243,10 @@ func TestSameNodeEncryptionDualStack(t *testing.T) {
 		if r := hubRoutes6(); strings.Contains(r, d.Addr6().String()+" ") {
 			t.Errorf("after GC the node still routes %s into the hub:\n%s", d.Addr6(), r)
 		}
-		if out, _ := on.Exec("ip", "-4", "route", "show", "dev", hub, "proto", "88"); strings.Contains(out, d.Addr4().String()+" ") {
+		if out, _ := on.Exec("ip", "-4", "route", "show", "dev", hubDev, "proto", "88"); strings.Contains(out, d.Addr4().String()+" ") {
 			t.Errorf("after GC the node still routes %s into the hub:\n%s", d.Addr4(), out)
 		}
-		if regs, _ := samenode.List(on.RunDir); len(regs) != 1 || regs[0].ID != keep.ID {
+		if regs, _ := registry.List(on.RunDir); len(regs) != 1 || regs[0].ID != keep.ID {
 			t.Errorf("registry after GC: %+v", regs)
 		}
 		harness.Connect(t, a.NS, x.Addr6(), "kept pod still reaches the other node over IPv6", 10)
@@ -305,8 +307,8 @@ func TestSameNodeEncryptionIPv6Only(t *testing.T) {
 	if a.Addr4().IsValid() || !a.Addr6().IsValid() {
 		t.Fatalf("pod %s got %v, want IPv6 only", a.Name, a.IPs)
 	}
-	hub := samenode.HubName(on.Device)
-	out, err := on.Exec("wg", "show", hub, "allowed-ips")
+	hubDev := hub.DeviceName(on.Device)
+	out, err := on.Exec("wg", "show", hubDev, "allowed-ips")
 	if err != nil || !strings.Contains(out, a.Addr6().String()+"/128") || strings.Contains(out, "/32") {
 		t.Fatalf("hub AllowedIPs: %v\n%s", err, out)
 	}
@@ -330,10 +332,10 @@ func TestSameNodeEncryptionIPv6Only(t *testing.T) {
 	if err := b.Delete(); err != nil {
 		t.Fatal(err)
 	}
-	if out, _ := on.Exec("wg", "show", hub, "allowed-ips"); strings.Contains(out, b.Addr6().String()) {
+	if out, _ := on.Exec("wg", "show", hubDev, "allowed-ips"); strings.Contains(out, b.Addr6().String()) {
 		t.Errorf("after DEL the hub still allows %s:\n%s", b.Addr6(), out)
 	}
-	if out, _ := on.Exec("ip", "-6", "route", "show", "dev", hub, "proto", "88"); strings.Contains(out, b.Addr6().String()+" ") {
+	if out, _ := on.Exec("ip", "-6", "route", "show", "dev", hubDev, "proto", "88"); strings.Contains(out, b.Addr6().String()+" ") {
 		t.Errorf("after DEL the node still routes %s into the hub:\n%s", b.Addr6(), out)
 	}
 }

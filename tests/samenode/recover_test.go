@@ -2,10 +2,13 @@ package samenode
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
@@ -14,7 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgcni/wgcni/daemon/samenode"
+	"github.com/wgcni/wgcni/daemon/samenode/hub"
+	"github.com/wgcni/wgcni/daemon/samenode/poddevices"
+	"github.com/wgcni/wgcni/daemon/samenode/registry"
 	"github.com/wgcni/wgcni/tests/capture"
 	"github.com/wgcni/wgcni/tests/harness"
 )
@@ -158,13 +163,13 @@ func waitRecovery(t *testing.T, t0 time.Time, limit time.Duration, probes ...*ud
 // hostPID reads the node's pod device host pid and checks it is one.
 func hostPID(t *testing.T, n *harness.Node) int {
 	t.Helper()
-	b, err := os.ReadFile(samenode.HostPIDFile(n.RunDir))
+	b, err := os.ReadFile(poddevices.PIDFile(n.RunDir))
 	if err != nil {
 		t.Fatal(err)
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil {
-		t.Fatalf("pid file %s: %q", samenode.HostPIDFile(n.RunDir), b)
+		t.Fatalf("pid file %s: %q", poddevices.PIDFile(n.RunDir), b)
 	}
 	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil || !strings.Contains(string(cmd), "samenode-host") || !strings.Contains(string(cmd), n.RunDir) {
@@ -188,10 +193,10 @@ func killHost(t *testing.T, n *harness.Node) (int, time.Time) {
 // hubPeers returns the hub's peers: public key -> sorted AllowedIPs.
 func hubPeers(t *testing.T, n *harness.Node) map[string]string {
 	t.Helper()
-	hub := samenode.HubName(n.Device)
-	out, err := n.Exec("wg", "show", hub, "allowed-ips")
+	hubDev := hub.DeviceName(n.Device)
+	out, err := n.Exec("wg", "show", hubDev, "allowed-ips")
 	if err != nil {
-		t.Fatalf("wg show %s: %v %s", hub, err, out)
+		t.Fatalf("wg show %s: %v %s", hubDev, err, out)
 	}
 	peers := map[string]string{}
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
@@ -206,13 +211,13 @@ func hubPeers(t *testing.T, n *harness.Node) map[string]string {
 	return peers
 }
 
-func registrations(t *testing.T, n *harness.Node) map[string]samenode.Pod {
+func registrations(t *testing.T, n *harness.Node) map[string]registry.Pod {
 	t.Helper()
-	regs, errs := samenode.List(n.RunDir)
+	regs, errs := registry.List(n.RunDir)
 	if len(errs) > 0 {
 		t.Fatalf("registry of %s: %v", n.Name, errs)
 	}
-	out := map[string]samenode.Pod{}
+	out := map[string]registry.Pod{}
 	for _, r := range regs {
 		out[r.ID] = *r
 	}
@@ -222,7 +227,7 @@ func registrations(t *testing.T, n *harness.Node) map[string]samenode.Pod {
 // checkRecreated: the same pods (IDs, containers, addresses, route
 // parameters) with new keys, and the hub holds exactly the new keys with
 // exactly each pod's /32 and /128.
-func checkRecreated(t *testing.T, n *harness.Node, before map[string]samenode.Pod) map[string]samenode.Pod {
+func checkRecreated(t *testing.T, n *harness.Node, before map[string]registry.Pod) map[string]registry.Pod {
 	t.Helper()
 	after := registrations(t, n)
 	if len(after) != len(before) {
@@ -244,7 +249,7 @@ func checkRecreated(t *testing.T, n *harness.Node, before map[string]samenode.Po
 			t.Errorf("hub still has the dead device's key %s of pod %s", b.PublicKey, id)
 		}
 		var want []string
-		for _, n := range samenode.AllowedIPs(&a) {
+		for _, n := range hub.AllowedIPs(&a) {
 			want = append(want, n.String())
 		}
 		sort.Strings(want)
@@ -252,7 +257,7 @@ func checkRecreated(t *testing.T, n *harness.Node, before map[string]samenode.Po
 			t.Errorf("hub peer of pod %s allows %q, want %q", id, got, strings.Join(want, " "))
 		}
 		a.PublicKey, a.Port = b.PublicKey, b.Port
-		if a != b {
+		if !reflect.DeepEqual(a, b) {
 			t.Errorf("registration %s changed beyond key and port:\n before %+v\n after  %+v", id, b, a)
 		}
 	}
@@ -289,7 +294,7 @@ func TestSameNodeHostKilled(t *testing.T) {
 	harness.Connect(t, b.NS, a.Addr6(), "same-node ping6 b->a before", 3)
 	regs := registrations(t, on)
 	for _, r := range regs {
-		if r.DeviceMode() != "userspace" || r.MTU == 0 || !r.PodCIDR.IsValid() || !r.PodCIDR6.IsValid() {
+		if r.DeviceMode() != "userspace" || r.MTU == 0 || len(r.PodCIDRs) != 2 {
 			t.Fatalf("registration %s lacks what re-creation needs: %+v", r.ID, r)
 		}
 	}
@@ -349,7 +354,7 @@ func TestSameNodeHostKilled(t *testing.T) {
 			}
 		}
 		for _, line := range strings.Split(logText(t, on), "\n") {
-			if strings.Contains(line, "host gone") || strings.Contains(line, "started same-node pod device host") || strings.Contains(line, "re-created") {
+			if strings.Contains(line, "process gone") || strings.Contains(line, "started same-node pod device process") || strings.Contains(line, "re-created") {
 				t.Logf("daemon: %s", line)
 			}
 		}
@@ -358,7 +363,7 @@ func TestSameNodeHostKilled(t *testing.T) {
 		}
 	})
 
-	t.Run("host dies while the daemon is down: pods fail closed, restart re-creates", func(t *testing.T) {
+	t.Run("host dies while the daemon is down: pods fail closed, restart re-creates (from registrations in the previous version's format)", func(t *testing.T) {
 		var recovery time.Duration
 		wire, lo := sniff(t, cls, on, a, b, func() {
 			on.StopDaemon(syscall.SIGTERM)
@@ -373,6 +378,9 @@ func TestSameNodeHostKilled(t *testing.T) {
 			if out, _ := a.Exec("ip", "-4", "route", "show"); strings.TrimSpace(out) != "" {
 				t.Errorf("pod without device still has IPv4 routes (must fail closed):\n%s", out)
 			}
+			// The daemon comes back as an upgrade in place would: the
+			// registrations on disk are the previous version's.
+			writeLegacyRegistrations(t, on, regs)
 			started := time.Now()
 			if err := on.StartDaemon(); err != nil {
 				t.Fatal(err)
@@ -387,7 +395,38 @@ func TestSameNodeHostKilled(t *testing.T) {
 		}
 		noPlaintext("daemon down", wire, lo)
 		checkRecreated(t, on, regs)
+		for _, p := range []*harness.Pod{a, b} {
+			if out, err := p.CNI("check"); err != nil {
+				t.Errorf("CHECK %s after re-creation from a legacy registration: %v %s", p.Name, err, out)
+			}
+		}
 	})
+}
+
+// writeLegacyRegistrations rewrites regs in the format of the version
+// before address lists: one field per family (ip, ip6, podCIDR, podCIDR6).
+func writeLegacyRegistrations(t *testing.T, n *harness.Node, regs map[string]registry.Pod) {
+	t.Helper()
+	for id, r := range regs {
+		m := map[string]any{"id": r.ID, "network": r.Network, "containerID": r.ContainerID, "ifName": r.IfName, "netns": r.Netns,
+			"wgIfName": r.WGIfName, "publicKey": r.PublicKey, "port": r.Port, "mode": r.Mode, "mtu": r.MTU}
+		for _, a := range r.IPs {
+			m[map[bool]string{true: "ip", false: "ip6"}[a.Is4()]] = a
+		}
+		for _, c := range r.PodCIDRs {
+			m[map[bool]string{true: "podCIDR", false: "podCIDR6"}[c.Addr().Is4()]] = c
+		}
+		b, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), `"ip6"`) || strings.Contains(string(b), `"ips"`) {
+			t.Fatalf("legacy registration of %s: %s", id, b)
+		}
+		if err := os.WriteFile(filepath.Join(registry.Dir(n.RunDir), id+".json"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // TestSameNodeHostKilledManyPods: pods added in parallel (their ADDs and

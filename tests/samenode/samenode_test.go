@@ -10,11 +10,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/wgcni/wgcni/daemon/samenode"
+	"github.com/wgcni/wgcni/daemon/samenode/hub"
+	"github.com/wgcni/wgcni/daemon/samenode/registry"
 	"github.com/wgcni/wgcni/tests/capture"
 	"github.com/wgcni/wgcni/tests/harness"
 )
@@ -199,16 +201,16 @@ func TestSameNodeEncryption(t *testing.T) {
 		if out, err := a.CNI("check"); err != nil {
 			t.Fatalf("CHECK: %v %s", err, out)
 		}
-		hub := samenode.HubName(on.Device)
+		hubDev := hub.DeviceName(on.Device)
 		peers := func() int {
-			out, err := on.Exec("wg", "show", hub, "peers")
+			out, err := on.Exec("wg", "show", hubDev, "peers")
 			if err != nil {
-				t.Fatalf("wg show %s: %v %s", hub, err, out)
+				t.Fatalf("wg show %s: %v %s", hubDev, err, out)
 			}
 			return len(strings.Fields(out))
 		}
 		if got := peers(); got != 2 {
-			t.Fatalf("hub %s has %d peers, want 2 (one per pod)", hub, got)
+			t.Fatalf("hub %s has %d peers, want 2 (one per pod)", hubDev, got)
 		}
 		if err := b.Delete(); err != nil {
 			t.Fatal(err)
@@ -216,22 +218,22 @@ func TestSameNodeEncryption(t *testing.T) {
 		if got := peers(); got != 1 {
 			t.Fatalf("after DEL hub has %d peers, want 1", got)
 		}
-		regs, _ := samenode.List(on.RunDir)
-		if len(regs) != 1 || regs[0].IP != a.IP {
+		regs, _ := registry.List(on.RunDir)
+		if len(regs) != 1 || !slices.Equal(regs[0].IPs, []netip.Addr{a.IP}) {
 			t.Fatalf("registry after DEL: %+v", regs)
 		}
 		// An orphan: a registration whose pod is gone without DEL (the
 		// runtime lost it). The daemon's reconciler removes the peer and
 		// route once the registration is collected.
 		orphan := *regs[0]
-		orphan.ID, orphan.IP, orphan.PublicKey, orphan.Port = "wgvorphan", netip.MustParseAddr("10.244.0.250"), "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28=", 40000
-		if err := samenode.Register(on.RunDir, &orphan); err != nil {
+		orphan.ID, orphan.IPs, orphan.PublicKey, orphan.Port = "wgvorphan", []netip.Addr{netip.MustParseAddr("10.244.0.250")}, "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28=", 40000
+		if err := registry.Register(on.RunDir, &orphan); err != nil {
 			t.Fatal(err)
 		}
 		if err := harness.WaitFor(20*time.Second, "daemon adds the registered peer", func() (bool, error) { return peers() == 2, nil }); err != nil {
 			t.Fatal(err)
 		}
-		os.Remove(filepath.Join(samenode.Dir(on.RunDir), "wgvorphan.json"))
+		os.Remove(filepath.Join(registry.Dir(on.RunDir), "wgvorphan.json"))
 		if err := harness.WaitFor(20*time.Second, "daemon removes the orphaned peer", func() (bool, error) { return peers() == 1, nil }); err != nil {
 			t.Fatal(err)
 		}

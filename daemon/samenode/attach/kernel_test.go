@@ -1,4 +1,4 @@
-package samenode
+package attach
 
 import (
 	"errors"
@@ -15,6 +15,8 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/daemon/internal/netnstest"
+	"github.com/wgcni/wgcni/daemon/samenode/hub"
+	"github.com/wgcni/wgcni/daemon/samenode/registry"
 	"github.com/wgcni/wgcni/daemon/wgdev"
 )
 
@@ -38,10 +40,10 @@ func links() ([]string, error) {
 	return out, nil
 }
 
-func kernelPod(t *testing.T) (node ns.NetNS, pod ns.NetNS, p *Pod) {
+func kernelPod(t *testing.T) (node ns.NetNS, pod ns.NetNS, p *registry.Pod) {
 	node, _ = netnstest.New(t, "snk-node")
 	pod, podName := netnstest.New(t, "snk-pod")
-	return node, pod, &Pod{ID: "wgvkerneltest01", Netns: "/var/run/netns/" + podName, IfName: "eth0", WGIfName: WGIfName("eth0"), Mode: wgdev.Kernel}
+	return node, pod, &registry.Pod{ID: "wgvkerneltest01", Netns: "/var/run/netns/" + podName, IfName: "eth0", WGIfName: WGIfName("eth0"), Mode: wgdev.Kernel}
 }
 
 // TestKernelPodDeviceWithoutModule: on a kernel without WireGuard (this
@@ -53,9 +55,9 @@ func TestKernelPodDeviceWithoutModule(t *testing.T) {
 		t.Skip("this kernel has WireGuard; the failure cannot be observed (TestKernelPodDevice covers the path)")
 	}
 	node, pod, p := kernelPod(t)
-	hub, _ := wgtypes.GeneratePrivateKey()
+	hubKey, _ := wgtypes.GeneratePrivateKey()
 	err := node.Do(func(ns.NetNS) error {
-		_, _, err := createDevice(t.TempDir(), p, hub.PublicKey(), 51821)
+		_, _, err := createDevice(t.TempDir(), p, hubKey.PublicKey(), 51821)
 		if left, lerr := links(); lerr != nil || len(left) > 0 {
 			return fmt.Errorf("node netns left with %v (%v); create err %v", left, lerr, err)
 		}
@@ -80,7 +82,7 @@ func TestKernelPodDeviceWithoutModule(t *testing.T) {
 	}
 	// Removing a kernel device that never came is not an error (DEL after
 	// a failed ADD).
-	if err := removeDevice(t.TempDir(), p.ID, p); err != nil {
+	if err := RemoveDevice(t.TempDir(), p.ID, p); err != nil {
 		t.Fatalf("remove absent kernel device: %v", err)
 	}
 }
@@ -138,12 +140,12 @@ func TestKernelPodDevice(t *testing.T) {
 		t.Skip("this kernel has no WireGuard module (TestKernelPodDeviceWithoutModule covers that)")
 	}
 	node, pod, p := kernelPod(t)
-	hub, _ := wgtypes.GeneratePrivateKey()
+	hubKey, _ := wgtypes.GeneratePrivateKey()
 	var pub wgtypes.Key
 	var port int
 	err := node.Do(func(ns.NetNS) error {
 		var err error
-		pub, port, err = createKernelDevice(p, hub.PublicKey(), 51821)
+		pub, port, err = createKernelDevice(p, hubKey.PublicKey(), 51821)
 		if err != nil {
 			return err
 		}
@@ -165,7 +167,7 @@ func TestKernelPodDevice(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if l.Type() != "wireguard" || l.Attrs().Flags&net.FlagUp == 0 || l.Attrs().MTU != DeviceMTU {
+		if l.Type() != "wireguard" || l.Attrs().Flags&net.FlagUp == 0 || l.Attrs().MTU != hub.DeviceMTU {
 			return fmt.Errorf("%s: type %s flags %v mtu %d", p.WGIfName, l.Type(), l.Attrs().Flags, l.Attrs().MTU)
 		}
 		wg, err := wgctrl.New()
@@ -177,7 +179,7 @@ func TestKernelPodDevice(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if d.PublicKey != pub || d.ListenPort != port || len(d.Peers) != 1 || d.Peers[0].PublicKey != hub.PublicKey() ||
+		if d.PublicKey != pub || d.ListenPort != port || len(d.Peers) != 1 || d.Peers[0].PublicKey != hubKey.PublicKey() ||
 			fmt.Sprint(d.Peers[0].Endpoint) != "127.0.0.1:51821" || len(d.Peers[0].AllowedIPs) != 2 {
 			return fmt.Errorf("device state %+v", d)
 		}
@@ -186,10 +188,10 @@ func TestKernelPodDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := deleteKernelDevice(p); err != nil {
+	if err := DeleteKernelDevice(p); err != nil {
 		t.Fatal(err)
 	}
-	if up, err := kernelDeviceUp(p); err != nil || up {
+	if up, err := KernelDeviceUp(p); err != nil || up {
 		t.Fatalf("after delete: up=%v err=%v", up, err)
 	}
 }

@@ -1,4 +1,4 @@
-package samenode
+package attach
 
 import (
 	"crypto/sha256"
@@ -14,6 +14,9 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/route"
+	"github.com/wgcni/wgcni/daemon/samenode/hub"
+	"github.com/wgcni/wgcni/daemon/samenode/registry"
 	"github.com/wgcni/wgcni/daemon/wgdev"
 )
 
@@ -52,7 +55,7 @@ func kernelTempName(id string) string {
 // here, handed to the kernel, kept nowhere else) and the hub as its only
 // peer, and brought up, which binds the socket to a free port. On error
 // nothing of it is left.
-func createKernelDevice(p *Pod, hubKey wgtypes.Key, hubPort int) (_ wgtypes.Key, _ int, err error) {
+func createKernelDevice(p *registry.Pod, hubKey wgtypes.Key, hubPort int) (_ wgtypes.Key, _ int, err error) {
 	tmp := kernelTempName(p.ID)
 	// A leftover of an ADD killed between creation and move.
 	if l, err := netlink.LinkByName(tmp); err == nil && l.Type() == "wireguard" {
@@ -60,7 +63,7 @@ func createKernelDevice(p *Pod, hubKey wgtypes.Key, hubPort int) (_ wgtypes.Key,
 			return wgtypes.Key{}, 0, fmt.Errorf("delete leftover kernel WireGuard link %s: %w", tmp, err)
 		}
 	}
-	if err := wgdev.CreateKernel(tmp, DeviceMTU); err != nil {
+	if err := wgdev.CreateKernel(tmp, hub.DeviceMTU); err != nil {
 		return wgtypes.Key{}, 0, fmt.Errorf("same-node device %s of pod %s: %w", p.WGIfName, p.ID, err)
 	}
 	link, err := netlink.LinkByName(tmp)
@@ -130,7 +133,7 @@ func configureKernelDevice(l netlink.Link, wgIf string, hubKey wgtypes.Key, hubP
 	if err != nil {
 		return wgtypes.Key{}, 0, fmt.Errorf("configure %s: %w", wgIf, err)
 	}
-	if err := quietIPv6(wgIf); err != nil {
+	if err := route.SetIPv6(wgIf, false); err != nil {
 		return wgtypes.Key{}, 0, err
 	}
 	if err := netlink.LinkSetUp(l); err != nil {
@@ -157,9 +160,9 @@ func hubPeer(hubKey wgtypes.Key, hubPort int) wgtypes.PeerConfig {
 	}
 }
 
-// deleteKernelDevice removes p's kernel device; a gone netns or link is
+// DeleteKernelDevice removes p's kernel device; a gone netns or link is
 // fine (a netns takes its WireGuard links with it).
-func deleteKernelDevice(p *Pod) error {
+func DeleteKernelDevice(p *registry.Pod) error {
 	err := ns.WithNetNSPath(p.Netns, func(ns.NetNS) error {
 		l, err := kernelLink(p.WGIfName)
 		if l == nil || err != nil {
@@ -174,8 +177,8 @@ func deleteKernelDevice(p *Pod) error {
 	return nil
 }
 
-// kernelDeviceUp reports whether p's kernel device is in its netns and up.
-func kernelDeviceUp(p *Pod) (bool, error) {
+// KernelDeviceUp reports whether p's kernel device is in its netns and up.
+func KernelDeviceUp(p *registry.Pod) (bool, error) {
 	up := false
 	err := ns.WithNetNSPath(p.Netns, func(ns.NetNS) error {
 		l, err := kernelLink(p.WGIfName)

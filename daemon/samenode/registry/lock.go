@@ -1,4 +1,4 @@
-package samenode
+package registry
 
 import (
 	"errors"
@@ -19,13 +19,13 @@ const lockTimeout = 60 * time.Second
 // that removing the registry never removes a held lock.
 func LockPath(runDir string) string { return filepath.Join(runDir, "samenode.lock") }
 
-// lockRegistry serializes every change to registrations, hub pod peers and
+// Lock serializes every change to registrations, hub pod peers and
 // pod devices between CNI ADD/DEL/GC (plugin processes) and the daemon's
 // reconciler. Without it the reconciler could remove the hub peer of an
 // ADD that registered after it read the registry, delete the device of an
 // ADD that has not registered yet, or re-create the device of a pod that a
 // DEL is removing. flock: released by the kernel if the holder dies.
-func lockRegistry(runDir string) (unlock func(), err error) {
+func Lock(runDir string) (unlock func(), err error) {
 	if err := os.MkdirAll(runDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create run dir %s: %w", runDir, err)
 	}

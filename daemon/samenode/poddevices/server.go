@@ -1,8 +1,7 @@
-package samenode
+package poddevices
 
 import (
 	"bufio"
-	"context"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,12 +11,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -27,7 +24,11 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/helperproc"
 	"github.com/wgcni/wgcni/daemon/nodefile"
+	"github.com/wgcni/wgcni/daemon/route"
+	"github.com/wgcni/wgcni/daemon/samenode/registry"
+	"github.com/wgcni/wgcni/daemon/tundev"
 )
 
 // podDev is one hosted pod device. Its private key exists only here, in
@@ -40,62 +41,52 @@ type podDev struct {
 	ifName string
 }
 
-// host serves the pod devices of one node.
-type host struct {
+// server carries the pod devices of one node (one process: Serve).
+type server struct {
 	log  *slog.Logger
 	mu   sync.Mutex
 	devs map[string]*podDev
 }
 
-// RunHost is the body of `wgcnid samenode-host`: a detached process (so it
-// outlives daemon restarts) that hosts every pod's WireGuard device on this
-// node — O(pods) goroutine sets, one process — and serves HostSocket.
-// Readiness is reported on fd 3 if open.
-func RunHost(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("samenode-host", flag.ContinueOnError)
+// Serve is the body of `wgcnid samenode-host`: the process that carries
+// every pod's userspace WireGuard device on this node — O(pods) goroutine
+// sets, one process — and serves Socket. Readiness is reported on fd 3
+// (helperproc).
+func Serve(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet(Subcommand, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	runDir := fs.String("run-dir", nodefile.DefaultRunDir, "run dir (socket and pid file)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	ready := os.NewFile(3, "ready")
-	if _, err := unix.FcntlInt(3, unix.F_GETFD, 0); err != nil {
-		ready = nil
-	}
-	log := slog.New(slog.NewTextHandler(stderr, nil)).With("part", "samenode-host", "pid", os.Getpid())
+	ready := helperproc.ReadyPipe()
+	log := slog.New(slog.NewTextHandler(stderr, nil)).With("part", Subcommand, "pid", os.Getpid())
 	fail := func(err error) int {
-		log.Error("same-node pod device host failed", "err", err)
-		if ready != nil {
-			fmt.Fprintf(ready, "%s\n", strings.ReplaceAll(err.Error(), "\n", " "))
-			ready.Close()
-		}
+		log.Error("same-node pod device process failed", "err", err)
+		ready.Fail(err)
 		return 1
 	}
 	if err := os.MkdirAll(*runDir, 0o755); err != nil {
 		return fail(err)
 	}
-	sock := HostSocket(*runDir)
-	_ = os.Remove(sock) // stale from a killed host; the caller checked none answers
+	sock := Socket(*runDir)
+	_ = os.Remove(sock) // stale from a killed process; the caller checked none answers
 	old := unix.Umask(0o077)
 	l, err := net.Listen("unix", sock)
 	unix.Umask(old)
 	if err != nil {
 		return fail(fmt.Errorf("listen on %s: %w", sock, err))
 	}
-	if err := nodefile.WriteFileAtomic(HostPIDFile(*runDir), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+	if err := helperproc.WritePID(PIDFile(*runDir)); err != nil {
 		l.Close()
 		return fail(err)
 	}
-	h := &host{log: log, devs: map[string]*podDev{}}
-	if ready != nil {
-		fmt.Fprintln(ready, "ready")
-		ready.Close()
-	}
-	log.Info("same-node pod device host running", "socket", sock)
+	h := &server{log: log, devs: map[string]*podDev{}}
+	ready.Ready()
+	log.Info("same-node pod device process running", "socket", sock)
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	ctx, stop := helperproc.Lifetime()
 	defer stop()
-	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 	go func() {
 		<-ctx.Done()
 		l.Close()
@@ -115,11 +106,11 @@ func RunHost(args []string, stderr io.Writer) int {
 	}
 	h.mu.Unlock()
 	os.Remove(sock)
-	os.Remove(HostPIDFile(*runDir))
+	os.Remove(PIDFile(*runDir))
 	return 0
 }
 
-func (h *host) serve(c net.Conn) {
+func (h *server) serve(c net.Conn) {
 	defer c.Close()
 	var req Request
 	if err := json.NewDecoder(bufio.NewReader(c)).Decode(&req); err != nil {
@@ -141,7 +132,7 @@ func (h *host) serve(c net.Conn) {
 	json.NewEncoder(c).Encode(resp)
 }
 
-func (h *host) handle(req Request) (*Response, error) {
+func (h *server) handle(req Request) (*Response, error) {
 	switch req.Op {
 	case "ping":
 		return &Response{}, nil
@@ -155,7 +146,7 @@ func (h *host) handle(req Request) (*Response, error) {
 		sort.Strings(ids)
 		return &Response{IDs: ids}, nil
 	case "del":
-		if err := validID(req.ID); err != nil {
+		if err := registry.ValidID(req.ID); err != nil {
 			return nil, err
 		}
 		h.mu.Lock()
@@ -178,8 +169,8 @@ func (h *host) handle(req Request) (*Response, error) {
 // add creates the pod's device: TUN inside the pod netns (created there on a
 // thread switched into it), WireGuard state and UDP socket in this process,
 // i.e. in the node netns. Idempotent for a repeated ADD.
-func (h *host) add(req Request) (*Response, error) {
-	if err := validID(req.ID); err != nil {
+func (h *server) add(req Request) (*Response, error) {
+	if err := registry.ValidID(req.ID); err != nil {
 		return nil, err
 	}
 	if req.Netns == "" || req.IfName == "" || len(req.IfName) > 15 {
@@ -211,11 +202,11 @@ func (h *host) add(req Request) (*Response, error) {
 	err = ns.WithNetNSPath(req.Netns, func(ns.NetNS) error {
 		tdev, err := tun.CreateTUN(req.IfName, req.MTU)
 		if err != nil {
-			return fmt.Errorf("create TUN %s: %w", req.IfName, err)
+			return fmt.Errorf("create TUN %s: %w", req.IfName, tundev.Explain(tundev.Path, err))
 		}
 		link, err := netlink.LinkByName(req.IfName)
 		if err == nil {
-			err = quietIPv6(req.IfName)
+			err = route.SetIPv6(req.IfName, false) // route.SetIPv6: why
 		}
 		if err == nil {
 			err = netlink.LinkSetUp(link)
