@@ -350,20 +350,41 @@ func writeConflist(repo, confDir, runDir string) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(confDir, "10-wgcni.conflist"), out, 0o644)
+	return os.WriteFile(filepath.Join(confDir, ConflistFile), out, 0o644)
+}
+
+// ConflistFile is the node's conflist in ConfDir.
+const ConflistFile = "10-wgcni.conflist"
+
+// PluginConf reads the node's conflist and returns its network name and
+// its wgcni plugin entry: with "cniVersion" and "name" added, what a
+// runtime sends wgcni on stdin.
+func (n *Node) PluginConf() (name string, conf map[string]any, err error) {
+	path := filepath.Join(n.ConfDir, ConflistFile)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", nil, err
+	}
+	var list struct {
+		Name    string           `json:"name"`
+		Plugins []map[string]any `json:"plugins"`
+	}
+	if err := json.Unmarshal(data, &list); err != nil {
+		return "", nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if list.Name == "" {
+		return "", nil, fmt.Errorf("%s has no name", path)
+	}
+	for _, p := range list.Plugins {
+		if p["type"] == "wgcni" {
+			return list.Name, p, nil
+		}
+	}
+	return "", nil, fmt.Errorf("%s: no plugin of type wgcni", path)
 }
 
 // NetworkName is the conflist's network name (what cnitool is given).
 func (n *Node) NetworkName() (string, error) {
-	data, err := os.ReadFile(filepath.Join(n.ConfDir, "10-wgcni.conflist"))
-	if err != nil {
-		return "", err
-	}
-	var conf struct {
-		Name string `json:"name"`
-	}
-	if err := json.Unmarshal(data, &conf); err != nil || conf.Name == "" {
-		return "", fmt.Errorf("conflist in %s has no name: %v", n.ConfDir, err)
-	}
-	return conf.Name, nil
+	name, _, err := n.PluginConf()
+	return name, err
 }

@@ -22,8 +22,8 @@ import (
 const hostTable = "22375"
 
 // hostClassifier counts TCP/ICMP between a and b in clear as plaintext.
-func hostClassifier(a, b netip.Addr) *capture.Classifier {
-	c := classifier()
+func hostClassifier(cl *harness.Cluster, a, b netip.Addr) *capture.Classifier {
+	c := cl.Classifier()
 	c.PlainHosts = []netip.Addr{a, b}
 	return c
 }
@@ -98,7 +98,7 @@ func tunnels(from *harness.Node, addr netip.Addr) bool {
 // address to b's, capturing the underlay meanwhile.
 func hostTraffic(t *testing.T, c *harness.Cluster, a, b *harness.Node) *capture.Report {
 	t.Helper()
-	cp, err := capture.Start(c.Underlay.Path(), "", hostClassifier(a.UnderlayIP, b.UnderlayIP), capture.Options{})
+	cp, err := capture.Start(c.Underlay.Path(), "", hostClassifier(c, a.UnderlayIP, b.UnderlayIP), capture.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +243,7 @@ func TestHostEncryption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp, err := capture.Start(c.Underlay.Path(), "", hostClassifier(n1.UnderlayIP, n2.UnderlayIP), capture.Options{})
+	cp, err := capture.Start(c.Underlay.Path(), "", hostClassifier(c, n1.UnderlayIP, n2.UnderlayIP), capture.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,7 @@ import (
 func TestBadRecordsLive(t *testing.T) {
 	c := start(t, harness.Config{}, 2)
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
-	waitMesh(t, c.Nodes(), 20*time.Second)
+	harness.WaitMesh(t, c.Nodes(), 20*time.Second)
 	p1 := n1.MustAddPod(t)
 	p2 := n2.MustAddPod(t)
 	connect(t, p1.NS, p2.IP)
@@ -37,7 +37,7 @@ func TestBadRecordsLive(t *testing.T) {
 	// The bad records go to free PodCIDRs: the nodes got theirs at random,
 	// and overwriting one would test something else (a node's own record
 	// turned bad, after which its key is free for the "thief" below).
-	own1, own2 := podCIDR(t, n1), podCIDR(t, n2)
+	own1, own2 := n1.MustPodCIDR(t), n2.MustPodCIDR(t)
 	var free []string
 	for i := 255; len(free) < 7; i-- {
 		if cidr := fmt.Sprintf("10.244.%d.0/24", i); cidr != own1 && cidr != own2 {

@@ -164,35 +164,6 @@ func waitLogCount(t *testing.T, n *harness.Node, substr string, more int, timeou
 	}
 }
 
-func podCIDR(t *testing.T, n *harness.Node) string {
-	t.Helper()
-	nf, err := n.NodeFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nf.PodCIDR
-}
-
-// waitMesh waits until every node has exactly the others' PodCIDRs as peers.
-func waitMesh(t *testing.T, nodes []*harness.Node, timeout time.Duration) {
-	t.Helper()
-	cidrs := map[string]string{}
-	for _, n := range nodes {
-		cidrs[n.Name] = podCIDR(t, n)
-	}
-	for _, n := range nodes {
-		var want []string
-		for _, o := range nodes {
-			if o != n {
-				want = append(want, cidrs[o.Name])
-			}
-		}
-		if err := n.WaitPeerCIDRs(want, timeout); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // peerState is what must not change across a hitless event: per peer
 // CIDR, its public key, endpoint and last handshake.
 type peerState struct {

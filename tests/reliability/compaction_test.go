@@ -36,7 +36,7 @@ func TestWatchCompaction(t *testing.T) {
 	// A TTL longer than the freeze keeps n1's own lease alive.
 	c := start(t, harness.Config{LeaseTTL: 30 * time.Second}, 2)
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
-	waitMesh(t, c.Nodes(), 20*time.Second)
+	harness.WaitMesh(t, c.Nodes(), 20*time.Second)
 	syncs0 := countLog(t, n1, "full sync done")
 	behind0 := countLog(t, n1, "watch fell behind etcd compaction")
 
@@ -59,7 +59,7 @@ func TestWatchCompaction(t *testing.T) {
 	ep := c.Underlay.Gateway.Next().Next().Next() // an underlay address no node uses
 	// n1's own record is deleted behind its back: it must notice on the
 	// re-list and take it back.
-	own1, own2 := podCIDR(t, n1), podCIDR(t, n2)
+	own1, own2 := n1.MustPodCIDR(t), n2.MustPodCIDR(t)
 	if _, err := cli.Delete(ctx, record.SubnetKey(harness.Prefix, netip.MustParsePrefix(own1))); err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestWatchCompaction(t *testing.T) {
 		t.Fatalf("%v\n%s", err, c.DumpLogs(30))
 	}
 	converged := time.Since(resumed)
-	if got := podCIDR(t, n1); got != own1 {
+	if got := n1.MustPodCIDR(t); got != own1 {
 		t.Errorf("n1 renumbered %s -> %s", own1, got)
 	}
 	if l, err := c.LeaseOf(n1.Name); err != nil || l == nil || l.CIDR != own1 {

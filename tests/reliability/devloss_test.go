@@ -26,7 +26,7 @@ func TestDeviceHostKilled(t *testing.T) {
 	c := start(t, harness.Config{LeaseTTL: 6 * time.Second}, 3)
 	nodes := c.Nodes()
 	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
-	waitMesh(t, nodes, 20*time.Second)
+	harness.WaitMesh(t, nodes, 20*time.Second)
 	p1, p2, p3 := n1.MustAddPod(t), n2.MustAddPod(t), n3.MustAddPod(t)
 	connect(t, p1.NS, p2.IP)
 	connect(t, p3.NS, p1.IP)
@@ -89,7 +89,7 @@ func TestDeviceHostKilled(t *testing.T) {
 			t.Errorf("peer %s: no handshake since the kill (last %v)", p.PublicKey, p.LastHandshakeTime)
 		}
 	}
-	if err := n1.WaitPeerCIDRs([]string{podCIDR(t, n2), podCIDR(t, n3)}, time.Second); err != nil {
+	if err := n1.WaitPeerCIDRs([]string{n2.MustPodCIDR(t), n3.MustPodCIDR(t)}, time.Second); err != nil {
 		t.Fatalf("routes after re-creation: %v", err)
 	}
 	t.Logf("underlay capture: %s", rep)
@@ -196,7 +196,7 @@ func TestExternalDeviceHost(t *testing.T) {
 	if countLog(t, ext, "started userspace WireGuard device") != 0 {
 		t.Fatal("wgcnid --device-host=external started a device itself")
 	}
-	waitMesh(t, c.Nodes(), 20*time.Second)
+	harness.WaitMesh(t, c.Nodes(), 20*time.Second)
 	pp, pe, pc := peer.MustAddPod(t), ext.MustAddPod(t), ctl.MustAddPod(t)
 	connect(t, pp.NS, pe.IP)
 	connect(t, pp.NS, pc.IP)
@@ -245,7 +245,7 @@ func TestExternalDeviceHost(t *testing.T) {
 	waitLogCount(t, ext, "WireGuard device re-created", recreated, 15*time.Second)
 	back := time.Since(killed)
 	sideSent, sideRecv := toExt.Wait(t)
-	if err := ext.WaitPeerCIDRs([]string{podCIDR(t, peer), podCIDR(t, ctl)}, 5*time.Second); err != nil {
+	if err := ext.WaitPeerCIDRs([]string{peer.MustPodCIDR(t), ctl.MustPodCIDR(t)}, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	result(t, "wgcnid as PID 1 of its own PID namespace (a container), SIGKILLed and restarted 1 s later under 100/s ping: spawned device (default) lost %d/%d, device in a sidecar (--device-host=external) lost %d/%d; sidecar SIGKILLed and restarted 1 s later: device configured again %v after the kill, %d/%d lost",

@@ -56,7 +56,7 @@ func TestNoDuplicateIPs(t *testing.T) {
 		seen[r.ip] = r.node
 	}
 	for _, n := range c.Nodes() {
-		pfx := netip.MustParsePrefix(podCIDR(t, n))
+		pfx := netip.MustParsePrefix(n.MustPodCIDR(t))
 		for ip, node := range seen {
 			if node == n.Name && !pfx.Contains(ip) {
 				t.Errorf("%s got %s outside its PodCIDR %s", node, ip, pfx)
@@ -108,7 +108,7 @@ func TestNoDuplicateCIDRs(t *testing.T) {
 	}
 	byCIDR := map[string][]string{}
 	for _, n := range nodes {
-		cidr := podCIDR(t, n)
+		cidr := n.MustPodCIDR(t)
 		byCIDR[cidr] = append(byCIDR[cidr], n.Name)
 	}
 	dups := 0

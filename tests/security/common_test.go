@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgcni/wgcni/tests/capture"
 	"github.com/wgcni/wgcni/tests/harness"
 )
 
@@ -22,13 +21,6 @@ const (
 	leaseTTL    = 6 * time.Second
 	wgPort      = 51820
 )
-
-func classifier() *capture.Classifier {
-	return &capture.Classifier{
-		PodNets: []netip.Prefix{netip.MustParsePrefix(clusterCIDR)},
-		WGPorts: []uint16{wgPort},
-	}
-}
 
 func cfg() harness.Config {
 	return harness.Config{ClusterCIDR: clusterCIDR, LeaseTTL: leaseTTL, ListenPort: wgPort}

@@ -39,7 +39,7 @@ func TestRecordsCannotBeHijacked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	victim := netip.MustParsePrefix(podCIDROf(t, n2))
+	victim := netip.MustParsePrefix(n2.MustPodCIDR(t))
 	victimKey := record.SubnetKey("/wgcni", victim)
 	before, err := cli.Get(ctxT(t), victimKey)
 	if err != nil || len(before.Kvs) != 1 {

@@ -38,7 +38,7 @@ func addDefaultRoute(t *testing.T, c *harness.Cluster, n *harness.Node) {
 
 func startCapture(t *testing.T, c *harness.Cluster) *capture.Capture {
 	t.Helper()
-	cp, err := capture.Start(c.Underlay.Path(), "", classifier(), capture.Options{})
+	cp, err := capture.Start(c.Underlay.Path(), "", c.Classifier(), capture.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestStrictMode(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer cli.Revoke(context.Background(), g.ID)
-		if err := n1.WaitPeerCIDRs([]string{podCIDROf(t, n2), ghostCIDR.String()}, 10*time.Second); err != nil {
+		if err := n1.WaitPeerCIDRs([]string{n2.MustPodCIDR(t), ghostCIDR.String()}, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		cp := startCapture(t, c)
@@ -146,7 +146,7 @@ func TestStrictMode(t *testing.T) {
 		// Rewrite n2's record (same lease) with a key nobody holds.
 		ctx, cancel := etcdCtx()
 		defer cancel()
-		key := fmt.Sprintf("/wgcni/subnets/%s", strings.Replace(podCIDROf(t, n2), "/", "-", 1))
+		key := fmt.Sprintf("/wgcni/subnets/%s", strings.Replace(n2.MustPodCIDR(t), "/", "-", 1))
 		resp, err := cli.Get(ctx, key)
 		if err != nil || len(resp.Kvs) != 1 {
 			t.Fatalf("n2 record: %v", err)
@@ -159,7 +159,7 @@ func TestStrictMode(t *testing.T) {
 		}
 		cp := startCapture(t, c)
 		wait := pingFor(p1.NS, p2.IP, 25*time.Second)
-		msg, who := "no WireGuard handshake with peer", "cidr="+podCIDROf(t, n2)+" node=n2"
+		msg, who := "no WireGuard handshake with peer", "cidr="+n2.MustPodCIDR(t)+" node=n2"
 		log := waitLog(t, n1, 40*time.Second, msg, `node is down" node=n1 part=mesh `+who)
 		r := wait()
 		requireNoPlain(t, "wrong key", cp)
@@ -258,15 +258,6 @@ func TestStrictMode(t *testing.T) {
 		}
 		harness.Connect(t, p1.NS, p2.IP, "p1 -> p2 after start-up", 3)
 	})
-}
-
-func podCIDROf(t *testing.T, n *harness.Node) string {
-	t.Helper()
-	nf, err := n.NodeFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nf.PodCIDR
 }
 
 func n2PublicKey(t *testing.T, c *harness.Cluster, n *harness.Node) string {
