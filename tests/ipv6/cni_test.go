@@ -160,8 +160,8 @@ func cniVersions(t *testing.T, c *harness.Cluster, n *harness.Node, peers ...net
 			if _, err := execPlugin(n, c, "CHECK", cid, pod.Path(), "eth0", netconf(v, n.RunDir, json.RawMessage(out))); err != nil {
 				t.Fatalf("CHECK of a good attachment: %v", err)
 			}
-			// CHECK checks every family: remove the last address (IPv6 in
-			// both clusters) and it must name it.
+			// CHECK checks every family: remove the last address (the
+			// IPv6 one of a dual-stack pod) and it must name it.
 			last := res.IPs[len(res.IPs)-1].Address
 			if _, err := pod.Exec("ip", "addr", "del", last, "dev", "eth0"); err != nil {
 				t.Fatal(err)
