@@ -165,10 +165,7 @@ func TestCluster(t *testing.T) {
 			}
 		}
 		harness.WaitMesh(t, live, 20*time.Second)
-		p4, err := n4.AddPod()
-		if err != nil {
-			t.Fatal(err)
-		}
+		p4 := n4.MustAddPod(t)
 		for _, n := range []*harness.Node{n1, n2} {
 			src := pods[n.Name][0]
 			harness.Connect(t, src.NS, p4.IP, src.Name+" -> "+p4.Name+" (new node)", 5)

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"testing"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -184,4 +185,16 @@ func (e *Etcd) Client() (*clientv3.Client, error) {
 		return nil, fmt.Errorf("etcd client for %s: %w", e.Endpoint, err)
 	}
 	return cli, nil
+}
+
+// MustClient is Client for tests: a failure ends the test, and the client
+// is closed when the test ends.
+func (e *Etcd) MustClient(tb testing.TB) *clientv3.Client {
+	tb.Helper()
+	cli, err := e.Client()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { cli.Close() })
+	return cli
 }

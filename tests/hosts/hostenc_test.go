@@ -136,11 +136,7 @@ func TestHostEncryption(t *testing.T) {
 	}
 
 	// Records: advertised by n1 and n2 only.
-	cli, err := c.Etcd.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := c.Etcd.MustClient(t)
 	records := map[string]string{}
 	resp, err := cli.Get(context.Background(), harness.Prefix+"/subnets/", clientv3.WithPrefix())
 	if err != nil {
@@ -239,10 +235,7 @@ func TestHostEncryption(t *testing.T) {
 
 	// A pod on n1 reaching n2's underlay address goes through the tunnel
 	// as well (its packets are masqueraded, then routed by the same rule).
-	pod, err := n1.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
+	pod := n1.MustAddPod(t)
 	cp, err := capture.Start(c.Underlay.Path(), "", hostClassifier(c, n1.UnderlayIP, n2.UnderlayIP), capture.Options{})
 	if err != nil {
 		t.Fatal(err)

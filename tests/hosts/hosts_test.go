@@ -76,10 +76,7 @@ func TestHostOnlyPeer(t *testing.T) {
 		if strings.HasPrefix(n.MustPodCIDR(t), "10.244.200.") {
 			t.Fatalf("node %s leased the reserved host range %s", n.Name, hostCIDR)
 		}
-		p, err := n.AddPod()
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := n.MustAddPod(t)
 		pods = append(pods, p)
 	}
 	// Every node peers with the other node and with the host, whose
@@ -169,14 +166,8 @@ func TestKeepaliveAndEndpointChange(t *testing.T) {
 			t.Fatalf("%s: keepalive towards its peer is %v, want 7s (n1 asked for it)", n.Name, ka)
 		}
 	}
-	p1, err := n1.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p2, err := n2.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
+	p1 := n1.MustAddPod(t)
+	p2 := n2.MustAddPod(t)
 	harness.Connect(t, p1.NS, p2.IP, "before: "+p1.Name+" -> "+p2.Name, 5)
 
 	_, newIP := moveUnderlay(t, c, n1, 111)

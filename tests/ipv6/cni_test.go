@@ -125,10 +125,7 @@ func cniVersions(t *testing.T, c *harness.Cluster, n *harness.Node, peers ...net
 	}
 	for _, v := range cniVersionsWithIPv6 {
 		t.Run(v, func(t *testing.T) {
-			pod, err := n.AddPod()
-			if err != nil {
-				t.Fatal(err)
-			}
+			pod := n.MustAddPod(t)
 			// Free the namespace's eth0 (cnitool's attachment) and wire it
 			// again directly at version v.
 			if _, err := pod.CNI("del"); err != nil {

@@ -125,11 +125,7 @@ func testFamilies(t *testing.T, c *harness.Cluster, wgOverhead int) {
 	if len(fams) > 1 {
 		// etcd: each node's IPv6 CIDR has its guard key, bound to the
 		// record's lease.
-		cli, err := c.Etcd.Client()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cli.Close()
+		cli := c.Etcd.MustClient(t)
 		resp, err := cli.Get(context.Background(), "/wgcni/subnets6/", clientv3.WithPrefix())
 		if err != nil || len(resp.Kvs) != 2 {
 			t.Fatalf("guard keys: %v %v", resp, err)

@@ -56,11 +56,7 @@ func TestBadRecordsLive(t *testing.T) {
 		{"empty value", pfx + free[5], ``},
 		{"JSON null", pfx + free[6], `null`},
 	}
-	cli, err := c.Etcd.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := c.Etcd.MustClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	stream := startPing(t, p1.NS, p2.IP, 800, 10*time.Millisecond)

@@ -49,11 +49,7 @@ func TestWatchCompaction(t *testing.T) {
 	if err := c.Etcd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	cli, err := c.Etcd.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := c.Etcd.MustClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	ep := c.Underlay.Gateway.Next().Next().Next() // an underlay address no node uses

@@ -133,11 +133,7 @@ func TestNoDuplicateCIDRs(t *testing.T) {
 	t.Logf("%d daemons started at once: all held a lease after %v, %d distinct CIDRs, %d duplicates", count, took.Round(time.Millisecond), len(byCIDR), dups)
 
 	// Fill the remaining 12 CIDRs with records of absent nodes.
-	cli, err := c.Etcd.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := c.Etcd.MustClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	ep := c.Underlay.Gateway.Next().Next().Next()

@@ -338,11 +338,7 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 // etcdDump returns every key and value in etcd, one per line.
 func etcdDump(t *testing.T, c *harness.Cluster) string {
 	t.Helper()
-	cli, err := c.Etcd.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := c.Etcd.MustClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp, err := cli.Get(ctx, "\x00", clientv3.WithFromKey())

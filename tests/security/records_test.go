@@ -30,11 +30,7 @@ func TestRecordsCannotBeHijacked(t *testing.T) {
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
 	p1, p2 := n1.MustAddPod(t), n2.MustAddPod(t)
 	harness.Connect(t, p1.NS, p2.IP, "p1 -> p2", 3)
-	cli, err := c.Etcd.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := c.Etcd.MustClient(t)
 	cluster, err := record.NewCluster(clusterCIDR, 24)
 	if err != nil {
 		t.Fatal(err)

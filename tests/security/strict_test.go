@@ -87,11 +87,7 @@ func TestStrictMode(t *testing.T) {
 	addDefaultRoute(t, c, n1)
 	addDefaultRoute(t, c, n2)
 	harness.Connect(t, p1.NS, p2.IP, "p1 -> p2", 3)
-	cli, err := c.Etcd.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := c.Etcd.MustClient(t)
 
 	// A CIDR of the cluster no node holds.
 	free := freeCIDR(t, c).Addr().Next().Next().Next().Next().Next() // .5
