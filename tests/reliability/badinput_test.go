@@ -75,29 +75,7 @@ func TestBadRecordsLive(t *testing.T) {
 	if _, err := cli.Put(ctx, cfgKey, `{"clusterCIDR":16,"nodePrefixLen":"24"}`); err != nil {
 		t.Fatal(err)
 	}
-	n3, err := c.AddBareNode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n3.StartDaemon(); err != nil {
-		t.Fatal(err)
-	}
-	var cfgLine string
-	err = harness.WaitFor(20*time.Second, "n3 to refuse the bad config", func() (bool, error) {
-		if n3.Daemon().Running() {
-			return false, nil
-		}
-		ls := logLines(n3, cfgKey)
-		if len(ls) == 0 {
-			return false, fmt.Errorf("wgcnid exited without naming %s", cfgKey)
-		}
-		cfgLine = ls[len(ls)-1]
-		return true, nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("bad config record: starting wgcnid exited (%v): %s", n3.Daemon().Err(), cfgLine)
+	refusedNode(t, c, "bad config record", cfgKey, 20*time.Second)
 	if _, err := cli.Put(ctx, cfgKey, string(good.Kvs[0].Value)); err != nil {
 		t.Fatal(err)
 	}

@@ -153,6 +153,37 @@ func logLines(n *harness.Node, substr string) []string {
 	return out
 }
 
+// refusedNode starts a new node whose wgcnid must refuse to run: it waits
+// until the daemon has exited with a log line containing substr, logs the
+// exit with what and that line, and returns the node.
+func refusedNode(t *testing.T, c *harness.Cluster, what, substr string, timeout time.Duration) *harness.Node {
+	t.Helper()
+	n, err := c.AddBareNode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.StartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	err = harness.WaitFor(timeout, fmt.Sprintf("wgcnid on %s to exit saying %q", n.Name, substr), func() (bool, error) {
+		if n.Daemon().Running() {
+			return false, nil
+		}
+		ls := logLines(n, substr)
+		if len(ls) == 0 {
+			return false, fmt.Errorf("wgcnid exited without saying %q", substr)
+		}
+		line = ls[len(ls)-1]
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.DumpLogs(20))
+	}
+	t.Logf("%s: wgcnid on %s exited (%v): %s", what, n.Name, n.Daemon().Err(), line)
+	return n
+}
+
 // waitLogCount waits until the node's log has more than n lines with substr.
 func waitLogCount(t *testing.T, n *harness.Node, substr string, more int, timeout time.Duration) {
 	t.Helper()

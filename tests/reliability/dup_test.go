@@ -149,29 +149,7 @@ func TestNoDuplicateCIDRs(t *testing.T) {
 		}
 		filled++
 	}
-	extra, err := c.AddBareNode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := extra.StartDaemon(); err != nil {
-		t.Fatal(err)
-	}
-	var line string
-	err = harness.WaitFor(20*time.Second, "the extra node to exit", func() (bool, error) {
-		if extra.Daemon().Running() {
-			return false, nil
-		}
-		ls := logLines(extra, "cluster CIDR is full")
-		if len(ls) == 0 {
-			return false, fmt.Errorf("wgcnid exited without saying the cluster is full")
-		}
-		line = ls[len(ls)-1]
-		return true, nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("cluster full (%d records added by hand): extra node's wgcnid exited (%v): %s", filled, extra.Daemon().Err(), line)
+	refusedNode(t, c, fmt.Sprintf("cluster full (%d records added by hand)", filled), "cluster CIDR is full", 20*time.Second)
 	result(t, "%d daemons started at once on an empty etcd: %d duplicate CIDRs (all leased in %v); full cluster: next node exits with \"cluster CIDR is full: all 32 node CIDRs (/24) ... are leased\"",
 		count, dups, took.Round(100*time.Millisecond))
 }

@@ -61,25 +61,7 @@ func TestNodeLoss(t *testing.T) {
 	left := time.Duration(l4.TTL) * time.Second
 	n4.Shutdown()
 	lost := time.Now()
-	n5, err := c.AddBareNode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n5.StartDaemon(); err != nil {
-		t.Fatal(err)
-	}
-	var fullErr string
-	err = harness.WaitFor(15*time.Second, "n5 to give up on a full cluster", func() (bool, error) {
-		if l := logLines(n5, "cluster CIDR is full"); len(l) > 0 && !n5.Daemon().Running() {
-			fullErr = l[len(l)-1]
-			return true, nil
-		}
-		return false, nil
-	})
-	if err != nil {
-		t.Fatalf("%v\n%s", err, c.DumpLogs(20))
-	}
-	t.Logf("newcomer while the lost node's lease is alive: wgcnid exited (%v): %s", n5.Daemon().Err(), fullErr)
+	n5 := refusedNode(t, c, "newcomer while the lost node's lease is alive", "cluster CIDR is full", 15*time.Second)
 
 	// The lost node stays a peer (with its route) until its record expires.
 	_, dst4, _ := net.ParseCIDR(cidr4)
