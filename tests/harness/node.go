@@ -321,19 +321,19 @@ const defaultConflist = `{"cniVersion":"1.0.0","cniVersions":["1.0.0","1.1.0"],"
 // ConflistPath is the shipped example conflist, relative to the repo.
 const ConflistPath = "conf/examples/10-wgcni.conflist"
 
-// writeConflist writes the shipped conflist into confDir with the wgcni
-// plugin's runDir pointed at the node's run directory, which is the only
-// change a runtime on a real node would not need.
-func writeConflist(repo, confDir, runDir string) error {
+// ExampleConflist is the shipped conflist (the contract's copy when the
+// repository has none) with the wgcni plugin's runDir pointed at runDir,
+// which is the only change a runtime on a real node would not need.
+func ExampleConflist(repo, runDir string) ([]byte, error) {
 	data, err := os.ReadFile(filepath.Join(repo, ConflistPath))
 	if errors.Is(err, os.ErrNotExist) {
 		data = []byte(defaultConflist)
 	} else if err != nil {
-		return err
+		return nil, err
 	}
 	var conf map[string]any
 	if err := json.Unmarshal(data, &conf); err != nil {
-		return fmt.Errorf("parse %s: %w", ConflistPath, err)
+		return nil, fmt.Errorf("parse %s: %w", ConflistPath, err)
 	}
 	plugins, _ := conf["plugins"].([]any)
 	found := false
@@ -344,9 +344,14 @@ func writeConflist(repo, confDir, runDir string) error {
 		}
 	}
 	if !found {
-		return fmt.Errorf("%s: no plugin of type wgcni", ConflistPath)
+		return nil, fmt.Errorf("%s: no plugin of type wgcni", ConflistPath)
 	}
-	out, err := json.MarshalIndent(conf, "", "  ")
+	return json.MarshalIndent(conf, "", "  ")
+}
+
+// writeConflist writes ExampleConflist into confDir.
+func writeConflist(repo, confDir, runDir string) error {
+	out, err := ExampleConflist(repo, runDir)
 	if err != nil {
 		return err
 	}

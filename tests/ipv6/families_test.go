@@ -9,6 +9,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/tests/capture"
 	"github.com/wgcni/wgcni/tests/harness"
 )
@@ -126,7 +127,7 @@ func testFamilies(t *testing.T, c *harness.Cluster, wgOverhead int) {
 		// etcd: each node's IPv6 CIDR has its guard key, bound to the
 		// record's lease.
 		cli := c.Etcd.MustClient(t)
-		resp, err := cli.Get(context.Background(), "/wgcni/subnets6/", clientv3.WithPrefix())
+		resp, err := cli.Get(context.Background(), record.Subnets6Prefix(harness.Prefix), clientv3.WithPrefix())
 		if err != nil || len(resp.Kvs) != 2 {
 			t.Fatalf("guard keys: %v %v", resp, err)
 		}
