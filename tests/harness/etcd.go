@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -197,4 +198,26 @@ func (e *Etcd) MustClient(tb testing.TB) *clientv3.Client {
 	}
 	tb.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+// MustDump returns every key in etcd with its value, "key=value" a line:
+// what anyone with a copy of etcd's data would read.
+func (e *Etcd) MustDump(tb testing.TB) string {
+	tb.Helper()
+	cli, err := e.Client()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, "\x00", clientv3.WithFromKey())
+	if err != nil {
+		tb.Fatalf("etcd dump: %v", err)
+	}
+	var b strings.Builder
+	for _, kv := range resp.Kvs {
+		fmt.Fprintf(&b, "%s=%s\n", kv.Key, kv.Value)
+	}
+	return b.String()
 }

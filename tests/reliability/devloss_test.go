@@ -32,8 +32,7 @@ func TestDeviceHostKilled(t *testing.T) {
 	connect(t, p3.NS, p1.IP)
 
 	daemonPID := n1.Daemon().PID()
-	pidFile := filepath.Join(n1.RunDir, n1.Device+".pid")
-	hostPID := devicePID(t, pidFile)
+	hostPID := n1.MustDeviceHost(t)
 	before, err := n1.WGDevice()
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +70,7 @@ func TestDeviceHostKilled(t *testing.T) {
 	if p := n1.Daemon().PID(); p != daemonPID {
 		t.Fatalf("wgcnid restarted (pid %d, was %d): the daemon itself must bring the device back", p, daemonPID)
 	}
-	if newPID := devicePID(t, pidFile); newPID == hostPID {
+	if newPID := n1.MustDeviceHost(t); newPID == hostPID {
 		t.Fatalf("device host pid still %d after the kill", hostPID)
 	}
 	after, err := n1.WGDevice()
@@ -109,29 +108,6 @@ func TestDeviceHostKilled(t *testing.T) {
 			t.Errorf("%s lost %d pings (%v of traffic) after the device host was killed", l.what, lost, time.Duration(lost)*interval)
 		}
 	}
-}
-
-// devicePID reads the pid file of the node's userspace device host and
-// checks that the process is one.
-func devicePID(t *testing.T, pidFile string) int {
-	t.Helper()
-	var pid int
-	err := harness.WaitFor(5*time.Second, "device host pid file "+pidFile, func() (bool, error) {
-		b, err := os.ReadFile(pidFile)
-		if err != nil {
-			return false, nil
-		}
-		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil {
-			return false, nil
-		}
-		cmd, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
-		return err == nil && strings.Contains(string(cmd), "userspace-device"), nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pid
 }
 
 // TestExternalDeviceHost runs two nodes the way a Kubernetes DaemonSet pod

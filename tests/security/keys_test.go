@@ -2,7 +2,6 @@ package security
 
 import (
 	"bytes"
-	"context"
 	"encoding/hex"
 	"fmt"
 	"io/fs"
@@ -14,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/tests/harness"
@@ -275,7 +273,7 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 				}
 			}
 		}
-		dump := etcdDump(t, c)
+		dump := c.Etcd.MustDump(t)
 		outputs = append(outputs, dump)
 
 		type hit struct{ where, form string }
@@ -333,21 +331,4 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 			t.Fatal("the search cannot find a planted key")
 		}
 	})
-}
-
-// etcdDump returns every key and value in etcd, one per line.
-func etcdDump(t *testing.T, c *harness.Cluster) string {
-	t.Helper()
-	cli := c.Etcd.MustClient(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := cli.Get(ctx, "\x00", clientv3.WithFromKey())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b strings.Builder
-	for _, kv := range resp.Kvs {
-		fmt.Fprintf(&b, "%s=%s\n", kv.Key, kv.Value)
-	}
-	return b.String()
 }
