@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -49,19 +48,6 @@ func peerFor(d *wgtypes.Device, key wgtypes.Key) *wgtypes.Peer {
 	return nil
 }
 
-func nodeKey(t *testing.T, n *harness.Node) (priv string, pub wgtypes.Key) {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(n.StateDir, "privatekey"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := wgtypes.ParseKey(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k.String(), k.PublicKey()
-}
-
 // routeExists reports whether the daemon (proto 87) routes cidr into the
 // node's WireGuard device.
 func routeExists(n *harness.Node, cidr string) bool {
@@ -96,8 +82,9 @@ func TestTwoNodesUserspaceWireGuard(t *testing.T) {
 	if nf1.PodCIDR == nf2.PodCIDR || nf1.MTU != c.Cfg.UnderlayMTU-60 || nf1.Device != n1.Device {
 		t.Fatalf("node files: %+v %+v", nf1, nf2)
 	}
-	priv1, pub1 := nodeKey(t, n1)
-	_, pub2 := nodeKey(t, n2)
+	k1 := n1.MustPrivateKey(t)
+	priv1, pub1 := k1.String(), k1.PublicKey()
+	pub2 := n2.MustPrivateKey(t).PublicKey()
 
 	// Peers both ways, AllowedIPs exactly the other's PodCIDR.
 	waitFor(t, 20*time.Second, "peers configured both ways", func() bool {
@@ -179,7 +166,7 @@ func TestTwoNodesUserspaceWireGuard(t *testing.T) {
 	if nf := n1.MustNodeFile(t); nf.PodCIDR != nf1.PodCIDR {
 		t.Fatalf("CIDR changed across restart: %s -> %s", nf1.PodCIDR, nf.PodCIDR)
 	}
-	if priv, _ := nodeKey(t, n1); priv != priv1 {
+	if n1.MustPrivateKey(t).String() != priv1 {
 		t.Fatal("key changed across restart")
 	}
 	if p := peerFor(device(t, n2), pub1); p == nil || !p.LastHandshakeTime.Equal(hs) && p.LastHandshakeTime.Before(hs) {

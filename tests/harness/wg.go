@@ -182,3 +182,18 @@ func (n *Node) MustDeviceHost(tb testing.TB) int {
 	}
 	return pid
 }
+
+// MustPrivateKey reads the node's WireGuard private key from its state
+// directory (the only place it may be).
+func (n *Node) MustPrivateKey(tb testing.TB) wgtypes.Key {
+	tb.Helper()
+	b, err := os.ReadFile(filepath.Join(n.StateDir, "privatekey"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	k, err := wgtypes.ParseKey(strings.TrimSpace(string(b)))
+	if err != nil {
+		tb.Fatalf("%s: private key file: %v", n.Name, err)
+	}
+	return k
+}
