@@ -85,7 +85,7 @@ func TestBadRecordsLive(t *testing.T) {
 	for _, n := range []*harness.Node{n1, n2} {
 		for _, b := range bad {
 			err := harness.WaitFor(10*time.Second, b.what+" skipped on "+n.Name, func() (bool, error) {
-				for _, l := range logLines(n, "skipping bad node record") {
+				for _, l := range n.LogLines("skipping bad node record") {
 					if strings.Contains(l, "key="+b.key) || strings.Contains(l, `key="`+b.key) {
 						return true, nil
 					}
@@ -119,11 +119,11 @@ func TestBadRecordsLive(t *testing.T) {
 				t.Errorf("%s routes %s into WireGuard: %s", n.Name, gw, rt)
 			}
 		}
-		if ls := logLines(n, "level=ERROR"); len(ls) > 0 {
+		if ls := n.LogLines("level=ERROR"); len(ls) > 0 {
 			t.Logf("%s error lines: %v", n.Name, ls)
 		}
 	}
-	for _, l := range logLines(n1, "skipping bad node record") {
+	for _, l := range n1.LogLines("skipping bad node record") {
 		if len(l) > 400 {
 			l = l[:400] + "..."
 		}

@@ -141,18 +141,6 @@ func countLog(t *testing.T, n *harness.Node, substr string) int {
 	return strings.Count(string(b), substr)
 }
 
-// logLines returns the lines of the node's wgcnid log containing substr.
-func logLines(n *harness.Node, substr string) []string {
-	b, _ := os.ReadFile(n.LogPath)
-	var out []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, substr) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
 // refusedNode starts a new node whose wgcnid must refuse to run: it waits
 // until the daemon has exited with a log line containing substr, logs the
 // exit with what and that line, and returns the node.
@@ -170,7 +158,7 @@ func refusedNode(t *testing.T, c *harness.Cluster, what, substr string, timeout 
 		if n.Daemon().Running() {
 			return false, nil
 		}
-		ls := logLines(n, substr)
+		ls := n.LogLines(substr)
 		if len(ls) == 0 {
 			return false, fmt.Errorf("wgcnid exited without saying %q", substr)
 		}

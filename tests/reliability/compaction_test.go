@@ -117,9 +117,9 @@ func TestWatchCompaction(t *testing.T) {
 	if l, err := c.LeaseOf(n1.Name); err != nil || l == nil || l.CIDR != own1 {
 		t.Errorf("n1's record not retaken: %+v %v", l, err)
 	}
-	lines0 := len(logLines(n1, "level="))
+	lines0 := len(n1.LogLines("level="))
 	time.Sleep(10 * time.Second)
-	quiet := len(logLines(n1, "level=")) - lines0
+	quiet := len(n1.LogLines("level=")) - lines0
 	syncs := countLog(t, n1, "full sync done") - syncs0
 	behind := countLog(t, n1, "watch fell behind etcd compaction") - behind0
 	t.Logf("n1 after resume: %d compaction notices, %d full re-lists, own record retaken, converged in %v, %d log lines in the next 10 s", behind, syncs, converged.Round(time.Millisecond), quiet)
@@ -130,7 +130,7 @@ func TestWatchCompaction(t *testing.T) {
 		t.Errorf("n1 re-listed %d times; want 1 (2 at most)", syncs)
 	}
 	if quiet > 5 {
-		t.Errorf("n1 wrote %d log lines in 10 s after converging (hot loop?):\n%v", quiet, logLines(n1, "level=")[lines0:])
+		t.Errorf("n1 wrote %d log lines in 10 s after converging (hot loop?):\n%v", quiet, n1.LogLines("level=")[lines0:])
 	}
 	result(t, "watch compacted past its revision (%d changes missed): %d re-list(s), converged in %v, %d log lines in the following 10 s",
 		writes, syncs, converged.Round(time.Millisecond), quiet)

@@ -141,7 +141,7 @@ func TestEtcdMemberLoss(t *testing.T) {
 			t.Errorf("%s: lease changed %x -> %x", n.Name, leasesBefore[n.Name], leasesAfter[n.Name])
 		}
 		for _, bad := range []string{"lease keepalive ended", "took it back", "peer removed"} {
-			if ls := logLines(n, bad); len(ls) > 0 {
+			if ls := n.LogLines(bad); len(ls) > 0 {
 				t.Errorf("%s: %q after member loss: %v", n.Name, bad, ls)
 			}
 		}

@@ -99,7 +99,7 @@ func TestEtcdOutage(t *testing.T) {
 	if removed != 0 {
 		t.Errorf("%d peers removed around the outage", removed)
 	}
-	retakes := len(logLines(n1, "took it back")) + len(logLines(n2, "took it back"))
+	retakes := len(n1.LogLines("took it back")) + len(n2.LogLines("took it back"))
 	t.Logf("ping stream across the outage: %d sent, %d received, %d lost; peers pruned %d; own records retaken %d", sent, recv, lost, pruned+removed, retakes)
 	if lost != 0 {
 		t.Errorf("%d packets lost during the etcd outage", lost)

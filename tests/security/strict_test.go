@@ -126,7 +126,7 @@ func TestStrictMode(t *testing.T) {
 		}
 		cp := startCapture(t, c)
 		wait := pingFor(p1.NS, free, 25*time.Second)
-		log := waitLog(t, n1, 40*time.Second, "no WireGuard handshake with peer", "cidr="+ghostCIDR.String())
+		log := n1.WaitLog(t, 40*time.Second, "no WireGuard handshake with peer", "cidr="+ghostCIDR.String())
 		r := wait()
 		rep := requireNoPlain(t, "bogus new node", cp)
 		if r.Received != 0 {
@@ -156,7 +156,7 @@ func TestStrictMode(t *testing.T) {
 		cp := startCapture(t, c)
 		wait := pingFor(p1.NS, p2.IP, 25*time.Second)
 		msg, who := "no WireGuard handshake with peer", "cidr="+n2.MustPodCIDR(t)+" node=n2"
-		log := waitLog(t, n1, 40*time.Second, msg, `node is down" node=n1 part=mesh `+who)
+		log := n1.WaitLog(t, 40*time.Second, msg, `node is down" node=n1 part=mesh `+who)
 		r := wait()
 		requireNoPlain(t, "wrong key", cp)
 		if r.Received != 0 {
@@ -169,7 +169,7 @@ func TestStrictMode(t *testing.T) {
 			t.Fatalf("rotate-key: %v %s", err, out)
 		}
 		harness.Connect(t, p1.NS, p2.IP, "p1 -> p2 after n2 republished its key", 3)
-		waitLog(t, n1, 20*time.Second, "WireGuard handshake problem cleared")
+		n1.WaitLog(t, 20*time.Second, "WireGuard handshake problem cleared")
 	})
 
 	t.Run("daemon restarts", func(t *testing.T) {
@@ -224,7 +224,7 @@ func TestStrictMode(t *testing.T) {
 		if err := n1.StartDaemon(); err != nil {
 			t.Fatal(err)
 		}
-		waitLog(t, n1, 10*time.Second, "strict mode: unreachable route")
+		n1.WaitLog(t, 10*time.Second, "strict mode: unreachable route")
 		// The route is in place before that line is written, but frames
 		// sent before it may still sit in the capture socket (its reader
 		// stamps and counts them when it gets to them, tens of ms late on
