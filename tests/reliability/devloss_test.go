@@ -1,7 +1,6 @@
 package reliability
 
 import (
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -38,10 +37,7 @@ func TestDeviceHostKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cp, err := capture.Start(c.Underlay.Path(), "", &capture.Classifier{
-		PodNets: []netip.Prefix{netip.MustParsePrefix(c.Cfg.ClusterCIDR)},
-		WGPorts: []uint16{uint16(c.Cfg.ListenPort)},
-	}, capture.Options{})
+	cp, err := capture.Start(c.Underlay.Path(), "", c.Classifier(), capture.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
