@@ -8,7 +8,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -136,11 +135,7 @@ func run(nodeCount, podsPer int, pidFile string, noWait bool, iperfDur time.Dura
 	}
 
 	src, dst := pods[0][0], pods[1%len(pods)][0]
-	cls := &capture.Classifier{
-		PodNets: []netip.Prefix{netip.MustParsePrefix(c.Cfg.ClusterCIDR)},
-		WGPorts: []uint16{uint16(c.Cfg.ListenPort)},
-	}
-	cp, err := capture.Start(c.Underlay.Path(), "", cls, capture.Options{Samples: 6})
+	cp, err := capture.Start(c.Underlay.Path(), "", c.Classifier(), capture.Options{Samples: 6})
 	if err != nil {
 		return err
 	}

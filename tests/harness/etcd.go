@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"testing"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -184,4 +186,38 @@ func (e *Etcd) Client() (*clientv3.Client, error) {
 		return nil, fmt.Errorf("etcd client for %s: %w", e.Endpoint, err)
 	}
 	return cli, nil
+}
+
+// MustClient is Client for tests: a failure ends the test, and the client
+// is closed when the test ends.
+func (e *Etcd) MustClient(tb testing.TB) *clientv3.Client {
+	tb.Helper()
+	cli, err := e.Client()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// MustDump returns every key in etcd with its value, "key=value" a line:
+// what anyone with a copy of etcd's data would read.
+func (e *Etcd) MustDump(tb testing.TB) string {
+	tb.Helper()
+	cli, err := e.Client()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, "\x00", clientv3.WithFromKey())
+	if err != nil {
+		tb.Fatalf("etcd dump: %v", err)
+	}
+	var b strings.Builder
+	for _, kv := range resp.Kvs {
+		fmt.Fprintf(&b, "%s=%s\n", kv.Key, kv.Value)
+	}
+	return b.String()
 }

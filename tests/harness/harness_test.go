@@ -117,11 +117,7 @@ func TestInfrastructure(t *testing.T) {
 	})
 
 	t.Run("etcd v3.6 client against etcd 3.4", func(t *testing.T) {
-		cli, err := c.Etcd.Client()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cli.Close()
+		cli := c.Etcd.MustClient(t)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		watch := cli.Watch(ctx, "/wge/", clientv3.WithPrefix())

@@ -321,19 +321,19 @@ const defaultConflist = `{"cniVersion":"1.0.0","cniVersions":["1.0.0","1.1.0"],"
 // ConflistPath is the shipped example conflist, relative to the repo.
 const ConflistPath = "conf/examples/10-wgcni.conflist"
 
-// writeConflist writes the shipped conflist into confDir with the wgcni
-// plugin's runDir pointed at the node's run directory, which is the only
-// change a runtime on a real node would not need.
-func writeConflist(repo, confDir, runDir string) error {
+// ExampleConflist is the shipped conflist (the contract's copy when the
+// repository has none) with the wgcni plugin's runDir pointed at runDir,
+// which is the only change a runtime on a real node would not need.
+func ExampleConflist(repo, runDir string) ([]byte, error) {
 	data, err := os.ReadFile(filepath.Join(repo, ConflistPath))
 	if errors.Is(err, os.ErrNotExist) {
 		data = []byte(defaultConflist)
 	} else if err != nil {
-		return err
+		return nil, err
 	}
 	var conf map[string]any
 	if err := json.Unmarshal(data, &conf); err != nil {
-		return fmt.Errorf("parse %s: %w", ConflistPath, err)
+		return nil, fmt.Errorf("parse %s: %w", ConflistPath, err)
 	}
 	plugins, _ := conf["plugins"].([]any)
 	found := false
@@ -344,26 +344,52 @@ func writeConflist(repo, confDir, runDir string) error {
 		}
 	}
 	if !found {
-		return fmt.Errorf("%s: no plugin of type wgcni", ConflistPath)
+		return nil, fmt.Errorf("%s: no plugin of type wgcni", ConflistPath)
 	}
-	out, err := json.MarshalIndent(conf, "", "  ")
+	return json.MarshalIndent(conf, "", "  ")
+}
+
+// writeConflist writes ExampleConflist into confDir.
+func writeConflist(repo, confDir, runDir string) error {
+	out, err := ExampleConflist(repo, runDir)
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(confDir, "10-wgcni.conflist"), out, 0o644)
+	return os.WriteFile(filepath.Join(confDir, ConflistFile), out, 0o644)
+}
+
+// ConflistFile is the node's conflist in ConfDir.
+const ConflistFile = "10-wgcni.conflist"
+
+// PluginConf reads the node's conflist and returns its network name and
+// its wgcni plugin entry: with "cniVersion" and "name" added, what a
+// runtime sends wgcni on stdin.
+func (n *Node) PluginConf() (name string, conf map[string]any, err error) {
+	path := filepath.Join(n.ConfDir, ConflistFile)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", nil, err
+	}
+	var list struct {
+		Name    string           `json:"name"`
+		Plugins []map[string]any `json:"plugins"`
+	}
+	if err := json.Unmarshal(data, &list); err != nil {
+		return "", nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if list.Name == "" {
+		return "", nil, fmt.Errorf("%s has no name", path)
+	}
+	for _, p := range list.Plugins {
+		if p["type"] == "wgcni" {
+			return list.Name, p, nil
+		}
+	}
+	return "", nil, fmt.Errorf("%s: no plugin of type wgcni", path)
 }
 
 // NetworkName is the conflist's network name (what cnitool is given).
 func (n *Node) NetworkName() (string, error) {
-	data, err := os.ReadFile(filepath.Join(n.ConfDir, "10-wgcni.conflist"))
-	if err != nil {
-		return "", err
-	}
-	var conf struct {
-		Name string `json:"name"`
-	}
-	if err := json.Unmarshal(data, &conf); err != nil || conf.Name == "" {
-		return "", fmt.Errorf("conflist in %s has no name: %v", n.ConfDir, err)
-	}
-	return conf.Name, nil
+	name, _, err := n.PluginConf()
+	return name, err
 }

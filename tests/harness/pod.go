@@ -190,3 +190,25 @@ func ensureBinary(path, hint string) error {
 	}
 	return nil
 }
+
+// MustHostVeth is the host end of the pod's veth, from its CNI result:
+// the interface without a sandbox after the bridge (interfaces[0]).
+func (p *Pod) MustHostVeth(tb testing.TB) string {
+	tb.Helper()
+	var r struct {
+		Interfaces []struct {
+			Name    string `json:"name"`
+			Sandbox string `json:"sandbox"`
+		} `json:"interfaces"`
+	}
+	if err := json.Unmarshal([]byte(p.Result), &r); err != nil {
+		tb.Fatalf("CNI result of %s: %v", p.Name, err)
+	}
+	for i, ifc := range r.Interfaces {
+		if i > 0 && ifc.Sandbox == "" {
+			return ifc.Name
+		}
+	}
+	tb.Fatalf("no host veth in the CNI result of %s: %s", p.Name, p.Result)
+	return ""
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -105,4 +106,16 @@ func (p *Process) Kill() {
 	}
 	_ = syscall.Kill(p.PID(), syscall.SIGKILL)
 	<-p.done
+}
+
+// Alive reports whether pid is a process that has not exited (a zombie,
+// exited but not reaped, counts as gone).
+func Alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }

@@ -5,8 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -153,4 +157,43 @@ func (c *Cluster) LeaseOf(node string) (*Lease, error) {
 // the kernel would send a packet (device, or unreachable/blackhole).
 func (n *Node) RouteTo(dst net.IP) (string, error) {
 	return n.Exec("ip", "route", "get", dst.String())
+}
+
+// MustDeviceHost waits up to 5 s for the pid file of the node's userspace
+// WireGuard device host and returns its PID, once that process is one.
+func (n *Node) MustDeviceHost(tb testing.TB) int {
+	tb.Helper()
+	pidFile := filepath.Join(n.RunDir, n.Device+".pid")
+	var pid int
+	err := WaitFor(5*time.Second, "device host pid file "+pidFile, func() (bool, error) {
+		b, err := os.ReadFile(pidFile)
+		if err != nil {
+			return false, nil
+		}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			return false, nil
+		}
+		cmd, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+		return err == nil && strings.Contains(string(cmd), "userspace-device"), nil
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return pid
+}
+
+// MustPrivateKey reads the node's WireGuard private key from its state
+// directory (the only place it may be).
+func (n *Node) MustPrivateKey(tb testing.TB) wgtypes.Key {
+	tb.Helper()
+	b, err := os.ReadFile(filepath.Join(n.StateDir, "privatekey"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	k, err := wgtypes.ParseKey(strings.TrimSpace(string(b)))
+	if err != nil {
+		tb.Fatalf("%s: private key file: %v", n.Name, err)
+	}
+	return k
 }

@@ -22,8 +22,8 @@ import (
 const hostTable = "22375"
 
 // hostClassifier counts TCP/ICMP between a and b in clear as plaintext.
-func hostClassifier(a, b netip.Addr) *capture.Classifier {
-	c := classifier()
+func hostClassifier(cl *harness.Cluster, a, b netip.Addr) *capture.Classifier {
+	c := cl.Classifier()
 	c.PlainHosts = []netip.Addr{a, b}
 	return c
 }
@@ -98,7 +98,7 @@ func tunnels(from *harness.Node, addr netip.Addr) bool {
 // address to b's, capturing the underlay meanwhile.
 func hostTraffic(t *testing.T, c *harness.Cluster, a, b *harness.Node) *capture.Report {
 	t.Helper()
-	cp, err := capture.Start(c.Underlay.Path(), "", hostClassifier(a.UnderlayIP, b.UnderlayIP), capture.Options{})
+	cp, err := capture.Start(c.Underlay.Path(), "", hostClassifier(c, a.UnderlayIP, b.UnderlayIP), capture.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,13 +116,30 @@ func hostTraffic(t *testing.T, c *harness.Cluster, a, b *harness.Node) *capture.
 	return rep
 }
 
-// TestHostEncryption: two nodes with --host-encryption send their
-// underlay-to-underlay TCP and ICMP only inside WireGuard; etcd stays
-// reachable from them throughout and they keep their leases; towards a
-// node without the option the same traffic is plain (the control), and
-// cleanup removes the rule and the table.
+// TestHostEncryption: over an IPv4 and an IPv6 underlay, two nodes with
+// --host-encryption send their underlay-to-underlay TCP and ICMP only
+// inside WireGuard (the peer's underlay /32 or /128 is allowed and routed,
+// the rule is of the underlay's family); etcd stays reachable from them
+// throughout and they keep their leases; towards a node without the
+// option the same traffic is plain (the control), and cleanup removes the
+// rule and the table.
 func TestHostEncryption(t *testing.T) {
-	c := harness.Start(t, harness.Config{ClusterCIDR: clusterCIDR, LeaseTTL: leaseTTL, ListenPort: wgPort}, 0)
+	for _, u := range []struct {
+		name string
+		cfg  harness.Config
+	}{
+		{"IPv4 underlay", harness.Config{ClusterCIDR: clusterCIDR}},
+		{"IPv6 underlay", harness.Config{UnderlayIPv6: true, ClusterCIDR: "fd00:246::/56", NodePrefixLenV6: 64}},
+	} {
+		t.Run(u.name, func(t *testing.T) {
+			cfg := u.cfg
+			cfg.LeaseTTL, cfg.ListenPort = leaseTTL, wgPort
+			testHostEncryption(t, harness.Start(t, cfg, 0))
+		})
+	}
+}
+
+func testHostEncryption(t *testing.T, c *harness.Cluster) {
 	hn := addHostEncNodes(t, c, 2)
 	n1, n2 := hn[0], hn[1]
 	n3, err := c.AddNode() // without the option
@@ -134,13 +151,16 @@ func TestHostEncryption(t *testing.T) {
 			t.Fatalf("%v\n%s", err, c.DumpLogs(40))
 		}
 	}
+	if n1.UnderlayIP.Is6() != c.Cfg.UnderlayIPv6 {
+		t.Fatalf("underlay IPv6=%v, but n1 is on %s", c.Cfg.UnderlayIPv6, n1.UnderlayIP)
+	}
+	ipFamily := "-4"
+	if c.Cfg.UnderlayIPv6 {
+		ipFamily = "-6"
+	}
 
 	// Records: advertised by n1 and n2 only.
-	cli, err := c.Etcd.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := c.Etcd.MustClient(t)
 	records := map[string]string{}
 	resp, err := cli.Get(context.Background(), harness.Prefix+"/subnets/", clientv3.WithPrefix())
 	if err != nil {
@@ -175,7 +195,7 @@ func TestHostEncryption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n2host := netip.PrefixFrom(n2.UnderlayIP, 32).String()
+	n2host := netip.PrefixFrom(n2.UnderlayIP, n2.UnderlayIP.BitLen()).String()
 	found := 0
 	for _, ips := range allowed {
 		for _, ip := range ips {
@@ -184,7 +204,7 @@ func TestHostEncryption(t *testing.T) {
 			}
 		}
 		if len(ips) > 2 {
-			t.Fatalf("a peer has AllowedIPs %v: want its PodCIDR, plus its underlay /32 only with host encryption", ips)
+			t.Fatalf("a peer has AllowedIPs %v: want its PodCIDR, plus its underlay address only with host encryption", ips)
 		}
 	}
 	if found != 1 {
@@ -195,11 +215,11 @@ func TestHostEncryption(t *testing.T) {
 	if r, err := n1.Exec("ip", "route", "get", n2.UnderlayIP.String(), "mark", mark); err != nil || strings.Contains(r, "dev "+n1.Device) {
 		t.Fatalf("marked packet to n2's underlay: %s %v (must not enter the tunnel)", r, err)
 	}
-	rules, _ := n1.Exec("ip", "rule", "show")
+	rules, _ := n1.Exec("ip", ipFamily, "rule", "show")
 	if !strings.Contains(rules, "not from all fwmark "+mark+" lookup "+hostTable) {
 		t.Fatalf("rule missing on n1:\n%s", rules)
 	}
-	if rules, _ := n3.Exec("ip", "rule", "show"); strings.Contains(rules, mark) {
+	if rules, _ := n3.Exec("ip", ipFamily, "rule", "show"); strings.Contains(rules, mark) {
 		t.Fatalf("rule on n3 without the option:\n%s", rules)
 	}
 
@@ -228,8 +248,8 @@ func TestHostEncryption(t *testing.T) {
 	if len(fails) != 0 || gets == 0 {
 		t.Errorf("etcd from the nodes during the test: %d gets ok, %d failed: %v", gets, len(fails), fails)
 	}
-	t.Logf("FIGURE host encryption on: n1->n2 %d wireguard data / %d plaintext, n2->n1 %d / %d; etcdctl get from n1,n2 during it: %d ok, %d failed",
-		rep.WGTypes[capture.WGTransportData], rep.PlainPod(), rep2.WGTypes[capture.WGTransportData], rep2.PlainPod(), gets, len(fails))
+	t.Logf("FIGURE host encryption on (%s): n1->n2 %d wireguard data / %d plaintext, n2->n1 %d / %d; etcdctl get from n1,n2 during it: %d ok, %d failed",
+		n1.UnderlayIP, rep.WGTypes[capture.WGTransportData], rep.PlainPod(), rep2.WGTypes[capture.WGTransportData], rep2.PlainPod(), gets, len(fails))
 	for _, n := range []*harness.Node{n1, n2} {
 		l, err := c.LeaseOf(n.Name)
 		if err != nil || l == nil || l.LeaseID != leasesBefore[n.Name] || l.TTL <= 0 {
@@ -239,11 +259,8 @@ func TestHostEncryption(t *testing.T) {
 
 	// A pod on n1 reaching n2's underlay address goes through the tunnel
 	// as well (its packets are masqueraded, then routed by the same rule).
-	pod, err := n1.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp, err := capture.Start(c.Underlay.Path(), "", hostClassifier(n1.UnderlayIP, n2.UnderlayIP), capture.Options{})
+	pod := n1.MustAddPod(t)
+	cp, err := capture.Start(c.Underlay.Path(), "", hostClassifier(c, n1.UnderlayIP, n2.UnderlayIP), capture.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,42 +285,17 @@ func TestHostEncryption(t *testing.T) {
 	if out, err := n1.Cleanup(); err != nil {
 		t.Fatalf("cleanup: %v\n%s", err, out)
 	}
-	rules, _ = n1.Exec("ip", "rule", "show")
-	table, _ := n1.Exec("ip", "route", "show", "table", hostTable)
+	rules, _ = n1.Exec("ip", ipFamily, "rule", "show")
+	// A table with no route left does not exist any more.
+	table, err := n1.Exec("ip", ipFamily, "route", "show", "table", hostTable)
+	if err != nil && strings.Contains(table, "does not exist") {
+		table = ""
+	} else if err != nil {
+		t.Fatal(err)
+	}
 	if strings.Contains(rules, fmt.Sprintf("%#x", route.FirewallMark)) || strings.TrimSpace(table) != "" {
 		t.Fatalf("left after cleanup: rules\n%s\ntable %s:\n%s", rules, hostTable, table)
 	}
-}
-
-// TestHostEncryptionIPv6Underlay: the same over an IPv6 underlay: the /128
-// is allowed and routed, the rule is an IPv6 rule, no plaintext crosses.
-func TestHostEncryptionIPv6Underlay(t *testing.T) {
-	c := harness.Start(t, harness.Config{UnderlayIPv6: true, ClusterCIDR: "fd00:246::/56", NodePrefixLenV6: 64, LeaseTTL: leaseTTL, ListenPort: wgPort}, 0)
-	hn := addHostEncNodes(t, c, 2)
-	n1, n2 := hn[0], hn[1]
-	if !n1.UnderlayIP.Is6() {
-		t.Fatalf("underlay is not IPv6: %s", n1.UnderlayIP)
-	}
-	err := harness.WaitFor(30*time.Second, "n1<->n2 IPv6 underlay routes through WireGuard", func() (bool, error) {
-		return tunnels(n1, n2.UnderlayIP) && tunnels(n2, n1.UnderlayIP), nil
-	})
-	if err != nil {
-		t.Fatalf("%v\n%s", err, c.DumpLogs(40))
-	}
-	if rules, _ := n1.Exec("ip", "-6", "rule", "show"); !strings.Contains(rules, "not from all fwmark "+fmt.Sprintf("%#x", route.FirewallMark)+" lookup "+hostTable) {
-		t.Fatalf("IPv6 rule missing on n1:\n%s", rules)
-	}
-	stop := probeEtcd([]*harness.Node{n1, n2}, c.Etcd.Endpoint)
-	rep := hostTraffic(t, c, n1, n2)
-	gets, fails := stop()
-	if rep.PlainPod() != 0 || rep.WGTypes[capture.WGTransportData] < 100 {
-		t.Errorf("IPv6 underlay with host encryption: %s\n%s", rep, rep.Excerpt(10))
-	}
-	if len(fails) != 0 || gets == 0 {
-		t.Errorf("etcd (IPv6) from the nodes: %d ok, %d failed: %v", gets, len(fails), fails)
-	}
-	t.Logf("FIGURE IPv6 underlay: n1->n2 %d wireguard data / %d plaintext; etcdctl get %d ok, %d failed",
-		rep.WGTypes[capture.WGTransportData], rep.PlainPod(), gets, len(fails))
 }
 
 // TestHostEncryptionFollowsEndpoint: a node with --host-encryption whose

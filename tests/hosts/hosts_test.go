@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/wgcni/wgcni/daemon/agent"
-	"github.com/wgcni/wgcni/tests/capture"
 	"github.com/wgcni/wgcni/tests/harness"
 )
 
@@ -24,22 +23,6 @@ const (
 	leaseTTL    = 5 * time.Second
 	wgPort      = 51820
 )
-
-func classifier() *capture.Classifier {
-	return &capture.Classifier{
-		PodNets: []netip.Prefix{netip.MustParsePrefix(clusterCIDR)},
-		WGPorts: []uint16{wgPort},
-	}
-}
-
-func transfer(t *testing.T, from, to harness.NS, addr netip.Addr, what string) {
-	t.Helper()
-	r, err := harness.TCPTransfer(from, to, addr, 5201, 1<<20, 30*time.Second)
-	if err != nil {
-		t.Fatalf("%s: TCP transfer: %v", what, err)
-	}
-	t.Logf("%s: %d bytes verified in %v", what, r.Bytes, r.Duration.Round(time.Millisecond))
-}
 
 // startHost starts a host-only peer: a node namespace on the underlay
 // whose wgcnid runs with --host-only, and waits for its host file.
@@ -76,15 +59,6 @@ func startHost(t *testing.T, c *harness.Cluster, extra ...string) (*harness.Node
 	return h, addr
 }
 
-func podCIDR(t *testing.T, n *harness.Node) string {
-	t.Helper()
-	nf, err := n.NodeFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nf.PodCIDR
-}
-
 // TestHostOnlyPeer: a host without pods joins the mesh, reaches a pod on
 // every node and is reached back, only WireGuard crosses the underlay,
 // and stopping it (its lease expires) removes it from every node.
@@ -99,58 +73,38 @@ func TestHostOnlyPeer(t *testing.T) {
 	hostCIDR32 := netip.PrefixFrom(hostAddr, 32).String()
 	var pods []*harness.Pod
 	for _, n := range nodes {
-		if strings.HasPrefix(podCIDR(t, n), "10.244.200.") {
+		if strings.HasPrefix(n.MustPodCIDR(t), "10.244.200.") {
 			t.Fatalf("node %s leased the reserved host range %s", n.Name, hostCIDR)
 		}
-		p, err := n.AddPod()
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := n.MustAddPod(t)
 		pods = append(pods, p)
 	}
 	// Every node peers with the other node and with the host, whose
 	// AllowedIPs are exactly its /32; the host peers with every node.
 	for i, n := range nodes {
-		want := []string{podCIDR(t, nodes[1-i]), hostCIDR32}
+		want := []string{nodes[1-i].MustPodCIDR(t), hostCIDR32}
 		if err := n.WaitPeerCIDRs(want, 20*time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := h.WaitPeerCIDRs([]string{podCIDR(t, nodes[0]), podCIDR(t, nodes[1])}, 20*time.Second); err != nil {
+	if err := h.WaitPeerCIDRs([]string{nodes[0].MustPodCIDR(t), nodes[1].MustPodCIDR(t)}, 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
 
-	cp, err := capture.Start(c.Underlay.Path(), "", classifier(), capture.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cp.Stop()
-	for _, p := range pods {
-		harness.Connect(t, h.NS, p.IP, "host "+h.Name+" -> "+p.Name, 5)
-		transfer(t, h.NS, p.NS, p.IP, "host "+h.Name+" -> "+p.Name)
-		harness.Connect(t, p.NS, hostAddr, p.Name+" -> host "+h.Name, 5)
-		transfer(t, p.NS, h.NS, hostAddr, p.Name+" -> host "+h.Name)
-	}
-	rep, err := cp.Stop()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("underlay capture: %s\n%s", rep, rep.Excerpt(8))
-	if rep.PlainPod() != 0 {
-		t.Fatalf("%d plaintext overlay packets on the underlay:\n%s", rep.PlainPod(), rep.Excerpt(30))
-	}
-	if rep.WGTypes[capture.WGTransportData] == 0 {
-		t.Fatal("no WireGuard data packets on the underlay: the capture saw nothing")
-	}
-	if rep.Drops != 0 {
-		t.Fatalf("capture dropped %d frames", rep.Drops)
-	}
+	c.EncryptedOnly(t, c.Classifier(), "host to pods and back", func() {
+		for _, p := range pods {
+			harness.Connect(t, h.NS, p.IP, "host "+h.Name+" -> "+p.Name, 5)
+			harness.Transfer(t, h.NS, p.NS, p.IP, 1<<20, "host "+h.Name+" -> "+p.Name)
+			harness.Connect(t, p.NS, hostAddr, p.Name+" -> host "+h.Name, 5)
+			harness.Transfer(t, p.NS, h.NS, hostAddr, 1<<20, p.Name+" -> host "+h.Name)
+		}
+	})
 
 	// Removal: stop the daemon (SIGTERM keeps the lease, as for a
 	// restart), then the lease expires and every node drops the host.
 	h.StopDaemon(syscall.SIGTERM)
 	for i, n := range nodes {
-		if err := n.WaitPeerCIDRs([]string{podCIDR(t, nodes[1-i])}, 4*leaseTTL); err != nil {
+		if err := n.WaitPeerCIDRs([]string{nodes[1-i].MustPodCIDR(t)}, 4*leaseTTL); err != nil {
 			t.Fatalf("after the host's lease expired: %v", err)
 		}
 		out, err := n.RouteTo(hostAddr.AsSlice())
@@ -197,10 +151,10 @@ func TestKeepaliveAndEndpointChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := n1.WaitPeerCIDRs([]string{podCIDR(t, n2)}, 20*time.Second); err != nil {
+	if err := n1.WaitPeerCIDRs([]string{n2.MustPodCIDR(t)}, 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if err := n2.WaitPeerCIDRs([]string{podCIDR(t, n1)}, 20*time.Second); err != nil {
+	if err := n2.WaitPeerCIDRs([]string{n1.MustPodCIDR(t)}, 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []*harness.Node{n1, n2} {
@@ -212,14 +166,8 @@ func TestKeepaliveAndEndpointChange(t *testing.T) {
 			t.Fatalf("%s: keepalive towards its peer is %v, want 7s (n1 asked for it)", n.Name, ka)
 		}
 	}
-	p1, err := n1.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p2, err := n2.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
+	p1 := n1.MustAddPod(t)
+	p2 := n2.MustAddPod(t)
 	harness.Connect(t, p1.NS, p2.IP, "before: "+p1.Name+" -> "+p2.Name, 5)
 
 	_, newIP := moveUnderlay(t, c, n1, 111)
@@ -251,7 +199,7 @@ func TestKeepaliveAndEndpointChange(t *testing.T) {
 	}
 	harness.Connect(t, p1.NS, p2.IP, "after: "+p1.Name+" -> "+p2.Name, 5)
 	harness.Connect(t, p2.NS, p1.IP, "after: "+p2.Name+" -> "+p1.Name, 5)
-	transfer(t, p2.NS, p1.NS, p1.IP, "after: "+p2.Name+" -> "+p1.Name)
+	harness.Transfer(t, p2.NS, p1.NS, p1.IP, 1<<20, "after: "+p2.Name+" -> "+p1.Name)
 	// The lease is still kept alive from the new address: after two TTLs
 	// the record is still there, on the same lease.
 	before, err := c.LeaseOf(n1.Name)

@@ -125,10 +125,7 @@ func cniVersions(t *testing.T, c *harness.Cluster, n *harness.Node, peers ...net
 	}
 	for _, v := range cniVersionsWithIPv6 {
 		t.Run(v, func(t *testing.T) {
-			pod, err := n.AddPod()
-			if err != nil {
-				t.Fatal(err)
-			}
+			pod := n.MustAddPod(t)
 			// Free the namespace's eth0 (cnitool's attachment) and wire it
 			// again directly at version v.
 			if _, err := pod.CNI("del"); err != nil {
@@ -160,8 +157,8 @@ func cniVersions(t *testing.T, c *harness.Cluster, n *harness.Node, peers ...net
 			if _, err := execPlugin(n, c, "CHECK", cid, pod.Path(), "eth0", netconf(v, n.RunDir, json.RawMessage(out))); err != nil {
 				t.Fatalf("CHECK of a good attachment: %v", err)
 			}
-			// CHECK checks every family: remove the last address (IPv6 in
-			// both clusters) and it must name it.
+			// CHECK checks every family: remove the last address (the
+			// IPv6 one of a dual-stack pod) and it must name it.
 			last := res.IPs[len(res.IPs)-1].Address
 			if _, err := pod.Exec("ip", "addr", "del", last, "dev", "eth0"); err != nil {
 				t.Fatal(err)

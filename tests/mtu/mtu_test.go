@@ -49,14 +49,8 @@ func testPathMTU(t *testing.T, underlay int) {
 	c := harness.Start(t, harness.Config{UnderlayMTU: underlay}, 2)
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
 	want := underlay - 60
-	p1, err := n1.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p2, err := n2.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
+	p1 := n1.MustAddPod(t)
+	p2 := n2.MustAddPod(t)
 
 	// Every hop of the pod path carries the derived MTU.
 	for _, n := range []*harness.Node{n1, n2} {
@@ -92,7 +86,7 @@ func testPathMTU(t *testing.T, underlay int) {
 	// ICMP 8) crosses the tunnel both ways; one byte more is refused by
 	// the pod's own interface, never sent into a black hole.
 	maxPayload := want - 28
-	err = harness.WaitFor(20*time.Second, "max-size DF ping", func() (bool, error) {
+	err := harness.WaitFor(20*time.Second, "max-size DF ping", func() (bool, error) {
 		r, err := p1.PingSize(p2.IP, 3, 200*time.Millisecond, maxPayload)
 		if err != nil {
 			return false, err

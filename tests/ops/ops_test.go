@@ -172,14 +172,8 @@ func TestOperatorView(t *testing.T) {
 		t.Fatalf("IPAM store not readable: %v", v)
 	}
 
-	p1, err := n1.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p2, err := n2.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
+	p1 := n1.MustAddPod(t)
+	p2 := n2.MustAddPod(t)
 	if err := harness.WaitFor(15*time.Second, "ping p1 -> p2", func() (bool, error) {
 		r, err := p1.Ping(p2.IP, 1, 200*time.Millisecond)
 		return err == nil && r.Received == 1, nil

@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,15 +18,18 @@ import (
 	"github.com/wgcni/wgcni/tests/harness"
 )
 
-// loadExampleConflist reads conf/examples/10-wgcni.conflist with runDir
-// pointed at the test node, as the harness does per node.
+// loadExampleConflist is the shipped conflist with runDir pointed at the
+// test node, as the harness writes it per node.
 func loadExampleConflist(t *testing.T, runDir string) *libcni.NetworkConfigList {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "..", "conf", "examples", "10-wgcni.conflist"))
+	repo, err := harness.FindRepo()
 	if err != nil {
 		t.Fatal(err)
 	}
-	data = []byte(strings.Replace(string(data), `"/run/wgcni"`, fmt.Sprintf("%q", runDir), 1))
+	data, err := harness.ExampleConflist(repo, runDir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	list, err := libcni.ConfListFromBytes(data)
 	if err != nil {
 		t.Fatalf("example conflist: %v", err)

@@ -22,7 +22,7 @@ import (
 func TestBadRecordsLive(t *testing.T) {
 	c := start(t, harness.Config{}, 2)
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
-	waitMesh(t, c.Nodes(), 20*time.Second)
+	harness.WaitMesh(t, c.Nodes(), 20*time.Second)
 	p1 := n1.MustAddPod(t)
 	p2 := n2.MustAddPod(t)
 	connect(t, p1.NS, p2.IP)
@@ -37,7 +37,7 @@ func TestBadRecordsLive(t *testing.T) {
 	// The bad records go to free PodCIDRs: the nodes got theirs at random,
 	// and overwriting one would test something else (a node's own record
 	// turned bad, after which its key is free for the "thief" below).
-	own1, own2 := podCIDR(t, n1), podCIDR(t, n2)
+	own1, own2 := n1.MustPodCIDR(t), n2.MustPodCIDR(t)
 	var free []string
 	for i := 255; len(free) < 7; i-- {
 		if cidr := fmt.Sprintf("10.244.%d.0/24", i); cidr != own1 && cidr != own2 {
@@ -56,11 +56,7 @@ func TestBadRecordsLive(t *testing.T) {
 		{"empty value", pfx + free[5], ``},
 		{"JSON null", pfx + free[6], `null`},
 	}
-	cli, err := c.Etcd.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := c.Etcd.MustClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	stream := startPing(t, p1.NS, p2.IP, 800, 10*time.Millisecond)
@@ -79,29 +75,7 @@ func TestBadRecordsLive(t *testing.T) {
 	if _, err := cli.Put(ctx, cfgKey, `{"clusterCIDR":16,"nodePrefixLen":"24"}`); err != nil {
 		t.Fatal(err)
 	}
-	n3, err := c.AddBareNode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n3.StartDaemon(); err != nil {
-		t.Fatal(err)
-	}
-	var cfgLine string
-	err = harness.WaitFor(20*time.Second, "n3 to refuse the bad config", func() (bool, error) {
-		if n3.Daemon().Running() {
-			return false, nil
-		}
-		ls := logLines(n3, cfgKey)
-		if len(ls) == 0 {
-			return false, fmt.Errorf("wgcnid exited without naming %s", cfgKey)
-		}
-		cfgLine = ls[len(ls)-1]
-		return true, nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("bad config record: starting wgcnid exited (%v): %s", n3.Daemon().Err(), cfgLine)
+	refusedNode(t, c, "bad config record", cfgKey, 20*time.Second)
 	if _, err := cli.Put(ctx, cfgKey, string(good.Kvs[0].Value)); err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +85,7 @@ func TestBadRecordsLive(t *testing.T) {
 	for _, n := range []*harness.Node{n1, n2} {
 		for _, b := range bad {
 			err := harness.WaitFor(10*time.Second, b.what+" skipped on "+n.Name, func() (bool, error) {
-				for _, l := range logLines(n, "skipping bad node record") {
+				for _, l := range n.LogLines("skipping bad node record") {
 					if strings.Contains(l, "key="+b.key) || strings.Contains(l, `key="`+b.key) {
 						return true, nil
 					}
@@ -145,11 +119,11 @@ func TestBadRecordsLive(t *testing.T) {
 				t.Errorf("%s routes %s into WireGuard: %s", n.Name, gw, rt)
 			}
 		}
-		if ls := logLines(n, "level=ERROR"); len(ls) > 0 {
+		if ls := n.LogLines("level=ERROR"); len(ls) > 0 {
 			t.Logf("%s error lines: %v", n.Name, ls)
 		}
 	}
-	for _, l := range logLines(n1, "skipping bad node record") {
+	for _, l := range n1.LogLines("skipping bad node record") {
 		if len(l) > 400 {
 			l = l[:400] + "..."
 		}

@@ -141,16 +141,35 @@ func countLog(t *testing.T, n *harness.Node, substr string) int {
 	return strings.Count(string(b), substr)
 }
 
-// logLines returns the lines of the node's wgcnid log containing substr.
-func logLines(n *harness.Node, substr string) []string {
-	b, _ := os.ReadFile(n.LogPath)
-	var out []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, substr) {
-			out = append(out, l)
-		}
+// refusedNode starts a new node whose wgcnid must refuse to run: it waits
+// until the daemon has exited with a log line containing substr, logs the
+// exit with what and that line, and returns the node.
+func refusedNode(t *testing.T, c *harness.Cluster, what, substr string, timeout time.Duration) *harness.Node {
+	t.Helper()
+	n, err := c.AddBareNode()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	if err := n.StartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	err = harness.WaitFor(timeout, fmt.Sprintf("wgcnid on %s to exit saying %q", n.Name, substr), func() (bool, error) {
+		if n.Daemon().Running() {
+			return false, nil
+		}
+		ls := n.LogLines(substr)
+		if len(ls) == 0 {
+			return false, fmt.Errorf("wgcnid exited without saying %q", substr)
+		}
+		line = ls[len(ls)-1]
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.DumpLogs(20))
+	}
+	t.Logf("%s: wgcnid on %s exited (%v): %s", what, n.Name, n.Daemon().Err(), line)
+	return n
 }
 
 // waitLogCount waits until the node's log has more than n lines with substr.
@@ -161,35 +180,6 @@ func waitLogCount(t *testing.T, n *harness.Node, substr string, more int, timeou
 	})
 	if err != nil {
 		t.Fatal(err)
-	}
-}
-
-func podCIDR(t *testing.T, n *harness.Node) string {
-	t.Helper()
-	nf, err := n.NodeFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nf.PodCIDR
-}
-
-// waitMesh waits until every node has exactly the others' PodCIDRs as peers.
-func waitMesh(t *testing.T, nodes []*harness.Node, timeout time.Duration) {
-	t.Helper()
-	cidrs := map[string]string{}
-	for _, n := range nodes {
-		cidrs[n.Name] = podCIDR(t, n)
-	}
-	for _, n := range nodes {
-		var want []string
-		for _, o := range nodes {
-			if o != n {
-				want = append(want, cidrs[o.Name])
-			}
-		}
-		if err := n.WaitPeerCIDRs(want, timeout); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 

@@ -36,7 +36,7 @@ func TestWatchCompaction(t *testing.T) {
 	// A TTL longer than the freeze keeps n1's own lease alive.
 	c := start(t, harness.Config{LeaseTTL: 30 * time.Second}, 2)
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
-	waitMesh(t, c.Nodes(), 20*time.Second)
+	harness.WaitMesh(t, c.Nodes(), 20*time.Second)
 	syncs0 := countLog(t, n1, "full sync done")
 	behind0 := countLog(t, n1, "watch fell behind etcd compaction")
 
@@ -49,17 +49,13 @@ func TestWatchCompaction(t *testing.T) {
 	if err := c.Etcd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	cli, err := c.Etcd.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := c.Etcd.MustClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	ep := c.Underlay.Gateway.Next().Next().Next() // an underlay address no node uses
 	// n1's own record is deleted behind its back: it must notice on the
 	// re-list and take it back.
-	own1, own2 := podCIDR(t, n1), podCIDR(t, n2)
+	own1, own2 := n1.MustPodCIDR(t), n2.MustPodCIDR(t)
 	if _, err := cli.Delete(ctx, record.SubnetKey(harness.Prefix, netip.MustParsePrefix(own1))); err != nil {
 		t.Fatal(err)
 	}
@@ -115,15 +111,15 @@ func TestWatchCompaction(t *testing.T) {
 		t.Fatalf("%v\n%s", err, c.DumpLogs(30))
 	}
 	converged := time.Since(resumed)
-	if got := podCIDR(t, n1); got != own1 {
+	if got := n1.MustPodCIDR(t); got != own1 {
 		t.Errorf("n1 renumbered %s -> %s", own1, got)
 	}
 	if l, err := c.LeaseOf(n1.Name); err != nil || l == nil || l.CIDR != own1 {
 		t.Errorf("n1's record not retaken: %+v %v", l, err)
 	}
-	lines0 := len(logLines(n1, "level="))
+	lines0 := len(n1.LogLines("level="))
 	time.Sleep(10 * time.Second)
-	quiet := len(logLines(n1, "level=")) - lines0
+	quiet := len(n1.LogLines("level=")) - lines0
 	syncs := countLog(t, n1, "full sync done") - syncs0
 	behind := countLog(t, n1, "watch fell behind etcd compaction") - behind0
 	t.Logf("n1 after resume: %d compaction notices, %d full re-lists, own record retaken, converged in %v, %d log lines in the next 10 s", behind, syncs, converged.Round(time.Millisecond), quiet)
@@ -134,7 +130,7 @@ func TestWatchCompaction(t *testing.T) {
 		t.Errorf("n1 re-listed %d times; want 1 (2 at most)", syncs)
 	}
 	if quiet > 5 {
-		t.Errorf("n1 wrote %d log lines in 10 s after converging (hot loop?):\n%v", quiet, logLines(n1, "level=")[lines0:])
+		t.Errorf("n1 wrote %d log lines in 10 s after converging (hot loop?):\n%v", quiet, n1.LogLines("level=")[lines0:])
 	}
 	result(t, "watch compacted past its revision (%d changes missed): %d re-list(s), converged in %v, %d log lines in the following 10 s",
 		writes, syncs, converged.Round(time.Millisecond), quiet)

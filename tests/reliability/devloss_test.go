@@ -1,7 +1,6 @@
 package reliability
 
 import (
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -26,23 +25,19 @@ func TestDeviceHostKilled(t *testing.T) {
 	c := start(t, harness.Config{LeaseTTL: 6 * time.Second}, 3)
 	nodes := c.Nodes()
 	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
-	waitMesh(t, nodes, 20*time.Second)
+	harness.WaitMesh(t, nodes, 20*time.Second)
 	p1, p2, p3 := n1.MustAddPod(t), n2.MustAddPod(t), n3.MustAddPod(t)
 	connect(t, p1.NS, p2.IP)
 	connect(t, p3.NS, p1.IP)
 
 	daemonPID := n1.Daemon().PID()
-	pidFile := filepath.Join(n1.RunDir, n1.Device+".pid")
-	hostPID := devicePID(t, pidFile)
+	hostPID := n1.MustDeviceHost(t)
 	before, err := n1.WGDevice()
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	cp, err := capture.Start(c.Underlay.Path(), "", &capture.Classifier{
-		PodNets: []netip.Prefix{netip.MustParsePrefix(c.Cfg.ClusterCIDR)},
-		WGPorts: []uint16{uint16(c.Cfg.ListenPort)},
-	}, capture.Options{})
+	cp, err := capture.Start(c.Underlay.Path(), "", c.Classifier(), capture.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +66,7 @@ func TestDeviceHostKilled(t *testing.T) {
 	if p := n1.Daemon().PID(); p != daemonPID {
 		t.Fatalf("wgcnid restarted (pid %d, was %d): the daemon itself must bring the device back", p, daemonPID)
 	}
-	if newPID := devicePID(t, pidFile); newPID == hostPID {
+	if newPID := n1.MustDeviceHost(t); newPID == hostPID {
 		t.Fatalf("device host pid still %d after the kill", hostPID)
 	}
 	after, err := n1.WGDevice()
@@ -89,7 +84,7 @@ func TestDeviceHostKilled(t *testing.T) {
 			t.Errorf("peer %s: no handshake since the kill (last %v)", p.PublicKey, p.LastHandshakeTime)
 		}
 	}
-	if err := n1.WaitPeerCIDRs([]string{podCIDR(t, n2), podCIDR(t, n3)}, time.Second); err != nil {
+	if err := n1.WaitPeerCIDRs([]string{n2.MustPodCIDR(t), n3.MustPodCIDR(t)}, time.Second); err != nil {
 		t.Fatalf("routes after re-creation: %v", err)
 	}
 	t.Logf("underlay capture: %s", rep)
@@ -109,29 +104,6 @@ func TestDeviceHostKilled(t *testing.T) {
 			t.Errorf("%s lost %d pings (%v of traffic) after the device host was killed", l.what, lost, time.Duration(lost)*interval)
 		}
 	}
-}
-
-// devicePID reads the pid file of the node's userspace device host and
-// checks that the process is one.
-func devicePID(t *testing.T, pidFile string) int {
-	t.Helper()
-	var pid int
-	err := harness.WaitFor(5*time.Second, "device host pid file "+pidFile, func() (bool, error) {
-		b, err := os.ReadFile(pidFile)
-		if err != nil {
-			return false, nil
-		}
-		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil {
-			return false, nil
-		}
-		cmd, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
-		return err == nil && strings.Contains(string(cmd), "userspace-device"), nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pid
 }
 
 // TestExternalDeviceHost runs two nodes the way a Kubernetes DaemonSet pod
@@ -196,7 +168,7 @@ func TestExternalDeviceHost(t *testing.T) {
 	if countLog(t, ext, "started userspace WireGuard device") != 0 {
 		t.Fatal("wgcnid --device-host=external started a device itself")
 	}
-	waitMesh(t, c.Nodes(), 20*time.Second)
+	harness.WaitMesh(t, c.Nodes(), 20*time.Second)
 	pp, pe, pc := peer.MustAddPod(t), ext.MustAddPod(t), ctl.MustAddPod(t)
 	connect(t, pp.NS, pe.IP)
 	connect(t, pp.NS, pc.IP)
@@ -245,7 +217,7 @@ func TestExternalDeviceHost(t *testing.T) {
 	waitLogCount(t, ext, "WireGuard device re-created", recreated, 15*time.Second)
 	back := time.Since(killed)
 	sideSent, sideRecv := toExt.Wait(t)
-	if err := ext.WaitPeerCIDRs([]string{podCIDR(t, peer), podCIDR(t, ctl)}, 5*time.Second); err != nil {
+	if err := ext.WaitPeerCIDRs([]string{peer.MustPodCIDR(t), ctl.MustPodCIDR(t)}, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	result(t, "wgcnid as PID 1 of its own PID namespace (a container), SIGKILLed and restarted 1 s later under 100/s ping: spawned device (default) lost %d/%d, device in a sidecar (--device-host=external) lost %d/%d; sidecar SIGKILLed and restarted 1 s later: device configured again %v after the kill, %d/%d lost",

@@ -56,7 +56,7 @@ func TestNoDuplicateIPs(t *testing.T) {
 		seen[r.ip] = r.node
 	}
 	for _, n := range c.Nodes() {
-		pfx := netip.MustParsePrefix(podCIDR(t, n))
+		pfx := netip.MustParsePrefix(n.MustPodCIDR(t))
 		for ip, node := range seen {
 			if node == n.Name && !pfx.Contains(ip) {
 				t.Errorf("%s got %s outside its PodCIDR %s", node, ip, pfx)
@@ -108,7 +108,7 @@ func TestNoDuplicateCIDRs(t *testing.T) {
 	}
 	byCIDR := map[string][]string{}
 	for _, n := range nodes {
-		cidr := podCIDR(t, n)
+		cidr := n.MustPodCIDR(t)
 		byCIDR[cidr] = append(byCIDR[cidr], n.Name)
 	}
 	dups := 0
@@ -133,11 +133,7 @@ func TestNoDuplicateCIDRs(t *testing.T) {
 	t.Logf("%d daemons started at once: all held a lease after %v, %d distinct CIDRs, %d duplicates", count, took.Round(time.Millisecond), len(byCIDR), dups)
 
 	// Fill the remaining 12 CIDRs with records of absent nodes.
-	cli, err := c.Etcd.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := c.Etcd.MustClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	ep := c.Underlay.Gateway.Next().Next().Next()
@@ -153,29 +149,7 @@ func TestNoDuplicateCIDRs(t *testing.T) {
 		}
 		filled++
 	}
-	extra, err := c.AddBareNode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := extra.StartDaemon(); err != nil {
-		t.Fatal(err)
-	}
-	var line string
-	err = harness.WaitFor(20*time.Second, "the extra node to exit", func() (bool, error) {
-		if extra.Daemon().Running() {
-			return false, nil
-		}
-		ls := logLines(extra, "cluster CIDR is full")
-		if len(ls) == 0 {
-			return false, fmt.Errorf("wgcnid exited without saying the cluster is full")
-		}
-		line = ls[len(ls)-1]
-		return true, nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("cluster full (%d records added by hand): extra node's wgcnid exited (%v): %s", filled, extra.Daemon().Err(), line)
+	refusedNode(t, c, fmt.Sprintf("cluster full (%d records added by hand)", filled), "cluster CIDR is full", 20*time.Second)
 	result(t, "%d daemons started at once on an empty etcd: %d duplicate CIDRs (all leased in %v); full cluster: next node exits with \"cluster CIDR is full: all 32 node CIDRs (/24) ... are leased\"",
 		count, dups, took.Round(100*time.Millisecond))
 }

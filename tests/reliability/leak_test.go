@@ -35,26 +35,11 @@ type plugin struct {
 
 func newPlugin(t *testing.T, c *harness.Cluster, n *harness.Node) *plugin {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(n.ConfDir, "10-wgcni.conflist"))
+	name, conf, err := n.PluginConf()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var list struct {
-		Name    string           `json:"name"`
-		Plugins []map[string]any `json:"plugins"`
-	}
-	if err := json.Unmarshal(data, &list); err != nil {
-		t.Fatal(err)
-	}
-	p := &plugin{t: t, node: n, bin: c.Bin("wgcni"), path: c.CNIPath(), netName: list.Name}
-	for _, pl := range list.Plugins {
-		if pl["type"] == "wgcni" {
-			p.conf = pl
-		}
-	}
-	if p.conf == nil {
-		t.Fatal("no wgcni plugin in the conflist")
-	}
+	p := &plugin{t: t, node: n, bin: c.Bin("wgcni"), path: c.CNIPath(), netName: name, conf: conf}
 	return p
 }
 

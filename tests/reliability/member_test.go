@@ -72,7 +72,7 @@ func TestEtcdMemberLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
-	waitMesh(t, c.Nodes(), 20*time.Second)
+	harness.WaitMesh(t, c.Nodes(), 20*time.Second)
 	cli, err := ec.Client()
 	if err != nil {
 		t.Fatal(err)
@@ -128,7 +128,7 @@ func TestEtcdMemberLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitMesh(t, c.Nodes(), 30*time.Second)
+	harness.WaitMesh(t, c.Nodes(), 30*time.Second)
 	after := etcdPorts(t, n1)
 	sent, recv := stream.Wait(t)
 	lost := sent - recv
@@ -141,7 +141,7 @@ func TestEtcdMemberLoss(t *testing.T) {
 			t.Errorf("%s: lease changed %x -> %x", n.Name, leasesBefore[n.Name], leasesAfter[n.Name])
 		}
 		for _, bad := range []string{"lease keepalive ended", "took it back", "peer removed"} {
-			if ls := logLines(n, bad); len(ls) > 0 {
+			if ls := n.LogLines(bad); len(ls) > 0 {
 				t.Errorf("%s: %q after member loss: %v", n.Name, bad, ls)
 			}
 		}

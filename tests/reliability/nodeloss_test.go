@@ -24,8 +24,8 @@ func TestNodeLoss(t *testing.T) {
 	c := start(t, harness.Config{ClusterCIDR: "10.244.0.0/22", LeaseTTL: ttl}, 4)
 	nodes := c.Nodes()
 	n1, n2, n3, n4 := nodes[0], nodes[1], nodes[2], nodes[3]
-	waitMesh(t, nodes, 30*time.Second)
-	cidr2, cidr4 := podCIDR(t, n2), podCIDR(t, n4)
+	harness.WaitMesh(t, nodes, 30*time.Second)
+	cidr2, cidr4 := n2.MustPodCIDR(t), n4.MustPodCIDR(t)
 
 	// Phase A: n2 crashes (daemon and userspace device process die) and
 	// is back after half a TTL.
@@ -40,8 +40,8 @@ func TestNodeLoss(t *testing.T) {
 	if err := n2.StartDaemon(); err != nil {
 		t.Fatal(err)
 	}
-	waitMesh(t, nodes, 30*time.Second)
-	back := podCIDR(t, n2)
+	harness.WaitMesh(t, nodes, 30*time.Second)
+	back := n2.MustPodCIDR(t)
 	if back != cidr2 {
 		t.Errorf("n2 came back inside the TTL with %s, had %s", back, cidr2)
 	}
@@ -61,25 +61,7 @@ func TestNodeLoss(t *testing.T) {
 	left := time.Duration(l4.TTL) * time.Second
 	n4.Shutdown()
 	lost := time.Now()
-	n5, err := c.AddBareNode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n5.StartDaemon(); err != nil {
-		t.Fatal(err)
-	}
-	var fullErr string
-	err = harness.WaitFor(15*time.Second, "n5 to give up on a full cluster", func() (bool, error) {
-		if l := logLines(n5, "cluster CIDR is full"); len(l) > 0 && !n5.Daemon().Running() {
-			fullErr = l[len(l)-1]
-			return true, nil
-		}
-		return false, nil
-	})
-	if err != nil {
-		t.Fatalf("%v\n%s", err, c.DumpLogs(20))
-	}
-	t.Logf("newcomer while the lost node's lease is alive: wgcnid exited (%v): %s", n5.Daemon().Err(), fullErr)
+	n5 := refusedNode(t, c, "newcomer while the lost node's lease is alive", "cluster CIDR is full", 15*time.Second)
 
 	// The lost node stays a peer (with its route) until its record expires.
 	_, dst4, _ := net.ParseCIDR(cidr4)
@@ -110,7 +92,7 @@ func TestNodeLoss(t *testing.T) {
 	if expired < left-time.Second {
 		t.Errorf("lost node's record gone after %v, before the %v its lease had left", expired, left)
 	}
-	waitMesh(t, []*harness.Node{n1, n2, n3}, 20*time.Second)
+	harness.WaitMesh(t, []*harness.Node{n1, n2, n3}, 20*time.Second)
 	removedAfter := time.Since(lost) - expired
 	for _, n := range []*harness.Node{n1, n2, n3} {
 		rt, err := n.RouteTo(probe)
@@ -130,10 +112,10 @@ func TestNodeLoss(t *testing.T) {
 	if _, err := n5.WaitReady(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if got := podCIDR(t, n5); got != cidr4 {
+	if got := n5.MustPodCIDR(t); got != cidr4 {
 		t.Errorf("newcomer got %s, want the lost node's %s", got, cidr4)
 	}
-	waitMesh(t, []*harness.Node{n1, n2, n3, n5}, 30*time.Second)
+	harness.WaitMesh(t, []*harness.Node{n1, n2, n3, n5}, 30*time.Second)
 	result(t, "node back within TTL keeps CIDR (%v), 0 peer removals; lost node removed after %v (TTL %v), peers+routes gone %v later on 3 nodes, 0 early removals, CIDR reused only after expiry, newcomer in full cluster exits with a clear error",
 		back == cidr2, expired.Round(100*time.Millisecond), ttl, removedAfter.Round(time.Millisecond))
 }

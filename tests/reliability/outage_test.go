@@ -17,13 +17,13 @@ func TestEtcdOutage(t *testing.T) {
 	ttl := 6 * time.Second
 	c := start(t, harness.Config{LeaseTTL: ttl}, 2)
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
-	waitMesh(t, c.Nodes(), 20*time.Second)
+	harness.WaitMesh(t, c.Nodes(), 20*time.Second)
 	p1 := n1.MustAddPod(t)
 	p2 := n2.MustAddPod(t)
 	doomed := n1.MustAddPod(t)
 	connect(t, p1.NS, p2.IP)
 	before := map[string]map[string]peerState{n1.Name: peers(t, n1), n2.Name: peers(t, n2)}
-	cidrs := map[string]string{n1.Name: podCIDR(t, n1), n2.Name: podCIDR(t, n2)}
+	cidrs := map[string]string{n1.Name: n1.MustPodCIDR(t), n2.Name: n2.MustPodCIDR(t)}
 	removedBase := countLog(t, n1, "peer removed") + countLog(t, n2, "peer removed")
 
 	// The stream covers the outage and 10 s of recovery.
@@ -77,7 +77,7 @@ func TestEtcdOutage(t *testing.T) {
 	if _, err := n3.WaitReady(60 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	waitMesh(t, c.Nodes(), 60*time.Second)
+	harness.WaitMesh(t, c.Nodes(), 60*time.Second)
 	joined := time.Since(up)
 	t.Logf("node %s (started during the outage) is a peer of every node %v after etcd returned", n3.Name, joined.Round(time.Millisecond))
 	if added != nil {
@@ -87,7 +87,7 @@ func TestEtcdOutage(t *testing.T) {
 	lost := sent - recv
 
 	for _, n := range []*harness.Node{n1, n2} {
-		if got := podCIDR(t, n); got != cidrs[n.Name] {
+		if got := n.MustPodCIDR(t); got != cidrs[n.Name] {
 			t.Errorf("%s: CIDR changed %s -> %s", n.Name, cidrs[n.Name], got)
 		}
 		l, err := c.LeaseOf(n.Name)
@@ -99,7 +99,7 @@ func TestEtcdOutage(t *testing.T) {
 	if removed != 0 {
 		t.Errorf("%d peers removed around the outage", removed)
 	}
-	retakes := len(logLines(n1, "took it back")) + len(logLines(n2, "took it back"))
+	retakes := len(n1.LogLines("took it back")) + len(n2.LogLines("took it back"))
 	t.Logf("ping stream across the outage: %d sent, %d received, %d lost; peers pruned %d; own records retaken %d", sent, recv, lost, pruned+removed, retakes)
 	if lost != 0 {
 		t.Errorf("%d packets lost during the etcd outage", lost)

@@ -15,7 +15,7 @@ import (
 func TestHitlessRestart(t *testing.T) {
 	c := start(t, harness.Config{LeaseTTL: 6 * time.Second}, 2)
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
-	waitMesh(t, c.Nodes(), 20*time.Second)
+	harness.WaitMesh(t, c.Nodes(), 20*time.Second)
 	p1 := n1.MustAddPod(t)
 	p2 := n2.MustAddPod(t)
 	connect(t, p1.NS, p2.IP)
@@ -29,7 +29,7 @@ func TestHitlessRestart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return snap{cidr: podCIDR(t, n), pub: dev.PublicKey.String(), peers: peers(t, n)}
+		return snap{cidr: n.MustPodCIDR(t), pub: dev.PublicKey.String(), peers: peers(t, n)}
 	}
 	// Both daemons initiate when they configure each other; the side that
 	// sent first was refused (its peer did not know it yet), and WireGuard

@@ -1,7 +1,6 @@
 package security
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"regexp"
@@ -11,27 +10,6 @@ import (
 
 	"github.com/wgcni/wgcni/tests/harness"
 )
-
-// hostVeth returns the pod's host-side veth from its CNI result.
-func hostVeth(t *testing.T, p *harness.Pod) string {
-	t.Helper()
-	var r struct {
-		Interfaces []struct {
-			Name    string `json:"name"`
-			Sandbox string `json:"sandbox"`
-		} `json:"interfaces"`
-	}
-	if err := json.Unmarshal([]byte(p.Result), &r); err != nil {
-		t.Fatal(err)
-	}
-	for i, ifc := range r.Interfaces {
-		if i > 0 && ifc.Sandbox == "" {
-			return ifc.Name
-		}
-	}
-	t.Fatalf("no host veth in result %s", p.Result)
-	return ""
-}
 
 var nftPackets = regexp.MustCompile(`counter packets (\d+)`)
 
@@ -76,8 +54,8 @@ func TestAntiSpoofing(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range []*harness.Pod{a, b, cc} {
-		if !regexp.MustCompile(regexp.QuoteMeta(hostVeth(t, p)) + `" \. [0-9a-f:]+ \. ` + regexp.QuoteMeta(p.IP.String())).MatchString(elems) {
-			t.Fatalf("no anti-spoofing element for %s (%s %s):\n%s", p.Name, hostVeth(t, p), p.IP, elems)
+		if !regexp.MustCompile(regexp.QuoteMeta(p.MustHostVeth(t)) + `" \. [0-9a-f:]+ \. ` + regexp.QuoteMeta(p.IP.String())).MatchString(elems) {
+			t.Fatalf("no anti-spoofing element for %s (%s %s):\n%s", p.Name, p.MustHostVeth(t), p.IP, elems)
 		}
 	}
 	before, _ := spoofDrops(t, n1)

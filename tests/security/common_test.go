@@ -8,12 +8,9 @@ package security
 import (
 	"context"
 	"net/netip"
-	"os"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/wgcni/wgcni/tests/capture"
 	"github.com/wgcni/wgcni/tests/harness"
 )
 
@@ -23,37 +20,11 @@ const (
 	wgPort      = 51820
 )
 
-func classifier() *capture.Classifier {
-	return &capture.Classifier{
-		PodNets: []netip.Prefix{netip.MustParsePrefix(clusterCIDR)},
-		WGPorts: []uint16{wgPort},
-	}
-}
-
 func cfg() harness.Config {
 	return harness.Config{ClusterCIDR: clusterCIDR, LeaseTTL: leaseTTL, ListenPort: wgPort}
 }
 
-// waitLog waits until the node's daemon log contains every substring.
-func waitLog(t *testing.T, n *harness.Node, timeout time.Duration, subs ...string) string {
-	t.Helper()
-	var log string
-	err := harness.WaitFor(timeout, "log of "+n.Name+" to say "+strings.Join(subs, " + "), func() (bool, error) {
-		b, _ := os.ReadFile(n.LogPath)
-		log = string(b)
-		for _, s := range subs {
-			if !strings.Contains(log, s) {
-				return false, nil
-			}
-		}
-		return true, nil
-	})
-	if err != nil {
-		t.Fatalf("%v\nlog:\n%s", err, tail(log, 3000))
-	}
-	return log
-}
-
+// tail is the last n bytes of s.
 func tail(s string, n int) string {
 	if len(s) > n {
 		return "…" + s[len(s)-n:]

@@ -60,7 +60,7 @@ func TestEtcdTLSAndAuth(t *testing.T) {
 			if err := n.StartDaemon(); err != nil {
 				t.Fatal(err)
 			}
-			log := waitLog(t, n, 30*time.Second, r.want)
+			log := n.WaitLog(t, 30*time.Second, r.want)
 			line := ""
 			for _, l := range strings.Split(log, "\n") {
 				if strings.Contains(l, r.want) {

@@ -2,7 +2,6 @@ package security
 
 import (
 	"bytes"
-	"context"
 	"encoding/hex"
 	"fmt"
 	"io/fs"
@@ -14,24 +13,10 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/tests/harness"
 )
-
-func privateKeyOf(t *testing.T, n *harness.Node) wgtypes.Key {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(n.StateDir, "privatekey"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := wgtypes.ParseKey(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatalf("%s: private key file: %v", n.Name, err)
-	}
-	return k
-}
 
 // TestKeysNeverLeakAndRotation runs a full cluster, rotates one node's key
 // under two 100/s ping streams (towards and away from the rotating node),
@@ -66,7 +51,7 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 	}
 	var secrets []wgtypes.Key
 	for _, n := range nodes {
-		secrets = append(secrets, privateKeyOf(t, n))
+		secrets = append(secrets, n.MustPrivateKey(t))
 	}
 	var outputs []string // everything our commands printed
 	for _, p := range []*harness.Pod{p1, p2, p3} {
@@ -79,7 +64,7 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 	// rotateOnce rotates n2's key under the two ping streams and returns
 	// the loss in each direction.
 	rotateOnce := func(t *testing.T) (lossIn, lossOut int, oldPub, newPub wgtypes.Key, newPriv wgtypes.Key) {
-		oldPriv := privateKeyOf(t, n2)
+		oldPriv := n2.MustPrivateKey(t)
 		oldPub = oldPriv.PublicKey()
 		// ping -i 0.01 manages only ~60/s on a loaded 2-core machine; -i
 		// 0.006 gives at least the 100/s the figure is quoted for (the
@@ -114,7 +99,7 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 				t.Fatal(errs[i])
 			}
 		}
-		newPriv = privateKeyOf(t, n2)
+		newPriv = n2.MustPrivateKey(t)
 		secrets = append(secrets, newPriv)
 		newPub = newPriv.PublicKey()
 		if newPub == oldPub {
@@ -181,7 +166,7 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 		if _, err := n2.WaitReady(20 * time.Second); err != nil {
 			t.Fatal(err)
 		}
-		if k := privateKeyOf(t, n2); k != newPriv {
+		if k := n2.MustPrivateKey(t); k != newPriv {
 			t.Fatal("restart changed the key again")
 		}
 		harness.Connect(t, p1.NS, p2.IP, "p1 -> p2 after rotation and restart", 3)
@@ -275,7 +260,7 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 				}
 			}
 		}
-		dump := etcdDump(t, c)
+		dump := c.Etcd.MustDump(t)
 		outputs = append(outputs, dump)
 
 		type hit struct{ where, form string }
@@ -333,25 +318,4 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 			t.Fatal("the search cannot find a planted key")
 		}
 	})
-}
-
-// etcdDump returns every key and value in etcd, one per line.
-func etcdDump(t *testing.T, c *harness.Cluster) string {
-	t.Helper()
-	cli, err := c.Etcd.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := cli.Get(ctx, "\x00", clientv3.WithFromKey())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b strings.Builder
-	for _, kv := range resp.Kvs {
-		fmt.Fprintf(&b, "%s=%s\n", kv.Key, kv.Value)
-	}
-	return b.String()
 }

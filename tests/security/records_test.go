@@ -30,16 +30,12 @@ func TestRecordsCannotBeHijacked(t *testing.T) {
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
 	p1, p2 := n1.MustAddPod(t), n2.MustAddPod(t)
 	harness.Connect(t, p1.NS, p2.IP, "p1 -> p2", 3)
-	cli, err := c.Etcd.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := c.Etcd.MustClient(t)
 	cluster, err := record.NewCluster(clusterCIDR, 24)
 	if err != nil {
 		t.Fatal(err)
 	}
-	victim := netip.MustParsePrefix(podCIDROf(t, n2))
+	victim := netip.MustParsePrefix(n2.MustPodCIDR(t))
 	victimKey := record.SubnetKey("/wgcni", victim)
 	before, err := cli.Get(ctxT(t), victimKey)
 	if err != nil || len(before.Kvs) != 1 {
@@ -126,7 +122,7 @@ func TestRecordsCannotBeHijacked(t *testing.T) {
 			if _, err := cli.Put(ctxT(t), tc.key, tc.val); err != nil {
 				t.Fatal(err)
 			}
-			line := waitLog(t, n1, 15*time.Second, "skipping bad node record\" node=n1 part=mesh key="+tc.key, tc.why)
+			line := n1.WaitLog(t, 15*time.Second, "skipping bad node record\" node=n1 part=mesh key="+tc.key, tc.why)
 			t.Logf("%s: %s", tc.name, firstLine(line[strings.LastIndex(line, "key="+tc.key)-120:], tc.why))
 			samePeers(tc.name)
 			if _, err := cli.Delete(ctxT(t), tc.key); err != nil {
@@ -144,11 +140,11 @@ func TestRecordsCannotBeHijacked(t *testing.T) {
 		if _, err := cli.Put(ctxT(t), victimKey, val, clientv3.WithIgnoreLease()); err != nil {
 			t.Fatal(err)
 		}
-		waitLog(t, n1, 15*time.Second, "key="+victimKey, `overwritten in place with node \"mallory\"`)
+		n1.WaitLog(t, 15*time.Second, "key="+victimKey, `overwritten in place with node \"mallory\"`)
 		samePeers("in-place overwrite")
 		harness.Connect(t, p1.NS, p2.IP, "p1 -> p2 while the record is hijacked", 3)
 		// n2 notices too (its record no longer carries its name).
-		waitLog(t, n2, 15*time.Second, `claims this node's PodCIDR`)
+		n2.WaitLog(t, 15*time.Second, `claims this node's PodCIDR`)
 		// Restore n2's record so the cluster's teardown is clean.
 		if _, err := cli.Put(ctxT(t), victimKey, string(before.Kvs[0].Value), clientv3.WithIgnoreLease()); err != nil {
 			t.Fatal(err)

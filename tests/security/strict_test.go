@@ -38,7 +38,7 @@ func addDefaultRoute(t *testing.T, c *harness.Cluster, n *harness.Node) {
 
 func startCapture(t *testing.T, c *harness.Cluster) *capture.Capture {
 	t.Helper()
-	cp, err := capture.Start(c.Underlay.Path(), "", classifier(), capture.Options{})
+	cp, err := capture.Start(c.Underlay.Path(), "", c.Classifier(), capture.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,11 +87,7 @@ func TestStrictMode(t *testing.T) {
 	addDefaultRoute(t, c, n1)
 	addDefaultRoute(t, c, n2)
 	harness.Connect(t, p1.NS, p2.IP, "p1 -> p2", 3)
-	cli, err := c.Etcd.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := c.Etcd.MustClient(t)
 
 	// A CIDR of the cluster no node holds.
 	free := freeCIDR(t, c).Addr().Next().Next().Next().Next().Next() // .5
@@ -125,12 +121,12 @@ func TestStrictMode(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer cli.Revoke(context.Background(), g.ID)
-		if err := n1.WaitPeerCIDRs([]string{podCIDROf(t, n2), ghostCIDR.String()}, 10*time.Second); err != nil {
+		if err := n1.WaitPeerCIDRs([]string{n2.MustPodCIDR(t), ghostCIDR.String()}, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		cp := startCapture(t, c)
 		wait := pingFor(p1.NS, free, 25*time.Second)
-		log := waitLog(t, n1, 40*time.Second, "no WireGuard handshake with peer", "cidr="+ghostCIDR.String())
+		log := n1.WaitLog(t, 40*time.Second, "no WireGuard handshake with peer", "cidr="+ghostCIDR.String())
 		r := wait()
 		rep := requireNoPlain(t, "bogus new node", cp)
 		if r.Received != 0 {
@@ -146,7 +142,7 @@ func TestStrictMode(t *testing.T) {
 		// Rewrite n2's record (same lease) with a key nobody holds.
 		ctx, cancel := etcdCtx()
 		defer cancel()
-		key := fmt.Sprintf("/wgcni/subnets/%s", strings.Replace(podCIDROf(t, n2), "/", "-", 1))
+		key := fmt.Sprintf("/wgcni/subnets/%s", strings.Replace(n2.MustPodCIDR(t), "/", "-", 1))
 		resp, err := cli.Get(ctx, key)
 		if err != nil || len(resp.Kvs) != 1 {
 			t.Fatalf("n2 record: %v", err)
@@ -159,8 +155,8 @@ func TestStrictMode(t *testing.T) {
 		}
 		cp := startCapture(t, c)
 		wait := pingFor(p1.NS, p2.IP, 25*time.Second)
-		msg, who := "no WireGuard handshake with peer", "cidr="+podCIDROf(t, n2)+" node=n2"
-		log := waitLog(t, n1, 40*time.Second, msg, `node is down" node=n1 part=mesh `+who)
+		msg, who := "no WireGuard handshake with peer", "cidr="+n2.MustPodCIDR(t)+" node=n2"
+		log := n1.WaitLog(t, 40*time.Second, msg, `node is down" node=n1 part=mesh `+who)
 		r := wait()
 		requireNoPlain(t, "wrong key", cp)
 		if r.Received != 0 {
@@ -173,7 +169,7 @@ func TestStrictMode(t *testing.T) {
 			t.Fatalf("rotate-key: %v %s", err, out)
 		}
 		harness.Connect(t, p1.NS, p2.IP, "p1 -> p2 after n2 republished its key", 3)
-		waitLog(t, n1, 20*time.Second, "WireGuard handshake problem cleared")
+		n1.WaitLog(t, 20*time.Second, "WireGuard handshake problem cleared")
 	})
 
 	t.Run("daemon restarts", func(t *testing.T) {
@@ -228,7 +224,7 @@ func TestStrictMode(t *testing.T) {
 		if err := n1.StartDaemon(); err != nil {
 			t.Fatal(err)
 		}
-		waitLog(t, n1, 10*time.Second, "strict mode: unreachable route")
+		n1.WaitLog(t, 10*time.Second, "strict mode: unreachable route")
 		// The route is in place before that line is written, but frames
 		// sent before it may still sit in the capture socket (its reader
 		// stamps and counts them when it gets to them, tens of ms late on
@@ -258,15 +254,6 @@ func TestStrictMode(t *testing.T) {
 		}
 		harness.Connect(t, p1.NS, p2.IP, "p1 -> p2 after start-up", 3)
 	})
-}
-
-func podCIDROf(t *testing.T, n *harness.Node) string {
-	t.Helper()
-	nf, err := n.NodeFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nf.PodCIDR
 }
 
 func n2PublicKey(t *testing.T, c *harness.Cluster, n *harness.Node) string {
