@@ -3,7 +3,6 @@ package samenode
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,35 +17,12 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/daemon/keys"
-	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/wgdev"
 )
-
-// ClusterSetting reads sameNodeEncryption from the cluster config record
-// (absent: false). An operator turns it on for the whole cluster by
-// adding "sameNodeEncryption":true to <prefix>/config.
-func ClusterSetting(ctx context.Context, kv clientv3.KV, prefix string) (bool, error) {
-	key := record.ConfigKey(prefix)
-	resp, err := kv.Get(ctx, key)
-	if err != nil {
-		return false, fmt.Errorf("read %s: %w", key, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return false, nil
-	}
-	var c struct {
-		SameNodeEncryption bool `json:"sameNodeEncryption"`
-	}
-	if err := json.Unmarshal(resp.Kvs[0].Value, &c); err != nil {
-		return false, fmt.Errorf("etcd key %s: field sameNodeEncryption: %w", key, err)
-	}
-	return c.SameNodeEncryption, nil
-}
 
 // Options configure the daemon's side of same-node encryption.
 type Options struct {
