@@ -7,7 +7,10 @@
 //
 // Run as root from the repository root:
 //
-//	go run ./tests/bench/cni [-n 100] [-rounds 2] [-conc 20] [-cnitool PATH]
+//	go run ./tests/bench/cni [-n 100] [-rounds 2] [-conc 20] [-cnitool PATH] [-portmap]
+//
+// -portmap chains portmap on every side, like for like with the shipped
+// conflist (conf/examples/10-wgcni.conflist).
 //
 // Each side gets its own "node" network namespace (wgp-bench-*); pods are
 // namespaces too, each with one interface per side (eth0 wgcni, eth1
@@ -57,9 +60,10 @@ func main() {
 	conc := flag.Int("conc", 20, "parallel cnitool invocations in the concurrent phase")
 	cnitool := flag.String("cnitool", "", "cnitool binary (default: go install github.com/containernetworking/cni/cnitool@v1.3.1 into a temp dir)")
 	masq := flag.Bool("ipmasq", true, "ipMasq for wgcni (the product default)")
-	refDir := flag.String("ref-plugins", "/usr/lib/cni", "directory with the reference bridge and host-local plugins")
+	refDir := flag.String("ref-plugins", "/usr/lib/cni", "directory with the reference bridge, host-local and portmap plugins")
+	portmap := flag.Bool("portmap", false, "chain Debian's portmap after the main plugin on every side, as the shipped conflist does")
 	flag.Parse()
-	if err := run(*n, *rounds, *conc, *cnitool, *refDir, *masq); err != nil {
+	if err := run(*n, *rounds, *conc, *cnitool, *refDir, *masq, *portmap); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -82,11 +86,11 @@ func (c *cleanup) run() {
 	}
 }
 
-func run(n, rounds, conc int, cnitool, refDir string, masq bool) error {
+func run(n, rounds, conc int, cnitool, refDir string, masq, portmap bool) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces)")
 	}
-	for _, p := range []string{"bridge", "host-local"} {
+	for _, p := range []string{"bridge", "host-local", "portmap"} {
 		if _, err := os.Stat(filepath.Join(refDir, p)); err != nil {
 			return fmt.Errorf("reference plugin %s: %w (apt-get install containernetworking-plugins)", p, err)
 		}
@@ -141,6 +145,15 @@ func run(n, rounds, conc int, cnitool, refDir string, masq bool) error {
 			return s, err
 		}
 		conflist["name"] = netName
+		if portmap {
+			// Without port mappings in the runtime config portmap's ADD
+			// passes the result through; its DEL still tears down.
+			// Debian's portmap implements CNI up to 1.0.0, the shipped
+			// conflist's cniVersion.
+			conflist["cniVersion"] = "1.0.0"
+			conflist["plugins"] = append(conflist["plugins"].([]any),
+				map[string]any{"type": "portmap", "capabilities": map[string]any{"portMappings": true}, "snat": true})
+		}
 		return s, writeConflist(s.netDir, conflist)
 	}
 
@@ -151,7 +164,11 @@ func run(n, rounds, conc int, cnitool, refDir string, masq bool) error {
 	if err := nodefile.Write(runDir, node); err != nil {
 		return err
 	}
-	wg, err := newSide("wgcni", "eth0", "wg", bin, map[string]any{
+	wgPath := bin
+	if portmap {
+		wgPath += string(os.PathListSeparator) + refDir
+	}
+	wg, err := newSide("wgcni", "eth0", "wg", wgPath, map[string]any{
 		"cniVersion": "1.1.0",
 		"plugins":    []any{map[string]any{"type": "wgcni", "runDir": runDir, "ipMasq": masq, "ipam": map[string]any{"type": "wgcni-ipam"}}},
 	})
