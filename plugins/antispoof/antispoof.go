@@ -246,7 +246,8 @@ func rules(s, s6 *nftables.Set) [][]expr.Any {
 // nf_tables' commit mutex. DEL therefore revokes through a Conn before it
 // deletes the veth, whose unregistration waits for grace periods of its
 // own, and closes the Conn last: the two waits overlap instead of adding
-// up, and concurrent calls do not queue on the commit mutex behind it.
+// up (measured: the close went from 10-15 ms to < 0.1 ms; see
+// docs/performance.md §4).
 type Conn struct {
 	c *nftables.Conn
 }
