@@ -12,6 +12,8 @@
 // -portmap chains portmap on every side, like for like with the shipped
 // conflist (conf/examples/10-wgcni.conflist).
 //
+// -trace N prints where one DEL's time goes instead (trace.go).
+//
 // Each side gets its own "node" network namespace (wgp-bench-*); pods are
 // namespaces too, each with one interface per side (eth0 wgcni, eth1
 // reference, eth2 reference with ipMasq). cnitool runs inside the node
@@ -47,6 +49,9 @@ type side struct {
 	nodeNS  string
 	// conflist is what the side runs with, printed at the start.
 	conflist map[string]any
+	// plugin, if set, is the main plugin's binary for -trace (default:
+	// its type in cniPath).
+	plugin string
 }
 
 type sample struct {
@@ -54,16 +59,28 @@ type sample struct {
 	d              time.Duration
 }
 
+// options are the command line.
+type options struct {
+	n, rounds, conc  int
+	cnitool, refDir  string
+	masq, portmap    bool
+	trace            int    // > 0: trace that many DELs per side instead of benchmarking
+	traceWgcniBefore string // another wgcni binary to trace beside the one built here
+}
+
 func main() {
-	n := flag.Int("n", 100, "pods per phase")
-	rounds := flag.Int("rounds", 2, "rounds; the order of the two sides alternates per round")
-	conc := flag.Int("conc", 20, "parallel cnitool invocations in the concurrent phase")
-	cnitool := flag.String("cnitool", "", "cnitool binary (default: go install github.com/containernetworking/cni/cnitool@v1.3.1 into a temp dir)")
-	masq := flag.Bool("ipmasq", true, "ipMasq for wgcni (the product default)")
-	refDir := flag.String("ref-plugins", "/usr/lib/cni", "directory with the reference bridge, host-local and portmap plugins")
-	portmap := flag.Bool("portmap", false, "chain Debian's portmap after the main plugin on every side, as the shipped conflist does")
+	var o options
+	flag.IntVar(&o.n, "n", 100, "pods per phase")
+	flag.IntVar(&o.rounds, "rounds", 2, "rounds; the order of the sides rotates per round")
+	flag.IntVar(&o.conc, "conc", 20, "parallel cnitool invocations in the concurrent phase")
+	flag.StringVar(&o.cnitool, "cnitool", "", "cnitool binary (default: go install github.com/containernetworking/cni/cnitool@v1.3.1 into a temp dir)")
+	flag.BoolVar(&o.masq, "ipmasq", true, "ipMasq for wgcni (the product default)")
+	flag.StringVar(&o.refDir, "ref-plugins", "/usr/lib/cni", "directory with the reference bridge, host-local and portmap plugins")
+	flag.BoolVar(&o.portmap, "portmap", false, "chain Debian's portmap after the main plugin on every side, as the shipped conflist does")
+	flag.IntVar(&o.trace, "trace", 0, "instead of benchmarking, run this many DELs of each side's main plugin under strace and print where the time goes, step by step (median ms)")
+	flag.StringVar(&o.traceWgcniBefore, "trace-wgcni", "", "with -trace: also trace this wgcni binary (e.g. one built from an older commit), interleaved")
 	flag.Parse()
-	if err := run(*n, *rounds, *conc, *cnitool, *refDir, *masq, *portmap); err != nil {
+	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -86,7 +103,8 @@ func (c *cleanup) run() {
 	}
 }
 
-func run(n, rounds, conc int, cnitool, refDir string, masq, portmap bool) error {
+func run(o options) error {
+	n, rounds, conc, cnitool, refDir, masq, portmap := o.n, o.rounds, o.conc, o.cnitool, o.refDir, o.masq, o.portmap
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces)")
 	}
@@ -219,6 +237,16 @@ func run(n, rounds, conc int, cnitool, refDir string, masq, portmap bool) error 
 		if _, err := cnitoolRun(cnitool, s, "del", pods[0]); err != nil {
 			return err
 		}
+	}
+
+	if o.trace > 0 {
+		traced := []side{wg}
+		if o.traceWgcniBefore != "" {
+			before := wg
+			before.label, before.plugin = "wgcni-before", o.traceWgcniBefore
+			traced = append(traced, before)
+		}
+		return traceDEL(o.trace, append(traced, ref), pods)
 	}
 
 	// The machine is shared, so background load drifts. The sides are
