@@ -14,9 +14,9 @@ BIN="$PWD/bin"
 # CNI backend, runc, a static busybox for offline images, containerd's CRI).
 pkgs=(etcd-server etcd-client iproute2 wireguard-tools tcpdump iperf3 iputils-ping nftables iptables systemd
 	containernetworking-plugins podman runc conmon busybox-static containerd)
-# make bench also compares against Debian's wireguard-go and reads TUN
-# offload features with ethtool.
-[[ -n ${WGCNI_BENCH:-} ]] && pkgs+=(wireguard-go ethtool)
+# make bench also compares against Debian's wireguard-go, reads TUN
+# offload features with ethtool, and tests/bench/cni -trace uses strace.
+[[ -n ${WGCNI_BENCH:-} ]] && pkgs+=(wireguard-go ethtool strace)
 missing=()
 for p in "${pkgs[@]}"; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

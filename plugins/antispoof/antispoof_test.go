@@ -91,6 +91,23 @@ func TestAllowRevokeGC(t *testing.T) {
 		if got, _ = Allowed(); len(got) != 15 {
 			t.Fatalf("after revoking the dual-stack pod: %v", got)
 		}
+		// DEL's path: one connection, several requests, closed last; a
+		// port without elements is no error.
+		c2, err := Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, port := range []string{"wgv000000000001", "wgv000000000002", "wgv0000000000zz"} {
+			if err := c2.Revoke(port); err != nil {
+				t.Fatalf("Conn.Revoke %s: %v", port, err)
+			}
+		}
+		if err := c2.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ = Allowed(); len(got) != 13 || containsLine(got, "wgv000000000002 02:00:00:00:00:02 10.244.1.4") {
+			t.Fatalf("after Conn.Revoke of two ports: %v", got)
+		}
 		if err := Allow("wgv00000000000y", net.HardwareAddr{2, 0, 0, 0, 0, 1}, nil); err == nil || !strings.Contains(err.Error(), "no IP address") {
 			t.Fatalf("no address: %v", err)
 		}

@@ -233,12 +233,31 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 
 // Del implements CNI DEL. It succeeds when the netns, the veth or the IP
 // allocation are already gone, and always asks IPAM to release.
+//
+// The order is for speed as much as for safety: the pod's anti-spoofing
+// entries go first (its frames are dropped from then on) on a connection
+// that stays open until the end, so that the RCU grace period the kernel
+// waits for when that connection closes has passed during the veth's
+// unregistration (see antispoof.Conn) instead of being added to it.
 func (p *Plugin) Del(args *skel.CmdArgs) error {
 	conf, ipm, err := p.parse(args)
 	if err != nil {
 		return err
 	}
+	port := veth.HostName(attachment(conf, args))
 	var errs []error
+	if as, err := antispoof.Open(); err != nil {
+		errs = append(errs, fmt.Errorf("wgcni: %w", err))
+	} else {
+		defer func() {
+			if cerr := as.Close(); cerr != nil {
+				p.Log.Error("DEL: anti-spoofing connection", "err", cerr)
+			}
+		}()
+		if err := as.Revoke(port); err != nil {
+			errs = append(errs, fmt.Errorf("wgcni: %w", err))
+		}
+	}
 	deleted := false
 	if args.Netns != "" {
 		err := ns.WithNetNSPath(args.Netns, func(ns.NetNS) error {
@@ -255,15 +274,12 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	// the host end, found by its deterministic name, takes the pair down.
 	// Skipped when the pod end was just deleted, which took the pair.
 	if !deleted {
-		if err := veth.DeleteHost(veth.HostName(attachment(conf, args))); err != nil {
+		if err := veth.DeleteHost(port); err != nil {
 			errs = append(errs, fmt.Errorf("wgcni: %w", err))
 		}
 	}
 	if err := p.detachSameNode(conf, args); err != nil {
 		errs = append(errs, err)
-	}
-	if err := antispoof.Revoke(veth.HostName(attachment(conf, args))); err != nil {
-		errs = append(errs, fmt.Errorf("wgcni: %w", err))
 	}
 	if err := ipm.Del(); err != nil {
 		var cniErr *types.Error

@@ -1,16 +1,24 @@
 // Command cni benchmarks CNI ADD and DEL latency through cnitool, for
 // wgcni + wgcni-ipam and for Debian's reference bridge + host-local, in
-// the same run on the same machine, and prints p50/p99 for both and the
-// ratio wgcni/reference (target <= 1.0).
+// the same run on the same machine, and prints p50/p99 for each and the
+// ratio wgcni/reference (target <= 1.0). The reference runs twice: as
+// configured for the comparison (ipMasq off) and as a user's usual bridge
+// conflist (ipMasq on); each side's configuration is printed.
 //
 // Run as root from the repository root:
 //
-//	go run ./tests/bench/cni [-n 100] [-rounds 2] [-conc 20] [-cnitool PATH]
+//	go run ./tests/bench/cni [-n 100] [-rounds 2] [-conc 20] [-cnitool PATH] [-portmap]
+//
+// -portmap chains portmap on every side, like for like with the shipped
+// conflist (conf/examples/10-wgcni.conflist).
+//
+// -trace N prints where one DEL's time goes instead (trace.go).
 //
 // Each side gets its own "node" network namespace (wgp-bench-*); pods are
 // namespaces too, each with one interface per side (eth0 wgcni, eth1
-// reference). cnitool runs inside the node namespace via nsenter for
-// both sides alike. Everything created is removed on exit.
+// reference, eth2 reference with ipMasq). cnitool runs inside the node
+// namespace via nsenter for every side alike. Everything created is
+// removed on exit.
 package main
 
 import (
@@ -39,6 +47,11 @@ type side struct {
 	cniPath string
 	netDir  string
 	nodeNS  string
+	// conflist is what the side runs with, printed at the start.
+	conflist map[string]any
+	// plugin, if set, is the main plugin's binary for -trace (default:
+	// its type in cniPath).
+	plugin string
 }
 
 type sample struct {
@@ -46,15 +59,28 @@ type sample struct {
 	d              time.Duration
 }
 
+// options are the command line.
+type options struct {
+	n, rounds, conc  int
+	cnitool, refDir  string
+	masq, portmap    bool
+	trace            int    // > 0: trace that many DELs per side instead of benchmarking
+	traceWgcniBefore string // another wgcni binary to trace beside the one built here
+}
+
 func main() {
-	n := flag.Int("n", 100, "pods per phase")
-	rounds := flag.Int("rounds", 2, "rounds; the order of the two sides alternates per round")
-	conc := flag.Int("conc", 20, "parallel cnitool invocations in the concurrent phase")
-	cnitool := flag.String("cnitool", "", "cnitool binary (default: go install github.com/containernetworking/cni/cnitool@v1.3.1 into a temp dir)")
-	masq := flag.Bool("ipmasq", true, "ipMasq for wgcni (the product default)")
-	refDir := flag.String("ref-plugins", "/usr/lib/cni", "directory with the reference bridge and host-local plugins")
+	var o options
+	flag.IntVar(&o.n, "n", 100, "pods per phase")
+	flag.IntVar(&o.rounds, "rounds", 2, "rounds; the order of the sides rotates per round")
+	flag.IntVar(&o.conc, "conc", 20, "parallel cnitool invocations in the concurrent phase")
+	flag.StringVar(&o.cnitool, "cnitool", "", "cnitool binary (default: go install github.com/containernetworking/cni/cnitool@v1.3.1 into a temp dir)")
+	flag.BoolVar(&o.masq, "ipmasq", true, "ipMasq for wgcni (the product default)")
+	flag.StringVar(&o.refDir, "ref-plugins", "/usr/lib/cni", "directory with the reference bridge, host-local and portmap plugins")
+	flag.BoolVar(&o.portmap, "portmap", false, "chain Debian's portmap after the main plugin on every side, as the shipped conflist does")
+	flag.IntVar(&o.trace, "trace", 0, "instead of benchmarking, run this many DELs of each side's main plugin under strace and print where the time goes, step by step (median ms)")
+	flag.StringVar(&o.traceWgcniBefore, "trace-wgcni", "", "with -trace: also trace this wgcni binary (e.g. one built from an older commit), interleaved")
 	flag.Parse()
-	if err := run(*n, *rounds, *conc, *cnitool, *refDir, *masq); err != nil {
+	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -77,11 +103,12 @@ func (c *cleanup) run() {
 	}
 }
 
-func run(n, rounds, conc int, cnitool, refDir string, masq bool) error {
+func run(o options) error {
+	n, rounds, conc, cnitool, refDir, masq, portmap := o.n, o.rounds, o.conc, o.cnitool, o.refDir, o.masq, o.portmap
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces)")
 	}
-	for _, p := range []string{"bridge", "host-local"} {
+	for _, p := range []string{"bridge", "host-local", "portmap"} {
 		if _, err := os.Stat(filepath.Join(refDir, p)); err != nil {
 			return fmt.Errorf("reference plugin %s: %w (apt-get install containernetworking-plugins)", p, err)
 		}
@@ -127,37 +154,67 @@ func run(n, rounds, conc int, cnitool, refDir string, masq bool) error {
 	}
 	id := fmt.Sprintf("%d", os.Getpid())
 
-	// wgcni side: a node file as wgcnid would write it.
-	wg := side{label: "wgcni", ifName: "eth0", net: "wgcni-bench", cniPath: bin, netDir: filepath.Join(tmp, "net-wgcni")}
-	if wg.nodeNS, err = newNS("wgp-bench-wg-" + id); err != nil {
-		return err
+	// Every side: its own node namespace, network directory and pod
+	// interface name.
+	newSide := func(label, ifName, netName, cniPath string, conflist map[string]any) (side, error) {
+		s := side{label: label, ifName: ifName, net: netName, cniPath: cniPath, netDir: filepath.Join(tmp, "net-"+netName), conflist: conflist}
+		var err error
+		if s.nodeNS, err = newNS("wgp-bench-" + netName + "-" + id); err != nil {
+			return s, err
+		}
+		conflist["name"] = netName
+		if portmap {
+			// Without port mappings in the runtime config portmap's ADD
+			// passes the result through; its DEL still tears down.
+			// Debian's portmap implements CNI up to 1.0.0, the shipped
+			// conflist's cniVersion.
+			conflist["cniVersion"] = "1.0.0"
+			conflist["plugins"] = append(conflist["plugins"].([]any),
+				map[string]any{"type": "portmap", "capabilities": map[string]any{"portMappings": true}, "snat": true})
+		}
+		return s, writeConflist(s.netDir, conflist)
 	}
+
+	// wgcni side: a node file as wgcnid would write it.
 	runDir := filepath.Join(tmp, "run")
 	node := &nodefile.Node{Name: "bench", PodCIDR: "10.244.3.0/24", Gateway: "10.244.3.1", ClusterCIDR: "10.244.0.0/16",
 		MTU: 1420, Bridge: "wgcni0", Device: "wgp-bench-wg", IPAMDir: filepath.Join(tmp, "ipam-wgcni")}
 	if err := nodefile.Write(runDir, node); err != nil {
 		return err
 	}
-	if err := writeConflist(wg.netDir, map[string]any{
-		"cniVersion": "1.1.0", "name": wg.net,
-		"plugins": []any{map[string]any{"type": "wgcni", "runDir": runDir, "ipMasq": masq, "ipam": map[string]any{"type": "wgcni-ipam"}}},
-	}); err != nil {
+	wgPath := bin
+	if portmap {
+		wgPath += string(os.PathListSeparator) + refDir
+	}
+	wg, err := newSide("wgcni", "eth0", "wg", wgPath, map[string]any{
+		"cniVersion": "1.1.0",
+		"plugins":    []any{map[string]any{"type": "wgcni", "runDir": runDir, "ipMasq": masq, "ipam": map[string]any{"type": "wgcni-ipam"}}},
+	})
+	if err != nil {
 		return err
 	}
 
-	// Reference side: the bridge a flannel-style setup uses.
-	ref := side{label: "reference", ifName: "eth1", net: "ref-bench", cniPath: refDir, netDir: filepath.Join(tmp, "net-ref")}
-	if ref.nodeNS, err = newNS("wgp-bench-ref-" + id); err != nil {
+	// Reference sides: the bridge a flannel-style setup uses, at the
+	// newest CNI version Debian's plugins implement; once without ipMasq
+	// (the comparison the target is about) and once with it, as a user's
+	// usual bridge conflist has it (iptables masquerade per pod).
+	refConf := func(ipMasq bool, dataDir string) map[string]any {
+		return map[string]any{
+			"cniVersion": "1.0.0",
+			"plugins": []any{map[string]any{"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": ipMasq, "mtu": 1420,
+				"ipam": map[string]any{"type": "host-local", "dataDir": filepath.Join(tmp, dataDir),
+					"ranges": [][]map[string]string{{{"subnet": "10.244.3.0/24"}}}, "routes": []map[string]string{{"dst": "0.0.0.0/0"}}}}},
+		}
+	}
+	ref, err := newSide("reference", "eth1", "ref", refDir, refConf(false, "ipam-ref"))
+	if err != nil {
 		return err
 	}
-	if err := writeConflist(ref.netDir, map[string]any{
-		"cniVersion": "1.0.0", "name": ref.net,
-		"plugins": []any{map[string]any{"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "mtu": 1420,
-			"ipam": map[string]any{"type": "host-local", "dataDir": filepath.Join(tmp, "ipam-ref"),
-				"ranges": [][]map[string]string{{{"subnet": "10.244.3.0/24"}}}, "routes": []map[string]string{{"dst": "0.0.0.0/0"}}}}},
-	}); err != nil {
+	refMasq, err := newSide("ref+ipMasq", "eth2", "refmasq", refDir, refConf(true, "ipam-refmasq"))
+	if err != nil {
 		return err
 	}
+	sides := []side{wg, ref, refMasq}
 
 	pods := make([]string, n)
 	for i := range pods {
@@ -166,12 +223,14 @@ func run(n, rounds, conc int, cnitool, refDir string, masq bool) error {
 		}
 	}
 
-	fmt.Printf("CNI latency through cnitool: %d pods per phase, %d rounds, concurrency %d\n", n, rounds, conc)
-	fmt.Printf("  wgcni:     wgcni + wgcni-ipam (cniVersion 1.1.0, ipMasq %v) from %s\n", masq, bin)
-	fmt.Printf("  reference: bridge + host-local (cniVersion 1.0.0, isGateway, ipMasq off) from %s\n", refDir)
+	fmt.Printf("CNI latency through cnitool: %d pods per phase, %d rounds, concurrency %d; load average %s\n", n, rounds, conc, loadavg())
+	for _, s := range sides {
+		b, _ := json.Marshal(s.conflist)
+		fmt.Printf("  %-10s plugins from %s, CNI_IFNAME %s, conflist %s\n", s.label+":", s.cniPath, s.ifName, b)
+	}
 
 	// Warm-up: page cache, bridge creation, first-time nft table.
-	for _, s := range []side{wg, ref} {
+	for _, s := range sides {
 		if _, err := cnitoolRun(cnitool, s, "add", pods[0]); err != nil {
 			return err
 		}
@@ -180,21 +239,32 @@ func run(n, rounds, conc int, cnitool, refDir string, masq bool) error {
 		}
 	}
 
-	// The machine is shared, so background load drifts. The two sides are
+	if o.trace > 0 {
+		traced := []side{wg}
+		if o.traceWgcniBefore != "" {
+			before := wg
+			before.label, before.plugin = "wgcni-before", o.traceWgcniBefore
+			traced = append(traced, before)
+		}
+		return traceDEL(o.trace, append(traced, ref), pods)
+	}
+
+	// The machine is shared, so background load drifts. The sides are
 	// interleaved finely (every pod in sequential mode, every batch of
-	// conc in concurrent mode, the leading side alternating) so that both
+	// conc in concurrent mode, the leading side rotating) so that all
 	// see the same load; each pod gets one interface per side.
 	var samples []sample
-	both := func(k int) []side {
-		if k%2 == 0 {
-			return []side{wg, ref}
+	order := func(k int) []side {
+		out := make([]side, len(sides))
+		for i := range sides {
+			out[i] = sides[(i+k)%len(sides)]
 		}
-		return []side{ref, wg}
+		return out
 	}
 	for r := 0; r < rounds; r++ {
 		for _, op := range []string{"add", "del"} {
 			for i, p := range pods {
-				for _, s := range both(i + r) {
+				for _, s := range order(i + r) {
 					d, err := cnitoolRun(cnitool, s, op, p)
 					if err != nil {
 						return err
@@ -207,7 +277,7 @@ func run(n, rounds, conc int, cnitool, refDir string, masq bool) error {
 		for _, op := range []string{"add", "del"} {
 			for b := 0; b*conc < len(pods); b++ {
 				batch := pods[b*conc : min(len(pods), (b+1)*conc)]
-				for _, s := range both(b + r) {
+				for _, s := range order(b + r) {
 					ds, err := parallel(cnitool, s, op, batch, conc)
 					if err != nil {
 						return err
@@ -219,8 +289,23 @@ func run(n, rounds, conc int, cnitool, refDir string, masq bool) error {
 			}
 		}
 	}
-	report(samples, conc)
+	report(samples, conc, wg.label, ref.label, refMasq.label)
+	fmt.Printf("load average at the end: %s\n", loadavg())
 	return nil
+}
+
+// loadavg is the 1, 5 and 15 minute load average: the machine is shared,
+// and absolute figures mean little without it.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func writeConflist(dir string, v any) error {
@@ -291,7 +376,9 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	return s[idx]
 }
 
-func report(samples []sample, conc int) {
+// report prints p50/p99 per side and the ratios of the first side to each
+// of the others; the target (<= 1.00) is against the second.
+func report(samples []sample, conc int, labels ...string) {
 	group := map[string][]time.Duration{}
 	for _, s := range samples {
 		k := s.side + "|" + s.op + "|" + s.mode
@@ -299,22 +386,45 @@ func report(samples []sample, conc int) {
 	}
 	ms := func(d time.Duration) string { return fmt.Sprintf("%7.2f", float64(d)/float64(time.Millisecond)) }
 	fmt.Println()
-	fmt.Printf("%-6s %-14s %8s | %-9s %-9s | %-9s %-9s | %-7s %-7s\n", "op", "mode", "samples", "wgcni p50", "wgcni p99", "ref p50", "ref p99", "p50 x", "p99 x")
-	fmt.Println(strings.Repeat("-", 100))
-	worst := 0.0
+	head := fmt.Sprintf("%-4s %-14s %7s", "op", "mode", "samples")
+	sub := fmt.Sprintf("%-4s %-14s %7s", "", "", "")
+	for _, l := range labels {
+		head += fmt.Sprintf(" | %-15s", l+" ms")
+		sub += fmt.Sprintf(" | %7s %7s", "p50", "p99")
+	}
+	for _, l := range labels[1:] {
+		head += fmt.Sprintf(" | %-13s", "x "+l)
+		sub += fmt.Sprintf(" | %6s %6s", "p50", "p99")
+	}
+	fmt.Println(head)
+	fmt.Println(sub)
+	fmt.Println(strings.Repeat("-", len(sub)))
+	worst50, worst99 := 0.0, 0.0
 	for _, mode := range []string{"sequential", fmt.Sprintf("concurrent-%d", conc)} {
 		for _, op := range []string{"add", "del"} {
-			w := group["wgcni|"+op+"|"+mode]
-			r := group["reference|"+op+"|"+mode]
-			w50, w99, r50, r99 := percentile(w, .5), percentile(w, .99), percentile(r, .5), percentile(r, .99)
-			x50, x99 := float64(w50)/float64(r50), float64(w99)/float64(r99)
-			worst = max(worst, x50, x99)
-			fmt.Printf("%-6s %-14s %8d | %s ms %s ms | %s ms %s ms | %7.2f %7.2f\n", strings.ToUpper(op), mode, len(w), ms(w50), ms(w99), ms(r50), ms(r99), x50, x99)
+			ds := make([][]time.Duration, len(labels))
+			line := fmt.Sprintf("%-4s %-14s %7d", strings.ToUpper(op), mode, len(group[labels[0]+"|"+op+"|"+mode]))
+			for i, l := range labels {
+				ds[i] = group[l+"|"+op+"|"+mode]
+				line += fmt.Sprintf(" | %s %s", ms(percentile(ds[i], .5)), ms(percentile(ds[i], .99)))
+			}
+			for i := range labels[1:] {
+				x50 := float64(percentile(ds[0], .5)) / float64(percentile(ds[i+1], .5))
+				x99 := float64(percentile(ds[0], .99)) / float64(percentile(ds[i+1], .99))
+				if i == 0 {
+					worst50, worst99 = max(worst50, x50), max(worst99, x99)
+				}
+				line += fmt.Sprintf(" | %6.2f %6.2f", x50, x99)
+			}
+			fmt.Println(line)
 		}
 	}
-	verdict := "MET"
-	if worst > 1.0 {
-		verdict = "MISSED"
+	verdict := func(x float64) string {
+		if x > 1.0 {
+			return "MISSED"
+		}
+		return "MET"
 	}
-	fmt.Printf("\nworst ratio wgcni/reference: %.2f (target <= 1.00: %s)\n", worst, verdict)
+	fmt.Printf("\nworst ratio %s/%s: p50 %.2f (target <= 1.00: %s), p99 %.2f (target <= 1.00: %s)\n",
+		labels[0], labels[1], worst50, verdict(worst50), worst99, verdict(worst99))
 }
