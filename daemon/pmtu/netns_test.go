@@ -1,0 +1,257 @@
+package pmtu
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/wgcni/wgcni/daemon/internal/netnstest"
+)
+
+// node is a network namespace made for one test, with a netlink handle
+// into it.
+type node struct {
+	ns   ns.NetNS
+	name string
+	h    *netlink.Handle
+}
+
+func newNode(t *testing.T, prefix string) *node {
+	t.Helper()
+	n, name := netnstest.New(t, prefix)
+	h, err := netlink.NewHandleAt(netns.NsHandle(int(n.Fd())))
+	if err != nil {
+		t.Fatalf("netlink handle in %s: %v", name, err)
+	}
+	t.Cleanup(h.Close)
+	return &node{ns: n, name: name, h: h}
+}
+
+// family is the addressing of one test topology.
+type family struct {
+	name string
+	// net(i) is the i-th link's prefix; host(i, j) the j-th address in it.
+	base netip.Prefix
+}
+
+func (f family) host(link, host int) netip.Prefix {
+	a := f.base.Addr().As16()
+	if f.base.Addr().Is4() {
+		a4 := f.base.Addr().As4()
+		a4[2], a4[3] = byte(link), byte(host)
+		return netip.PrefixFrom(netip.AddrFrom4(a4), 24)
+	}
+	a[7], a[15] = byte(link), byte(host)
+	return netip.PrefixFrom(netip.AddrFrom16(a), 64)
+}
+
+var families = []family{
+	{"ipv4", netip.MustParsePrefix("10.97.0.0/16")},
+	{"ipv6", netip.MustParsePrefix("fd97::/48")},
+}
+
+// link joins a and b with a veth pair (aName in a with MTU aMTU, bName in
+// b with bMTU), addresses them, and brings both ends up.
+func link(t *testing.T, f family, idx int, a *node, aName string, aMTU int, b *node, bName string, bMTU int) (netip.Prefix, netip.Prefix) {
+	t.Helper()
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: aName, MTU: aMTU}, PeerName: bName,
+		PeerMTU: uint32(bMTU), PeerNamespace: netlink.NsFd(int(b.ns.Fd()))}
+	if err := a.h.LinkAdd(v); err != nil {
+		t.Fatalf("veth %s(%s)-%s(%s): %v", aName, a.name, bName, b.name, err)
+	}
+	aAddr, bAddr := f.host(idx, 1), f.host(idx, 2)
+	for _, e := range []struct {
+		n    *node
+		dev  string
+		addr netip.Prefix
+	}{{a, aName, aAddr}, {b, bName, bAddr}} {
+		l, err := e.n.h.LinkByName(e.dev)
+		if err != nil {
+			t.Fatalf("%s in %s: %v", e.dev, e.n.name, err)
+		}
+		ipn := &net.IPNet{IP: e.addr.Addr().AsSlice(), Mask: net.CIDRMask(e.addr.Bits(), e.addr.Addr().BitLen())}
+		if err := e.n.h.AddrAdd(l, &netlink.Addr{IPNet: ipn, Flags: unix.IFA_F_NODAD}); err != nil {
+			t.Fatalf("address %s on %s: %v", e.addr, e.dev, err)
+		}
+		if err := e.n.h.LinkSetUp(l); err != nil {
+			t.Fatalf("up %s: %v", e.dev, err)
+		}
+	}
+	return aAddr, bAddr
+}
+
+func routeVia(t *testing.T, n *node, dst netip.Prefix, gw netip.Addr) {
+	t.Helper()
+	r := &netlink.Route{Dst: &net.IPNet{IP: dst.Masked().Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())}, Gw: gw.AsSlice()}
+	if err := n.h.RouteAdd(r); err != nil {
+		t.Fatalf("route %s via %s in %s: %v", dst, gw, n.name, err)
+	}
+}
+
+func sysctl(t *testing.T, n *node, path, val string) {
+	t.Helper()
+	err := n.ns.Do(func(ns.NetNS) error { return os.WriteFile(path, []byte(val), 0o644) })
+	if err != nil {
+		t.Fatalf("%s=%s in %s: %v", path, val, n.name, err)
+	}
+}
+
+// serve runs a responder on addr inside n until the test ends.
+func serve(t *testing.T, n *node, addr netip.Addr) netip.AddrPort {
+	t.Helper()
+	var r *Responder
+	err := n.ns.Do(func(ns.NetNS) error {
+		var err error
+		r, err = Listen(netip.AddrPortFrom(addr, 0))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := r.Serve(ctx); err != nil {
+			t.Errorf("responder: %v", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return r.Addr()
+}
+
+// search runs the prober from inside n against dst, with the MTU of n's
+// device dev as ceiling.
+func search(t *testing.T, n *node, dev string, dst netip.AddrPort) (int, error) {
+	t.Helper()
+	l, err := n.h.LinkByName(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p *Prober
+	if err := n.ns.Do(func(ns.NetNS) error {
+		var err error
+		p, err = Dial(dst, 500*time.Millisecond)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	return Search(ctx, p, Floor, l.Attrs().MTU, 3)
+}
+
+// A router between two nodes forwards onto a 1400-byte link and its ICMP
+// "fragmentation needed" / "packet too big" is dropped (nftables, counted):
+// a PMTU black hole. The prober finds exactly 1400: the router's check is
+// on the IP packet size, and nothing was fragmented (the drop counter
+// proves the router had to refuse our don't-fragment probes).
+func TestBlackHoleBehindRouter(t *testing.T) {
+	netnstest.RequireRoot(t)
+	nft, err := exec.LookPath("nft")
+	if err != nil {
+		t.Fatal("nft not found: install the nftables package (make deps)")
+	}
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			a, r, b := newNode(t, "pmtu-a"), newNode(t, "pmtu-r"), newNode(t, "pmtu-b")
+			_, raAddr := link(t, f, 1, a, "a0", 1500, r, "r0", 1500)
+			rbAddr, bAddr := link(t, f, 2, r, "r1", 1400, b, "b0", 1400)
+			routeVia(t, a, f.host(2, 0), raAddr.Addr())
+			routeVia(t, b, f.host(1, 0), rbAddr.Addr())
+			if f.base.Addr().Is4() {
+				sysctl(t, r, "/proc/sys/net/ipv4/ip_forward", "1")
+			} else {
+				sysctl(t, r, "/proc/sys/net/ipv6/conf/all/forwarding", "1")
+			}
+			rules := `table inet pmtutest {
+	chain out {
+		type filter hook output priority 0; policy accept;
+		icmp type destination-unreachable icmp code frag-needed counter drop
+		icmpv6 type packet-too-big counter drop
+	}
+}
+`
+			cmd := exec.Command("ip", "netns", "exec", r.name, nft, "-f", "-")
+			cmd.Stdin = strings.NewReader(rules)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("nft in %s: %v: %s", r.name, err, out)
+			}
+			dst := serve(t, b, bAddr.Addr())
+			got, err := search(t, a, "a0", dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != 1400 {
+				t.Fatalf("path MTU %d, want 1400", got)
+			}
+			out, err := exec.Command("ip", "netns", "exec", r.name, nft, "list", "table", "inet", "pmtutest").CombinedOutput()
+			if err != nil {
+				t.Fatalf("nft list: %v: %s", err, out)
+			}
+			dropped := 0
+			for _, m := range regexp.MustCompile(`counter packets (\d+)`).FindAllStringSubmatch(string(out), -1) {
+				n, _ := strconv.Atoi(m[1])
+				dropped += n
+			}
+			if dropped == 0 {
+				t.Fatalf("no ICMP too-big message dropped at the router: were the probes fragmented instead?\n%s", out)
+			}
+			t.Logf("%s: path MTU %d found; %d ICMP too-big messages dropped at the router", f.name, got, dropped)
+		})
+	}
+}
+
+// Two nodes on one veth pair with different MTUs: the receiving end drops
+// larger frames without a word (no ICMP at all). The receiver accepts a
+// frame up to its MTU plus a VLAN tag's 4 bytes (is_skb_forwardable), so
+// the path carries IP packets of 1404 bytes.
+func TestSilentMTUMismatch(t *testing.T) {
+	netnstest.RequireRoot(t)
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			a, b := newNode(t, "pmtu-a"), newNode(t, "pmtu-b")
+			_, bAddr := link(t, f, 1, a, "a0", 1500, b, "b0", 1400)
+			dst := serve(t, b, bAddr.Addr())
+			got, err := search(t, a, "a0", dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != 1404 {
+				t.Fatalf("path MTU %d, want 1404", got)
+			}
+		})
+	}
+}
+
+// A full-MTU path costs one probe's round trip and finds the device MTU;
+// a dead peer (no responder) is an error naming it, not a small MTU.
+func TestFullPathAndNoResponder(t *testing.T) {
+	netnstest.RequireRoot(t)
+	f := families[0]
+	a, b := newNode(t, "pmtu-a"), newNode(t, "pmtu-b")
+	_, bAddr := link(t, f, 1, a, "a0", 1500, b, "b0", 1500)
+	dst := serve(t, b, bAddr.Addr())
+	if got, err := search(t, a, "a0", dst); err != nil || got != 1500 {
+		t.Fatalf("full path: %d, %v; want 1500", got, err)
+	}
+	_, err := search(t, a, "a0", netip.AddrPortFrom(bAddr.Addr(), dst.Port()+1))
+	if err == nil || !strings.Contains(err.Error(), "no probe responder") {
+		t.Fatalf("no responder: err %v", err)
+	}
+}
