@@ -156,6 +156,20 @@ func search(t *testing.T, n *node, dev string, dst netip.AddrPort) (int, error) 
 	return Search(ctx, p, Floor, l.Attrs().MTU, 3)
 }
 
+// expectPathMTU searches from n's device dev to the responder at dst and
+// fails unless it finds want.
+func expectPathMTU(t *testing.T, n *node, dev string, dst netip.AddrPort, want int) int {
+	t.Helper()
+	got, err := search(t, n, dev, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Fatalf("path MTU %d, want %d", got, want)
+	}
+	return got
+}
+
 // A router between two nodes forwards onto a 1400-byte link and its ICMP
 // "fragmentation needed" / "packet too big" is dropped (nftables, counted):
 // a PMTU black hole. The prober finds exactly 1400: the router's check is
@@ -192,14 +206,7 @@ func TestBlackHoleBehindRouter(t *testing.T) {
 			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("nft in %s: %v: %s", r.name, err, out)
 			}
-			dst := serve(t, b, bAddr.Addr())
-			got, err := search(t, a, "a0", dst)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got != 1400 {
-				t.Fatalf("path MTU %d, want 1400", got)
-			}
+			got := expectPathMTU(t, a, "a0", serve(t, b, bAddr.Addr()), 1400)
 			out, err := exec.Command("ip", "netns", "exec", r.name, nft, "list", "table", "inet", "pmtutest").CombinedOutput()
 			if err != nil {
 				t.Fatalf("nft list: %v: %s", err, out)
@@ -227,14 +234,7 @@ func TestSilentMTUMismatch(t *testing.T) {
 		t.Run(f.name, func(t *testing.T) {
 			a, b := newNode(t, "pmtu-a"), newNode(t, "pmtu-b")
 			_, bAddr := link(t, f, 1, a, "a0", 1500, b, "b0", 1400)
-			dst := serve(t, b, bAddr.Addr())
-			got, err := search(t, a, "a0", dst)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got != 1404 {
-				t.Fatalf("path MTU %d, want 1404", got)
-			}
+			expectPathMTU(t, a, "a0", serve(t, b, bAddr.Addr()), 1404)
 		})
 	}
 }
@@ -247,9 +247,7 @@ func TestFullPathAndNoResponder(t *testing.T) {
 	a, b := newNode(t, "pmtu-a"), newNode(t, "pmtu-b")
 	_, bAddr := link(t, f, 1, a, "a0", 1500, b, "b0", 1500)
 	dst := serve(t, b, bAddr.Addr())
-	if got, err := search(t, a, "a0", dst); err != nil || got != 1500 {
-		t.Fatalf("full path: %d, %v; want 1500", got, err)
-	}
+	expectPathMTU(t, a, "a0", dst, 1500)
 	_, err := search(t, a, "a0", netip.AddrPortFrom(bAddr.Addr(), dst.Port()+1))
 	if err == nil || !strings.Contains(err.Error(), "no probe responder") {
 		t.Fatalf("no responder: err %v", err)
