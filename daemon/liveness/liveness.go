@@ -272,8 +272,11 @@ func (p *Peer) count(o Observation) {
 		p.hs = o.LastHandshake
 	}
 	if !p.seen {
+		// A new entry (or the first reading): its counters are a new
+		// baseline, and what was pending on the old one is void.
 		p.seen = true
 		p.rx, p.tx = o.RxBytes, o.TxBytes
+		p.unanswered = time.Time{}
 		return
 	}
 	if o.RxBytes > p.rx {

@@ -191,6 +191,13 @@ func TestTransitions(t *testing.T) {
 			obs(7*s, 6*s, 0, 148).expect(want{state: Up, reason: "idle", changed: yes()}), // new counters: a baseline
 			obs(8*s, 6*s, 92, 148).expect(want{state: Up, reason: "receiving"}),
 		}},
+		{"a re-created entry starts a new count: nothing pending from the old one", []step{
+			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
+			obs(60*s, 50*s, 500, 900),
+			{at: 65 * s, missing: true},
+			obs(76*s, 50*s, 0, 100),
+			obs(80*s, 50*s, 0, 100).expect(want{state: Up, reason: "idle", probe: true}),
+		}},
 		{"drift is re-applied once per backoff step, and reset when gone", []step{
 			obs(0, 0, 0, 0), sent(0), done(0, 0, true),
 			{at: 1 * s, hs: 0, drift: []string{"endpoint"}, want: &want{state: Up, reason: "idle",

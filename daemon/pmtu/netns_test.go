@@ -134,14 +134,9 @@ func serve(t *testing.T, n *node, addr netip.Addr) netip.AddrPort {
 	return r.Addr()
 }
 
-// search runs the prober from inside n against dst, with the MTU of n's
-// device dev as ceiling.
-func search(t *testing.T, n *node, dev string, dst netip.AddrPort) (int, error) {
+// dial opens a prober from inside n to dst, closed when the test ends.
+func dial(t *testing.T, n *node, dst netip.AddrPort) *Prober {
 	t.Helper()
-	l, err := n.h.LinkByName(dev)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var p *Prober
 	if err := n.ns.Do(func(ns.NetNS) error {
 		var err error
@@ -150,7 +145,19 @@ func search(t *testing.T, n *node, dev string, dst netip.AddrPort) (int, error) 
 	}); err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// search runs the prober from inside n against dst, with the MTU of n's
+// device dev as ceiling.
+func search(t *testing.T, n *node, dev string, dst netip.AddrPort) (int, error) {
+	t.Helper()
+	l, err := n.h.LinkByName(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := dial(t, n, dst)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	return Search(ctx, p, Floor, l.Attrs().MTU, 3)
@@ -240,7 +247,8 @@ func TestSilentMTUMismatch(t *testing.T) {
 }
 
 // A full-MTU path costs one probe's round trip and finds the device MTU;
-// a dead peer (no responder) is an error naming it, not a small MTU.
+// the smallest probe (liveness) is answered; a dead peer (no responder) is
+// an error naming it, not a small MTU.
 func TestFullPathAndNoResponder(t *testing.T) {
 	netnstest.RequireRoot(t)
 	f := families[0]
@@ -248,6 +256,9 @@ func TestFullPathAndNoResponder(t *testing.T) {
 	_, bAddr := link(t, f, 1, a, "a0", 1500, b, "b0", 1500)
 	dst := serve(t, b, bAddr.Addr())
 	expectPathMTU(t, a, "a0", dst, 1500)
+	if ok, err := dial(t, a, dst).Ping(context.Background()); !ok || err != nil {
+		t.Fatalf("ping: %v, %v", ok, err)
+	}
 	_, err := search(t, a, "a0", netip.AddrPortFrom(bAddr.Addr(), dst.Port()+1))
 	if err == nil || !strings.Contains(err.Error(), "no probe responder") {
 		t.Fatalf("no responder: err %v", err)

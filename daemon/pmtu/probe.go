@@ -122,6 +122,17 @@ func (p *Prober) Probe(ctx context.Context, size int) (Result, error) {
 	}
 }
 
+// MinSize is the smallest probe, as an IP packet size: the liveness probe,
+// as cheap as a probe gets (its ack is no larger).
+func MinSize(a netip.Addr) int { return Overhead(a) + ackLen }
+
+// Ping sends one smallest probe: whether the responder answered within the
+// timeout.
+func (p *Prober) Ping(ctx context.Context) (bool, error) {
+	r, err := p.Probe(ctx, MinSize(p.dst.Addr()))
+	return r == Acked, err
+}
+
 // Responder answers probes with acks. Each node runs one, on its gateway
 // address, so probes reach it only through the tunnel.
 type Responder struct {
