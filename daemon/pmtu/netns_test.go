@@ -177,30 +177,35 @@ func expectPathMTU(t *testing.T, n *node, dev string, dst netip.AddrPort, want i
 	return got
 }
 
-// A router between two nodes forwards onto a 1400-byte link and its ICMP
-// "fragmentation needed" / "packet too big" is dropped (nftables, counted):
-// a PMTU black hole. The prober finds exactly 1400: the router's check is
-// on the IP packet size, and nothing was fragmented (the drop counter
-// proves the router had to refuse our don't-fragment probes).
-func TestBlackHoleBehindRouter(t *testing.T) {
-	netnstest.RequireRoot(t)
-	nft, err := exec.LookPath("nft")
-	if err != nil {
-		t.Fatal("nft not found: install the nftables package (make deps)")
+// network is node a — router r — node b; a's link is 1500 bytes, b's
+// farMTU, and r drops its too-big messages (dropTooBig).
+type network struct {
+	a, r, b      *node
+	aAddr, bAddr netip.Addr
+}
+
+func routed(t *testing.T, f family, farMTU int) network {
+	t.Helper()
+	a, r, b := newNode(t, "pmtu-a"), newNode(t, "pmtu-r"), newNode(t, "pmtu-b")
+	aAddr, raAddr := link(t, f, 1, a, "a0", 1500, r, "r0", 1500)
+	rbAddr, bAddr := link(t, f, 2, r, "r1", farMTU, b, "b0", farMTU)
+	routeVia(t, a, f.host(2, 0), raAddr.Addr())
+	routeVia(t, b, f.host(1, 0), rbAddr.Addr())
+	if f.base.Addr().Is4() {
+		sysctl(t, r, "/proc/sys/net/ipv4/ip_forward", "1")
+	} else {
+		sysctl(t, r, "/proc/sys/net/ipv6/conf/all/forwarding", "1")
 	}
-	for _, f := range families {
-		t.Run(f.name, func(t *testing.T) {
-			a, r, b := newNode(t, "pmtu-a"), newNode(t, "pmtu-r"), newNode(t, "pmtu-b")
-			_, raAddr := link(t, f, 1, a, "a0", 1500, r, "r0", 1500)
-			rbAddr, bAddr := link(t, f, 2, r, "r1", 1400, b, "b0", 1400)
-			routeVia(t, a, f.host(2, 0), raAddr.Addr())
-			routeVia(t, b, f.host(1, 0), rbAddr.Addr())
-			if f.base.Addr().Is4() {
-				sysctl(t, r, "/proc/sys/net/ipv4/ip_forward", "1")
-			} else {
-				sysctl(t, r, "/proc/sys/net/ipv6/conf/all/forwarding", "1")
-			}
-			rules := `table inet pmtutest {
+	dropTooBig(t, r)
+	return network{a: a, r: r, b: b, aAddr: aAddr.Addr(), bAddr: bAddr.Addr()}
+}
+
+// dropTooBig makes router n drop the ICMP messages it sends to say a
+// packet was too big to forward (IPv4 fragmentation needed, IPv6 packet
+// too big), counting them: a PMTU black hole.
+func dropTooBig(t *testing.T, n *node) {
+	t.Helper()
+	rules := `table inet pmtutest {
 	chain out {
 		type filter hook output priority 0; policy accept;
 		icmp type destination-unreachable icmp code frag-needed counter drop
@@ -208,23 +213,51 @@ func TestBlackHoleBehindRouter(t *testing.T) {
 	}
 }
 `
-			cmd := exec.Command("ip", "netns", "exec", r.name, nft, "-f", "-")
-			cmd.Stdin = strings.NewReader(rules)
-			if out, err := cmd.CombinedOutput(); err != nil {
-				t.Fatalf("nft in %s: %v: %s", r.name, err, out)
-			}
-			got := expectPathMTU(t, a, "a0", serve(t, b, bAddr.Addr()), 1400)
-			out, err := exec.Command("ip", "netns", "exec", r.name, nft, "list", "table", "inet", "pmtutest").CombinedOutput()
-			if err != nil {
-				t.Fatalf("nft list: %v: %s", err, out)
-			}
-			dropped := 0
-			for _, m := range regexp.MustCompile(`counter packets (\d+)`).FindAllStringSubmatch(string(out), -1) {
-				n, _ := strconv.Atoi(m[1])
-				dropped += n
-			}
+	cmd := exec.Command("ip", "netns", "exec", n.name, nftPath(t), "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft in %s: %v: %s", n.name, err, out)
+	}
+}
+
+// tooBigDropped is how many too-big messages dropTooBig's rules dropped.
+func tooBigDropped(t *testing.T, n *node) int {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", n.name, nftPath(t), "list", "table", "inet", "pmtutest").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list in %s: %v: %s", n.name, err, out)
+	}
+	dropped := 0
+	for _, m := range regexp.MustCompile(`counter packets (\d+)`).FindAllStringSubmatch(string(out), -1) {
+		c, _ := strconv.Atoi(m[1])
+		dropped += c
+	}
+	return dropped
+}
+
+func nftPath(t *testing.T) string {
+	t.Helper()
+	p, err := exec.LookPath("nft")
+	if err != nil {
+		t.Fatal("nft not found: install the nftables package (make deps)")
+	}
+	return p
+}
+
+// A router between two nodes forwards onto a 1400-byte link and its ICMP
+// "fragmentation needed" / "packet too big" is dropped (nftables, counted):
+// a PMTU black hole. The prober finds exactly 1400: the router's check is
+// on the IP packet size, and nothing was fragmented (the drop counter
+// proves the router had to refuse our don't-fragment probes).
+func TestBlackHoleBehindRouter(t *testing.T) {
+	netnstest.RequireRoot(t)
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			nw := routed(t, f, 1400)
+			got := expectPathMTU(t, nw.a, "a0", serve(t, nw.b, nw.bAddr), 1400)
+			dropped := tooBigDropped(t, nw.r)
 			if dropped == 0 {
-				t.Fatalf("no ICMP too-big message dropped at the router: were the probes fragmented instead?\n%s", out)
+				t.Fatal("no ICMP too-big message dropped at the router: were the probes fragmented instead?")
 			}
 			t.Logf("%s: path MTU %d found; %d ICMP too-big messages dropped at the router", f.name, got, dropped)
 		})

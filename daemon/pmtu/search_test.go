@@ -35,9 +35,9 @@ func (f *fakePath) Probe(_ context.Context, size int) (Result, error) {
 	return Acked, nil
 }
 
-// wireguard is what an inner packet of n bytes becomes on an IPv4
+// wireguardWire is what an inner packet of n bytes becomes on an IPv4
 // underlay: padded to a multiple of 16, plus 60 bytes of headers.
-func wireguard(n int) int { return (n+15)/16*16 + 60 }
+func wireguardWire(n int) int { return (n+15)/16*16 + 60 }
 
 func TestSearch(t *testing.T) {
 	for _, c := range []struct {
@@ -62,7 +62,7 @@ func TestSearch(t *testing.T) {
 		{name: "ceiling above the local device: refused locally, no retries",
 			path: fakePath{mtu: 9000, local: 1500}, ceiling: 9000, want: 1500},
 		{name: "inside WireGuard over a 1400 hop: padding to 16",
-			path: fakePath{mtu: 1400, transform: wireguard}, ceiling: 1440, want: 1328},
+			path: fakePath{mtu: 1400, transform: wireguardWire}, ceiling: 1440, want: 1328},
 		{name: "jumbo", path: fakePath{mtu: 8940}, ceiling: 8940, want: 8940, maxProbes: 1},
 	} {
 		t.Run(c.name, func(t *testing.T) {
