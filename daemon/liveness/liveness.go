@@ -327,7 +327,7 @@ func (p *Peer) classify(o Observation) (State, string, []RepairKind) {
 		// Handshakes that keep completing while data is lost are the
 		// crossed-initiation stall: a fresh initiation from this side
 		// would only cross again.
-		if hsAge < p.cfg.Silence && !p.rxAt.IsZero() && now.Sub(p.rxAt) < p.cfg.Silence {
+		if p.churning(now) {
 			return OneWay, fmt.Sprintf("handshakes complete (last %s ago) but data does not flow: %s", age(now, o.LastHandshake), what),
 				[]RepairKind{BreakCrossed}
 		}
@@ -388,7 +388,7 @@ func (p *Peer) probeDue(o Observation, state State) bool {
 	if p.probeAt.IsZero() {
 		since = p.cfg.ProbeInterval
 	}
-	if p.hsGap > 0 && p.hsGap < churnGap && recent(p.hs) {
+	if p.churning(now) {
 		return since >= p.cfg.Silence
 	}
 	if recent(p.rxAt) && recent(p.txAt) && state == Up {
@@ -400,6 +400,12 @@ func (p *Peer) probeDue(o Observation, state State) bool {
 // churnGap: two handshakes closer than this are not WireGuard renewing a
 // used session (every RekeyAfterTime) but sessions being re-made.
 const churnGap = RekeyAfterTime / 4
+
+// churning reports whether handshakes are coming faster than WireGuard
+// renews a used session, the latest within the silence period.
+func (p *Peer) churning(now time.Time) bool {
+	return p.hsGap > 0 && p.hsGap < churnGap && now.Sub(p.hs) < p.cfg.Silence
+}
 
 // Initiates reports whether this side (local public key) is the one to
 // initiate after BreakCrossed: the lower key, so the two nodes agree

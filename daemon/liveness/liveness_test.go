@@ -178,6 +178,13 @@ func TestTransitions(t *testing.T) {
 			sent(65 * s), done(65*s, 65*s, true),
 			obs(66*s, 65*s, 1868, 2092).expect(want{state: Up, reason: "traffic both ways", changed: yes()}),
 		}},
+		{"one fresh handshake and a failed probe is one-way, not a crossed stall", []step{
+			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
+			obs(60*s, 0, 500, 500).expect(want{state: Up, probe: true}),
+			sent(60 * s), done(62*s, 60*s, false),
+			obs(63*s, 62*s, 592, 648).expect(want{state: OneWay, reason: "handshake 1s ago but the probe",
+				repairs: []RepairKind{ReReadEndpoint, Reinitiate}, changed: yes()}),
+		}},
 		{"a normal rekey every two minutes is no churn", []step{
 			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
 			obs(5*s, 0, 1000, 1000),
