@@ -134,13 +134,18 @@ func serve(t *testing.T, n *node, addr netip.Addr) netip.AddrPort {
 	return r.Addr()
 }
 
+// ackWait is how long a test probe waits for its ack: generous, so a
+// loaded machine (the tests share it) does not turn a late ack into a
+// smaller MTU; a size counts as too big only after three such waits.
+const ackWait = time.Second
+
 // dial opens a prober from inside n to dst, closed when the test ends.
 func dial(t *testing.T, n *node, dst netip.AddrPort) *Prober {
 	t.Helper()
 	var p *Prober
 	if err := n.ns.Do(func(ns.NetNS) error {
 		var err error
-		p, err = Dial(dst, 500*time.Millisecond)
+		p, err = Dial(dst, ackWait)
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -251,8 +256,10 @@ func nftPath(t *testing.T) string {
 // proves the router had to refuse our don't-fragment probes).
 func TestBlackHoleBehindRouter(t *testing.T) {
 	netnstest.RequireRoot(t)
+	t.Parallel() // namespaces of its own; no shared names
 	for _, f := range families {
 		t.Run(f.name, func(t *testing.T) {
+			t.Parallel()
 			nw := routed(t, f, 1400)
 			got := expectPathMTU(t, nw.a, "a0", serve(t, nw.b, nw.bAddr), 1400)
 			dropped := tooBigDropped(t, nw.r)
@@ -270,8 +277,10 @@ func TestBlackHoleBehindRouter(t *testing.T) {
 // the path carries IP packets of 1404 bytes.
 func TestSilentMTUMismatch(t *testing.T) {
 	netnstest.RequireRoot(t)
+	t.Parallel() // namespaces of its own; no shared names
 	for _, f := range families {
 		t.Run(f.name, func(t *testing.T) {
+			t.Parallel()
 			a, b := newNode(t, "pmtu-a"), newNode(t, "pmtu-b")
 			_, bAddr := link(t, f, 1, a, "a0", 1500, b, "b0", 1400)
 			expectPathMTU(t, a, "a0", serve(t, b, bAddr.Addr()), 1404)
@@ -284,6 +293,7 @@ func TestSilentMTUMismatch(t *testing.T) {
 // an error naming it, not a small MTU.
 func TestFullPathAndNoResponder(t *testing.T) {
 	netnstest.RequireRoot(t)
+	t.Parallel() // namespaces of its own; no shared names
 	f := families[0]
 	a, b := newNode(t, "pmtu-a"), newNode(t, "pmtu-b")
 	_, bAddr := link(t, f, 1, a, "a0", 1500, b, "b0", 1500)

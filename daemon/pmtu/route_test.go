@@ -30,6 +30,7 @@ func TestPeerRouteRejects(t *testing.T) {
 // namespace of our own; replacing it with another path MTU updates both.
 func TestEnsurePeerRoute(t *testing.T) {
 	netnstest.RequireRoot(t)
+	t.Parallel() // namespaces of its own; no shared names
 	for _, c := range []struct {
 		name string
 		src  string // our gateway on the dummy device
@@ -39,6 +40,7 @@ func TestEnsurePeerRoute(t *testing.T) {
 		{"ipv6", "fd98::1/64", "fd98:7::/64"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			n := newNode(t, "pmtu-rt")
 			// A veth pair stands in for the WireGuard device (no dummy
 			// module here); the route only needs a link to point at.

@@ -118,12 +118,14 @@ func (e *tunnelEnd) peer(t *testing.T, other *tunnelEnd, endpoint netip.Addr, al
 // 1404.
 func TestThroughWireGuard(t *testing.T) {
 	netnstest.RequireRoot(t)
+	t.Parallel() // namespaces of its own; no shared names
 	f := families[0]
 	for _, c := range []struct {
 		farMTU int
 		want   int
 	}{{1500, 1440}, {1400, 1328}} {
 		t.Run(fmt.Sprint(c.farMTU), func(t *testing.T) {
+			t.Parallel()
 			nw := routed(t, f, c.farMTU)
 			innerA, innerB := netip.MustParsePrefix("10.96.0.1/24"), netip.MustParsePrefix("10.96.0.2/24")
 			wa, wb := wireguard(t, nw.a, innerA, 1440), wireguard(t, nw.b, innerB, 1440)
@@ -144,6 +146,7 @@ func TestThroughWireGuard(t *testing.T) {
 // segments that fit as well.
 func TestRouteClampEndsBlackHole(t *testing.T) {
 	netnstest.RequireRoot(t)
+	t.Parallel() // namespaces of its own; no shared names
 	nw := routed(t, families[0], 1400)
 	innerA, innerB := netip.MustParsePrefix("10.96.0.1/24"), netip.MustParsePrefix("10.96.0.2/24")
 	wa, wb := wireguard(t, nw.a, innerA, 1440), wireguard(t, nw.b, innerB, 1440)
@@ -199,7 +202,7 @@ func udpEcho(t *testing.T, n *node, dst netip.AddrPort, size int) bool {
 		if _, err := c.Write(probe); err != nil {
 			t.Fatalf("send %d bytes: %v", size, err)
 		}
-		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		c.SetReadDeadline(time.Now().Add(ackWait))
 		for {
 			k, err := c.Read(buf)
 			if err != nil {
