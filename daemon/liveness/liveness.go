@@ -1,0 +1,424 @@
+// Package liveness decides, for one WireGuard peer at a time, whether the
+// tunnel to it works, why not, when to send an active probe through it and
+// which repair is due. It is pure: the caller feeds it what it read from
+// the device (handshake time, byte counters, drift from the etcd record)
+// and the outcome of the probes it sent, each stamped with the time it was
+// read, and acts on the Verdict. No clock, no I/O, no goroutines: every
+// decision is a function of the inputs, so the tests drive it with a
+// hand-made clock.
+//
+// The evidence, strongest first:
+//   - the entry is missing from the device: nothing can work;
+//   - a probe sent through the tunnel (to the peer's gateway address) was
+//     answered or not;
+//   - the receive counter grew: the peer's packets decrypt here, so the
+//     session exists both ways;
+//   - the transmit counter grew and nothing came back for longer than
+//     WireGuard's passive keepalive (10 s) plus one handshake retry (5 s):
+//     our packets, or the peer's answers, are lost;
+//   - the handshake age: WireGuard renews a used session every 2 min and
+//     drops one after 3 min, so an old handshake on an idle link proves
+//     nothing, and a probe is due instead.
+package liveness
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// WireGuard's protocol timers (whitepaper, section 6.1); the thresholds
+// below are derived from them rather than tuned.
+const (
+	RekeyTimeout     = 5 * time.Second   // retry interval of an unanswered initiation
+	KeepaliveTimeout = 10 * time.Second  // passive keepalive after receiving data
+	RekeyAfterTime   = 120 * time.Second // a used session is renewed after this
+	RejectAfterTime  = 180 * time.Second // a session older than this is dead
+)
+
+// State is a peer's liveness.
+type State string
+
+const (
+	// Pending: configured too recently, or no evidence either way yet.
+	Pending State = "pending"
+	// Up: the tunnel carries packets both ways.
+	Up State = "up"
+	// NoHandshake: the peer never completed a handshake (or has no entry).
+	NoHandshake State = "no-handshake"
+	// Stale: the last handshake is older than a session lives and nothing
+	// renews it although we send (or probed).
+	Stale State = "stale"
+	// OneWay: a session exists but packets do not come back.
+	OneWay State = "one-way"
+)
+
+// States lists every state, for metrics that export one series per state.
+var States = []State{Pending, Up, NoHandshake, Stale, OneWay}
+
+// RepairKind is an action the daemon can take on a peer.
+type RepairKind string
+
+const (
+	// Reapply writes the peer's etcd record (key, endpoint, allowed IPs,
+	// keepalive) to the device again: its entry is missing or drifted.
+	Reapply RepairKind = "reapply-config"
+	// ReReadEndpoint reads the peer's record from etcd again, in case the
+	// watch missed an endpoint change, before a fresh initiation.
+	ReReadEndpoint RepairKind = "reread-endpoint"
+	// Reinitiate makes the device send a fresh handshake initiation now.
+	Reinitiate RepairKind = "reinitiate"
+	// BreakCrossed re-creates the peer's entry (dropping its session and
+	// its initiation rate limit) and lets only one side initiate (Initiates
+	// decides which): handshakes complete but data does not flow.
+	BreakCrossed RepairKind = "break-crossed-initiation"
+)
+
+// Repairs lists every repair kind, for metrics.
+var Repairs = []RepairKind{Reapply, ReReadEndpoint, Reinitiate, BreakCrossed}
+
+// Config holds the thresholds. Zero fields take the defaults.
+type Config struct {
+	// Grace is how long a newly configured peer may go without a first
+	// handshake: three initiation attempts.
+	Grace time.Duration
+	// Silence is how long we may send without receiving anything before
+	// the link is one-way: the peer's passive keepalive plus one retry.
+	Silence time.Duration
+	// ProbeInterval is the least time between two probes to one peer
+	// (outside the verification probe after a repair).
+	ProbeInterval time.Duration
+	// ProbeValidity is how long a probe's outcome counts as evidence.
+	ProbeValidity time.Duration
+	// ProbeTimeout is how long a probe may stay unreported before another
+	// is allowed (a caller that lost track of one must not stop probing).
+	ProbeTimeout time.Duration
+	// VerifyAfter is how soon after a repair a verification probe is due.
+	VerifyAfter time.Duration
+	// RepairBackoff is the wait before repeating the same repair on the
+	// same peer; it doubles per attempt up to RepairBackoffMax and resets
+	// when the peer is up (or its drift is gone, for Reapply).
+	RepairBackoff    time.Duration
+	RepairBackoffMax time.Duration
+}
+
+// DefaultConfig returns the default thresholds.
+func DefaultConfig() Config {
+	return Config{
+		Grace:            3 * RekeyTimeout,
+		Silence:          KeepaliveTimeout + RekeyTimeout,
+		ProbeInterval:    time.Minute,
+		ProbeValidity:    2 * time.Minute,
+		ProbeTimeout:     2 * RekeyTimeout,
+		VerifyAfter:      RekeyTimeout,
+		RepairBackoff:    2 * RekeyTimeout,
+		RepairBackoffMax: 5 * time.Minute,
+	}
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	for _, f := range []struct{ v, def *time.Duration }{
+		{&c.Grace, &d.Grace}, {&c.Silence, &d.Silence}, {&c.ProbeInterval, &d.ProbeInterval},
+		{&c.ProbeValidity, &d.ProbeValidity}, {&c.ProbeTimeout, &d.ProbeTimeout}, {&c.VerifyAfter, &d.VerifyAfter},
+		{&c.RepairBackoff, &d.RepairBackoff}, {&c.RepairBackoffMax, &d.RepairBackoffMax},
+	} {
+		if *f.v <= 0 {
+			*f.v = *f.def
+		}
+	}
+	return c
+}
+
+// Observation is one reading of the peer's device entry.
+type Observation struct {
+	Now time.Time
+	// Present is false when the device has no entry for the peer's key.
+	Present       bool
+	LastHandshake time.Time // zero: never
+	RxBytes       int64
+	TxBytes       int64
+	// Drift names the fields of the device entry that differ from the
+	// peer's etcd record ("endpoint", "allowed-ips", "keepalive"); the
+	// caller computes it with the reconciler's own diff.
+	Drift []string
+}
+
+// Repair is one repair due now, with the cause to log and the attempt
+// number (1 for the first).
+type Repair struct {
+	Kind    RepairKind
+	Cause   string
+	Attempt int
+}
+
+// Verdict is the outcome of one observation.
+type Verdict struct {
+	State  State
+	Reason string
+	// Changed is true when State differs from the previous verdict: log
+	// the transition once.
+	Changed bool
+	// Probe is true when a probe is due now; report it with ProbeSent.
+	Probe bool
+	// Repairs are due now, in the order to run them; each is returned once
+	// per attempt, so log and count every one.
+	Repairs []Repair
+}
+
+// Peer follows one peer. Create it with New when the peer is configured
+// and drop it when the peer is removed (or re-keyed: a new key is a new
+// peer to WireGuard).
+type Peer struct {
+	cfg   Config
+	since time.Time // when the peer was configured
+
+	seen       bool
+	rx, tx     int64
+	rxAt       time.Time // last time the receive counter grew
+	txAt       time.Time // last time the transmit counter grew
+	unanswered time.Time // first tx growth after the last rx growth (zero: none pending)
+
+	hs    time.Time     // last handshake seen
+	hsGap time.Duration // between the last two handshakes seen (0: fewer than two)
+
+	probeAt     time.Time // last probe sent
+	inFlight    bool
+	probeOK     time.Time // last answered probe (its send time)
+	probeFailed time.Time // last unanswered probe (its send time)
+	verifyAt    time.Time // a verification probe is due from then (zero: none)
+
+	state   State
+	repairs map[RepairKind]*backoff
+}
+
+type backoff struct {
+	attempts int
+	next     time.Time
+}
+
+// New follows a peer configured at since.
+func New(cfg Config, since time.Time) *Peer {
+	return &Peer{cfg: cfg.withDefaults(), since: since, state: Pending, repairs: map[RepairKind]*backoff{}}
+}
+
+// State returns the last verdict's state.
+func (p *Peer) State() State { return p.state }
+
+// ProbeSent records that a probe went out at t.
+func (p *Peer) ProbeSent(t time.Time) {
+	p.probeAt = t
+	p.inFlight = true
+	p.verifyAt = time.Time{}
+}
+
+// ProbeDone records the outcome of the probe sent at sent.
+func (p *Peer) ProbeDone(sent time.Time, answered bool) {
+	if sent.Equal(p.probeAt) {
+		p.inFlight = false
+	}
+	if answered {
+		if sent.After(p.probeOK) {
+			p.probeOK = sent
+		}
+	} else if sent.After(p.probeFailed) {
+		p.probeFailed = sent
+	}
+}
+
+// Observe takes one reading and returns the verdict.
+func (p *Peer) Observe(o Observation) Verdict {
+	now := o.Now
+	p.count(o)
+	state, reason, fix := p.classify(o)
+	v := Verdict{State: state, Reason: reason, Changed: state != p.state}
+	p.state = state
+
+	if len(o.Drift) > 0 || !o.Present {
+		cause := "entry missing from the device"
+		if o.Present {
+			cause = "device entry differs from the etcd record: " + strings.Join(o.Drift, ", ")
+		}
+		v.Repairs = append(v.Repairs, p.due(Reapply, cause, now)...)
+	} else {
+		delete(p.repairs, Reapply)
+	}
+	if state == Up {
+		for _, k := range []RepairKind{ReReadEndpoint, Reinitiate, BreakCrossed} {
+			delete(p.repairs, k)
+		}
+	}
+	for _, k := range fix {
+		v.Repairs = append(v.Repairs, p.due(k, reason, now)...)
+	}
+	if len(v.Repairs) > 0 && o.Present && p.verifyAt.IsZero() {
+		p.verifyAt = now.Add(p.cfg.VerifyAfter)
+	}
+	v.Probe = p.probeDue(o, state)
+	return v
+}
+
+// count updates the counters' history. A counter that went down belongs to
+// a re-created entry: it is a new baseline, not traffic.
+func (p *Peer) count(o Observation) {
+	if !o.Present {
+		p.seen = false
+		return
+	}
+	if !o.LastHandshake.IsZero() && o.LastHandshake.After(p.hs) {
+		if !p.hs.IsZero() {
+			p.hsGap = o.LastHandshake.Sub(p.hs)
+		}
+		p.hs = o.LastHandshake
+	}
+	if !p.seen {
+		// A new entry (or the first reading): its counters are a new
+		// baseline, and what was pending on the old one is void.
+		p.seen = true
+		p.rx, p.tx = o.RxBytes, o.TxBytes
+		p.unanswered = time.Time{}
+		return
+	}
+	if o.RxBytes > p.rx {
+		p.rxAt = o.Now
+		p.unanswered = time.Time{}
+	}
+	if o.TxBytes > p.tx {
+		p.txAt = o.Now
+		if p.unanswered.IsZero() && !p.rxAt.Equal(o.Now) {
+			p.unanswered = o.Now
+		}
+	}
+	p.rx, p.tx = o.RxBytes, o.TxBytes
+}
+
+// classify applies the evidence in order of strength (package comment).
+func (p *Peer) classify(o Observation) (State, string, []RepairKind) {
+	now := o.Now
+	if !o.Present {
+		return NoHandshake, "no entry for the peer on the device", nil
+	}
+	stuck := []RepairKind{ReReadEndpoint, Reinitiate}
+	hsAge := now.Sub(o.LastHandshake)
+	failed := !p.probeFailed.IsZero() && p.probeFailed.After(p.probeOK) && now.Sub(p.probeFailed) < p.cfg.ProbeValidity
+	silent := !p.unanswered.IsZero() && now.Sub(p.unanswered) >= p.cfg.Silence
+
+	if o.LastHandshake.IsZero() {
+		if now.Sub(p.since) < p.cfg.Grace {
+			return Pending, fmt.Sprintf("configured %s ago, no handshake yet", age(now, p.since)), nil
+		}
+		why := "no packet sent to it yet"
+		switch {
+		case failed:
+			why = "the probe through the tunnel went unanswered"
+		case !p.txAt.IsZero():
+			why = "initiations go unanswered"
+		}
+		return NoHandshake, fmt.Sprintf("no handshake in %s since configured: %s", age(now, p.since), why), stuck
+	}
+	if failed || silent {
+		what := fmt.Sprintf("sending for %s with nothing received", age(now, p.unanswered))
+		if failed {
+			what = fmt.Sprintf("the probe through the tunnel %s ago went unanswered", age(now, p.probeFailed))
+		}
+		if hsAge >= RejectAfterTime {
+			return Stale, fmt.Sprintf("last handshake %s ago and not renewed: %s", age(now, o.LastHandshake), what), stuck
+		}
+		// Handshakes that keep completing while data is lost are the
+		// crossed-initiation stall: a fresh initiation from this side
+		// would only cross again.
+		if p.churning(now) {
+			return OneWay, fmt.Sprintf("handshakes complete (last %s ago) but data does not flow: %s", age(now, o.LastHandshake), what),
+				[]RepairKind{BreakCrossed}
+		}
+		return OneWay, fmt.Sprintf("handshake %s ago but %s", age(now, o.LastHandshake), what), stuck
+	}
+	if !p.rxAt.IsZero() && now.Sub(p.rxAt) < p.cfg.Silence {
+		if !p.txAt.IsZero() && now.Sub(p.txAt) < p.cfg.Silence {
+			return Up, "traffic both ways", nil
+		}
+		return Up, "receiving", nil
+	}
+	if !p.probeOK.IsZero() && !p.probeOK.Before(p.probeFailed) && now.Sub(p.probeOK) < p.cfg.ProbeValidity {
+		return Up, fmt.Sprintf("idle; probe answered %s ago", age(now, p.probeOK)), nil
+	}
+	if hsAge < RejectAfterTime {
+		return Up, fmt.Sprintf("idle; handshake %s ago", age(now, o.LastHandshake)), nil
+	}
+	// Idle past a session's life, and no probe outcome yet: no new
+	// evidence, so the last verdict stands until the probe (due now) ends.
+	return p.state, fmt.Sprintf("idle, handshake %s ago; awaiting the probe", age(now, o.LastHandshake)), nil
+}
+
+// due returns the repair if its backoff allows it now, and advances it.
+func (p *Peer) due(k RepairKind, cause string, now time.Time) []Repair {
+	b := p.repairs[k]
+	if b == nil {
+		b = &backoff{}
+		p.repairs[k] = b
+	}
+	if now.Before(b.next) {
+		return nil
+	}
+	wait := p.cfg.RepairBackoff << min(b.attempts, 16)
+	b.attempts++
+	b.next = now.Add(min(wait, p.cfg.RepairBackoffMax))
+	return []Repair{{Kind: k, Cause: cause, Attempt: b.attempts}}
+}
+
+// probeDue: at most one per ProbeInterval, none while traffic flows both
+// ways, plus one verification probe after a repair. The byte counters also
+// count handshake messages, so "both ways" can be handshakes alone: when
+// handshakes come faster than WireGuard renews a used session (churn, the
+// mark of crossed initiations), a probe is due every Silence even while
+// the counters move.
+func (p *Peer) probeDue(o Observation, state State) bool {
+	now := o.Now
+	if !o.Present {
+		return false
+	}
+	if p.inFlight && now.Sub(p.probeAt) < p.cfg.ProbeTimeout {
+		return false
+	}
+	if !p.verifyAt.IsZero() && !now.Before(p.verifyAt) {
+		return true
+	}
+	recent := func(t time.Time) bool { return !t.IsZero() && now.Sub(t) < p.cfg.Silence }
+	since := now.Sub(p.probeAt)
+	if p.probeAt.IsZero() {
+		since = p.cfg.ProbeInterval
+	}
+	if p.churning(now) {
+		return since >= p.cfg.Silence
+	}
+	if recent(p.rxAt) && recent(p.txAt) && state == Up {
+		return false
+	}
+	return since >= p.cfg.ProbeInterval
+}
+
+// churnGap: two handshakes closer than this are not WireGuard renewing a
+// used session (every RekeyAfterTime) but sessions being re-made.
+const churnGap = RekeyAfterTime / 4
+
+// churning reports whether handshakes are coming faster than WireGuard
+// renews a used session, the latest within the silence period.
+func (p *Peer) churning(now time.Time) bool {
+	return p.hsGap > 0 && p.hsGap < churnGap && now.Sub(p.hs) < p.cfg.Silence
+}
+
+// Initiates reports whether this side (local public key) is the one to
+// initiate after BreakCrossed: the lower key, so the two nodes agree
+// without talking.
+func Initiates(local, remote [32]byte) bool {
+	for i := range local {
+		if local[i] != remote[i] {
+			return local[i] < remote[i]
+		}
+	}
+	return false
+}
+
+func age(now, t time.Time) time.Duration {
+	return now.Sub(t).Round(time.Second)
+}

@@ -1,0 +1,319 @@
+package liveness
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+const never = time.Duration(-1)
+
+// step is one event at t0+at: an observation, a probe sent, or a probe
+// outcome; want (if set) is checked against the observation's verdict.
+type step struct {
+	at time.Duration
+	// observation
+	hs      time.Duration // handshake at t0+hs; never: no handshake
+	rx, tx  int64
+	missing bool
+	drift   []string
+	// probe events instead of an observation
+	sent    bool
+	done    bool
+	sentAt  time.Duration
+	ok      bool
+	want    *want
+	comment string
+}
+
+type want struct {
+	state   State
+	reason  string // substring
+	probe   bool
+	repairs []RepairKind
+	attempt int // of the first repair, if non-zero
+	changed *bool
+}
+
+func obs(at, hs time.Duration, rx, tx int64) step { return step{at: at, hs: hs, rx: rx, tx: tx} }
+
+func (s step) expect(w want) step { s.want = &w; return s }
+
+func sent(at time.Duration) step { return step{at: at, sent: true} }
+
+func done(at, sentAt time.Duration, ok bool) step {
+	return step{at: at, done: true, sentAt: sentAt, ok: ok}
+}
+
+func yes() *bool { b := true; return &b }
+func no() *bool  { b := false; return &b }
+
+func run(t *testing.T, steps []step) {
+	t.Helper()
+	p := New(Config{}, t0)
+	for i, s := range steps {
+		now := t0.Add(s.at)
+		switch {
+		case s.sent:
+			p.ProbeSent(now)
+			continue
+		case s.done:
+			p.ProbeDone(t0.Add(s.sentAt), s.ok)
+			continue
+		}
+		o := Observation{Now: now, Present: !s.missing, RxBytes: s.rx, TxBytes: s.tx, Drift: s.drift}
+		if s.hs != never {
+			o.LastHandshake = t0.Add(s.hs)
+		}
+		v := p.Observe(o)
+		if s.want == nil {
+			continue
+		}
+		w := s.want
+		var kinds []RepairKind
+		for _, r := range v.Repairs {
+			kinds = append(kinds, r.Kind)
+		}
+		if v.State != w.state || v.Probe != w.probe || !slices.Equal(kinds, w.repairs) || !strings.Contains(v.Reason, w.reason) {
+			t.Fatalf("step %d (t+%s): got state %s reason %q probe %v repairs %v; want state %s reason ~%q probe %v repairs %v",
+				i, s.at, v.State, v.Reason, v.Probe, kinds, w.state, w.reason, w.probe, w.repairs)
+		}
+		if w.attempt != 0 && v.Repairs[0].Attempt != w.attempt {
+			t.Fatalf("step %d: repair attempt %d, want %d", i, v.Repairs[0].Attempt, w.attempt)
+		}
+		if w.changed != nil && v.Changed != *w.changed {
+			t.Fatalf("step %d: changed %v, want %v", i, v.Changed, *w.changed)
+		}
+	}
+}
+
+const s = time.Second
+
+func TestTransitions(t *testing.T) {
+	stuck := []RepairKind{ReReadEndpoint, Reinitiate}
+	for _, c := range []struct {
+		name  string
+		steps []step
+	}{
+		{"new peer is pending and probed at once", []step{
+			obs(0, never, 0, 0).expect(want{state: Pending, reason: "no handshake yet", probe: true, changed: no()}),
+			sent(0),
+			obs(5*s, never, 0, 148).expect(want{state: Pending}),
+		}},
+		{"no handshake after the grace: re-read endpoint and re-initiate, with backoff", []step{
+			obs(0, never, 0, 0), sent(0),
+			obs(5*s, never, 0, 148),
+			done(6*s, 0, false),
+			obs(15*s, never, 0, 296).expect(want{state: NoHandshake, reason: "probe through the tunnel went unanswered",
+				repairs: stuck, attempt: 1, changed: yes()}),
+			obs(16*s, never, 0, 296).expect(want{state: NoHandshake}),              // backoff: nothing
+			obs(20*s, never, 0, 296).expect(want{state: NoHandshake, probe: true}), // verification probe
+			sent(20 * s),
+			obs(25*s, never, 0, 444).expect(want{state: NoHandshake, repairs: stuck, attempt: 2}),              // +10 s
+			obs(35*s, never, 0, 444).expect(want{state: NoHandshake, probe: true}),                             // next repair at +20 s; the probe timed out
+			obs(45*s, never, 0, 592).expect(want{state: NoHandshake, repairs: stuck, attempt: 3, probe: true}), // probe timed out, verify due
+		}},
+		{"first handshake clears no-handshake", []step{
+			obs(0, never, 0, 0), sent(0),
+			obs(20*s, never, 0, 148).expect(want{state: NoHandshake, reason: "initiations go unanswered", repairs: stuck}),
+			obs(22*s, 21*s, 92, 148).expect(want{state: Up, reason: "traffic both ways", changed: yes()}),
+		}},
+		{"receiving only is up", []step{
+			obs(0, 0, 0, 0), sent(0), done(0, 0, true),
+			obs(30*s, 0, 0, 0),
+			obs(35*s, 0, 500, 0).expect(want{state: Up, reason: "receiving"}),
+		}},
+		{"traffic both ways is up and needs no probe", []step{
+			obs(0, 0, 0, 0).expect(want{state: Up, reason: "idle; handshake", probe: true}),
+			sent(0), done(0, 0, true),
+			obs(5*s, 0, 1000, 1000).expect(want{state: Up, reason: "traffic both ways"}),
+			obs(70*s, 60*s, 90000, 90000).expect(want{state: Up, reason: "traffic both ways"}),
+		}},
+		{"idle link: one probe per interval", []step{
+			obs(0, 0, 100, 100).expect(want{state: Up, probe: true}),
+			sent(0), done(0, 0, true),
+			obs(30*s, 0, 100, 100).expect(want{state: Up, reason: "probe answered"}),
+			obs(61*s, 0, 100, 100).expect(want{state: Up, probe: true}),
+		}},
+		{"idle past a session's life keeps the verdict until the probe ends", []step{
+			obs(0, 0, 0, 0), sent(0), done(0, 0, true),
+			obs(100*s, 0, 0, 0).expect(want{state: Up, probe: true}),
+			sent(100 * s), done(100*s, 100*s, true),
+			obs(250*s, 0, 0, 0).expect(want{state: Up, reason: "awaiting the probe", probe: true, changed: no()}),
+		}},
+		{"idle with an old handshake: failed probe is stale, answered probe is up", []step{
+			obs(0, 0, 0, 0), sent(0), done(1*s, 0, true),
+			obs(200*s, 0, 0, 0).expect(want{state: Up, probe: true}),
+			sent(200 * s), done(202*s, 200*s, false),
+			obs(205*s, 0, 0, 148).expect(want{state: Stale, reason: "went unanswered", repairs: stuck, changed: yes()}),
+			obs(210*s, 0, 0, 148).expect(want{state: Stale, probe: true}), // verification 5 s after the repair
+			sent(210 * s), done(210*s, 210*s, true),
+			obs(211*s, 210*s, 92, 148).expect(want{state: Up, reason: "traffic both ways", changed: yes()}),
+		}},
+		{"sending with nothing back for the silence period is one-way", []step{
+			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
+			obs(60*s, 50*s, 900, 900),
+			obs(65*s, 50*s, 900, 1500).expect(want{state: Up}),
+			obs(75*s, 50*s, 900, 2500).expect(want{state: Up, probe: true}), // 10 s: the peer's keepalive may still come
+			obs(80*s, 50*s, 900, 3500).expect(want{state: OneWay, reason: "sending for 15s with nothing received",
+				repairs: stuck, probe: true, changed: yes()}),
+			obs(81*s, 50*s, 932, 3500).expect(want{state: Up, reason: "traffic both ways", changed: yes()}),
+		}},
+		{"sending with nothing back and an old handshake is stale", []step{
+			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
+			obs(190*s, 0, 500, 500),
+			obs(195*s, 0, 500, 700),
+			obs(210*s, 0, 500, 900).expect(want{state: Stale, reason: "not renewed: sending for 15s", repairs: stuck, probe: true}),
+		}},
+		{"handshakes renewed every few seconds while traffic flows: probe, then break the crossed initiations", []step{
+			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
+			obs(50*s, 50*s, 592, 648).expect(want{state: Up, reason: "traffic both ways"}),
+			obs(55*s, 55*s, 684, 796).expect(want{state: Up, reason: "traffic both ways", probe: true}), // churn
+			sent(55 * s), done(57*s, 55*s, false),
+			obs(60*s, 60*s, 776, 944).expect(want{state: OneWay, reason: "handshakes complete", repairs: []RepairKind{BreakCrossed}}),
+			obs(65*s, 65*s, 868, 1092).expect(want{state: OneWay, probe: true}), // verification
+			sent(65 * s), done(65*s, 65*s, true),
+			obs(66*s, 65*s, 1868, 2092).expect(want{state: Up, reason: "traffic both ways", changed: yes()}),
+		}},
+		{"one fresh handshake and a failed probe is one-way, not a crossed stall", []step{
+			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
+			obs(60*s, 0, 500, 500).expect(want{state: Up, probe: true}),
+			sent(60 * s), done(62*s, 60*s, false),
+			obs(63*s, 62*s, 592, 648).expect(want{state: OneWay, reason: "handshake 1s ago but the probe",
+				repairs: []RepairKind{ReReadEndpoint, Reinitiate}, changed: yes()}),
+		}},
+		{"a normal rekey every two minutes is no churn", []step{
+			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
+			obs(5*s, 0, 1000, 1000),
+			obs(120*s, 120*s, 9000, 9000).expect(want{state: Up, reason: "traffic both ways"}),
+			obs(240*s, 240*s, 19000, 19000).expect(want{state: Up, reason: "traffic both ways"}),
+		}},
+		{"missing entry is re-applied and not probed", []step{
+			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
+			{at: 5 * s, missing: true, want: &want{state: NoHandshake, reason: "no entry", repairs: []RepairKind{Reapply}, changed: yes()}},
+			{at: 6 * s, missing: true, want: &want{state: NoHandshake}},
+			obs(7*s, 6*s, 0, 148).expect(want{state: Up, reason: "idle", changed: yes()}), // new counters: a baseline
+			obs(8*s, 6*s, 92, 148).expect(want{state: Up, reason: "receiving"}),
+		}},
+		{"a re-created entry starts a new count: nothing pending from the old one", []step{
+			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
+			obs(60*s, 50*s, 500, 900),
+			{at: 65 * s, missing: true},
+			obs(76*s, 50*s, 0, 100),
+			obs(80*s, 50*s, 0, 100).expect(want{state: Up, reason: "idle", probe: true}),
+		}},
+		{"drift is re-applied once per backoff step, and reset when gone", []step{
+			obs(0, 0, 0, 0), sent(0), done(0, 0, true),
+			{at: 1 * s, hs: 0, drift: []string{"endpoint"}, want: &want{state: Up, reason: "idle",
+				repairs: []RepairKind{Reapply}, attempt: 1}},
+			{at: 2 * s, hs: 0, drift: []string{"endpoint"}, want: &want{state: Up}},
+			{at: 11 * s, hs: 0, drift: []string{"endpoint", "allowed-ips"}, want: &want{state: Up,
+				repairs: []RepairKind{Reapply}, attempt: 2, probe: true}},
+			obs(12*s, 0, 0, 0).expect(want{state: Up, probe: true}), // the verification probe is still due
+			{at: 13 * s, hs: 0, drift: []string{"keepalive"}, want: &want{state: Up, repairs: []RepairKind{Reapply}, attempt: 1, probe: true}},
+		}},
+		{"counters going down are a new baseline, not traffic", []step{
+			obs(0, 0, 5000, 5000), sent(0), done(0, 0, true),
+			obs(60*s, 0, 5000, 5000),
+			obs(65*s, 0, 0, 100),
+			obs(75*s, 0, 0, 100),
+			obs(85*s, 0, 0, 100).expect(want{state: Up, reason: "probe answered", probe: true}),
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) { run(t, c.steps) })
+	}
+}
+
+// The drift cause names the fields, and a missing entry says so.
+func TestRepairCause(t *testing.T) {
+	p := New(Config{}, t0)
+	v := p.Observe(Observation{Now: t0, Present: true, Drift: []string{"endpoint", "keepalive"}})
+	if len(v.Repairs) != 1 || !strings.Contains(v.Repairs[0].Cause, "endpoint, keepalive") {
+		t.Fatalf("repairs %+v", v.Repairs)
+	}
+	p = New(Config{}, t0)
+	v = p.Observe(Observation{Now: t0})
+	if len(v.Repairs) != 1 || v.Repairs[0].Cause != "entry missing from the device" {
+		t.Fatalf("repairs %+v", v.Repairs)
+	}
+}
+
+// The backoff doubles up to its cap.
+func TestRepairBackoffCap(t *testing.T) {
+	p := New(Config{RepairBackoff: time.Second, RepairBackoffMax: 4 * time.Second}, t0)
+	var at []time.Duration
+	for d := time.Duration(0); d <= 20*s; d += s {
+		v := p.Observe(Observation{Now: t0.Add(d), Present: true, LastHandshake: t0, Drift: []string{"endpoint"}})
+		if len(v.Repairs) > 0 {
+			at = append(at, d)
+		}
+	}
+	want := []time.Duration{0, 1 * s, 3 * s, 7 * s, 11 * s, 15 * s, 19 * s}
+	if !slices.Equal(at, want) {
+		t.Fatalf("repairs at %v, want %v", at, want)
+	}
+}
+
+// Probe budget: over ten minutes observed every 5 s, a link with traffic
+// both ways gets only the start-up probe, an idle one one per minute.
+func TestProbeBudget(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		traffic bool
+		want    int
+	}{{"active", true, 1}, {"idle", false, 10}} {
+		t.Run(c.name, func(t *testing.T) {
+			p := New(Config{}, t0)
+			probes := 0
+			var rx, tx int64
+			for d := time.Duration(0); d < 10*time.Minute; d += 5 * s {
+				now := t0.Add(d)
+				if c.traffic {
+					rx, tx = rx+1000, tx+1000
+				}
+				v := p.Observe(Observation{Now: now, Present: true, LastHandshake: now.Add(-30 * s), RxBytes: rx, TxBytes: tx})
+				if v.State != Up {
+					t.Fatalf("t+%s: state %s (%s)", d, v.State, v.Reason)
+				}
+				if v.Probe {
+					probes++
+					p.ProbeSent(now)
+					p.ProbeDone(now, true)
+				}
+			}
+			if probes != c.want {
+				t.Fatalf("%d probes in 10 min, want %d", probes, c.want)
+			}
+		})
+	}
+}
+
+// A probe whose outcome is never reported blocks new ones only until the
+// probe timeout: here the verification probe after a repair.
+func TestUnreportedProbe(t *testing.T) {
+	p := New(Config{}, t0)
+	if !p.Observe(Observation{Now: t0, Present: true, LastHandshake: t0}).Probe {
+		t.Fatal("first probe not due")
+	}
+	p.ProbeSent(t0)
+	v := p.Observe(Observation{Now: t0.Add(1 * s), Present: true, LastHandshake: t0, Drift: []string{"endpoint"}})
+	if len(v.Repairs) != 1 || v.Probe {
+		t.Fatalf("t+1s: %+v", v)
+	}
+	if p.Observe(Observation{Now: t0.Add(6 * s), Present: true, LastHandshake: t0}).Probe {
+		t.Fatal("t+6s: verification probe due while the first is in flight")
+	}
+	if !p.Observe(Observation{Now: t0.Add(10 * s), Present: true, LastHandshake: t0}).Probe {
+		t.Fatal("t+10s: verification probe not due after the probe timeout")
+	}
+}
+
+func TestInitiates(t *testing.T) {
+	a, b := [32]byte{1, 2}, [32]byte{1, 3}
+	if !Initiates(a, b) || Initiates(b, a) || Initiates(a, a) {
+		t.Fatal("the lower key, and only it, initiates")
+	}
+}
