@@ -12,13 +12,17 @@ import (
 	"github.com/wgcni/wgcni/daemon/route"
 )
 
-// ensureStrictAll installs the strict-mode unreachable route and turns on
-// forwarding for every cluster CIDR (both families in a dual-stack
-// cluster), before anything else: no plaintext window for either family.
-func ensureStrictAll(c record.Cluster) error {
+// ensureStrict installs the strict-mode unreachable route for every
+// cluster CIDR (both families in a dual-stack cluster), before anything
+// else: no plaintext window for either family. A node that routes for pods
+// (forward) also gets forwarding of each family switched on.
+func ensureStrict(c record.Cluster, forward bool) error {
 	for _, p := range c.Prefixes() {
 		if err := route.EnsureStrict(p); err != nil {
 			return err
+		}
+		if !forward {
+			continue
 		}
 		if err := route.EnableForwarding(p); err != nil {
 			return err
@@ -27,9 +31,9 @@ func ensureStrictAll(c record.Cluster) error {
 	return nil
 }
 
-// removeRoutesAll deletes our peer routes and strict routes of every
+// removeRoutes deletes our peer routes and strict routes of every
 // family of the cluster (for `wgcnid cleanup`).
-func removeRoutesAll(c record.Cluster) []error {
+func removeRoutes(c record.Cluster) []error {
 	var errs []error
 	for _, p := range c.Prefixes() {
 		fam := netlink.FAMILY_V4

@@ -46,14 +46,10 @@ func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	switch {
-	case cmd == "cleanup" && cfg.HostOnly:
-		err = agent.CleanupHost(ctx, cfg, log)
 	case cmd == "cleanup":
 		err = agent.Cleanup(ctx, cfg, log)
 	case cmd == "rotate-key":
 		err = agent.RequestRotation(ctx, cfg, os.Stdout, time.Minute)
-	case cfg.HostOnly:
-		err = agent.RunHost(ctx, cfg, log)
 	default:
 		err = agent.Run(ctx, cfg, log)
 	}
