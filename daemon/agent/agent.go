@@ -91,21 +91,18 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 		HostEncryption: hostEnc.On,
 	}
-	acq, preferred := m.acquirer(lease.Acquirer{Client: cli, Prefix: cfg.EtcdPrefix, Node: cfg.NodeName, TTL: cfg.LeaseTTL, Log: log})
+	acq := &lease.Acquirer{Client: cli, Prefix: cfg.EtcdPrefix, Cluster: m.grids(), Node: cfg.NodeName, TTL: cfg.LeaseTTL, Log: log}
 	var held lease.Held
 	err = retry(ctx, log, "acquire "+m.what()+" lease", func(ctx context.Context) error {
 		var err error
-		held, err = acq.Acquire(ctx, self, preferred)
+		held, err = acq.Acquire(ctx, self, lease.LoadRemembered(cfg.StateDir)...)
 		return err
 	}, func(err error) bool { return errors.Is(err, lease.ErrClusterFull) })
 	if err != nil {
 		return m.leaseErr(err)
 	}
-	log.Info(m.what()+" lease held", "cidr", held.CIDR, "key", held.Key, "how", held.How, "lease", fmt.Sprintf("%x", int64(held.LeaseID)), "cidr6", prefixOrNone(held.CIDR6))
-	if err := lease.Remember(cfg.StateDir, held.CIDR); err != nil {
-		return err
-	}
-	if err := lease.Remember6(cfg.StateDir, held.CIDR6); err != nil {
+	log.Info(m.what()+" lease held", "cidrs", held.CIDRs, "key", held.Key, "how", held.How, "lease", fmt.Sprintf("%x", int64(held.LeaseID)))
+	if err := lease.Remember(cfg.StateDir, held.CIDRs); err != nil {
 		return err
 	}
 	keeper := lease.NewKeeper(acq, self, held)
@@ -139,10 +136,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("look up WireGuard device %s: %w", cfg.Device, err)
 	}
-	gw, gw6 := at.gateways()
 	rec := mesh.New(mesh.Config{
-		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, SelfKey: priv.Public(), OwnCIDR: held.CIDR,
-		Gateway: gw, Gateway6: gw6, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
+		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, SelfKey: priv.Public(), OwnCIDR: held.Primary(),
+		Gateways: at.gws, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
 		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck, Observe: om.observe,
 		Keepalive:      int(cfg.Keepalive / time.Second),
 		HostEncryption: hostEnc.On, HostSrc: endpoint, NoTunnel: hostEnc.NoTunnel, HostSrcChanges: hostSrc,

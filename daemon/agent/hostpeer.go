@@ -64,16 +64,9 @@ func (h *hostPeer) prepare(ctx context.Context, cli *clientv3.Client, log *slog.
 	return nil
 }
 
-// acquirer leases the host's address exactly like a PodCIDR, on a grid of
-// single addresses inside the host range.
-func (h *hostPeer) acquirer(a lease.Acquirer) (*lease.Acquirer, netip.Prefix) {
-	a.Cluster = record.HostCluster(h.cfg.HostRange)
-	preferred := lease.LoadRemembered(h.cfg.StateDir)
-	if !preferred.IsSingleIP() || !h.cfg.HostRange.Contains(preferred.Addr()) {
-		preferred = netip.Prefix{}
-	}
-	return &a, preferred
-}
+// grids: the host's address is leased exactly like a PodCIDR, on a grid
+// of single addresses inside the host range.
+func (h *hostPeer) grids() record.Cluster { return record.HostCluster(h.cfg.HostRange) }
 
 func (h *hostPeer) leaseErr(err error) error {
 	return fmt.Errorf("host range %s: %w", h.cfg.HostRange, err)
@@ -88,16 +81,16 @@ func (h *hostPeer) attach(_ context.Context, _ *clientv3.Client, held lease.Held
 		if err != nil {
 			return fmt.Errorf("look up WireGuard device %s: %w", cfg.Device, err)
 		}
-		if err := netlink.AddrReplace(l, &netlink.Addr{IPNet: toIPNet(held.CIDR)}); err != nil {
-			return fmt.Errorf("address %s on %s: %w", held.CIDR, cfg.Device, err)
+		if err := netlink.AddrReplace(l, &netlink.Addr{IPNet: toIPNet(held.Primary())}); err != nil {
+			return fmt.Errorf("address %s on %s: %w", held.Primary(), cfg.Device, err)
 		}
 		return nil
 	}
 	if err := setAddr(); err != nil {
 		return attached{}, err
 	}
-	addr := held.CIDR.Addr()
-	st := HostStatus{Name: cfg.NodeName, Address: addr.String(), HostCIDR: cfg.HostRange.String(), ClusterCIDR: cfg.Cluster.CIDR.String(), Device: cfg.Device, MTU: nd.mtu}
+	addr := held.Primary().Addr()
+	st := HostStatus{Name: cfg.NodeName, Address: addr.String(), HostCIDR: cfg.HostRange.String(), ClusterCIDR: cfg.Cluster.Primary().CIDR.String(), Device: cfg.Device, MTU: nd.mtu}
 	if err := writeHostFile(cfg.RunDir, st); err != nil {
 		return attached{}, err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/lease"
+	"github.com/wgcni/wgcni/daemon/record"
 )
 
 // mode is what differs between a pod node (node.go) and a host-only peer
@@ -23,9 +24,8 @@ type mode interface {
 	forwards() bool
 	// prepare runs once etcd is reachable, before the device exists.
 	prepare(ctx context.Context, cli *clientv3.Client, log *slog.Logger) error
-	// acquirer completes base (client, prefix, node, TTL, log) with the
-	// grid to lease from and returns the preferred CIDR.
-	acquirer(base lease.Acquirer) (*lease.Acquirer, netip.Prefix)
+	// grids is what the mode leases from.
+	grids() record.Cluster
 	// leaseErr explains a failure to lease.
 	leaseErr(err error) error
 	// attach builds on the held lease.
@@ -43,18 +43,6 @@ type attached struct {
 	onNewDevice func() error
 	podCIDR     netip.Prefix // metrics: the PodCIDR (invalid for a host)
 	ipamDir     string       // metrics: pod address usage ("" for a host)
-}
-
-// gateways returns the IPv4 and IPv6 source addresses.
-func (a attached) gateways() (v4, v6 netip.Addr) {
-	for _, g := range a.gws {
-		if g.Is4() {
-			v4 = g
-		} else {
-			v6 = g
-		}
-	}
-	return v4, v6
 }
 
 func modeOf(cfg *config.Config) mode {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -34,11 +35,7 @@ func (*podNode) forwards() bool { return true }
 
 func (*podNode) prepare(context.Context, *clientv3.Client, *slog.Logger) error { return nil }
 
-func (n *podNode) acquirer(a lease.Acquirer) (*lease.Acquirer, netip.Prefix) {
-	a.Cluster = n.cfg.Cluster
-	a.Preferred6 = lease.LoadRemembered6(n.cfg.StateDir)
-	return &a, lease.LoadRemembered(n.cfg.StateDir)
-}
+func (n *podNode) grids() record.Cluster { return n.cfg.Cluster }
 
 func (*podNode) leaseErr(err error) error { return err }
 
@@ -46,16 +43,18 @@ func (*podNode) leaseErr(err error) error { return err }
 // asked, and writes the node file for the plugins.
 func (n *podNode) attach(ctx context.Context, cli *clientv3.Client, held lease.Held, nd *nodeDevice, log *slog.Logger) (attached, error) {
 	cfg := n.cfg
-	gw := record.Gateway(held.CIDR)
-	if _, err := bridge.Ensure(cfg.Bridge, nd.mtu, toIPNet(netip.PrefixFrom(gw, held.CIDR.Bits())), gatewayNet6(held.CIDR6)); err != nil {
+	var gws []netip.Addr
+	var gwNets []*net.IPNet
+	for _, c := range held.CIDRs {
+		gw := record.Gateway(c)
+		gws = append(gws, gw)
+		gwNets = append(gwNets, toIPNet(netip.PrefixFrom(gw, c.Bits())))
+	}
+	if _, err := bridge.Ensure(cfg.Bridge, nd.mtu, gwNets...); err != nil {
 		return attached{}, fmt.Errorf("ensure bridge: %w", err)
 	}
-	nf := &nodefile.Node{
-		Name: cfg.NodeName, PodCIDR: held.CIDR.String(), Gateway: gw.String(), ClusterCIDR: cfg.Cluster.CIDR.String(),
-		MTU: nd.mtu, Bridge: cfg.Bridge, Device: cfg.Device, IPAMDir: filepath.Join(cfg.StateDir, "ipam"),
-	}
-	setFamilies(nf, cfg.Cluster, held)
-	if err := setupSameNode(ctx, cfg, cli, nd.mtu, gw, nf, log); err != nil {
+	nf := nodeFile(cfg, held, nd.mtu)
+	if err := setupSameNode(ctx, cfg, cli, nd.mtu, gws[0], nf, log); err != nil {
 		return attached{}, err
 	}
 	if written, err := writeNodeFile(cfg.RunDir, nf); err != nil {
@@ -63,11 +62,21 @@ func (n *podNode) attach(ctx context.Context, cli *clientv3.Client, held lease.H
 	} else if written {
 		log.Info("node file written", "path", nodefile.Path(cfg.RunDir))
 	}
-	gws := []netip.Addr{gw}
-	if held.CIDR6.IsValid() {
-		gws = append(gws, gateway6(held.CIDR6))
+	return attached{gws: gws, podCIDR: held.Primary(), ipamDir: nf.IPAMDir}, nil
+}
+
+// nodeFile is what the plugins learn of this node: one entry per family in
+// the lists, the primary's repeated in the single fields older plugins
+// read.
+func nodeFile(cfg *config.Config, held lease.Held, mtu int) *nodefile.Node {
+	nf := &nodefile.Node{Name: cfg.NodeName, MTU: mtu, Bridge: cfg.Bridge, Device: cfg.Device, IPAMDir: filepath.Join(cfg.StateDir, "ipam")}
+	for i, c := range held.CIDRs {
+		nf.PodCIDRs = append(nf.PodCIDRs, c.String())
+		nf.Gateways = append(nf.Gateways, record.Gateway(c).String())
+		nf.ClusterCIDRs = append(nf.ClusterCIDRs, cfg.Cluster.Grids[i].CIDR.String())
 	}
-	return attached{gws: gws, podCIDR: held.CIDR, ipamDir: nf.IPAMDir}, nil
+	nf.PodCIDR, nf.Gateway, nf.ClusterCIDR = nf.PodCIDRs[0], nf.Gateways[0], nf.ClusterCIDRs[0]
+	return nf
 }
 
 func writeNodeFile(runDir string, n *nodefile.Node) (bool, error) {

@@ -53,7 +53,7 @@ type Config struct {
 	NodeName        string
 	ClusterCIDR     string
 	NodePrefixLen   int
-	NodePrefixLenV6 int    // prefix length of IPv6 node CIDRs (dual.go)
+	NodePrefixLenV6 int    // prefix length of IPv6 node CIDRs (cluster.go)
 	EndpointIP      string // empty: auto-detect
 	ListenPort      int
 	Device          string
@@ -242,7 +242,7 @@ func (c *Config) Validate() error {
 	if err := record.ValidNodeName(c.NodeName); err != nil {
 		return fmt.Errorf("--node-name: %w", err)
 	}
-	cl, err := clusterFromFlags(c.ClusterCIDR, c.NodePrefixLen, c.NodePrefixLenV6)
+	cl, err := clusterFromFlags(c.ClusterCIDR, map[string]int{"IPv4": c.NodePrefixLen, "IPv6": c.NodePrefixLenV6})
 	if err != nil {
 		return err
 	}

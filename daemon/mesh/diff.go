@@ -12,10 +12,11 @@ import (
 )
 
 // Peer is the desired state for one other node: a WireGuard peer whose
-// AllowedIPs are exactly its PodCIDR, and a route to that PodCIDR.
+// AllowedIPs are exactly its PodCIDRs, and a route to each.
 type Peer struct {
-	CIDR      netip.Prefix
-	CIDR6     netip.Prefix // dual-stack: the peer's IPv6 PodCIDR (also allowed, also routed)
+	// CIDRs are the peer's PodCIDRs, one per family, the record key's
+	// first (a host-only peer: its address).
+	CIDRs     []netip.Prefix
 	Node      string
 	PublicKey wgtypes.Key
 	Endpoint  netip.AddrPort
@@ -40,6 +41,14 @@ type Plan struct {
 // Empty reports whether nothing needs to change.
 func (p Plan) Empty() bool { return len(p.RouteDel)+len(p.Peers)+len(p.RouteAdd) == 0 }
 
+// primary is the CIDR that keys the peer's record.
+func (p Peer) primary() netip.Prefix { return p.CIDRs[0] }
+
+func (p Peer) equal(o Peer) bool {
+	return slices.Equal(p.CIDRs, o.CIDRs) && p.Node == o.Node && p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
+		p.Keepalive == o.Keepalive && p.Host == o.Host && p.HostSrc == o.HostSrc
+}
+
 func (p Peer) config() wgtypes.PeerConfig {
 	ka := time.Duration(p.Keepalive) * time.Second
 	return wgtypes.PeerConfig{
@@ -54,9 +63,9 @@ func (p Peer) config() wgtypes.PeerConfig {
 // allowed is the peer's AllowedIPs: its PodCIDR of each family. One
 // WireGuard device carries both families whatever the underlay's family.
 func (p Peer) allowed() []net.IPNet {
-	out := []net.IPNet{toIPNet(p.CIDR)}
-	if p.CIDR6.IsValid() {
-		out = append(out, toIPNet(p.CIDR6))
+	var out []net.IPNet
+	for _, c := range p.CIDRs {
+		out = append(out, toIPNet(c))
 	}
 	if p.Host.IsValid() {
 		out = append(out, toIPNet(p.hostPrefix()))
@@ -67,9 +76,9 @@ func (p Peer) allowed() []net.IPNet {
 // routes are the peer's routes, one per PodCIDR; each takes as source the
 // one of srcs (this node's gateways) of the same family.
 func (p Peer) routes(link int, srcs []netip.Addr) []route.Peer {
-	out := []route.Peer{{Dst: p.CIDR, LinkIndex: link, Src: srcFor(p.CIDR, srcs)}}
-	if p.CIDR6.IsValid() {
-		out = append(out, route.Peer{Dst: p.CIDR6, LinkIndex: link, Src: srcFor(p.CIDR6, srcs)})
+	var out []route.Peer
+	for _, c := range p.CIDRs {
+		out = append(out, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, srcs)})
 	}
 	if p.Host.IsValid() {
 		out = append(out, route.HostRoute(p.Host, link, p.HostSrc))
@@ -102,7 +111,7 @@ func matches(have wgtypes.Peer, want Peer) bool {
 		if !ok {
 			return false
 		}
-		if p := netip.PrefixFrom(ip.Unmap(), ones); p != want.CIDR && p != want.CIDR6 && (!want.Host.IsValid() || p != want.hostPrefix()) {
+		if p := netip.PrefixFrom(ip.Unmap(), ones); !slices.Contains(want.CIDRs, p) && (!want.Host.IsValid() || p != want.hostPrefix()) {
 			return false
 		}
 	}
@@ -120,7 +129,7 @@ func unmapAP(ap netip.AddrPort) netip.AddrPort {
 // (as listed by route.Ours, every family) and returns the changes. Used for
 // the full resync; per-event changes use DiffOne. src holds this node's
 // gateway of each family; a route takes the one of its family as source.
-func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.Prefix]route.Peer, link int, src ...netip.Addr) Plan {
+func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.Prefix]route.Peer, link int, src []netip.Addr) Plan {
 	var plan Plan
 	byKey := make(map[wgtypes.Key]Peer, len(desired))
 	for _, d := range desired {
@@ -148,10 +157,9 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 		}
 	}
 	wanted := make(map[netip.Prefix]bool, 2*len(desired))
-	for c, d := range desired {
-		wanted[c] = true
-		if d.CIDR6.IsValid() {
-			wanted[d.CIDR6] = true
+	for _, d := range desired {
+		for _, c := range d.CIDRs {
+			wanted[c] = true
 		}
 		if d.Host.IsValid() {
 			wanted[d.hostPrefix()] = true
@@ -169,7 +177,7 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 // applied for it (nil if nothing), want what should be there (nil if the
 // peer must go). A changed key removes the old peer, since WireGuard
 // identifies peers by key and a stale one would keep the old AllowedIPs.
-func DiffOne(have, want *Peer, link int, src ...netip.Addr) Plan {
+func DiffOne(have, want *Peer, link int, src []netip.Addr) Plan {
 	var plan Plan
 	switch {
 	case have == nil && want == nil:
@@ -179,12 +187,14 @@ func DiffOne(have, want *Peer, link int, src ...netip.Addr) Plan {
 	case have == nil:
 		plan.Peers = append(plan.Peers, want.config())
 		plan.RouteAdd = append(plan.RouteAdd, want.routes(link, src)...)
-	case *have == *want:
+	case have.equal(*want):
 	default:
-		if have.CIDR6.IsValid() && have.CIDR6 != want.CIDR6 {
-			// The peer's IPv6 PodCIDR changed or went: its old route must
-			// not keep pointing into the tunnel.
-			plan.RouteDel = append(plan.RouteDel, route.Peer{Dst: have.CIDR6, LinkIndex: link, Src: srcFor(have.CIDR6, src)})
+		for _, c := range have.CIDRs {
+			if !slices.Contains(want.CIDRs, c) {
+				// A PodCIDR of the peer changed or went: its old route
+				// must not keep pointing into the tunnel.
+				plan.RouteDel = append(plan.RouteDel, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, src)})
+			}
 		}
 		if have.Host.IsValid() && have.Host != want.Host {
 			// Host encryption went off for this peer (or its address
@@ -207,7 +217,7 @@ func sortedPeers(m map[netip.Prefix]Peer) []Peer {
 	for _, p := range m {
 		out = append(out, p)
 	}
-	slices.SortFunc(out, func(a, b Peer) int { return a.CIDR.Addr().Compare(b.CIDR.Addr()) })
+	slices.SortFunc(out, func(a, b Peer) int { return a.primary().Addr().Compare(b.primary().Addr()) })
 	return out
 }
 

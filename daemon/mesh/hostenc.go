@@ -37,7 +37,7 @@ func (r *Reconciler) hostFor(cidr netip.Prefix, l record.Lease) netip.Addr {
 			return netip.Addr{}
 		}
 	}
-	if owner, ok := r.hostOwner[a]; ok && owner != cidr {
+	if owner, ok := r.owners[a]; ok && owner != cidr {
 		r.cfg.Log.Warn("host encryption: underlay address already tunneled to another peer; plain towards this one", "peer_node", l.Node, "addr", a, "tunneled_for", owner)
 		return netip.Addr{}
 	}

@@ -26,22 +26,22 @@ func TestDiffHostEncryption(t *testing.T) {
 		t.Fatalf("routes %+v: want the PodCIDR's and the underlay /32 in the host table", rs)
 	}
 	routes := map[netip.Prefix]route.Peer{rs[0].Dst: rs[0], rs[1].Dst: rs[1]}
-	desired := map[netip.Prefix]Peer{a.CIDR: a}
-	if p := Diff(desired, []wgtypes.Peer{dev}, routes, link, gw); !p.Empty() {
+	desired := map[netip.Prefix]Peer{a.primary(): a}
+	if p := Diff(desired, []wgtypes.Peer{dev}, routes, link, []netip.Addr{gw}); !p.Empty() {
 		t.Fatalf("converged host-encrypted peer gives plan %+v", p)
 	}
 	// Host encryption off: the /32 is no longer allowed and its route goes.
 	off := a
 	off.Host, off.HostSrc = netip.Addr{}, netip.Addr{}
-	p := Diff(map[netip.Prefix]Peer{a.CIDR: off}, []wgtypes.Peer{dev}, routes, link, gw)
+	p := Diff(map[netip.Prefix]Peer{a.primary(): off}, []wgtypes.Peer{dev}, routes, link, []netip.Addr{gw})
 	if len(p.Peers) != 1 || len(p.Peers[0].AllowedIPs) != 1 || len(p.RouteDel) != 1 || p.RouteDel[0].Table != route.HostTable {
 		t.Fatalf("off: %+v", p)
 	}
-	p = DiffOne(&a, &off, link, gw)
+	p = DiffOne(&a, &off, link, []netip.Addr{gw})
 	if len(p.RouteDel) != 1 || p.RouteDel[0].Dst.String() != "10.99.0.2/32" || len(p.Peers[0].AllowedIPs) != 1 {
 		t.Fatalf("DiffOne off: %+v", p)
 	}
-	p = DiffOne(&off, &a, link, gw)
+	p = DiffOne(&off, &a, link, []netip.Addr{gw})
 	if len(p.RouteDel) != 0 || len(p.RouteAdd) != 2 || len(p.Peers[0].AllowedIPs) != 2 {
 		t.Fatalf("DiffOne on: %+v", p)
 	}

@@ -43,11 +43,10 @@ type Config struct {
 	// own key, so it would only leave a route into nowhere and a resync
 	// that "repairs" it forever).
 	SelfKey wgtypes.Key
-	OwnCIDR netip.Prefix // this node's PodCIDR
-	Gateway netip.Addr   // source address of routes into the tunnel
-	// Gateway6 is the IPv6 gateway in a dual-stack cluster: the source of
-	// routes to peers' IPv6 PodCIDRs (dual.go).
-	Gateway6  netip.Addr
+	OwnCIDR netip.Prefix // the CIDR keying this node's record
+	// Gateways are this node's own addresses, one per family: a route
+	// into the tunnel takes the one of its family as source.
+	Gateways  []netip.Addr
 	Device    string
 	LinkIndex int
 	WG        *wgctrl.Client
@@ -115,13 +114,11 @@ type Reconciler struct {
 
 	records    map[netip.Prefix]record.Lease // valid records of other nodes
 	active     map[netip.Prefix]Peer         // desired peers after conflict resolution
-	keyOwner   map[wgtypes.Key]netip.Prefix  // which PodCIDR uses a public key
-	conflicted map[netip.Prefix]bool         // valid records waiting for their key to be free
+	owners     owners                        // what a record holds alone, and which record holds it (owners.go)
+	conflicted map[netip.Prefix]bool         // valid records waiting for a claim to be free
 	applied    map[netip.Prefix]Peer         // what is on the device and in the routes
 	dirty      map[netip.Prefix]bool         // failed applies to retry
 	hostRanges map[netip.Prefix]bool         // reserved host blocks (hosts.go)
-	owner6     map[netip.Prefix]netip.Prefix // IPv6 PodCIDR -> record (primary CIDR) using it (dual.go)
-	hostOwner  map[netip.Addr]netip.Prefix   // tunneled underlay address -> record using it (hostenc.go)
 	synced     chan struct{}
 	// rev is the etcd revision of the event being handled; logged with
 	// each applied change so benchmarks and operators can tie a device
@@ -187,7 +184,7 @@ func (r *Reconciler) publishPeer(old, cur *Peer) {
 		delete(r.peerNodes, old.PublicKey)
 	}
 	if cur != nil {
-		r.peerNodes[cur.PublicKey] = PeerInfo{Node: cur.Node, CIDR: cur.CIDR}
+		r.peerNodes[cur.PublicKey] = PeerInfo{Node: cur.Node, CIDR: cur.primary()}
 	}
 }
 
@@ -212,12 +209,10 @@ func (r *Reconciler) Synced() <-chan struct{} { return r.synced }
 func (r *Reconciler) reset() {
 	r.records = map[netip.Prefix]record.Lease{}
 	r.active = map[netip.Prefix]Peer{}
-	r.keyOwner = map[wgtypes.Key]netip.Prefix{}
+	r.owners = owners{}
 	r.conflicted = map[netip.Prefix]bool{}
 	r.dirty = map[netip.Prefix]bool{}
 	r.hostRanges = map[netip.Prefix]bool{}
-	r.owner6 = map[netip.Prefix]netip.Prefix{}
-	r.hostOwner = map[netip.Addr]netip.Prefix{}
 }
 
 // Run reconciles until ctx ends.
@@ -385,7 +380,7 @@ func (r *Reconciler) kernelResync() (err error) {
 	if err != nil {
 		return fmt.Errorf("read WireGuard device %s: %w", r.cfg.Device, err)
 	}
-	routes, err := oursAllFamilies(r.cfg.Cluster)
+	routes, err := ourRoutes(r.cfg.Cluster)
 	if err != nil {
 		return err
 	}
@@ -399,7 +394,7 @@ func (r *Reconciler) kernelResync() (err error) {
 			delete(routes, dst)
 		}
 	}
-	plan := Diff(r.active, dev.Peers, routes, r.cfg.LinkIndex, r.cfg.Gateway, r.cfg.Gateway6)
+	plan := Diff(r.active, dev.Peers, routes, r.cfg.LinkIndex, r.cfg.Gateways)
 	if !plan.Empty() {
 		r.cfg.Log.Info("resync: repairing device/routes", "peer_changes", len(plan.Peers), "route_adds", len(plan.RouteAdd), "route_dels", len(plan.RouteDel))
 	}
@@ -433,7 +428,7 @@ func (r *Reconciler) logResyncPeers(changes []wgtypes.PeerConfig) {
 			continue
 		}
 		p := byKey[pc.PublicKey]
-		r.cfg.Log.Info("peer configured", "cidr", p.CIDR, "peer_node", p.Node, "endpoint", p.Endpoint, "public_key", p.PublicKey.String(), "by", "resync")
+		r.cfg.Log.Info("peer configured", "cidr", p.primary(), "peer_node", p.Node, "endpoint", p.Endpoint, "public_key", p.PublicKey.String(), "by", "resync")
 	}
 }
 
@@ -524,53 +519,6 @@ func (r *Reconciler) skip(key string, err error) {
 	r.cfg.Log.Warn("skipping bad node record", "key", key, "err", err, "bad_records", r.Stats.BadRecords.Load())
 }
 
-// resolve recomputes the desired peer for cidr, enforcing one PodCIDR per
-// public key (WireGuard keys identify peers; two records with one key would
-// fight over its AllowedIPs), then applies it if asked.
-func (r *Reconciler) resolve(cidr netip.Prefix, apply bool) {
-	prev, hadPrev := r.active[cidr]
-	if hadPrev && r.keyOwner[prev.PublicKey] == cidr {
-		delete(r.keyOwner, prev.PublicKey)
-	}
-	r.release6(cidr, prev)
-	if hadPrev && prev.Host.IsValid() && r.hostOwner[prev.Host] == cidr {
-		delete(r.hostOwner, prev.Host)
-	}
-	delete(r.active, cidr)
-	delete(r.conflicted, cidr)
-	if l, ok := r.records[cidr]; ok {
-		want := Peer{CIDR: cidr, Node: l.Node, PublicKey: l.PublicKey, Endpoint: l.Endpoint, Keepalive: effectiveKeepalive(r.cfg.Keepalive, l.Keepalive)}
-		want.CIDR6 = l.CIDR6
-		if owner, taken := r.keyOwner[want.PublicKey]; taken && owner != cidr {
-			r.conflicted[cidr] = true
-			r.skip(record.SubnetKey(r.cfg.Prefix, cidr), fmt.Errorf("public key %s is already used by the record for %s", want.PublicKey, owner))
-		} else if err := r.claim6(cidr, want.CIDR6); err != nil {
-			r.conflicted[cidr] = true
-			r.skip(record.SubnetKey(r.cfg.Prefix, cidr), err)
-		} else {
-			if want.Host = r.hostFor(cidr, l); want.Host.IsValid() {
-				want.HostSrc = r.cfg.HostSrc
-				r.hostOwner[want.Host] = cidr
-			}
-			r.active[cidr] = want
-			r.keyOwner[want.PublicKey] = cidr
-		}
-	}
-	if apply {
-		r.apply(cidr)
-	}
-	// A key freed up: a record that was waiting for it may take it now.
-	if hadPrev && (r.active[cidr].PublicKey != prev.PublicKey) {
-		for c := range r.conflicted {
-			if r.records[c].PublicKey == prev.PublicKey {
-				r.resolve(c, apply)
-				break
-			}
-		}
-	}
-	r.retry6(cidr, prev, hadPrev, apply)
-}
-
 // apply makes the device and routes match the desired state for one CIDR.
 func (r *Reconciler) apply(cidr netip.Prefix) {
 	var have, want *Peer
@@ -580,7 +528,7 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	if p, ok := r.active[cidr]; ok {
 		want = &p
 	}
-	plan := DiffOne(have, want, r.cfg.LinkIndex, r.cfg.Gateway, r.cfg.Gateway6)
+	plan := DiffOne(have, want, r.cfg.LinkIndex, r.cfg.Gateways)
 	if plan.Empty() {
 		return
 	}
@@ -628,7 +576,7 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 func (r *Reconciler) handshakeNow(p Peer) {
 	err := wgdev.Initiate(r.cfg.WG, r.cfg.Device, map[wgtypes.Key]time.Duration{p.PublicKey: 0})
 	if err != nil {
-		r.cfg.Log.Warn("could not trigger a handshake with the re-keyed peer; it happens with the next packet", "cidr", p.CIDR, "err", err)
+		r.cfg.Log.Warn("could not trigger a handshake with the re-keyed peer; it happens with the next packet", "cidr", p.primary(), "err", err)
 	}
 }
 

@@ -1,7 +1,9 @@
 package hosts
 
 import (
+	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -73,7 +75,21 @@ func TestHostOnlyPeerDualStack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.WaitPeerCIDRs(nf.PodCIDRs, 20*time.Second); err != nil {
+	// The host's one peer is allowed the node's PodCIDRs of both families.
+	want := slices.Sorted(slices.Values(nf.PodCIDRs))
+	err = harness.WaitFor(20*time.Second, "host's peer with "+strings.Join(want, ","), func() (bool, error) {
+		peers, err := h.PeerAllowedIPs()
+		if err != nil || len(peers) != 1 {
+			return false, fmt.Errorf("peers %v: %v", peers, err)
+		}
+		for _, ips := range peers {
+			if !slices.Equal(ips, want) {
+				return false, fmt.Errorf("peer allowed %v", ips)
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	p := node.MustAddPod(t)
