@@ -76,7 +76,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer nd.wg.Close()
 	endpoint, wg := nd.endpoint, nd.wg
 
-	hostEnc, err := setupHostEncryption(ctx, cfg, wg, endpoint, log)
+	underlayEnc, err := setupUnderlayEncryption(ctx, cfg, wg, endpoint, log)
 	if err != nil {
 		return err
 	}
@@ -89,7 +89,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Keepalive: int(cfg.Keepalive / time.Second),
 		Kind:      m.kind(),
 
-		HostEncryption: hostEnc.On,
+		UnderlayEncryption: underlayEnc.On,
 	}
 	acq := &lease.Acquirer{Client: cli, Prefix: cfg.EtcdPrefix, Cluster: m.grids(), Node: cfg.NodeName, TTL: cfg.LeaseTTL, Log: log}
 	var held lease.Held
@@ -111,7 +111,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	// source: a moved endpoint goes to the mesh too (latest wins).
 	hostSrc := make(chan netip.Addr, 1)
 	var moved func(netip.Addr)
-	if hostEnc.On {
+	if underlayEnc.On {
 		moved = func(a netip.Addr) {
 			select {
 			case <-hostSrc:
@@ -140,8 +140,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, SelfKey: priv.Public(), OwnCIDR: held.Primary(),
 		Gateways: at.gws, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
 		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck, Observe: om.observe,
-		Keepalive:      int(cfg.Keepalive / time.Second),
-		HostEncryption: hostEnc.On, HostSrc: endpoint, NoTunnel: hostEnc.NoTunnel, HostSrcChanges: hostSrc,
+		Keepalive:          int(cfg.Keepalive / time.Second),
+		UnderlayEncryption: underlayEnc.On, UnderlaySrc: endpoint, NoTunnel: underlayEnc.NoTunnel, UnderlaySrcChanges: hostSrc,
 		Recreate: nd.recreate(cfg, log, at.onNewDevice), DeviceEvents: wgdev.WatchLink(ctx, cfg.Device, log),
 		// A new device for a record that was still ours (a crash or
 		// reboot within the lease TTL): the peers hold sessions with the
@@ -263,7 +263,7 @@ func Cleanup(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 }
 
 // deleteOwnRecords deletes this node's records of the given kind ("" for
-// a pod node's PodCIDR, record.KindHost for a host-only peer's address)
+// a pod node's PodCIDR, record.KindHostPeer for a host-only peer's address)
 // and revokes their leases.
 func deleteOwnRecords(ctx context.Context, cfg *config.Config, kind string, log *slog.Logger) error {
 	opts, err := cfg.EtcdOptions()

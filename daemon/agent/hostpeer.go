@@ -19,13 +19,13 @@ import (
 	"github.com/wgcni/wgcni/daemon/record"
 )
 
-// HostFile is the host-only daemon's status file in the run dir (the
+// HostPeerFile is the host-only daemon's status file in the run dir (the
 // counterpart of the node file; no CNI plugin reads it, so a host-only
 // machine can never be mistaken for one that runs pods).
-const HostFile = "host.json"
+const HostPeerFile = "host.json"
 
-// HostStatus is the content of HostFile.
-type HostStatus struct {
+// HostPeerStatus is the content of HostPeerFile.
+type HostPeerStatus struct {
 	Name        string `json:"name"`
 	Address     string `json:"address"` // overlay address, e.g. 10.244.255.7
 	HostCIDR    string `json:"hostCIDR"`
@@ -42,7 +42,7 @@ type HostStatus struct {
 type hostPeer struct{ cfg *config.Config }
 
 func (*hostPeer) what() string   { return "host address" }
-func (*hostPeer) kind() string   { return record.KindHost }
+func (*hostPeer) kind() string   { return record.KindHostPeer }
 func (*hostPeer) forwards() bool { return false }
 
 // prepare reserves the host range (idempotent; the first host writes it).
@@ -66,7 +66,7 @@ func (h *hostPeer) prepare(ctx context.Context, cli *clientv3.Client, log *slog.
 
 // grids: the host's address is leased exactly like a PodCIDR, on a grid
 // of single addresses inside the host range.
-func (h *hostPeer) grids() record.Cluster { return record.HostCluster(h.cfg.HostRange) }
+func (h *hostPeer) grids() record.Cluster { return record.HostPeerGrid(h.cfg.HostRange) }
 
 func (h *hostPeer) leaseErr(err error) error {
 	return fmt.Errorf("host range %s: %w", h.cfg.HostRange, err)
@@ -90,8 +90,8 @@ func (h *hostPeer) attach(_ context.Context, _ *clientv3.Client, held lease.Held
 		return attached{}, err
 	}
 	addr := held.Primary().Addr()
-	st := HostStatus{Name: cfg.NodeName, Address: addr.String(), HostCIDR: cfg.HostRange.String(), ClusterCIDR: cfg.Cluster.Primary().CIDR.String(), Device: cfg.Device, MTU: nd.mtu}
-	if err := writeHostFile(cfg.RunDir, st); err != nil {
+	st := HostPeerStatus{Name: cfg.NodeName, Address: addr.String(), HostCIDR: cfg.HostRange.String(), ClusterCIDR: cfg.Cluster.Primary().CIDR.String(), Device: cfg.Device, MTU: nd.mtu}
+	if err := writeHostPeerFile(cfg.RunDir, st); err != nil {
 		return attached{}, err
 	}
 	return attached{gws: []netip.Addr{addr}, onNewDevice: setAddr}, nil
@@ -100,32 +100,32 @@ func (h *hostPeer) attach(_ context.Context, _ *clientv3.Client, held lease.Held
 // cleanup removes the host file. The host range reservation stays: other
 // hosts may use it.
 func (h *hostPeer) cleanup(*slog.Logger) []error {
-	if err := os.Remove(filepath.Join(h.cfg.RunDir, HostFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(filepath.Join(h.cfg.RunDir, HostPeerFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return []error{fmt.Errorf("remove host file: %w", err)}
 	}
 	return nil
 }
 
-func writeHostFile(runDir string, st HostStatus) error {
+func writeHostPeerFile(runDir string, st HostPeerStatus) error {
 	b, _ := json.MarshalIndent(st, "", "  ")
 	if err := os.MkdirAll(runDir, 0o755); err != nil {
 		return fmt.Errorf("run dir: %w", err)
 	}
-	if err := nodefile.WriteFileAtomic(filepath.Join(runDir, HostFile), append(b, '\n'), 0o644); err != nil {
+	if err := nodefile.WriteFileAtomic(filepath.Join(runDir, HostPeerFile), append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write host file: %w", err)
 	}
 	return nil
 }
 
-// ReadHostFile reads the host-only daemon's status file.
-func ReadHostFile(runDir string) (*HostStatus, error) {
-	b, err := os.ReadFile(filepath.Join(runDir, HostFile))
+// ReadHostPeerFile reads the host-only daemon's status file.
+func ReadHostPeerFile(runDir string) (*HostPeerStatus, error) {
+	b, err := os.ReadFile(filepath.Join(runDir, HostPeerFile))
 	if err != nil {
 		return nil, err
 	}
-	var st HostStatus
+	var st HostPeerStatus
 	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(runDir, HostFile), err)
+		return nil, fmt.Errorf("%s: %w", filepath.Join(runDir, HostPeerFile), err)
 	}
 	return &st, nil
 }

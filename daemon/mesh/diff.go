@@ -21,12 +21,12 @@ type Peer struct {
 	PublicKey wgtypes.Key
 	Endpoint  netip.AddrPort
 	Keepalive int // seconds, 0 = off
-	// Host is the peer's underlay address when both nodes use host
-	// encryption (hostenc.go): it is then allowed (the one exception to
-	// "exactly the PodCIDR") and routed in route.HostTable with HostSrc,
+	// Underlay is the peer's underlay address when both nodes use
+	// underlay encryption (underlayenc.go): it is then allowed (the one exception to
+	// "exactly the PodCIDR") and routed in route.HostTable with UnderlaySrc,
 	// this node's underlay address, as source. Invalid = off.
-	Host    netip.Addr
-	HostSrc netip.Addr
+	Underlay    netip.Addr
+	UnderlaySrc netip.Addr
 }
 
 // Plan is what must change on the device and in the routing table. Apply
@@ -46,7 +46,7 @@ func (p Peer) primary() netip.Prefix { return p.CIDRs[0] }
 
 func (p Peer) equal(o Peer) bool {
 	return slices.Equal(p.CIDRs, o.CIDRs) && p.Node == o.Node && p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
-		p.Keepalive == o.Keepalive && p.Host == o.Host && p.HostSrc == o.HostSrc
+		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc
 }
 
 func (p Peer) config() wgtypes.PeerConfig {
@@ -67,8 +67,8 @@ func (p Peer) allowed() []net.IPNet {
 	for _, c := range p.CIDRs {
 		out = append(out, toIPNet(c))
 	}
-	if p.Host.IsValid() {
-		out = append(out, toIPNet(p.hostPrefix()))
+	if p.Underlay.IsValid() {
+		out = append(out, toIPNet(p.underlayPrefix()))
 	}
 	return out
 }
@@ -80,8 +80,8 @@ func (p Peer) routes(link int, srcs []netip.Addr) []route.Peer {
 	for _, c := range p.CIDRs {
 		out = append(out, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, srcs)})
 	}
-	if p.Host.IsValid() {
-		out = append(out, route.HostRoute(p.Host, link, p.HostSrc))
+	if p.Underlay.IsValid() {
+		out = append(out, route.HostRoute(p.Underlay, link, p.UnderlaySrc))
 	}
 	return out
 }
@@ -111,7 +111,7 @@ func matches(have wgtypes.Peer, want Peer) bool {
 		if !ok {
 			return false
 		}
-		if p := netip.PrefixFrom(ip.Unmap(), ones); !slices.Contains(want.CIDRs, p) && (!want.Host.IsValid() || p != want.hostPrefix()) {
+		if p := netip.PrefixFrom(ip.Unmap(), ones); !slices.Contains(want.CIDRs, p) && (!want.Underlay.IsValid() || p != want.underlayPrefix()) {
 			return false
 		}
 	}
@@ -161,8 +161,8 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 		for _, c := range d.CIDRs {
 			wanted[c] = true
 		}
-		if d.Host.IsValid() {
-			wanted[d.hostPrefix()] = true
+		if d.Underlay.IsValid() {
+			wanted[d.underlayPrefix()] = true
 		}
 	}
 	for _, dst := range sortedKeys(routes) {
@@ -196,10 +196,10 @@ func DiffOne(have, want *Peer, link int, src []netip.Addr) Plan {
 				plan.RouteDel = append(plan.RouteDel, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, src)})
 			}
 		}
-		if have.Host.IsValid() && have.Host != want.Host {
+		if have.Underlay.IsValid() && have.Underlay != want.Underlay {
 			// Host encryption went off for this peer (or its address
 			// moved): its underlay address must leave the tunnel table.
-			plan.RouteDel = append(plan.RouteDel, route.HostRoute(have.Host, link, have.HostSrc))
+			plan.RouteDel = append(plan.RouteDel, route.HostRoute(have.Underlay, link, have.UnderlaySrc))
 		}
 		if have.PublicKey != want.PublicKey {
 			plan.Peers = append(plan.Peers, wgtypes.PeerConfig{PublicKey: have.PublicKey, Remove: true})

@@ -63,16 +63,16 @@ type Config struct {
 	// alive towards every peer (a node behind NAT holds its mapping
 	// open); see effectiveKeepalive.
 	Keepalive int
-	// HostEncryption: tunnel traffic to peers' underlay addresses when
-	// they advertise it too (hostenc.go), with HostSrc (this node's
+	// UnderlayEncryption: tunnel traffic to peers' underlay addresses when
+	// they advertise it too (underlayenc.go), with UnderlaySrc (this node's
 	// underlay address) as source; never to the NoTunnel addresses (the
 	// etcd endpoints).
-	HostEncryption bool
-	HostSrc        netip.Addr
-	NoTunnel       []netip.Addr
-	// HostSrcChanges delivers this node's new underlay address when it
-	// moves (roaming): the source of the host-table routes (hostenc.go).
-	HostSrcChanges <-chan netip.Addr
+	UnderlayEncryption bool
+	UnderlaySrc        netip.Addr
+	NoTunnel           []netip.Addr
+	// UnderlaySrcChanges delivers this node's new underlay address when it
+	// moves (roaming): the source of the host-table routes (underlayenc.go).
+	UnderlaySrcChanges <-chan netip.Addr
 	// Recreate brings the device back after it was lost (its userspace
 	// host process died, or the link was deleted) — created or adopted,
 	// keyed, addressed, up — and returns its new link index; DeviceEvents
@@ -118,7 +118,7 @@ type Reconciler struct {
 	conflicted map[netip.Prefix]bool         // valid records waiting for a claim to be free
 	applied    map[netip.Prefix]Peer         // what is on the device and in the routes
 	dirty      map[netip.Prefix]bool         // failed applies to retry
-	hostRanges map[netip.Prefix]bool         // reserved host blocks (hosts.go)
+	hostRanges map[netip.Prefix]bool         // reserved host blocks (hostpeer.go)
 	synced     chan struct{}
 	// rev is the etcd revision of the event being handled; logged with
 	// each applied change so benchmarks and operators can tie a device
@@ -301,8 +301,8 @@ func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev 
 			r.recreateDevice("device link deleted")
 		case <-r.deviceRetryC():
 			r.recreateDevice("retry")
-		case a := <-r.cfg.HostSrcChanges:
-			r.setHostSrc(a)
+		case a := <-r.cfg.UnderlaySrcChanges:
+			r.setUnderlaySrc(a)
 		case <-retry:
 			for cidr := range r.dirty {
 				delete(r.dirty, cidr)
@@ -384,7 +384,7 @@ func (r *Reconciler) kernelResync() (err error) {
 	if err != nil {
 		return err
 	}
-	if err := oursHostTable(routes); err != nil {
+	if err := oursUnderlayTable(routes); err != nil {
 		return err
 	}
 	// Only routes through our device are ours to manage here; the strict
@@ -554,8 +554,8 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	r.applied[cidr] = *want
 	r.publishPeer(have, want)
 	r.cfg.Log.Info("peer configured", "cidr", cidr, "peer_node", want.Node, "endpoint", want.Endpoint, "public_key", want.PublicKey.String(), "rev", r.rev)
-	if want.Host.IsValid() && (have == nil || have.Host != want.Host) {
-		r.cfg.Log.Info("host encryption on towards peer: its underlay address goes through WireGuard", "peer_node", want.Node, "addr", want.Host, "table", route.HostTable)
+	if want.Underlay.IsValid() && (have == nil || have.Underlay != want.Underlay) {
+		r.cfg.Log.Info("host encryption on towards peer: its underlay address goes through WireGuard", "peer_node", want.Node, "addr", want.Underlay, "table", route.HostTable)
 	}
 	if have != nil && have.PublicKey != want.PublicKey {
 		if want.Keepalive == 0 {

@@ -17,7 +17,7 @@ import (
 // records with one key would fight over its AllowedIPs), a PodCIDR beyond
 // the key's (honest nodes cannot share one, the lease's guard key sees to
 // that, but a record is untrusted input), and a tunneled underlay address
-// (an AllowedIP belongs to one peer only; hostenc.go). The first record to
+// (an AllowedIP belongs to one peer only; underlayenc.go). The first record to
 // claim a thing holds it; a later one waits as conflicted. The keys'
 // types (wgtypes.Key, netip.Prefix, netip.Addr) keep the kinds apart.
 type owners map[any]netip.Prefix
@@ -28,8 +28,8 @@ func (p Peer) claims() []any {
 	for _, c := range p.CIDRs[1:] {
 		out = append(out, c)
 	}
-	if p.Host.IsValid() {
-		out = append(out, p.Host)
+	if p.Underlay.IsValid() {
+		out = append(out, p.Underlay)
 	}
 	return out
 }
@@ -77,8 +77,8 @@ func (o owners) release(cidr netip.Prefix, p Peer) []any {
 // peerOf is the desired peer of record l at cidr (before conflicts).
 func (r *Reconciler) peerOf(cidr netip.Prefix, l record.Lease) Peer {
 	p := Peer{CIDRs: l.CIDRs, Node: l.Node, PublicKey: l.PublicKey, Endpoint: l.Endpoint, Keepalive: effectiveKeepalive(r.cfg.Keepalive, l.Keepalive)}
-	if p.Host = r.hostFor(cidr, l); p.Host.IsValid() {
-		p.HostSrc = r.cfg.HostSrc
+	if p.Underlay = r.underlayFor(cidr, l); p.Underlay.IsValid() {
+		p.UnderlaySrc = r.cfg.UnderlaySrc
 	}
 	return p
 }

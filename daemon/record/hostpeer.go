@@ -21,7 +21,7 @@ import (
 // Nodes accept a host record only inside a reserved block, so a host can
 // never claim an address inside some node's PodCIDR.
 const (
-	KindHost      = "host"
+	KindHostPeer  = "host"
 	KindHostRange = "hosts"
 )
 
@@ -36,9 +36,9 @@ func EncodeHostRange() []byte {
 	return b
 }
 
-// HostCluster is the view of a host range that lease.Acquirer works on:
+// HostPeerGrid is the view of a host range that lease.Acquirer works on:
 // "node CIDRs" of full length inside the block, i.e. single addresses.
-func HostCluster(block netip.Prefix) Cluster {
+func HostPeerGrid(block netip.Prefix) Cluster {
 	return Cluster{Grids: []Grid{{CIDR: block, NodePrefixLen: block.Addr().BitLen()}}}
 }
 
@@ -105,7 +105,7 @@ func ParsePeerKey(prefix, key string, cluster Cluster) (netip.Prefix, error) {
 }
 
 // DecodePeer decodes any record under the subnets prefix: a node lease, a
-// host lease (Kind KindHost, CIDRs one single address) or a host range
+// host lease (Kind KindHostPeer, CIDRs one single address) or a host range
 // reservation (Kind KindHostRange, only CIDRs set).
 func DecodePeer(prefix, key string, value []byte, cluster Cluster) (Lease, error) {
 	cidr, err := ParsePeerKey(prefix, key, cluster)

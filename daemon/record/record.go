@@ -131,10 +131,10 @@ type Subnet struct {
 	// a dual-stack cluster, held together with the key's CIDR (guard.go);
 	// omitted otherwise.
 	PodCIDRv6 string `json:"podCIDRv6,omitempty"`
-	// HostEncryption says this node tunnels host-to-host traffic to its
+	// UnderlayEncryption says this node tunnels host-to-host traffic to its
 	// underlay address (docs/hosts.md); used towards a peer only when both
 	// advertise it. Omitted when off; older daemons ignore it.
-	HostEncryption bool `json:"hostEncryption,omitempty"`
+	UnderlayEncryption bool `json:"hostEncryption,omitempty"`
 }
 
 // Lease is a decoded, validated subnet record.
@@ -147,10 +147,10 @@ type Lease struct {
 	PublicKey [32]byte
 	Endpoint  netip.AddrPort
 	Keepalive int
-	Kind      string // "" (node), KindHost or KindHostRange
-	// HostEncryption: the node accepts host-to-host traffic to its
+	Kind      string // "" (node), KindHostPeer or KindHostRange
+	// UnderlayEncryption: the node accepts host-to-host traffic to its
 	// underlay address (the endpoint's) through WireGuard.
-	HostEncryption bool
+	UnderlayEncryption bool
 }
 
 // Primary is the CIDR that keys the record (invalid if there is none).
@@ -171,7 +171,7 @@ func (l Lease) Subnet() Subnet {
 		Keepalive: l.Keepalive,
 		Kind:      l.Kind,
 
-		HostEncryption: l.HostEncryption,
+		UnderlayEncryption: l.UnderlayEncryption,
 	}
 	if len(l.CIDRs) > 1 {
 		s.PodCIDRv6 = l.CIDRs[1].String()
@@ -285,7 +285,7 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 	// disagrees is refused, so a node lease can never pose as a host.
 	want := ""
 	if primary.IsSingleIP() {
-		want = KindHost
+		want = KindHostPeer
 	}
 	if s.Kind != want {
 		return Lease{}, fmt.Errorf("field kind: %q does not fit a /%d key (want %q)", s.Kind, primary.Bits(), want)
@@ -306,7 +306,7 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 		Keepalive: s.Keepalive,
 		Kind:      s.Kind,
 
-		HostEncryption: s.HostEncryption,
+		UnderlayEncryption: s.UnderlayEncryption,
 	}, nil
 }
 

@@ -143,13 +143,13 @@ func TestHostEncryptionField(t *testing.T) {
 	key := "/wgcni/subnets/10.244.3.0-24"
 	v := `{"node":"n1","publicKey":"` + testKey + `","endpoint":"10.99.0.1","port":51820,"keepalive":0,"hostEncryption":true}`
 	l, err := DecodeSubnet("/wgcni", key, []byte(v), testCluster)
-	if err != nil || !l.HostEncryption {
+	if err != nil || !l.UnderlayEncryption {
 		t.Fatalf("decoded %+v, %v", l, err)
 	}
 	if !strings.Contains(string(l.Encode()), `"hostEncryption":true`) {
 		t.Fatalf("encode lost the field: %s", l.Encode())
 	}
-	l.HostEncryption = false
+	l.UnderlayEncryption = false
 	if strings.Contains(string(l.Encode()), "hostEncryption") {
 		t.Fatalf("off must be omitted (byte-identical to older daemons): %s", l.Encode())
 	}

@@ -31,7 +31,7 @@ func (r *Reconciler) decode(key string, value []byte) (record.Lease, error) {
 		}
 		r.hostRanges[l.Primary()] = true
 		return l, errHostRange
-	case record.KindHost:
+	case record.KindHostPeer:
 		block := record.GridBlock(r.cfg.Cluster, l.Primary().Addr())
 		if !r.hostRanges[block] {
 			return record.Lease{}, fmt.Errorf("etcd key %s: host address %s is not inside a reserved host range (no {\"kind\":%q} record at %s)",
@@ -51,7 +51,7 @@ func (r *Reconciler) hostRangeGone(cidr netip.Prefix) {
 	delete(r.hostRanges, cidr)
 	r.cfg.Log.Warn("host range reservation deleted; dropping its hosts", "cidr", cidr)
 	for c, l := range r.records {
-		if l.Kind == record.KindHost && cidr.Contains(c.Addr()) {
+		if l.Kind == record.KindHostPeer && cidr.Contains(c.Addr()) {
 			delete(r.records, c)
 			r.resolve(c, true)
 		}
