@@ -1,8 +1,7 @@
 package agent
 
 import (
-	"github.com/vishvananda/netlink"
-
+	"github.com/wgcni/wgcni/daemon/mesh"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
 )
@@ -30,20 +29,16 @@ func ensureStrict(c record.Cluster, forward bool) error {
 // family of the cluster (for `wgcnid cleanup`).
 func removeRoutes(c record.Cluster) []error {
 	var errs []error
-	for _, p := range c.Prefixes() {
-		fam := netlink.FAMILY_V4
-		if p.Addr().Is6() {
-			fam = netlink.FAMILY_V6
-		}
-		peers, _, err := route.Ours(fam)
-		if err != nil {
+	peers, err := mesh.OurRoutes(c)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, pr := range peers {
+		if err := route.DeletePeer(pr); err != nil {
 			errs = append(errs, err)
 		}
-		for _, pr := range peers {
-			if err := route.DeletePeer(pr); err != nil {
-				errs = append(errs, err)
-			}
-		}
+	}
+	for _, p := range c.Prefixes() {
 		if err := route.RemoveStrict(p); err != nil {
 			errs = append(errs, err)
 		}

@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -144,50 +143,6 @@ type Reconciler struct {
 	recreating     bool // recreateDevice is running (its resync must not recurse)
 }
 
-// PeerInfo names the node behind a configured peer.
-type PeerInfo struct {
-	Node string
-	CIDR netip.Prefix
-}
-
-// PeerNodes returns the node of every peer configured on the device.
-func (r *Reconciler) PeerNodes() map[wgtypes.Key]PeerInfo {
-	r.peerMu.Lock()
-	defer r.peerMu.Unlock()
-	out := make(map[wgtypes.Key]PeerInfo, len(r.peerNodes))
-	for k, v := range r.peerNodes {
-		out[k] = v
-	}
-	return out
-}
-
-// publishPeers refreshes what PeerNodes returns from r.applied.
-func (r *Reconciler) publishPeers() {
-	m := make(map[wgtypes.Key]PeerInfo, len(r.applied))
-	for c, p := range r.applied {
-		m[p.PublicKey] = PeerInfo{Node: p.Node, CIDR: c}
-	}
-	r.peerMu.Lock()
-	r.peerNodes = m
-	r.peerMu.Unlock()
-}
-
-// publishPeer updates what PeerNodes returns for one changed peer
-// (per event: no copy of the whole map).
-func (r *Reconciler) publishPeer(old, cur *Peer) {
-	r.peerMu.Lock()
-	defer r.peerMu.Unlock()
-	if r.peerNodes == nil {
-		r.peerNodes = map[wgtypes.Key]PeerInfo{}
-	}
-	if old != nil {
-		delete(r.peerNodes, old.PublicKey)
-	}
-	if cur != nil {
-		r.peerNodes[cur.PublicKey] = PeerInfo{Node: cur.Node, CIDR: cur.primary()}
-	}
-}
-
 func (r *Reconciler) observe(kind string, start time.Time, err error) {
 	if r.cfg.Observe != nil {
 		r.cfg.Observe(kind, time.Since(start), err)
@@ -229,108 +184,6 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		r.initiateAll()
 	}
 	return r.loop(ctx, rev, &bo)
-}
-
-// loop watches from rev+1 until ctx ends, re-watching with backoff and
-// re-listing after compaction.
-func (r *Reconciler) loop(ctx context.Context, rev int64, bo *etcdutil.Backoff) error {
-	log := r.cfg.Log
-	var err error
-	resync := time.NewTicker(r.cfg.Resync)
-	defer resync.Stop()
-	retry := time.NewTicker(5 * time.Second)
-	defer retry.Stop()
-	for ctx.Err() == nil {
-		// WithRequireLeader: a member cut off from the quorum ends the
-		// watch instead of silently sending nothing.
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wch := r.cfg.Client.Watch(wctx, record.SubnetsPrefix(r.cfg.Prefix), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-		rev, err = r.watchLoop(ctx, wch, rev, resync.C, retry.C, bo)
-		cancel()
-		if ctx.Err() != nil {
-			return nil
-		}
-		r.Stats.WatchRestarts.Add(1)
-		if errors.Is(err, rpctypes.ErrCompacted) {
-			log.Warn("watch fell behind etcd compaction; re-listing", "rev", rev)
-			if rev, err = r.fullSyncRetry(ctx, bo); err != nil {
-				return err
-			}
-			continue
-		}
-		d := bo.Next()
-		log.Warn("etcd watch ended; re-watching", "err", err, "from_rev", rev+1, "in", d.Round(time.Millisecond))
-		if !etcdutil.Sleep(ctx, d) {
-			return nil
-		}
-	}
-	return nil
-}
-
-// watchLoop handles one watch stream; it returns the last revision seen
-// and why the stream ended.
-func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev int64, resync, retry <-chan time.Time, bo *etcdutil.Backoff) (int64, error) {
-	for {
-		select {
-		case <-ctx.Done():
-			return rev, ctx.Err()
-		case resp, ok := <-wch:
-			if !ok {
-				return rev, errors.New("watch channel closed")
-			}
-			if resp.CompactRevision != 0 {
-				return rev, rpctypes.ErrCompacted
-			}
-			if err := resp.Err(); err != nil {
-				return rev, err
-			}
-			bo.Reset()
-			for _, ev := range resp.Events {
-				r.rev = ev.Kv.ModRevision
-				r.handle(ev)
-				rev = ev.Kv.ModRevision
-			}
-		case <-resync:
-			r.kernelResync()
-		case <-r.cfg.DeviceEvents:
-			if r.deviceLost {
-				// The device is being made again (an external host
-				// restarted): try at once and soon after.
-				r.deviceBackoff.Reset()
-			}
-			r.recreateDevice("device link deleted")
-		case <-r.deviceRetryC():
-			r.recreateDevice("retry")
-		case a := <-r.cfg.UnderlaySrcChanges:
-			r.setUnderlaySrc(a)
-		case <-retry:
-			for cidr := range r.dirty {
-				delete(r.dirty, cidr)
-				r.apply(cidr)
-			}
-			r.checkHandshakes(time.Now())
-		case <-r.rekeyC():
-			r.checkRekeys(time.Now())
-		}
-	}
-}
-
-func (r *Reconciler) fullSyncRetry(ctx context.Context, bo *etcdutil.Backoff) (int64, error) {
-	for {
-		rev, err := r.fullSync(ctx)
-		if err == nil {
-			bo.Reset()
-			return rev, nil
-		}
-		if ctx.Err() != nil {
-			return 0, ctx.Err()
-		}
-		d := bo.Next()
-		r.cfg.Log.Warn("full sync failed; retrying (existing peers are kept)", "err", err, "in", d.Round(time.Millisecond))
-		if !etcdutil.Sleep(ctx, d) {
-			return 0, ctx.Err()
-		}
-	}
 }
 
 // fullSync re-lists etcd, rebuilds the desired state and applies the
@@ -380,7 +233,7 @@ func (r *Reconciler) kernelResync() (err error) {
 	if err != nil {
 		return fmt.Errorf("read WireGuard device %s: %w", r.cfg.Device, err)
 	}
-	routes, err := ourRoutes(r.cfg.Cluster)
+	routes, err := OurRoutes(r.cfg.Cluster)
 	if err != nil {
 		return err
 	}
@@ -600,79 +453,4 @@ func (r *Reconciler) execute(p Plan) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// peerHealth tracks one peer's handshakes between checks.
-type peerHealth struct {
-	since   time.Time // first seen on the device with this key
-	lastTx  int64
-	failing bool
-}
-
-// handshakeGrace is how long a peer may try before it counts as failing:
-// WireGuard retries a handshake every 5 s, so three attempts.
-const handshakeGrace = 15 * time.Second
-
-// rejectAfter is WireGuard's session lifetime: older sessions are dead.
-const rejectAfter = 180 * time.Second
-
-// checkHandshakes logs and counts peers that this node is sending to
-// (handshake initiations or data) without a live session: with strict
-// mode their traffic is dropped, and this is where an operator sees why.
-func (r *Reconciler) checkHandshakes(now time.Time) {
-	dev, err := r.cfg.WG.Device(r.cfg.Device)
-	if err != nil {
-		return
-	}
-	if r.health == nil {
-		r.health = map[wgtypes.Key]*peerHealth{}
-	}
-	seen := make(map[wgtypes.Key]bool, len(dev.Peers))
-	failing := int64(0)
-	for _, p := range dev.Peers {
-		seen[p.PublicKey] = true
-		h := r.health[p.PublicKey]
-		if h == nil {
-			h = &peerHealth{since: now, lastTx: p.TransmitBytes}
-			r.health[p.PublicKey] = h
-			continue
-		}
-		sending := p.TransmitBytes > h.lastTx
-		h.lastTx = p.TransmitBytes
-		dead := p.LastHandshakeTime.IsZero() || now.Sub(p.LastHandshakeTime) > rejectAfter
-		bad := dead && sending && now.Sub(h.since) > handshakeGrace
-		if !dead && h.failing {
-			h.failing = false
-			r.cfg.Log.Info("WireGuard handshake problem cleared: handshake with peer succeeded", "cidr", r.cidrOf(p.PublicKey), "public_key", p.PublicKey)
-		}
-		if bad && !h.failing {
-			h.failing = true
-			r.Stats.HandshakeStalls.Add(1)
-			cidr := r.cidrOf(p.PublicKey)
-			r.cfg.Log.Warn("no WireGuard handshake with peer: its traffic is dropped (strict mode, never sent in clear); check the key and endpoint in its record, or whether that node is down",
-				"cidr", cidr, "node", r.applied[cidr].Node, "endpoint", p.Endpoint, "public_key", p.PublicKey,
-				"last_handshake", p.LastHandshakeTime, "handshake_stalls", r.Stats.HandshakeStalls.Load())
-		}
-		if h.failing {
-			failing++
-		}
-	}
-	for k, h := range r.health {
-		if !seen[k] {
-			if h.failing {
-				r.cfg.Log.Info("WireGuard handshake problem cleared: failing peer removed or re-keyed", "public_key", k)
-			}
-			delete(r.health, k)
-		}
-	}
-	r.Stats.NoHandshakePeers.Store(failing)
-}
-
-func (r *Reconciler) cidrOf(k wgtypes.Key) netip.Prefix {
-	for c, p := range r.applied {
-		if p.PublicKey == k {
-			return c
-		}
-	}
-	return netip.Prefix{}
 }

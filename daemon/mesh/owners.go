@@ -119,8 +119,8 @@ func (r *Reconciler) resolve(cidr netip.Prefix, apply bool) {
 	}
 }
 
-// ourRoutes lists our peer routes of every family the cluster has.
-func ourRoutes(c record.Cluster) (map[netip.Prefix]route.Peer, error) {
+// OurRoutes lists our peer routes of every family the cluster has.
+func OurRoutes(c record.Cluster) (map[netip.Prefix]route.Peer, error) {
 	all := map[netip.Prefix]route.Peer{}
 	for _, p := range c.Prefixes() {
 		fam := netlink.FAMILY_V4
