@@ -148,53 +148,6 @@ func TestAcquireAndRestart(t *testing.T) {
 	}
 }
 
-func TestRaceTwentyNodes(t *testing.T) {
-	srv := etcdtest.Start(t)
-	c := mustCluster(t, "10.244.0.0/16", 24)
-	ctx := context.Background()
-	const n = 20
-	var wg sync.WaitGroup
-	results := make([]Held, n)
-	errs := make([]error, n)
-	start := make(chan struct{})
-	for i := range n {
-		cli := srv.Client(t) // one client per daemon, as in a fleet
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			node := fmt.Sprintf("node-%02d", i)
-			<-start
-			results[i], errs[i] = acquirer(t, cli, c, node, 30*time.Second).Acquire(ctx, selfRecord(t, node), netip.Prefix{})
-		}()
-	}
-	close(start)
-	wg.Wait()
-	seen := map[netip.Prefix]string{}
-	for i, h := range results {
-		if errs[i] != nil {
-			t.Fatalf("node %d: %v", i, errs[i])
-		}
-		if other, dup := seen[h.Primary()]; dup {
-			t.Fatalf("duplicate CIDR %s for node-%02d and %s", h.Primary(), i, other)
-		}
-		seen[h.Primary()] = fmt.Sprintf("node-%02d", i)
-	}
-	// etcd agrees: 20 records, 20 distinct nodes.
-	resp, err := srv.Client(t).Get(ctx, record.SubnetsPrefix(prefix), clientv3.WithPrefix())
-	if err != nil || len(resp.Kvs) != n {
-		t.Fatalf("etcd holds %d records (%v)", len(resp.Kvs), err)
-	}
-	nodes := map[string]bool{}
-	for _, kv := range resp.Kvs {
-		l, err := record.DecodeSubnet(prefix, string(kv.Key), kv.Value, c)
-		if err != nil || nodes[l.Node] {
-			t.Fatalf("record %s: %+v %v", kv.Key, l, err)
-		}
-		nodes[l.Node] = true
-	}
-	t.Logf("20 racing nodes got 20 distinct CIDRs")
-}
-
 func TestRaceForTheLastCIDRs(t *testing.T) {
 	// 8 nodes race for 4 CIDRs: exactly 4 win, 4 get ErrClusterFull.
 	srv := etcdtest.Start(t)
@@ -421,62 +374,91 @@ func dualCluster(t *testing.T, v4 string, n4 int, v6 string, n6 int) record.Clus
 	return c
 }
 
-// Racing dual-stack nodes get distinct CIDRs of both families, each node's
-// IPv6 guard bound to the same lease as its record. The IPv6 grid is smaller
-// than the IPv4 one, so the IPv6 guards are what the race is decided on.
-func TestDualRaceDistinctBothFamilies(t *testing.T) {
+// Racing nodes get distinct CIDRs of every family of the cluster, each
+// further CIDR's guard bound to the same lease as the record. In the dual
+// cluster the IPv6 grid is smaller than the IPv4 one, so the guards are
+// what the race is decided on; once a grid is full, the next node is
+// refused with a clear error and leaves nothing behind.
+func TestRaceDistinct(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		grids [][2]any // cluster CIDR, node prefix length
+		n     int      // nodes that fit
+	}{
+		{"v4", [][2]any{{"10.244.0.0/20", 24}}, 16},
+		{"v6", [][2]any{{"fd00:244::/60", 64}}, 16},
+		{"dual", [][2]any{{"10.244.0.0/16", 24}, {"fd00:244::/60", 64}}, 16},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var grids []record.Grid
+			for _, g := range tc.grids {
+				grids = append(grids, mustCluster(t, g[0].(string), g[1].(int)).Grids[0])
+			}
+			c, err := record.Join(grids...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raceDistinct(t, c, tc.n)
+		})
+	}
+}
+
+func raceDistinct(t *testing.T, c record.Cluster, n int) {
 	srv := etcdtest.Start(t)
-	c := dualCluster(t, "10.244.0.0/16", 24, "fd00:244::/60", 64) // 16 IPv6 node CIDRs
 	ctx := context.Background()
-	const n = 16
 	var wg sync.WaitGroup
 	results := make([]Held, n)
 	errs := make([]error, n)
 	start := make(chan struct{})
 	for i := range n {
-		cli := srv.Client(t)
+		cli := srv.Client(t) // one client per daemon, as in a fleet
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			node := fmt.Sprintf("node-%02d", i)
 			<-start
-			results[i], errs[i] = acquirer(t, cli, c, node, 30*time.Second).Acquire(ctx, selfRecord(t, node), netip.Prefix{})
+			results[i], errs[i] = acquirer(t, cli, c, node, 30*time.Second).Acquire(ctx, selfRecord(t, node))
 		}()
 	}
 	close(start)
 	wg.Wait()
-	seen4, seen6 := map[netip.Prefix]bool{}, map[netip.Prefix]bool{}
+	seen := map[netip.Prefix]bool{}
 	cli := srv.Client(t)
 	for i, h := range results {
 		if errs[i] != nil {
 			t.Fatalf("node %d: %v", i, errs[i])
 		}
-		if len(h.CIDRs) != 2 || seen4[h.CIDRs[0]] || seen6[h.CIDRs[1]] {
-			t.Fatalf("node %d: duplicate or missing CIDR %+v", i, h)
+		if len(h.CIDRs) != len(c.Grids) {
+			t.Fatalf("node %d holds %v, want one CIDR per grid of %s", i, h.CIDRs, c)
 		}
-		seen4[h.CIDRs[0]], seen6[h.CIDRs[1]] = true, true
+		for j, p := range h.CIDRs {
+			if seen[p] || !c.Grids[j].Holds(p) {
+				t.Fatalf("node %d: duplicate or off-grid CIDR %s", i, p)
+			}
+			seen[p] = true
+		}
 		resp, err := cli.Get(ctx, h.Key)
 		if err != nil || len(resp.Kvs) != 1 {
 			t.Fatalf("record %s: %v", h.Key, err)
 		}
 		l, err := record.DecodeSubnet(prefix, h.Key, resp.Kvs[0].Value, c)
-		if err != nil || !slices.Equal(l.CIDRs, h.CIDRs) {
+		if err != nil || !slices.Equal(l.CIDRs, h.CIDRs) || l.Node != fmt.Sprintf("node-%02d", i) {
 			t.Fatalf("record %s: %+v %v", h.Key, l, err)
 		}
-		g, err := cli.Get(ctx, record.GuardKey(prefix, h.CIDRs[1]))
-		if err != nil || len(g.Kvs) != 1 || clientv3.LeaseID(g.Kvs[0].Lease) != h.LeaseID {
-			t.Fatalf("guard of %s not bound to lease %x: %v %v", h.CIDRs[1], int64(h.LeaseID), g, err)
+		for _, p := range h.CIDRs[1:] {
+			g, err := cli.Get(ctx, record.GuardKey(prefix, p))
+			if err != nil || len(g.Kvs) != 1 || clientv3.LeaseID(g.Kvs[0].Lease) != h.LeaseID {
+				t.Fatalf("guard of %s not bound to lease %x: %v %v", p, int64(h.LeaseID), g, err)
+			}
 		}
 	}
-	// The IPv6 grid is now full: a 17th node is refused with a clear error
-	// and leaves nothing behind.
-	_, err := acquirer(t, cli, c, "late", 30*time.Second).Acquire(ctx, selfRecord(t, "late"), netip.Prefix{})
+	_, err := acquirer(t, cli, c, "late", 30*time.Second).Acquire(ctx, selfRecord(t, "late"))
 	if !errors.Is(err, ErrClusterFull) {
-		t.Fatalf("17th node: %v", err)
+		t.Fatalf("node %d of a full grid: %v", n+1, err)
 	}
-	t.Logf("full IPv6 grid: %v", err)
+	t.Logf("%d racing nodes got distinct CIDRs; the next: %v", n, err)
 	resp, _ := cli.Get(ctx, record.SubnetsPrefix(prefix), clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if resp.Count != n {
+	if resp.Count != int64(n) {
 		t.Fatalf("%d records after refused acquire, want %d", resp.Count, n)
 	}
 }

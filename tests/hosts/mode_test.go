@@ -26,7 +26,10 @@ func TestHostOnlyPeerEtcdPasswordAuth(t *testing.T) {
 	tlsf := c.Etcd.TLS
 	node := c.Nodes()[0]
 
-	wrong := writeTemp(t, "wrong-password\n")
+	wrong := t.TempDir() + "/wrong-password"
+	if err := os.WriteFile(wrong, []byte("wrong-password\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	bad, err := c.AddBareNode()
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +59,11 @@ func TestHostOnlyPeerEtcdPasswordAuth(t *testing.T) {
 	if err := h.WaitPeerCIDRs([]string{podCIDR(t, node)}, 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := os.ReadFile(h.LogPath); strings.Contains(string(b), strings.TrimSpace(readFile(t, tlsf.PasswordFile))) {
+	pw, err := os.ReadFile(tlsf.PasswordFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(h.LogPath); strings.Contains(string(b), strings.TrimSpace(string(pw))) {
 		t.Fatal("the etcd password appears in the host-only peer's log")
 	}
 	p := node.MustAddPod(t)
@@ -128,22 +135,4 @@ func TestHostOnlyPeerDualStack(t *testing.T) {
 			}
 		}
 	})
-}
-
-func readFile(t *testing.T, p string) string {
-	t.Helper()
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
-func writeTemp(t *testing.T, content string) string {
-	t.Helper()
-	p := t.TempDir() + "/content"
-	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
