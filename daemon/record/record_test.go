@@ -93,10 +93,58 @@ func TestNewCluster(t *testing.T) {
 	}
 }
 
-func TestDecodeConfig(t *testing.T) {
-	c, err := DecodeConfig("/wgcni/config", EncodeConfig(testCluster))
-	if err != nil || !c.Equal(testCluster) {
-		t.Fatalf("%v %v", c, err)
+// The config and a node's record round-trip in every family setting, with
+// the exact wire form older daemons read: a single-family cluster has no
+// dual-stack fields; a dual one keeps its IPv4 grid in the original fields
+// and keys records by the IPv4 CIDR.
+func TestRoundTripFamilies(t *testing.T) {
+	v4 := Grid{CIDR: netip.MustParsePrefix("10.244.0.0/16"), NodePrefixLen: 24}
+	v6 := Grid{CIDR: netip.MustParsePrefix("fd00:244::/48"), NodePrefixLen: 64}
+	for _, tc := range []struct {
+		name    string
+		grids   []Grid
+		config  string
+		cidrs   []string
+		key     string
+		podCIDR string // the record's podCIDRv6 field
+	}{
+		{"v4", []Grid{v4}, `{"clusterCIDR":"10.244.0.0/16","nodePrefixLen":24}`, []string{"10.244.3.0/24"}, "/wgcni/subnets/10.244.3.0-24", ""},
+		{"v6", []Grid{v6}, `{"clusterCIDR":"fd00:244::/48","nodePrefixLen":64}`, []string{"fd00:244:0:3::/64"}, "/wgcni/subnets/fd00:244:0:3::-64", ""},
+		{"dual", []Grid{v4, v6}, `{"clusterCIDR":"10.244.0.0/16","nodePrefixLen":24,"clusterCIDRv6":"fd00:244::/48","nodePrefixLenV6":64}`,
+			[]string{"10.244.3.0/24", "fd00:244:0:3::/64"}, "/wgcni/subnets/10.244.3.0-24", `,"podCIDRv6":"fd00:244:0:3::/64"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Join(tc.grids...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b := EncodeConfig(c); string(b) != tc.config {
+				t.Fatalf("config encodes as %s, want %s", b, tc.config)
+			}
+			got, err := DecodeConfig("/wgcni/config", []byte(tc.config))
+			if err != nil || !got.Equal(c) {
+				t.Fatalf("config decodes as %v %v", got, err)
+			}
+			var cidrs []netip.Prefix
+			for _, s := range tc.cidrs {
+				cidrs = append(cidrs, netip.MustParsePrefix(s))
+			}
+			key, _ := ParseKey(testKey)
+			l := Lease{CIDRs: cidrs, Node: "n1", PublicKey: key, Endpoint: netip.MustParseAddrPort("10.99.0.1:51820")}
+			want := `{"node":"n1","publicKey":"` + testKey + `","endpoint":"10.99.0.1","port":51820,"keepalive":0` + tc.podCIDR + `}`
+			if SubnetKey("/wgcni", l.Primary()) != tc.key || string(l.Encode()) != want {
+				t.Fatalf("record %s = %s, want %s = %s", SubnetKey("/wgcni", l.Primary()), l.Encode(), tc.key, want)
+			}
+			l2, err := DecodeSubnet("/wgcni", tc.key, []byte(want), c)
+			if err != nil || !reflect.DeepEqual(l2, l) {
+				t.Fatalf("record decodes as %+v %v", l2, err)
+			}
+			for i, p := range cidrs {
+				if !c.Grids[i].Holds(p) {
+					t.Fatalf("%s not on grid %s", p, c.Grids[i])
+				}
+			}
+		})
 	}
 	if _, err := DecodeConfig("/wgcni/config", []byte(`{"clusterCIDR":16}`)); err == nil || !strings.Contains(err.Error(), "/wgcni/config") {
 		t.Fatalf("wrong-typed config accepted or unnamed: %v", err)
@@ -166,16 +214,7 @@ func dualTestCluster(t *testing.T) Cluster {
 	return c
 }
 
-func TestDualConfigRoundTrip(t *testing.T) {
-	c := dualTestCluster(t)
-	b := EncodeConfig(c)
-	if !strings.Contains(string(b), `"clusterCIDRv6":"fd00:244::/48","nodePrefixLenV6":64`) {
-		t.Fatalf("encoded %s", b)
-	}
-	got, err := DecodeConfig("/wgcni/config", b)
-	if err != nil || !got.Equal(c) {
-		t.Fatalf("%+v %v", got, err)
-	}
+func TestBadDualConfig(t *testing.T) {
 	if _, err := DecodeConfig("/wgcni/config", []byte(`{"clusterCIDR":"10.244.0.0/16","nodePrefixLen":24,"clusterCIDRv6":"10.0.0.0/8","nodePrefixLenV6":16}`)); err == nil || !strings.Contains(err.Error(), "not an IPv6 CIDR") {
 		t.Fatalf("v4 CIDR as clusterCIDRv6: %v", err)
 	}
