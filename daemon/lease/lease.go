@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -102,10 +101,6 @@ func (a *Acquirer) Acquire(ctx context.Context, self record.Lease, preferred ...
 			own = append(own, kv)
 		}
 	}
-	pickers, err := a.guardPickers(ctx, preferred)
-	if err != nil {
-		return Held{}, err
-	}
 	want := onGrid(primary, preferred)
 	if len(own) > 0 {
 		h, err := a.adoptOwn(ctx, own, self, want)
@@ -114,53 +109,23 @@ func (a *Acquirer) Acquire(ctx context.Context, self record.Lease, preferred ...
 		}
 		// Our record expired while we looked: fall through and create.
 	}
+	if want.IsValid() && taken[want] {
+		a.Log.Warn("remembered PodCIDR is held by another node; taking a different one", "cidr", want)
+	}
+	ps, err := a.pickers(ctx, taken, preferred)
+	if err != nil {
+		return Held{}, err
+	}
 
 	leaseID, err := a.grant(ctx)
 	if err != nil {
 		return Held{}, err
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			a.revoke(leaseID)
-		}
-	}()
-	if want.IsValid() && !taken[want] {
-		h, won, err := a.createPicked(ctx, want, pickers, self, leaseID)
-		if err != nil {
-			return Held{}, err
-		}
-		if won {
-			ok = true
-			return h, nil
-		}
-	} else if want.IsValid() {
-		a.Log.Warn("remembered PodCIDR is held by another node; taking a different one", "cidr", want)
+	h, err := a.createPicked(ctx, ps, self, leaseID)
+	if err != nil {
+		a.revoke(leaseID)
 	}
-	free := freeCIDRs(primary, taken)
-	for len(free) > 0 && pickers.full() == nil {
-		i := rand.N(len(free))
-		cidr := free[i]
-		free[i] = free[len(free)-1]
-		free = free[:len(free)-1]
-		if cidr == want {
-			continue
-		}
-		h, won, err := a.createPicked(ctx, cidr, pickers, self, leaseID)
-		if err != nil {
-			return Held{}, err
-		}
-		if won {
-			ok = true
-			return h, nil
-		}
-	}
-	g, under := primary, record.SubnetsPrefix(a.Prefix)
-	if full := pickers.full(); full != nil {
-		g, under = full.grid, record.GuardsPrefix(a.Prefix)
-	}
-	return Held{}, fmt.Errorf("%w: all %d %s node CIDRs (/%d) of %s are leased; enlarge the %s --cluster-cidr or remove stale keys under %s",
-		ErrClusterFull, g.NodeCount(), g.Family(), g.NodePrefixLen, g.CIDR, g.Family(), under)
+	return h, err
 }
 
 // onGrid returns the first of cidrs that is a node CIDR of g.
@@ -332,8 +297,8 @@ func (a *Acquirer) adopt(ctx context.Context, kv *mvccpb.KeyValue, self record.L
 
 // create writes self at the key of cidrs[0] if no record exists there,
 // with the guard keys of the further CIDRs in the same transaction, only if
-// they are absent too. takenAt is the index in cidrs of a guard that was
-// already held (0 if none was).
+// they are absent too. When not won, takenAt is the index in cidrs of the
+// one that was held: a guard's, or 0 for the record itself.
 func (a *Acquirer) create(ctx context.Context, cidrs []netip.Prefix, self record.Lease, leaseID clientv3.LeaseID) (h Held, won bool, takenAt int, err error) {
 	key := record.SubnetKey(a.Prefix, cidrs[0])
 	self.CIDRs = cidrs

@@ -12,42 +12,46 @@ import (
 	"github.com/wgcni/wgcni/daemon/record"
 )
 
-// The grids after the primary (record/guard.go): the node's record is
-// keyed by its primary CIDR and names its CIDR of each further grid, whose
-// guard key is created in the same transaction (Version==0 on every key),
-// bound to the same lease, so a node holds all its CIDRs or none, and two
-// nodes never share one.
+// One allocator for every grid: a picker per grid hands out its free node
+// CIDRs; a node takes one of each in one transaction. The primary's is the
+// record's key; each further one (record/guard.go) is named in the record
+// and gets a guard key created in the same transaction (Version==0 on
+// every key), bound to the same lease, so a node holds all its CIDRs or
+// none, and two nodes never share one.
 
-// picker hands out free node CIDRs of one further grid: the preferred one
-// first, then in random order (racing nodes rarely collide).
+// picker hands out free node CIDRs of one grid: the preferred one first,
+// then in random order (racing nodes rarely collide).
 type picker struct {
 	grid      record.Grid
+	under     string // where its keys live, for errors
 	preferred netip.Prefix
 	free      []netip.Prefix
 }
 
-// pickers are the pickers of every grid after the primary.
+// pickers are the pickers of every grid of the cluster, primary first.
 type pickers []*picker
 
-// guardPickers lists the guard keys that exist and makes a picker for each
-// further grid of the cluster.
-func (a *Acquirer) guardPickers(ctx context.Context, preferred []netip.Prefix) (pickers, error) {
-	if len(a.Cluster.Grids) < 2 {
-		return nil, nil
-	}
-	kvs, _, err := etcdutil.List(ctx, a.Client, record.GuardsPrefix(a.Prefix))
-	if err != nil {
-		return nil, err
-	}
-	taken := make(map[netip.Prefix]bool, len(kvs))
-	for _, kv := range kvs {
-		if p, err := record.ParseGuardKey(a.Prefix, string(kv.Key), a.Cluster); err == nil {
-			taken[p] = true
+// pickers makes a picker for every grid: the primary's without the
+// CIDRs in taken (the records), the others' without those whose guard key
+// exists.
+func (a *Acquirer) pickers(ctx context.Context, taken map[netip.Prefix]bool, preferred []netip.Prefix) (pickers, error) {
+	if len(a.Cluster.Grids) > 1 {
+		kvs, _, err := etcdutil.List(ctx, a.Client, record.GuardsPrefix(a.Prefix))
+		if err != nil {
+			return nil, err
+		}
+		for _, kv := range kvs {
+			if p, err := record.ParseGuardKey(a.Prefix, string(kv.Key), a.Cluster); err == nil {
+				taken[p] = true
+			}
 		}
 	}
 	var ps pickers
-	for _, g := range a.Cluster.Grids[1:] {
-		p := &picker{grid: g, free: freeCIDRs(g, taken)}
+	for i, g := range a.Cluster.Grids {
+		p := &picker{grid: g, under: record.SubnetsPrefix(a.Prefix), free: freeCIDRs(g, taken)}
+		if i > 0 {
+			p.under = record.GuardsPrefix(a.Prefix)
+		}
 		if want := onGrid(g, preferred); want.IsValid() && !taken[want] {
 			p.preferred = want
 		}
@@ -91,24 +95,25 @@ func (ps pickers) full() *picker {
 	return nil
 }
 
-// createPicked creates the record at primary together with a free CIDR of
-// every further grid, trying further ones while only a guard was taken.
-func (a *Acquirer) createPicked(ctx context.Context, primary netip.Prefix, ps pickers, self record.Lease, leaseID clientv3.LeaseID) (Held, bool, error) {
-	for ps.full() == nil {
-		cidrs := []netip.Prefix{primary}
-		for _, p := range ps {
-			cidrs = append(cidrs, p.pick())
+// createPicked creates the record with a free CIDR of every grid, trying
+// others in place of whichever was taken, until one grid runs out.
+func (a *Acquirer) createPicked(ctx context.Context, ps pickers, self record.Lease, leaseID clientv3.LeaseID) (Held, error) {
+	for {
+		if full := ps.full(); full != nil {
+			g := full.grid
+			return Held{}, fmt.Errorf("%w: all %d %s node CIDRs (/%d) of %s are leased; enlarge the %s --cluster-cidr or remove stale keys under %s",
+				ErrClusterFull, g.NodeCount(), g.Family(), g.NodePrefixLen, g.CIDR, g.Family(), full.under)
+		}
+		cidrs := make([]netip.Prefix, len(ps))
+		for i, p := range ps {
+			cidrs[i] = p.pick()
 		}
 		h, won, takenAt, err := a.create(ctx, cidrs, self, leaseID)
 		if err != nil || won {
-			return h, won, err
+			return h, err
 		}
-		if takenAt == 0 {
-			return Held{}, false, nil
-		}
-		ps[takenAt-1].drop(cidrs[takenAt])
+		ps[takenAt].drop(cidrs[takenAt])
 	}
-	return Held{}, false, nil
 }
 
 // guardPut is the operation writing the guard of cidr for primary.
