@@ -1,7 +1,8 @@
 // Package agent wires wgcnid's parts together in the order that keeps the
-// node safe: strict route first (no plaintext window), then key, etcd
-// config, device, lease, bridge and node file, then the lease keeper and
-// the mesh reconciler. It also implements `wgcnid cleanup`.
+// node safe: strict routes first (no plaintext window), then key, etcd
+// config, device, lease, what the mode builds on the lease (a pod node's
+// bridge and node file, or a host-only peer's address), then the lease
+// keeper and the mesh reconciler. It also implements `wgcnid cleanup`.
 package agent
 
 import (

@@ -136,3 +136,57 @@ func TestHostOnlyPeerDualStack(t *testing.T) {
 		}
 	})
 }
+
+// TestHostOnlyPeerMetricsAndRotation: --metrics-addr and `wgcnid
+// rotate-key` work on a host-only peer as on a node: /readyz turns ready
+// and /metrics counts its peer; a rotated key reaches the node, which
+// peers with the new key, and the host still reaches a pod.
+func TestHostOnlyPeerMetricsAndRotation(t *testing.T) {
+	const metricsAddr = "127.0.0.1:9586" // loopback of the host's own namespace
+	c := harness.Start(t, harness.Config{ClusterCIDR: clusterCIDR, LeaseTTL: leaseTTL, ListenPort: wgPort}, 1)
+	node := c.Nodes()[0]
+	h, addr := startHost(t, c, "--metrics-addr", metricsAddr)
+	if err := node.WaitPeerCIDRs([]string{addr.String() + "/32"}, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var body string
+	err := harness.WaitFor(20*time.Second, "host-only peer's /readyz and /metrics", func() (bool, error) {
+		if out, err := h.Exec("curl", "-sf", "http://"+metricsAddr+"/readyz"); err != nil {
+			return false, fmt.Errorf("/readyz: %v %s", err, out)
+		}
+		var err error
+		body, err = h.Exec("curl", "-sf", "http://"+metricsAddr+"/metrics")
+		return err == nil && strings.Contains(body, "\nwgcni_peers 1\n"), err
+	})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, body)
+	}
+
+	p := node.MustAddPod(t)
+	wgKey := func() string {
+		d, err := h.WGDevice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.PublicKey.String()
+	}
+	oldKey := wgKey()
+	argv := append([]string{c.Bin("wgcnid"), "rotate-key"}, h.DaemonArgs()...)
+	out, err := h.ExecTimeout(90*time.Second, argv...)
+	if err != nil {
+		t.Fatalf("wgcnid rotate-key on the host-only peer: %v %s", err, out)
+	}
+	newKey := wgKey()
+	if newKey == oldKey || !strings.Contains(out, newKey) {
+		t.Fatalf("rotate-key printed %q; device key %s (was %s)", out, newKey, oldKey)
+	}
+	err = harness.WaitFor(20*time.Second, "node to peer with the host's new key", func() (bool, error) {
+		peers, err := node.PeerAllowedIPs()
+		_, ok := peers[newKey]
+		return ok && len(peers) == 1, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	harness.Connect(t, h.NS, p.IP, "host -> pod after the host's key rotation", 5)
+}
