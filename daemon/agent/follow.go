@@ -24,8 +24,8 @@ func followEndpoint(ctx context.Context, cfg *config.Config, keeper *lease.Keepe
 	f := &endpoint.Follower{
 		Detect: func() (netip.Addr, error) {
 			a, _, err := Underlay(netip.Addr{})
-			if err == nil && cfg.Cluster.CIDR.Contains(a) {
-				return netip.Addr{}, fmt.Errorf("detected endpoint %s lies inside cluster CIDR %s", a, cfg.Cluster.CIDR)
+			if err == nil && cfg.Cluster.Contains(a) {
+				return netip.Addr{}, fmt.Errorf("detected endpoint %s lies inside cluster CIDR %v", a, cfg.Cluster.Prefixes())
 			}
 			return a, err
 		},

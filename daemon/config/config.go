@@ -53,7 +53,7 @@ type Config struct {
 	NodeName        string
 	ClusterCIDR     string
 	NodePrefixLen   int
-	NodePrefixLenV6 int    // prefix length of IPv6 node CIDRs (dual.go)
+	NodePrefixLenV6 int    // prefix length of IPv6 node CIDRs (cluster.go)
 	EndpointIP      string // empty: auto-detect
 	ListenPort      int
 	Device          string
@@ -75,9 +75,9 @@ type Config struct {
 	SameNodePort       int    // hub UDP port; 0: ListenPort+1
 	HostOnly           bool   // host-only peer: no pods, a /32 out of HostCIDR (docs/hosts.md)
 	HostCIDR           string // empty: the cluster's last node-sized block
-	// HostEncryption tunnels traffic between this node's and other nodes'
+	// UnderlayEncryption tunnels traffic between this node's and other nodes'
 	// underlay addresses when both use it (docs/hosts.md).
-	HostEncryption bool
+	UnderlayEncryption bool
 
 	// Derived by Validate.
 	Cluster   record.Cluster
@@ -125,7 +125,7 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "host:port serving Prometheus /metrics, /healthz and /readyz, e.g. 127.0.0.1:9586 (empty = off)")
 	fs.BoolVar(&c.HostOnly, "host-only", false, "join the mesh as a host-only peer: no pods, one overlay address out of --host-cidr")
 	fs.StringVar(&c.HostCIDR, "host-cidr", "", "node-sized block of --cluster-cidr that host-only peers lease their /32 from (default: the last block)")
-	fs.BoolVar(&c.HostEncryption, "host-encryption", false, "also encrypt host-to-host traffic between this node's and other nodes' underlay addresses (only towards nodes that use it too; never to etcd endpoints)")
+	fs.BoolVar(&c.UnderlayEncryption, "host-encryption", false, "also encrypt host-to-host traffic between this node's and other nodes' underlay addresses (only towards nodes that use it too; never to etcd endpoints)")
 	return fs
 }
 
@@ -242,7 +242,7 @@ func (c *Config) Validate() error {
 	if err := record.ValidNodeName(c.NodeName); err != nil {
 		return fmt.Errorf("--node-name: %w", err)
 	}
-	cl, err := clusterFromFlags(c.ClusterCIDR, c.NodePrefixLen, c.NodePrefixLenV6)
+	cl, err := clusterFromFlags(c.ClusterCIDR, map[string]int{"IPv4": c.NodePrefixLen, "IPv6": c.NodePrefixLenV6})
 	if err != nil {
 		return err
 	}

@@ -173,7 +173,7 @@ func Status(ctx context.Context, cfg *config.Config, now time.Time) (*StatusRepo
 		defer cli.Close()
 		for _, rec := range recs {
 			names[rec.lease.PublicKey] = rec.lease.Node
-			if rec.lease.CIDR.String() == nf.PodCIDR && rec.lease.Node == nf.Name {
+			if rec.lease.Primary().String() == nf.PodCIDR && rec.lease.Node == nf.Name {
 				r.Lease = &LeaseStatus{Key: rec.key, LeaseID: fmt.Sprintf("%x", rec.leaseID), TTLSeconds: ttl(ctx, cli, rec.leaseID)}
 			}
 		}
@@ -283,7 +283,7 @@ func Nodes(ctx context.Context, cfg *config.Config) (*NodesReport, error) {
 	for _, rec := range recs {
 		t := ttl(ctx, cli, rec.leaseID)
 		r.Nodes = append(r.Nodes, NodeLease{
-			Node: rec.lease.Node, PodCIDR: rec.lease.CIDR.String(), Endpoint: rec.lease.Endpoint.String(),
+			Node: rec.lease.Node, PodCIDR: rec.lease.Primary().String(), Endpoint: rec.lease.Endpoint.String(),
 			PublicKey: wgtypes.Key(rec.lease.PublicKey).String(), Keepalive: rec.lease.Keepalive,
 			LeaseID: fmt.Sprintf("%x", rec.leaseID), TTLSeconds: t, Alive: t > 0, Self: rec.lease.Node == self,
 		})

@@ -22,8 +22,16 @@ type MismatchError struct {
 }
 
 func (e *MismatchError) Error() string {
-	return fmt.Sprintf("cluster config in etcd key %s is %s but this node's flags say %s (--cluster-cidr=%s --node-prefix-len=%d); refusing to start",
-		e.Key, e.Stored, e.Own, e.Own.CIDR, e.Own.NodePrefixLen)
+	flags := ""
+	for i, g := range e.Own.Grids {
+		if i == 0 {
+			flags = fmt.Sprintf("--cluster-cidr=%s --node-prefix-len=%d", g.CIDR, g.NodePrefixLen)
+		} else {
+			flags = fmt.Sprintf("--cluster-cidr=%s,%s --node-prefix-len=%d --node-prefix-len-v6=%d", e.Own.Grids[0].CIDR, g.CIDR, e.Own.Grids[0].NodePrefixLen, g.NodePrefixLen)
+		}
+	}
+	return fmt.Sprintf("cluster config in etcd key %s is %s but this node's flags say %s (%s); refusing to start",
+		e.Key, e.Stored, e.Own, flags)
 }
 
 // EnsureConfig writes want as the cluster config record if there is none
@@ -51,7 +59,7 @@ func EnsureConfig(ctx context.Context, kv clientv3.KV, prefix string, want recor
 	if err != nil {
 		return false, fmt.Errorf("%w (fix or delete it): %w", ErrCorruptConfig, err)
 	}
-	if stored != want {
+	if !stored.Equal(want) {
 		return false, &MismatchError{Key: key, Stored: stored, Own: want}
 	}
 	return false, nil

@@ -135,13 +135,13 @@ func (k *Keeper) retake(ctx context.Context) {
 	// (restored by etcd with a full TTL) must be renewed before it ends,
 	// or every peer drops this node.
 	bo := etcdutil.Backoff{Min: 500 * time.Millisecond, Max: retakeMaxDelay(k.A.TTL)}
-	cidr := k.Held().CIDR
+	cidrs := k.Held().CIDRs // retake every family as one
+	cidr := cidrs[0]
 	for ctx.Err() == nil {
 		k.mu.Lock()
 		self := k.Self
-		self.CIDR6 = k.held.CIDR6 // retake both families as one
 		k.mu.Unlock()
-		h, err := k.A.Retake(ctx, self, cidr)
+		h, err := k.A.Retake(ctx, self, cidrs)
 		if err == nil {
 			k.mu.Lock()
 			k.held = h

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -40,15 +39,23 @@ func (e *TakenError) Error() string {
 
 // Held describes the lease record this node owns.
 type Held struct {
-	CIDR    netip.Prefix
+	// CIDRs are the node's CIDRs, one per family of the cluster, the
+	// key's (primary) first; the others' guard keys are bound to LeaseID
+	// too (guard.go).
+	CIDRs   []netip.Prefix
 	Key     string
 	LeaseID clientv3.LeaseID
-	// CIDR6 is the IPv6 PodCIDR in a dual-stack cluster (its guard key
-	// is bound to LeaseID too; dual.go).
-	CIDR6 netip.Prefix
 	// How it was obtained: "created", "adopted" (own record found, e.g.
 	// after a restart) or "retaken" (own record had vanished).
 	How string
+}
+
+// Primary is the CIDR that keys the record.
+func (h Held) Primary() netip.Prefix {
+	if len(h.CIDRs) == 0 {
+		return netip.Prefix{}
+	}
+	return h.CIDRs[0]
 }
 
 // Acquirer obtains and keeps this node's lease record.
@@ -59,9 +66,6 @@ type Acquirer struct {
 	Node    string
 	TTL     time.Duration
 	Log     *slog.Logger
-	// Preferred6 is the IPv6 PodCIDR to ask for first in a dual-stack
-	// cluster (LoadRemembered6), like Acquire's preferred for IPv4.
-	Preferred6 netip.Prefix
 }
 
 func (a *Acquirer) ttlSeconds() int64 {
@@ -72,16 +76,19 @@ func (a *Acquirer) ttlSeconds() int64 {
 	return s
 }
 
-// Acquire returns this node's lease record, publishing self (its CIDR field
-// is ignored). An existing record of this node is adopted with its live
-// lease, so a restart keeps the CIDR and the peers see no change. Otherwise
-// preferred (e.g. the CIDR remembered in the state dir) is tried first, then
-// free CIDRs in random order so racing nodes rarely collide.
-func (a *Acquirer) Acquire(ctx context.Context, self record.Lease, preferred netip.Prefix) (Held, error) {
+// Acquire returns this node's lease record, publishing self (its CIDRs
+// are ignored): one node CIDR of every grid of the cluster. An existing
+// record of this node is adopted with its live lease, so a restart keeps
+// the CIDRs and the peers see no change. Otherwise preferred (e.g. the
+// CIDRs remembered in the state dir; those not on a grid are ignored) are
+// tried first, then free CIDRs in random order so racing nodes rarely
+// collide.
+func (a *Acquirer) Acquire(ctx context.Context, self record.Lease, preferred ...netip.Prefix) (Held, error) {
 	kvs, _, err := etcdutil.List(ctx, a.Client, record.SubnetsPrefix(a.Prefix))
 	if err != nil {
 		return Held{}, err
 	}
+	primary := a.Cluster.Primary()
 	taken := make(map[netip.Prefix]bool, len(kvs))
 	var own []*mvccpb.KeyValue
 	for _, kv := range kvs {
@@ -94,77 +101,50 @@ func (a *Acquirer) Acquire(ctx context.Context, self record.Lease, preferred net
 			own = append(own, kv)
 		}
 	}
-	taken6, err := a.listTaken6(ctx)
-	if err != nil {
-		return Held{}, err
-	}
+	want := onGrid(primary, preferred)
 	if len(own) > 0 {
-		h, err := a.adoptOwn(ctx, own, self, preferred)
+		h, err := a.adoptOwn(ctx, own, self, want)
 		if err == nil || !errors.Is(err, errGone) {
 			return h, err
 		}
 		// Our record expired while we looked: fall through and create.
+	}
+	if want.IsValid() && taken[want] {
+		a.Log.Warn("remembered PodCIDR is held by another node; taking a different one", "cidr", want)
+	}
+	ps, err := a.pickers(ctx, taken, preferred)
+	if err != nil {
+		return Held{}, err
 	}
 
 	leaseID, err := a.grant(ctx)
 	if err != nil {
 		return Held{}, err
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			a.revoke(leaseID)
-		}
-	}()
-	var free []netip.Prefix
-	picker := a.newPicker6(taken6)
-	if preferred.IsValid() && !taken[preferred] {
-		h, won, err := a.createPicked(ctx, preferred, picker, self, leaseID)
-		if err != nil {
-			return Held{}, err
-		}
-		if won {
-			ok = true
-			return h, nil
-		}
-	} else if preferred.IsValid() {
-		a.Log.Warn("remembered PodCIDR is held by another node; taking a different one", "cidr", preferred)
+	h, err := a.createPicked(ctx, ps, self, leaseID)
+	if err != nil {
+		a.revoke(leaseID)
 	}
-	free = a.freeCIDRs(taken)
-	for len(free) > 0 {
-		i := rand.N(len(free))
-		cidr := free[i]
-		free[i] = free[len(free)-1]
-		free = free[:len(free)-1]
-		if cidr == preferred {
-			continue
-		}
-		h, won, err := a.createPicked(ctx, cidr, picker, self, leaseID)
-		if err != nil {
-			return Held{}, err
-		}
-		if won {
-			ok = true
-			return h, nil
-		}
-		if picker.full() {
-			break
-		}
-	}
-	if picker.full() {
-		return Held{}, fmt.Errorf("%w: all %d IPv6 node CIDRs (/%d) of %s are leased; enlarge the IPv6 --cluster-cidr or remove stale keys under %s",
-			ErrClusterFull, a.Cluster.V6Grid().NodeCount(), a.Cluster.NodePrefixLen6, a.Cluster.CIDR6, record.Subnets6Prefix(a.Prefix))
-	}
-	return Held{}, fmt.Errorf("%w: all %d node CIDRs (/%d) of %s are leased; enlarge --cluster-cidr or remove stale records under %s",
-		ErrClusterFull, a.Cluster.NodeCount(), a.Cluster.NodePrefixLen, a.Cluster.CIDR, record.SubnetsPrefix(a.Prefix))
+	return h, err
 }
 
-// Retake re-establishes this node's record for exactly cidr after the
-// keepalive stream ended or the record was seen deleted: adopt it if it is
-// still ours, create it if it is free, and return a *TakenError if another
-// node holds it (the caller logs, counts and retries; it never renumbers).
-func (a *Acquirer) Retake(ctx context.Context, self record.Lease, cidr netip.Prefix) (Held, error) {
-	key := record.SubnetKey(a.Prefix, cidr)
+// onGrid returns the first of cidrs that is a node CIDR of g.
+func onGrid(g record.Grid, cidrs []netip.Prefix) netip.Prefix {
+	for _, c := range cidrs {
+		if g.Holds(c) {
+			return c
+		}
+	}
+	return netip.Prefix{}
+}
+
+// Retake re-establishes this node's record for exactly cidrs (what it held)
+// after the keepalive stream ended or the record was seen deleted: adopt it
+// if it is still ours, create it if it is free, and return a *TakenError if
+// another node holds it (the caller logs, counts and retries; it never
+// renumbers).
+func (a *Acquirer) Retake(ctx context.Context, self record.Lease, cidrs []netip.Prefix) (Held, error) {
+	key := record.SubnetKey(a.Prefix, cidrs[0])
 	resp, err := a.Client.Get(ctx, key)
 	if err != nil {
 		return Held{}, fmt.Errorf("read own record %s: %w", key, err)
@@ -178,23 +158,25 @@ func (a *Acquirer) Retake(ctx context.Context, self record.Lease, cidr netip.Pre
 				return h, err
 			}
 		} else if derr == nil {
-			return Held{}, &TakenError{CIDR: cidr, By: l.Node}
+			return Held{}, &TakenError{CIDR: cidrs[0], By: l.Node}
 		} else {
-			return Held{}, &TakenError{CIDR: cidr, By: "(unreadable record: " + derr.Error() + ")"}
+			return Held{}, &TakenError{CIDR: cidrs[0], By: "(unreadable record: " + derr.Error() + ")"}
 		}
 	}
-	if err := a.check6Free(ctx, self.CIDR6); err != nil {
-		return Held{}, err
+	for _, c := range cidrs[1:] {
+		if err := a.clearOwnGuard(ctx, c); err != nil {
+			return Held{}, err
+		}
 	}
 	leaseID, err := a.grant(ctx)
 	if err != nil {
 		return Held{}, err
 	}
-	h, won, _, err := a.create(ctx, cidr, self.CIDR6, self, leaseID)
+	h, won, _, err := a.create(ctx, cidrs, self, leaseID)
 	if err != nil || !won {
 		a.revoke(leaseID)
 		if err == nil {
-			err = &TakenError{CIDR: cidr, By: "another node (raced)"}
+			err = &TakenError{CIDR: cidrs[0], By: "another node (raced)"}
 		}
 		return Held{}, err
 	}
@@ -206,7 +188,7 @@ func (a *Acquirer) Retake(ctx context.Context, self record.Lease, cidr netip.Pre
 // key). The transaction compares the record's lease with ours, so a node can
 // only ever overwrite its own record.
 func (a *Acquirer) Publish(ctx context.Context, h Held, self record.Lease) error {
-	self.CIDR6 = h.CIDR6
+	self.CIDRs = h.CIDRs
 	resp, err := a.Client.Txn(ctx).
 		If(clientv3.Compare(clientv3.LeaseValue(h.Key), "=", h.LeaseID)).
 		Then(clientv3.OpPut(h.Key, string(self.Encode()), clientv3.WithLease(h.LeaseID))).
@@ -253,10 +235,6 @@ func (a *Acquirer) adoptOwn(ctx context.Context, own []*mvccpb.KeyValue, self re
 // record never disappears, so peers never drop us.
 func (a *Acquirer) adopt(ctx context.Context, kv *mvccpb.KeyValue, self record.Lease) (Held, error) {
 	key := string(kv.Key)
-	cidr, err := record.ParseSubnetKey(a.Prefix, key, a.Cluster)
-	if err != nil {
-		return Held{}, err
-	}
 	old := clientv3.LeaseID(kv.Lease)
 	leaseID := old
 	if old != clientv3.NoLease {
@@ -277,14 +255,14 @@ func (a *Acquirer) adopt(ctx context.Context, kv *mvccpb.KeyValue, self record.L
 	if err != nil {
 		return Held{}, fmt.Errorf("adopt own record: %w", err)
 	}
-	if a.Cluster.Dual() && !cur.CIDR6.IsValid() {
+	if len(cur.CIDRs) < len(a.Cluster.Grids) {
 		return Held{}, fmt.Errorf("own record %s has no podCIDRv6 but the cluster is dual-stack; delete it (etcdctl del %s) so this node leases both families", key, key)
 	}
-	guardCmp, err := a.guard6Compare(ctx, cur.CIDR6)
+	guardCmps, err := a.guardCompares(ctx, cur.CIDRs[1:])
 	if err != nil {
 		return Held{}, err
 	}
-	self.CIDR6 = cur.CIDR6
+	self.CIDRs = cur.CIDRs
 	fresh := leaseID == clientv3.NoLease
 	if fresh {
 		if leaseID, err = a.grant(ctx); err != nil {
@@ -295,9 +273,9 @@ func (a *Acquirer) adopt(ctx context.Context, kv *mvccpb.KeyValue, self record.L
 	// someone else touched our record and we must look again.
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(key), "=", old), clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)}
 	ops := []clientv3.Op{clientv3.OpPut(key, string(self.Encode()), clientv3.WithLease(leaseID))}
-	if guardCmp != nil {
-		cmps = append(cmps, *guardCmp)
-		ops = append(ops, a.guard6Put(cur.CIDR6, cidr, leaseID))
+	cmps = append(cmps, guardCmps...)
+	for _, c := range cur.CIDRs[1:] {
+		ops = append(ops, a.guardPut(c, cur.CIDRs[0], leaseID))
 	}
 	resp, err := a.Client.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil || !resp.Succeeded {
@@ -314,36 +292,38 @@ func (a *Acquirer) adopt(ctx context.Context, kv *mvccpb.KeyValue, self record.L
 		// waiting for its TTL.
 		a.revoke(old)
 	}
-	return Held{CIDR: cidr, Key: key, LeaseID: leaseID, How: "adopted", CIDR6: cur.CIDR6}, nil
+	return Held{CIDRs: cur.CIDRs, Key: key, LeaseID: leaseID, How: "adopted"}, nil
 }
 
-// create writes self at cidr if no record exists there; in a dual-stack
-// cluster it also creates the guard key of cidr6 in the same transaction,
-// and only if that is absent too. taken6 reports that cidr6 was the one
-// already held.
-func (a *Acquirer) create(ctx context.Context, cidr, cidr6 netip.Prefix, self record.Lease, leaseID clientv3.LeaseID) (h Held, won, taken6 bool, err error) {
-	key := record.SubnetKey(a.Prefix, cidr)
-	self.CIDR6 = cidr6
+// create writes self at the key of cidrs[0] if no record exists there,
+// with the guard keys of the further CIDRs in the same transaction, only if
+// they are absent too. When not won, takenAt is the index in cidrs of the
+// one that was held: a guard's, or 0 for the record itself.
+func (a *Acquirer) create(ctx context.Context, cidrs []netip.Prefix, self record.Lease, leaseID clientv3.LeaseID) (h Held, won bool, takenAt int, err error) {
+	key := record.SubnetKey(a.Prefix, cidrs[0])
+	self.CIDRs = cidrs
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.Version(key), "=", 0)}
 	ops := []clientv3.Op{clientv3.OpPut(key, string(self.Encode()), clientv3.WithLease(leaseID))}
 	var orElse []clientv3.Op
-	if cidr6.IsValid() {
-		key6 := record.Subnet6Key(a.Prefix, cidr6)
-		cmps = append(cmps, clientv3.Compare(clientv3.Version(key6), "=", 0))
-		ops = append(ops, a.guard6Put(cidr6, cidr, leaseID))
-		orElse = append(orElse, clientv3.OpGet(key6, clientv3.WithCountOnly()))
+	for _, c := range cidrs[1:] {
+		gk := record.GuardKey(a.Prefix, c)
+		cmps = append(cmps, clientv3.Compare(clientv3.Version(gk), "=", 0))
+		ops = append(ops, a.guardPut(c, cidrs[0], leaseID))
+		orElse = append(orElse, clientv3.OpGet(gk, clientv3.WithCountOnly()))
 	}
 	resp, err := a.Client.Txn(ctx).If(cmps...).Then(ops...).Else(orElse...).Commit()
 	if err != nil {
-		return Held{}, false, false, fmt.Errorf("create record %s: %w", key, err)
+		return Held{}, false, 0, fmt.Errorf("create record %s: %w", key, err)
 	}
 	if !resp.Succeeded {
-		if cidr6.IsValid() && len(resp.Responses) > 0 && resp.Responses[0].GetResponseRange().Count > 0 {
-			taken6 = true
+		for i, r := range resp.Responses {
+			if r.GetResponseRange().Count > 0 {
+				return Held{}, false, i + 1, nil
+			}
 		}
-		return Held{}, false, taken6, nil
+		return Held{}, false, 0, nil
 	}
-	return Held{CIDR: cidr, Key: key, LeaseID: leaseID, How: "created", CIDR6: cidr6}, true, false, nil
+	return Held{CIDRs: cidrs, Key: key, LeaseID: leaseID, How: "created"}, true, 0, nil
 }
 
 func (a *Acquirer) grant(ctx context.Context) (clientv3.LeaseID, error) {
@@ -363,17 +343,17 @@ func (a *Acquirer) revoke(id clientv3.LeaseID) {
 	}
 }
 
-// freeCIDRs lists the node CIDRs of the cluster not in taken.
-func (a *Acquirer) freeCIDRs(taken map[netip.Prefix]bool) []netip.Prefix {
-	n := a.Cluster.NodeCount()
-	out := make([]netip.Prefix, 0, n-len(taken))
-	addr := a.Cluster.CIDR.Addr()
+// freeCIDRs lists the node CIDRs of g not in taken.
+func freeCIDRs(g record.Grid, taken map[netip.Prefix]bool) []netip.Prefix {
+	n := g.NodeCount()
+	out := make([]netip.Prefix, 0, max(n-len(taken), 0))
+	addr := g.CIDR.Addr()
 	for i := 0; i < n; i++ {
-		p := netip.PrefixFrom(addr, a.Cluster.NodePrefixLen)
+		p := netip.PrefixFrom(addr, g.NodePrefixLen)
 		if !taken[p] {
 			out = append(out, p)
 		}
-		addr = nextBlock(addr, a.Cluster.NodePrefixLen)
+		addr = nextBlock(addr, g.NodePrefixLen)
 	}
 	return out
 }
@@ -393,17 +373,34 @@ func nextBlock(addr netip.Addr, bits int) netip.Addr {
 	return out
 }
 
-// RememberFile is where the last PodCIDR is kept in the state dir, so a node
-// whose record expired (e.g. a long outage) asks for the same CIDR again.
-const RememberFile = "podcidr"
+// rememberFiles keep the last CIDR of each grid in the state dir, by
+// position (primary first; the names earlier versions used), so a node
+// whose record expired (e.g. a long outage) asks for the same CIDRs again.
+var rememberFiles = []string{"podcidr", "podcidr6"}
 
-// LoadRemembered returns the CIDR remembered in stateDir, or an invalid
-// prefix if there is none or it is unreadable (then any CIDR will do).
-func LoadRemembered(stateDir string) netip.Prefix { return loadPrefix(stateDir, RememberFile) }
+// LoadRemembered returns the CIDRs remembered in stateDir; unreadable
+// ones are left out (then any CIDR of that grid will do).
+func LoadRemembered(stateDir string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, f := range rememberFiles {
+		if p := loadPrefix(stateDir, f); p.IsValid() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
 
-// Remember stores cidr in stateDir.
-func Remember(stateDir string, cidr netip.Prefix) error {
-	return storePrefix(stateDir, RememberFile, cidr)
+// Remember stores cidrs (primary first) in stateDir.
+func Remember(stateDir string, cidrs []netip.Prefix) error {
+	for i, p := range cidrs {
+		if i >= len(rememberFiles) {
+			break
+		}
+		if err := storePrefix(stateDir, rememberFiles[i], p); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func loadPrefix(stateDir, name string) netip.Prefix {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -70,7 +71,7 @@ func TestEnsureConfig(t *testing.T) {
 	}
 	// Stored value unchanged by the refused writer.
 	resp, _ := cli.Get(ctx, record.ConfigKey(prefix))
-	if got, _ := record.DecodeConfig("k", resp.Kvs[0].Value); got != c1 {
+	if got, _ := record.DecodeConfig("k", resp.Kvs[0].Value); !got.Equal(c1) {
 		t.Fatalf("config changed to %v", got)
 	}
 	// A corrupt config record is named, not overwritten.
@@ -90,7 +91,7 @@ func TestAcquireAndRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h1.How != "created" || !c.CIDR.Contains(h1.CIDR.Addr()) || h1.CIDR.Bits() != 24 {
+	if h1.How != "created" || !c.Primary().Holds(h1.Primary()) {
 		t.Fatalf("held %+v", h1)
 	}
 	resp, err := cli.Get(ctx, h1.Key)
@@ -109,14 +110,14 @@ func TestAcquireAndRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h2.CIDR != h1.CIDR || h2.LeaseID != h1.LeaseID || h2.How != "adopted" {
-		t.Fatalf("restart got %+v, want CIDR %s lease %x adopted", h2, h1.CIDR, int64(h1.LeaseID))
+	if h2.Primary() != h1.Primary() || h2.LeaseID != h1.LeaseID || h2.How != "adopted" {
+		t.Fatalf("restart got %+v, want CIDR %s lease %x adopted", h2, h1.Primary(), int64(h1.LeaseID))
 	}
 
 	// A changed TTL moves the record to a new lease without it vanishing.
 	c3 := acquirer(t, cli, c, "n1", 40*time.Second)
 	h3, err := c3.Acquire(ctx, self, netip.Prefix{})
-	if err != nil || h3.CIDR != h1.CIDR || h3.LeaseID == h1.LeaseID {
+	if err != nil || h3.Primary() != h1.Primary() || h3.LeaseID == h1.LeaseID {
 		t.Fatalf("TTL change: %+v %v", h3, err)
 	}
 	ttl, _ := cli.TimeToLive(ctx, h3.LeaseID)
@@ -128,13 +129,13 @@ func TestAcquireAndRestart(t *testing.T) {
 	d := acquirer(t, cli, c, "n2", 30*time.Second)
 	want := netip.MustParsePrefix("10.244.77.0/24")
 	h4, err := d.Acquire(ctx, selfRecord(t, "n2"), want)
-	if err != nil || h4.CIDR != want {
+	if err != nil || h4.Primary() != want {
 		t.Fatalf("preferred: %+v %v", h4, err)
 	}
 	// Preferred held by someone else: another CIDR, no error.
 	e := acquirer(t, cli, c, "n3", 30*time.Second)
 	h5, err := e.Acquire(ctx, selfRecord(t, "n3"), want)
-	if err != nil || h5.CIDR == want || h5.CIDR == h1.CIDR {
+	if err != nil || h5.Primary() == want || h5.Primary() == h1.Primary() {
 		t.Fatalf("preferred taken: %+v %v", h5, err)
 	}
 	// Publish can update own record but not someone else's.
@@ -145,53 +146,6 @@ func TestAcquireAndRestart(t *testing.T) {
 	if err := b.Publish(ctx, Held{Key: h4.Key, LeaseID: h3.LeaseID}, self); err == nil {
 		t.Fatal("overwrote another node's record")
 	}
-}
-
-func TestRaceTwentyNodes(t *testing.T) {
-	srv := etcdtest.Start(t)
-	c := mustCluster(t, "10.244.0.0/16", 24)
-	ctx := context.Background()
-	const n = 20
-	var wg sync.WaitGroup
-	results := make([]Held, n)
-	errs := make([]error, n)
-	start := make(chan struct{})
-	for i := range n {
-		cli := srv.Client(t) // one client per daemon, as in a fleet
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			node := fmt.Sprintf("node-%02d", i)
-			<-start
-			results[i], errs[i] = acquirer(t, cli, c, node, 30*time.Second).Acquire(ctx, selfRecord(t, node), netip.Prefix{})
-		}()
-	}
-	close(start)
-	wg.Wait()
-	seen := map[netip.Prefix]string{}
-	for i, h := range results {
-		if errs[i] != nil {
-			t.Fatalf("node %d: %v", i, errs[i])
-		}
-		if other, dup := seen[h.CIDR]; dup {
-			t.Fatalf("duplicate CIDR %s for node-%02d and %s", h.CIDR, i, other)
-		}
-		seen[h.CIDR] = fmt.Sprintf("node-%02d", i)
-	}
-	// etcd agrees: 20 records, 20 distinct nodes.
-	resp, err := srv.Client(t).Get(ctx, record.SubnetsPrefix(prefix), clientv3.WithPrefix())
-	if err != nil || len(resp.Kvs) != n {
-		t.Fatalf("etcd holds %d records (%v)", len(resp.Kvs), err)
-	}
-	nodes := map[string]bool{}
-	for _, kv := range resp.Kvs {
-		l, err := record.DecodeSubnet(prefix, string(kv.Key), kv.Value, c)
-		if err != nil || nodes[l.Node] {
-			t.Fatalf("record %s: %+v %v", kv.Key, l, err)
-		}
-		nodes[l.Node] = true
-	}
-	t.Logf("20 racing nodes got 20 distinct CIDRs")
 }
 
 func TestRaceForTheLastCIDRs(t *testing.T) {
@@ -213,7 +167,7 @@ func TestRaceForTheLastCIDRs(t *testing.T) {
 			defer mu.Unlock()
 			switch {
 			case err == nil:
-				won[h.CIDR]++
+				won[h.Primary()]++
 			case errors.Is(err, ErrClusterFull):
 				full++
 			default:
@@ -274,8 +228,8 @@ func TestFullClusterAndExpiryReuse(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	waited := time.Since(start)
-	if hc.CIDR != ha.CIDR {
-		t.Fatalf("c got %s, want a's %s", hc.CIDR, ha.CIDR)
+	if hc.Primary() != ha.Primary() {
+		t.Fatalf("c got %s, want a's %s", hc.Primary(), ha.Primary())
 	}
 	if waited < 1500*time.Millisecond {
 		t.Fatalf("CIDR reused after %s, before a's 3s lease could have expired", waited)
@@ -307,8 +261,8 @@ func TestCorruptRecordsSkipped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.CIDR != netip.MustParsePrefix("10.244.3.0/24") {
-		t.Fatalf("got %s; corrupt records' CIDRs must count as taken, not overwritten", h.CIDR)
+	if h.Primary() != netip.MustParsePrefix("10.244.3.0/24") {
+		t.Fatalf("got %s; corrupt records' CIDRs must count as taken, not overwritten", h.Primary())
 	}
 	resp, _ := cli.Get(ctx, "/wgcni/subnets/10.244.0.0-24")
 	if string(resp.Kvs[0].Value) != "{not json" {
@@ -344,7 +298,7 @@ func TestKeeperRetakesVanishedRecord(t *testing.T) {
 		resp, _ := cli.Get(ctx, h.Key)
 		return len(resp.Kvs) == 1 && k.Retakes.Load() == 1
 	})
-	if k.Held().CIDR != h.CIDR || k.Held().LeaseID == h.LeaseID {
+	if k.Held().Primary() != h.Primary() || k.Held().LeaseID == h.LeaseID {
 		t.Fatalf("held %+v", k.Held())
 	}
 
@@ -357,7 +311,7 @@ func TestKeeperRetakesVanishedRecord(t *testing.T) {
 	cli.Put(ctx, h.Key, string(intruder.Encode()), clientv3.WithLease(g.ID))
 	k.Recheck()
 	waitFor(t, 10*time.Second, "conflict counted", func() bool { return k.Conflicts.Load() > 0 })
-	if k.Held().CIDR != h.CIDR {
+	if k.Held().Primary() != h.Primary() {
 		t.Fatal("keeper renumbered")
 	}
 	cli.Revoke(ctx, g.ID)
@@ -373,11 +327,11 @@ func TestKeeperRetakesVanishedRecord(t *testing.T) {
 
 func TestRemember(t *testing.T) {
 	dir := t.TempDir()
-	if LoadRemembered(dir).IsValid() {
+	if len(LoadRemembered(dir)) != 0 {
 		t.Fatal("remembered from empty dir")
 	}
 	p := netip.MustParsePrefix("10.244.5.0/24")
-	if err := Remember(dir, p); err != nil || LoadRemembered(dir) != p {
+	if err := Remember(dir, []netip.Prefix{p}); err != nil || LoadRemembered(dir)[0] != p {
 		t.Fatalf("remember: %v", err)
 	}
 }
@@ -409,5 +363,154 @@ func waitFor(t *testing.T, d time.Duration, what string, f func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func dualCluster(t *testing.T, v4 string, n4 int, v6 string, n6 int) record.Cluster {
+	c, err := record.Join(mustCluster(t, v4, n4).Grids[0], mustCluster(t, v6, n6).Grids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// Racing nodes get distinct CIDRs of every family of the cluster, each
+// further CIDR's guard bound to the same lease as the record. In the dual
+// cluster the IPv6 grid is smaller than the IPv4 one, so the guards are
+// what the race is decided on; once a grid is full, the next node is
+// refused with a clear error and leaves nothing behind.
+func TestRaceDistinct(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		grids [][2]any // cluster CIDR, node prefix length
+		n     int      // nodes that fit
+	}{
+		{"v4", [][2]any{{"10.244.0.0/20", 24}}, 16},
+		{"v6", [][2]any{{"fd00:244::/60", 64}}, 16},
+		{"dual", [][2]any{{"10.244.0.0/16", 24}, {"fd00:244::/60", 64}}, 16},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var grids []record.Grid
+			for _, g := range tc.grids {
+				grids = append(grids, mustCluster(t, g[0].(string), g[1].(int)).Grids[0])
+			}
+			c, err := record.Join(grids...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raceDistinct(t, c, tc.n)
+		})
+	}
+}
+
+func raceDistinct(t *testing.T, c record.Cluster, n int) {
+	srv := etcdtest.Start(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	results := make([]Held, n)
+	errs := make([]error, n)
+	start := make(chan struct{})
+	for i := range n {
+		cli := srv.Client(t) // one client per daemon, as in a fleet
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			node := fmt.Sprintf("node-%02d", i)
+			<-start
+			results[i], errs[i] = acquirer(t, cli, c, node, 30*time.Second).Acquire(ctx, selfRecord(t, node))
+		}()
+	}
+	close(start)
+	wg.Wait()
+	seen := map[netip.Prefix]bool{}
+	cli := srv.Client(t)
+	for i, h := range results {
+		if errs[i] != nil {
+			t.Fatalf("node %d: %v", i, errs[i])
+		}
+		if len(h.CIDRs) != len(c.Grids) {
+			t.Fatalf("node %d holds %v, want one CIDR per grid of %s", i, h.CIDRs, c)
+		}
+		for j, p := range h.CIDRs {
+			if seen[p] || !c.Grids[j].Holds(p) {
+				t.Fatalf("node %d: duplicate or off-grid CIDR %s", i, p)
+			}
+			seen[p] = true
+		}
+		resp, err := cli.Get(ctx, h.Key)
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("record %s: %v", h.Key, err)
+		}
+		l, err := record.DecodeSubnet(prefix, h.Key, resp.Kvs[0].Value, c)
+		if err != nil || !slices.Equal(l.CIDRs, h.CIDRs) || l.Node != fmt.Sprintf("node-%02d", i) {
+			t.Fatalf("record %s: %+v %v", h.Key, l, err)
+		}
+		for _, p := range h.CIDRs[1:] {
+			g, err := cli.Get(ctx, record.GuardKey(prefix, p))
+			if err != nil || len(g.Kvs) != 1 || clientv3.LeaseID(g.Kvs[0].Lease) != h.LeaseID {
+				t.Fatalf("guard of %s not bound to lease %x: %v %v", p, int64(h.LeaseID), g, err)
+			}
+		}
+	}
+	_, err := acquirer(t, cli, c, "late", 30*time.Second).Acquire(ctx, selfRecord(t, "late"))
+	if !errors.Is(err, ErrClusterFull) {
+		t.Fatalf("node %d of a full grid: %v", n+1, err)
+	}
+	t.Logf("%d racing nodes got distinct CIDRs; the next: %v", n, err)
+	resp, _ := cli.Get(ctx, record.SubnetsPrefix(prefix), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if resp.Count != int64(n) {
+		t.Fatalf("%d records after refused acquire, want %d", resp.Count, n)
+	}
+}
+
+// A restarted node adopts both CIDRs; the preferred (remembered) IPv6 CIDR
+// is taken when free; a deleted record is retaken with the same IPv6 CIDR;
+// a v4-only record of the same node encodes exactly as before.
+func TestDualAdoptRetake(t *testing.T) {
+	cli := etcdtest.Start(t).Client(t)
+	ctx := context.Background()
+	c := dualCluster(t, "10.244.0.0/16", 24, "fd00:244::/48", 64)
+	self := selfRecord(t, "n1")
+	a := acquirer(t, cli, c, "n1", 30*time.Second)
+	want6 := netip.MustParsePrefix("fd00:244:0:7::/64")
+	h1, err := a.Acquire(ctx, self, want6, netip.MustParsePrefix("10.244.7.0/24"))
+	if err != nil || !slices.Equal(h1.CIDRs, []netip.Prefix{netip.MustParsePrefix("10.244.7.0/24"), want6}) {
+		t.Fatalf("preferred: %+v %v", h1, err)
+	}
+	b := acquirer(t, cli, c, "n1", 40*time.Second) // restart with a new TTL: new lease
+	h2, err := b.Acquire(ctx, self, netip.Prefix{})
+	if err != nil || h2.How != "adopted" || !slices.Equal(h2.CIDRs, h1.CIDRs) || h2.LeaseID == h1.LeaseID {
+		t.Fatalf("adopt: %+v %v", h2, err)
+	}
+	g, _ := cli.Get(ctx, record.GuardKey(prefix, h1.CIDRs[1]))
+	if len(g.Kvs) != 1 || clientv3.LeaseID(g.Kvs[0].Lease) != h2.LeaseID {
+		t.Fatalf("guard did not move to the new lease: %v", g.Kvs)
+	}
+	// Another node may not take our IPv6 CIDR even if it asks for it.
+	o := acquirer(t, cli, c, "n2", 30*time.Second)
+	h3, err := o.Acquire(ctx, selfRecord(t, "n2"), h1.CIDRs[1])
+	if err != nil || h3.CIDRs[1] == h1.CIDRs[1] {
+		t.Fatalf("second node: %+v %v", h3, err)
+	}
+	// Record deleted by an operator (lease alive): retake both.
+	if _, err := cli.Delete(ctx, h2.Key); err != nil {
+		t.Fatal(err)
+	}
+	h4, err := b.Retake(ctx, self, h2.CIDRs)
+	if err != nil || h4.How != "retaken" || !slices.Equal(h4.CIDRs, h2.CIDRs) {
+		t.Fatalf("retake: %+v %v", h4, err)
+	}
+	// Retaking an IPv6 CIDR that another node holds is a TakenError.
+	if _, err := cli.Delete(ctx, h4.Key); err != nil {
+		t.Fatal(err)
+	}
+	var te *TakenError
+	if _, err := b.Retake(ctx, self, []netip.Prefix{h4.CIDRs[0], h3.CIDRs[1]}); !errors.As(err, &te) || te.By != "n2" {
+		t.Fatalf("retake of n2's IPv6 CIDR: %v", err)
+	}
+	// Byte compatibility: a single-family record has no podCIDRv6 field.
+	v4only := record.Lease{Node: "n1", PublicKey: self.PublicKey, Endpoint: self.Endpoint}
+	if want := `{"node":"n1","publicKey":"` + record.Lease.Subnet(v4only).PublicKey + `","endpoint":"10.99.0.1","port":51820,"keepalive":0}`; string(v4only.Encode()) != want {
+		t.Fatalf("v4-only record changed: %s", v4only.Encode())
 	}
 }

@@ -12,20 +12,21 @@ import (
 )
 
 // Peer is the desired state for one other node: a WireGuard peer whose
-// AllowedIPs are exactly its PodCIDR, and a route to that PodCIDR.
+// AllowedIPs are exactly its PodCIDRs, and a route to each.
 type Peer struct {
-	CIDR      netip.Prefix
-	CIDR6     netip.Prefix // dual-stack: the peer's IPv6 PodCIDR (also allowed, also routed)
+	// CIDRs are the peer's PodCIDRs, one per family, the record key's
+	// first (a host-only peer: its address).
+	CIDRs     []netip.Prefix
 	Node      string
 	PublicKey wgtypes.Key
 	Endpoint  netip.AddrPort
 	Keepalive int // seconds, 0 = off
-	// Host is the peer's underlay address when both nodes use host
-	// encryption (hostenc.go): it is then allowed (the one exception to
-	// "exactly the PodCIDR") and routed in route.HostTable with HostSrc,
+	// Underlay is the peer's underlay address when both nodes use
+	// underlay encryption (underlayenc.go): it is then allowed (the one exception to
+	// "exactly the PodCIDR") and routed in route.HostTable with UnderlaySrc,
 	// this node's underlay address, as source. Invalid = off.
-	Host    netip.Addr
-	HostSrc netip.Addr
+	Underlay    netip.Addr
+	UnderlaySrc netip.Addr
 }
 
 // Plan is what must change on the device and in the routing table. Apply
@@ -39,6 +40,14 @@ type Plan struct {
 
 // Empty reports whether nothing needs to change.
 func (p Plan) Empty() bool { return len(p.RouteDel)+len(p.Peers)+len(p.RouteAdd) == 0 }
+
+// primary is the CIDR that keys the peer's record.
+func (p Peer) primary() netip.Prefix { return p.CIDRs[0] }
+
+func (p Peer) equal(o Peer) bool {
+	return slices.Equal(p.CIDRs, o.CIDRs) && p.Node == o.Node && p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
+		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc
+}
 
 func (p Peer) config() wgtypes.PeerConfig {
 	ka := time.Duration(p.Keepalive) * time.Second
@@ -54,12 +63,12 @@ func (p Peer) config() wgtypes.PeerConfig {
 // allowed is the peer's AllowedIPs: its PodCIDR of each family. One
 // WireGuard device carries both families whatever the underlay's family.
 func (p Peer) allowed() []net.IPNet {
-	out := []net.IPNet{toIPNet(p.CIDR)}
-	if p.CIDR6.IsValid() {
-		out = append(out, toIPNet(p.CIDR6))
+	var out []net.IPNet
+	for _, c := range p.CIDRs {
+		out = append(out, toIPNet(c))
 	}
-	if p.Host.IsValid() {
-		out = append(out, toIPNet(p.hostPrefix()))
+	if p.Underlay.IsValid() {
+		out = append(out, toIPNet(p.underlayPrefix()))
 	}
 	return out
 }
@@ -67,12 +76,12 @@ func (p Peer) allowed() []net.IPNet {
 // routes are the peer's routes, one per PodCIDR; each takes as source the
 // one of srcs (this node's gateways) of the same family.
 func (p Peer) routes(link int, srcs []netip.Addr) []route.Peer {
-	out := []route.Peer{{Dst: p.CIDR, LinkIndex: link, Src: srcFor(p.CIDR, srcs)}}
-	if p.CIDR6.IsValid() {
-		out = append(out, route.Peer{Dst: p.CIDR6, LinkIndex: link, Src: srcFor(p.CIDR6, srcs)})
+	var out []route.Peer
+	for _, c := range p.CIDRs {
+		out = append(out, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, srcs)})
 	}
-	if p.Host.IsValid() {
-		out = append(out, route.HostRoute(p.Host, link, p.HostSrc))
+	if p.Underlay.IsValid() {
+		out = append(out, route.HostRoute(p.Underlay, link, p.UnderlaySrc))
 	}
 	return out
 }
@@ -102,7 +111,7 @@ func matches(have wgtypes.Peer, want Peer) bool {
 		if !ok {
 			return false
 		}
-		if p := netip.PrefixFrom(ip.Unmap(), ones); p != want.CIDR && p != want.CIDR6 && (!want.Host.IsValid() || p != want.hostPrefix()) {
+		if p := netip.PrefixFrom(ip.Unmap(), ones); !slices.Contains(want.CIDRs, p) && (!want.Underlay.IsValid() || p != want.underlayPrefix()) {
 			return false
 		}
 	}
@@ -120,7 +129,7 @@ func unmapAP(ap netip.AddrPort) netip.AddrPort {
 // (as listed by route.Ours, every family) and returns the changes. Used for
 // the full resync; per-event changes use DiffOne. src holds this node's
 // gateway of each family; a route takes the one of its family as source.
-func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.Prefix]route.Peer, link int, src ...netip.Addr) Plan {
+func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.Prefix]route.Peer, link int, src []netip.Addr) Plan {
 	var plan Plan
 	byKey := make(map[wgtypes.Key]Peer, len(desired))
 	for _, d := range desired {
@@ -148,13 +157,12 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 		}
 	}
 	wanted := make(map[netip.Prefix]bool, 2*len(desired))
-	for c, d := range desired {
-		wanted[c] = true
-		if d.CIDR6.IsValid() {
-			wanted[d.CIDR6] = true
+	for _, d := range desired {
+		for _, c := range d.CIDRs {
+			wanted[c] = true
 		}
-		if d.Host.IsValid() {
-			wanted[d.hostPrefix()] = true
+		if d.Underlay.IsValid() {
+			wanted[d.underlayPrefix()] = true
 		}
 	}
 	for _, dst := range sortedKeys(routes) {
@@ -169,7 +177,7 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 // applied for it (nil if nothing), want what should be there (nil if the
 // peer must go). A changed key removes the old peer, since WireGuard
 // identifies peers by key and a stale one would keep the old AllowedIPs.
-func DiffOne(have, want *Peer, link int, src ...netip.Addr) Plan {
+func DiffOne(have, want *Peer, link int, src []netip.Addr) Plan {
 	var plan Plan
 	switch {
 	case have == nil && want == nil:
@@ -179,17 +187,19 @@ func DiffOne(have, want *Peer, link int, src ...netip.Addr) Plan {
 	case have == nil:
 		plan.Peers = append(plan.Peers, want.config())
 		plan.RouteAdd = append(plan.RouteAdd, want.routes(link, src)...)
-	case *have == *want:
+	case have.equal(*want):
 	default:
-		if have.CIDR6.IsValid() && have.CIDR6 != want.CIDR6 {
-			// The peer's IPv6 PodCIDR changed or went: its old route must
-			// not keep pointing into the tunnel.
-			plan.RouteDel = append(plan.RouteDel, route.Peer{Dst: have.CIDR6, LinkIndex: link, Src: srcFor(have.CIDR6, src)})
+		for _, c := range have.CIDRs {
+			if !slices.Contains(want.CIDRs, c) {
+				// A PodCIDR of the peer changed or went: its old route
+				// must not keep pointing into the tunnel.
+				plan.RouteDel = append(plan.RouteDel, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, src)})
+			}
 		}
-		if have.Host.IsValid() && have.Host != want.Host {
+		if have.Underlay.IsValid() && have.Underlay != want.Underlay {
 			// Host encryption went off for this peer (or its address
 			// moved): its underlay address must leave the tunnel table.
-			plan.RouteDel = append(plan.RouteDel, route.HostRoute(have.Host, link, have.HostSrc))
+			plan.RouteDel = append(plan.RouteDel, route.HostRoute(have.Underlay, link, have.UnderlaySrc))
 		}
 		if have.PublicKey != want.PublicKey {
 			plan.Peers = append(plan.Peers, wgtypes.PeerConfig{PublicKey: have.PublicKey, Remove: true})
@@ -207,7 +217,7 @@ func sortedPeers(m map[netip.Prefix]Peer) []Peer {
 	for _, p := range m {
 		out = append(out, p)
 	}
-	slices.SortFunc(out, func(a, b Peer) int { return a.CIDR.Addr().Compare(b.CIDR.Addr()) })
+	slices.SortFunc(out, func(a, b Peer) int { return a.primary().Addr().Compare(b.primary().Addr()) })
 	return out
 }
 

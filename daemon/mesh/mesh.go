@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -43,11 +42,10 @@ type Config struct {
 	// own key, so it would only leave a route into nowhere and a resync
 	// that "repairs" it forever).
 	SelfKey wgtypes.Key
-	OwnCIDR netip.Prefix // this node's PodCIDR
-	Gateway netip.Addr   // source address of routes into the tunnel
-	// Gateway6 is the IPv6 gateway in a dual-stack cluster: the source of
-	// routes to peers' IPv6 PodCIDRs (dual.go).
-	Gateway6  netip.Addr
+	OwnCIDR netip.Prefix // the CIDR keying this node's record
+	// Gateways are this node's own addresses, one per family: a route
+	// into the tunnel takes the one of its family as source.
+	Gateways  []netip.Addr
 	Device    string
 	LinkIndex int
 	WG        *wgctrl.Client
@@ -64,16 +62,16 @@ type Config struct {
 	// alive towards every peer (a node behind NAT holds its mapping
 	// open); see effectiveKeepalive.
 	Keepalive int
-	// HostEncryption: tunnel traffic to peers' underlay addresses when
-	// they advertise it too (hostenc.go), with HostSrc (this node's
+	// UnderlayEncryption: tunnel traffic to peers' underlay addresses when
+	// they advertise it too (underlayenc.go), with UnderlaySrc (this node's
 	// underlay address) as source; never to the NoTunnel addresses (the
 	// etcd endpoints).
-	HostEncryption bool
-	HostSrc        netip.Addr
-	NoTunnel       []netip.Addr
-	// HostSrcChanges delivers this node's new underlay address when it
-	// moves (roaming): the source of the host-table routes (hostenc.go).
-	HostSrcChanges <-chan netip.Addr
+	UnderlayEncryption bool
+	UnderlaySrc        netip.Addr
+	NoTunnel           []netip.Addr
+	// UnderlaySrcChanges delivers this node's new underlay address when it
+	// moves (roaming): the source of the host-table routes (underlayenc.go).
+	UnderlaySrcChanges <-chan netip.Addr
 	// Recreate brings the device back after it was lost (its userspace
 	// host process died, or the link was deleted) — created or adopted,
 	// keyed, addressed, up — and returns its new link index; DeviceEvents
@@ -115,13 +113,11 @@ type Reconciler struct {
 
 	records    map[netip.Prefix]record.Lease // valid records of other nodes
 	active     map[netip.Prefix]Peer         // desired peers after conflict resolution
-	keyOwner   map[wgtypes.Key]netip.Prefix  // which PodCIDR uses a public key
-	conflicted map[netip.Prefix]bool         // valid records waiting for their key to be free
+	owners     owners                        // what a record holds alone, and which record holds it (owners.go)
+	conflicted map[netip.Prefix]bool         // valid records waiting for a claim to be free
 	applied    map[netip.Prefix]Peer         // what is on the device and in the routes
 	dirty      map[netip.Prefix]bool         // failed applies to retry
-	hostRanges map[netip.Prefix]bool         // reserved host blocks (hosts.go)
-	owner6     map[netip.Prefix]netip.Prefix // IPv6 PodCIDR -> record (primary CIDR) using it (dual.go)
-	hostOwner  map[netip.Addr]netip.Prefix   // tunneled underlay address -> record using it (hostenc.go)
+	hostRanges map[netip.Prefix]bool         // reserved host blocks (hostpeer.go)
 	synced     chan struct{}
 	// rev is the etcd revision of the event being handled; logged with
 	// each applied change so benchmarks and operators can tie a device
@@ -147,50 +143,6 @@ type Reconciler struct {
 	recreating     bool // recreateDevice is running (its resync must not recurse)
 }
 
-// PeerInfo names the node behind a configured peer.
-type PeerInfo struct {
-	Node string
-	CIDR netip.Prefix
-}
-
-// PeerNodes returns the node of every peer configured on the device.
-func (r *Reconciler) PeerNodes() map[wgtypes.Key]PeerInfo {
-	r.peerMu.Lock()
-	defer r.peerMu.Unlock()
-	out := make(map[wgtypes.Key]PeerInfo, len(r.peerNodes))
-	for k, v := range r.peerNodes {
-		out[k] = v
-	}
-	return out
-}
-
-// publishPeers refreshes what PeerNodes returns from r.applied.
-func (r *Reconciler) publishPeers() {
-	m := make(map[wgtypes.Key]PeerInfo, len(r.applied))
-	for c, p := range r.applied {
-		m[p.PublicKey] = PeerInfo{Node: p.Node, CIDR: c}
-	}
-	r.peerMu.Lock()
-	r.peerNodes = m
-	r.peerMu.Unlock()
-}
-
-// publishPeer updates what PeerNodes returns for one changed peer
-// (per event: no copy of the whole map).
-func (r *Reconciler) publishPeer(old, cur *Peer) {
-	r.peerMu.Lock()
-	defer r.peerMu.Unlock()
-	if r.peerNodes == nil {
-		r.peerNodes = map[wgtypes.Key]PeerInfo{}
-	}
-	if old != nil {
-		delete(r.peerNodes, old.PublicKey)
-	}
-	if cur != nil {
-		r.peerNodes[cur.PublicKey] = PeerInfo{Node: cur.Node, CIDR: cur.CIDR}
-	}
-}
-
 func (r *Reconciler) observe(kind string, start time.Time, err error) {
 	if r.cfg.Observe != nil {
 		r.cfg.Observe(kind, time.Since(start), err)
@@ -212,12 +164,10 @@ func (r *Reconciler) Synced() <-chan struct{} { return r.synced }
 func (r *Reconciler) reset() {
 	r.records = map[netip.Prefix]record.Lease{}
 	r.active = map[netip.Prefix]Peer{}
-	r.keyOwner = map[wgtypes.Key]netip.Prefix{}
+	r.owners = owners{}
 	r.conflicted = map[netip.Prefix]bool{}
 	r.dirty = map[netip.Prefix]bool{}
 	r.hostRanges = map[netip.Prefix]bool{}
-	r.owner6 = map[netip.Prefix]netip.Prefix{}
-	r.hostOwner = map[netip.Addr]netip.Prefix{}
 }
 
 // Run reconciles until ctx ends.
@@ -234,108 +184,6 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		r.initiateAll()
 	}
 	return r.loop(ctx, rev, &bo)
-}
-
-// loop watches from rev+1 until ctx ends, re-watching with backoff and
-// re-listing after compaction.
-func (r *Reconciler) loop(ctx context.Context, rev int64, bo *etcdutil.Backoff) error {
-	log := r.cfg.Log
-	var err error
-	resync := time.NewTicker(r.cfg.Resync)
-	defer resync.Stop()
-	retry := time.NewTicker(5 * time.Second)
-	defer retry.Stop()
-	for ctx.Err() == nil {
-		// WithRequireLeader: a member cut off from the quorum ends the
-		// watch instead of silently sending nothing.
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wch := r.cfg.Client.Watch(wctx, record.SubnetsPrefix(r.cfg.Prefix), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-		rev, err = r.watchLoop(ctx, wch, rev, resync.C, retry.C, bo)
-		cancel()
-		if ctx.Err() != nil {
-			return nil
-		}
-		r.Stats.WatchRestarts.Add(1)
-		if errors.Is(err, rpctypes.ErrCompacted) {
-			log.Warn("watch fell behind etcd compaction; re-listing", "rev", rev)
-			if rev, err = r.fullSyncRetry(ctx, bo); err != nil {
-				return err
-			}
-			continue
-		}
-		d := bo.Next()
-		log.Warn("etcd watch ended; re-watching", "err", err, "from_rev", rev+1, "in", d.Round(time.Millisecond))
-		if !etcdutil.Sleep(ctx, d) {
-			return nil
-		}
-	}
-	return nil
-}
-
-// watchLoop handles one watch stream; it returns the last revision seen
-// and why the stream ended.
-func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev int64, resync, retry <-chan time.Time, bo *etcdutil.Backoff) (int64, error) {
-	for {
-		select {
-		case <-ctx.Done():
-			return rev, ctx.Err()
-		case resp, ok := <-wch:
-			if !ok {
-				return rev, errors.New("watch channel closed")
-			}
-			if resp.CompactRevision != 0 {
-				return rev, rpctypes.ErrCompacted
-			}
-			if err := resp.Err(); err != nil {
-				return rev, err
-			}
-			bo.Reset()
-			for _, ev := range resp.Events {
-				r.rev = ev.Kv.ModRevision
-				r.handle(ev)
-				rev = ev.Kv.ModRevision
-			}
-		case <-resync:
-			r.kernelResync()
-		case <-r.cfg.DeviceEvents:
-			if r.deviceLost {
-				// The device is being made again (an external host
-				// restarted): try at once and soon after.
-				r.deviceBackoff.Reset()
-			}
-			r.recreateDevice("device link deleted")
-		case <-r.deviceRetryC():
-			r.recreateDevice("retry")
-		case a := <-r.cfg.HostSrcChanges:
-			r.setHostSrc(a)
-		case <-retry:
-			for cidr := range r.dirty {
-				delete(r.dirty, cidr)
-				r.apply(cidr)
-			}
-			r.checkHandshakes(time.Now())
-		case <-r.rekeyC():
-			r.checkRekeys(time.Now())
-		}
-	}
-}
-
-func (r *Reconciler) fullSyncRetry(ctx context.Context, bo *etcdutil.Backoff) (int64, error) {
-	for {
-		rev, err := r.fullSync(ctx)
-		if err == nil {
-			bo.Reset()
-			return rev, nil
-		}
-		if ctx.Err() != nil {
-			return 0, ctx.Err()
-		}
-		d := bo.Next()
-		r.cfg.Log.Warn("full sync failed; retrying (existing peers are kept)", "err", err, "in", d.Round(time.Millisecond))
-		if !etcdutil.Sleep(ctx, d) {
-			return 0, ctx.Err()
-		}
-	}
 }
 
 // fullSync re-lists etcd, rebuilds the desired state and applies the
@@ -385,11 +233,11 @@ func (r *Reconciler) kernelResync() (err error) {
 	if err != nil {
 		return fmt.Errorf("read WireGuard device %s: %w", r.cfg.Device, err)
 	}
-	routes, err := oursAllFamilies(r.cfg.Cluster)
+	routes, err := OurRoutes(r.cfg.Cluster)
 	if err != nil {
 		return err
 	}
-	if err := oursHostTable(routes); err != nil {
+	if err := oursUnderlayTable(routes); err != nil {
 		return err
 	}
 	// Only routes through our device are ours to manage here; the strict
@@ -399,7 +247,7 @@ func (r *Reconciler) kernelResync() (err error) {
 			delete(routes, dst)
 		}
 	}
-	plan := Diff(r.active, dev.Peers, routes, r.cfg.LinkIndex, r.cfg.Gateway, r.cfg.Gateway6)
+	plan := Diff(r.active, dev.Peers, routes, r.cfg.LinkIndex, r.cfg.Gateways)
 	if !plan.Empty() {
 		r.cfg.Log.Info("resync: repairing device/routes", "peer_changes", len(plan.Peers), "route_adds", len(plan.RouteAdd), "route_dels", len(plan.RouteDel))
 	}
@@ -433,7 +281,7 @@ func (r *Reconciler) logResyncPeers(changes []wgtypes.PeerConfig) {
 			continue
 		}
 		p := byKey[pc.PublicKey]
-		r.cfg.Log.Info("peer configured", "cidr", p.CIDR, "peer_node", p.Node, "endpoint", p.Endpoint, "public_key", p.PublicKey.String(), "by", "resync")
+		r.cfg.Log.Info("peer configured", "cidr", p.primary(), "peer_node", p.Node, "endpoint", p.Endpoint, "public_key", p.PublicKey.String(), "by", "resync")
 	}
 }
 
@@ -524,53 +372,6 @@ func (r *Reconciler) skip(key string, err error) {
 	r.cfg.Log.Warn("skipping bad node record", "key", key, "err", err, "bad_records", r.Stats.BadRecords.Load())
 }
 
-// resolve recomputes the desired peer for cidr, enforcing one PodCIDR per
-// public key (WireGuard keys identify peers; two records with one key would
-// fight over its AllowedIPs), then applies it if asked.
-func (r *Reconciler) resolve(cidr netip.Prefix, apply bool) {
-	prev, hadPrev := r.active[cidr]
-	if hadPrev && r.keyOwner[prev.PublicKey] == cidr {
-		delete(r.keyOwner, prev.PublicKey)
-	}
-	r.release6(cidr, prev)
-	if hadPrev && prev.Host.IsValid() && r.hostOwner[prev.Host] == cidr {
-		delete(r.hostOwner, prev.Host)
-	}
-	delete(r.active, cidr)
-	delete(r.conflicted, cidr)
-	if l, ok := r.records[cidr]; ok {
-		want := Peer{CIDR: cidr, Node: l.Node, PublicKey: l.PublicKey, Endpoint: l.Endpoint, Keepalive: effectiveKeepalive(r.cfg.Keepalive, l.Keepalive)}
-		want.CIDR6 = l.CIDR6
-		if owner, taken := r.keyOwner[want.PublicKey]; taken && owner != cidr {
-			r.conflicted[cidr] = true
-			r.skip(record.SubnetKey(r.cfg.Prefix, cidr), fmt.Errorf("public key %s is already used by the record for %s", want.PublicKey, owner))
-		} else if err := r.claim6(cidr, want.CIDR6); err != nil {
-			r.conflicted[cidr] = true
-			r.skip(record.SubnetKey(r.cfg.Prefix, cidr), err)
-		} else {
-			if want.Host = r.hostFor(cidr, l); want.Host.IsValid() {
-				want.HostSrc = r.cfg.HostSrc
-				r.hostOwner[want.Host] = cidr
-			}
-			r.active[cidr] = want
-			r.keyOwner[want.PublicKey] = cidr
-		}
-	}
-	if apply {
-		r.apply(cidr)
-	}
-	// A key freed up: a record that was waiting for it may take it now.
-	if hadPrev && (r.active[cidr].PublicKey != prev.PublicKey) {
-		for c := range r.conflicted {
-			if r.records[c].PublicKey == prev.PublicKey {
-				r.resolve(c, apply)
-				break
-			}
-		}
-	}
-	r.retry6(cidr, prev, hadPrev, apply)
-}
-
 // apply makes the device and routes match the desired state for one CIDR.
 func (r *Reconciler) apply(cidr netip.Prefix) {
 	var have, want *Peer
@@ -580,7 +381,7 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	if p, ok := r.active[cidr]; ok {
 		want = &p
 	}
-	plan := DiffOne(have, want, r.cfg.LinkIndex, r.cfg.Gateway, r.cfg.Gateway6)
+	plan := DiffOne(have, want, r.cfg.LinkIndex, r.cfg.Gateways)
 	if plan.Empty() {
 		return
 	}
@@ -606,8 +407,8 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	r.applied[cidr] = *want
 	r.publishPeer(have, want)
 	r.cfg.Log.Info("peer configured", "cidr", cidr, "peer_node", want.Node, "endpoint", want.Endpoint, "public_key", want.PublicKey.String(), "rev", r.rev)
-	if want.Host.IsValid() && (have == nil || have.Host != want.Host) {
-		r.cfg.Log.Info("host encryption on towards peer: its underlay address goes through WireGuard", "peer_node", want.Node, "addr", want.Host, "table", route.HostTable)
+	if want.Underlay.IsValid() && (have == nil || have.Underlay != want.Underlay) {
+		r.cfg.Log.Info("host encryption on towards peer: its underlay address goes through WireGuard", "peer_node", want.Node, "addr", want.Underlay, "table", route.HostTable)
 	}
 	if have != nil && have.PublicKey != want.PublicKey {
 		if want.Keepalive == 0 {
@@ -628,7 +429,7 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 func (r *Reconciler) handshakeNow(p Peer) {
 	err := wgdev.Initiate(r.cfg.WG, r.cfg.Device, map[wgtypes.Key]time.Duration{p.PublicKey: 0})
 	if err != nil {
-		r.cfg.Log.Warn("could not trigger a handshake with the re-keyed peer; it happens with the next packet", "cidr", p.CIDR, "err", err)
+		r.cfg.Log.Warn("could not trigger a handshake with the re-keyed peer; it happens with the next packet", "cidr", p.primary(), "err", err)
 	}
 }
 
@@ -652,79 +453,4 @@ func (r *Reconciler) execute(p Plan) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// peerHealth tracks one peer's handshakes between checks.
-type peerHealth struct {
-	since   time.Time // first seen on the device with this key
-	lastTx  int64
-	failing bool
-}
-
-// handshakeGrace is how long a peer may try before it counts as failing:
-// WireGuard retries a handshake every 5 s, so three attempts.
-const handshakeGrace = 15 * time.Second
-
-// rejectAfter is WireGuard's session lifetime: older sessions are dead.
-const rejectAfter = 180 * time.Second
-
-// checkHandshakes logs and counts peers that this node is sending to
-// (handshake initiations or data) without a live session: with strict
-// mode their traffic is dropped, and this is where an operator sees why.
-func (r *Reconciler) checkHandshakes(now time.Time) {
-	dev, err := r.cfg.WG.Device(r.cfg.Device)
-	if err != nil {
-		return
-	}
-	if r.health == nil {
-		r.health = map[wgtypes.Key]*peerHealth{}
-	}
-	seen := make(map[wgtypes.Key]bool, len(dev.Peers))
-	failing := int64(0)
-	for _, p := range dev.Peers {
-		seen[p.PublicKey] = true
-		h := r.health[p.PublicKey]
-		if h == nil {
-			h = &peerHealth{since: now, lastTx: p.TransmitBytes}
-			r.health[p.PublicKey] = h
-			continue
-		}
-		sending := p.TransmitBytes > h.lastTx
-		h.lastTx = p.TransmitBytes
-		dead := p.LastHandshakeTime.IsZero() || now.Sub(p.LastHandshakeTime) > rejectAfter
-		bad := dead && sending && now.Sub(h.since) > handshakeGrace
-		if !dead && h.failing {
-			h.failing = false
-			r.cfg.Log.Info("WireGuard handshake problem cleared: handshake with peer succeeded", "cidr", r.cidrOf(p.PublicKey), "public_key", p.PublicKey)
-		}
-		if bad && !h.failing {
-			h.failing = true
-			r.Stats.HandshakeStalls.Add(1)
-			cidr := r.cidrOf(p.PublicKey)
-			r.cfg.Log.Warn("no WireGuard handshake with peer: its traffic is dropped (strict mode, never sent in clear); check the key and endpoint in its record, or whether that node is down",
-				"cidr", cidr, "node", r.applied[cidr].Node, "endpoint", p.Endpoint, "public_key", p.PublicKey,
-				"last_handshake", p.LastHandshakeTime, "handshake_stalls", r.Stats.HandshakeStalls.Load())
-		}
-		if h.failing {
-			failing++
-		}
-	}
-	for k, h := range r.health {
-		if !seen[k] {
-			if h.failing {
-				r.cfg.Log.Info("WireGuard handshake problem cleared: failing peer removed or re-keyed", "public_key", k)
-			}
-			delete(r.health, k)
-		}
-	}
-	r.Stats.NoHandshakePeers.Store(failing)
-}
-
-func (r *Reconciler) cidrOf(k wgtypes.Key) netip.Prefix {
-	for c, p := range r.applied {
-		if p.PublicKey == k {
-			return c
-		}
-	}
-	return netip.Prefix{}
 }

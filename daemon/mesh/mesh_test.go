@@ -104,7 +104,7 @@ func setup(t *testing.T) *env {
 		}
 		e.key, e.priv = k.PublicKey(), k
 		cfg = Config{Client: e.cli, Prefix: "/wgcni", Cluster: cluster, Self: "self", SelfKey: e.key, OwnCIDR: own,
-			Gateway: netip.MustParseAddr("10.244.1.1"), Device: e.dev, LinkIndex: d.Index, WG: e.wg, Resync: time.Hour,
+			Gateways: []netip.Addr{netip.MustParseAddr("10.244.1.1")}, Device: e.dev, LinkIndex: d.Index, WG: e.wg, Resync: time.Hour,
 			Log: slog.New(slog.NewTextHandler(e.logs, nil))}
 		return nil
 	})
@@ -240,7 +240,7 @@ func TestReconcilerAgainstEtcdAndDevice(t *testing.T) {
 
 	// Drift: someone deletes our route; the timer resync repairs it.
 	e.netns.Do(func(ns.NetNS) error {
-		return route.DeletePeer(route.Peer{Dst: netip.MustParsePrefix("10.244.2.0/24"), LinkIndex: e.r.cfg.LinkIndex, Src: e.r.cfg.Gateway})
+		return route.DeletePeer(route.Peer{Dst: netip.MustParsePrefix("10.244.2.0/24"), LinkIndex: e.r.cfg.LinkIndex, Src: e.r.cfg.Gateways[0]})
 	})
 	if err := func() (err error) { e.netns.Do(func(ns.NetNS) error { err = e.r.kernelResync(); return nil }); return }(); err != nil {
 		t.Fatal(err)

@@ -37,75 +37,59 @@ type ClusterConfig struct {
 	// SameNodeEncryption turns same-node encryption on for every node
 	// (read by daemon/samenode; not part of the equality check).
 	SameNodeEncryption bool `json:"sameNodeEncryption,omitempty"`
-	// Dual-stack clusters (dual.go): the IPv6 cluster CIDR and node prefix
-	// length. Omitted when empty, so a single-family record stays
-	// byte-identical to what older daemons write.
+	// The second grid of a dual-stack cluster (always IPv6). Omitted when
+	// empty, so a single-family record stays byte-identical to what older
+	// daemons write.
 	ClusterCIDRv6   string `json:"clusterCIDRv6,omitempty"`
 	NodePrefixLenV6 int    `json:"nodePrefixLenV6,omitempty"`
 }
 
-// Cluster is a validated ClusterConfig.
-type Cluster struct {
-	CIDR          netip.Prefix
-	NodePrefixLen int
-	// CIDR6 and NodePrefixLen6 are set in a dual-stack cluster only; CIDR
-	// is then IPv4 and keys the records (dual.go). A single-family cluster
-	// of either family uses CIDR alone.
-	CIDR6          netip.Prefix
-	NodePrefixLen6 int
-}
-
-// Record returns the wire form of c.
+// Record returns the wire form of c: the primary grid in the original
+// fields, a second one in the dual-stack fields.
 func (c Cluster) Record() ClusterConfig {
-	cc := ClusterConfig{ClusterCIDR: c.CIDR.String(), NodePrefixLen: c.NodePrefixLen}
-	if c.Dual() {
-		cc.ClusterCIDRv6, cc.NodePrefixLenV6 = c.CIDR6.String(), c.NodePrefixLen6
+	var cc ClusterConfig
+	for i, g := range c.Grids {
+		if i == 0 {
+			cc.ClusterCIDR, cc.NodePrefixLen = g.CIDR.String(), g.NodePrefixLen
+		} else {
+			cc.ClusterCIDRv6, cc.NodePrefixLenV6 = g.CIDR.String(), g.NodePrefixLen
+		}
 	}
 	return cc
 }
 
-// String renders c the way error messages quote it.
-func (c Cluster) String() string {
-	if c.Dual() {
-		return fmt.Sprintf("clusterCIDR=%s nodePrefixLen=%d clusterCIDRv6=%s nodePrefixLenV6=%d", c.CIDR, c.NodePrefixLen, c.CIDR6, c.NodePrefixLen6)
+// cluster validates the wire form, naming the wire field at fault.
+func (cc ClusterConfig) cluster() (Cluster, error) {
+	grids := []Grid{}
+	for _, f := range []struct {
+		cidr, cidrField string
+		n               int
+		lenField        string
+	}{
+		{cc.ClusterCIDR, "clusterCIDR", cc.NodePrefixLen, "nodePrefixLen"},
+		{cc.ClusterCIDRv6, "clusterCIDRv6", cc.NodePrefixLenV6, "nodePrefixLenV6"},
+	} {
+		if len(grids) > 0 && f.cidr == "" && f.n == 0 {
+			continue
+		}
+		p, err := netip.ParsePrefix(f.cidr)
+		if err != nil {
+			return Cluster{}, fmt.Errorf("%s %q: %w", f.cidrField, f.cidr, err)
+		}
+		if len(grids) > 0 && (!p.Addr().Is6() || p.Addr().Is4In6()) {
+			return Cluster{}, fmt.Errorf("%s %q is not an IPv6 CIDR", f.cidrField, f.cidr)
+		}
+		g, err := NewGrid(p, f.n)
+		if err != nil {
+			return Cluster{}, fmt.Errorf("%s/%s: %w", f.cidrField, f.lenField, err)
+		}
+		grids = append(grids, g)
 	}
-	return fmt.Sprintf("clusterCIDR=%s nodePrefixLen=%d", c.CIDR, c.NodePrefixLen)
-}
-
-// NodeCount is how many node CIDRs fit into the cluster CIDR, saturated at
-// 1<<30 (callers refuse such grids anyway).
-func (c Cluster) NodeCount() int {
-	bits := c.NodePrefixLen - c.CIDR.Bits()
-	if bits >= 30 {
-		return 1 << 30
-	}
-	return 1 << bits
-}
-
-// NewCluster validates a cluster CIDR and node prefix length. field names
-// are used in errors so the caller can say which flag or key was wrong.
-func NewCluster(cidr string, nodePrefixLen int) (Cluster, error) {
-	p, err := netip.ParsePrefix(cidr)
+	c, err := Join(grids...)
 	if err != nil {
-		return Cluster{}, fmt.Errorf("clusterCIDR %q: %w", cidr, err)
+		return Cluster{}, fmt.Errorf("clusterCIDR/clusterCIDRv6: %w", err)
 	}
-	if p.Masked() != p {
-		return Cluster{}, fmt.Errorf("clusterCIDR %q has host bits set (did you mean %s?)", cidr, p.Masked())
-	}
-	maxBits := p.Addr().BitLen()
-	if nodePrefixLen <= p.Bits() || nodePrefixLen > maxBits {
-		return Cluster{}, fmt.Errorf("nodePrefixLen %d must be longer than clusterCIDR %s's /%d and at most /%d", nodePrefixLen, p, p.Bits(), maxBits)
-	}
-	// A node CIDR must hold at least a gateway and one pod besides the
-	// network (and for IPv4 the broadcast) address.
-	if maxBits-nodePrefixLen < 2 {
-		return Cluster{}, fmt.Errorf("nodePrefixLen %d leaves no room for pods (need at most /%d)", nodePrefixLen, maxBits-2)
-	}
-	// Acquisition enumerates the grid; keep it bounded.
-	if nodePrefixLen-p.Bits() > 20 {
-		return Cluster{}, fmt.Errorf("nodePrefixLen %d splits clusterCIDR %s into more than 2^20 node CIDRs", nodePrefixLen, p)
-	}
-	return Cluster{CIDR: p, NodePrefixLen: nodePrefixLen}, nil
+	return c, nil
 }
 
 // EncodeConfig returns the config record's value.
@@ -123,14 +107,9 @@ func DecodeConfig(key string, value []byte) (Cluster, error) {
 	if err := strictUnmarshal(value, &cc); err != nil {
 		return Cluster{}, fmt.Errorf("etcd key %s: decode: %w", key, err)
 	}
-	c, err := NewCluster(cc.ClusterCIDR, cc.NodePrefixLen)
+	c, err := cc.cluster()
 	if err != nil {
 		return Cluster{}, fmt.Errorf("etcd key %s: %w", key, err)
-	}
-	if cc.ClusterCIDRv6 != "" || cc.NodePrefixLenV6 != 0 {
-		if c, err = c.WithV6(cc.ClusterCIDRv6, cc.NodePrefixLenV6); err != nil {
-			return Cluster{}, fmt.Errorf("etcd key %s: %w", key, err)
-		}
 	}
 	return c, nil
 }
@@ -145,45 +124,59 @@ type Subnet struct {
 	Port      int    `json:"port"`
 	Keepalive int    `json:"keepalive"` // seconds; what this node asks peers to use towards it
 	// Kind is empty for a node's PodCIDR lease and "host" for a host-only
-	// peer's /32 (see hosts.go); omitted for nodes so their records stay
-	// byte-identical to what older daemons write.
+	// peer's /32 (see hostpeer.go); omitted for nodes so their records
+	// stay byte-identical to what older daemons write.
 	Kind string `json:"kind,omitempty"`
-	// PodCIDRv6 is the node's IPv6 PodCIDR in a dual-stack cluster, held
-	// together with the key's IPv4 CIDR (dual.go); omitted otherwise.
+	// PodCIDRv6 is the node's CIDR of the cluster's second (IPv6) grid in
+	// a dual-stack cluster, held together with the key's CIDR (guard.go);
+	// omitted otherwise.
 	PodCIDRv6 string `json:"podCIDRv6,omitempty"`
-	// HostEncryption says this node tunnels host-to-host traffic to its
+	// UnderlayEncryption says this node tunnels host-to-host traffic to its
 	// underlay address (docs/hosts.md); used towards a peer only when both
 	// advertise it. Omitted when off; older daemons ignore it.
-	HostEncryption bool `json:"hostEncryption,omitempty"`
+	UnderlayEncryption bool `json:"hostEncryption,omitempty"`
 }
 
 // Lease is a decoded, validated subnet record.
 type Lease struct {
-	CIDR      netip.Prefix
+	// CIDRs are the node's CIDRs, one per family of the cluster, the
+	// key's (primary) first. A host has its address as a full-length
+	// prefix; a host range reservation its block.
+	CIDRs     []netip.Prefix
 	Node      string
 	PublicKey [32]byte
 	Endpoint  netip.AddrPort
 	Keepalive int
-	Kind      string       // "" (node) or KindHost
-	CIDR6     netip.Prefix // dual-stack: the node's IPv6 PodCIDR
-	// HostEncryption: the node accepts host-to-host traffic to its
+	Kind      string // "" (node), KindHostPeer or KindHostRange
+	// UnderlayEncryption: the node accepts host-to-host traffic to its
 	// underlay address (the endpoint's) through WireGuard.
-	HostEncryption bool
+	UnderlayEncryption bool
 }
 
-// Subnet returns the wire form of l.
+// Primary is the CIDR that keys the record (invalid if there is none).
+func (l Lease) Primary() netip.Prefix {
+	if len(l.CIDRs) == 0 {
+		return netip.Prefix{}
+	}
+	return l.CIDRs[0]
+}
+
+// Subnet returns the wire form of l; the primary CIDR is the key's.
 func (l Lease) Subnet() Subnet {
-	return Subnet{
+	s := Subnet{
 		Node:      l.Node,
 		PublicKey: base64.StdEncoding.EncodeToString(l.PublicKey[:]),
 		Endpoint:  l.Endpoint.Addr().String(),
 		Port:      int(l.Endpoint.Port()),
 		Keepalive: l.Keepalive,
 		Kind:      l.Kind,
-		PodCIDRv6: prefixString(l.CIDR6),
 
-		HostEncryption: l.HostEncryption,
+		UnderlayEncryption: l.UnderlayEncryption,
 	}
+	if len(l.CIDRs) > 1 {
+		s.PodCIDRv6 = l.CIDRs[1].String()
+	}
+	return s
 }
 
 // Encode returns the record's value bytes.
@@ -195,16 +188,26 @@ func (l Lease) Encode() []byte {
 // SubnetKey returns the etcd key for cidr, e.g. /wgcni/subnets/10.244.3.0-24.
 // IPv6 addresses keep their colons; etcd keys are arbitrary bytes.
 func SubnetKey(prefix string, cidr netip.Prefix) string {
-	return SubnetsPrefix(prefix) + cidr.Addr().String() + "-" + strconv.Itoa(cidr.Bits())
+	return SubnetsPrefix(prefix) + cidrKey(cidr)
+}
+
+func cidrKey(cidr netip.Prefix) string {
+	return cidr.Addr().String() + "-" + strconv.Itoa(cidr.Bits())
 }
 
 // ParseSubnetKey extracts the CIDR from a subnet key and checks that it is a
-// node CIDR of cluster: inside it, of the node prefix length, and aligned.
-// Such CIDRs form a grid, so two valid keys can never overlap.
+// node CIDR of the cluster's primary grid: inside it, of the node prefix
+// length, and aligned. Such CIDRs form a grid, so two valid keys can never
+// overlap.
 func ParseSubnetKey(prefix, key string, cluster Cluster) (netip.Prefix, error) {
-	rest, ok := strings.CutPrefix(key, SubnetsPrefix(prefix))
+	return parseGridKey(SubnetsPrefix(prefix), key, cluster.Primary())
+}
+
+// parseGridKey parses <under><ip>-<len> as a node CIDR of g.
+func parseGridKey(under, key string, g Grid) (netip.Prefix, error) {
+	rest, ok := strings.CutPrefix(key, under)
 	if !ok {
-		return netip.Prefix{}, fmt.Errorf("etcd key %s: not under %s", key, SubnetsPrefix(prefix))
+		return netip.Prefix{}, fmt.Errorf("etcd key %s: not under %s", key, under)
 	}
 	ip, bits, ok := strings.Cut(rest, "-")
 	if !ok {
@@ -225,11 +228,11 @@ func ParseSubnetKey(prefix, key string, cluster Cluster) (netip.Prefix, error) {
 	if p.Addr() != addr {
 		return netip.Prefix{}, fmt.Errorf("etcd key %s: %s has host bits set", key, rest)
 	}
-	if n != cluster.NodePrefixLen {
-		return netip.Prefix{}, fmt.Errorf("etcd key %s: prefix length /%d is not the cluster's node prefix length /%d", key, n, cluster.NodePrefixLen)
+	if n != g.NodePrefixLen {
+		return netip.Prefix{}, fmt.Errorf("etcd key %s: prefix length /%d is not the cluster's node prefix length /%d", key, n, g.NodePrefixLen)
 	}
-	if !cluster.CIDR.Contains(addr) {
-		return netip.Prefix{}, fmt.Errorf("etcd key %s: %s is outside cluster CIDR %s", key, p, cluster.CIDR)
+	if !g.CIDR.Contains(addr) {
+		return netip.Prefix{}, fmt.Errorf("etcd key %s: %s is outside cluster CIDR %s", key, p, g.CIDR)
 	}
 	return p, nil
 }
@@ -247,33 +250,15 @@ func DecodeSubnet(prefix, key string, value []byte, cluster Cluster) (Lease, err
 	if err := strictUnmarshal(value, &s); err != nil {
 		return Lease{}, fmt.Errorf("etcd key %s: decode: %w", key, err)
 	}
-	l, err := s.Validate()
+	l, err := s.validate(cidr, cluster)
 	if err != nil {
 		return Lease{}, fmt.Errorf("etcd key %s: %w", key, err)
 	}
-	if err := cluster.checkCIDR6(l.CIDR6, cidr); err != nil {
-		return Lease{}, fmt.Errorf("etcd key %s: field podCIDRv6: %w", key, err)
-	}
-	if cluster.CIDR.Contains(l.Endpoint.Addr()) || cluster.CIDR6.Contains(l.Endpoint.Addr()) {
-		// Tunnel packets addressed into the pod network would loop.
-		return Lease{}, fmt.Errorf("etcd key %s: field endpoint: %s lies inside cluster CIDR %s", key, l.Endpoint.Addr(), cluster.CIDR)
-	}
-	// The kind follows from the key: a full-length prefix is a host's
-	// address, anything else a node's PodCIDR. A record whose kind
-	// disagrees is refused, so a node lease can never pose as a host.
-	want := ""
-	if cidr.IsSingleIP() {
-		want = KindHost
-	}
-	if l.Kind != want {
-		return Lease{}, fmt.Errorf("etcd key %s: field kind: %q does not fit a /%d key (want %q)", key, l.Kind, cidr.Bits(), want)
-	}
-	l.CIDR = cidr
 	return l, nil
 }
 
-// Validate checks every field and returns the decoded form (without CIDR).
-func (s Subnet) Validate() (Lease, error) {
+// validate checks every field of s, the record at the key of primary.
+func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 	if err := ValidNodeName(s.Node); err != nil {
 		return Lease{}, fmt.Errorf("field node: %w", err)
 	}
@@ -285,28 +270,70 @@ func (s Subnet) Validate() (Lease, error) {
 	if err != nil || addr.Zone() != "" || addr.IsUnspecified() || addr.IsMulticast() {
 		return Lease{}, fmt.Errorf("field endpoint: %q is not a unicast IP address", s.Endpoint)
 	}
+	if cluster.Contains(addr.Unmap()) {
+		// Tunnel packets addressed into the pod network would loop.
+		return Lease{}, fmt.Errorf("field endpoint: %s lies inside cluster CIDR %v", addr, cluster.Prefixes())
+	}
 	if s.Port < 1 || s.Port > 65535 {
 		return Lease{}, fmt.Errorf("field port: %d is out of range 1..65535", s.Port)
 	}
 	if s.Keepalive < 0 || s.Keepalive > 65535 {
 		return Lease{}, fmt.Errorf("field keepalive: %d is out of range 0..65535", s.Keepalive)
 	}
-	var cidr6 netip.Prefix
+	// The kind follows from the key: a full-length prefix is a host's
+	// address, anything else a node's PodCIDR. A record whose kind
+	// disagrees is refused, so a node lease can never pose as a host.
+	want := ""
+	if primary.IsSingleIP() {
+		want = KindHostPeer
+	}
+	if s.Kind != want {
+		return Lease{}, fmt.Errorf("field kind: %q does not fit a /%d key (want %q)", s.Kind, primary.Bits(), want)
+	}
+	cidrs := []netip.Prefix{primary}
 	if s.PodCIDRv6 != "" {
-		if cidr6, err = netip.ParsePrefix(s.PodCIDRv6); err != nil || !cidr6.Addr().Is6() || cidr6.Addr().Is4In6() || cidr6.Addr().Zone() != "" {
-			return Lease{}, fmt.Errorf("field podCIDRv6: %q is not an IPv6 CIDR", s.PodCIDRv6)
+		p, err := cluster.secondary(s.PodCIDRv6, primary)
+		if err != nil {
+			return Lease{}, fmt.Errorf("field podCIDRv6: %w", err)
 		}
+		cidrs = append(cidrs, p)
 	}
 	return Lease{
+		CIDRs:     cidrs,
 		Node:      s.Node,
 		PublicKey: key,
 		Endpoint:  netip.AddrPortFrom(addr.Unmap(), uint16(s.Port)),
 		Keepalive: s.Keepalive,
 		Kind:      s.Kind,
-		CIDR6:     cidr6,
 
-		HostEncryption: s.HostEncryption,
+		UnderlayEncryption: s.UnderlayEncryption,
 	}, nil
+}
+
+// secondary validates a record's CIDR of the second grid. A dual-stack
+// cluster accepts a record without one (a node of an older daemon: its
+// peers reach it over the primary family only).
+func (c Cluster) secondary(s string, primary netip.Prefix) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil || !p.Addr().Is6() || p.Addr().Is4In6() || p.Addr().Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("%q is not an IPv6 CIDR", s)
+	}
+	if len(c.Grids) < 2 {
+		return netip.Prefix{}, fmt.Errorf("%s given but the cluster has no IPv6 CIDR", p)
+	}
+	if primary.IsSingleIP() {
+		return netip.Prefix{}, fmt.Errorf("%s: host records carry no IPv6 CIDR", p)
+	}
+	g := c.Grids[1]
+	switch {
+	case p.Masked() != p:
+		return netip.Prefix{}, fmt.Errorf("%s has host bits set", p)
+	case p.Bits() != g.NodePrefixLen:
+		return netip.Prefix{}, fmt.Errorf("%s is not of the cluster's IPv6 node prefix length /%d", p, g.NodePrefixLen)
+	case !g.CIDR.Contains(p.Addr()):
+		return netip.Prefix{}, fmt.Errorf("%s is outside IPv6 cluster CIDR %s", p, g.CIDR)
+	}
+	return p, nil
 }
 
 // ParseKey decodes a base64 WireGuard key and rejects the all-zero key,

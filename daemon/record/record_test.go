@@ -3,11 +3,12 @@ package record
 import (
 	"encoding/base64"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 )
 
-var testCluster = Cluster{CIDR: netip.MustParsePrefix("10.244.0.0/16"), NodePrefixLen: 24}
+var testCluster = Cluster{Grids: []Grid{{CIDR: netip.MustParsePrefix("10.244.0.0/16"), NodePrefixLen: 24}}}
 
 const testKey = "nH4tzAkJ3bx6Ed1w/kTDMCcz3jJ2Y4Zj1Pv8A1GQHz8="
 
@@ -18,15 +19,15 @@ func TestDecodeSubnetGood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l.CIDR != netip.MustParsePrefix("10.244.3.0/24") || l.Node != "n1" || l.Endpoint.String() != "10.99.0.1:51820" || l.Keepalive != 25 {
+	if l.Primary() != netip.MustParsePrefix("10.244.3.0/24") || l.Node != "n1" || l.Endpoint.String() != "10.99.0.1:51820" || l.Keepalive != 25 {
 		t.Fatalf("decoded %+v", l)
 	}
 	// Round trip through Encode.
-	l2, err := DecodeSubnet("/wgcni", SubnetKey("/wgcni", l.CIDR), l.Encode(), testCluster)
-	if err != nil || l2 != l {
+	l2, err := DecodeSubnet("/wgcni", SubnetKey("/wgcni", l.Primary()), l.Encode(), testCluster)
+	if err != nil || !reflect.DeepEqual(l2, l) {
 		t.Fatalf("round trip: %+v %v", l2, err)
 	}
-	if g := Gateway(l.CIDR); g.String() != "10.244.3.1" {
+	if g := Gateway(l.Primary()); g.String() != "10.244.3.1" {
 		t.Fatalf("gateway %s", g)
 	}
 }
@@ -92,10 +93,58 @@ func TestNewCluster(t *testing.T) {
 	}
 }
 
-func TestDecodeConfig(t *testing.T) {
-	c, err := DecodeConfig("/wgcni/config", EncodeConfig(testCluster))
-	if err != nil || c != testCluster {
-		t.Fatalf("%v %v", c, err)
+// The config and a node's record round-trip in every family setting, with
+// the exact wire form older daemons read: a single-family cluster has no
+// dual-stack fields; a dual one keeps its IPv4 grid in the original fields
+// and keys records by the IPv4 CIDR.
+func TestRoundTripFamilies(t *testing.T) {
+	v4 := Grid{CIDR: netip.MustParsePrefix("10.244.0.0/16"), NodePrefixLen: 24}
+	v6 := Grid{CIDR: netip.MustParsePrefix("fd00:244::/48"), NodePrefixLen: 64}
+	for _, tc := range []struct {
+		name    string
+		grids   []Grid
+		config  string
+		cidrs   []string
+		key     string
+		podCIDR string // the record's podCIDRv6 field
+	}{
+		{"v4", []Grid{v4}, `{"clusterCIDR":"10.244.0.0/16","nodePrefixLen":24}`, []string{"10.244.3.0/24"}, "/wgcni/subnets/10.244.3.0-24", ""},
+		{"v6", []Grid{v6}, `{"clusterCIDR":"fd00:244::/48","nodePrefixLen":64}`, []string{"fd00:244:0:3::/64"}, "/wgcni/subnets/fd00:244:0:3::-64", ""},
+		{"dual", []Grid{v4, v6}, `{"clusterCIDR":"10.244.0.0/16","nodePrefixLen":24,"clusterCIDRv6":"fd00:244::/48","nodePrefixLenV6":64}`,
+			[]string{"10.244.3.0/24", "fd00:244:0:3::/64"}, "/wgcni/subnets/10.244.3.0-24", `,"podCIDRv6":"fd00:244:0:3::/64"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Join(tc.grids...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b := EncodeConfig(c); string(b) != tc.config {
+				t.Fatalf("config encodes as %s, want %s", b, tc.config)
+			}
+			got, err := DecodeConfig("/wgcni/config", []byte(tc.config))
+			if err != nil || !got.Equal(c) {
+				t.Fatalf("config decodes as %v %v", got, err)
+			}
+			var cidrs []netip.Prefix
+			for _, s := range tc.cidrs {
+				cidrs = append(cidrs, netip.MustParsePrefix(s))
+			}
+			key, _ := ParseKey(testKey)
+			l := Lease{CIDRs: cidrs, Node: "n1", PublicKey: key, Endpoint: netip.MustParseAddrPort("10.99.0.1:51820")}
+			want := `{"node":"n1","publicKey":"` + testKey + `","endpoint":"10.99.0.1","port":51820,"keepalive":0` + tc.podCIDR + `}`
+			if SubnetKey("/wgcni", l.Primary()) != tc.key || string(l.Encode()) != want {
+				t.Fatalf("record %s = %s, want %s = %s", SubnetKey("/wgcni", l.Primary()), l.Encode(), tc.key, want)
+			}
+			l2, err := DecodeSubnet("/wgcni", tc.key, []byte(want), c)
+			if err != nil || !reflect.DeepEqual(l2, l) {
+				t.Fatalf("record decodes as %+v %v", l2, err)
+			}
+			for i, p := range cidrs {
+				if !c.Grids[i].Holds(p) {
+					t.Fatalf("%s not on grid %s", p, c.Grids[i])
+				}
+			}
+		})
 	}
 	if _, err := DecodeConfig("/wgcni/config", []byte(`{"clusterCIDR":16}`)); err == nil || !strings.Contains(err.Error(), "/wgcni/config") {
 		t.Fatalf("wrong-typed config accepted or unnamed: %v", err)
@@ -113,11 +162,11 @@ func FuzzDecodeSubnet(f *testing.F) {
 		}
 		// Anything accepted must be a node CIDR of the cluster and survive
 		// a round trip unchanged.
-		if l.CIDR.Bits() != 24 || !testCluster.CIDR.Contains(l.CIDR.Addr()) || l.CIDR.Masked() != l.CIDR {
-			t.Fatalf("accepted CIDR %s", l.CIDR)
+		if !testCluster.Primary().Holds(l.Primary()) {
+			t.Fatalf("accepted CIDR %s", l.Primary())
 		}
-		l2, err := DecodeSubnet("/wgcni", SubnetKey("/wgcni", l.CIDR), l.Encode(), testCluster)
-		if err != nil || l2 != l {
+		l2, err := DecodeSubnet("/wgcni", SubnetKey("/wgcni", l.Primary()), l.Encode(), testCluster)
+		if err != nil || !reflect.DeepEqual(l2, l) {
 			t.Fatalf("round trip of %+v: %+v, %v", l, l2, err)
 		}
 	})
@@ -130,7 +179,7 @@ func FuzzDecodeConfig(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if _, err := NewCluster(c.CIDR.String(), c.NodePrefixLen); err != nil {
+		if _, err := DecodeConfig("/wgcni/config", EncodeConfig(c)); err != nil {
 			t.Fatalf("accepted invalid %v: %v", c, err)
 		}
 	})
@@ -142,17 +191,73 @@ func TestHostEncryptionField(t *testing.T) {
 	key := "/wgcni/subnets/10.244.3.0-24"
 	v := `{"node":"n1","publicKey":"` + testKey + `","endpoint":"10.99.0.1","port":51820,"keepalive":0,"hostEncryption":true}`
 	l, err := DecodeSubnet("/wgcni", key, []byte(v), testCluster)
-	if err != nil || !l.HostEncryption {
+	if err != nil || !l.UnderlayEncryption {
 		t.Fatalf("decoded %+v, %v", l, err)
 	}
 	if !strings.Contains(string(l.Encode()), `"hostEncryption":true`) {
 		t.Fatalf("encode lost the field: %s", l.Encode())
 	}
-	l.HostEncryption = false
+	l.UnderlayEncryption = false
 	if strings.Contains(string(l.Encode()), "hostEncryption") {
 		t.Fatalf("off must be omitted (byte-identical to older daemons): %s", l.Encode())
 	}
 	if _, err := DecodeSubnet("/wgcni", key, []byte(strings.Replace(v, "true", `"yes"`, 1)), testCluster); err == nil {
 		t.Fatal("hostEncryption of the wrong type accepted")
+	}
+}
+
+func dualTestCluster(t *testing.T) Cluster {
+	c, err := Join(testCluster.Grids[0], Grid{CIDR: netip.MustParsePrefix("fd00:244::/48"), NodePrefixLen: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestBadDualConfig(t *testing.T) {
+	if _, err := DecodeConfig("/wgcni/config", []byte(`{"clusterCIDR":"10.244.0.0/16","nodePrefixLen":24,"clusterCIDRv6":"10.0.0.0/8","nodePrefixLenV6":16}`)); err == nil || !strings.Contains(err.Error(), "not an IPv6 CIDR") {
+		t.Fatalf("v4 CIDR as clusterCIDRv6: %v", err)
+	}
+	if _, err := DecodeConfig("/wgcni/config", []byte(`{"clusterCIDR":"fd01::/48","nodePrefixLen":64,"clusterCIDRv6":"fd00::/48","nodePrefixLenV6":64}`)); err == nil || !strings.Contains(err.Error(), "at most one CIDR per family") {
+		t.Fatalf("two v6 CIDRs: %v", err)
+	}
+}
+
+func TestDualSubnetRecord(t *testing.T) {
+	c := dualTestCluster(t)
+	key := "/wgcni/subnets/10.244.3.0-24"
+	base := `{"node":"n1","publicKey":"` + testKey + `","endpoint":"10.99.0.1","port":51820,"keepalive":0`
+	l, err := DecodeSubnet("/wgcni", key, []byte(base+`,"podCIDRv6":"fd00:244:0:3::/64"}`), c)
+	if err != nil || len(l.CIDRs) != 2 || l.CIDRs[1] != netip.MustParsePrefix("fd00:244:0:3::/64") {
+		t.Fatalf("%+v %v", l, err)
+	}
+	if l2, err := DecodeSubnet("/wgcni", key, l.Encode(), c); err != nil || !reflect.DeepEqual(l2, l) {
+		t.Fatalf("round trip %+v %v", l2, err)
+	}
+	// Without podCIDRv6 (a node of an older daemon): accepted, IPv4 only.
+	if l, err := DecodeSubnet("/wgcni", key, []byte(base+`}`), c); err != nil || len(l.CIDRs) != 1 {
+		t.Fatalf("v4-only record in dual cluster: %+v %v", l, err)
+	}
+	for _, bad := range []struct{ v6, want string }{
+		{"fd00:244:0:3::/80", "node prefix length /64"},
+		{"fd00:245:0:3::/64", "outside IPv6 cluster CIDR"},
+		{"fd00:244:0:3::1/64", "host bits"},
+		{"10.1.0.0/24", "not an IPv6 CIDR"},
+	} {
+		_, err := DecodeSubnet("/wgcni", key, []byte(base+`,"podCIDRv6":"`+bad.v6+`"}`), c)
+		if err == nil || !strings.Contains(err.Error(), bad.want) || !strings.Contains(err.Error(), "podCIDRv6") {
+			t.Errorf("podCIDRv6 %s: %v", bad.v6, err)
+		}
+	}
+	// A single-family cluster refuses a podCIDRv6.
+	if _, err := DecodeSubnet("/wgcni", key, []byte(base+`,"podCIDRv6":"fd00:244:0:3::/64"}`), testCluster); err == nil || !strings.Contains(err.Error(), "no IPv6 CIDR") {
+		t.Fatalf("v6 in v4-only cluster: %v", err)
+	}
+	// Guard keys parse onto the IPv6 grid only.
+	if p, err := ParseGuardKey("/wgcni", GuardKey("/wgcni", l.CIDRs[1]), c); err != nil || p != l.CIDRs[1] {
+		t.Fatalf("guard key: %v %v", p, err)
+	}
+	if _, err := ParseGuardKey("/wgcni", "/wgcni/subnets6/fd00:244:0:3::-80", c); err == nil {
+		t.Fatal("guard key of the wrong length accepted")
 	}
 }

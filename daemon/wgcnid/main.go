@@ -116,15 +116,11 @@ func daemonCommand(cmd string) func([]string) int {
 		signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP)
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
-		switch {
-		case cmd == "cleanup" && cfg.HostOnly:
-			err = agent.CleanupHost(ctx, cfg, log)
-		case cmd == "cleanup":
+		switch cmd {
+		case "cleanup":
 			err = agent.Cleanup(ctx, cfg, log)
-		case cmd == "rotate-key":
+		case "rotate-key":
 			err = agent.RequestRotation(ctx, cfg, os.Stdout, time.Minute)
-		case cfg.HostOnly:
-			err = agent.RunHost(ctx, cfg, log)
 		default:
 			err = agent.Run(ctx, cfg, log)
 		}

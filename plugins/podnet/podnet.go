@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
+	"slices"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -167,7 +167,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	}
 
 	if err := podNS.Do(func(ns.NetNS) error {
-		if used[true] {
+		if slices.ContainsFunc(used, nodefile.Family.Is6) {
 			if err := podIPv6Sysctls(args.IfName); err != nil {
 				return err
 			}
@@ -205,11 +205,8 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		}
 	}()
 
-	for _, f := range fams {
-		if !used[f.Is6()] {
-			continue
-		}
-		if err := ensureForwardingFamily(f.Is6()); err != nil {
+	for _, f := range used {
+		if err := ensureForwarding(f); err != nil {
 			return fmt.Errorf("wgcni: %w", err)
 		}
 		if conf.IPMasq {
@@ -372,19 +369,4 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 
 func dnsSet(d types.DNS) bool {
 	return d.Nameservers != nil || d.Search != nil || d.Options != nil || d.Domain != ""
-}
-
-// ensureForwarding turns on IPv4 forwarding in the host namespace; pods
-// reach other nodes and the outside through it. Read first: most ADDs find
-// it on and need no write.
-func ensureForwarding() error {
-	const path = "/proc/sys/net/ipv4/ip_forward"
-	b, err := os.ReadFile(path)
-	if err == nil && len(b) > 0 && b[0] == '1' {
-		return nil
-	}
-	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
-		return fmt.Errorf("enable IPv4 forwarding: %w", err)
-	}
-	return nil
 }

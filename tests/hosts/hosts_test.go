@@ -36,13 +36,13 @@ func startHost(t *testing.T, c *harness.Cluster, extra ...string) (*harness.Node
 	if err := h.StartDaemon(); err != nil {
 		t.Fatal(err)
 	}
-	var st *agent.HostStatus
+	var st *agent.HostPeerStatus
 	err = harness.WaitFor(30*time.Second, "host file of "+h.Name, func() (bool, error) {
 		if p := h.Daemon(); p != nil && !p.Running() {
 			return false, fmt.Errorf("wgcnid %s exited: %v", h.Name, p.Err())
 		}
 		var err error
-		st, err = agent.ReadHostFile(h.RunDir)
+		st, err = agent.ReadHostPeerFile(h.RunDir)
 		return err == nil, err
 	})
 	if err != nil {

@@ -127,7 +127,7 @@ func testFamilies(t *testing.T, c *harness.Cluster, wgOverhead int) {
 		// etcd: each node's IPv6 CIDR has its guard key, bound to the
 		// record's lease.
 		cli := c.Etcd.MustClient(t)
-		resp, err := cli.Get(context.Background(), record.Subnets6Prefix(harness.Prefix), clientv3.WithPrefix())
+		resp, err := cli.Get(context.Background(), record.GuardsPrefix(harness.Prefix), clientv3.WithPrefix())
 		if err != nil || len(resp.Kvs) != 2 {
 			t.Fatalf("guard keys: %v %v", resp, err)
 		}

@@ -68,7 +68,7 @@ func TestRecordsCannotBeHijacked(t *testing.T) {
 		pk, _ := wgtypes.GeneratePrivateKey()
 		self := record.Lease{Node: "mallory", PublicKey: pk.PublicKey(), Endpoint: netip.AddrPortFrom(netip.MustParseAddr("10.99.0.66"), 51820)}
 		acq := &lease.Acquirer{Client: cli, Prefix: "/wgcni", Cluster: cluster, Node: "mallory", TTL: 30 * time.Second, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-		_, err := acq.Retake(ctxT(t), self, victim)
+		_, err := acq.Retake(ctxT(t), self, []netip.Prefix{victim})
 		var te *lease.TakenError
 		if !errors.As(err, &te) || te.By != n2.Name {
 			t.Fatalf("Retake of n2's CIDR: %v, want TakenError by n2", err)
@@ -78,7 +78,7 @@ func TestRecordsCannotBeHijacked(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = acq.Publish(ctxT(t), lease.Held{CIDR: victim, Key: victimKey, LeaseID: g.ID}, self)
+		err = acq.Publish(ctxT(t), lease.Held{CIDRs: []netip.Prefix{victim}, Key: victimKey, LeaseID: g.ID}, self)
 		if err == nil || !strings.Contains(err.Error(), "no longer bound to our lease") {
 			t.Fatalf("Publish over n2's record: %v", err)
 		}
@@ -87,10 +87,10 @@ func TestRecordsCannotBeHijacked(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if h.CIDR == victim {
+		if h.Primary() == victim {
 			t.Fatalf("mallory was given n2's CIDR %s", victim)
 		}
-		t.Logf("mallory asked for %s and got %s", victim, h.CIDR)
+		t.Logf("mallory asked for %s and got %s", victim, h.Primary())
 		after, _ := cli.Get(ctxT(t), victimKey)
 		if string(after.Kvs[0].Value) != string(before.Kvs[0].Value) || after.Kvs[0].Lease != before.Kvs[0].Lease {
 			t.Fatalf("n2's record changed: %s", after.Kvs[0].Value)

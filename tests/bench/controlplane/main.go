@@ -154,7 +154,7 @@ func runSize(c *harness.Cluster, cli *clientv3.Client, n int, o Options) (Result
 	// Synthetic records from the top of the cluster CIDR down, so the
 	// daemon's own lease (random free CIDR) and new-record events use
 	// distinct ones.
-	all := cidrs(cluster.CIDR, 24)
+	all := cidrs(cluster.Primary().CIDR, 24)
 	slices.Reverse(all)
 	lease, err := cli.Grant(ctx, 7200)
 	if err != nil {

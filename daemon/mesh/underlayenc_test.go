@@ -18,7 +18,7 @@ var underlaySelf = netip.MustParseAddr("10.99.0.1")
 
 func TestDiffHostEncryption(t *testing.T) {
 	a := peer(t, "10.244.2.0/24")
-	a.Host, a.HostSrc = a.Endpoint.Addr(), underlaySelf
+	a.Underlay, a.UnderlaySrc = a.Endpoint.Addr(), underlaySelf
 	dev := onDevice(a)
 	dev.AllowedIPs = append(dev.AllowedIPs, toIPNet(netip.MustParsePrefix("10.99.0.2/32")))
 	rs := a.routes(link, []netip.Addr{gw})
@@ -26,22 +26,22 @@ func TestDiffHostEncryption(t *testing.T) {
 		t.Fatalf("routes %+v: want the PodCIDR's and the underlay /32 in the host table", rs)
 	}
 	routes := map[netip.Prefix]route.Peer{rs[0].Dst: rs[0], rs[1].Dst: rs[1]}
-	desired := map[netip.Prefix]Peer{a.CIDR: a}
-	if p := Diff(desired, []wgtypes.Peer{dev}, routes, link, gw); !p.Empty() {
+	desired := map[netip.Prefix]Peer{a.primary(): a}
+	if p := Diff(desired, []wgtypes.Peer{dev}, routes, link, []netip.Addr{gw}); !p.Empty() {
 		t.Fatalf("converged host-encrypted peer gives plan %+v", p)
 	}
 	// Host encryption off: the /32 is no longer allowed and its route goes.
 	off := a
-	off.Host, off.HostSrc = netip.Addr{}, netip.Addr{}
-	p := Diff(map[netip.Prefix]Peer{a.CIDR: off}, []wgtypes.Peer{dev}, routes, link, gw)
+	off.Underlay, off.UnderlaySrc = netip.Addr{}, netip.Addr{}
+	p := Diff(map[netip.Prefix]Peer{a.primary(): off}, []wgtypes.Peer{dev}, routes, link, []netip.Addr{gw})
 	if len(p.Peers) != 1 || len(p.Peers[0].AllowedIPs) != 1 || len(p.RouteDel) != 1 || p.RouteDel[0].Table != route.HostTable {
 		t.Fatalf("off: %+v", p)
 	}
-	p = DiffOne(&a, &off, link, gw)
+	p = DiffOne(&a, &off, link, []netip.Addr{gw})
 	if len(p.RouteDel) != 1 || p.RouteDel[0].Dst.String() != "10.99.0.2/32" || len(p.Peers[0].AllowedIPs) != 1 {
 		t.Fatalf("DiffOne off: %+v", p)
 	}
-	p = DiffOne(&off, &a, link, gw)
+	p = DiffOne(&off, &a, link, []netip.Addr{gw})
 	if len(p.RouteDel) != 0 || len(p.RouteAdd) != 2 || len(p.Peers[0].AllowedIPs) != 2 {
 		t.Fatalf("DiffOne on: %+v", p)
 	}
@@ -71,7 +71,7 @@ func (e *env) hostState() (map[wgtypes.Key]int, map[netip.Prefix]route.Peer) {
 // table route is repaired by the resync.
 func TestReconcilerHostEncryption(t *testing.T) {
 	e := setup(t)
-	e.r.cfg.HostEncryption, e.r.cfg.HostSrc = true, underlaySelf
+	e.r.cfg.UnderlayEncryption, e.r.cfg.UnderlaySrc = true, underlaySelf
 	e.r.cfg.NoTunnel = []netip.Addr{netip.MustParseAddr("10.99.0.9")}
 	// The source of a host route must be a local address (the underlay's).
 	e.netns.Do(func(ns.NetNS) error {
@@ -87,10 +87,10 @@ func TestReconcilerHostEncryption(t *testing.T) {
 		return netlink.LinkSetUp(l)
 	})
 	a, ka := rec(t, "a", "10.99.0.2:51820")
-	a.HostEncryption = true
+	a.UnderlayEncryption = true
 	b, kb := rec(t, "b", "10.99.0.3:51820") // does not advertise it
 	c, kc := rec(t, "c", "10.99.0.9:51820") // advertises it, but is an etcd endpoint
-	c.HostEncryption = true
+	c.UnderlayEncryption = true
 	e.put("10.244.2.0/24", string(a.Encode()))
 	e.put("10.244.3.0/24", string(b.Encode()))
 	e.put("10.244.4.0/24", string(c.Encode()))
@@ -118,12 +118,12 @@ func TestReconcilerHostEncryption(t *testing.T) {
 	}
 
 	// a turns host encryption off: /32 and route go.
-	a.HostEncryption = false
+	a.UnderlayEncryption = false
 	e.put("10.244.2.0/24", string(a.Encode()))
 	e.waitFor("a's underlay out of the tunnel", func() bool { n, rs := e.hostState(); return n[ka] == 1 && len(rs) == 0 })
 
 	// b turns it on: tunneled now.
-	b.HostEncryption = true
+	b.UnderlayEncryption = true
 	e.put("10.244.3.0/24", string(b.Encode()))
 	e.waitFor("b's underlay tunneled", func() bool { n, rs := e.hostState(); return n[kb] == 2 && len(rs) == 1 })
 }

@@ -56,7 +56,7 @@ func TestDecodePeer(t *testing.T) {
 		key, value, kind, err string
 	}{
 		{"/wgcni/subnets/10.244.200.0-24", `{"kind":"hosts"}`, KindHostRange, ""},
-		{"/wgcni/subnets/10.244.200.7-32", host, KindHost, ""},
+		{"/wgcni/subnets/10.244.200.7-32", host, KindHostPeer, ""},
 		{"/wgcni/subnets/10.244.3.0-24", node, "", ""},
 		// A node record on a /32 key, or a host record on a grid key,
 		// is refused: the kind must match the key.

@@ -26,16 +26,16 @@ func (r *Reconciler) decode(key string, value []byte) (record.Lease, error) {
 		if r.hostRanges == nil {
 			r.hostRanges = map[netip.Prefix]bool{}
 		}
-		if !r.hostRanges[l.CIDR] {
-			r.cfg.Log.Info("host range reserved", "cidr", l.CIDR)
+		if !r.hostRanges[l.Primary()] {
+			r.cfg.Log.Info("host range reserved", "cidr", l.Primary())
 		}
-		r.hostRanges[l.CIDR] = true
+		r.hostRanges[l.Primary()] = true
 		return l, errHostRange
-	case record.KindHost:
-		block := record.GridBlock(r.cfg.Cluster, l.CIDR.Addr())
+	case record.KindHostPeer:
+		block := record.GridBlock(r.cfg.Cluster, l.Primary().Addr())
 		if !r.hostRanges[block] {
 			return record.Lease{}, fmt.Errorf("etcd key %s: host address %s is not inside a reserved host range (no {\"kind\":%q} record at %s)",
-				key, l.CIDR.Addr(), record.KindHostRange, record.SubnetKey(r.cfg.Prefix, block))
+				key, l.Primary().Addr(), record.KindHostRange, record.SubnetKey(r.cfg.Prefix, block))
 		}
 	}
 	return l, nil
@@ -51,7 +51,7 @@ func (r *Reconciler) hostRangeGone(cidr netip.Prefix) {
 	delete(r.hostRanges, cidr)
 	r.cfg.Log.Warn("host range reservation deleted; dropping its hosts", "cidr", cidr)
 	for c, l := range r.records {
-		if l.Kind == record.KindHost && cidr.Contains(c.Addr()) {
+		if l.Kind == record.KindHostPeer && cidr.Contains(c.Addr()) {
 			delete(r.records, c)
 			r.resolve(c, true)
 		}

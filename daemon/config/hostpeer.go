@@ -12,7 +12,7 @@ import (
 // covers host addresses too and no masquerade rule ever rewrites traffic
 // to them, and on the grid, a reservation record keeps nodes out of it.
 func (c *Config) validateHosts() error {
-	if c.HostEncryption && c.HostOnly {
+	if c.UnderlayEncryption && c.HostOnly {
 		// A host-only peer has no PodCIDR lease to advertise it in, and
 		// nodes never tunnel a host's underlay address.
 		return fmt.Errorf("--host-encryption: not available with --host-only")

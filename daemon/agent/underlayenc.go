@@ -17,25 +17,25 @@ import (
 	"github.com/wgcni/wgcni/daemon/route"
 )
 
-// hostEnc is the outcome of setupHostEncryption: whether this node
+// underlayEnc is the outcome of setupUnderlayEncryption: whether this node
 // advertises host encryption, and the addresses never to tunnel.
-type hostEnc struct {
+type underlayEnc struct {
 	On       bool
 	NoTunnel []netip.Addr // the etcd endpoints' addresses
 }
 
-// setupHostEncryption prepares host-to-host encryption (docs/hosts.md)
+// setupUnderlayEncryption prepares host-to-host encryption (docs/hosts.md)
 // before the mesh adds any route to a peer's underlay address: the
 // device's own UDP gets the firewall mark first, then the rule sends
 // unmarked packets to the host table. Off (flag not given, or not
 // possible here), it removes a rule and mark left by an earlier run, so
 // turning the flag off and restarting takes this node out cleanly; the
 // mesh then drops the table routes as peers without a host address.
-func setupHostEncryption(ctx context.Context, cfg *config.Config, wg *wgctrl.Client, endpoint netip.Addr, log *slog.Logger) (hostEnc, error) {
-	h := hostEnc{NoTunnel: etcdAddrs(ctx, cfg.EtcdEndpoints, log)}
+func setupUnderlayEncryption(ctx context.Context, cfg *config.Config, wg *wgctrl.Client, endpoint netip.Addr, log *slog.Logger) (underlayEnc, error) {
+	h := underlayEnc{NoTunnel: etcdAddrs(ctx, cfg.EtcdEndpoints, log)}
 	why := ""
 	switch {
-	case !cfg.HostEncryption:
+	case !cfg.UnderlayEncryption:
 	case !isLocal(endpoint):
 		why = "the endpoint address is not on this node (NAT?): host routes need it as their source"
 	default:
@@ -45,7 +45,7 @@ func setupHostEncryption(ctx context.Context, cfg *config.Config, wg *wgctrl.Cli
 			}
 		}
 	}
-	if !cfg.HostEncryption || why != "" {
+	if !cfg.UnderlayEncryption || why != "" {
 		if why != "" {
 			log.Warn("host encryption requested but not used", "endpoint", endpoint, "why", why)
 		}

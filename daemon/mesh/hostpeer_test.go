@@ -32,7 +32,7 @@ func TestDecodeHostNeedsReservation(t *testing.T) {
 		t.Fatalf("reservation: %v", err)
 	}
 	l, err := r.decode("/wgcni/subnets/10.244.200.7-32", host)
-	if err != nil || l.CIDR.String() != "10.244.200.7/32" || l.Kind != record.KindHost {
+	if err != nil || l.Primary().String() != "10.244.200.7/32" || l.Kind != record.KindHostPeer {
 		t.Fatalf("host inside reservation: %+v %v", l, err)
 	}
 	if _, err := r.decode("/wgcni/subnets/10.244.201.7-32", host); err == nil {

@@ -21,7 +21,7 @@ import (
 // Nodes accept a host record only inside a reserved block, so a host can
 // never claim an address inside some node's PodCIDR.
 const (
-	KindHost      = "host"
+	KindHostPeer  = "host"
 	KindHostRange = "hosts"
 )
 
@@ -36,88 +36,90 @@ func EncodeHostRange() []byte {
 	return b
 }
 
-// HostCluster is the view of a host range that lease.Acquirer works on:
+// HostPeerGrid is the view of a host range that lease.Acquirer works on:
 // "node CIDRs" of full length inside the block, i.e. single addresses.
-func HostCluster(block netip.Prefix) Cluster {
-	return Cluster{CIDR: block, NodePrefixLen: block.Addr().BitLen()}
+func HostPeerGrid(block netip.Prefix) Cluster {
+	return Cluster{Grids: []Grid{{CIDR: block, NodePrefixLen: block.Addr().BitLen()}}}
 }
 
-// DefaultHostRange is the last node-sized block of the cluster CIDR.
+// hostView is c with its primary grid cut into single addresses: the grid
+// host records are keyed on.
+func hostView(c Cluster) Cluster {
+	grids := append([]Grid(nil), c.Grids...)
+	grids[0].NodePrefixLen = grids[0].CIDR.Addr().BitLen()
+	return Cluster{Grids: grids}
+}
+
+// DefaultHostRange is the last node-sized block of the primary grid.
 func DefaultHostRange(c Cluster) netip.Prefix {
-	b := c.CIDR.Addr().As16()
+	g := c.Primary()
+	b := g.CIDR.Addr().As16()
 	// Set every bit between the cluster prefix and the node prefix.
-	off := 128 - c.CIDR.Addr().BitLen()
-	for i := c.CIDR.Bits(); i < c.NodePrefixLen; i++ {
+	off := 128 - g.CIDR.Addr().BitLen()
+	for i := g.CIDR.Bits(); i < g.NodePrefixLen; i++ {
 		b[(off+i)/8] |= 1 << (7 - uint(off+i)%8)
 	}
 	a := netip.AddrFrom16(b)
-	if c.CIDR.Addr().Is4() {
+	if g.CIDR.Addr().Is4() {
 		a = a.Unmap()
 	}
-	return netip.PrefixFrom(a, c.NodePrefixLen)
+	return netip.PrefixFrom(a, g.NodePrefixLen)
 }
 
 // ValidHostRange checks that block is one node-sized, aligned block of the
-// cluster CIDR (so the strict route covers it and it is on the grid).
+// primary grid (so the strict route covers it and it is on the grid).
 func ValidHostRange(c Cluster, block netip.Prefix) error {
+	g := c.Primary()
 	if block.Masked() != block {
 		return fmt.Errorf("%s has host bits set (did you mean %s?)", block, block.Masked())
 	}
-	if block.Bits() != c.NodePrefixLen {
-		return fmt.Errorf("%s must be /%d, the node prefix length", block, c.NodePrefixLen)
+	if block.Bits() != g.NodePrefixLen {
+		return fmt.Errorf("%s must be /%d, the node prefix length", block, g.NodePrefixLen)
 	}
-	if !c.CIDR.Contains(block.Addr()) {
-		return fmt.Errorf("%s is outside cluster CIDR %s", block, c.CIDR)
+	if !g.CIDR.Contains(block.Addr()) {
+		return fmt.Errorf("%s is outside cluster CIDR %s", block, g.CIDR)
 	}
 	return nil
 }
 
-// GridBlock returns the node-sized block of the cluster grid holding addr.
+// GridBlock returns the node-sized block of the primary grid holding addr.
 func GridBlock(c Cluster, addr netip.Addr) netip.Prefix {
-	p, _ := addr.Prefix(c.NodePrefixLen)
+	p, _ := addr.Prefix(c.Primary().NodePrefixLen)
 	return p
 }
 
 // ParsePeerKey accepts what a node's mesh may find under the subnets
 // prefix: a node CIDR key (ParseSubnetKey), or a full-length key of an
-// address inside the cluster CIDR (a host). It does not check reservations.
+// address inside the primary cluster CIDR (a host). It does not check
+// reservations.
 func ParsePeerKey(prefix, key string, cluster Cluster) (netip.Prefix, error) {
 	p, err := ParseSubnetKey(prefix, key, cluster)
 	if err == nil {
 		return p, nil
 	}
 	rest, ok := strings.CutPrefix(key, SubnetsPrefix(prefix))
-	bits := cluster.CIDR.Addr().BitLen()
-	if !ok || !strings.HasSuffix(rest, fmt.Sprintf("-%d", bits)) {
+	if !ok || !strings.HasSuffix(rest, fmt.Sprintf("-%d", cluster.Primary().CIDR.Addr().BitLen())) {
 		return netip.Prefix{}, err
 	}
-	hp, herr := ParseSubnetKey(prefix, key, Cluster{CIDR: cluster.CIDR, NodePrefixLen: bits})
-	if herr != nil {
-		return netip.Prefix{}, herr
-	}
-	return hp, nil
+	return ParseSubnetKey(prefix, key, hostView(cluster))
 }
 
 // DecodePeer decodes any record under the subnets prefix: a node lease, a
-// host lease (Kind KindHost, CIDR a single address) or a host range
-// reservation (Kind KindHostRange, only CIDR set).
+// host lease (Kind KindHostPeer, CIDRs one single address) or a host range
+// reservation (Kind KindHostRange, only CIDRs set).
 func DecodePeer(prefix, key string, value []byte, cluster Cluster) (Lease, error) {
 	cidr, err := ParsePeerKey(prefix, key, cluster)
 	if err != nil {
 		return Lease{}, err
 	}
-	if !cidr.IsSingleIP() {
-		if len(value) <= MaxValueSize {
-			var hr hostRange
-			if strictUnmarshal(value, &hr) == nil && hr.Kind == KindHostRange {
-				return Lease{CIDR: cidr, Kind: KindHostRange}, nil
-			}
+	if cidr.IsSingleIP() {
+		return DecodeSubnet(prefix, key, value, hostView(cluster))
+	}
+	if len(value) <= MaxValueSize {
+		var hr hostRange
+		if strictUnmarshal(value, &hr) == nil && hr.Kind == KindHostRange {
+			return Lease{CIDRs: []netip.Prefix{cidr}, Kind: KindHostRange}, nil
 		}
-		return DecodeSubnet(prefix, key, value, cluster)
 	}
-	l, err := DecodeSubnet(prefix, key, value, Cluster{CIDR: cluster.CIDR, NodePrefixLen: cidr.Bits()})
-	if err != nil {
-		return Lease{}, err
-	}
-	return l, nil
+	return DecodeSubnet(prefix, key, value, cluster)
 }

@@ -3,12 +3,15 @@ package podnet
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
+	"slices"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/wgcni/wgcni/daemon/nodefile"
+	"github.com/wgcni/wgcni/daemon/route"
 )
 
 // gateways lists the node's gateway of every family, for the bridge.
@@ -23,10 +26,9 @@ func gateways(fams []nodefile.Family) []*net.IPNet {
 // addIPs puts the IPAM addresses into the result, each inside the node's
 // PodCIDR of its family, with that family's gateway when IPAM gave none,
 // and adds a default route via the gateway for every family that has an
-// address and no default route yet. It returns the families used
-// (key: is IPv6).
-func addIPs(result *current.Result, ips []*current.IPConfig, fams []nodefile.Family, ipamType string) (map[bool]bool, error) {
-	used := map[bool]bool{}
+// address and no default route yet. It returns the families used.
+func addIPs(result *current.Result, ips []*current.IPConfig, fams []nodefile.Family, ipamType string) ([]nodefile.Family, error) {
+	var used []nodefile.Family
 	for _, ipc := range ips {
 		var fam *nodefile.Family
 		for i := range fams {
@@ -46,22 +48,19 @@ func addIPs(result *current.Result, ips []*current.IPConfig, fams []nodefile.Fam
 		}
 		ipc.Interface = current.Int(ifPod)
 		result.IPs = append(result.IPs, ipc)
-		used[fam.Is6()] = true
-	}
-	hasDefault := map[bool]bool{}
-	for _, r := range result.Routes {
-		if ones, _ := r.Dst.Mask.Size(); ones == 0 {
-			hasDefault[r.Dst.IP.To4() == nil] = true
+		if !slices.ContainsFunc(used, func(u nodefile.Family) bool { return u.Pod == fam.Pod }) {
+			used = append(used, *fam)
 		}
 	}
-	for _, f := range fams {
-		if !used[f.Is6()] || hasDefault[f.Is6()] {
-			continue
+	for _, f := range used {
+		_, bits := f.Pod.Mask.Size()
+		if slices.ContainsFunc(result.Routes, func(r *types.Route) bool {
+			ones, rbits := r.Dst.Mask.Size()
+			return ones == 0 && rbits == bits
+		}) {
+			continue // this family has a default route already
 		}
-		zero := net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
-		if f.Is6() {
-			zero = net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
-		}
+		zero := net.IPNet{IP: net.IPv6zero[:bits/8], Mask: net.CIDRMask(0, bits)}
 		result.Routes = append(result.Routes, &types.Route{Dst: zero, GW: f.Gateway.IP})
 	}
 	return used, nil
@@ -84,19 +83,11 @@ func podIPv6Sysctls(ifName string) error {
 	return nil
 }
 
-// ensureForwardingFamily turns on forwarding of one family in the host
-// namespace (read first: most ADDs find it on).
-func ensureForwardingFamily(is6 bool) error {
-	if !is6 {
-		return ensureForwarding()
-	}
-	const path = "/proc/sys/net/ipv6/conf/all/forwarding"
-	b, err := os.ReadFile(path)
-	if err == nil && len(b) > 0 && b[0] == '1' {
-		return nil
-	}
-	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
-		return fmt.Errorf("enable IPv6 forwarding: %w", err)
-	}
-	return nil
+// ensureForwarding turns on forwarding of f's family in the host namespace
+// (pods reach other nodes and the outside through it), the way the daemon
+// does (read first: most ADDs find it on).
+func ensureForwarding(f nodefile.Family) error {
+	ones, _ := f.Pod.Mask.Size()
+	a, _ := netip.AddrFromSlice(f.Pod.IP)
+	return route.EnableForwarding(netip.PrefixFrom(a.Unmap(), ones))
 }

@@ -1,0 +1,54 @@
+package mesh
+
+import (
+	"net/netip"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// What the reconciler tells other goroutines about its peers (metrics, at
+// scrape time).
+
+// PeerInfo names the node behind a configured peer.
+type PeerInfo struct {
+	Node string
+	CIDR netip.Prefix
+}
+
+// PeerNodes returns the node of every peer configured on the device.
+func (r *Reconciler) PeerNodes() map[wgtypes.Key]PeerInfo {
+	r.peerMu.Lock()
+	defer r.peerMu.Unlock()
+	out := make(map[wgtypes.Key]PeerInfo, len(r.peerNodes))
+	for k, v := range r.peerNodes {
+		out[k] = v
+	}
+	return out
+}
+
+// publishPeers refreshes what PeerNodes returns from r.applied.
+func (r *Reconciler) publishPeers() {
+	m := make(map[wgtypes.Key]PeerInfo, len(r.applied))
+	for c, p := range r.applied {
+		m[p.PublicKey] = PeerInfo{Node: p.Node, CIDR: c}
+	}
+	r.peerMu.Lock()
+	r.peerNodes = m
+	r.peerMu.Unlock()
+}
+
+// publishPeer updates what PeerNodes returns for one changed peer
+// (per event: no copy of the whole map).
+func (r *Reconciler) publishPeer(old, cur *Peer) {
+	r.peerMu.Lock()
+	defer r.peerMu.Unlock()
+	if r.peerNodes == nil {
+		r.peerNodes = map[wgtypes.Key]PeerInfo{}
+	}
+	if old != nil {
+		delete(r.peerNodes, old.PublicKey)
+	}
+	if cur != nil {
+		r.peerNodes[cur.PublicKey] = PeerInfo{Node: cur.Node, CIDR: cur.primary()}
+	}
+}
