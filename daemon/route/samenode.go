@@ -67,7 +67,7 @@ func SameNodeRoutes(link netlink.Link) ([]netip.Addr, error) {
 	return out, nil
 }
 
-// SetIPv6 turns IPv6 on or off for interface name in the calling thread's
+// SetIPv6Enabled turns IPv6 on or off for interface name in the calling thread's
 // netns. A new interface may inherit disable_ipv6=1 (on: the hub, a pod's
 // device once routed). Off is for a new pod device before it comes up:
 // otherwise bringing it up makes the kernel send MLD reports and router
@@ -75,7 +75,7 @@ func SameNodeRoutes(link netlink.Link) ([]netip.Addr, error) {
 // own before the hub knows its key (dropped, retried only after 5 s) or
 // crossing the hub's (both fail). PodViaDevice turns it on again, once hub
 // and device share a session, for pods that have IPv6.
-func SetIPv6(name string, on bool) error {
+func SetIPv6Enabled(name string, on bool) error {
 	disable := "1"
 	if on {
 		disable = "0"
@@ -92,14 +92,14 @@ func SetIPv6(name string, on bool) error {
 // pod's WireGuard device wgIf instead (default route at MTU mtu, towards
 // other nodes; podCIDR, if valid, at the device's own MTU). With the
 // device gone the pod has no route at all: it fails closed, never in
-// clear. IPv6 is turned on on wgIf for an IPv6 ip (SetIPv6).
+// clear. IPv6 is turned on on wgIf for an IPv6 ip (SetIPv6Enabled).
 func PodViaDevice(vethName, wgIf string, ip netip.Addr, podCIDR netip.Prefix, mtu int) error {
 	family, bits, zero := netlink.FAMILY_V4, 32, net.IPv4zero.To4()
 	if ip.Is6() {
 		family, bits, zero = netlink.FAMILY_V6, 128, net.IPv6zero
 	}
 	if ip.Is6() {
-		if err := SetIPv6(wgIf, true); err != nil {
+		if err := SetIPv6Enabled(wgIf, true); err != nil {
 			return err
 		}
 	}

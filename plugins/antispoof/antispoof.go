@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 
 	"github.com/google/nftables"
@@ -40,58 +41,87 @@ import (
 const (
 	Table = "wgcni"
 	Chain = "antispoof"
-	Set   = "pods"
 	// PortPrefix is the name prefix of every pod's host veth (plugins/veth).
 	PortPrefix = "wgv"
 	// ruleTag marks our rules (UserData), versioned so a changed rule set
 	// is recognised and rewritten.
 	ruleTag = "wgcni-antispoof v2"
-	// Set6 holds the IPv6 triples.
-	Set6 = "pods6"
 )
 
-const ifNameSize = 16
-
-var (
-	table    = &nftables.Table{Name: Table, Family: nftables.TableFamilyBridge}
-	keyType  = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIPAddr)
-	keyType6 = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIP6Addr)
+const (
+	ifNameSize = 16
+	macOff     = 16 // the MAC's place in an element key
+	addrOff    = 24 // the address's: nftables pads each field to 4 bytes
 )
 
-func set() *nftables.Set {
-	return &nftables.Set{Table: table, Name: Set, KeyType: keyType, Concatenation: true}
+var table = &nftables.Table{Name: Table, Family: nftables.TableFamilyBridge}
+
+// family is what one address family's set of allowed (port, MAC, address)
+// triples differs in; the table, chain, port and MAC matching are shared.
+type family struct {
+	set     string // set name; these names are on running nodes, keep them
+	addrLen int    // address bytes in the key and in the header
+	keyType nftables.SetDatatype
+	// checks are the frames whose source address this set vouches for.
+	checks []check
 }
 
-func set6() *nftables.Set {
-	return &nftables.Set{Table: table, Name: Set6, KeyType: keyType6, Concatenation: true}
+// check: frames of etherType carry their source address at srcOff of the
+// network header.
+type check struct {
+	etherType uint16
+	srcOff    uint32
 }
+
+// families are the sets, one per address family.
+func families() []family {
+	return []family{
+		{set: "pods", addrLen: net.IPv4len, keyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIPAddr),
+			// IPv4 source: offset 12. ARP sender protocol address: 8 bytes
+			// of header + 6 of sender MAC.
+			checks: []check{{unix.ETH_P_IP, 12}, {unix.ETH_P_ARP, 14}}},
+		{set: "pods6", addrLen: net.IPv6len, keyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIP6Addr),
+			// IPv6 source: offset 8.
+			checks: []check{{unix.ETH_P_IPV6, 8}}},
+	}
+}
+
+// familyOf is the family of ip, by its length in the key (4 or 16 bytes).
+func familyOf(ip net.IP) (family, net.IP, bool) {
+	if ip4 := ip.To4(); ip4 != nil {
+		return families()[0], ip4, true
+	}
+	if ip16 := ip.To16(); ip16 != nil {
+		return families()[1], ip16, true
+	}
+	return family{}, nil, false
+}
+
+func (f family) nfSet() *nftables.Set {
+	return &nftables.Set{Table: table, Name: f.set, KeyType: f.keyType, Concatenation: true}
+}
+
+// keyLen is the length of this family's element keys.
+func (f family) keyLen() int { return addrOff + f.addrLen }
 
 // key encodes one element: ifname (16 bytes, NUL padded), MAC (6 + 2
-// padding), IPv4 (4): nftables pads each concatenated field to 4 bytes.
-func key(port string, mac net.HardwareAddr, ip net.IP) ([]byte, error) {
+// padding), the address (4 or 16).
+func key(port string, mac net.HardwareAddr, ip net.IP) (family, []byte, error) {
 	if len(port) >= ifNameSize || port == "" {
-		return nil, fmt.Errorf("antispoof: bad port name %q", port)
+		return family{}, nil, fmt.Errorf("antispoof: bad port name %q", port)
 	}
 	if len(mac) != 6 {
-		return nil, fmt.Errorf("antispoof: port %s: MAC %s is not 6 bytes", port, mac)
+		return family{}, nil, fmt.Errorf("antispoof: port %s: MAC %s is not 6 bytes", port, mac)
 	}
-	ip4 := ip.To4()
-	if ip4 == nil {
-		ip16 := ip.To16()
-		if ip16 == nil {
-			return nil, fmt.Errorf("antispoof: port %s: %s is not an IP address", port, ip)
-		}
-		k := make([]byte, 40)
-		copy(k, port)
-		copy(k[16:], mac)
-		copy(k[24:], ip16)
-		return k, nil
+	f, addr, ok := familyOf(ip)
+	if !ok {
+		return family{}, nil, fmt.Errorf("antispoof: port %s: %s is not an IP address", port, ip)
 	}
-	k := make([]byte, 28)
+	k := make([]byte, f.keyLen())
 	copy(k, port)
-	copy(k[16:], mac)
-	copy(k[24:], ip4)
-	return k, nil
+	copy(k[macOff:], mac)
+	copy(k[addrOff:], addr)
+	return f, k, nil
 }
 
 func portOf(k []byte) string {
@@ -105,19 +135,15 @@ func portOf(k []byte) string {
 // table is there (every ADD but the node's first) this is one netlink
 // transaction; otherwise the table, set and rules are created first.
 func Allow(port string, mac net.HardwareAddr, ips []net.IP) error {
-	var elems, elems6 []nftables.SetElement
+	elems := map[string][]nftables.SetElement{} // by set
 	for _, ip := range ips {
-		k, err := key(port, mac, ip)
+		f, k, err := key(port, mac, ip)
 		if err != nil {
 			return err
 		}
-		if len(k) == 40 {
-			elems6 = append(elems6, nftables.SetElement{Key: k})
-		} else {
-			elems = append(elems, nftables.SetElement{Key: k})
-		}
+		elems[f.set] = append(elems[f.set], nftables.SetElement{Key: k})
 	}
-	if len(elems)+len(elems6) == 0 {
+	if len(elems) == 0 {
 		return fmt.Errorf("antispoof: port %s: no IP address to allow", port)
 	}
 	c, err := nftables.New()
@@ -125,13 +151,11 @@ func Allow(port string, mac net.HardwareAddr, ips []net.IP) error {
 		return fmt.Errorf("antispoof: open nftables: %w", err)
 	}
 	add := func() error {
-		if len(elems) > 0 {
-			if err := c.SetAddElements(set(), elems); err != nil {
-				return fmt.Errorf("antispoof: %w", err)
+		for _, f := range families() {
+			if len(elems[f.set]) == 0 {
+				continue
 			}
-		}
-		if len(elems6) > 0 {
-			if err := c.SetAddElements(set6(), elems6); err != nil {
+			if err := c.SetAddElements(f.nfSet(), elems[f.set]); err != nil {
 				return fmt.Errorf("antispoof: %w", err)
 			}
 		}
@@ -164,13 +188,13 @@ func Allow(port string, mac net.HardwareAddr, ips []net.IP) error {
 // rules; the set is only created if missing, never emptied.
 func ensure(c *nftables.Conn) error {
 	c.AddTable(table)
-	s := set()
-	if err := c.AddSet(s, nil); err != nil {
-		return fmt.Errorf("antispoof: %w", err)
-	}
-	s6 := set6()
-	if err := c.AddSet(s6, nil); err != nil {
-		return fmt.Errorf("antispoof: %w", err)
+	sets := map[string]*nftables.Set{} // as added, with their IDs
+	for _, f := range families() {
+		s := f.nfSet()
+		if err := c.AddSet(s, nil); err != nil {
+			return fmt.Errorf("antispoof: %w", err)
+		}
+		sets[f.set] = s
 	}
 	policy := nftables.ChainPolicyAccept
 	ch := c.AddChain(&nftables.Chain{
@@ -182,7 +206,7 @@ func ensure(c *nftables.Conn) error {
 		Policy:   &policy,
 	})
 	c.FlushChain(ch)
-	for _, r := range rules(s, s6) {
+	for _, r := range rules(sets) {
 		c.AddRule(&nftables.Rule{Table: table, Chain: ch, UserData: []byte(ruleTag), Exprs: r})
 	}
 	if err := c.Flush(); err != nil {
@@ -191,7 +215,10 @@ func ensure(c *nftables.Conn) error {
 	return nil
 }
 
-func rules(s, s6 *nftables.Set) [][]expr.Any {
+// rules are the chain's rules: per family, one drop rule for each kind of
+// frame whose source is not in that family's set (sets: by name, as added
+// in this transaction), and one for every other ethertype.
+func rules(sets map[string]*nftables.Set) [][]expr.Any {
 	fromPod := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(PortPrefix)},
@@ -202,38 +229,27 @@ func rules(s, s6 *nftables.Set) [][]expr.Any {
 			&expr.Cmp{Op: op, Register: 1, Data: []byte{byte(t >> 8), byte(t)}},
 		}
 	}
-	// (iifname . ether saddr . <ip at ipOff>) not in @pods: registers 1
-	// (16 bytes), 2 (6 bytes, zero padded) and 14 (4 bytes) are contiguous.
-	notAllowed := func(ipOff uint32) []expr.Any {
-		return []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-			&expr.Payload{DestRegister: 2, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
-			&expr.Payload{DestRegister: 14, Base: expr.PayloadBaseNetworkHeader, Offset: ipOff, Len: 4},
-			&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID, Invert: true},
-		}
-	}
-	// The IPv6 source (16 bytes) fills registers 14..17.
-	notAllowed6 := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Payload{DestRegister: 2, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
-		&expr.Payload{DestRegister: 14, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 16},
-		&expr.Lookup{SourceRegister: 1, SetName: s6.Name, SetID: s6.ID, Invert: true},
-	}
 	drop := []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}
-	cat := func(parts ...[]expr.Any) []expr.Any {
-		var out []expr.Any
-		for _, p := range parts {
-			out = append(out, p...)
+	var out [][]expr.Any
+	other := slices.Clone(fromPod)
+	for _, f := range families() {
+		s := sets[f.set]
+		for _, ck := range f.checks {
+			r := slices.Concat(fromPod, etherType(expr.CmpOpEq, ck.etherType), []expr.Any{
+				// (iifname . ether saddr . source) not in the set:
+				// registers 1 (16 bytes), 2 (6 bytes, zero padded) and 14
+				// on (4 or 16 bytes) are contiguous.
+				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+				&expr.Payload{DestRegister: 2, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
+				&expr.Payload{DestRegister: 14, Base: expr.PayloadBaseNetworkHeader, Offset: ck.srcOff, Len: uint32(f.addrLen)},
+				&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID, Invert: true},
+			}, drop)
+			out = append(out, r)
+			other = append(other, etherType(expr.CmpOpNeq, ck.etherType)...)
 		}
-		return out
 	}
-	return [][]expr.Any{
-		cat(fromPod, etherType(expr.CmpOpEq, unix.ETH_P_IP), notAllowed(12), drop),
-		// ARP sender protocol address: 8 bytes of header + 6 of sender MAC.
-		cat(fromPod, etherType(expr.CmpOpEq, unix.ETH_P_ARP), notAllowed(14), drop),
-		cat(fromPod, etherType(expr.CmpOpEq, unix.ETH_P_IPV6), notAllowed6, drop),
-		cat(fromPod, etherType(expr.CmpOpNeq, unix.ETH_P_IP), etherType(expr.CmpOpNeq, unix.ETH_P_ARP), etherType(expr.CmpOpNeq, unix.ETH_P_IPV6), drop),
-	}
+	// Any other ethertype (VLAN tags, ...).
+	return append(out, append(other, drop...))
 }
 
 // Conn is one nftables connection for the anti-spoofing changes of one
@@ -302,7 +318,8 @@ func withConn(f func(*Conn) error) error {
 func (c *Conn) removeWhere(match func(port string) bool) error {
 	var errs []error
 	n := 0
-	for _, s := range []*nftables.Set{set(), set6()} {
+	for _, f := range families() {
+		s := f.nfSet()
 		elems, err := c.c.GetSetElements(s)
 		if err != nil {
 			if !isNoSuchObject(err) {
@@ -347,8 +364,8 @@ func Allowed() ([]string, error) {
 		return nil, err
 	}
 	var out []string
-	for _, name := range []string{Set, Set6} {
-		s, err := c.GetSetByName(table, name)
+	for _, f := range families() {
+		s, err := c.GetSetByName(table, f.set)
 		if err != nil {
 			continue
 		}
@@ -357,11 +374,8 @@ func Allowed() ([]string, error) {
 			return nil, err
 		}
 		for _, e := range elems {
-			switch len(e.Key) {
-			case 28:
-				out = append(out, fmt.Sprintf("%s %s %s", portOf(e.Key), net.HardwareAddr(e.Key[16:22]), net.IP(e.Key[24:28])))
-			case 40:
-				out = append(out, fmt.Sprintf("%s %s %s", portOf(e.Key), net.HardwareAddr(e.Key[16:22]), net.IP(e.Key[24:40])))
+			if len(e.Key) == f.keyLen() {
+				out = append(out, fmt.Sprintf("%s %s %s", portOf(e.Key), net.HardwareAddr(e.Key[macOff:macOff+6]), net.IP(e.Key[addrOff:])))
 			}
 		}
 	}

@@ -133,7 +133,7 @@ func configureKernelDevice(l netlink.Link, wgIf string, hubKey wgtypes.Key, hubP
 	if err != nil {
 		return wgtypes.Key{}, 0, fmt.Errorf("configure %s: %w", wgIf, err)
 	}
-	if err := route.SetIPv6(wgIf, false); err != nil {
+	if err := route.SetIPv6Enabled(wgIf, false); err != nil {
 		return wgtypes.Key{}, 0, err
 	}
 	if err := netlink.LinkSetUp(l); err != nil {

@@ -206,7 +206,7 @@ func (h *server) add(req Request) (*Response, error) {
 		}
 		link, err := netlink.LinkByName(req.IfName)
 		if err == nil {
-			err = route.SetIPv6(req.IfName, false) // route.SetIPv6: why
+			err = route.SetIPv6Enabled(req.IfName, false) // route.SetIPv6Enabled: why
 		}
 		if err == nil {
 			err = netlink.LinkSetUp(link)

@@ -99,7 +99,7 @@ func Setup(o Options) (*Reconciler, error) {
 	for _, gw := range o.Gateways {
 		if gw.Is6() {
 			// Routes of pods' /128s need IPv6 on the hub's interface.
-			if err := route.SetIPv6(h.Name, true); err != nil {
+			if err := route.SetIPv6Enabled(h.Name, true); err != nil {
 				wg.Close()
 				return nil, err
 			}
