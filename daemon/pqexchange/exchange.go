@@ -19,7 +19,6 @@ import (
 	"bytes"
 	"crypto/mlkem"
 	"crypto/rand"
-	"errors"
 	"fmt"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -52,19 +51,6 @@ type Result struct {
 // side with the smaller WireGuard public key does, so exactly one
 // exchange per pair is in flight and two can never cross.
 func Initiates(self, peer wgtypes.Key) bool { return bytes.Compare(self[:], peer[:]) < 0 }
-
-// Errors of the state machines. They name the check that failed and
-// public identities only.
-var (
-	ErrWrongRole      = errors.New("pq exchange: the sender is not the initiator for this pair")
-	ErrNotForUs       = errors.New("pq exchange: addressed to another node")
-	ErrUnknownPeer    = errors.New("pq exchange: unknown peer")
-	ErrStaleEpoch     = errors.New("pq exchange: epoch not newer than the last one (replay?)")
-	ErrUnknownSession = errors.New("pq exchange: no exchange with these session ids (replay, or the responder restarted)")
-	ErrBadTag         = errors.New("pq exchange: confirmation tag does not verify (tampered message or wrong static key)")
-	ErrState          = errors.New("pq exchange: message not expected in this state")
-	ErrDecapsulate    = errors.New("pq exchange: ciphertext does not decapsulate")
-)
 
 // Initiator runs one exchange from the initiating side.
 type Initiator struct {

@@ -3,7 +3,6 @@ package pqexchange
 import (
 	"crypto/mlkem"
 	"encoding/binary"
-	"errors"
 	"fmt"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -93,15 +92,6 @@ var bodySize = map[Type]int{
 	TypeConfirm: 2*sidSize + tagSize,
 	TypeAck:     2*sidSize + tagSize,
 }
-
-// Errors of the decoder. They name the defect only, never message bytes.
-var (
-	ErrShort   = errors.New("pq exchange message: shorter than its header")
-	ErrMagic   = errors.New("pq exchange message: bad magic")
-	ErrVersion = errors.New("pq exchange message: unsupported version")
-	ErrType    = errors.New("pq exchange message: unknown type")
-	ErrLength  = errors.New("pq exchange message: wrong length for its type")
-)
 
 func header(t Type) []byte {
 	b := make([]byte, headerSize, headerSize+bodySize[t])

@@ -219,14 +219,6 @@ func (n *Node) nextEpoch(peer wgtypes.Key) uint64 {
 	return e
 }
 
-// ErrNoAck means the responder never acknowledged the Confirm: it may or
-// may not have installed the PSK. This side did not install it; the next
-// exchange (a new epoch) brings both ends to the same PSK again.
-var ErrNoAck = errors.New("pq exchange: no acknowledgement of the commit (outcome unknown on the responder)")
-
-// ErrNoResponse means the responder never answered the Init.
-var ErrNoResponse = errors.New("pq exchange: no response")
-
 // Exchange runs the exchange with peer as initiator, up to Attempts times
 // with a fresh epoch each, and on success has installed the PSK (after the
 // responder acknowledged installing it) and called Handshake.

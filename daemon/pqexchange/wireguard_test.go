@@ -18,18 +18,14 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/daemon/internal/netnstest"
+	"github.com/wgcni/wgcni/daemon/internal/wghosttest"
 	"github.com/wgcni/wgcni/daemon/wgdev"
 )
 
 const hostEnv = "WGCNI_PQEXCHANGE_TEST_HOST"
 
 // TestMain lets the test binary double as the userspace WireGuard host.
-func TestMain(m *testing.M) {
-	if os.Getenv(hostEnv) == "1" && len(os.Args) > 1 && os.Args[1] == "userspace-device" {
-		os.Exit(wgdev.RunUserspaceDevice(os.Args[2:], os.Stderr))
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { wghosttest.Main(m, hostEnv) }
 
 // wgSide is one userspace WireGuard device in the test namespace.
 type wgSide struct {
@@ -50,10 +46,6 @@ func (s wgSide) pub() wgtypes.Key { return s.priv.PublicKey() }
 // back through wgctrl and compared, never printed.
 func TestPSKInUseByRealWireGuard(t *testing.T) {
 	n, _ := netnstest.New(t, "pq")
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	runDir := t.TempDir()
 	k1, _ := wgtypes.GeneratePrivateKey()
 	k2, _ := wgtypes.GeneratePrivateKey()
@@ -63,12 +55,6 @@ func TestPSKInUseByRealWireGuard(t *testing.T) {
 	a := wgSide{name: netnstest.DeviceName("pqa"), priv: k1, port: 51901, ip: "10.77.0.1/32"}
 	b := wgSide{name: netnstest.DeviceName("pqb"), priv: k2, port: 51902, ip: "10.77.0.2/32"}
 	log := slog.New(slog.DiscardHandler)
-	opts := func(name string) wgdev.Options {
-		return wgdev.Options{
-			Name: name, MTU: 1420, Want: wgdev.Userspace, RunDir: runDir, Verbose: true,
-			Exe: exe, Args: []string{"userspace-device"}, Env: []string{hostEnv + "=1"}, Log: log,
-		}
-	}
 	wg, err := wgctrl.New()
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +72,7 @@ func TestPSKInUseByRealWireGuard(t *testing.T) {
 			return fmt.Errorf("loopback up: %w", err)
 		}
 		for _, s := range []wgSide{a, b} {
-			if _, err := wgdev.Ensure(opts(s.name)); err != nil {
+			if _, err := wgdev.Ensure(wghosttest.Options(t, hostEnv, s.name, runDir)); err != nil {
 				return err
 			}
 			if err := wgdev.Configure(wg, s.name, s.priv, s.port); err != nil {

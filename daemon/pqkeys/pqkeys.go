@@ -14,10 +14,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/wgcni/wgcni/daemon/nodefile"
 )
@@ -100,7 +102,7 @@ func ParsePublic(s string) (*mlkem.EncapsulationKey768, error) {
 // LoadOrCreate returns the key pair stored in stateDir, creating the
 // directory (0700) and the key file (0600, atomically) on first use. It
 // reports whether the key was created. Unlike the WireGuard key, a key file
-// or state directory readable by group or others is refused rather than
+// or state directory open to group or others is refused rather than
 // tightened: a post-quantum key that may have been read is no longer a
 // secret, and the operator must decide (remove it to generate a new one).
 func LoadOrCreate(stateDir string) (Private, bool, error) {
@@ -108,56 +110,88 @@ func LoadOrCreate(stateDir string) (Private, bool, error) {
 		return Private{}, false, err
 	}
 	path := filepath.Join(stateDir, FileName)
-	data, err := os.ReadFile(path)
-	switch {
-	case err == nil:
-		fi, err := os.Stat(path)
-		if err != nil {
-			return Private{}, false, fmt.Errorf("stat ML-KEM key %s: %w", path, err)
-		}
-		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-			return Private{}, false, fmt.Errorf("ML-KEM key %s has mode %o, readable by others; refusing to use it (remove it to generate a new one)", path, perm)
-		}
-		seed, err := base64.StdEncoding.Strict().DecodeString(strings.TrimSpace(string(data)))
-		if err != nil || len(seed) != mlkem.SeedSize {
-			// Never include the contents: they may be a key.
-			return Private{}, false, fmt.Errorf("ML-KEM key file %s is not a base64 %d-byte ML-KEM-768 seed; remove it to generate a new one", path, mlkem.SeedSize)
-		}
-		dk, err := mlkem.NewDecapsulationKey768(seed)
-		if err != nil {
-			return Private{}, false, fmt.Errorf("ML-KEM key file %s holds an invalid seed; remove it to generate a new one", path)
-		}
-		return Private{dk}, false, nil
-	case errors.Is(err, os.ErrNotExist):
-		dk, err := mlkem.GenerateKey768()
-		if err != nil {
-			return Private{}, false, fmt.Errorf("generate ML-KEM-768 key: %w", err)
-		}
-		enc := base64.StdEncoding.EncodeToString(dk.Bytes()) + "\n"
-		if err := nodefile.WriteFileAtomic(path, []byte(enc), 0o600); err != nil {
-			return Private{}, false, fmt.Errorf("store ML-KEM key: %w", err)
-		}
-		return Private{dk}, true, nil
-	default:
-		return Private{}, false, fmt.Errorf("read ML-KEM key %s: %w", path, err)
+	seed, err := readSecret(path)
+	if errors.Is(err, os.ErrNotExist) {
+		p, err := create(path)
+		return p, err == nil, err
 	}
+	if err != nil {
+		return Private{}, false, err
+	}
+	defer clear(seed)
+	// Never quote the contents in an error: they may be a key.
+	raw, err := base64.StdEncoding.Strict().DecodeString(strings.TrimSpace(string(seed)))
+	defer clear(raw)
+	if err != nil || len(raw) != mlkem.SeedSize {
+		return Private{}, false, fmt.Errorf("ML-KEM key file %s is not a base64 %d-byte ML-KEM-768 seed; remove it to generate a new one", path, mlkem.SeedSize)
+	}
+	dk, err := mlkem.NewDecapsulationKey768(raw)
+	if err != nil {
+		return Private{}, false, fmt.Errorf("ML-KEM key file %s holds an invalid seed; remove it to generate a new one", path)
+	}
+	return Private{dk}, false, nil
 }
 
-// checkDir creates dir as 0700 if missing and refuses one that is not a
-// directory or is accessible to group or others.
-func checkDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create state dir %s: %w", dir, err)
-	}
-	fi, err := os.Stat(dir)
+// maxKeyFile bounds what readSecret reads: a seed is 89 base64 bytes.
+const maxKeyFile = 4096
+
+// readSecret reads a key file that must be a regular file (not a link)
+// readable by its owner only. Mode and contents come from the same open
+// file, so the file checked is the file read.
+func readSecret(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
-		return fmt.Errorf("stat state dir %s: %w", dir, err)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("open ML-KEM key %s: %w", path, err)
 	}
-	if !fi.IsDir() {
+	defer f.Close()
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("stat ML-KEM key %s: %w", path, err)
+	case !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("ML-KEM key %s is not a regular file", path)
+	case fi.Mode().Perm()&0o077 != 0:
+		return nil, fmt.Errorf("ML-KEM key %s has mode %o, open to group or others; refusing to use it (remove it to generate a new one)", path, fi.Mode().Perm())
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("read ML-KEM key %s: %w", path, err)
+	}
+	return b, nil
+}
+
+// create generates a key pair and stores its seed at path.
+func create(path string) (Private, error) {
+	dk, err := mlkem.GenerateKey768()
+	if err != nil {
+		return Private{}, fmt.Errorf("generate ML-KEM-768 key: %w", err)
+	}
+	seed := dk.Bytes()
+	defer clear(seed)
+	if err := nodefile.WriteFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(seed)+"\n"), 0o600); err != nil {
+		return Private{}, fmt.Errorf("store ML-KEM key: %w", err)
+	}
+	return Private{dk}, nil
+}
+
+// checkDir creates dir (0700) if missing and refuses one that is not a
+// directory or is open to group or others.
+func checkDir(dir string) error {
+	err := os.MkdirAll(dir, 0o700)
+	var fi os.FileInfo
+	if err == nil {
+		fi, err = os.Stat(dir)
+	}
+	switch {
+	case err != nil:
+		return fmt.Errorf("state dir %s: %w", dir, err)
+	case !fi.IsDir():
 		return fmt.Errorf("state dir %s is not a directory", dir)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return fmt.Errorf("state dir %s has mode %o, want 0700; refusing to keep the ML-KEM key there", dir, perm)
+	case fi.Mode().Perm()&0o077 != 0:
+		return fmt.Errorf("state dir %s has mode %o, want 0700; refusing to keep the ML-KEM key there", dir, fi.Mode().Perm())
 	}
 	return nil
 }

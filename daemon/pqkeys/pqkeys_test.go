@@ -12,39 +12,58 @@ import (
 	"testing"
 )
 
-func TestLoadOrCreate(t *testing.T) {
+// perm returns the permission bits of path.
+func perm(t *testing.T, path string) os.FileMode {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Mode().Perm()
+}
+
+// TestCreatedOnceThenReused: the first call creates dir and key with
+// owner-only modes, later calls return the same usable key pair.
+func TestCreatedOnceThenReused(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	k1, created, err := LoadOrCreate(dir)
+	first, created, err := LoadOrCreate(dir)
 	if err != nil || !created {
-		t.Fatalf("first load: created=%v err=%v", created, err)
+		t.Fatalf("first call: created=%v err=%v", created, err)
 	}
-	for path, want := range map[string]os.FileMode{dir: 0o700, filepath.Join(dir, FileName): 0o600} {
-		fi, err := os.Stat(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fi.Mode().Perm() != want {
-			t.Errorf("%s mode %o, want %o", path, fi.Mode().Perm(), want)
-		}
+	if perm(t, dir) != 0o700 || perm(t, filepath.Join(dir, FileName)) != 0o600 {
+		t.Fatalf("modes: dir %o, key %o", perm(t, dir), perm(t, filepath.Join(dir, FileName)))
 	}
-	k2, created, err := LoadOrCreate(dir)
+	again, created, err := LoadOrCreate(dir)
 	if err != nil || created {
-		t.Fatalf("second load: created=%v err=%v", created, err)
+		t.Fatalf("second call: created=%v err=%v", created, err)
 	}
-	if !bytes.Equal(k1.Public().Bytes(), k2.Public().Bytes()) || !bytes.Equal(k1.Decapsulation().Bytes(), k2.Decapsulation().Bytes()) {
-		t.Fatal("key changed across loads")
+	if !bytes.Equal(first.Decapsulation().Bytes(), again.Decapsulation().Bytes()) || !bytes.Equal(first.Public().Bytes(), again.Public().Bytes()) {
+		t.Fatal("the key changed between calls")
 	}
 	// The stored pair works: what is encapsulated to the public key
-	// decapsulates with the loaded private key.
-	shared, ct := k1.Public().Encapsulate()
-	got, err := k2.Decapsulation().Decapsulate(ct)
-	if err != nil || !bytes.Equal(shared, got) {
+	// decapsulates with the reloaded private key.
+	shared, ct := first.Public().Encapsulate()
+	if got, err := again.Decapsulation().Decapsulate(ct); err != nil || !bytes.Equal(shared, got) {
 		t.Fatalf("decapsulate with the reloaded key: %v", err)
 	}
 	// No temp file is left beside the key.
-	ents, _ := os.ReadDir(dir)
-	if len(ents) != 1 {
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
 		t.Fatalf("state dir holds %d entries, want only %s", len(ents), FileName)
+	}
+}
+
+// TestRefusesSymlink: the key file must be the file itself, not a link to
+// one somewhere else.
+func TestRefusesSymlink(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "src")
+	if _, _, err := LoadOrCreate(src); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "state")
+	os.Mkdir(dir, 0o700)
+	os.Symlink(filepath.Join(src, FileName), filepath.Join(dir, FileName))
+	if _, _, err := LoadOrCreate(dir); err == nil || !strings.Contains(err.Error(), FileName) {
+		t.Fatalf("symlinked key: err = %v", err)
 	}
 }
 
