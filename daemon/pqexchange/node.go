@@ -15,19 +15,28 @@ import (
 )
 
 // Peer is what a Node needs to know about a peer: its published static
-// encapsulation key and the address its Node listens on (its tunnel
-// address and the exchange port). Messages from a peer are accepted only
-// from that address: over the tunnel, WireGuard's cryptokey routing makes
-// the source address an (classically) authenticated identity.
+// encapsulation key and the addresses its Node is reached at, in order of
+// preference: its tunnel address first, its underlay address as the
+// fallback. The exchange is secure over either (its secrecy and
+// authentication come from the KEM keys), but it must not depend on the
+// tunnel alone: with mismatched PSKs (a commit whose outcome the
+// initiator never learned) WireGuard cannot make a new session, and once
+// the current one expires only the underlay still reaches the peer to run
+// the exchange that repairs it. Messages claiming to come from a peer are
+// accepted only from one of its addresses: over the tunnel, WireGuard's
+// cryptokey routing makes that source a (classically) authenticated
+// identity.
 type Peer struct {
-	KEM  *mlkem.EncapsulationKey768
-	Addr netip.AddrPort
+	KEM   *mlkem.EncapsulationKey768
+	Addrs []netip.AddrPort
 }
 
 // Config configures a Node.
 type Config struct {
 	Self Local
-	// Addr is the local address to listen on (the tunnel address).
+	// Addr is the local address to listen on. To be reachable over both
+	// the tunnel and the underlay, the wildcard address with the exchange
+	// port.
 	Addr netip.AddrPort
 	// Peers looks a peer up in the directory built from etcd.
 	Peers func(wgtypes.Key) (Peer, bool)
@@ -181,10 +190,12 @@ func (n *Node) checkSource(peer wgtypes.Key, from netip.AddrPort) error {
 	if !ok {
 		return fmt.Errorf("%w %s", ErrUnknownPeer, peer)
 	}
-	if p.Addr.Addr().Unmap() != from.Addr().Unmap() {
-		return fmt.Errorf("pq exchange: message for peer %s from %s, not its address %s", peer, from.Addr(), p.Addr.Addr())
+	for _, a := range p.Addrs {
+		if a.Addr().Unmap() == from.Addr().Unmap() {
+			return nil
+		}
 	}
-	return nil
+	return fmt.Errorf("pq exchange: message for peer %s from %s, not one of its addresses", peer, from.Addr())
 }
 
 func (n *Node) deliver(sid SessionID, m any) error {
@@ -229,7 +240,7 @@ func (n *Node) Exchange(ctx context.Context, peer wgtypes.Key) (Result, error) {
 	var err error
 	for attempt := 1; attempt <= n.cfg.Attempts; attempt++ {
 		var res Result
-		res, err = n.exchangeOnce(ctx, peer)
+		res, err = n.exchangeOnce(ctx, peer, attempt-1)
 		if err == nil {
 			return res, nil
 		}
@@ -241,11 +252,15 @@ func (n *Node) Exchange(ctx context.Context, peer wgtypes.Key) (Result, error) {
 	return Result{}, fmt.Errorf("pq exchange with %s: %w", peer, err)
 }
 
-func (n *Node) exchangeOnce(ctx context.Context, peer wgtypes.Key) (Result, error) {
+// exchangeOnce runs one exchange (one epoch) with peer, over the peer's
+// addresses in turn: the first attempt over the first (the tunnel), the
+// next over the next (the underlay), and so on round.
+func (n *Node) exchangeOnce(ctx context.Context, peer wgtypes.Key, attempt int) (Result, error) {
 	p, ok := n.cfg.Peers(peer)
-	if !ok {
+	if !ok || len(p.Addrs) == 0 {
 		return Result{}, fmt.Errorf("%w %s", ErrUnknownPeer, peer)
 	}
+	addr := p.Addrs[attempt%len(p.Addrs)]
 	ini, err := NewInitiator(n.cfg.Self, Remote{WG: peer, KEM: p.KEM}, n.nextEpoch(peer))
 	if err != nil {
 		return Result{}, err
@@ -262,7 +277,7 @@ func (n *Node) exchangeOnce(ctx context.Context, peer wgtypes.Key) (Result, erro
 
 	// Messages 1 and 2.
 	var confirm []byte
-	err = n.roundTrip(ctx, ch, ini.InitMessage, p.Addr, ErrNoResponse, func(m any) (bool, error) {
+	err = n.roundTrip(ctx, ch, ini.InitMessage, addr, ErrNoResponse, func(m any) (bool, error) {
 		r, ok := m.(*Resp)
 		if !ok {
 			return false, nil
@@ -279,7 +294,7 @@ func (n *Node) exchangeOnce(ctx context.Context, peer wgtypes.Key) (Result, erro
 	}
 	// Messages 3 and 4.
 	var res Result
-	err = n.roundTrip(ctx, ch, func() []byte { return confirm }, p.Addr, ErrNoAck, func(m any) (bool, error) {
+	err = n.roundTrip(ctx, ch, func() []byte { return confirm }, addr, ErrNoAck, func(m any) (bool, error) {
 		switch m := m.(type) {
 		case *Resp:
 			return false, nil // a late duplicate of message 2

@@ -139,13 +139,13 @@ func pair(t *testing.T, filter func(bool, []byte) []byte) (ini, resp *testNode, 
 	iConn, _ := net.ListenUDP("udp", net.UDPAddrFromAddrPort(loopback))
 	iAddr := iConn.LocalAddr().(*net.UDPAddr).AddrPort()
 	iConn.Close()
-	resp, respStop = startNode(t, r, loopback, map[wgtypes.Key]Peer{i.WG: {KEM: i.KEM.Public(), Addr: iAddr}})
+	resp, respStop = startNode(t, r, loopback, map[wgtypes.Key]Peer{i.WG: {KEM: i.KEM.Public(), Addrs: []netip.AddrPort{iAddr}}})
 	target := resp.Addr()
 	if filter != nil {
 		p = startProxy(t, iAddr, resp.Addr(), filter)
 		target = p.addr()
 	}
-	ini, _ = startNode(t, i, iAddr, map[wgtypes.Key]Peer{r.WG: {KEM: r.KEM.Public(), Addr: target}})
+	ini, _ = startNode(t, i, iAddr, map[wgtypes.Key]Peer{r.WG: {KEM: r.KEM.Public(), Addrs: []netip.AddrPort{target}}})
 	return ini, resp, respStop, p
 }
 
@@ -250,7 +250,7 @@ func TestResponderRestartMidExchange(t *testing.T) {
 	mu.Lock()
 	stopOld = stop
 	restart = func() *testNode {
-		n, _ := startNode(t, resp.id, resp.Addr(), map[wgtypes.Key]Peer{ini.id.WG: {KEM: ini.id.KEM.Public(), Addr: p.initiator}})
+		n, _ := startNode(t, resp.id, resp.Addr(), map[wgtypes.Key]Peer{ini.id.WG: {KEM: ini.id.KEM.Public(), Addrs: []netip.AddrPort{p.initiator}}})
 		return n
 	}
 	mu.Unlock()
@@ -269,13 +269,40 @@ func TestResponderRestartMidExchange(t *testing.T) {
 	}
 }
 
+// TestFallsBackToTheNextAddress: the peer's first address (its tunnel
+// address, say, with no WireGuard session) swallows everything; the next
+// attempt goes to its second address (the underlay) and succeeds.
+func TestFallsBackToTheNextAddress(t *testing.T) {
+	ini, resp, _, _ := pair(t, nil)
+	var mu sync.Mutex
+	swallowed := 0
+	hole := startProxy(t, ini.Addr(), resp.Addr(), func(bool, []byte) []byte {
+		mu.Lock()
+		defer mu.Unlock()
+		swallowed++
+		return nil
+	})
+	peers := map[wgtypes.Key]Peer{resp.id.WG: {KEM: resp.id.KEM.Public(), Addrs: []netip.AddrPort{hole.addr(), resp.Addr()}}}
+	ini2, _ := startNode(t, ini.id, loopback, peers)
+	// resp knows ini at 127.0.0.1 (any port), which ini2 also sends from.
+	res, err := ini2.Exchange(context.Background(), resp.id.WG)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if swallowed != ini2.cfg.Tries || len(resp.installs()) != 1 || !resp.installs()[0].PSK.Equal(res.PSK) {
+		t.Fatalf("swallowed %d Inits (want %d), responder installs %d", swallowed, ini2.cfg.Tries, len(resp.installs()))
+	}
+}
+
 // TestMessagesFromTheWrongAddressIgnored: an Init claiming to be from a
 // peer but sent from another address gets no answer.
 func TestMessagesFromTheWrongAddressIgnored(t *testing.T) {
 	ini, resp, _, _ := pair(t, nil)
 	x, _ := NewInitiator(ini.id, remote(resp.id), 1)
 	err := resp.handle(x.InitMessage(), netip.MustParseAddrPort("127.0.0.9:5000"))
-	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("not its address")) {
+	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("not one of its addresses")) {
 		t.Fatalf("err = %v", err)
 	}
 }

@@ -112,7 +112,7 @@ func TestPSKInUseByRealWireGuard(t *testing.T) {
 			Self: ids[self.pub()], Addr: loopback,
 			Peers: func(k wgtypes.Key) (Peer, bool) {
 				id, ok := ids[k]
-				return Peer{KEM: id.KEM.Public(), Addr: addrs[k]}, ok && k != self.pub()
+				return Peer{KEM: id.KEM.Public(), Addrs: []netip.AddrPort{addrs[k]}}, ok && k != self.pub()
 			},
 			Install: func(r Result) error {
 				psk := r.PSK.Key()
@@ -127,6 +127,8 @@ func TestPSKInUseByRealWireGuard(t *testing.T) {
 			t.Fatal(err)
 		}
 		addrs[self.pub()], nodes[self.pub()] = node.Addr(), node
+	}
+	for _, node := range nodes { // once both addresses are known
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- node.Serve(ctx) }()
