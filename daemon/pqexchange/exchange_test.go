@@ -305,3 +305,30 @@ func TestFailedInstallIsNotAcknowledged(t *testing.T) {
 		t.Fatalf("after retry: %v", err)
 	}
 }
+
+// FuzzResponder feeds arbitrary messages to a responder that knows one
+// initiator: nothing may panic, and nothing without the initiator's static
+// key may get a PSK installed.
+func FuzzResponder(f *testing.F) {
+	i, r := newPair(f)
+	ini, _ := NewInitiator(i, remote(r), 1)
+	f.Add(ini.InitMessage())
+	for _, b := range sampleMessages() {
+		f.Add(b)
+	}
+	resp := NewResponder(r, directory(i, r))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := Decode(b)
+		if err != nil {
+			return
+		}
+		switch m := m.(type) {
+		case *Init:
+			resp.HandleInit(m)
+		case *Confirm:
+			if _, err := resp.HandleConfirm(m, func(Result) error { return nil }); err == nil {
+				t.Fatal("a fuzzed Confirm was acknowledged")
+			}
+		}
+	})
+}

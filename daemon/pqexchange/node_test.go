@@ -306,3 +306,35 @@ func TestMessagesFromTheWrongAddressIgnored(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestReplayOverUDPIgnored: the Init and Confirm of a committed exchange,
+// captured on the wire and sent again later from the peer's address, are
+// refused and install nothing.
+func TestReplayOverUDPIgnored(t *testing.T) {
+	var mu sync.Mutex
+	captured := map[Type][]byte{}
+	ini, resp, _, _ := pair(t, func(toResponder bool, b []byte) []byte {
+		mu.Lock()
+		defer mu.Unlock()
+		if typ, _ := PeekType(b); captured[typ] == nil {
+			captured[typ] = append([]byte(nil), b...)
+		}
+		return b
+	})
+	for range 2 {
+		if _, err := ini.Exchange(context.Background(), resp.id.WG); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if err := resp.handle(captured[TypeInit], ini.Addr()); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("replayed Init: %v", err)
+	}
+	if err := resp.handle(captured[TypeConfirm], ini.Addr()); !errors.Is(err, ErrUnknownSession) {
+		t.Fatalf("replayed Confirm: %v", err)
+	}
+	if len(resp.installs()) != 2 {
+		t.Fatalf("%d installs, want 2", len(resp.installs()))
+	}
+}
