@@ -232,7 +232,9 @@ func (n *Node) nextEpoch(peer wgtypes.Key) uint64 {
 
 // Exchange runs the exchange with peer as initiator, up to Attempts times
 // with a fresh epoch each, and on success has installed the PSK (after the
-// responder acknowledged installing it) and called Handshake.
+// responder acknowledged installing it) and called Handshake. Run one
+// Exchange at a time per peer: a second one would replace the first's
+// pending state on the responder.
 func (n *Node) Exchange(ctx context.Context, peer wgtypes.Key) (Result, error) {
 	if !Initiates(n.cfg.Self.WG, peer) {
 		return Result{}, fmt.Errorf("pq exchange with %s: %w", peer, ErrWrongRole)
