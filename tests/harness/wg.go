@@ -163,9 +163,16 @@ func (n *Node) RouteTo(dst net.IP) (string, error) {
 // WireGuard device host and returns its PID, once that process is one.
 func (n *Node) MustDeviceHost(tb testing.TB) int {
 	tb.Helper()
-	pidFile := filepath.Join(n.RunDir, n.Device+".pid")
+	return MustPIDFile(tb, filepath.Join(n.RunDir, n.Device+".pid"), "userspace-device")
+}
+
+// MustPIDFile waits up to 5 s for pidFile to name a running process whose
+// command line contains every one of cmdline, and returns its PID.
+func MustPIDFile(tb testing.TB, pidFile string, cmdline ...string) int {
+	tb.Helper()
 	var pid int
-	err := WaitFor(5*time.Second, "device host pid file "+pidFile, func() (bool, error) {
+	var last string
+	err := WaitFor(5*time.Second, "pid file "+pidFile+" of a process running "+strings.Join(cmdline, " … "), func() (bool, error) {
 		b, err := os.ReadFile(pidFile)
 		if err != nil {
 			return false, nil
@@ -175,10 +182,19 @@ func (n *Node) MustDeviceHost(tb testing.TB) int {
 			return false, nil
 		}
 		cmd, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
-		return err == nil && strings.Contains(string(cmd), "userspace-device"), nil
+		if err != nil {
+			return false, nil
+		}
+		last = strings.ReplaceAll(string(cmd), "\x00", " ")
+		for _, c := range cmdline {
+			if !strings.Contains(last, c) {
+				return false, nil
+			}
+		}
+		return true, nil
 	})
 	if err != nil {
-		tb.Fatal(err)
+		tb.Fatalf("%v (last pid %d runs %q)", err, pid, last)
 	}
 	return pid
 }

@@ -32,35 +32,6 @@ var clusters = []struct {
 	{"dual", harness.Config{ClusterCIDR: "10.244.0.0/22,fd00:244::/56", NodePrefixLenV6: 64}, 60},
 }
 
-// family is one address family of a cluster under test.
-type family struct {
-	name    string // IPv4, IPv6
-	index   int    // in the node file's per-family lists
-	cluster netip.Prefix
-	bits    int    // node CIDR length
-	nft     string // nft table family
-	ipFlag  string // ip -4 / -6
-}
-
-func (f family) addr(p *harness.Pod) netip.Addr {
-	if f.cluster.Addr().Is6() {
-		return p.Addr6()
-	}
-	return p.Addr4()
-}
-
-func families(c *harness.Cluster) []family {
-	var out []family
-	for i, cidr := range c.ClusterCIDRs() {
-		f := family{name: "IPv4", index: i, cluster: cidr, bits: c.Cfg.NodePrefixLen, nft: "ip", ipFlag: "-4"}
-		if cidr.Addr().Is6() {
-			f = family{name: "IPv6", index: i, cluster: cidr, bits: c.Cfg.NodePrefixLenV6, nft: "ip6", ipFlag: "-6"}
-		}
-		out = append(out, f)
-	}
-	return out
-}
-
 // TestFamilies runs two nodes of every cluster family: node files and
 // guard keys, the underlay's family, pods with one address per family,
 // pod to pod across nodes and node to remote pod per family with only
@@ -80,7 +51,7 @@ func TestFamilies(t *testing.T) {
 func testFamilies(t *testing.T, c *harness.Cluster, wgOverhead int) {
 	nodes := c.Nodes()
 	n1, n2 := nodes[0], nodes[1]
-	fams := families(c)
+	fams := c.Families()
 	if n1.UnderlayIP.Is6() != c.Cfg.UnderlayIPv6 || c.Underlay.Gateway.Is6() != c.Cfg.UnderlayIPv6 {
 		t.Fatalf("underlay IPv6=%v: node %s, etcd %s", c.Cfg.UnderlayIPv6, n1.UnderlayIP, c.Etcd.Endpoint)
 	}
@@ -98,8 +69,8 @@ func testFamilies(t *testing.T, c *harness.Cluster, wgOverhead int) {
 			t.Fatalf("%s node file podCIDRs %v (podCIDR %s), want one per family of %v", n.Name, nf.PodCIDRs, nf.PodCIDR, c.ClusterCIDRs())
 		}
 		for _, f := range fams {
-			if p := netip.MustParsePrefix(nf.PodCIDRs[f.index]); !f.cluster.Contains(p.Addr()) || p.Bits() != f.bits {
-				t.Fatalf("%s: %s PodCIDR %s, want a /%d of %s", n.Name, f.name, p, f.bits, f.cluster)
+			if p := netip.MustParsePrefix(nf.PodCIDRs[f.Index]); !f.Cluster.Contains(p.Addr()) || p.Bits() != f.Bits {
+				t.Fatalf("%s: %s PodCIDR %s, want a /%d of %s", n.Name, f.Name, p, f.Bits, f.Cluster)
 			}
 		}
 		if nf.MTU != c.Cfg.UnderlayMTU-wgOverhead {
@@ -108,8 +79,8 @@ func testFamilies(t *testing.T, c *harness.Cluster, wgOverhead int) {
 		t.Logf("%s: underlay %s, podCIDRs %v, gateways %v, mtu %d, etcd %s", n.Name, n.UnderlayIP, nf.PodCIDRs, nf.Gateways, nf.MTU, c.Etcd.Endpoint)
 	}
 	for _, f := range fams {
-		if files[n1.Name].PodCIDRs[f.index] == files[n2.Name].PodCIDRs[f.index] {
-			t.Fatalf("two nodes hold one %s PodCIDR", f.name)
+		if files[n1.Name].PodCIDRs[f.Index] == files[n2.Name].PodCIDRs[f.Index] {
+			t.Fatalf("two nodes hold one %s PodCIDR", f.Name)
 		}
 	}
 	// Peers are reached over the underlay's family.
@@ -145,7 +116,7 @@ func testFamilies(t *testing.T, c *harness.Cluster, wgOverhead int) {
 	for _, p := range []*harness.Pod{a1, a2, b1} {
 		ok := len(p.IPs) == len(fams) && p.IP == p.IPs[0].Addr()
 		for _, f := range fams {
-			ok = ok && f.cluster.Contains(f.addr(p))
+			ok = ok && f.Cluster.Contains(f.Addr(p))
 		}
 		if !ok {
 			t.Fatalf("pod %s got %v, want one address of each family of %v", p.Name, p.IPs, c.ClusterCIDRs())
@@ -155,14 +126,14 @@ func testFamilies(t *testing.T, c *harness.Cluster, wgOverhead int) {
 	cls := c.Classifier()
 
 	for _, f := range fams {
-		t.Run(f.name+" across nodes, only WireGuard on the underlay", func(t *testing.T) {
-			rep := c.EncryptedOnly(t, cls, f.name, func() {
-				harness.Connect(t, a1.NS, f.addr(b1), f.name+" "+a1.Name+" -> "+b1.Name, 5)
-				harness.Connect(t, b1.NS, f.addr(a2), f.name+" "+b1.Name+" -> "+a2.Name, 5)
-				harness.Transfer(t, a1.NS, b1.NS, f.addr(b1), 4<<20, f.name+" "+a1.Name+" -> "+b1.Name)
-				fullSizePing(t, a1.NS, f.addr(b1), files[n1.Name].MTU, f.name)
+		t.Run(f.Name+" across nodes, only WireGuard on the underlay", func(t *testing.T) {
+			rep := c.EncryptedOnly(t, cls, f.Name, func() {
+				harness.Connect(t, a1.NS, f.Addr(b1), f.Name+" "+a1.Name+" -> "+b1.Name, 5)
+				harness.Connect(t, b1.NS, f.Addr(a2), f.Name+" "+b1.Name+" -> "+a2.Name, 5)
+				harness.Transfer(t, a1.NS, b1.NS, f.Addr(b1), 4<<20, f.Name+" "+a1.Name+" -> "+b1.Name)
+				fullSizePing(t, a1.NS, f.Addr(b1), files[n1.Name].MTU, f.Name)
 				// Node to remote pod: sourced from the node's gateway of the family.
-				harness.Connect(t, n1.NS, f.addr(b1), f.name+" node n1 -> "+b1.Name, 5)
+				harness.Connect(t, n1.NS, f.Addr(b1), f.Name+" node n1 -> "+b1.Name, 5)
 			})
 			sawWG := false
 			for _, s := range rep.Samples {
@@ -171,44 +142,44 @@ func testFamilies(t *testing.T, c *harness.Cluster, wgOverhead int) {
 				}
 				sawWG = true
 				if et := binary.BigEndian.Uint16(s.Data[12:14]); et != wantEther {
-					t.Fatalf("%s: WireGuard frame with ethertype %#04x, want %#04x: %s", f.name, et, wantEther, s)
+					t.Fatalf("%s: WireGuard frame with ethertype %#04x, want %#04x: %s", f.Name, et, wantEther, s)
 				}
 			}
 			if !sawWG {
-				t.Fatalf("%s: no WireGuard frame among the capture's samples to check its ethertype", f.name)
+				t.Fatalf("%s: no WireGuard frame among the capture's samples to check its ethertype", f.Name)
 			}
 		})
-		t.Run(f.name+" same node", func(t *testing.T) {
-			harness.Connect(t, a1.NS, f.addr(a2), f.name+" "+a1.Name+" -> "+a2.Name, 5)
+		t.Run(f.Name+" same node", func(t *testing.T) {
+			harness.Connect(t, a1.NS, f.Addr(a2), f.Name+" "+a1.Name+" -> "+a2.Name, 5)
 		})
 	}
 
 	t.Run("strict mode per family", func(t *testing.T) {
 		c.NoPlaintext(t, cls, "strict", func() {
 			for _, f := range fams {
-				dst := unleased(t, f.cluster, files, f.bits)
+				dst := unleased(t, f.Cluster, files, f.Bits)
 				strict(t, n1.NS, dst)
 				strict(t, a1.NS, dst)
 			}
 		})
 		for _, f := range fams {
-			out, err := n1.Exec("ip", f.ipFlag, "route", "show", "type", "unreachable", f.cluster.String())
+			out, err := n1.Exec("ip", f.IPFlag, "route", "show", "type", "unreachable", f.Cluster.String())
 			if err != nil || out == "" {
-				t.Fatalf("%s: no unreachable route for %s: %v %q", n1.Name, f.cluster, err, out)
+				t.Fatalf("%s: no unreachable route for %s: %v %q", n1.Name, f.Cluster, err, out)
 			}
 		}
 	})
 
 	t.Run("masquerade per family", func(t *testing.T) {
 		for _, f := range fams {
-			nftHas(t, n1, f.nft, "masquerade")
+			nftHas(t, n1, f.NFT, "masquerade")
 		}
 	})
 
 	t.Run("CNI result per cniVersion", func(t *testing.T) {
 		var peers []netip.Addr
 		for _, f := range fams {
-			peers = append(peers, f.addr(b1))
+			peers = append(peers, f.Addr(b1))
 		}
 		cniVersions(t, c, n1, peers...)
 	})

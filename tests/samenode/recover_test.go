@@ -3,14 +3,12 @@ package samenode
 import (
 	"encoding/binary"
 	"encoding/json"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,7 +18,6 @@ import (
 	"github.com/wgcni/wgcni/daemon/samenode/hub"
 	"github.com/wgcni/wgcni/daemon/samenode/poddevices"
 	"github.com/wgcni/wgcni/daemon/samenode/registry"
-	"github.com/wgcni/wgcni/tests/capture"
 	"github.com/wgcni/wgcni/tests/harness"
 )
 
@@ -160,22 +157,10 @@ func waitRecovery(t *testing.T, t0 time.Time, limit time.Duration, probes ...*ud
 	return recovery, outage
 }
 
-// hostPID reads the node's pod device host pid and checks it is one.
+// hostPID is the pid of the node's pod device host, once one runs.
 func hostPID(t *testing.T, n *harness.Node) int {
 	t.Helper()
-	b, err := os.ReadFile(poddevices.PIDFile(n.RunDir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatalf("pid file %s: %q", poddevices.PIDFile(n.RunDir), b)
-	}
-	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || !strings.Contains(string(cmd), "samenode-host") || !strings.Contains(string(cmd), n.RunDir) {
-		t.Fatalf("pid %d is not %s's pod device host: %q %v", pid, n.Name, cmd, err)
-	}
-	return pid
+	return harness.MustPIDFile(t, poddevices.PIDFile(n.RunDir), "samenode-host", n.RunDir)
 }
 
 // killHost SIGKILLs the node's pod device host by pid and returns when.
@@ -273,23 +258,13 @@ func checkRecreated(t *testing.T, n *harness.Node, before map[string]registry.Po
 // re-creates the devices. Dual-stack, and --wireguard=auto, which on this
 // kernel (no WireGuard module) must fall back to userspace pod devices.
 func TestSameNodeHostKilled(t *testing.T) {
-	_, on, off := startOnOff(t, harness.Config{Tag: "wgk", ClusterCIDR: clusterCIDR + "," + dualV6, NodePrefixLenV6: 64, ListenPort: wgPort, WireGuard: "auto"})
-	nf, _ := on.NodeFile()
+	c, on, off := startOnOff(t, harness.Config{Tag: "wgk", ClusterCIDR: dualCIDR, NodePrefixLenV6: 64, ListenPort: wgPort, WireGuard: "auto"})
+	fams := c.Families()
+	nf := on.MustNodeFile(t)
 	if !nf.SameNodeEncryption || nf.SameNodeDevice != "userspace" {
 		t.Fatalf("node file of %s: sameNodeEncryption=%v sameNodeDevice=%q, want userspace (auto without kernel module)", on.Name, nf.SameNodeEncryption, nf.SameNodeDevice)
 	}
-	a, err := on.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := on.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
-	x, err := off.AddPod()
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b, x := on.MustAddPod(t), on.MustAddPod(t), off.MustAddPod(t)
 	harness.Connect(t, a.NS, b.Addr4(), "same-node ping a->b before", 3)
 	harness.Connect(t, b.NS, a.Addr6(), "same-node ping6 b->a before", 3)
 	regs := registrations(t, on)
@@ -298,23 +273,8 @@ func TestSameNodeHostKilled(t *testing.T) {
 			t.Fatalf("registration %s lacks what re-creation needs: %+v", r.ID, r)
 		}
 	}
-	cls := &capture.Classifier{PodNets: []netip.Prefix{netip.MustParsePrefix(clusterCIDR), netip.MustParsePrefix(dualV6)}, WGPorts: []uint16{wgPort, hubPort}}
+	cls := c.Classifier(hubPort)
 	gw := netip.MustParseAddr(nf.Gateway)
-	noPlaintext := func(what string, wire []*capture.Report, lo *capture.Report) {
-		t.Helper()
-		for i, rep := range wire {
-			where := [...]string{"the bridge", "pod a's host veth", "pod b's host veth"}[i]
-			if bad := plaintext(rep, gw); len(bad) != 0 {
-				t.Errorf("%s: %d plaintext pod packets on %s:\n%s", what, len(bad), where, strings.Join(bad, "\n"))
-			}
-			if rep.Drops != 0 {
-				t.Errorf("%s: capture on %s dropped %d frames: it may have missed plaintext", what, where, rep.Drops)
-			}
-		}
-		if lo.WGTypes[capture.WGTransportData] == 0 || lo.PlainPod() != 0 {
-			t.Errorf("%s: loopback: want WireGuard transport data and no plaintext, got %s", what, lo)
-		}
-	}
 
 	t.Run("host killed: devices re-created, traffic back, nothing in clear", func(t *testing.T) {
 		var recovery, outage time.Duration
@@ -334,7 +294,7 @@ func TestSameNodeHostKilled(t *testing.T) {
 			// to the node and across nodes.
 			harness.Connect(t, a.NS, b.Addr6(), "same-node ping6 a->b after", 10)
 			harness.Connect(t, b.NS, a.Addr4(), "same-node ping b->a after", 10)
-			transfer(t, a.NS, b.NS, b.Addr4(), "same-node TCP a->b after")
+			harness.Transfer(t, a.NS, b.NS, b.Addr4(), 4<<20, "same-node TCP a->b after")
 			harness.Connect(t, on.NS, a.Addr4(), "node -> its pod after", 5)
 			harness.Connect(t, a.NS, x.Addr6(), "pod -> other node's pod after", 5)
 			harness.Connect(t, x.NS, b.Addr4(), "other node's pod -> pod after", 5)
@@ -343,7 +303,7 @@ func TestSameNodeHostKilled(t *testing.T) {
 		if recovery > recoveryBound {
 			t.Errorf("traffic back only after %v, bound %v", recovery, recoveryBound)
 		}
-		noPlaintext("host killed", wire, lo)
+		encryptedOnly(t, "host killed", fams, gw, wire, lo)
 		if pid := hostPID(t, on); pid == oldPID {
 			t.Errorf("pod device host pid still %d", pid)
 		}
@@ -353,12 +313,12 @@ func TestSameNodeHostKilled(t *testing.T) {
 				t.Errorf("CHECK %s after re-creation: %v %s", p.Name, err, out)
 			}
 		}
-		for _, line := range strings.Split(logText(t, on), "\n") {
+		for _, line := range on.LogLines("") {
 			if strings.Contains(line, "process gone") || strings.Contains(line, "started same-node pod device process") || strings.Contains(line, "re-created") {
 				t.Logf("daemon: %s", line)
 			}
 		}
-		if n := strings.Count(logText(t, on), "re-created same-node pod device"); n != 2 {
+		if n := len(on.LogLines("re-created same-node pod device")); n != 2 {
 			t.Errorf("daemon log has %d re-creations, want 2 (one per pod)", n)
 		}
 	})
@@ -393,7 +353,7 @@ func TestSameNodeHostKilled(t *testing.T) {
 		if recovery > 2*recoveryBound {
 			t.Errorf("traffic back only %v after the daemon started", recovery)
 		}
-		noPlaintext("daemon down", wire, lo)
+		encryptedOnly(t, "daemon down", fams, gw, wire, lo)
 		checkRecreated(t, on, regs)
 		for _, p := range []*harness.Pod{a, b} {
 			if out, err := p.CNI("check"); err != nil {
@@ -434,7 +394,7 @@ func writeLegacyRegistrations(t *testing.T, n *harness.Node, regs map[string]reg
 // after the host is killed every one is re-created and reachable again.
 func TestSameNodeHostKilledManyPods(t *testing.T) {
 	const pods = 8
-	c := harness.Start(t, harness.Config{Tag: "wgk", ClusterCIDR: clusterCIDR, ListenPort: wgPort, ResyncInterval: 3 * time.Second}, 0)
+	c := harness.Start(t, harness.Config{Tag: "wgk", ClusterCIDR: v4CIDR, ListenPort: wgPort, ResyncInterval: 3 * time.Second}, 0)
 	on, err := c.AddNode("--same-node-encryption")
 	if err != nil {
 		t.Fatal(err)
@@ -484,13 +444,4 @@ func TestSameNodeHostKilledManyPods(t *testing.T) {
 			t.Errorf("CHECK %s: %v %s", p.Name, err, out)
 		}
 	}
-}
-
-func logText(t *testing.T, n *harness.Node) string {
-	t.Helper()
-	b, err := os.ReadFile(n.LogPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
