@@ -363,7 +363,8 @@ func checkLog(t *testing.T, n *harness.Node, peer, priv string, linesBeforeTraff
 		attrs map[string]string
 		want  int
 	}{
-		{"PodCIDR lease held", map[string]string{"cidr": nf.PodCIDR, "node": n.Name}, 1},
+		// cidrs: every family's PodCIDR, as a JSON list.
+		{"PodCIDR lease held", map[string]string{"cidrs": "[" + strings.Join(nf.PodCIDRs, " ") + "]", "node": n.Name}, 1},
 		{"WireGuard key ready", nil, 1},
 		{"WireGuard device ready", nil, 1},
 		// n1 learns n2 from the watch, n2 learns n1 in its first sync: one
