@@ -24,6 +24,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/etcdutil"
 	"github.com/wgcni/wgcni/daemon/internal/etcdtest"
 	"github.com/wgcni/wgcni/daemon/internal/netnstest"
+	"github.com/wgcni/wgcni/daemon/internal/wghosttest"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
 	"github.com/wgcni/wgcni/daemon/wgdev"
@@ -31,12 +32,7 @@ import (
 
 const hostEnv = "WGD_MESH_TEST_HOST"
 
-func TestMain(m *testing.M) {
-	if os.Getenv(hostEnv) == "1" && len(os.Args) > 1 && os.Args[1] == "userspace-device" {
-		os.Exit(wgdev.RunUserspaceDevice(os.Args[2:], os.Stderr))
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { wghosttest.Main(m, hostEnv) }
 
 // syncBuf is a log sink the test can search while the reconciler writes.
 type syncBuf struct {
