@@ -153,6 +153,23 @@ func TestStrictMode(t *testing.T) {
 		if _, err := cli.Put(ctx, key, bogus, clientv3.WithLease(clientv3.LeaseID(kv.Lease))); err != nil {
 			t.Fatal(err)
 		}
+		// n1 applies the record from its watch: until it has, the old
+		// session still carries p1's pings (and their replies), which is
+		// right, but not what this case is about.
+		if err := harness.WaitFor(10*time.Second, "n1 configures n2's bogus key", func() (bool, error) {
+			dev, err := n1.WGDevice()
+			if err != nil {
+				return false, err
+			}
+			for _, p := range dev.Peers {
+				if p.PublicKey == pk.PublicKey() {
+					return true, nil
+				}
+			}
+			return false, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
 		cp := startCapture(t, c)
 		wait := pingFor(p1.NS, p2.IP, 25*time.Second)
 		msg, who := "no WireGuard handshake with peer", "cidr="+n2.MustPodCIDR(t)+" node=n2"
