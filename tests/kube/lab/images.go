@@ -1,0 +1,65 @@
+package lab
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Images the lab builds and every worker imports.
+const (
+	// WgcniImage is the image conf/kubernetes/20-daemonset.yaml runs.
+	WgcniImage = "ghcr.io/wgcni/wgcni:v0.1.0"
+	// ToolboxImage is busybox: sh, ping, nc, wget, httpd, nslookup.
+	ToolboxImage = "wgcni-lab/toolbox:1"
+	// CoreDNSImage is the image kubeadm's CoreDNS Deployment runs.
+	CoreDNSImage = "registry.k8s.io/coredns/coredns:v1.15.0"
+)
+
+// ImageBinaries are the static binaries of wgcni's image, in
+// bin/kube/image (make kube-build builds them the way
+// conf/kubernetes/Dockerfile does).
+var ImageBinaries = []string{"wgcnid", "wgcnictl", "wgcni", "wgcni-ipam", "portmap"}
+
+// wgcniImage is conf/kubernetes/Dockerfile's image: busybox with the
+// binaries in /opt/wgcni/bin, wgcnid as the entrypoint.
+func (l *Lab) wgcniImage() (*Image, error) {
+	im := &Image{Name: WgcniImage, Entrypoint: []string{"/opt/wgcni/bin/wgcnid"}, Files: map[string]string{}}
+	if err := im.AddBusybox(); err != nil {
+		return nil, err
+	}
+	for _, b := range ImageBinaries {
+		im.Files["/opt/wgcni/bin/"+b] = filepath.Join(l.Bin, "image", b)
+	}
+	return im, nil
+}
+
+// buildImages writes the lab's images as OCI tarballs into the run dir.
+func (l *Lab) buildImages() error {
+	dir := filepath.Join(l.C.Dir, "images")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	wg, err := l.wgcniImage()
+	if err != nil {
+		return err
+	}
+	toolbox := &Image{Name: ToolboxImage, Cmd: []string{"sleep", "86400"}}
+	if err := toolbox.AddBusybox(); err != nil {
+		return err
+	}
+	images := []*Image{
+		{Name: PauseImage, Entrypoint: []string{"/pause"}, Files: map[string]string{"/pause": l.bin("pause")}},
+		{Name: CoreDNSImage, Entrypoint: []string{"/coredns"}, Files: map[string]string{"/coredns": l.bin("coredns")}},
+		wg, toolbox,
+	}
+	for _, im := range images {
+		file := filepath.Join(dir, strings.NewReplacer("/", "_", ":", "_").Replace(im.Name)+".tar")
+		if err := im.WriteOCI(file); err != nil {
+			return fmt.Errorf("image %s: %w", im.Name, err)
+		}
+		l.Images = append(l.Images, file)
+	}
+	return nil
+}
