@@ -91,3 +91,7 @@ kube-build:
 # `make test`: the first kube-build compiles Kubernetes (~15 min on 2 cores).
 kube-test: deps build kube-build
 	WGCNI_KUBE=1 WGCNI_E2E_REQUIRE=1 GO=$(GO) $(GO) run ./tests/gotest -count=1 -timeout $(KUBE_TEST_TIMEOUT) -v ./tests/kube/
+
+# The lab with wgcni installed and a 6-pod Deployment; runs until Ctrl-C.
+kube-demo: deps build kube-build
+	$(GO) run ./tests/kube/demo

@@ -7,11 +7,14 @@
 package kube
 
 import (
+	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -48,11 +51,19 @@ func figure(t *testing.T, name, format string, args ...any) {
 
 func TestKubernetes(t *testing.T) {
 	repo := requireLab(t)
+	before := lab.SnapshotHost()
 	start := time.Now()
 	l, err := lab.New(lab.Config{Workers: 2, EtcdTLS: true, Logf: t.Logf})
 	if err != nil {
 		t.Fatalf("lab: %v", err)
 	}
+	// Last: the machine is as the lab found it (sysctls, host paths,
+	// cgroups).
+	defer func() {
+		if d := before.Diff(lab.SnapshotHost()); len(d) > 0 {
+			t.Errorf("the lab changed the machine:\n%s", strings.Join(d, "\n"))
+		}
+	}()
 	defer l.Close()
 	defer func() {
 		if t.Failed() {
@@ -69,22 +80,11 @@ func TestKubernetes(t *testing.T) {
 	// The install: wgcni's etcd credentials (the external-etcd switch:
 	// the harness etcd with TLS and the least-privilege wgcni user), then
 	// one kubectl apply of conf/kubernetes/.
-	tls := l.C.Etcd.TLS
-	installed := time.Now()
-	k.run("apply", "-f", filepath.Join(repo, "conf/kubernetes/00-namespace.yaml"))
-	k.run("-n", "wgcni-system", "create", "secret", "generic", "wgcni-etcd",
-		"--from-literal=endpoints="+l.C.Etcd.Endpoint,
-		"--from-file=ca.crt="+tls.CA, "--from-file=tls.crt="+tls.NodeCert, "--from-file=tls.key="+tls.NodeKey)
-	k.run("apply", "-f", filepath.Join(repo, "conf/kubernetes/"))
-	k.waitFor(3*time.Minute, "every node Ready", func() bool {
-		out := k.run("get", "nodes", "--no-headers")
-		return strings.Count(out, " Ready ") == len(l.Workers)
-	})
-	figure(t, "kubectl apply -> all nodes Ready", "%v", time.Since(installed).Round(100*time.Millisecond))
-	k.waitFor(2*time.Minute, "ds/wgcnid rolled out", func() bool {
-		_, err := l.Kubectl(20*time.Second, "-n", "wgcni-system", "rollout", "status", "ds/wgcnid", "--timeout=15s")
-		return err == nil
-	})
+	took, err := l.InstallWgcni()
+	if err != nil {
+		t.Fatal(err)
+	}
+	figure(t, "kubectl apply -> all nodes Ready", "%v", took.Round(100*time.Millisecond))
 
 	leases := map[string]netip.Prefix{}
 	for _, w := range l.Workers {
@@ -97,7 +97,14 @@ func TestKubernetes(t *testing.T) {
 			k.run("get", "node", w.Name, "-o", "jsonpath={.spec.podCIDR}"))
 	}
 
-	t.Run("pods", func(t *testing.T) { testPods(t, l, k.with(t), leases) })
+	if !t.Run("pods", func(t *testing.T) { testPods(t, l, k.with(t), leases) }) {
+		return
+	}
+	t.Run("services", func(t *testing.T) { testServices(t, l, k.with(t)) })
+	t.Run("restart", func(t *testing.T) { testRestart(t, l, k.with(t), repo) })
+	t.Run("ips-freed", func(t *testing.T) { testIPsFreed(t, l, k.with(t)) })
+	t.Run("start-latency", func(t *testing.T) { testStartLatency(t, l, k.with(t)) })
+	t.Run("node-removal", func(t *testing.T) { testNodeRemoval(t, l, k.with(t)) })
 }
 
 // testPods: a Deployment of 6 pods spread over the workers, pod IPs from
@@ -109,7 +116,7 @@ func testPods(t *testing.T, l *lab.Lab, k kubectl, leases map[string]netip.Prefi
 	if err != nil {
 		t.Fatal(err)
 	}
-	k.applyYAML(webDeployment("web", 6))
+	k.applyYAML(lab.WebDeployment("web", 6))
 	k.waitFor(3*time.Minute, "deployment web available", func() bool {
 		_, err := l.Kubectl(20*time.Second, "rollout", "status", "deploy/web", "--timeout=15s")
 		return err == nil
@@ -158,29 +165,6 @@ func testPods(t *testing.T, l *lab.Lab, k kubectl, leases map[string]netip.Prefi
 	if rep.WireGuard() == 0 {
 		t.Errorf("no WireGuard packet on the underlay while pods talked across nodes")
 	}
-}
-
-func webDeployment(name string, replicas int) string {
-	return fmt.Sprintf(`apiVersion: apps/v1
-kind: Deployment
-metadata: {name: %[1]s}
-spec:
-  replicas: %[2]d
-  selector: {matchLabels: {app: %[1]s}}
-  template:
-    metadata: {labels: {app: %[1]s}}
-    spec:
-      automountServiceAccountToken: false
-      terminationGracePeriodSeconds: 1
-      topologySpreadConstraints:
-      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: %[1]s}}}
-      containers:
-      - name: web
-        image: %[3]s
-        imagePullPolicy: Never
-        command: ["sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
-        ports: [{containerPort: 8080}]
-`, name, replicas, lab.ToolboxImage)
 }
 
 func lastLine(out, prefix string) string {
@@ -251,4 +235,370 @@ func (k kubectl) pods(selector string) []pod {
 		out = append(out, pod{Name: it.Metadata.Name, Node: it.Spec.NodeName, IP: ip})
 	}
 	return out
+}
+
+// testServices: a backend pinned to one worker behind a ClusterIP and a
+// NodePort Service, reached from a pod and from the node of the other
+// worker (kube-proxy's rules, then wgcni across nodes); CoreDNS resolving
+// the Service's name from a pod; a hostPort through the chained portmap.
+func testServices(t *testing.T, l *lab.Lab, k kubectl) {
+	far, near := l.Workers[1], l.Workers[0]
+	k.applyYAML(lab.CoreDNSManifest())
+	k.applyYAML(fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: far, labels: {app: far}}
+spec:
+  nodeName: %[1]s
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: %[3]s
+    imagePullPolicy: Never
+    command: ["sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
+    ports: [{containerPort: 8080, hostPort: 18080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeName: %[2]s
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: sh, image: %[3]s, imagePullPolicy: Never, command: [sleep, "86400"]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: far}
+spec:
+  selector: {app: far}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: far-np}
+spec:
+  type: NodePort
+  selector: {app: far}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
+`, far.Name, near.Name, lab.ToolboxImage))
+	k.waitFor(2*time.Minute, "pods far and client Ready", func() bool {
+		_, err := l.Kubectl(70*time.Second, "wait", "--for=condition=Ready", "pod/far", "pod/client", "--timeout=60s")
+		return err == nil
+	})
+	clusterIP := strings.TrimSpace(k.run("get", "svc", "far", "-o", "jsonpath={.spec.clusterIP}"))
+	check := func(what string, get func() (string, error)) {
+		t.Helper()
+		var got string
+		var err error
+		// kube-proxy programs a new Service within its sync period.
+		_ = harness.WaitFor(30*time.Second, what, func() (bool, error) {
+			got, err = get()
+			return err == nil && strings.TrimSpace(got) == "far", nil
+		})
+		if err != nil || strings.TrimSpace(got) != "far" {
+			t.Errorf("%s: got %q, %v; want the backend's name \"far\"", what, got, err)
+			return
+		}
+		figure(t, what, "ok (%s -> pod far on %s)", near.Name, far.Name)
+	}
+	fromPod := func(url string) func() (string, error) {
+		return func() (string, error) {
+			return l.Kubectl(30*time.Second, "exec", "client", "--", "wget", "-qO-", "-T", "5", url)
+		}
+	}
+	fromNode := func(url string) func() (string, error) {
+		return func() (string, error) { return near.Run(30*time.Second, "busybox", "wget", "-qO-", "-T", "5", url) }
+	}
+	check("ClusterIP from a pod", fromPod("http://"+clusterIP+"/"))
+	check("ClusterIP from a node", fromNode("http://"+clusterIP+"/"))
+	check("NodePort from a pod", fromPod("http://"+near.UnderlayIP.String()+":30080/"))
+	check("NodePort from a node", fromNode("http://"+near.UnderlayIP.String()+":30080/"))
+	check("hostPort from a node", fromNode("http://"+far.UnderlayIP.String()+":18080/"))
+	k.waitFor(2*time.Minute, "CoreDNS available", func() bool {
+		_, err := l.Kubectl(70*time.Second, "-n", "kube-system", "rollout", "status", "deploy/coredns", "--timeout=60s")
+		return err == nil
+	})
+	var out string
+	err := harness.WaitFor(30*time.Second, "DNS", func() (bool, error) {
+		var err error
+		out, err = l.Kubectl(30*time.Second, "exec", "client", "--", "nslookup", "far.default.svc.cluster.local")
+		return err == nil && strings.Contains(out, clusterIP), nil
+	})
+	if err != nil {
+		t.Errorf("nslookup far from a pod: %v\n%s", err, out)
+	} else {
+		figure(t, "cluster DNS from a pod", "far.default.svc.cluster.local -> %s", clusterIP)
+	}
+	check("Service by DNS name from a pod", fromPod("http://far/"))
+}
+
+// pingDuring pings ip from pod at 100/s while f runs (and 3 s after),
+// and returns how many echo requests were sent and answered.
+func pingDuring(t *testing.T, l *lab.Lab, pod string, ip netip.Addr, f func()) (sent, got int) {
+	t.Helper()
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	stop := make(chan struct{})
+	go func() {
+		// busybox ping: -w is the deadline in seconds; a long one, cut
+		// short by killing kubectl would lose the summary, so run in
+		// 10 s slices until told to stop.
+		var all strings.Builder
+		for {
+			out, err := l.Kubectl(60*time.Second, "exec", pod, "--", "ping", "-q", "-i", "0.01", "-W", "1", "-w", "10", ip.String())
+			all.WriteString(out)
+			if err != nil && !strings.Contains(out, "packets transmitted") {
+				done <- result{all.String(), err}
+				return
+			}
+			select {
+			case <-stop:
+				done <- result{all.String(), nil}
+				return
+			default:
+			}
+		}
+	}()
+	time.Sleep(2 * time.Second)
+	f()
+	time.Sleep(3 * time.Second)
+	close(stop)
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("ping from %s: %v\n%s", pod, r.err, r.out)
+	}
+	for _, line := range strings.Split(r.out, "\n") {
+		var tx, rx int
+		if n, _ := fmt.Sscanf(line, "%d packets transmitted, %d packets received", &tx, &rx); n == 2 {
+			sent += tx
+			got += rx
+		}
+	}
+	if sent == 0 {
+		t.Fatalf("no ping summary from %s:\n%s", pod, r.out)
+	}
+	return sent, got
+}
+
+// testRestart restarts the wgcnid DaemonSet (stock, then with
+// conf/patches/userspace-sidecar.yaml) under a 100/s cross-node ping and
+// reports the packets lost.
+func testRestart(t *testing.T, l *lab.Lab, k kubectl, repo string) {
+	pods := k.pods("app=web")
+	var a, b pod
+	for _, p := range pods[1:] {
+		if p.Node != pods[0].Node {
+			a, b = pods[0], p
+			break
+		}
+	}
+	rollout := func(what string) {
+		start := time.Now()
+		sent, got := pingDuring(t, l, a.Name, b.IP, func() {
+			k.run("-n", "wgcni-system", "rollout", "restart", "ds/wgcnid")
+			k.run("-n", "wgcni-system", "rollout", "status", "ds/wgcnid", "--timeout=5m")
+		})
+		figure(t, "rollout restart ds/wgcnid "+what, "%d of %d pings lost at 100/s (%s -> %s), rollout %v",
+			sent-got, sent, a.Node, b.Node, time.Since(start).Round(time.Second))
+		if got == 0 {
+			t.Errorf("%s: no ping answered across the rollout", what)
+		}
+	}
+	rollout("(stock)")
+	k.run("-n", "wgcni-system", "patch", "daemonset", "wgcnid", "--patch-file", filepath.Join(repo, "conf/patches/userspace-sidecar.yaml"))
+	k.run("-n", "wgcni-system", "rollout", "status", "ds/wgcnid", "--timeout=5m")
+	out := k.run("exec", a.Name, "--", "ping", "-c", "3", "-W", "2", b.IP.String())
+	if !strings.Contains(out, " 0% packet loss") {
+		t.Errorf("after the sidecar patch: ping %s -> %s:\n%s", a.Name, b.IP, out)
+	}
+	rollout("(userspace-sidecar)")
+}
+
+// allocated lists the addresses wgcni-ipam holds on a worker (the
+// host-local store of the conflist's network under wgcnid's IPAM dir).
+func allocated(t *testing.T, w *lab.Worker) []netip.Addr {
+	t.Helper()
+	ents, err := os.ReadDir(w.Root("/var/lib/wgcni/ipam/wgcni"))
+	if err != nil {
+		t.Fatalf("IPAM store on %s: %v", w.Name, err)
+	}
+	var out []netip.Addr
+	for _, e := range ents {
+		if a, err := netip.ParseAddr(e.Name()); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// testIPsFreed deletes the Deployment and checks that every node's IPAM
+// store then holds exactly the addresses of the pods still on it.
+func testIPsFreed(t *testing.T, l *lab.Lab, k kubectl) {
+	before := map[string]int{}
+	for _, w := range l.Workers {
+		before[w.Name] = len(allocated(t, w))
+	}
+	k.run("delete", "deployment", "web", "--wait=true", "--timeout=2m")
+	k.waitFor(2*time.Minute, "web pods gone", func() bool { return len(k.pods("app=web")) == 0 })
+	var list struct {
+		Items []struct {
+			Spec struct {
+				NodeName    string
+				HostNetwork bool
+			}
+			Status struct{ PodIP string }
+		}
+	}
+	for _, w := range l.Workers {
+		var want, got []string
+		err := harness.WaitFor(30*time.Second, "IPAM store of "+w.Name, func() (bool, error) {
+			if err := json.Unmarshal([]byte(k.run("get", "pods", "-A", "-o", "json")), &list); err != nil {
+				return false, err
+			}
+			want, got = nil, nil
+			for _, it := range list.Items {
+				if it.Spec.NodeName == w.Name && !it.Spec.HostNetwork && it.Status.PodIP != "" {
+					want = append(want, it.Status.PodIP)
+				}
+			}
+			for _, a := range allocated(t, w) {
+				got = append(got, a.String())
+			}
+			slices.Sort(want)
+			slices.Sort(got)
+			return slices.Equal(want, got), nil
+		})
+		if err != nil {
+			t.Errorf("%s: IPAM holds %v, its pods have %v", w.Name, got, want)
+			continue
+		}
+		figure(t, "IPs freed on "+w.Name, "%d allocated before the delete, %d after (= its remaining pods)", before[w.Name], len(got))
+	}
+}
+
+// startLatency creates n pods at once (runtimeClass "" is wgcni, the
+// cluster's conflist) and returns each pod's time from the create to
+// Running with an IP, as a watch sees it, sorted; then deletes them.
+func startLatency(t *testing.T, l *lab.Lab, k kubectl, batch, runtimeClass string, n int) []time.Duration {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	w := l.KubectlCmd(ctx, "get", "pods", "-l", "batch="+batch, "-w", "-o", `jsonpath={.metadata.name} {.status.phase} {.status.podIP}{"\n"}`)
+	stdout, err := w.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); _ = w.Wait() }()
+	time.Sleep(time.Second) // the watch is established
+	var y strings.Builder
+	for i := 0; i < n; i++ {
+		rc := ""
+		if runtimeClass != "" {
+			rc = "runtimeClassName: " + runtimeClass
+		}
+		fmt.Fprintf(&y, `---
+apiVersion: v1
+kind: Pod
+metadata: {name: %s-%d, labels: {batch: %s}}
+spec:
+  %s
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 0
+  containers: [{name: c, image: %s, imagePullPolicy: Never, command: [sleep, "3600"]}]
+`, batch, i, batch, rc, lab.ToolboxImage)
+	}
+	start := time.Now()
+	k.applyYAML(y.String())
+	seen := map[string]time.Duration{}
+	sc := bufio.NewScanner(stdout)
+	for len(seen) < n && sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 3 && f[1] == "Running" {
+			if _, ok := seen[f[0]]; !ok {
+				seen[f[0]] = time.Since(start)
+			}
+		}
+	}
+	if len(seen) < n {
+		k.run("get", "pods", "-l", "batch="+batch, "-o", "wide")
+		t.Fatalf("%s: %d of %d pods Running", batch, len(seen), n)
+	}
+	k.run("delete", "pods", "-l", "batch="+batch, "--wait=true", "--timeout=3m")
+	var out []time.Duration
+	for _, d := range seen {
+		out = append(out, d)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	i := int(float64(len(ds))*p+0.999999) - 1
+	return ds[max(0, min(i, len(ds)-1))]
+}
+
+// testStartLatency: pod start latency p50/p99 for 30 pods with wgcni and
+// with the reference bridge + host-local conflist on the same cluster.
+func testStartLatency(t *testing.T, l *lab.Lab, k kubectl) {
+	const n = 30
+	wg := startLatency(t, l, k, "lat-wgcni", "", n)
+	ref := startLatency(t, l, k, "lat-ref", lab.ReferenceRuntimeClass, n)
+	for _, r := range []struct {
+		name string
+		ds   []time.Duration
+	}{{"wgcni", wg}, {"bridge+host-local", ref}} {
+		figure(t, "pod start, 30 pods, "+r.name, "p50 %v  p99 %v", percentile(r.ds, 0.5).Round(10*time.Millisecond), percentile(r.ds, 0.99).Round(10*time.Millisecond))
+	}
+	figure(t, "pod start p50 ratio wgcni/reference", "%.2f", float64(percentile(wg, 0.5))/float64(percentile(ref, 0.5)))
+}
+
+// peers lists the WireGuard peers (public keys) of a worker's wgcni-wg.
+func peers(w *lab.Worker) ([]string, error) {
+	out, err := w.Run(20*time.Second, "wg", "show", "wgcni-wg", "peers")
+	return strings.Fields(out), err
+}
+
+// testNodeRemoval takes a worker away as if the machine died and
+// measures how long its peer stays on the others: its etcd lease's TTL,
+// set to 20 s here through the DaemonSet's --lease-ttl (the default is
+// an hour).
+func testNodeRemoval(t *testing.T, l *lab.Lab, k kubectl) {
+	const ttl = 20 * time.Second
+	var ds struct {
+		Spec struct {
+			Template struct {
+				Spec struct{ Containers []struct{ Name string } }
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(k.run("-n", "wgcni-system", "get", "ds", "wgcnid", "-o", "json")), &ds); err != nil {
+		t.Fatal(err)
+	}
+	idx := slices.IndexFunc(ds.Spec.Template.Spec.Containers, func(c struct{ Name string }) bool { return c.Name == "wgcnid" })
+	k.run("-n", "wgcni-system", "patch", "ds", "wgcnid", "--type=json", "-p",
+		fmt.Sprintf(`[{"op":"add","path":"/spec/template/spec/containers/%d/args/-","value":"--lease-ttl=%s"}]`, idx, ttl))
+	k.run("-n", "wgcni-system", "rollout", "status", "ds/wgcnid", "--timeout=5m")
+	stay, gone := l.Workers[0], l.Workers[len(l.Workers)-1]
+	before, err := peers(stay)
+	if err != nil || len(before) != len(l.Workers)-1 {
+		t.Fatalf("%s has peers %v (%v), want %d", stay.Name, before, err, len(l.Workers)-1)
+	}
+	start := time.Now()
+	l.RemoveWorker(gone)
+	err = harness.WaitFor(ttl+60*time.Second, "the removed node's peer gone", func() (bool, error) {
+		p, err := peers(stay)
+		return err == nil && len(p) == len(before)-1, nil
+	})
+	if err != nil {
+		t.Fatalf("%s: %v", stay.Name, err)
+	}
+	figure(t, "removed node's peer gone", "after %v (lease TTL %v)", time.Since(start).Round(100*time.Millisecond), ttl)
 }

@@ -25,6 +25,10 @@ import (
 type host struct {
 	*harness.Node
 	holder *harness.Process
+	// mntNS is the holder's mount namespace (as /proc/PID/ns/mnt reads),
+	// recorded once it is set up: stop kills by it, never by a PID that
+	// may have been reused.
+	mntNS string
 	// cgroup is the node's cgroup root (kubelet's cgroupRoot), made in
 	// every cgroup v1 hierarchy and removed with everything in it.
 	cgroup string
@@ -90,6 +94,13 @@ func (l *Lab) newHost() (*host, error) {
 		return err == nil, nil
 	}); err != nil {
 		return nil, err
+	}
+	own, err := os.Readlink("/proc/self/ns/mnt")
+	if err != nil {
+		return nil, err
+	}
+	if h.mntNS, err = os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", h.holder.PID())); err != nil || h.mntNS == own {
+		return nil, fmt.Errorf("holder of %s: no mount namespace of its own (%q, %v)", n.Name, h.mntNS, err)
 	}
 	if err := h.makeCgroups(); err != nil {
 		return nil, err
@@ -179,8 +190,10 @@ func (h *host) makeCgroups() error {
 // kubelet, kube-proxy, the holder), each by PID; then removes its cgroups.
 func (h *host) stop() {
 	removeCgroup(h.cgroup)
+	if h.mntNS != "" {
+		killMountNS(h.mntNS)
+	}
 	if h.holder != nil {
-		killMountNS(h.holder.PID())
 		h.holder.Kill()
 	}
 	removeCgroup(h.cgroup)
@@ -220,11 +233,10 @@ func removeCgroup(root string) {
 	}
 }
 
-// killMountNS SIGKILLs every process (but pid itself) whose mount
-// namespace is pid's, by PID, and waits for them to go.
-func killMountNS(pid int) {
-	want, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
-	if err != nil {
+// killMountNS SIGKILLs every process whose mount namespace is want (a
+// node's, never ours), by PID, and waits for them to go.
+func killMountNS(want string) {
+	if own, err := os.Readlink("/proc/self/ns/mnt"); err != nil || own == want {
 		return
 	}
 	for attempt := 0; attempt < 50; attempt++ {
@@ -232,7 +244,7 @@ func killMountNS(pid int) {
 		found := 0
 		for _, e := range ents {
 			p, err := strconv.Atoi(e.Name())
-			if err != nil || p == pid || p == os.Getpid() {
+			if err != nil || p == os.Getpid() {
 				continue
 			}
 			if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", p)); err == nil && ns == want {

@@ -233,10 +233,14 @@ func (l *Lab) startControlPlane() error {
 	}
 	// The controller-manager makes the default ServiceAccount of every
 	// namespace; pods cannot be created before it exists.
-	return harness.WaitFor(90*time.Second, "default ServiceAccount", func() (bool, error) {
+	if err := harness.WaitFor(90*time.Second, "default ServiceAccount", func() (bool, error) {
 		_, err := l.Kubectl(10*time.Second, "get", "serviceaccount", "default")
 		return err == nil, nil
-	})
+	}); err != nil {
+		return err
+	}
+	_, err = l.KubectlIn(time.Minute, "apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata: {name: "+ReferenceRuntimeClass+"}\nhandler: "+ReferenceRuntimeClass+"\n", "apply", "-f", "-")
+	return err
 }
 
 // Kubectl runs kubectl as the cluster admin (inside the control-plane
@@ -245,11 +249,17 @@ func (l *Lab) Kubectl(timeout time.Duration, args ...string) (string, error) {
 	return l.KubectlIn(timeout, "", args...)
 }
 
+// KubectlCmd is a kubectl command as the admin, to be started by the
+// caller (e.g. a watch).
+func (l *Lab) KubectlCmd(ctx context.Context, args ...string) *exec.Cmd {
+	return l.ControlPlane.NsenterCommand(ctx, append([]string{l.bin("kubectl"), "--kubeconfig", l.Admin}, args...)...)
+}
+
 // KubectlIn is Kubectl with stdin.
 func (l *Lab) KubectlIn(timeout time.Duration, stdin string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := l.ControlPlane.NsenterCommand(ctx, append([]string{l.bin("kubectl"), "--kubeconfig", l.Admin}, args...)...)
+	cmd := l.KubectlCmd(ctx, args...)
 	if stdin != "" {
 		cmd.Stdin = strings.NewReader(stdin)
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/wgcni/wgcni/tests/harness"
@@ -20,6 +21,9 @@ type Worker struct {
 const PauseImage = "registry.k8s.io/pause:3.10.1"
 
 // containerdConfig is containerd 2's config (version 3) for a lab node.
+// Debian's containernetworking-plugins (/usr/lib/cni) provide loopback,
+// which containerd runs for every pod, as kubeadm's kubernetes-cni
+// package does in /opt/cni/bin.
 // Its socket and shims live in the node's private /run; its root in the
 // run directory. runc cannot raise the OOM score without
 // CAP_SYS_RESOURCE, which this machine lacks (restrict_oom_score_adj).
@@ -44,9 +48,27 @@ disabled_plugins = ['io.containerd.snapshotter.v1.btrfs', 'io.containerd.snapsho
         BinaryName = '%[3]s'
         Root = '/run/containerd/runc'
         SystemdCgroup = false
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.reference]
+      runtime_type = 'io.containerd.runc.v2'
+      cni_conf_dir = '/etc/cni/reference.d'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.reference.options]
+        BinaryName = '%[3]s'
+        Root = '/run/containerd/runc'
+        SystemdCgroup = false
   [plugins.'io.containerd.cri.v1.runtime'.cni]
-    bin_dirs = ['/opt/cni/bin']
+    bin_dirs = ['/opt/cni/bin', '/usr/lib/cni']
     conf_dir = '/etc/cni/net.d'
+`
+
+// ReferenceRuntimeClass runs a pod with the reference conflist (the
+// bridge and host-local plugins of Debian's containernetworking-plugins)
+// instead of wgcni: containerd's runtime handler "reference" reads its
+// own CNI config dir. Pod start figures compare the two on one cluster.
+const ReferenceRuntimeClass = "reference"
+
+const referenceConflist = `{"cniVersion": "1.0.0", "name": "reference", "plugins": [
+  {"type": "bridge", "bridge": "cni-ref0", "isGateway": true, "ipMasq": true,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.250.%d.0/24"}]]}}]}
 `
 
 // kubeletConfig is kubeadm's KubeletConfiguration with what a node in a
@@ -129,6 +151,13 @@ func (l *Lab) AddWorker() (*Worker, error) {
 	}); err != nil {
 		return w, err
 	}
+	refDir := h.Root("/etc/cni/reference.d")
+	if err := os.MkdirAll(refDir, 0o755); err != nil {
+		return w, err
+	}
+	if err := os.WriteFile(filepath.Join(refDir, "10-reference.conflist"), []byte(fmt.Sprintf(referenceConflist, h.Index)), 0o644); err != nil {
+		return w, err
+	}
 	if err := l.importImages(w); err != nil {
 		return w, err
 	}
@@ -185,4 +214,15 @@ func (l *Lab) importImages(w *Worker) error {
 		}
 	}
 	return nil
+}
+
+// RemoveWorker takes a worker away as if the machine died: every process
+// of it killed, its namespaces and cgroups removed. Its Node object and
+// its etcd lease are left to expire.
+func (l *Lab) RemoveWorker(w *Worker) {
+	w.stop()
+	w.Shutdown()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.Workers = slices.DeleteFunc(l.Workers, func(x *Worker) bool { return x == w })
 }
