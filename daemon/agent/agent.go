@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/wgcni/wgcni/daemon/cniconf"
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/etcdutil"
 	"github.com/wgcni/wgcni/daemon/keys"
@@ -174,6 +175,14 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	} else if written {
 		log.Info("node file written", "path", nodefile.Path(cfg.RunDir))
+	}
+	// Only now may the runtime call the plugins: the conflist goes last.
+	if cfg.CNIConflist != "" {
+		if written, err := cniconf.Install(cfg.CNIConflist, cfg.CNIConfDir); err != nil {
+			return err
+		} else if written {
+			log.Info("CNI conflist installed", "path", filepath.Join(cfg.CNIConfDir, filepath.Base(cfg.CNIConflist)))
+		}
 	}
 
 	// 8. Peers and routes.
