@@ -2,11 +2,10 @@
 package main
 
 import (
-	"context"
 	"os"
 
 	"k8s.io/component-base/cli"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app"
 )
 
-func main() { os.Exit(cli.Run(app.NewSchedulerCommand(context.Background()))) }
+func main() { os.Exit(cli.Run(app.NewSchedulerCommand())) }
