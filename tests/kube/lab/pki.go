@@ -21,9 +21,9 @@ type pki struct {
 	ca     *harness.CA
 	CACert string
 	CAKey  string
-	// SAKey signs service-account tokens (a key pair; the API server
-	// verifies with the same file).
-	SAKey string
+	// SAKey signs service-account tokens; SAPub (a certificate holding
+	// the public key) verifies them.
+	SAKey, SAPub string
 	// Server is the API server's serving certificate and key.
 	ServerCert, ServerKey string
 	// KubeletClient is what the API server presents to kubelets.
@@ -35,7 +35,7 @@ func newPKI(dir string, apiserverIPs ...netip.Addr) (*pki, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &pki{dir: dir, ca: ca, CACert: filepath.Join(dir, "ca.crt"), CAKey: filepath.Join(dir, "ca.key"), SAKey: filepath.Join(dir, "sa.key")}
+	p := &pki{dir: dir, ca: ca, CACert: filepath.Join(dir, "ca.crt"), CAKey: filepath.Join(dir, "ca.key"), SAKey: filepath.Join(dir, "sa.key"), SAPub: filepath.Join(dir, "sa.crt")}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -51,6 +51,9 @@ func newPKI(dir string, apiserverIPs ...netip.Addr) (*pki, error) {
 		return nil, err
 	}
 	if err := sa.WriteKey(p.SAKey); err != nil {
+		return nil, err
+	}
+	if err := sa.WriteCert(p.SAPub); err != nil {
 		return nil, err
 	}
 	if p.ServerCert, p.ServerKey, err = ca.IssueCert(dir, "apiserver", harness.CertSpec{
