@@ -163,6 +163,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if _, err := bridge.Ensure(cfg.Bridge, mtu, toIPNet(netip.PrefixFrom(gw, held.CIDR.Bits())), gatewayNet6(held.CIDR6)); err != nil {
 		return fmt.Errorf("ensure bridge: %w", err)
 	}
+	setAddrs := setDeviceAddrs(cfg.Device, podNodeDeviceAddrs(held))
+	if err := setAddrs(); err != nil {
+		return err
+	}
 	nf := &nodefile.Node{
 		Name: cfg.NodeName, PodCIDR: held.CIDR.String(), Gateway: gw.String(), ClusterCIDR: cluster.String(),
 		MTU: mtu, Bridge: cfg.Bridge, Device: cfg.Device, IPAMDir: filepath.Join(cfg.StateDir, "ipam"),
@@ -196,7 +200,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck, Observe: om.observe,
 		Keepalive:      int(cfg.Keepalive / time.Second),
 		HostEncryption: hostEnc.On, HostSrc: endpoint, NoTunnel: hostEnc.NoTunnel, HostSrcChanges: hostSrc,
-		Recreate: nd.recreate(cfg, log, nil), DeviceEvents: wgdev.WatchLink(ctx, cfg.Device, log),
+		Recreate: nd.recreate(cfg, log, setAddrs), DeviceEvents: wgdev.WatchLink(ctx, cfg.Device, log),
 		// A new device for a record that was still ours (a crash or
 		// reboot within the lease TTL): the peers hold sessions with the
 		// old one. For a new record the peers may not know our key yet,

@@ -124,16 +124,7 @@ func RunHost(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 	// The host's leased address lives on the device (and goes back on a
 	// re-created one).
-	setAddr := func() error {
-		l, err := netlink.LinkByName(cfg.Device)
-		if err != nil {
-			return fmt.Errorf("look up WireGuard device %s: %w", cfg.Device, err)
-		}
-		if err := netlink.AddrReplace(l, &netlink.Addr{IPNet: toIPNet(held.CIDR)}); err != nil {
-			return fmt.Errorf("address %s on %s: %w", held.CIDR, cfg.Device, err)
-		}
-		return nil
-	}
+	setAddr := setDeviceAddrs(cfg.Device, []netip.Prefix{held.CIDR})
 	if err := setAddr(); err != nil {
 		return err
 	}
