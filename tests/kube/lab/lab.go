@@ -28,7 +28,7 @@ import (
 
 // Tag prefixes the lab's namespaces, cgroups and run directory, apart from
 // the namespace suites' "wge".
-const Tag = "wgk"
+const Tag = "wg8s"
 
 // Cluster-wide ranges, kubeadm's defaults (--pod-network-cidr as the
 // README tells kubeadm users).
