@@ -68,7 +68,7 @@ COREDNS_VERSION := v1.15.0
 KUBE_TEST_TIMEOUT ?= 60m
 KUBE_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34
 
-.PHONY: kube-build kube-test kube-demo
+.PHONY: kube-build kube-test kube-demo kube-e2e-build kube-e2e
 
 kube-build:
 	@mkdir -p $(KUBE_BIN)/image
@@ -95,3 +95,15 @@ kube-test: deps build kube-build
 # The lab with wgcni installed and a 6-pod Deployment; runs until Ctrl-C.
 kube-demo: deps build kube-build
 	$(GO) run ./tests/kube/demo
+
+# Kubernetes' own e2e tests as a judge: e2e.test (the network suites only,
+# tests/kube/build/k8s/e2e) and agnhost from the same k8s.io/kubernetes,
+# plus a tiny curl for agnhost's image; then the lab with the conformance
+# checks "[sig-network] Networking Granular Checks: Pods".
+kube-e2e-build: kube-build
+	cd tests/kube/build/k8s && $(GO) test -c -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(KUBE_BIN)/e2e.test ./e2e
+	cd tests/kube/build/k8s && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(KUBE_BIN)/agnhost k8s.io/kubernetes/test/images/agnhost
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(KUBE_BIN)/curl ./tests/kube/images/curl
+
+kube-e2e: deps build kube-e2e-build
+	WGCNI_KUBE=1 WGCNI_KUBE_E2E=1 WGCNI_E2E_REQUIRE=1 GO=$(GO) $(GO) run ./tests/gotest -count=1 -timeout $(KUBE_TEST_TIMEOUT) -v ./tests/kube/

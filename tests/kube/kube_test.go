@@ -113,6 +113,9 @@ func TestKubernetes(t *testing.T) {
 	t.Run("restart", func(t *testing.T) { testRestart(t, l, k.with(t), repo) })
 	t.Run("ips-freed", func(t *testing.T) { testIPsFreed(t, l, k.with(t)) })
 	t.Run("start-latency", func(t *testing.T) { testStartLatency(t, l, k.with(t)) })
+	if os.Getenv("WGCNI_KUBE_E2E") == "1" {
+		t.Run("conformance", func(t *testing.T) { testConformance(t, l) })
+	}
 	t.Run("node-removal", func(t *testing.T) { testNodeRemoval(t, l, k.with(t)) })
 }
 
@@ -634,4 +637,66 @@ func testNodeRemoval(t *testing.T, l *lab.Lab, k kubectl) {
 		t.Fatalf("%s: %v", stay.Name, err)
 	}
 	figure(t, "removed node's peer gone", "after %v (lease TTL %v)", time.Since(start).Round(100*time.Millisecond), ttl)
+}
+
+// testConformance runs Kubernetes' own e2e tests (e2e.test built from
+// the same k8s.io/kubernetes version, agnhost imported under the name
+// they expect) as a judge: the conformance network checks
+// "[sig-network] Networking Granular Checks: Pods", intra-node and
+// inter-node, HTTP and UDP. Each check's result and time is printed.
+func testConformance(t *testing.T, l *lab.Lab) {
+	e2e := filepath.Join(l.Bin, "e2e.test")
+	if _, err := os.Stat(e2e); err != nil {
+		t.Fatalf("%s (make kube-e2e-build): %v", e2e, err)
+	}
+	report := filepath.Join(t.TempDir(), "report.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	cmd := l.ControlPlane.NsenterCommand(ctx, e2e, "--kubeconfig", l.Admin, "--provider", "skeleton",
+		"--kubectl-path", filepath.Join(l.Bin, "kubectl"),
+		`--ginkgo.focus=\[sig-network\] Networking Granular Checks: Pods should function for (intra|node)-pod communication: (http|udp)`,
+		"--ginkgo.json-report", report, "--ginkgo.no-color")
+	out, err := cmd.CombinedOutput()
+	data, rerr := os.ReadFile(report)
+	if rerr != nil {
+		t.Fatalf("e2e.test: %v (no report: %v)\n%s", err, rerr, out)
+	}
+	var suites []struct {
+		SpecReports []struct {
+			ContainerHierarchyTexts []string
+			LeafNodeText            string
+			LeafNodeType            string
+			State                   string
+			RunTime                 time.Duration
+		}
+	}
+	if err := json.Unmarshal(data, &suites); err != nil {
+		t.Fatalf("e2e report: %v", err)
+	}
+	ran := 0
+	for _, s := range suites {
+		for _, r := range s.SpecReports {
+			if r.LeafNodeType != "It" || r.State == "skipped" {
+				continue
+			}
+			ran++
+			figure(t, "e2e "+r.LeafNodeText, "%s in %v", r.State, r.RunTime.Round(100*time.Millisecond))
+			if r.State != "passed" {
+				t.Errorf("e2e %s %s: %s", strings.Join(r.ContainerHierarchyTexts, " "), r.LeafNodeText, r.State)
+			}
+		}
+	}
+	if ran != 4 {
+		t.Errorf("e2e ran %d checks, want 4 (intra-pod and node-pod, HTTP and UDP): %v\n%s", ran, err, tailOf(string(out), 60))
+	} else if err != nil || t.Failed() {
+		t.Logf("e2e.test: %v\n%s", err, tailOf(string(out), 60))
+	}
+}
+
+func tailOf(s string, lines int) string {
+	ls := strings.Split(s, "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n")
 }

@@ -14,6 +14,8 @@ const (
 	// ToolboxImage is busybox: sh, ping, nc, wget, httpd, nslookup. The name
 	// is fully qualified: the CRI would make docker.io/ of a short one.
 	ToolboxImage = "localhost/wgcni-lab/toolbox:1"
+	// AgnhostImage is the name Kubernetes' e2e tests v1.34 run agnhost as.
+	AgnhostImage = "registry.k8s.io/e2e-test-images/agnhost:2.56"
 	// CoreDNSImage is the image kubeadm's CoreDNS Deployment runs.
 	CoreDNSImage = "registry.k8s.io/coredns/coredns:v1.15.0"
 )
@@ -54,6 +56,17 @@ func (l *Lab) buildImages() error {
 		{Name: PauseImage, Entrypoint: []string{"/pause"}, Files: map[string]string{"/pause": l.bin("pause")}},
 		{Name: CoreDNSImage, Entrypoint: []string{"/coredns"}, Files: map[string]string{"/coredns": l.bin("coredns")}},
 		wg, toolbox,
+	}
+	// agnhost (test/images/agnhost) with what the e2e checks exec in it:
+	// a shell and nc from busybox, a curl (tests/kube/images/curl).
+	// Optional: only `make kube-e2e` builds it.
+	if _, err := os.Stat(l.bin("agnhost")); err == nil {
+		ag := &Image{Name: AgnhostImage, Entrypoint: []string{"/agnhost"}, Cmd: []string{"pause"},
+			Files: map[string]string{"/agnhost": l.bin("agnhost"), "/usr/bin/curl": l.bin("curl")}}
+		if err := ag.AddBusybox(); err != nil {
+			return err
+		}
+		images = append(images, ag)
 	}
 	for _, im := range images {
 		file := filepath.Join(dir, strings.NewReplacer("/", "_", ":", "_").Replace(im.Name)+".tar")
