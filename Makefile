@@ -90,7 +90,7 @@ kube-build:
 # wgcni under a real Kubernetes in namespaces (tests/kube). Not part of
 # `make test`: the first kube-build compiles Kubernetes (~15 min on 2 cores).
 kube-test: deps build kube-build
-	WGCNI_KUBE=1 WGCNI_E2E_REQUIRE=1 GO=$(GO) $(GO) run ./tests/gotest -count=1 -timeout $(KUBE_TEST_TIMEOUT) -v ./tests/kube/
+	WGCNI_KUBE=1 WGCNI_E2E_REQUIRE=1 $(GO) test -count=1 -timeout $(KUBE_TEST_TIMEOUT) -v ./tests/kube/
 
 # The lab with wgcni installed and a 6-pod Deployment; runs until Ctrl-C.
 kube-demo: deps build kube-build
@@ -106,4 +106,4 @@ kube-e2e-build: kube-build
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(KUBE_BIN)/curl ./tests/kube/images/curl
 
 kube-e2e: deps build kube-e2e-build
-	WGCNI_KUBE=1 WGCNI_KUBE_E2E=1 WGCNI_E2E_REQUIRE=1 GO=$(GO) $(GO) run ./tests/gotest -count=1 -timeout $(KUBE_TEST_TIMEOUT) -v ./tests/kube/
+	WGCNI_KUBE=1 WGCNI_KUBE_E2E=1 WGCNI_E2E_REQUIRE=1 $(GO) test -count=1 -timeout $(KUBE_TEST_TIMEOUT) -v ./tests/kube/
