@@ -98,12 +98,13 @@ kube-demo: deps build kube-build
 
 # Kubernetes' own e2e tests as a judge: e2e.test (the network suites only,
 # tests/kube/build/k8s/e2e) and agnhost from the same k8s.io/kubernetes,
-# plus a tiny curl for agnhost's image; then the lab with the conformance
+# plus a tiny curl and nc for agnhost's image; then the lab with the conformance
 # checks "[sig-network] Networking Granular Checks: Pods".
 kube-e2e-build: kube-build
 	cd tests/kube/build/k8s && $(GO) test -c -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(KUBE_BIN)/e2e.test ./e2e
 	cd tests/kube/build/k8s && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(KUBE_BIN)/agnhost k8s.io/kubernetes/test/images/agnhost
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(KUBE_BIN)/curl ./tests/kube/images/curl
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(KUBE_BIN)/nc ./tests/kube/images/nc
 
 kube-e2e: deps build kube-e2e-build
 	WGCNI_KUBE=1 WGCNI_KUBE_E2E=1 WGCNI_E2E_REQUIRE=1 $(GO) test -count=1 -timeout $(KUBE_TEST_TIMEOUT) -v ./tests/kube/

@@ -58,11 +58,12 @@ func (l *Lab) buildImages() error {
 		wg, toolbox,
 	}
 	// agnhost (test/images/agnhost) with what the e2e checks exec in it:
-	// a shell and nc from busybox, a curl (tests/kube/images/curl).
+	// a shell from busybox, a curl and a UDP-capable nc
+	// (tests/kube/images/curl, nc: before busybox's on PATH).
 	// Optional: only `make kube-e2e` builds it.
 	if _, err := os.Stat(l.bin("agnhost")); err == nil {
 		ag := &Image{Name: AgnhostImage, Entrypoint: []string{"/agnhost"}, Cmd: []string{"pause"},
-			Files: map[string]string{"/agnhost": l.bin("agnhost"), "/usr/bin/curl": l.bin("curl")}}
+			Files: map[string]string{"/agnhost": l.bin("agnhost"), "/usr/bin/curl": l.bin("curl"), "/usr/bin/nc": l.bin("nc")}}
 		if err := ag.AddBusybox(); err != nil {
 			return err
 		}
