@@ -67,6 +67,17 @@ func (l *Lab) buildImages() error {
 		if err := ag.AddBusybox(); err != nil {
 			return err
 		}
+		// Debian's busybox sh runs its own applets before PATH (its nc
+		// has no UDP), so the shell the e2e checks exec is dash, with
+		// the C library it links.
+		delete(ag.Links, "/bin/sh")
+		for _, f := range []string{"/bin/sh:/bin/dash", "/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/libc.so.6"} {
+			dst, src, ok := strings.Cut(f, ":")
+			if !ok {
+				src = dst
+			}
+			ag.Files[dst] = src
+		}
 		images = append(images, ag)
 	}
 	for _, im := range images {
