@@ -59,3 +59,56 @@ bench: deps build
 	$(GO) run ./tests/bench/cni -cnitool $(BIN)/cnitool $(BENCH_CNI_ARGS)
 	$(GO) run ./tests/bench/controlplane $(BENCH_CP_ARGS)
 	$(GO) run ./tests/bench/datapath $(BENCH_DP_ARGS)
+
+# The Kubernetes lab (tests/kube, docs/operating.md): upstream Kubernetes
+# built from the module proxy in its own module (tests/kube/build/k8s, so
+# the main go.mod never requires k8s.io/kubernetes), containerd 2 and
+# CoreDNS at pinned versions, the lab's pause binary, and wgcni's image
+# binaries built the way conf/kubernetes/Dockerfile builds them.
+KUBE_BIN := $(BIN)/kube
+KUBE_VERSION := v1.34.4
+CONTAINERD_VERSION := v2.4.2
+COREDNS_VERSION := v1.15.0
+KUBE_TEST_TIMEOUT ?= 60m
+KUBE_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34
+
+.PHONY: kube-build kube-test kube-demo kube-e2e-build kube-e2e
+
+kube-build:
+	@mkdir -p $(KUBE_BIN)/image
+	cd tests/kube/build/k8s && $(GO) build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(KUBE_BIN)/ ./cmd/...
+	GOBIN=$(KUBE_BIN) CGO_ENABLED=0 $(GO) install -trimpath -ldflags "-s -w" \
+		github.com/containerd/containerd/v2/cmd/containerd@$(CONTAINERD_VERSION) \
+		github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$(CONTAINERD_VERSION) \
+		github.com/containerd/containerd/v2/cmd/ctr@$(CONTAINERD_VERSION)
+	GOBIN=$(KUBE_BIN) CGO_ENABLED=0 $(GO) install -trimpath -ldflags "-s -w" github.com/coredns/coredns@$(COREDNS_VERSION)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(KUBE_BIN)/pause ./tests/kube/images/pause
+	@# Same commands as conf/kubernetes/Dockerfile: the lab's image has
+	@# the layout and binaries a user's docker build produces.
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(KUBE_BIN)/image/wgcnid ./daemon/wgcnid
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(KUBE_BIN)/image/wgcnictl ./daemon/wgcnictl
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(KUBE_BIN)/image/wgcni ./plugins/wgcni
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(KUBE_BIN)/image/wgcni-ipam ./ipam/wgcni-ipam
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(KUBE_BIN)/image/portmap github.com/containernetworking/plugins/plugins/meta/portmap
+
+# wgcni under a real Kubernetes in namespaces (tests/kube). Not part of
+# `make test`: the first kube-build compiles Kubernetes (~15 min on 2 cores).
+kube-test: deps build kube-build
+	WGCNI_KUBE=1 WGCNI_E2E_REQUIRE=1 $(GO) test -count=1 -timeout $(KUBE_TEST_TIMEOUT) -v ./tests/kube/
+
+# The lab with wgcni installed and a 6-pod Deployment; runs until Ctrl-C.
+kube-demo: deps build kube-build
+	$(GO) run ./tests/kube/demo
+
+# Kubernetes' own e2e tests as a judge: e2e.test (the network suites only,
+# tests/kube/build/k8s/e2e) and agnhost from the same k8s.io/kubernetes,
+# plus a tiny curl and nc for agnhost's image; then the lab with the conformance
+# checks "[sig-network] Networking Granular Checks: Pods".
+kube-e2e-build: kube-build
+	cd tests/kube/build/k8s && $(GO) test -c -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(KUBE_BIN)/e2e.test ./e2e
+	cd tests/kube/build/k8s && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(KUBE_BIN)/agnhost k8s.io/kubernetes/test/images/agnhost
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(KUBE_BIN)/curl ./tests/kube/images/curl
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(KUBE_BIN)/nc ./tests/kube/images/nc
+
+kube-e2e: deps build kube-e2e-build
+	WGCNI_KUBE=1 WGCNI_KUBE_E2E=1 WGCNI_E2E_REQUIRE=1 $(GO) test -count=1 -timeout $(KUBE_TEST_TIMEOUT) -v ./tests/kube/

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/wgcni/wgcni/daemon/config"
@@ -76,16 +75,7 @@ func (h *hostPeer) leaseErr(err error) error {
 // one) and writes the host file.
 func (h *hostPeer) attach(_ context.Context, _ *clientv3.Client, held lease.Held, nd *nodeDevice, _ *slog.Logger) (attached, error) {
 	cfg := h.cfg
-	setAddr := func() error {
-		l, err := netlink.LinkByName(cfg.Device)
-		if err != nil {
-			return fmt.Errorf("look up WireGuard device %s: %w", cfg.Device, err)
-		}
-		if err := netlink.AddrReplace(l, &netlink.Addr{IPNet: toIPNet(held.Primary())}); err != nil {
-			return fmt.Errorf("address %s on %s: %w", held.Primary(), cfg.Device, err)
-		}
-		return nil
-	}
+	setAddr := setDeviceAddrs(cfg.Device, []netip.Prefix{held.Primary()})
 	if err := setAddr(); err != nil {
 		return attached{}, err
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/wgcni/wgcni/daemon/cniconf"
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/lease"
 	"github.com/wgcni/wgcni/daemon/nodefile"
@@ -53,6 +54,10 @@ func (n *podNode) attach(ctx context.Context, cli *clientv3.Client, held lease.H
 	if _, err := bridge.Ensure(cfg.Bridge, nd.mtu, gwNets...); err != nil {
 		return attached{}, fmt.Errorf("ensure bridge: %w", err)
 	}
+	setAddrs := setDeviceAddrs(cfg.Device, podNodeDeviceAddrs(held))
+	if err := setAddrs(); err != nil {
+		return attached{}, err
+	}
 	nf := nodeFile(cfg, held, nd.mtu)
 	sameNode, err := setupSameNode(ctx, cfg, cli, nd.mtu, nf, log)
 	if err != nil {
@@ -63,7 +68,15 @@ func (n *podNode) attach(ctx context.Context, cli *clientv3.Client, held lease.H
 	} else if written {
 		log.Info("node file written", "path", nodefile.Path(cfg.RunDir))
 	}
-	return attached{gws: gws, podCIDR: held.Primary(), ipamDir: nf.IPAMDir, sameNode: sameNode}, nil
+	// Only now may the runtime call the plugins: the conflist goes last.
+	if cfg.CNIConflist != "" {
+		if written, err := cniconf.Install(cfg.CNIConflist, cfg.CNIConfDir); err != nil {
+			return attached{}, err
+		} else if written {
+			log.Info("CNI conflist installed", "path", filepath.Join(cfg.CNIConfDir, filepath.Base(cfg.CNIConflist)))
+		}
+	}
+	return attached{gws: gws, podCIDR: held.Primary(), ipamDir: nf.IPAMDir, sameNode: sameNode, onNewDevice: setAddrs}, nil
 }
 
 // nodeFile is what the plugins learn of this node: one entry per family in

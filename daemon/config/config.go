@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -69,6 +70,10 @@ type Config struct {
 	LogFormat       string
 	LogLevel        string
 	MetricsAddr     string // empty: no metrics/health endpoint
+	// CNIConflist is a conflist wgcnid installs into CNIConfDir once the
+	// node is ready for pods (empty: it installs none).
+	CNIConflist string
+	CNIConfDir  string
 	// SameNodeEncryption turns on WireGuard between pods of this node
 	// (also on when the cluster config record in etcd says so).
 	SameNodeEncryption bool
@@ -123,6 +128,8 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "host:port serving Prometheus /metrics, /healthz and /readyz, e.g. 127.0.0.1:9586 (empty = off)")
+	fs.StringVar(&c.CNIConflist, "cni-conflist", "", "conflist file to install into --cni-conf-dir once this node holds its PodCIDR lease and the node file is written: the runtime reports the node's network ready only then (empty = install none)")
+	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "the container runtime's CNI config dir (with --cni-conflist)")
 	fs.BoolVar(&c.HostOnly, "host-only", false, "join the mesh as a host-only peer: no pods, one overlay address out of --host-cidr")
 	fs.StringVar(&c.HostCIDR, "host-cidr", "", "node-sized block of --cluster-cidr that host-only peers lease their /32 from (default: the last block)")
 	fs.BoolVar(&c.UnderlayEncryption, "host-encryption", false, "also encrypt host-to-host traffic between this node's and other nodes' underlay addresses (only towards nodes that use it too; never to etcd endpoints)")
@@ -280,6 +287,12 @@ func (c *Config) Validate() error {
 	}
 	if c.RunDir == "" {
 		return errors.New("--run-dir: empty")
+	}
+	if c.CNIConflist != "" && c.CNIConfDir == "" {
+		return errors.New("--cni-conf-dir: empty (needed by --cni-conflist)")
+	}
+	if ext := filepath.Ext(c.CNIConflist); c.CNIConflist != "" && ext != ".conflist" {
+		return fmt.Errorf("--cni-conflist: %q does not end in .conflist (the runtime would not read it as a list)", c.CNIConflist)
 	}
 	// etcd's minimum TTL is a few seconds; below that leases churn.
 	if c.LeaseTTL < 2*time.Second {

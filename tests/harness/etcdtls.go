@@ -178,6 +178,27 @@ func (ca *CA) WriteCert(path string) error { return writePEMFile(path, "CERTIFIC
 // paths: a client certificate, or with server a server+client one for
 // localhost and ips.
 func (ca *CA) Issue(dir, cn string, server bool, ips ...netip.Addr) (string, string, error) {
+	spec := CertSpec{CommonName: cn, Server: server, IPs: ips}
+	if server {
+		spec.DNSNames = []string{"localhost"}
+	}
+	return ca.IssueCert(dir, cn, spec)
+}
+
+// CertSpec is what a certificate says: Kubernetes reads the user from
+// CommonName and the groups from Organizations.
+type CertSpec struct {
+	CommonName    string
+	Organizations []string
+	// Server makes a server+client certificate for DNSNames and IPs.
+	Server   bool
+	DNSNames []string
+	IPs      []netip.Addr
+}
+
+// IssueCert writes <dir>/<name>.crt and .key for spec, signed by ca, and
+// returns their paths.
+func (ca *CA) IssueCert(dir, name string, spec CertSpec) (string, string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", err
 	}
@@ -191,16 +212,16 @@ func (ca *CA) Issue(dir, cn string, server bool, ips ...netip.Addr) (string, str
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: cn},
+		Subject:      pkix.Name{CommonName: spec.CommonName, Organization: spec.Organizations},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
-	if server {
+	if spec.Server {
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
-		tmpl.DNSNames = []string{"localhost"}
-		for _, ip := range ips {
+		tmpl.DNSNames = spec.DNSNames
+		for _, ip := range spec.IPs {
 			tmpl.IPAddresses = append(tmpl.IPAddresses, net.IP(ip.AsSlice()))
 		}
 	}
@@ -212,11 +233,21 @@ func (ca *CA) Issue(dir, cn string, server bool, ips ...netip.Addr) (string, str
 	if err != nil {
 		return "", "", err
 	}
-	crt, kf := filepath.Join(dir, cn+".crt"), filepath.Join(dir, cn+".key")
+	crt, kf := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
 	if err := writePEMFile(crt, "CERTIFICATE", der); err != nil {
 		return "", "", err
 	}
 	return crt, kf, writePEMFile(kf, "PRIVATE KEY", kder)
+}
+
+// WriteKey writes the CA's private key (PKCS#8 PEM, 0600) to path, for
+// programs that sign with it (kube-controller-manager's CSR signer).
+func (ca *CA) WriteKey(path string) error {
+	der, err := x509.MarshalPKCS8PrivateKey(ca.key)
+	if err != nil {
+		return err
+	}
+	return writePEMFile(path, "PRIVATE KEY", der)
 }
 
 func writePEMFile(path, typ string, der []byte) error {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -183,6 +184,13 @@ func (n *Node) StartDaemon() error {
 // when a test fails). Removing the node stops it.
 func (n *Node) StartProcess(name string, argv ...string) (*Process, error) {
 	return startProcess(name+" "+n.Name, n.Command(context.Background(), argv...), filepath.Join(n.Dir, name+".log"))
+}
+
+// StartCmd starts cmd (already set to run inside the node, e.g. through
+// NsenterCommand) as a long-running process with its output in the node's
+// <name>.log. Removing the node kills it with the namespace.
+func (n *Node) StartCmd(name string, cmd *exec.Cmd) (*Process, error) {
+	return startProcess(name+" "+n.Name, cmd, filepath.Join(n.Dir, name+".log"))
 }
 
 // Daemon returns the running wgcnid process (nil before the first start).

@@ -38,6 +38,8 @@ var wgcnidFlags = map[string]func(string) error{
 	"log-format":      oneOf("text", "json"),
 	"log-level":       oneOf("debug", "info", "warn", "error"),
 	"metrics-addr":    hostPort,
+	"cni-conflist":    absPath,
+	"cni-conf-dir":    absPath,
 }
 
 // checkFlagValue validates one flag: known name, well-formed value.

@@ -288,7 +288,8 @@ func checkBundle(b *bundle, exampleConflist []byte) problems {
 	checkProbes(&p, *daemon, flags["metrics-addr"])
 
 	binaries := checkConflist(&p, b, ps, runDir, exampleConflist)
-	checkInstaller(&p, b, ps, vols, binaries)
+	checkInstaller(&p, ps, vols, binaries)
+	checkConflistInstall(&p, ps, daemon, vols, flags)
 	return p
 }
 
@@ -748,40 +749,24 @@ func checkConflist(p *problems, b *bundle, ps *corev1.PodSpec, runDir string, ex
 
 var installLoop = regexp.MustCompile(`for b in ([^;\n]+);`)
 
-// checkInstaller finds the init container that writes /opt/cni/bin and
-// /etc/cni/net.d on the host and checks that its script installs exactly the
-// binaries the conflist names, and the conflist from the ConfigMap mount.
-func checkInstaller(p *problems, b *bundle, ps *corev1.PodSpec, vols map[string]corev1.Volume, binaries []string) {
+// checkInstaller finds the init container that writes /opt/cni/bin on the
+// host and checks that its script installs exactly the binaries the
+// conflist names.
+func checkInstaller(p *problems, ps *corev1.PodSpec, vols map[string]corev1.Volume, binaries []string) {
 	var inst *corev1.Container
-	var binMount, netdMount, cmMount string
+	var binMount string
 	for i := range ps.InitContainers {
 		c := &ps.InitContainers[i]
 		for _, m := range c.VolumeMounts {
-			v := vols[m.Name]
-			switch {
-			case v.HostPath != nil && v.HostPath.Path == cniBinDir:
+			if v := vols[m.Name]; v.HostPath != nil && v.HostPath.Path == cniBinDir {
 				inst, binMount = c, m.MountPath
 				checkWritableDir(p, c, m, v)
-			case v.HostPath != nil && v.HostPath.Path == cniConfDir:
-				netdMount = m.MountPath
-				checkWritableDir(p, c, m, v)
-			case v.ConfigMap != nil:
-				cmMount = m.MountPath
-				if !m.ReadOnly {
-					p.add("container %s: ConfigMap volume %q must be mounted readOnly", c.Name, m.Name)
-				}
 			}
 		}
 	}
 	if inst == nil {
 		p.add("no init container mounts hostPath %s", cniBinDir)
 		return
-	}
-	if netdMount == "" {
-		p.add("container %s: no hostPath mount of %s", inst.Name, cniConfDir)
-	}
-	if cmMount == "" {
-		p.add("container %s: does not mount the conflist ConfigMap", inst.Name)
 	}
 	script := strings.Join(append(slices.Clone(inst.Command), inst.Args...), "\n")
 	m := installLoop.FindStringSubmatch(script)
@@ -794,14 +779,55 @@ func checkInstaller(p *problems, b *bundle, ps *corev1.PodSpec, vols map[string]
 			p.add("container %s: installs %v, the conflist needs %v", inst.Name, got, binaries)
 		}
 	}
-	for _, want := range []string{
-		binMount + "/$b",
-		cmMount + "/" + conflistFile,
-		netdMount + "/" + conflistFile,
-	} {
-		if !strings.Contains(script, want) {
-			p.add("container %s: script never uses %s", inst.Name, want)
+	if !strings.Contains(script, binMount+"/$b") {
+		p.add("container %s: script never uses %s", inst.Name, binMount+"/$b")
+	}
+}
+
+// checkConflistInstall checks that wgcnid installs the conflist
+// (--cni-conflist, --cni-conf-dir): from the ConfigMap mounted read-only in
+// its container into a writable mount of the host's /etc/cni/net.d. Only
+// wgcnid may write it, once the node holds its lease: a conflist written
+// earlier (by an init container) turns the node Ready while every CNI ADD
+// still fails.
+func checkConflistInstall(p *problems, ps *corev1.PodSpec, daemon *corev1.Container, vols map[string]corev1.Volume, flags map[string]string) {
+	for _, c := range append(slices.Clone(ps.InitContainers), ps.Containers...) {
+		if c.Name == daemon.Name {
+			continue
 		}
+		for _, m := range c.VolumeMounts {
+			if v := vols[m.Name]; v.HostPath != nil && v.HostPath.Path == cniConfDir {
+				p.add("container %s mounts %s: only wgcnid may write the conflist, once the node can serve CNI ADDs", c.Name, cniConfDir)
+			}
+		}
+	}
+	src, dir := flags["cni-conflist"], flags["cni-conf-dir"]
+	if src == "" {
+		p.add("container %s: no --cni-conflist: nothing installs the conflist", daemon.Name)
+		return
+	}
+	if dir == "" {
+		dir = cniConfDir
+	}
+	var fromConfigMap, toHost bool
+	for _, m := range daemon.VolumeMounts {
+		v := vols[m.Name]
+		switch {
+		case v.ConfigMap != nil && src == m.MountPath+"/"+conflistFile:
+			fromConfigMap = true
+			if !m.ReadOnly {
+				p.add("container %s: ConfigMap volume %q must be mounted readOnly", daemon.Name, m.Name)
+			}
+		case v.HostPath != nil && v.HostPath.Path == cniConfDir && m.MountPath == dir:
+			toHost = true
+			checkWritableDir(p, daemon, m, v)
+		}
+	}
+	if !fromConfigMap {
+		p.add("container %s: --cni-conflist=%s is not %s in a ConfigMap mount", daemon.Name, src, conflistFile)
+	}
+	if !toHost {
+		p.add("container %s: --cni-conf-dir=%s is not a mount of hostPath %s", daemon.Name, dir, cniConfDir)
 	}
 }
 
