@@ -53,7 +53,7 @@ func TestKubernetes(t *testing.T) {
 	repo := requireLab(t)
 	before := lab.SnapshotHost()
 	start := time.Now()
-	l, err := lab.New(lab.Config{Workers: 2, EtcdTLS: true, Logf: t.Logf})
+	l, err := lab.New(lab.Config{Workers: 2, Logf: t.Logf})
 	if err != nil {
 		t.Fatalf("lab: %v", err)
 	}
@@ -77,10 +77,9 @@ func TestKubernetes(t *testing.T) {
 		t.Fatalf("a node is Ready before any network plugin is installed:\n%s", out)
 	}
 
-	// The install: wgcni's etcd credentials (the external-etcd switch:
-	// the harness etcd with TLS and the least-privilege wgcni user), then
-	// one kubectl apply of conf/kubernetes/.
-	took, err := l.InstallWgcni()
+	// The install: one kubectl apply of conf/kubernetes/, wgcni's own
+	// etcd included, no Secret made beforehand.
+	took, err := l.InstallWgcni(false)
 	if err != nil {
 		t.Fatal(err)
 	}
