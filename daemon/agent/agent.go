@@ -94,15 +94,17 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	acq := &lease.Acquirer{Client: cli, Prefix: cfg.EtcdPrefix, Cluster: m.grids(), Node: cfg.NodeName, TTL: cfg.LeaseTTL, Log: log}
 	var held lease.Held
+	want, fromNode := wantedCIDRs(ctx, cfg, log)
 	err = retry(ctx, log, "acquire "+m.what()+" lease", func(ctx context.Context) error {
 		var err error
-		held, err = acq.Acquire(ctx, self, lease.LoadRemembered(cfg.StateDir)...)
+		held, err = acq.Acquire(ctx, self, want...)
 		return err
 	}, func(err error) bool { return errors.Is(err, lease.ErrClusterFull) })
 	if err != nil {
 		return m.leaseErr(err)
 	}
 	log.Info(m.what()+" lease held", "cidrs", held.CIDRs, "key", held.Key, "how", held.How, "lease", fmt.Sprintf("%x", int64(held.LeaseID)))
+	warnIfNotNodeCIDRs(held, fromNode, log)
 	if err := lease.Remember(cfg.StateDir, held.CIDRs); err != nil {
 		return err
 	}

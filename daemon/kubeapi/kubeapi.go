@@ -15,6 +15,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -187,4 +188,33 @@ func (c *Client) NodePodCIDRs(ctx context.Context, node string) ([]string, error
 		return []string{n.Spec.PodCIDR}, nil
 	}
 	return n.Spec.PodCIDRs, nil
+}
+
+// WaitNodePodCIDRs polls a Node until the controller-manager has given it
+// PodCIDRs (moments after the node registers) or wait is over, and
+// returns them parsed; nil if there are none by then.
+func (c *Client) WaitNodePodCIDRs(ctx context.Context, node string, wait time.Duration) ([]netip.Prefix, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		cidrs, err := c.NodePodCIDRs(ctx, node)
+		if err == nil && len(cidrs) > 0 {
+			var out []netip.Prefix
+			for _, s := range cidrs {
+				p, err := netip.ParsePrefix(s)
+				if err != nil {
+					return nil, fmt.Errorf("kubeapi: node %s: spec.podCIDRs: %w", node, err)
+				}
+				out = append(out, p.Masked())
+			}
+			return out, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -160,5 +161,40 @@ func checkBundledEtcd(p *problems, b *bundle, dsVols map[string]corev1.Volume, i
 	}
 	if !bound {
 		p.add("Deployment %s: ServiceAccount %q is bound to no Role", dep.Name, sa)
+	}
+}
+
+// checkAPIAccess: wgcnid reads its Node (--pod-cidr-from-node) and nothing
+// else: a projected token in the wgcnid container only, a ClusterRole
+// with get on nodes only.
+func checkAPIAccess(p *problems, b *bundle, ds *appsv1.DaemonSet) {
+	ps := &ds.Spec.Template.Spec
+	vols := map[string]corev1.Volume{}
+	for _, v := range ps.Volumes {
+		vols[v.Name] = v
+	}
+	for _, c := range append(slices.Clone(ps.InitContainers), ps.Containers...) {
+		for _, m := range c.VolumeMounts {
+			if vols[m.Name].Projected != nil && c.Name != daemonContainer {
+				p.add("DaemonSet %s: container %s mounts the API token; only wgcnid reads the API", ds.Name, c.Name)
+			}
+		}
+	}
+	for _, crb := range b.clusterBindings {
+		for _, s := range crb.Subjects {
+			if s.Kind != "ServiceAccount" || s.Name != ps.ServiceAccountName {
+				continue
+			}
+			cr, ok := b.clusterRoles[crb.RoleRef.Name]
+			if !ok {
+				p.add("ClusterRoleBinding %s: ClusterRole %s is not in the manifests", crb.Name, crb.RoleRef.Name)
+				continue
+			}
+			for _, r := range cr.Rules {
+				if !slices.Equal(r.Resources, []string{"nodes"}) || !slices.Equal(r.Verbs, []string{"get"}) {
+					p.add("ClusterRole %s: %v on %v; wgcnid needs get nodes only", cr.Name, r.Verbs, r.Resources)
+				}
+			}
+		}
 	}
 }

@@ -40,6 +40,7 @@ var wgcnidFlags = map[string]func(string) error{
 	"metrics-addr":    hostPort,
 	"cni-conflist":    absPath,
 	"cni-conf-dir":    absPath,
+	"pod-cidr-from-node": oneOf("true", "false"),
 }
 
 // checkFlagValue validates one flag: known name, well-formed value.

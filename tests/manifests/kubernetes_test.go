@@ -422,8 +422,9 @@ func checkPod(p *problems, b *bundle, ds *appsv1.DaemonSet) {
 		p.add("DaemonSet %s: serviceAccountName %q is not defined in the manifests", ds.Name, ps.ServiceAccountName)
 	}
 	if ps.AutomountServiceAccountToken == nil || *ps.AutomountServiceAccountToken {
-		p.add("DaemonSet %s: automountServiceAccountToken must be false (wgcnid does not use the API server)", ds.Name)
+		p.add("DaemonSet %s: automountServiceAccountToken must be false (only the wgcnid container gets a token, projected)", ds.Name)
 	}
+	checkAPIAccess(p, b, ds)
 }
 
 func checkContainerSecurity(p *problems, ps *corev1.PodSpec, c corev1.Container) {
