@@ -147,10 +147,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		UnderlayEncryption: underlayEnc.On, UnderlaySrc: endpoint, NoTunnel: underlayEnc.NoTunnel, UnderlaySrcChanges: hostSrc,
 		Recreate: nd.recreate(cfg, log, at.onNewDevice), DeviceEvents: wgdev.WatchLink(ctx, cfg.Device, log),
 		// A new device for a record that was still ours (a crash or
-		// reboot within the lease TTL): the peers hold sessions with the
-		// old one. For a new record the peers may not know our key yet,
-		// and an initiation they refuse would hold back ours for 5 s.
-		FreshDevice: !nd.dev.Adopted && held.How == "adopted",
+		// reboot within the lease TTL, or a sidecar's device replaced by
+		// a rollout): the peers hold sessions with the old one. For a new
+		// record the peers may not know our key yet, and an initiation
+		// they refuse would hold back ours for 5 s.
+		FreshDevice: nd.fresh && held.How == "adopted",
 	})
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(nd.dev.Mode), WG: wg, PodCIDR: at.podCIDR,
