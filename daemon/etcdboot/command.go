@@ -20,8 +20,11 @@ import (
 // after its work (it runs as a container beside etcd) until SIGTERM.
 func Command(args []string, stderr io.Writer) int {
 	if len(args) == 0 || (args[0] != "certs" && args[0] != "auth") {
-		if len(args) == 1 && (args[0] == "--help" || args[0] == "-h") {
-			fmt.Fprintln(stderr, "Usage: wgcnid etcd-bootstrap certs|auth [flags]")
+		if len(args) == 1 && (args[0] == "--help" || args[0] == "-h" || args[0] == "-help") {
+			fmt.Fprintln(stderr, "Usage: wgcnid etcd-bootstrap certs|auth [flags]\n\n"+
+				"certs: the CA (Secret), wgcnid's client Secret and etcd's certificates (an init container of conf/kubernetes/15-etcd.yaml)\n"+
+				"auth:  once etcd answers, its role, users and authentication (a container beside etcd)")
+			_, _ = parse("certs", []string{"--help"}, stderr)
 			return 0
 		}
 		fmt.Fprintln(stderr, "wgcnid etcd-bootstrap: want certs or auth as the first argument")
