@@ -30,6 +30,8 @@ type CA struct {
 // Spec is what an issued certificate says.
 type Spec struct {
 	CommonName string
+	// Organizations: Kubernetes reads a client certificate's groups here.
+	Organizations []string
 	// Server makes a server+client certificate for DNSNames and IPs;
 	// otherwise it is a client certificate.
 	Server   bool
@@ -115,7 +117,7 @@ func (ca *CA) Issue(spec Spec) (certPEM, keyPEM []byte, err error) {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: spec.CommonName},
+		Subject:      pkix.Name{CommonName: spec.CommonName, Organization: spec.Organizations},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
