@@ -45,7 +45,14 @@ func Check(ctx context.Context, kv clientv3.KV, prefix string, cluster record.Cl
 		}
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("--advertise-cidrs refused: %w", errors.Join(errs...))
+		return &RefusedError{Err: errors.Join(errs...)}
 	}
 	return nil
 }
+
+// RefusedError is an advertisement Check refused (permanent: retrying
+// cannot help until the operator changes it or the other claimant goes).
+type RefusedError struct{ Err error }
+
+func (e *RefusedError) Error() string { return "--advertise-cidrs refused: " + e.Err.Error() }
+func (e *RefusedError) Unwrap() error { return e.Err }

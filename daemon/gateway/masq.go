@@ -17,7 +17,9 @@ const MasqTable = "wgcni-gateway"
 // masqRule is one "saddr <cluster> daddr <site> masquerade".
 type masqRule struct{ from, to netip.Prefix }
 
-func (r masqRule) tag() []byte { return []byte("wgcni-gw-masq " + r.from.String() + " " + r.to.String()) }
+func (r masqRule) tag() []byte {
+	return []byte("wgcni-gw-masq " + r.from.String() + " " + r.to.String())
+}
 
 // masqRules pairs every cluster CIDR with every site of its family.
 func masqRules(cluster, sites []netip.Prefix) map[nftables.TableFamily][]masqRule {
