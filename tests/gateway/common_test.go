@@ -1,0 +1,223 @@
+// Package gateway tests sites behind gateways (docs/gateways.md) in the
+// namespace cluster (tests/harness): a site namespace with a plain host
+// (no WireGuard) behind two gateway nodes, a pod on a third node, real
+// etcd elections, packets captured on the underlay. Skips unless root
+// with the tools (WGCNI_E2E_REQUIRE=1 makes that a failure).
+package gateway
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wgcni/wgcni/daemon/ctl"
+	"github.com/wgcni/wgcni/tests/capture"
+	"github.com/wgcni/wgcni/tests/harness"
+)
+
+const (
+	tag         = "gw" // namespaces gw-<run>-…
+	clusterCIDR = "10.244.0.0/16"
+	gatewayTTL  = "2s"
+)
+
+var (
+	siteCIDR = netip.MustParsePrefix("192.168.77.0/24")
+	siteHost = netip.MustParseAddr("192.168.77.100")
+)
+
+func result(t *testing.T, format string, args ...any) {
+	t.Helper()
+	line := "RESULT " + t.Name() + ": " + fmt.Sprintf(format, args...)
+	t.Log(line)
+	fmt.Println(line)
+}
+
+func start(t *testing.T) (*harness.Cluster, *harness.Site) {
+	t.Helper()
+	c := harness.Start(t, harness.Config{Tag: tag, ClusterCIDR: clusterCIDR, LeaseTTL: 6 * time.Second}, 0)
+	site, err := c.AddSite("site", siteCIDR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, site
+}
+
+// startGateway adds a node joined to the site as eth1 with the site
+// address ending in last, advertising the site CIDR.
+func startGateway(t *testing.T, c *harness.Cluster, site *harness.Site, last byte, extra ...string) *harness.Node {
+	t.Helper()
+	g, err := c.AddBareNode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := siteCIDR.Addr().As4()
+	a[3] = last
+	if err := site.Join(g, netip.AddrFrom4(a)); err != nil {
+		t.Fatal(err)
+	}
+	g.ExtraArgs = append([]string{"--advertise-cidrs", siteCIDR.String(), "--gateway-ttl", gatewayTTL}, extra...)
+	if err := g.StartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.WaitReady(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+func siteAddr(last byte) netip.Addr {
+	a := siteCIDR.Addr().As4()
+	a[3] = last
+	return netip.AddrFrom4(a)
+}
+
+// classifier counts any plain packet of the cluster or of the site.
+func classifier(c *harness.Cluster) *capture.Classifier {
+	cls := c.Classifier()
+	cls.PodNets = append(cls.PodNets, siteCIDR)
+	return cls
+}
+
+// gateways runs `wgcnictl gateways -o json` in node n.
+func gateways(t *testing.T, c *harness.Cluster, n *harness.Node) *ctl.GatewaysReport {
+	t.Helper()
+	out, err := n.Exec(append([]string{c.Bin("wgcnictl"), "gateways", "-o", "json"}, n.DaemonArgs()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r ctl.GatewaysReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("wgcnictl gateways: %v: %s", err, out)
+	}
+	return &r
+}
+
+// holder returns the node whose WireGuard peer on n carries the site
+// CIDR in its AllowedIPs ("" none); more than one is an error.
+func holder(c *harness.Cluster, n *harness.Node) (string, error) {
+	dev, err := n.WGDevice()
+	if err != nil {
+		return "", err
+	}
+	ls, err := c.Leases()
+	if err != nil {
+		return "", err
+	}
+	var got []string
+	for _, p := range dev.Peers {
+		for _, a := range p.AllowedIPs {
+			if a.String() != siteCIDR.String() {
+				continue
+			}
+			name := p.PublicKey.String()
+			for _, l := range ls {
+				if l.PublicKey == p.PublicKey.String() {
+					name = l.Node
+				}
+			}
+			got = append(got, name)
+		}
+	}
+	if len(got) > 1 {
+		return "", fmt.Errorf("site %s on %d peers of %s: %v", siteCIDR, len(got), n.Name, got)
+	}
+	if len(got) == 0 {
+		return "", nil
+	}
+	return got[0], nil
+}
+
+func waitHolder(t *testing.T, c *harness.Cluster, n *harness.Node, want string, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	err := harness.WaitFor(timeout, fmt.Sprintf("site %s on %s's peer of %q", siteCIDR, n.Name, want), func() (bool, error) {
+		h, err := holder(c, n)
+		if err != nil {
+			return false, err
+		}
+		return h == want, fmt.Errorf("held by %q", h)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+// watchHolder polls who holds the site on n every 20 ms until stop is
+// closed and returns the sequence of distinct holders seen, and any
+// instant the site was on two peers.
+func watchHolder(c *harness.Cluster, n *harness.Node, stop <-chan struct{}) <-chan []string {
+	out := make(chan []string, 1)
+	go func() {
+		var seq []string
+		for {
+			h, err := holder(c, n)
+			if err != nil {
+				h = "ERROR: " + err.Error()
+			}
+			if len(seq) == 0 || seq[len(seq)-1] != h {
+				seq = append(seq, h)
+			}
+			select {
+			case <-stop:
+				out <- seq
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	return out
+}
+
+// pingStream is a timed ping (-D) whose replies give the longest gap.
+type pingStream struct {
+	done     chan struct{}
+	out      string
+	interval time.Duration
+}
+
+func startPing(t *testing.T, from harness.NS, dst netip.Addr, count int, interval time.Duration) *pingStream {
+	t.Helper()
+	s := &pingStream{done: make(chan struct{}), interval: interval}
+	go func() {
+		defer close(s.done)
+		out, _ := from.ExecTimeout(2*time.Duration(count)*interval+60*time.Second, "ping", "-n", "-D", "-c", strconv.Itoa(count),
+			"-i", strconv.FormatFloat(interval.Seconds(), 'f', 3, 64), "-W", "2", dst.String())
+		s.out = out
+	}()
+	return s
+}
+
+var (
+	replyLine   = regexp.MustCompile(`icmp_seq=(\d+) ttl=`)
+	pingSummary = regexp.MustCompile(`(\d+) packets transmitted, (\d+) (packets )?received`)
+)
+
+// wait returns sent, received and the longest run of lost requests
+// between two replies, as a duration (requests × interval).
+func (s *pingStream) wait(t *testing.T) (sent, received int, gap time.Duration) {
+	t.Helper()
+	<-s.done
+	m := pingSummary.FindStringSubmatch(s.out)
+	if m == nil {
+		t.Fatalf("ping: no summary: %s", s.out)
+	}
+	sent, _ = strconv.Atoi(m[1])
+	received, _ = strconv.Atoi(m[2])
+	last, longest := 0, 0
+	for _, l := range strings.Split(s.out, "\n") {
+		if r := replyLine.FindStringSubmatch(l); r != nil {
+			seq, _ := strconv.Atoi(r[1])
+			longest = max(longest, seq-last-1)
+			last = seq
+		}
+	}
+	longest = max(longest, sent-last)
+	return sent, received, time.Duration(longest) * s.interval
+}

@@ -1,0 +1,56 @@
+package gateway
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wgcni/wgcni/tests/harness"
+)
+
+// TestSiteThroughGateway: the site routes the cluster CIDR to its serving
+// gateway (the operator's choice; docs/gateways.md). A pod on a third node
+// pings and opens TCP to the plain site host and back; only WireGuard
+// crosses the underlay; exactly the serving gateway's peer carries the
+// site CIDR, and the standby gateway routes nothing of its own site.
+func TestSiteThroughGateway(t *testing.T) {
+	c, site := start(t)
+	g1 := startGateway(t, c, site, 11)
+	n3, err := c.AddNode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHolder(t, c, n3, g1.Name, 20*time.Second)
+	g2 := startGateway(t, c, site, 12)
+	host, err := site.AddHost("host", siteHost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := host.Exec("ip", "route", "add", clusterCIDR, "via", siteAddr(11).String()); err != nil {
+		t.Fatal(out, err)
+	}
+	pod := n3.MustAddPod(t)
+
+	// g1 came first: it serves, g2 queues behind it, on every node.
+	r := gateways(t, c, n3)
+	if len(r.Sites) != 1 || r.Sites[0].Site != siteCIDR.String() || r.Sites[0].Gateway != g1.Name ||
+		!slices.Equal(r.Sites[0].Candidates, []string{g1.Name, g2.Name}) {
+		t.Fatalf("wgcnictl gateways: %+v, want %s served by %s with candidates %s,%s", r, siteCIDR, g1.Name, g1.Name, g2.Name)
+	}
+	t.Logf("wgcnictl gateways: %+v", r.Sites)
+	waitHolder(t, c, g2, g1.Name, 10*time.Second)
+	if out, _ := g2.Exec("ip", "route", "show", "proto", "87", siteCIDR.String()); strings.TrimSpace(out) != "" {
+		t.Fatalf("standby gateway %s routes its own site: %s", g2.Name, out)
+	}
+	if out, err := n3.RouteTo(siteHost.AsSlice()); err != nil || !strings.Contains(out, "dev "+n3.Device) {
+		t.Fatalf("route to the site host on %s: %q %v, want through %s", n3.Name, out, err, n3.Device)
+	}
+
+	c.EncryptedOnly(t, classifier(c), "pod <-> site host through "+g1.Name, func() {
+		harness.Connect(t, pod.NS, siteHost, pod.Name+" -> site host", 5)
+		harness.Transfer(t, pod.NS, host, siteHost, 1<<20, pod.Name+" -> site host")
+		harness.Connect(t, host, pod.IP, "site host -> "+pod.Name, 5)
+		harness.Transfer(t, host, pod.NS, pod.IP, 1<<20, "site host -> "+pod.Name)
+	})
+}
