@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgcni/wgcni/daemon/agent"
 	"github.com/wgcni/wgcni/daemon/ctl"
 	"github.com/wgcni/wgcni/tests/capture"
 	"github.com/wgcni/wgcni/tests/harness"
@@ -52,9 +53,19 @@ func start(t *testing.T) (*harness.Cluster, *harness.Site) {
 // address ending in last, advertising the site CIDR.
 func startGateway(t *testing.T, c *harness.Cluster, site *harness.Site, last byte, extra ...string) *harness.Node {
 	t.Helper()
+	return startGatewayMode(t, c, site, last, false, extra...)
+}
+
+// startGatewayMode is startGateway for a pod node or, with hostOnly, a
+// host-only peer (docs/hosts.md) as the gateway.
+func startGatewayMode(t *testing.T, c *harness.Cluster, site *harness.Site, last byte, hostOnly bool, extra ...string) *harness.Node {
+	t.Helper()
 	g, err := c.AddBareNode()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if hostOnly {
+		extra = append([]string{"--host-only"}, extra...)
 	}
 	a := siteCIDR.Addr().As4()
 	a[3] = last
@@ -65,7 +76,17 @@ func startGateway(t *testing.T, c *harness.Cluster, site *harness.Site, last byt
 	if err := g.StartDaemon(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := g.WaitReady(30 * time.Second); err != nil {
+	ready := func() (bool, error) { _, err := g.NodeFile(); return err == nil, err }
+	if hostOnly {
+		ready = func() (bool, error) { _, err := agent.ReadHostPeerFile(g.RunDir); return err == nil, err }
+	}
+	err = harness.WaitFor(30*time.Second, "gateway "+g.Name+" ready", func() (bool, error) {
+		if p := g.Daemon(); !p.Running() {
+			return false, fmt.Errorf("wgcnid %s exited: %v", g.Name, p.Err())
+		}
+		return ready()
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	return g

@@ -13,10 +13,20 @@ import (
 // gateway (the operator's choice; docs/gateways.md). A pod on a third node
 // pings and opens TCP to the plain site host and back; only WireGuard
 // crosses the underlay; exactly the serving gateway's peer carries the
-// site CIDR, and the standby gateway routes nothing of its own site.
+// site CIDR, and the standby gateway routes nothing of its own site. The
+// serving gateway is a pod node, or a host-only peer.
 func TestSiteThroughGateway(t *testing.T) {
+	for _, mode := range []struct {
+		name     string
+		hostOnly bool
+	}{{"node gateway", false}, {"host-only gateway", true}} {
+		t.Run(mode.name, func(t *testing.T) { testSiteThroughGateway(t, mode.hostOnly) })
+	}
+}
+
+func testSiteThroughGateway(t *testing.T, hostOnly bool) {
 	c, site := start(t)
-	g1 := startGateway(t, c, site, 11)
+	g1 := startGatewayMode(t, c, site, 11, hostOnly)
 	n3, err := c.AddNode()
 	if err != nil {
 		t.Fatal(err)
