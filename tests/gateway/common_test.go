@@ -216,12 +216,14 @@ func startPing(t *testing.T, from harness.NS, dst netip.Addr, count int, interva
 }
 
 var (
-	replyLine   = regexp.MustCompile(`icmp_seq=(\d+) ttl=`)
+	replyLine   = regexp.MustCompile(`^\[(\d+\.\d+)\] .*icmp_seq=(\d+) ttl=`)
 	pingSummary = regexp.MustCompile(`(\d+) packets transmitted, (\d+) (packets )?received`)
 )
 
-// wait returns sent, received and the longest run of lost requests
-// between two replies, as a duration (requests × interval).
+// wait returns sent, received and the longest outage: the longest time
+// between two consecutive replies (their -D timestamps), less the
+// interval, or the lost requests × interval if that is longer (a loss at
+// the end, or ping slowed down by load).
 func (s *pingStream) wait(t *testing.T) (sent, received int, gap time.Duration) {
 	t.Helper()
 	<-s.done
@@ -232,13 +234,46 @@ func (s *pingStream) wait(t *testing.T) (sent, received int, gap time.Duration) 
 	sent, _ = strconv.Atoi(m[1])
 	received, _ = strconv.Atoi(m[2])
 	last, longest := 0, 0
+	var lastAt float64
+	var gapAt time.Duration
 	for _, l := range strings.Split(s.out, "\n") {
 		if r := replyLine.FindStringSubmatch(l); r != nil {
-			seq, _ := strconv.Atoi(r[1])
+			at, _ := strconv.ParseFloat(r[1], 64)
+			seq, _ := strconv.Atoi(r[2])
 			longest = max(longest, seq-last-1)
-			last = seq
+			if lastAt != 0 {
+				gapAt = max(gapAt, time.Duration((at-lastAt)*float64(time.Second))-s.interval)
+			}
+			last, lastAt = seq, at
 		}
 	}
 	longest = max(longest, sent-last)
-	return sent, received, time.Duration(longest) * s.interval
+	return sent, received, max(gapAt, time.Duration(longest)*s.interval).Round(time.Millisecond)
+}
+
+var logTime = regexp.MustCompile(`^time=(\S+) `)
+
+// routedAt is when n's daemon logged routing the site to gateway node
+// (its "site routed" line after since): the moment the move was applied.
+func routedAt(t *testing.T, n *harness.Node, gateway string, since time.Time) time.Time {
+	t.Helper()
+	var at time.Time
+	// The line follows the device change the caller saw by a moment.
+	err := harness.WaitFor(5*time.Second, n.Name+"'s log line \"site routed\" to "+gateway, func() (bool, error) {
+		for _, l := range n.LogLines(`msg="site routed"`) {
+			m := logTime.FindStringSubmatch(l)
+			if m == nil || !strings.Contains(l, "gateway_node="+gateway) {
+				continue
+			}
+			if a, err := time.Parse(time.RFC3339Nano, m[1]); err == nil && a.After(since) {
+				at = a
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return at
 }

@@ -58,11 +58,11 @@ func TestGatewayFailover(t *testing.T) {
 		}
 		g1.StopDaemon(syscall.SIGKILL)
 		waitHolder(t, c, n3, g2.Name, 15*time.Second)
-		moved := time.Since(killed)
+		moved := routedAt(t, n3, g2.Name, killed).Sub(killed)
 		sent, recv, gap := ping.wait(t)
 		close(stop)
 		seq := <-seen
-		result(t, "serving gateway %s SIGKILLed (daemon and device): site moved to %s's peer on %s %v after the kill; ping 100/s: %d/%d lost, longest outage %v; holders seen %q",
+		result(t, "serving gateway %s SIGKILLed (daemon and device): site moved to %s's peer on %s %v after the kill (applied, per its log); ping 100/s: %d/%d lost, longest outage %v; holders seen %q",
 			g1.Name, g2.Name, n3.Name, moved.Round(time.Millisecond), sent-recv, sent, gap, seq)
 		checkSeq(t, seq, g1.Name, g2.Name)
 		if gap > failoverTarget {
@@ -106,11 +106,11 @@ func TestGatewayFailover(t *testing.T) {
 			t.Fatal(out, err)
 		}
 		waitHolder(t, c, n3, g1.Name, 15*time.Second)
-		moved := time.Since(cut)
+		moved := routedAt(t, n3, g1.Name, cut).Sub(cut)
 		sent, recv, gap := ping.wait(t)
 		close(stop)
 		seq := <-seen
-		result(t, "link of serving gateway %s cut: site moved to %s's peer on %s %v after the cut; ping 100/s: %d/%d lost, longest outage %v; holders seen %q",
+		result(t, "link of serving gateway %s cut: site moved to %s's peer on %s %v after the cut (applied, per its log); ping 100/s: %d/%d lost, longest outage %v; holders seen %q",
 			g2.Name, g1.Name, n3.Name, moved.Round(time.Millisecond), sent-recv, sent, gap, seq)
 		checkSeq(t, seq, g2.Name, g1.Name)
 		if gap > failoverTarget {
