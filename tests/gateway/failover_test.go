@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgcni/wgcni/tests/capture"
 	"github.com/wgcni/wgcni/tests/harness"
 )
 
@@ -42,102 +43,106 @@ func TestGatewayFailover(t *testing.T) {
 	pod := n3.MustAddPod(t)
 	harness.Connect(t, pod.NS, siteHost, pod.Name+" -> site host (masquerading "+g1.Name+")", 5)
 	cls := classifier(c)
+	f := &fixture{c: c, cls: cls, n: n3, pod: pod}
 
-	// 1. The serving gateway dies.
-	c.NoPlaintext(t, cls, "SIGKILL of "+g1.Name, func() {
-		stop := make(chan struct{})
-		seen := watchHolder(c, n3, stop)
-		ping := startPing(t, pod.NS, siteHost, 1000, pingInterval)
-		time.Sleep(2 * time.Second)
-		dev := g1.MustDeviceHost(t)
-		// The data plane first (the device), then the daemon: both
-		// within a millisecond, as when the machine dies.
-		killed := time.Now()
+	// 1. The serving gateway dies: the data plane first (the device),
+	// then the daemon, within a millisecond, as when the machine dies.
+	dev := g1.MustDeviceHost(t)
+	f.failover(t, "serving gateway "+g1.Name+" SIGKILLed (daemon and device)", g1, g2, func() {
 		if err := syscall.Kill(dev, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
 		g1.StopDaemon(syscall.SIGKILL)
-		waitHolder(t, c, n3, g2.Name, 15*time.Second)
-		moved := routedAt(t, n3, g2.Name, killed).Sub(killed)
-		sent, recv, gap := ping.wait(t)
-		close(stop)
-		seq := <-seen
-		result(t, "serving gateway %s SIGKILLed (daemon and device): site moved to %s's peer on %s %v after the kill (applied, per its log); ping 100/s: %d/%d lost, longest outage %v; holders seen %q",
-			g1.Name, g2.Name, n3.Name, moved.Round(time.Millisecond), sent-recv, sent, gap, seq)
-		checkSeq(t, seq, g1.Name, g2.Name)
-		if gap > failoverTarget {
-			t.Errorf("outage %v after the gateway's death, target %v", gap, failoverTarget)
-		}
 	})
-	if f := failovers(t, n3); f != 1 {
-		t.Errorf("wgcni_gateway_failovers_total on %s = %v, want 1", n3.Name, f)
+	if v := failovers(t, n3); v != 1 {
+		t.Errorf("wgcni_gateway_failovers_total on %s = %v, want 1", n3.Name, v)
 	}
 
 	// 2. It comes back: it queues behind g2, nothing moves.
-	c.NoPlaintext(t, cls, g1.Name+" returns", func() {
-		stop := make(chan struct{})
-		seen := watchHolder(c, n3, stop)
-		ping := startPing(t, pod.NS, siteHost, 800, pingInterval)
+	f.noMove(t, g1.Name+" back", g2, func() {
 		if err := g1.StartDaemon(); err != nil {
 			t.Fatal(err)
 		}
 		g1.WaitLog(t, 20*time.Second, "gateway candidate for site")
-		sent, recv, gap := ping.wait(t)
-		close(stop)
-		seq := <-seen
-		result(t, "%s back: holders seen on %s %q; ping 100/s: %d/%d lost, longest outage %v", g1.Name, n3.Name, seq, sent-recv, sent, gap)
-		checkSeq(t, seq, g2.Name)
-		if sent-recv > 0 {
-			t.Errorf("%d pings lost while the old gateway returned", sent-recv)
-		}
 	})
 	if r := gateways(t, c, n3); len(r.Sites) != 1 || r.Sites[0].Gateway != g2.Name || len(r.Sites[0].Candidates) != 2 || r.Sites[0].Candidates[1] != g1.Name {
 		t.Fatalf("wgcnictl gateways after %s returned: %+v, want %s serving, %s queued", g1.Name, r.Sites, g2.Name, g1.Name)
 	}
 
 	// 3. The new gateway's underlay link is cut: its candidacy lapses.
-	c.NoPlaintext(t, cls, "link of "+g2.Name+" cut", func() {
-		stop := make(chan struct{})
-		seen := watchHolder(c, n3, stop)
-		ping := startPing(t, pod.NS, siteHost, 1000, pingInterval)
-		time.Sleep(2 * time.Second)
-		cut := time.Now()
+	f.failover(t, "link of serving gateway "+g2.Name+" cut", g2, g1, func() {
 		if out, err := g2.Exec("ip", "link", "set", "eth0", "down"); err != nil {
 			t.Fatal(out, err)
-		}
-		waitHolder(t, c, n3, g1.Name, 15*time.Second)
-		moved := routedAt(t, n3, g1.Name, cut).Sub(cut)
-		sent, recv, gap := ping.wait(t)
-		close(stop)
-		seq := <-seen
-		result(t, "link of serving gateway %s cut: site moved to %s's peer on %s %v after the cut (applied, per its log); ping 100/s: %d/%d lost, longest outage %v; holders seen %q",
-			g2.Name, g1.Name, n3.Name, moved.Round(time.Millisecond), sent-recv, sent, gap, seq)
-		checkSeq(t, seq, g2.Name, g1.Name)
-		if gap > failoverTarget {
-			t.Errorf("outage %v after the link cut, target %v", gap, failoverTarget)
 		}
 	})
 
 	// 4. The link comes back: g2 campaigns again, behind g1.
-	if out, err := g2.Exec("ip", "link", "set", "eth0", "up"); err != nil {
-		t.Fatal(out, err)
+	f.noMove(t, g2.Name+"'s link back", g1, func() {
+		for _, argv := range [][]string{{"ip", "link", "set", "eth0", "up"}, {"ip", "route", "replace", "default", "via", c.Underlay.Gateway.String(), "dev", "eth0"}} {
+			if out, err := g2.Exec(argv...); err != nil {
+				t.Fatal(out, err)
+			}
+		}
+		g2.WaitLog(t, 20*time.Second, "campaigning again")
+	})
+	if v := failovers(t, n3); v != 2 {
+		t.Errorf("wgcni_gateway_failovers_total on %s = %v, want 2", n3.Name, v)
 	}
-	if out, err := g2.Exec("ip", "route", "replace", "default", "via", c.Underlay.Gateway.String(), "dev", "eth0"); err != nil {
-		t.Fatal(out, err)
-	}
-	stop := make(chan struct{})
-	seen := watchHolder(c, n3, stop)
-	ping := startPing(t, pod.NS, siteHost, 800, pingInterval)
-	g2.WaitLog(t, 20*time.Second, "campaigning again")
-	sent, recv, gap := ping.wait(t)
-	close(stop)
-	seq := <-seen
-	result(t, "%s's link back: holders seen on %s %q; ping 100/s: %d/%d lost, longest outage %v; failovers counted %v",
-		g2.Name, n3.Name, seq, sent-recv, sent, gap, failovers(t, n3))
-	checkSeq(t, seq, g1.Name)
-	if f := failovers(t, n3); f != 2 {
-		t.Errorf("wgcni_gateway_failovers_total on %s = %v, want 2", n3.Name, f)
-	}
+}
+
+// fixture is a pod on node n pinging the site host, the underlay captured.
+type fixture struct {
+	c   *harness.Cluster
+	cls *capture.Classifier
+	n   *harness.Node
+	pod *harness.Pod
+}
+
+// failover runs fail (the serving gateway from goes away) 2 s into a
+// 10 s ping at 100/s and reports when n moved the site to to's peer (its
+// log) and the outage; the site must go straight from one peer to the
+// other, within failoverTarget.
+func (f *fixture) failover(t *testing.T, what string, from, to *harness.Node, fail func()) {
+	t.Helper()
+	f.c.NoPlaintext(t, f.cls, what, func() {
+		stop := make(chan struct{})
+		seen := watchHolder(f.c, f.n, stop)
+		ping := startPing(t, f.pod.NS, siteHost, 1000, pingInterval)
+		time.Sleep(2 * time.Second)
+		at := time.Now()
+		fail()
+		waitHolder(t, f.c, f.n, to.Name, 15*time.Second)
+		moved := routedAt(t, f.n, to.Name, at).Sub(at)
+		sent, recv, gap := ping.wait(t)
+		close(stop)
+		seq := <-seen
+		result(t, "%s: site moved to %s's peer on %s %v later (applied, per its log); ping 100/s: %d/%d lost, longest outage %v; holders seen %q",
+			what, to.Name, f.n.Name, moved.Round(time.Millisecond), sent-recv, sent, gap, seq)
+		checkSeq(t, seq, from.Name, to.Name)
+		if gap > failoverTarget {
+			t.Errorf("%s: outage %v, target %v", what, gap, failoverTarget)
+		}
+	})
+}
+
+// noMove runs during under an 8 s ping at 100/s: the site must stay on
+// holder's peer and no ping may be lost.
+func (f *fixture) noMove(t *testing.T, what string, holder *harness.Node, during func()) {
+	t.Helper()
+	f.c.NoPlaintext(t, f.cls, what, func() {
+		stop := make(chan struct{})
+		seen := watchHolder(f.c, f.n, stop)
+		ping := startPing(t, f.pod.NS, siteHost, 800, pingInterval)
+		during()
+		sent, recv, gap := ping.wait(t)
+		close(stop)
+		seq := <-seen
+		result(t, "%s: holders seen on %s %q; ping 100/s: %d/%d lost, longest outage %v", what, f.n.Name, seq, sent-recv, sent, gap)
+		checkSeq(t, seq, holder.Name)
+		if sent-recv > 0 {
+			t.Errorf("%s: %d pings lost", what, sent-recv)
+		}
+	})
 }
 
 // checkSeq fails unless the site was held by exactly the holders in
@@ -179,4 +184,3 @@ func failovers(t *testing.T, n *harness.Node) float64 {
 	f, _ := strconv.ParseFloat(string(m[1]), 64)
 	return f
 }
-

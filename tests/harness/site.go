@@ -80,18 +80,7 @@ func (s *Site) attach(other NS, ifname string, addr netip.Addr) error {
 	if err := h.LinkAdd(veth); err != nil {
 		return fmt.Errorf("site %s: veth %s (%s in %s): %w", s.Name, port, ifname, other.Name, err)
 	}
-	br, err := h.LinkByName(s.Bridge)
-	if err != nil {
-		return err
-	}
-	l, err := h.LinkByName(port)
-	if err != nil {
-		return err
-	}
-	if err := h.LinkSetMaster(l, br); err != nil {
-		return err
-	}
-	if err := h.LinkSetUp(l); err != nil {
+	if err := bridgePort(h, port, s.Bridge); err != nil {
 		return err
 	}
 	return other.Do(func() error {
