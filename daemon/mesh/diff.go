@@ -177,6 +177,7 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 			plan.RouteDel = append(plan.RouteDel, routes[dst])
 		}
 	}
+	siteHoldersFirst(plan.Peers, byKey)
 	return plan
 }
 

@@ -195,6 +195,21 @@ func (r *Reconciler) syncSites() {
 	}
 }
 
+// siteHoldersFirst orders a full resync's peer changes so that peers
+// holding sites are configured first: giving a peer a site takes it from
+// the peer that held it, whose rewrite (or removal) later in the same
+// device call then no longer touches it. The other way round, the site
+// would be on no peer between the two.
+func siteHoldersFirst(pcs []wgtypes.PeerConfig, desired map[wgtypes.Key]Peer) {
+	rank := func(pc wgtypes.PeerConfig) int {
+		if p, ok := desired[pc.PublicKey]; ok && !pc.Remove && len(p.Sites) > 0 {
+			return 0
+		}
+		return 1
+	}
+	slices.SortStableFunc(pcs, func(a, b wgtypes.PeerConfig) int { return rank(a) - rank(b) })
+}
+
 // siteRoute routes site into the device (owner valid) or drops it.
 func (r *Reconciler) siteRoute(s, owner netip.Prefix) error {
 	if r.cfg.Sites.Own(s) {

@@ -12,6 +12,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/daemon/gateway"
 	"github.com/wgcni/wgcni/daemon/record"
@@ -134,4 +135,22 @@ func TestSiteMovesBetweenPeers(t *testing.T) {
 		_, via := peers[site]
 		return !via && !slices.Contains(strict, site)
 	})
+}
+
+// TestDiffSiteHolderFirst: a full resync that finds a site on the wrong
+// peer configures the new holder before it rewrites or removes the old.
+func TestDiffSiteHolderFirst(t *testing.T) {
+	site := netip.MustParsePrefix("192.168.77.0/24")
+	a, b, c := peer(t, "10.244.2.0/24"), peer(t, "10.244.3.0/24"), peer(t, "10.244.4.0/24")
+	onA := onDevice(a)
+	onA.AllowedIPs = append(onA.AllowedIPs, toIPNet(site))
+	a.Endpoint = netip.MustParseAddrPort("10.99.0.9:51820") // a changes too
+	b.Sites = []netip.Prefix{site}
+	desired := map[netip.Prefix]Peer{a.primary(): a, b.primary(): b}
+	for _, have := range [][]wgtypes.Peer{{onA, onDevice(b)}, {onA, onDevice(c), onDevice(b)}} {
+		p := Diff(desired, have, nil, link, []netip.Addr{gw})
+		if len(p.Peers) < 2 || p.Peers[0].PublicKey != b.PublicKey {
+			t.Fatalf("peer changes %+v: want b (gaining the site) first", p.Peers)
+		}
+	}
 }
