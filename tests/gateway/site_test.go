@@ -3,6 +3,7 @@ package gateway
 import (
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,13 +27,14 @@ func TestSiteThroughGateway(t *testing.T) {
 
 func testSiteThroughGateway(t *testing.T, hostOnly bool) {
 	c, site := start(t)
-	g1 := startGatewayMode(t, c, site, 11, hostOnly)
+	// A longer TTL than the failover tests': a restart must fit in it.
+	g1 := startGatewayMode(t, c, site, 11, hostOnly, "--gateway-ttl", "5s")
 	n3, err := c.AddNode()
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitHolder(t, c, n3, g1.Name, 20*time.Second)
-	g2 := startGateway(t, c, site, 12)
+	g2 := startGateway(t, c, site, 12, "--gateway-ttl", "5s")
 	host, err := site.AddHost("host", siteHost)
 	if err != nil {
 		t.Fatal(err)
@@ -63,4 +65,34 @@ func testSiteThroughGateway(t *testing.T, hostOnly bool) {
 		harness.Connect(t, host, pod.IP, "site host -> "+pod.Name, 5)
 		harness.Transfer(t, host, pod.NS, pod.IP, 1<<20, "site host -> "+pod.Name)
 	})
+
+	// A restart of the serving gateway moves nothing: it campaigns on its
+	// remembered lease, whose key still leads.
+	stop := make(chan struct{})
+	seen := watchHolder(c, n3, stop)
+	if err := g1.RestartDaemon(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	g1.WaitLog(t, 20*time.Second, "gateway serves site")
+	time.Sleep(6 * time.Second) // past the TTL of the old process's last keepalive
+	close(stop)
+	if seq := <-seen; !slices.Equal(seq, []string{g1.Name}) {
+		t.Fatalf("site holders on %s across %s's restart: %q, want only %s", n3.Name, g1.Name, seq, g1.Name)
+	}
+	if n := len(g1.LogLines("gateway serves site")); n != 2 {
+		t.Fatalf("%s logged serving %d times, want twice (before and after the restart)", g1.Name, n)
+	}
+
+	// `wgcnid cleanup` withdraws at once: no wait for the TTL.
+	g1.StopDaemon(syscall.SIGTERM)
+	cleaned := time.Now()
+	if out, err := g1.Cleanup(); err != nil {
+		t.Fatal(out, err)
+	}
+	waitHolder(t, c, n3, g2.Name, 4*time.Second)
+	moved := time.Since(cleaned)
+	if out, _ := g1.Exec("ip", "route", "show", "proto", "87"); strings.TrimSpace(out) != "" {
+		t.Fatalf("routes of ours left on %s after cleanup: %s", g1.Name, out)
+	}
+	result(t, "restart of serving gateway %s: site stayed on its peer; after its cleanup the site was on %s's peer within %v (TTL 5s)", g1.Name, g2.Name, moved.Round(time.Millisecond))
 }
