@@ -67,12 +67,16 @@ func startGatewayMode(t *testing.T, c *harness.Cluster, site *harness.Site, last
 	if hostOnly {
 		extra = append([]string{"--host-only"}, extra...)
 	}
-	a := siteCIDR.Addr().As4()
-	a[3] = last
-	if err := site.Join(g, netip.AddrFrom4(a)); err != nil {
+	var addrs []netip.Addr
+	var cidrs []string
+	for _, p := range site.Prefixes {
+		addrs = append(addrs, hostIn(p, last))
+		cidrs = append(cidrs, p.String())
+	}
+	if err := site.Join(g, addrs...); err != nil {
 		t.Fatal(err)
 	}
-	g.ExtraArgs = append([]string{"--advertise-cidrs", siteCIDR.String(), "--gateway-ttl", gatewayTTL}, extra...)
+	g.ExtraArgs = append([]string{"--advertise-cidrs", strings.Join(cidrs, ","), "--gateway-ttl", gatewayTTL}, extra...)
 	if err := g.StartDaemon(); err != nil {
 		t.Fatal(err)
 	}
@@ -92,16 +96,20 @@ func startGatewayMode(t *testing.T, c *harness.Cluster, site *harness.Site, last
 	return g
 }
 
-func siteAddr(last byte) netip.Addr {
-	a := siteCIDR.Addr().As4()
-	a[3] = last
-	return netip.AddrFrom4(a)
+func siteAddr(last byte) netip.Addr { return hostIn(siteCIDR, last) }
+
+// hostIn is the address of prefix p whose last byte is last.
+func hostIn(p netip.Prefix, last byte) netip.Addr {
+	b := p.Addr().AsSlice()
+	b[len(b)-1] = last
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }
 
-// classifier counts any plain packet of the cluster or of the site.
-func classifier(c *harness.Cluster) *capture.Classifier {
+// classifier counts any plain packet of the cluster or of the sites.
+func classifier(c *harness.Cluster, sites ...netip.Prefix) *capture.Classifier {
 	cls := c.Classifier()
-	cls.PodNets = append(cls.PodNets, siteCIDR)
+	cls.PodNets = append(cls.PodNets, append([]netip.Prefix{siteCIDR}, sites...)...)
 	return cls
 }
 
@@ -121,7 +129,10 @@ func gateways(t *testing.T, c *harness.Cluster, n *harness.Node) *ctl.GatewaysRe
 
 // holder returns the node whose WireGuard peer on n carries the site
 // CIDR in its AllowedIPs ("" none); more than one is an error.
-func holder(c *harness.Cluster, n *harness.Node) (string, error) {
+func holder(c *harness.Cluster, n *harness.Node) (string, error) { return holderOf(c, n, siteCIDR) }
+
+// holderOf is holder for any site CIDR.
+func holderOf(c *harness.Cluster, n *harness.Node, site netip.Prefix) (string, error) {
 	dev, err := n.WGDevice()
 	if err != nil {
 		return "", err
@@ -133,7 +144,7 @@ func holder(c *harness.Cluster, n *harness.Node) (string, error) {
 	var got []string
 	for _, p := range dev.Peers {
 		for _, a := range p.AllowedIPs {
-			if a.String() != siteCIDR.String() {
+			if a.String() != site.String() {
 				continue
 			}
 			name := p.PublicKey.String()
@@ -146,7 +157,7 @@ func holder(c *harness.Cluster, n *harness.Node) (string, error) {
 		}
 	}
 	if len(got) > 1 {
-		return "", fmt.Errorf("site %s on %d peers of %s: %v", siteCIDR, len(got), n.Name, got)
+		return "", fmt.Errorf("site %s on %d peers of %s: %v", site, len(got), n.Name, got)
 	}
 	if len(got) == 0 {
 		return "", nil
@@ -156,9 +167,14 @@ func holder(c *harness.Cluster, n *harness.Node) (string, error) {
 
 func waitHolder(t *testing.T, c *harness.Cluster, n *harness.Node, want string, timeout time.Duration) time.Duration {
 	t.Helper()
+	return waitHolderOf(t, c, n, siteCIDR, want, timeout)
+}
+
+func waitHolderOf(t *testing.T, c *harness.Cluster, n *harness.Node, site netip.Prefix, want string, timeout time.Duration) time.Duration {
+	t.Helper()
 	start := time.Now()
-	err := harness.WaitFor(timeout, fmt.Sprintf("site %s on %s's peer of %q", siteCIDR, n.Name, want), func() (bool, error) {
-		h, err := holder(c, n)
+	err := harness.WaitFor(timeout, fmt.Sprintf("site %s on %s's peer of %q", site, n.Name, want), func() (bool, error) {
+		h, err := holderOf(c, n, site)
 		if err != nil {
 			return false, err
 		}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Site is a network without WireGuard (docs/gateways.md): a bridge in its
@@ -15,19 +16,20 @@ import (
 // the underlay it routes nothing anywhere.
 type Site struct {
 	NS
-	Prefix netip.Prefix
-	Bridge string
-	c      *Cluster
-	ports  int
+	Prefixes []netip.Prefix // one per family
+	Bridge   string
+	c        *Cluster
+	ports    int
 }
 
-// AddSite creates the site's namespace and bridge (no address of its own).
-func (c *Cluster) AddSite(suffix string, prefix netip.Prefix) (*Site, error) {
+// AddSite creates the site's namespace and bridge (no address of its
+// own) for the site's prefixes, one per family.
+func (c *Cluster) AddSite(suffix string, prefixes ...netip.Prefix) (*Site, error) {
 	n, err := c.NewNS(suffix)
 	if err != nil {
 		return nil, err
 	}
-	s := &Site{NS: n, Prefix: prefix, Bridge: "br-site", c: c}
+	s := &Site{NS: n, Prefixes: prefixes, Bridge: "br-site", c: c}
 	err = n.Do(func() error {
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: s.Bridge, MTU: c.Cfg.UnderlayMTU}}
 		if err := netlink.LinkAdd(br); err != nil {
@@ -41,24 +43,24 @@ func (c *Cluster) AddSite(suffix string, prefix netip.Prefix) (*Site, error) {
 	return s, nil
 }
 
-// Join attaches a node (a gateway) to the site as eth1 with addr.
-func (s *Site) Join(n *Node, addr netip.Addr) error {
-	return s.attach(n.NS, "eth1", addr)
+// Join attaches a node (a gateway) to the site as eth1 with addrs.
+func (s *Site) Join(n *Node, addrs ...netip.Addr) error {
+	return s.attach(n.NS, "eth1", addrs)
 }
 
-// AddHost makes a plain host on the site: a namespace whose eth0 has addr.
-// It has no route to the cluster: the test adds one, or the gateways
-// masquerade.
-func (s *Site) AddHost(suffix string, addr netip.Addr) (NS, error) {
+// AddHost makes a plain host on the site: a namespace whose eth0 has
+// addrs. It has no route to the cluster: the test adds one, or the
+// gateways masquerade.
+func (s *Site) AddHost(suffix string, addrs ...netip.Addr) (NS, error) {
 	h, err := s.c.NewNS(suffix)
 	if err != nil {
 		return NS{}, err
 	}
-	return h, s.attach(h, "eth0", addr)
+	return h, s.attach(h, "eth0", addrs)
 }
 
 // attach wires a veth from the site bridge into other as ifname.
-func (s *Site) attach(other NS, ifname string, addr netip.Addr) error {
+func (s *Site) attach(other NS, ifname string, addrs []netip.Addr) error {
 	sh, err := netns.GetFromPath(s.Path())
 	if err != nil {
 		return err
@@ -88,9 +90,19 @@ func (s *Site) attach(other NS, ifname string, addr netip.Addr) error {
 		if err != nil {
 			return err
 		}
-		a := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(s.Prefix.Bits(), addr.BitLen())}}
-		if err := netlink.AddrAdd(l, a); err != nil {
-			return fmt.Errorf("address %s on %s in %s: %w", addr, ifname, other.Name, err)
+		for _, addr := range addrs {
+			bits := addr.BitLen()
+			for _, p := range s.Prefixes {
+				if p.Contains(addr) {
+					bits = p.Bits()
+				}
+			}
+			// No duplicate address detection: the address is usable at
+			// once, as the underlay's are.
+			a := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(bits, addr.BitLen())}, Flags: unix.IFA_F_NODAD}
+			if err := netlink.AddrAdd(l, a); err != nil {
+				return fmt.Errorf("address %s on %s in %s: %w", addr, ifname, other.Name, err)
+			}
 		}
 		return netlink.LinkSetUp(l)
 	})
