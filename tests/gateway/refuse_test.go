@@ -1,12 +1,17 @@
 package gateway
 
 import (
+	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/tests/harness"
 )
 
@@ -65,6 +70,29 @@ func TestAdvertisementRefused(t *testing.T) {
 	}
 	if r := gateways(t, c, n1); len(r.Sites) != 1 || r.Sites[0].Gateway != g.Name {
 		t.Fatalf("after the refusals: %+v, want only %s served by %s", r, siteCIDR, g.Name)
+	}
+
+	// A colliding advertisement that got past the start-up check (two
+	// nodes starting at once; here written straight into etcd): every
+	// node refuses the newer one, naming both, and routes nothing for it.
+	k, _ := wgtypes.GeneratePrivateKey()
+	racer := record.Lease{Node: "racer", PublicKey: k.PublicKey(), Endpoint: netip.AddrPortFrom(hostIn(c.Underlay.Prefix, 250), 51820),
+		Sites: []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")}}
+	key := record.SubnetKey(harness.Prefix, netip.MustParsePrefix("10.244.250.0/24"))
+	cli := c.Etcd.MustClient(t)
+	if _, err := cli.Put(context.Background(), key, string(racer.Encode())); err != nil {
+		t.Fatal(err)
+	}
+	want := "site CIDR 192.168.0.0/16 of node racer overlaps site CIDR 192.168.77.0/24 advertised by node " + g.Name
+	n1.WaitLog(t, 10*time.Second, want)
+	if r := gateways(t, c, n1); len(r.Sites) != 1 || r.Sites[0].Gateway != g.Name || len(r.Refused) != 1 || r.Refused[0] != want {
+		t.Fatalf("wgcnictl gateways with the racer: %+v, want %s served by %s and the racer refused", r, siteCIDR, g.Name)
+	}
+	if out, _ := n1.Exec("ip", "route", "show", "proto", "87", "192.168.0.0/16"); strings.TrimSpace(out) != "" {
+		t.Fatalf("%s routes the refused site: %s", n1.Name, out)
+	}
+	if _, err := cli.Delete(context.Background(), key); err != nil {
+		t.Fatal(err)
 	}
 
 	// The stale advertisement: its gateway's daemon dies (its device
