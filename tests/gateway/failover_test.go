@@ -6,10 +6,12 @@ import (
 	"net"
 	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/wgcni/wgcni/daemon/gateway"
 	"github.com/wgcni/wgcni/tests/capture"
 	"github.com/wgcni/wgcni/tests/harness"
 )
@@ -87,6 +89,18 @@ func TestGatewayFailover(t *testing.T) {
 	})
 	if v := failovers(t, n3); v != 2 {
 		t.Errorf("wgcni_gateway_failovers_total on %s = %v, want 2", n3.Name, v)
+	}
+
+	// `wgcnid cleanup` takes the masquerade table away with the rest.
+	if out, err := g1.Exec("nft", "list", "table", "ip", gateway.MasqTable); err != nil || !strings.Contains(out, "masquerade") {
+		t.Fatalf("masquerade table on %s: %v %s", g1.Name, err, out)
+	}
+	g1.StopDaemon(syscall.SIGTERM)
+	if out, err := g1.Cleanup(); err != nil {
+		t.Fatal(out, err)
+	}
+	if out, err := g1.Exec("nft", "list", "table", "ip", gateway.MasqTable); err == nil {
+		t.Fatalf("masquerade table left on %s after cleanup: %s", g1.Name, out)
 	}
 }
 
