@@ -66,10 +66,25 @@ func testSiteThroughGateway(t *testing.T, hostOnly bool) {
 		harness.Transfer(t, host, pod.NS, pod.IP, 1<<20, "site host -> "+pod.Name)
 	})
 
-	// A restart of the serving gateway moves nothing: it campaigns on its
-	// remembered lease, whose key still leads.
+	// A restart of the pod's node adopts the site on its peer as it is:
+	// its first sync knows the elections already.
 	stop := make(chan struct{})
 	seen := watchHolder(c, n3, stop)
+	ping := startPing(t, pod.NS, siteHost, 500, pingInterval)
+	if err := n3.RestartDaemon(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	n3.WaitLog(t, 20*time.Second, "full sync done")
+	sent, recv, _ := ping.wait(t)
+	close(stop)
+	if seq := <-seen; !slices.Equal(seq, []string{g1.Name}) || sent != recv {
+		t.Fatalf("across %s's restart: site holders %q, want only %s; %d/%d pings lost", n3.Name, seq, g1.Name, sent-recv, sent)
+	}
+
+	// A restart of the serving gateway moves nothing: it campaigns on its
+	// remembered lease, whose key still leads.
+	stop = make(chan struct{})
+	seen = watchHolder(c, n3, stop)
 	if err := g1.RestartDaemon(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
