@@ -27,6 +27,9 @@ type Peer struct {
 	// this node's underlay address, as source. Invalid = off.
 	Underlay    netip.Addr
 	UnderlaySrc netip.Addr
+	// Sites are the site CIDRs this peer serves as their gateway
+	// (sites.go): allowed, but routed by sites.go, not per peer.
+	Sites []netip.Prefix
 }
 
 // Plan is what must change on the device and in the routing table. Apply
@@ -46,7 +49,8 @@ func (p Peer) primary() netip.Prefix { return p.CIDRs[0] }
 
 func (p Peer) equal(o Peer) bool {
 	return slices.Equal(p.CIDRs, o.CIDRs) && p.Node == o.Node && p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
-		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc
+		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc &&
+		slices.Equal(p.Sites, o.Sites)
 }
 
 func (p Peer) config() wgtypes.PeerConfig {
@@ -69,6 +73,9 @@ func (p Peer) allowed() []net.IPNet {
 	}
 	if p.Underlay.IsValid() {
 		out = append(out, toIPNet(p.underlayPrefix()))
+	}
+	for _, s := range p.Sites {
+		out = append(out, toIPNet(s))
 	}
 	return out
 }
@@ -111,7 +118,7 @@ func matches(have wgtypes.Peer, want Peer) bool {
 		if !ok {
 			return false
 		}
-		if p := netip.PrefixFrom(ip.Unmap(), ones); !slices.Contains(want.CIDRs, p) && (!want.Underlay.IsValid() || p != want.underlayPrefix()) {
+		if p := netip.PrefixFrom(ip.Unmap(), ones); !slices.Contains(want.CIDRs, p) && (!want.Underlay.IsValid() || p != want.underlayPrefix()) && !slices.Contains(want.Sites, p) {
 			return false
 		}
 	}
@@ -170,6 +177,7 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 			plan.RouteDel = append(plan.RouteDel, routes[dst])
 		}
 	}
+	siteHoldersFirst(plan.Peers, byKey)
 	return plan
 }
 
