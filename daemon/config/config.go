@@ -83,6 +83,8 @@ type Config struct {
 	// UnderlayEncryption tunnels traffic between this node's and other nodes'
 	// underlay addresses when both use it (docs/hosts.md).
 	UnderlayEncryption bool
+	// PostQuantum: preshared keys from ML-KEM exchanges (postquantum.go).
+	PostQuantum PostQuantum
 
 	// Derived by Validate.
 	Cluster   record.Cluster
@@ -132,6 +134,7 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "the container runtime's CNI config dir (with --cni-conflist)")
 	fs.BoolVar(&c.HostOnly, "host-only", false, "join the mesh as a host-only peer: no pods, one overlay address out of --host-cidr")
 	fs.StringVar(&c.HostCIDR, "host-cidr", "", "node-sized block of --cluster-cidr that host-only peers lease their /32 from (default: the last block)")
+	pqFlags(fs, &c.PostQuantum)
 	fs.BoolVar(&c.UnderlayEncryption, "host-encryption", false, "also encrypt host-to-host traffic between this node's and other nodes' underlay addresses (only towards nodes that use it too; never to etcd endpoints)")
 	return fs
 }
@@ -272,6 +275,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SameNodePort < 1 || c.SameNodePort > 65535 || c.SameNodePort == c.ListenPort {
 		return fmt.Errorf("--same-node-port: %d is out of range 1..65535 or equals --listen-port", c.SameNodePort)
+	}
+	if err := c.validatePQ(); err != nil {
+		return err
 	}
 	if err := validIfName(c.Device); err != nil {
 		return fmt.Errorf("--device: %w", err)

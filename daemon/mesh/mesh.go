@@ -84,6 +84,8 @@ type Config struct {
 	// container restart): the first sync initiates to every peer
 	// (device.go).
 	FreshDevice bool
+	// PQ: post-quantum preshared keys (postquantum.go); zero = off.
+	PQ PQHooks
 }
 
 // Stats are counters for operators and metrics.
@@ -442,6 +444,7 @@ func (r *Reconciler) execute(p Plan) error {
 		}
 	}
 	if len(p.Peers) > 0 {
+		r.withPresharedKeys(p.Peers)
 		if err := r.cfg.WG.ConfigureDevice(r.cfg.Device, wgtypes.Config{Peers: p.Peers}); err != nil {
 			// Routes for peers that failed would only blackhole; stop here.
 			return errors.Join(append(errs, fmt.Errorf("configure peers on %s: %w", r.cfg.Device, err))...)

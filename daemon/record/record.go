@@ -16,6 +16,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/wgcni/wgcni/daemon/pqkeys"
 )
 
 // MaxValueSize bounds what we are willing to decode: a real record is ~150
@@ -135,6 +137,10 @@ type Subnet struct {
 	// underlay address (docs/hosts.md); used towards a peer only when both
 	// advertise it. Omitted when off; older daemons ignore it.
 	UnderlayEncryption bool `json:"hostEncryption,omitempty"`
+	// PQPublicKey is the node's ML-KEM-768 encapsulation key (base64,
+	// daemon/pqkeys) when it runs post-quantum key exchanges
+	// (docs/post-quantum.md). Omitted when off; older daemons ignore it.
+	PQPublicKey string `json:"pqPublicKey,omitempty"`
 }
 
 // Lease is a decoded, validated subnet record.
@@ -151,6 +157,9 @@ type Lease struct {
 	// UnderlayEncryption: the node accepts host-to-host traffic to its
 	// underlay address (the endpoint's) through WireGuard.
 	UnderlayEncryption bool
+	// PQPublicKey is the node's ML-KEM-768 encapsulation key as published
+	// (checked by pqkeys.ParsePublic); empty: no post-quantum exchanges.
+	PQPublicKey string
 }
 
 // Primary is the CIDR that keys the record (invalid if there is none).
@@ -172,6 +181,7 @@ func (l Lease) Subnet() Subnet {
 		Kind:      l.Kind,
 
 		UnderlayEncryption: l.UnderlayEncryption,
+		PQPublicKey:        l.PQPublicKey,
 	}
 	if len(l.CIDRs) > 1 {
 		s.PodCIDRv6 = l.CIDRs[1].String()
@@ -298,6 +308,11 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 		}
 		cidrs = append(cidrs, p)
 	}
+	if s.PQPublicKey != "" {
+		if _, err := pqkeys.ParsePublic(s.PQPublicKey); err != nil {
+			return Lease{}, fmt.Errorf("field pqPublicKey: %w", err)
+		}
+	}
 	return Lease{
 		CIDRs:     cidrs,
 		Node:      s.Node,
@@ -307,6 +322,7 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 		Kind:      s.Kind,
 
 		UnderlayEncryption: s.UnderlayEncryption,
+		PQPublicKey:        s.PQPublicKey,
 	}, nil
 }
 
