@@ -15,6 +15,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/etcdutil"
@@ -58,6 +59,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	log.Info("WireGuard key ready", "public_key", priv.Public().String(), "new", created)
+	kem, pqPublic, err := pqKey(cfg, log)
+	if err != nil {
+		return err
+	}
 
 	// 3. etcd and the cluster config (and the mode's reservations).
 	cli, err := connectEtcd(ctx, cfg, log)
@@ -91,6 +96,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Kind:      m.kind(),
 
 		UnderlayEncryption: underlayEnc.On,
+		PQPublicKey:        pqPublic,
 	}
 	acq := &lease.Acquirer{Client: cli, Prefix: cfg.EtcdPrefix, Cluster: m.grids(), Node: cfg.NodeName, TTL: cfg.LeaseTTL, Log: log}
 	var held lease.Held
@@ -137,7 +143,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("look up WireGuard device %s: %w", cfg.Device, err)
 	}
-	rec := mesh.New(mesh.Config{
+	var rec *mesh.Reconciler
+	pq, err := startPQ(ctx, cfg, wg, priv.Public(), kem, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, log)
+	if err != nil {
+		return err
+	}
+	rec = mesh.New(mesh.Config{
 		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, SelfKey: priv.Public(), OwnCIDR: held.Primary(),
 		Gateways: at.gws, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
 		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck, Observe: om.observe,
@@ -149,12 +160,14 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		// old one. For a new record the peers may not know our key yet,
 		// and an initiation they refuse would hold back ours for 5 s.
 		FreshDevice: !nd.dev.Adopted && held.How == "adopted",
+		PQ:          pqHooks(pq),
 	})
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(nd.dev.Mode), WG: wg, PodCIDR: at.podCIDR,
 		IPAMDir: at.ipamDir, LeaseExpiry: keeper.Expiry, Peers: rec.PeerNodes, Stats: &rec.Stats, SameNode: at.sameNode, Retakes: keeper.Retakes.Load,
 		Rotations: rot.Rotations.Load,
 	})
+	runPQ(ctx, pq, om, log)
 	go func() {
 		select {
 		case <-rec.Synced():
