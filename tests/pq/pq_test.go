@@ -365,6 +365,12 @@ func TestRotationsLoseNothing(t *testing.T) {
 			if !h1.After(hs0) || !h2.After(hs0) {
 				t.Errorf("no WireGuard renewal with a rotated PSK in the window (handshakes %v, %v; session from %v)", h1, h2, hs0)
 			}
+			// Under traffic the session's initiator renews at once when
+			// it is 120 s old; a first attempt that met mismatched PSKs
+			// would be retried 5 s later.
+			if d := h1.Sub(hs0); d > renewalAt+3*time.Second {
+				t.Errorf("renewal %v after the session began: its first attempt failed (mismatched PSKs?)", d.Round(100*time.Millisecond))
+			}
 			renewed = fmt.Sprintf(", session renewed with a rotated PSK %v after the previous handshake", h1.Sub(hs0).Round(time.Second))
 		}
 		result(t, "%s under ping both ways (%.0f/s, %.0f/s measured): %d rotations, %d+%d sent, %d lost%s", what, rate[0], rate[1], n, sent[0], sent[1], lost[0]+lost[1], renewed)

@@ -1,0 +1,91 @@
+package pq
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wgcni/wgcni/daemon/pqpeer"
+	"github.com/wgcni/wgcni/tests/harness"
+)
+
+// exchangeBytes is what one exchange puts on the wire (UDP payloads of
+// its four messages, docs/post-quantum.md).
+const exchangeBytes = 2360 + 2232 + 56 + 56
+
+// cpuTime is the user+system CPU a process has used (from /proc, in
+// clock ticks of 10 ms).
+func cpuTime(t *testing.T, n *harness.Node) time.Duration {
+	t.Helper()
+	pid := n.Daemon().PID()
+	comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+	if strings.TrimSpace(string(comm)) != "wgcnid" {
+		t.Fatalf("pid %d of %s is %q, not wgcnid", pid, n.Name, comm)
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the command name (which ends with ')'): state is
+	// field 3, utime 14, stime 15.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+func exchanges(t *testing.T, n *harness.Node) int64 {
+	t.Helper()
+	s, err := pqpeer.ReadStatus(n.RunDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	for _, p := range s.Peers {
+		if p.Role == "initiator" {
+			sum += p.Exchanges
+		}
+	}
+	return sum
+}
+
+// TestExchangeCost measures what the exchanges cost the daemons: two nodes
+// with --post-quantum=on rotating every second, and two with off in the
+// same cluster as the reference; the CPU both pairs' daemons use over the
+// same window, and per exchange the difference (both ends together).
+func TestExchangeCost(t *testing.T) {
+	c := harness.Start(t, harness.Config{Tag: tag, LeaseTTL: leaseTTL}, 0)
+	var nodes []*harness.Node
+	for _, mode := range []string{"on", "on", "off", "off"} {
+		n, err := c.AddNode("--post-quantum", mode, "--pq-interval", "1s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	harness.WaitMesh(t, nodes, 30*time.Second)
+	sharedPSK(t, nodes[0], nodes[1], 20*time.Second)
+	const window = 20 * time.Second
+	var cpu0 [4]time.Duration
+	for i, n := range nodes {
+		cpu0[i] = cpuTime(t, n)
+	}
+	ex0 := exchanges(t, nodes[0]) + exchanges(t, nodes[1])
+	time.Sleep(window)
+	var cpu [4]time.Duration
+	for i, n := range nodes {
+		cpu[i] = cpuTime(t, n) - cpu0[i]
+	}
+	ex := exchanges(t, nodes[0]) + exchanges(t, nodes[1]) - ex0
+	if ex < int64(window/time.Second)/2 {
+		t.Fatalf("%d exchanges in %v at --pq-interval 1s", ex, window)
+	}
+	on, off := cpu[0]+cpu[1], cpu[2]+cpu[3]
+	per := (on - off) / time.Duration(ex)
+	t.Logf("CPU over %v: on %v + %v, off (reference) %v + %v; %d exchanges", window, cpu[0], cpu[1], cpu[2], cpu[3], ex)
+	result(t, "%d exchanges in %v: daemons with on used %v CPU, with off (reference, same run) %v; %.2f ms CPU per exchange (both ends, incl. install and status), %d bytes on the wire per exchange; at --pq-interval 2m and 1000 peers: %.2f%% of a core",
+		ex, window, on.Round(10*time.Millisecond), off.Round(10*time.Millisecond), float64(per)/1e6, exchangeBytes,
+		100*float64(per)/2*1000/float64(2*time.Minute))
+}
