@@ -12,7 +12,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
-	"net/netip"
 	"strconv"
 	"syscall"
 	"testing"
@@ -100,26 +99,29 @@ func sharedPSK(t *testing.T, a, b *harness.Node, timeout time.Duration) [32]byte
 	return fp
 }
 
-func connect(t *testing.T, from harness.NS, to netip.Addr) {
+func connect(t *testing.T, from, to *harness.Pod) {
 	t.Helper()
-	err := harness.WaitFor(30*time.Second, "ping "+to.String()+" from "+from.Name, func() (bool, error) {
-		r, err := from.Ping(to, 1, 200*time.Millisecond)
-		return err == nil && r.Received == 1, err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	harness.Connect(t, from.NS, to.IP, from.Name+" -> "+to.Name, 3)
+}
+
+// twoNodes starts two nodes with --post-quantum=on, a pod on each, and
+// waits until the pods reach each other both ways.
+func twoNodes(t *testing.T) (n1, n2 *harness.Node, p1, p2 *harness.Pod) {
+	t.Helper()
+	c := start(t, 2, pqArgs("on")...)
+	n1, n2 = c.Nodes()[0], c.Nodes()[1]
+	harness.WaitMesh(t, c.Nodes(), 30*time.Second)
+	p1, p2 = n1.MustAddPod(t), n2.MustAddPod(t)
+	connect(t, p1, p2)
+	connect(t, p2, p1)
+	return n1, n2, p1, p2
 }
 
 // TestPSKAgreesRotatesAndIsUsed: both ends hold the same PSK, it changes
 // every interval, and a wrong PSK on one end stops the handshake until the
 // right one is back.
 func TestPSKAgreesRotatesAndIsUsed(t *testing.T) {
-	c := start(t, 2, pqArgs("on")...)
-	n1, n2 := c.Nodes()[0], c.Nodes()[1]
-	harness.WaitMesh(t, c.Nodes(), 30*time.Second)
-	p1, p2 := n1.MustAddPod(t), n2.MustAddPod(t)
-	connect(t, p1.NS, p2.IP)
+	n1, n2, p1, p2 := twoNodes(t)
 
 	// Agreement and rotation: sample for 6 intervals; every sample where
 	// both ends agree adds the PSK's fingerprint.
@@ -178,7 +180,7 @@ func TestPSKAgreesRotatesAndIsUsed(t *testing.T) {
 	// The right PSK (n1's, copied device to device) brings it back.
 	right := pskOf(t, n1, k2)
 	configure(t, n2, wgtypes.PeerConfig{PublicKey: k1, UpdateOnly: true, PresharedKey: &right})
-	connect(t, p2.NS, p1.IP)
+	connect(t, p2, p1)
 	hs := time.Time{}
 	for _, p := range mustDev(t, n2).Peers {
 		if p.PublicKey == k1 {
@@ -310,12 +312,7 @@ const renewalAt = 120 * time.Second
 // it: no new handshake); then the same while each daemon is killed and
 // restarted in the middle of the schedule.
 func TestRotationsLoseNothing(t *testing.T) {
-	c := start(t, 2, pqArgs("on")...)
-	n1, n2 := c.Nodes()[0], c.Nodes()[1]
-	harness.WaitMesh(t, c.Nodes(), 30*time.Second)
-	p1, p2 := n1.MustAddPod(t), n2.MustAddPod(t)
-	connect(t, p1.NS, p2.IP)
-	connect(t, p2.NS, p1.IP)
+	n1, n2, p1, p2 := twoNodes(t)
 	sharedPSK(t, n1, n2, 20*time.Second)
 	k1, k2 := pubOf(t, n1), pubOf(t, n2)
 	// Let the start-up handshakes settle, then start the traffic some
@@ -409,7 +406,7 @@ func TestMixedClusterWithOff(t *testing.T) {
 			if i == j {
 				continue
 			}
-			connect(t, pods[i].NS, pods[j].IP)
+			connect(t, pods[i], pods[j])
 			r, err := pods[i].NS.Ping(pods[j].IP, 20, 20*time.Millisecond)
 			if err != nil || r.Loss() != 0 {
 				t.Errorf("%s -> %s: %+v %v", pods[i].Name, pods[j].Name, r, err)
@@ -474,8 +471,8 @@ func TestRequiredHoldsUntilPSK(t *testing.T) {
 	}
 	t0 := time.Now()
 	sharedPSK(t, n1, n2, 30*time.Second)
-	connect(t, p1.NS, p2.IP)
-	connect(t, p2.NS, p1.IP)
+	connect(t, p1, p2)
+	connect(t, p2, p1)
 	took := time.Since(t0)
 	r, err := p1.NS.Ping(p2.IP, 50, 20*time.Millisecond)
 	if err != nil || r.Loss() != 0 {
