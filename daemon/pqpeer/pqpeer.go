@@ -17,6 +17,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -69,6 +70,9 @@ type peerState struct {
 	lastErr   string
 	next      time.Time // next exchange (initiator side)
 	running   bool
+	// handshakeDue: the first PSK was just installed; the initiator's
+	// Handshake call makes the first handshake now.
+	handshakeDue bool
 }
 
 // Manager runs the exchanges; build it with New, then Run.
@@ -83,6 +87,7 @@ type Manager struct {
 	holdChanged  chan struct{}
 	wake         chan struct{}
 	sem          chan struct{}
+	changes      atomic.Int64 // bumped on every state change; the status file follows
 }
 
 // New opens the exchange socket (wildcard address, cfg.Port: reachable over
@@ -166,6 +171,12 @@ func (m *Manager) Run(ctx context.Context) error {
 	// between an install and its record here would lack the PSK.
 	repair := time.NewTicker(max(m.cfg.Interval/2, time.Second))
 	defer repair.Stop()
+	// The status file is rewritten at most once a second, when
+	// something changed: with many peers a rewrite per exchange would be
+	// a steady stream of writes.
+	status := time.NewTicker(time.Second)
+	defer status.Stop()
+	written := int64(-1)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -179,11 +190,16 @@ func (m *Manager) Run(ctx context.Context) error {
 			m.syncPeers()
 		case <-repair.C:
 			m.repair()
+		case <-status.C:
+			if c := m.changes.Load(); c != written {
+				written = c
+				m.writeStatus()
+			}
+			continue
 		case <-m.wake:
 		case <-timer.C:
 		}
 		timer.Reset(m.schedule(ctx))
-		m.writeStatus()
 	}
 }
 
@@ -230,6 +246,7 @@ func (m *Manager) syncPeers() {
 		}
 		st.info = info
 	}
+	m.changes.Add(1)
 	signal(m.wake)
 }
 
@@ -241,6 +258,7 @@ func (m *Manager) clearPSK(peer wgtypes.Key, st *peerState) {
 		return
 	}
 	st.has, st.psk, st.epoch = false, zero, 0
+	m.changes.Add(1)
 	m.cfg.Log.Info("post-quantum: peer publishes no ML-KEM key any more; its PSK is cleared", "peer", peer.String(), "peer_node", st.info.Node)
 	if m.cfg.Required {
 		signal(m.holdChanged)
@@ -287,23 +305,32 @@ func (m *Manager) install(r pqexchange.Result) error {
 	}
 	first := !st.has
 	st.psk, st.has, st.epoch, st.installed = r.PSK.Key(), true, r.Epoch, time.Now()
+	st.handshakeDue = first
+	m.changes.Add(1)
 	if !r.Initiator {
 		st.exchanges++ // the initiator counts its own when Exchange returns
 	}
 	if first && m.cfg.Required {
 		signal(m.holdChanged)
 	}
-	signal(m.wake) // status file
 	return nil
 }
 
 // handshake is pqexchange.Config.Handshake, called by the initiator after
 // both ends installed. With a live session it does nothing: WireGuard
 // keeps the session and mixes the new PSK into its next renewal (at 120 s
-// of session age), which is how a rotation loses no packet. Without one
-// (the first PSK) it starts the handshake now.
+// of session age), which is how a rotation loses no packet. After the
+// first PSK, with no session (required mode holds traffic until now), it
+// starts the handshake at once; later PSKs never read the device here.
 func (m *Manager) handshake(peer wgtypes.Key) error {
-	if m.cfg.Handshake == nil {
+	m.mu.Lock()
+	st := m.peers[peer]
+	due := st != nil && st.handshakeDue
+	if due {
+		st.handshakeDue = false
+	}
+	m.mu.Unlock()
+	if m.cfg.Handshake == nil || !due {
 		return nil
 	}
 	dev, err := m.cfg.WG.Device(m.cfg.Device)
@@ -362,6 +389,7 @@ func (m *Manager) exchange(ctx context.Context, peer wgtypes.Key) {
 		return
 	}
 	st.running = false
+	m.changes.Add(1)
 	switch {
 	case err == nil:
 		st.exchanges++
