@@ -452,16 +452,24 @@ func TestRequiredHoldsUntilPSK(t *testing.T) {
 			}
 		}
 	}
+	// Captured on the underlay: no plaintext pod packet (NoPlaintext
+	// fails on one) and no WireGuard packet at all, so nothing
+	// classical-only either.
 	held := [2]harness.PingResult{}
-	for i, pair := range [][2]*harness.Pod{{p1, p2}, {p2, p1}} {
-		r, err := pair[0].NS.Ping(pair[1].IP, 5, 100*time.Millisecond)
-		if err != nil {
-			t.Fatal(err)
+	rep := c.NoPlaintext(t, c.Classifier(), "held peers", func() {
+		for i, pair := range [][2]*harness.Pod{{p1, p2}, {p2, p1}} {
+			r, err := pair[0].NS.Ping(pair[1].IP, 5, 100*time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Received != 0 {
+				t.Fatalf("required, no PSK: %d of %d pings %s -> %s answered", r.Received, r.Sent, pair[0].Name, pair[1].Name)
+			}
+			held[i] = r
 		}
-		if r.Received != 0 {
-			t.Fatalf("required, no PSK: %d of %d pings %s -> %s answered", r.Received, r.Sent, pair[0].Name, pair[1].Name)
-		}
-		held[i] = r
+	})
+	if rep.WireGuard() != 0 {
+		t.Fatalf("held peers: WireGuard packets on the underlay: %s", rep)
 	}
 	// Unblock: n2 on the port n1 sends to.
 	n2.StopDaemon(syscall.SIGTERM)
@@ -474,10 +482,13 @@ func TestRequiredHoldsUntilPSK(t *testing.T) {
 	connect(t, p1, p2)
 	connect(t, p2, p1)
 	took := time.Since(t0)
-	r, err := p1.NS.Ping(p2.IP, 50, 20*time.Millisecond)
+	var r harness.PingResult
+	after := c.EncryptedOnly(t, c.Classifier(), "after the first PSK", func() {
+		r, err = p1.NS.Ping(p2.IP, 50, 20*time.Millisecond)
+	})
 	if err != nil || r.Loss() != 0 {
 		t.Fatalf("after the first PSK: %+v %v", r, err)
 	}
-	result(t, "exchange blocked: held peers (no AllowedIPs, no PSK), pings %d/%d and %d/%d answered; unblocked: PSK and traffic in %v, then 50/50",
-		held[0].Received, held[0].Sent, held[1].Received, held[1].Sent, took.Round(100*time.Millisecond))
+	result(t, "exchange blocked: held peers (no AllowedIPs, no PSK), pings %d/%d and %d/%d answered, underlay capture: %s; unblocked: PSK and traffic in %v, then %d/%d, capture: %s",
+		held[0].Received, held[0].Sent, held[1].Received, held[1].Sent, rep, took.Round(100*time.Millisecond), r.Received, r.Sent, after)
 }
