@@ -414,7 +414,24 @@ func TestMixedClusterWithOff(t *testing.T) {
 			pings += r.Received
 		}
 	}
-	result(t, "n1,n2 on (shared PSK), n3 off (no PSK with either): all 6 directions answer, %d pings", pings)
+	// Downgrade: n2 restarts with off. It clears its device's PSKs; n1
+	// sees n2's record without a key and clears its own; they still talk.
+	n2 := nodes[1]
+	n2.StopDaemon(syscall.SIGTERM)
+	n2.ExtraArgs = pqArgs("off")
+	if err := n2.StartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	k1, k2 := pubOf(t, nodes[0]), pubOf(t, n2)
+	err := harness.WaitFor(20*time.Second, "no PSK between n1 and n2 (off)", func() (bool, error) {
+		return pskOf(t, nodes[0], k2) == (wgtypes.Key{}) && pskOf(t, n2, k1) == (wgtypes.Key{}), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	connect(t, pods[0], pods[1])
+	connect(t, pods[1], pods[0])
+	result(t, "n1,n2 on (shared PSK), n3 off (no PSK with either): all 6 directions answer, %d pings; n2 restarted with off: PSKs cleared on both ends, n1<->n2 answer", pings)
 }
 
 // TestRequiredHoldsUntilPSK: in required mode, pod traffic to a peer with
