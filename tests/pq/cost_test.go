@@ -2,6 +2,7 @@ package pq
 
 import (
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -99,4 +100,69 @@ func TestExchangeCost(t *testing.T) {
 	result(t, "%d exchanges in %v: daemons with on used %v CPU, with off (reference, same run) %v; %.2f ms CPU per exchange (both ends; an upper bound: it includes the manager's once-a-second device check and status file, which at 2m run every minute), %d bytes on the wire per exchange; at --pq-interval 2m and 1000 peers: %.2f%% of a core",
 		ex, window, on.Round(10*time.Millisecond), off.Round(10*time.Millisecond), float64(per)/1e6, exchangeBytes,
 		100*float64(per)/2*1000/float64(2*time.Minute))
+}
+
+// TestThroughputWithPSKs compares pod-to-pod TCP throughput between two
+// nodes with --post-quantum=on (rotating every second during the
+// measurement) and two with off, in the same cluster, interleaved rounds,
+// medians. A PSK changes only WireGuard's handshake, never its data path,
+// so the ratio should be 1 within the noise of this shared machine; the
+// issue's target is ≥ 0.98, the test fails below 0.90 (noise here is
+// larger than 2 %).
+func TestThroughputWithPSKs(t *testing.T) {
+	c := harness.Start(t, harness.Config{Tag: tag, LeaseTTL: leaseTTL}, 0)
+	var nodes []*harness.Node
+	for _, mode := range []string{"on", "on", "off", "off"} {
+		n, err := c.AddNode("--post-quantum", mode, "--pq-interval", "1s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	harness.WaitMesh(t, nodes, 30*time.Second)
+	var pods []*harness.Pod
+	for _, n := range nodes {
+		pods = append(pods, n.MustAddPod(t))
+	}
+	sharedPSK(t, nodes[0], nodes[1], 20*time.Second)
+	connect(t, pods[0], pods[1])
+	connect(t, pods[2], pods[3])
+	const rounds, secs = 6, 3 * time.Second
+	var on, off []float64
+	for r := 0; r < rounds; r++ {
+		// Alternate which pair goes first: a machine getting busier or
+		// quieter during the test then favours neither.
+		order := [][2]int{{0, 1}, {2, 3}}
+		if r%2 == 1 {
+			order[0], order[1] = order[1], order[0]
+		}
+		for _, pair := range order {
+			res, err := harness.Iperf3(pods[pair[0]].NS, pods[pair[1]].NS, pods[pair[1]].IP, 5201, secs, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pair[0] == 0 {
+				on = append(on, res.BitsPerSecond/1e6)
+			} else {
+				off = append(off, res.BitsPerSecond/1e6)
+			}
+		}
+	}
+	mOn, mOff := median(on), median(off)
+	ratio := mOn / mOff
+	t.Logf("Mbit/s with PSKs %v, without %v", on, off)
+	if ratio < 0.90 {
+		t.Errorf("throughput with PSKs %.0f Mbit/s is %.2f of %.0f without", mOn, ratio, mOff)
+	}
+	result(t, "pod-to-pod TCP, %d interleaved rounds of %v (userspace WireGuard): with PSKs rotating every second %.0f Mbit/s, without %.0f Mbit/s (medians): ratio %.2f (target >= 0.98)",
+		rounds, secs, mOn, mOff, ratio)
+}
+
+func median(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
