@@ -230,13 +230,16 @@ func (m *Manager) syncPeers() {
 			st = &peerState{}
 			m.peers[k] = st
 		}
-		if st.info.PQPublicKey != info.PQPublicKey || st.kem == nil && info.PQPublicKey != "" {
+		if st.info.PQPublicKey != info.PQPublicKey {
 			st.kem = nil
 			if info.PQPublicKey != "" {
 				ek, err := pqkeys.ParsePublic(info.PQPublicKey)
-				if err == nil {
-					st.kem = ek
+				if err != nil {
+					// The record checked only the encoding: no
+					// exchange with this peer (held in required).
+					m.cfg.Log.Warn("post-quantum: peer publishes an invalid ML-KEM key; no exchange with it", "peer", k.String(), "peer_node", info.Node, "err", err)
 				}
+				st.kem = ek
 			}
 			if st.kem != nil && pqexchange.Initiates(m.cfg.Self, k) {
 				// A new peer, or one whose key changed: soon, spread
