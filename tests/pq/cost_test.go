@@ -59,16 +59,7 @@ func exchanges(t *testing.T, n *harness.Node) int64 {
 // (both ends together). BenchmarkExchange in daemon/pqexchange has the
 // protocol's own CPU against X25519.
 func TestExchangeCost(t *testing.T) {
-	c := harness.Start(t, harness.Config{Tag: tag, LeaseTTL: leaseTTL}, 0)
-	var nodes []*harness.Node
-	for _, mode := range []string{"on", "on", "off", "off"} {
-		n, err := c.AddNode("--post-quantum", mode, "--pq-interval", "1s")
-		if err != nil {
-			t.Fatal(err)
-		}
-		nodes = append(nodes, n)
-	}
-	harness.WaitMesh(t, nodes, 30*time.Second)
+	_, nodes, _ := startModes(t, time.Second, "on", "on", "off", "off")
 	sharedPSK(t, nodes[0], nodes[1], 20*time.Second)
 	// The status file follows within a second.
 	err := harness.WaitFor(10*time.Second, "post-quantum status files", func() (bool, error) {
@@ -110,20 +101,7 @@ func TestExchangeCost(t *testing.T) {
 // issue's target is ≥ 0.98, the test fails below 0.90 (noise here is
 // larger than 2 %).
 func TestThroughputWithPSKs(t *testing.T) {
-	c := harness.Start(t, harness.Config{Tag: tag, LeaseTTL: leaseTTL}, 0)
-	var nodes []*harness.Node
-	for _, mode := range []string{"on", "on", "off", "off"} {
-		n, err := c.AddNode("--post-quantum", mode, "--pq-interval", "1s")
-		if err != nil {
-			t.Fatal(err)
-		}
-		nodes = append(nodes, n)
-	}
-	harness.WaitMesh(t, nodes, 30*time.Second)
-	var pods []*harness.Pod
-	for _, n := range nodes {
-		pods = append(pods, n.MustAddPod(t))
-	}
+	_, nodes, pods := startModes(t, time.Second, "on", "on", "off", "off")
 	sharedPSK(t, nodes[0], nodes[1], 20*time.Second)
 	connect(t, pods[0], pods[1])
 	connect(t, pods[2], pods[3])

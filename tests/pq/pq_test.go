@@ -49,6 +49,27 @@ func pqArgs(mode string) []string {
 	return []string{"--post-quantum", mode, "--pq-interval", interval.String()}
 }
 
+// startModes starts one node per mode (--post-quantum), with --pq-interval
+// every, waits for the mesh, and gives each node a pod.
+func startModes(t *testing.T, every time.Duration, modes ...string) (*harness.Cluster, []*harness.Node, []*harness.Pod) {
+	t.Helper()
+	c := harness.Start(t, harness.Config{Tag: tag, LeaseTTL: leaseTTL}, 0)
+	var nodes []*harness.Node
+	for _, mode := range modes {
+		n, err := c.AddNode("--post-quantum", mode, "--pq-interval", every.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	harness.WaitMesh(t, nodes, 30*time.Second)
+	var pods []*harness.Pod
+	for _, n := range nodes {
+		pods = append(pods, n.MustAddPod(t))
+	}
+	return c, nodes, pods
+}
+
 // pskOf reads the PSK n's device holds for peer. The caller compares it
 // and never prints it; all-zero means none.
 func pskOf(t *testing.T, n *harness.Node, peer wgtypes.Key) wgtypes.Key {
@@ -378,20 +399,7 @@ func TestRotationsLoseNothing(t *testing.T) {
 // an older daemon: no key in its record) keeps full connectivity with
 // nodes running on; those two use a PSK, the off node none.
 func TestMixedClusterWithOff(t *testing.T) {
-	c := harness.Start(t, harness.Config{Tag: tag, LeaseTTL: leaseTTL}, 0)
-	var nodes []*harness.Node
-	for _, mode := range []string{"on", "on", "off"} {
-		n, err := c.AddNode(pqArgs(mode)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		nodes = append(nodes, n)
-	}
-	harness.WaitMesh(t, nodes, 30*time.Second)
-	var pods []*harness.Pod
-	for _, n := range nodes {
-		pods = append(pods, n.MustAddPod(t))
-	}
+	_, nodes, pods := startModes(t, interval, "on", "on", "off")
 	sharedPSK(t, nodes[0], nodes[1], 20*time.Second)
 	time.Sleep(2 * interval)
 	for _, pair := range [][2]int{{0, 2}, {1, 2}} {
