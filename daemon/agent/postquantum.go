@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -78,16 +77,6 @@ func pqHooks(m *pqpeer.Manager) mesh.PQHooks {
 		return mesh.PQHooks{}
 	}
 	return m.Hooks()
-}
-
-// registerCollector adds a collector to the metrics endpoint.
-func (m *opsMetrics) registerCollector(c prometheus.Collector) {
-	if m == nil {
-		return
-	}
-	if err := m.srv.Registry.Register(c); err != nil {
-		m.log.Error("register metrics collector", "err", err)
-	}
 }
 
 // refusePQ turns down a key rotation request while post-quantum is on:

@@ -32,6 +32,9 @@ type Peer struct {
 	// no preshared key yet), so its pod traffic meets the strict route.
 	PQPublicKey string
 	Held        bool
+	// Sites are the site CIDRs this peer serves as their gateway
+	// (sites.go): allowed, but routed by sites.go, not per peer.
+	Sites []netip.Prefix
 }
 
 // Plan is what must change on the device and in the routing table. Apply
@@ -52,7 +55,7 @@ func (p Peer) primary() netip.Prefix { return p.CIDRs[0] }
 func (p Peer) equal(o Peer) bool {
 	return slices.Equal(p.CIDRs, o.CIDRs) && p.Node == o.Node && p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
 		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc &&
-		p.PQPublicKey == o.PQPublicKey && p.Held == o.Held
+		p.PQPublicKey == o.PQPublicKey && p.Held == o.Held && slices.Equal(p.Sites, o.Sites)
 }
 
 func (p Peer) config() wgtypes.PeerConfig {
@@ -79,7 +82,11 @@ func (p Peer) allowed() []net.IPNet {
 func (p Peer) allowedPrefixes() []netip.Prefix {
 	var out []netip.Prefix
 	if !p.Held {
+		// Held (required mode, no PSK yet): neither its PodCIDRs nor
+		// the sites it serves as gateway; a route into the tunnel then
+		// finds no peer and WireGuard drops the packet.
 		out = append(out, p.CIDRs...)
+		out = append(out, p.Sites...)
 	}
 	if p.Underlay.IsValid() {
 		out = append(out, p.underlayPrefix())
@@ -184,6 +191,7 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 			plan.RouteDel = append(plan.RouteDel, routes[dst])
 		}
 	}
+	siteHoldersFirst(plan.Peers, byKey)
 	return plan
 }
 

@@ -86,6 +86,9 @@ type Config struct {
 	FreshDevice bool
 	// PQ: post-quantum preshared keys (postquantum.go); zero = off.
 	PQ PQHooks
+	// Sites, if set, routes the site CIDRs gateways serve
+	// (docs/gateways.md, sites.go).
+	Sites SiteTable
 }
 
 // Stats are counters for operators and metrics.
@@ -143,6 +146,8 @@ type Reconciler struct {
 	deviceTimer    *time.Timer
 	deviceBackoff  etcdutil.Backoff
 	recreating     bool // recreateDevice is running (its resync must not recurse)
+
+	site siteState // site CIDRs behind gateways (sites.go)
 }
 
 func (r *Reconciler) observe(kind string, start time.Time, err error) {
@@ -213,6 +218,7 @@ func (r *Reconciler) fullSync(ctx context.Context) (int64, error) {
 		r.cfg.Log.Warn("own record missing from the full listing; asking the lease keeper to re-check", "key", record.SubnetKey(r.cfg.Prefix, r.cfg.OwnCIDR))
 		r.ownChanged()
 	}
+	r.sitesFromScratch()
 	if err := r.kernelResync(); err != nil {
 		return 0, err
 	}
@@ -249,6 +255,7 @@ func (r *Reconciler) kernelResync() (err error) {
 			delete(routes, dst)
 		}
 	}
+	r.dropSiteRoutes(routes)
 	plan := Diff(r.active, dev.Peers, routes, r.cfg.LinkIndex, r.cfg.Gateways)
 	if !plan.Empty() {
 		r.cfg.Log.Info("resync: repairing device/routes", "peer_changes", len(plan.Peers), "route_adds", len(plan.RouteAdd), "route_dels", len(plan.RouteDel))
@@ -262,6 +269,7 @@ func (r *Reconciler) kernelResync() (err error) {
 	for c, p := range r.active {
 		r.applied[c] = p
 	}
+	r.ensureSiteRoutes()
 	r.publishPeers()
 	return nil
 }
@@ -360,6 +368,9 @@ func (r *Reconciler) put(kv *mvccpb.KeyValue, apply bool) {
 		return
 	}
 	r.records[cidr] = l
+	if r.cfg.Sites != nil {
+		r.cfg.Sites.Seen(cidr, kv.CreateRevision)
+	}
 	r.resolve(cidr, apply)
 }
 

@@ -81,6 +81,7 @@ func (r *Reconciler) peerOf(cidr netip.Prefix, l record.Lease) Peer {
 		p.UnderlaySrc = r.cfg.UnderlaySrc
 	}
 	r.pqPeer(&p, l)
+	p.Sites = r.sitesOf(cidr)
 	return p
 }
 

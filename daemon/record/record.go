@@ -141,6 +141,9 @@ type Subnet struct {
 	// daemon/pqkeys) when it runs post-quantum key exchanges
 	// (docs/post-quantum.md). Omitted when off; older daemons ignore it.
 	PQPublicKey string `json:"pqPublicKey,omitempty"`
+	// SiteCIDRs are networks behind this node that it offers to route
+	// into the mesh as a gateway (docs/gateways.md). Omitted when none.
+	SiteCIDRs []string `json:"siteCIDRs,omitempty"`
 }
 
 // Lease is a decoded, validated subnet record.
@@ -161,6 +164,9 @@ type Lease struct {
 	// (encoding checked by pqkeys.CheckPublic); empty: no post-quantum
 	// exchanges.
 	PQPublicKey string
+	// Sites are the site CIDRs the node advertises as a gateway
+	// (docs/gateways.md); package gateway decides who serves each.
+	Sites []netip.Prefix
 }
 
 // Primary is the CIDR that keys the record (invalid if there is none).
@@ -183,6 +189,9 @@ func (l Lease) Subnet() Subnet {
 
 		UnderlayEncryption: l.UnderlayEncryption,
 		PQPublicKey:        l.PQPublicKey,
+	}
+	for _, p := range l.Sites {
+		s.SiteCIDRs = append(s.SiteCIDRs, p.String())
 	}
 	if len(l.CIDRs) > 1 {
 		s.PodCIDRv6 = l.CIDRs[1].String()
@@ -316,6 +325,10 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 			return Lease{}, fmt.Errorf("field pqPublicKey: %w", err)
 		}
 	}
+	sites, err := ParseSites(s.SiteCIDRs)
+	if err != nil {
+		return Lease{}, fmt.Errorf("field siteCIDRs: %w", err)
+	}
 	return Lease{
 		CIDRs:     cidrs,
 		Node:      s.Node,
@@ -326,6 +339,7 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 
 		UnderlayEncryption: s.UnderlayEncryption,
 		PQPublicKey:        s.PQPublicKey,
+		Sites:              sites,
 	}, nil
 }
 
