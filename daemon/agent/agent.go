@@ -15,6 +15,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/etcdutil"
@@ -59,6 +60,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	log.Info("WireGuard key ready", "public_key", priv.Public().String(), "new", created)
+	kem, pqPublic, err := pqKey(cfg, log)
+	if err != nil {
+		return err
+	}
 
 	// 3. etcd and the cluster config (and the mode's reservations).
 	cli, err := connectEtcd(ctx, cfg, log)
@@ -95,6 +100,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Kind:      m.kind(),
 
 		UnderlayEncryption: underlayEnc.On,
+		PQPublicKey:        pqPublic,
 		Sites:              cfg.Sites,
 	}
 	acq := &lease.Acquirer{Client: cli, Prefix: cfg.EtcdPrefix, Cluster: m.grids(), Node: cfg.NodeName, TTL: cfg.LeaseTTL, Log: log}
@@ -147,7 +153,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	sites := gateway.NewObserver(cli, cfg.EtcdPrefix, cfg.Cluster,
 		gateway.Advert{Record: held.Primary(), CIDRs: held.CIDRs, Node: cfg.NodeName, Endpoint: endpoint, Sites: cfg.Sites}, log.With("part", "gateway"))
 	go sites.Run(ctx)
-	rec := mesh.New(mesh.Config{
+	var rec *mesh.Reconciler
+	pq, err := startPQ(ctx, cfg, wg, priv.Public(), kem, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, log)
+	if err != nil {
+		return err
+	}
+	rec = mesh.New(mesh.Config{
 		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, SelfKey: priv.Public(), OwnCIDR: held.Primary(),
 		Gateways: at.gws, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
 		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck, Observe: om.observe,
@@ -160,6 +171,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		// record the peers may not know our key yet, and an initiation
 		// they refuse would hold back ours for 5 s.
 		FreshDevice: nd.fresh && held.How == "adopted",
+		PQ:          pqHooks(pq),
 		Sites:       sites,
 	})
 	om.registerCollector(gateway.Collector{O: sites})
@@ -170,6 +182,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		IPAMDir: at.ipamDir, LeaseExpiry: keeper.Expiry, Peers: rec.PeerNodes, Stats: &rec.Stats, SameNode: at.sameNode, Retakes: keeper.Retakes.Load,
 		Rotations: rot.Rotations.Load,
 	})
+	runPQ(ctx, pq, om, log)
 	go func() {
 		select {
 		case <-rec.Synced():

@@ -86,6 +86,8 @@ type Config struct {
 	// UnderlayEncryption tunnels traffic between this node's and other nodes'
 	// underlay addresses when both use it (docs/hosts.md).
 	UnderlayEncryption bool
+	// PostQuantum: preshared keys from ML-KEM exchanges (postquantum.go).
+	PostQuantum PostQuantum
 	// Gateways (docs/gateways.md): site CIDRs behind this node it offers
 	// to route into the mesh, whether it masquerades cluster traffic
 	// towards them, and the TTL of its candidacy in their elections.
@@ -143,6 +145,7 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.BoolVar(&c.PodCIDRFromNode, "pod-cidr-from-node", false, "under Kubernetes: ask for this node's spec.podCIDRs (kube-controller-manager --allocate-node-cidrs) as its PodCIDR lease, so pod IPs lie in the CIDR Kubernetes shows (in-cluster API access to get nodes; a CIDR held by another node in etcd is not taken: a warning says so)")
 	fs.BoolVar(&c.HostOnly, "host-only", false, "join the mesh as a host-only peer: no pods, one overlay address out of --host-cidr")
 	fs.StringVar(&c.HostCIDR, "host-cidr", "", "node-sized block of --cluster-cidr that host-only peers lease their /32 from (default: the last block)")
+	pqFlags(fs, &c.PostQuantum)
 	fs.BoolVar(&c.UnderlayEncryption, "host-encryption", false, "also encrypt host-to-host traffic between this node's and other nodes' underlay addresses (only towards nodes that use it too; never to etcd endpoints)")
 	fs.Func("advertise-cidrs", "comma-separated site CIDRs behind this node (on its LAN side) it routes into the mesh as a gateway; one gateway per site serves at a time, chosen by an etcd election (docs/gateways.md)", func(s string) error {
 		c.AdvertiseCIDRs = splitList(s)
@@ -289,6 +292,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SameNodePort < 1 || c.SameNodePort > 65535 || c.SameNodePort == c.ListenPort {
 		return fmt.Errorf("--same-node-port: %d is out of range 1..65535 or equals --listen-port", c.SameNodePort)
+	}
+	if err := c.validatePQ(); err != nil {
+		return err
 	}
 	if err := validIfName(c.Device); err != nil {
 		return fmt.Errorf("--device: %w", err)

@@ -30,6 +30,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/etcdutil"
 	"github.com/wgcni/wgcni/daemon/metrics"
 	"github.com/wgcni/wgcni/daemon/nodefile"
+	"github.com/wgcni/wgcni/daemon/pqpeer"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/ipam/nodeipam"
 )
@@ -38,7 +39,7 @@ const usage = `usage: wgcnictl <status|nodes|ipam|gateways> [-o table|json] [wgc
        wgcnictl help [COMMAND] | version
 
   status   this node: lease, WireGuard device, mode, MTU, every peer with
-           endpoint, handshake age, bytes and status
+           endpoint, handshake age, bytes, status and post-quantum state
   nodes    every PodCIDR lease in etcd with the time its etcd lease has left
   ipam     this node's pod address allocations
   gateways every site CIDR behind gateways, the gateway serving it and
@@ -158,6 +159,9 @@ type PeerStatus struct {
 	TxBytes          int64    `json:"txBytes"`
 	Keepalive        int      `json:"keepaliveSeconds"`
 	Status           string   `json:"status"` // up (handshake within 2m10s) or down
+	// PostQuantum is the peer's preshared-key state from the daemon's
+	// status file (nil: post-quantum off on this node).
+	PostQuantum *pqpeer.PeerStatus `json:"postQuantum,omitempty"`
 }
 
 // Status gathers `wgcnictl status`. The node file is required (without
@@ -200,8 +204,9 @@ func Status(ctx context.Context, cfg *config.Config, now time.Time) (*StatusRepo
 	r.Device.Mode = strings.ToLower(dev.Type.String())
 	r.Device.PublicKey = dev.PublicKey.String()
 	r.Device.ListenPort = dev.ListenPort
+	pq := pqStatus(cfg.RunDir)
 	for _, p := range dev.Peers {
-		ps := PeerStatus{Node: names[p.PublicKey], PublicKey: p.PublicKey.String(), RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes,
+		ps := PeerStatus{PostQuantum: pq[p.PublicKey.String()], Node: names[p.PublicKey], PublicKey: p.PublicKey.String(), RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes,
 			Keepalive: int(p.PersistentKeepaliveInterval / time.Second), Status: "down", AllowedIPs: []string{}}
 		if p.Endpoint != nil {
 			ps.Endpoint = p.Endpoint.String()
@@ -240,14 +245,14 @@ func (r *StatusReport) table(w io.Writer) {
 	fmt.Fprintf(w, "mtu:      %d\n", r.MTU)
 	fmt.Fprintf(w, "peers:    %d\n\n", len(r.Peers))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tSTATUS\tPUBLIC KEY")
+	fmt.Fprintln(tw, "NODE\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tSTATUS\tPQ\tPUBLIC KEY")
 	for _, p := range r.Peers {
 		hs := "never"
 		if p.HandshakeAgeSecs != nil {
 			hs = time.Duration(*p.HandshakeAgeSecs*float64(time.Second)).Round(time.Second).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dash(p.Node), dash(p.Endpoint), strings.Join(p.AllowedIPs, ","), hs,
-			bytes(p.RxBytes), bytes(p.TxBytes), p.Status, p.PublicKey)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dash(p.Node), dash(p.Endpoint), strings.Join(p.AllowedIPs, ","), hs,
+			bytes(p.RxBytes), bytes(p.TxBytes), p.Status, pqCell(p.PostQuantum, time.Now()), p.PublicKey)
 	}
 	tw.Flush()
 }

@@ -27,6 +27,11 @@ type Peer struct {
 	// this node's underlay address, as source. Invalid = off.
 	Underlay    netip.Addr
 	UnderlaySrc netip.Addr
+	// Post-quantum (postquantum.go): the peer's published ML-KEM key, and
+	// Held: its PodCIDRs stay out of AllowedIPs and routes (required mode,
+	// no preshared key yet), so its pod traffic meets the strict route.
+	PQPublicKey string
+	Held        bool
 	// Sites are the site CIDRs this peer serves as their gateway
 	// (sites.go): allowed, but routed by sites.go, not per peer.
 	Sites []netip.Prefix
@@ -50,7 +55,7 @@ func (p Peer) primary() netip.Prefix { return p.CIDRs[0] }
 func (p Peer) equal(o Peer) bool {
 	return slices.Equal(p.CIDRs, o.CIDRs) && p.Node == o.Node && p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
 		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc &&
-		slices.Equal(p.Sites, o.Sites)
+		p.PQPublicKey == o.PQPublicKey && p.Held == o.Held && slices.Equal(p.Sites, o.Sites)
 }
 
 func (p Peer) config() wgtypes.PeerConfig {
@@ -68,14 +73,23 @@ func (p Peer) config() wgtypes.PeerConfig {
 // WireGuard device carries both families whatever the underlay's family.
 func (p Peer) allowed() []net.IPNet {
 	var out []net.IPNet
-	for _, c := range p.CIDRs {
+	for _, c := range p.allowedPrefixes() {
 		out = append(out, toIPNet(c))
 	}
-	if p.Underlay.IsValid() {
-		out = append(out, toIPNet(p.underlayPrefix()))
+	return out
+}
+
+func (p Peer) allowedPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	if !p.Held {
+		// Held (required mode, no PSK yet): neither its PodCIDRs nor
+		// the sites it serves as gateway; a route into the tunnel then
+		// finds no peer and WireGuard drops the packet.
+		out = append(out, p.CIDRs...)
+		out = append(out, p.Sites...)
 	}
-	for _, s := range p.Sites {
-		out = append(out, toIPNet(s))
+	if p.Underlay.IsValid() {
+		out = append(out, p.underlayPrefix())
 	}
 	return out
 }
@@ -84,7 +98,7 @@ func (p Peer) allowed() []net.IPNet {
 // one of srcs (this node's gateways) of the same family.
 func (p Peer) routes(link int, srcs []netip.Addr) []route.Peer {
 	var out []route.Peer
-	for _, c := range p.CIDRs {
+	for _, c := range p.podCIDRs() {
 		out = append(out, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, srcs)})
 	}
 	if p.Underlay.IsValid() {
@@ -108,7 +122,7 @@ func toIPNet(p netip.Prefix) net.IPNet {
 
 // matches reports whether the device's peer is exactly as desired.
 func matches(have wgtypes.Peer, want Peer) bool {
-	allowed := want.allowed()
+	allowed := want.allowedPrefixes()
 	if len(have.AllowedIPs) != len(allowed) {
 		return false
 	}
@@ -118,7 +132,7 @@ func matches(have wgtypes.Peer, want Peer) bool {
 		if !ok {
 			return false
 		}
-		if p := netip.PrefixFrom(ip.Unmap(), ones); !slices.Contains(want.CIDRs, p) && (!want.Underlay.IsValid() || p != want.underlayPrefix()) && !slices.Contains(want.Sites, p) {
+		if !slices.Contains(allowed, netip.PrefixFrom(ip.Unmap(), ones)) {
 			return false
 		}
 	}
@@ -165,7 +179,7 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 	}
 	wanted := make(map[netip.Prefix]bool, 2*len(desired))
 	for _, d := range desired {
-		for _, c := range d.CIDRs {
+		for _, c := range d.podCIDRs() {
 			wanted[c] = true
 		}
 		if d.Underlay.IsValid() {
@@ -204,6 +218,7 @@ func DiffOne(have, want *Peer, link int, src []netip.Addr) Plan {
 				plan.RouteDel = append(plan.RouteDel, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, src)})
 			}
 		}
+		plan.RouteDel = append(plan.RouteDel, heldRoutes(have, want, link, src)...)
 		if have.Underlay.IsValid() && have.Underlay != want.Underlay {
 			// Host encryption went off for this peer (or its address
 			// moved): its underlay address must leave the tunnel table.

@@ -84,6 +84,8 @@ type Config struct {
 	// container restart): the first sync initiates to every peer
 	// (device.go).
 	FreshDevice bool
+	// PQ: post-quantum preshared keys (postquantum.go); zero = off.
+	PQ PQHooks
 	// Sites, if set, routes the site CIDRs gateways serve
 	// (docs/gateways.md, sites.go).
 	Sites SiteTable
@@ -453,6 +455,7 @@ func (r *Reconciler) execute(p Plan) error {
 		}
 	}
 	if len(p.Peers) > 0 {
+		r.withPresharedKeys(p.Peers)
 		if err := r.cfg.WG.ConfigureDevice(r.cfg.Device, wgtypes.Config{Peers: p.Peers}); err != nil {
 			// Routes for peers that failed would only blackhole; stop here.
 			return errors.Join(append(errs, fmt.Errorf("configure peers on %s: %w", r.cfg.Device, err))...)

@@ -13,6 +13,17 @@ import (
 type PeerInfo struct {
 	Node string
 	CIDR netip.Prefix
+	// What the post-quantum exchange needs (daemon/pqpeer): all the
+	// peer's CIDRs, its endpoint, its published ML-KEM key, and whether
+	// its PodCIDRs are held out (required mode, no preshared key yet).
+	CIDRs       []netip.Prefix
+	Endpoint    netip.AddrPort
+	PQPublicKey string
+	Held        bool
+}
+
+func (p Peer) info() PeerInfo {
+	return PeerInfo{Node: p.Node, CIDR: p.primary(), CIDRs: p.CIDRs, Endpoint: p.Endpoint, PQPublicKey: p.PQPublicKey, Held: p.Held}
 }
 
 // PeerNodes returns the node of every peer configured on the device.
@@ -29,17 +40,19 @@ func (r *Reconciler) PeerNodes() map[wgtypes.Key]PeerInfo {
 // publishPeers refreshes what PeerNodes returns from r.applied.
 func (r *Reconciler) publishPeers() {
 	m := make(map[wgtypes.Key]PeerInfo, len(r.applied))
-	for c, p := range r.applied {
-		m[p.PublicKey] = PeerInfo{Node: p.Node, CIDR: c}
+	for _, p := range r.applied {
+		m[p.PublicKey] = p.info()
 	}
 	r.peerMu.Lock()
 	r.peerNodes = m
 	r.peerMu.Unlock()
+	r.pqPeersChanged()
 }
 
 // publishPeer updates what PeerNodes returns for one changed peer
 // (per event: no copy of the whole map).
 func (r *Reconciler) publishPeer(old, cur *Peer) {
+	defer r.pqPeersChanged() // after the unlock
 	r.peerMu.Lock()
 	defer r.peerMu.Unlock()
 	if r.peerNodes == nil {
@@ -49,6 +62,6 @@ func (r *Reconciler) publishPeer(old, cur *Peer) {
 		delete(r.peerNodes, old.PublicKey)
 	}
 	if cur != nil {
-		r.peerNodes[cur.PublicKey] = PeerInfo{Node: cur.Node, CIDR: cur.primary()}
+		r.peerNodes[cur.PublicKey] = cur.info()
 	}
 }

@@ -16,6 +16,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/wgcni/wgcni/daemon/pqkeys"
 )
 
 // MaxValueSize bounds what we are willing to decode: a real record is ~150
@@ -135,6 +137,10 @@ type Subnet struct {
 	// underlay address (docs/hosts.md); used towards a peer only when both
 	// advertise it. Omitted when off; older daemons ignore it.
 	UnderlayEncryption bool `json:"hostEncryption,omitempty"`
+	// PQPublicKey is the node's ML-KEM-768 encapsulation key (base64,
+	// daemon/pqkeys) when it runs post-quantum key exchanges
+	// (docs/post-quantum.md). Omitted when off; older daemons ignore it.
+	PQPublicKey string `json:"pqPublicKey,omitempty"`
 	// SiteCIDRs are networks behind this node that it offers to route
 	// into the mesh as a gateway (docs/gateways.md). Omitted when none.
 	SiteCIDRs []string `json:"siteCIDRs,omitempty"`
@@ -154,6 +160,10 @@ type Lease struct {
 	// UnderlayEncryption: the node accepts host-to-host traffic to its
 	// underlay address (the endpoint's) through WireGuard.
 	UnderlayEncryption bool
+	// PQPublicKey is the node's ML-KEM-768 encapsulation key as published
+	// (encoding checked by pqkeys.CheckPublic); empty: no post-quantum
+	// exchanges.
+	PQPublicKey string
 	// Sites are the site CIDRs the node advertises as a gateway
 	// (docs/gateways.md); package gateway decides who serves each.
 	Sites []netip.Prefix
@@ -178,6 +188,7 @@ func (l Lease) Subnet() Subnet {
 		Kind:      l.Kind,
 
 		UnderlayEncryption: l.UnderlayEncryption,
+		PQPublicKey:        l.PQPublicKey,
 	}
 	for _, p := range l.Sites {
 		s.SiteCIDRs = append(s.SiteCIDRs, p.String())
@@ -307,6 +318,13 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 		}
 		cidrs = append(cidrs, p)
 	}
+	if s.PQPublicKey != "" {
+		// The encoding only: the full key check costs ~10x more and is
+		// done where the key is used (daemon/pqpeer).
+		if err := pqkeys.CheckPublic(s.PQPublicKey); err != nil {
+			return Lease{}, fmt.Errorf("field pqPublicKey: %w", err)
+		}
+	}
 	sites, err := ParseSites(s.SiteCIDRs)
 	if err != nil {
 		return Lease{}, fmt.Errorf("field siteCIDRs: %w", err)
@@ -320,6 +338,7 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 		Kind:      s.Kind,
 
 		UnderlayEncryption: s.UnderlayEncryption,
+		PQPublicKey:        s.PQPublicKey,
 		Sites:              sites,
 	}, nil
 }

@@ -17,6 +17,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/mlkem"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -36,6 +37,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/pqkeys"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
 	"github.com/wgcni/wgcni/tests/harness"
@@ -58,12 +60,17 @@ type Options struct {
 	Sizes  []int
 	Events int
 	Steady time.Duration
-	Logf   func(string, ...any)
+	// PQ also runs every size with an ML-KEM-768 key in each record (what
+	// --post-quantum publishes, ~1.6 KB more per record), right after the
+	// plain run, for the record growth's cost next to today's figures.
+	PQ   bool
+	Logf func(string, ...any)
 }
 
 // Result is one size's figures.
 type Result struct {
 	N              int
+	PQ             bool // records carry an ML-KEM key
 	Cold           time.Duration
 	ColdRequests   map[string]float64         // per gRPC method
 	Lat            map[string][]time.Duration // from the write call to applied
@@ -78,11 +85,12 @@ type Result struct {
 }
 
 func main() {
+	var o Options
 	sizes := flag.String("n", "100,1000,5000", "comma-separated node record counts")
 	events := flag.Int("events", 200, "events per size (new/changed/deleted in turn)")
 	steady := flag.Duration("steady", 60*time.Second, "steady-state observation window")
+	flag.BoolVar(&o.PQ, "pq", false, "also run each size with an ML-KEM key in every record (--post-quantum's record growth)")
 	flag.Parse()
-	var o Options
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 {
@@ -126,12 +134,18 @@ func Run(o Options) ([]Result, error) {
 	}
 	defer cli.Close()
 	var out []Result
+	variants := []bool{false}
+	if o.PQ {
+		variants = append(variants, true)
+	}
 	for _, n := range o.Sizes {
-		r, err := runSize(c, cli, n, o)
-		if err != nil {
-			return out, fmt.Errorf("N=%d: %w", n, err)
+		for _, pq := range variants {
+			r, err := runSize(c, cli, n, pq, o)
+			if err != nil {
+				return out, fmt.Errorf("N=%d: %w", n, err)
+			}
+			out = append(out, r)
 		}
-		out = append(out, r)
 	}
 	return out, nil
 }
@@ -141,8 +155,8 @@ type synth struct {
 	rec  record.Lease
 }
 
-func runSize(c *harness.Cluster, cli *clientv3.Client, n int, o Options) (Result, error) {
-	res := Result{N: n, Lat: map[string][]time.Duration{}}
+func runSize(c *harness.Cluster, cli *clientv3.Client, n int, pq bool, o Options) (Result, error) {
+	res := Result{N: n, PQ: pq, Lat: map[string][]time.Duration{}}
 	ctx := context.Background()
 	if _, err := cli.Delete(ctx, prefix+"/", clientv3.WithPrefix()); err != nil {
 		return res, err
@@ -171,9 +185,17 @@ func runSize(c *harness.Cluster, cli *clientv3.Client, n int, o Options) (Result
 		next++
 		u := c.Underlay.Prefix.Addr().As4()
 		ep := netip.AddrFrom4([4]byte{u[0], u[1], byte(next >> 8), byte(next)})
-		return synth{cidr: cidr, rec: record.Lease{
+		s := synth{cidr: cidr, rec: record.Lease{
 			Node: fmt.Sprintf("syn-%d", next), PublicKey: k.PublicKey(), Endpoint: netip.AddrPortFrom(ep, 51820),
-		}}, nil
+		}}
+		if pq {
+			dk, err := mlkem.GenerateKey768()
+			if err != nil {
+				return synth{}, err
+			}
+			s.rec.PQPublicKey = pqkeys.EncodePublic(dk.EncapsulationKey())
+		}
+		return s, nil
 	}
 	var ops []clientv3.Op
 	flush := func() error {
@@ -596,7 +618,7 @@ func Print(w io.Writer, res []Result) {
 	load, _ := os.ReadFile("/proc/loadavg")
 	host, _ := os.Hostname()
 	fmt.Fprintf(w, "control plane benchmark  %s  host %s  load %s\n", time.Now().Format(time.RFC3339), host, strings.Join(strings.Fields(string(load))[:3], " "))
-	fmt.Fprintf(w, "%6s %9s %8s %8s %8s %8s %8s %9s %9s %8s %8s %9s %10s\n",
+	fmt.Fprintf(w, "%8s %9s %8s %8s %8s %8s %8s %9s %9s %8s %8s %9s %10s\n",
 		"N", "cold_s", "flannel", "p50_ms", "p99_ms", "new_p99", "chg_p99", "del_p99", "cpu_ev_ms", "dev_ms", "rss_MiB", "dev_MiB", "cold_reqs")
 	for _, r := range res {
 		var all []time.Duration
@@ -607,16 +629,16 @@ func Print(w io.Writer, res []Result) {
 		if v, ok := flannel.cold[r.N]; ok {
 			fl = fmt.Sprintf("%.2f", v)
 		}
-		fmt.Fprintf(w, "%6d %9.3f %8s %8s %8s %8s %8s %9s %9s %8s %8.1f %9.1f %10g\n",
-			r.N, r.Cold.Seconds(), fl, ms(pct(all, .5)), ms(pct(all, .99)),
+		fmt.Fprintf(w, "%8s %9.3f %8s %8s %8s %8s %8s %9s %9s %8s %8.1f %9.1f %10g\n",
+			r.name(), r.Cold.Seconds(), fl, ms(pct(all, .5)), ms(pct(all, .99)),
 			ms(pct(r.Lat["new"], .99)), ms(pct(r.Lat["changed"], .99)), ms(pct(r.Lat["deleted"], .99)),
 			ms(r.CPUPerEvent), ms(r.DevCPUPerEvent), float64(r.RSS)/(1<<20), float64(r.DevRSS)/(1<<20), sum(r.ColdRequests))
 	}
 	for _, r := range res {
-		fmt.Fprintf(w, "N=%d event latency breakdown: etcd write (call to ack) p50 %s p99 %s ms; ack to applied p50 %s p99 %s ms\n",
-			r.N, ms(pct(r.Commit, .5)), ms(pct(r.Commit, .99)), ms(pct(r.AfterAck, .5)), ms(pct(r.AfterAck, .99)))
-		fmt.Fprintf(w, "N=%d cold-start etcd requests: %g (flannel 2N+9 = %d): %s\n", r.N, sum(r.ColdRequests), flannel.coldRequests(r.N), fmtMethods(r.ColdRequests))
-		fmt.Fprintf(w, "N=%d steady state: %.1f requests/min (%s); open streams: %s\n", r.N, r.SteadyPerMin, fmtMethods(r.SteadyMethods), fmtMethods(r.OpenStreams))
+		fmt.Fprintf(w, "N=%s event latency breakdown: etcd write (call to ack) p50 %s p99 %s ms; ack to applied p50 %s p99 %s ms\n",
+			r.name(), ms(pct(r.Commit, .5)), ms(pct(r.Commit, .99)), ms(pct(r.AfterAck, .5)), ms(pct(r.AfterAck, .99)))
+		fmt.Fprintf(w, "N=%s cold-start etcd requests: %g (flannel 2N+9 = %d): %s\n", r.name(), sum(r.ColdRequests), flannel.coldRequests(r.N), fmtMethods(r.ColdRequests))
+		fmt.Fprintf(w, "N=%s steady state: %.1f requests/min (%s); open streams: %s\n", r.name(), r.SteadyPerMin, fmtMethods(r.SteadyMethods), fmtMethods(r.OpenStreams))
 	}
 	fmt.Fprintf(w, "flannel reference: cold 0.95 s @1000, 4.25 s @5000; per-event p50 %.1f ms p99 %.0f ms; RSS %.0f MB @1000\n", flannel.p50, flannel.p99, flannel.rss1000)
 	fmt.Fprintf(w, "targets: cold <= 0.5 s @1000, <= 2 s @5000; p99 <= 6 ms; daemon RSS <= 40 MiB @1000; cold O(1) requests; steady: 1 KeepAlive stream, no lists\n")
@@ -625,7 +647,7 @@ func Print(w io.Writer, res []Result) {
 		for _, k := range []string{"new", "changed", "deleted"} {
 			all = append(all, r.Lat[k]...)
 		}
-		fmt.Fprintf(w, "ratios N=%d: p50 %.2f p99 %.2f vs flannel", r.N, float64(pct(all, .5))/1e6/flannel.p50, float64(pct(all, .99))/1e6/flannel.p99)
+		fmt.Fprintf(w, "ratios N=%s: p50 %.2f p99 %.2f vs flannel", r.name(), float64(pct(all, .5))/1e6/flannel.p50, float64(pct(all, .99))/1e6/flannel.p99)
 		if v, ok := flannel.cold[r.N]; ok {
 			fmt.Fprintf(w, "; cold %.2f", r.Cold.Seconds()/v)
 		}
@@ -634,4 +656,12 @@ func Print(w io.Writer, res []Result) {
 		}
 		fmt.Fprintln(w)
 	}
+}
+
+// name is the size, marked "+pq" when the records carry ML-KEM keys.
+func (r Result) name() string {
+	if r.PQ {
+		return fmt.Sprintf("%d+pq", r.N)
+	}
+	return fmt.Sprint(r.N)
 }
