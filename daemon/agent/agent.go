@@ -137,6 +137,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("look up WireGuard device %s: %w", cfg.Device, err)
 	}
+	healer := startHeal(ctx, cfg, at, nd, om, log)
+	defer healer.Close()
 	rec := mesh.New(mesh.Config{
 		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, SelfKey: priv.Public(), OwnCIDR: held.Primary(),
 		Gateways: at.gws, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
@@ -149,11 +151,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		// old one. For a new record the peers may not know our key yet,
 		// and an initiation they refuse would hold back ours for 5 s.
 		FreshDevice: !nd.dev.Adopted && held.How == "adopted",
+		Heal:        healer,
 	})
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(nd.dev.Mode), WG: wg, PodCIDR: at.podCIDR,
 		IPAMDir: at.ipamDir, LeaseExpiry: keeper.Expiry, Peers: rec.PeerNodes, Stats: &rec.Stats, SameNode: at.sameNode, Retakes: keeper.Retakes.Load,
-		Rotations: rot.Rotations.Load,
+		Rotations: rot.Rotations.Load, Health: healer.Status, DeviceMTU: nd.mtu,
 	})
 	go func() {
 		select {

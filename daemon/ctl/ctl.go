@@ -34,11 +34,13 @@ import (
 	"github.com/wgcni/wgcni/ipam/nodeipam"
 )
 
-const usage = `usage: wgcnictl <status|nodes|ipam> [-o table|json] [wgcnid flags...]
+const usage = `usage: wgcnictl <status|peers|nodes|ipam> [-o table|json] [wgcnid flags...]
        wgcnictl help [COMMAND] | version
 
   status   this node: lease, WireGuard device, mode, MTU, every peer with
            endpoint, handshake age, bytes and status
+  peers    every peer's liveness state (up, pending, no-handshake, stale,
+           one-way) with its reason, path MTU and the repairs wgcnid made
   nodes    every PodCIDR lease in etcd with the time its etcd lease has left
   ipam     this node's pod address allocations
 
@@ -87,6 +89,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	switch cmd {
 	case "status":
 		v, err = Status(ctx, cfg, time.Now())
+	case "peers":
+		v, err = Peers(cfg, time.Now())
 	case "nodes":
 		v, err = Nodes(ctx, cfg)
 	case "ipam":

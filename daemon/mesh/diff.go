@@ -8,6 +8,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/heal"
 	"github.com/wgcni/wgcni/daemon/route"
 )
 
@@ -27,6 +28,9 @@ type Peer struct {
 	// this node's underlay address, as source. Invalid = off.
 	Underlay    netip.Addr
 	UnderlaySrc netip.Addr
+	// MTU is the path MTU measured to the peer when it is below the
+	// device's (daemon/heal), put on its PodCIDR routes; 0: none.
+	MTU int
 }
 
 // Plan is what must change on the device and in the routing table. Apply
@@ -46,7 +50,7 @@ func (p Peer) primary() netip.Prefix { return p.CIDRs[0] }
 
 func (p Peer) equal(o Peer) bool {
 	return slices.Equal(p.CIDRs, o.CIDRs) && p.Node == o.Node && p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
-		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc
+		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc && p.MTU == o.MTU
 }
 
 func (p Peer) config() wgtypes.PeerConfig {
@@ -78,7 +82,7 @@ func (p Peer) allowed() []net.IPNet {
 func (p Peer) routes(link int, srcs []netip.Addr) []route.Peer {
 	var out []route.Peer
 	for _, c := range p.CIDRs {
-		out = append(out, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, srcs)})
+		out = append(out, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, srcs), MTU: p.MTU})
 	}
 	if p.Underlay.IsValid() {
 		out = append(out, route.HostRoute(p.Underlay, link, p.UnderlaySrc))
@@ -100,30 +104,7 @@ func toIPNet(p netip.Prefix) net.IPNet {
 }
 
 // matches reports whether the device's peer is exactly as desired.
-func matches(have wgtypes.Peer, want Peer) bool {
-	allowed := want.allowed()
-	if len(have.AllowedIPs) != len(allowed) {
-		return false
-	}
-	for _, a := range have.AllowedIPs {
-		ones, _ := a.Mask.Size()
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if !ok {
-			return false
-		}
-		if p := netip.PrefixFrom(ip.Unmap(), ones); !slices.Contains(want.CIDRs, p) && (!want.Underlay.IsValid() || p != want.underlayPrefix()) {
-			return false
-		}
-	}
-	if have.Endpoint == nil || have.Endpoint.AddrPort() != want.Endpoint && unmapAP(have.Endpoint.AddrPort()) != want.Endpoint {
-		return false
-	}
-	return have.PersistentKeepaliveInterval == time.Duration(want.Keepalive)*time.Second
-}
-
-func unmapAP(ap netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-}
+func matches(have wgtypes.Peer, want Peer) bool { return len(heal.Drift(have, want.want())) == 0 }
 
 // Diff compares the desired peers with the device's peers and our routes
 // (as listed by route.Ours, every family) and returns the changes. Used for

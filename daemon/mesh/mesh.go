@@ -26,6 +26,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/daemon/etcdutil"
+	"github.com/wgcni/wgcni/daemon/heal"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
 	"github.com/wgcni/wgcni/daemon/wgdev"
@@ -84,6 +85,9 @@ type Config struct {
 	// container restart): the first sync initiates to every peer
 	// (device.go).
 	FreshDevice bool
+	// Heal, if set, follows every peer's liveness and path MTU; the loop
+	// drives it every heal.Tick and runs its repairs (heal.go).
+	Heal *heal.Healer
 }
 
 // Stats are counters for operators and metrics.
@@ -141,6 +145,12 @@ type Reconciler struct {
 	deviceTimer    *time.Timer
 	deviceBackoff  etcdutil.Backoff
 	recreating     bool // recreateDevice is running (its resync must not recurse)
+
+	// Self-healing (heal.go): the liveness tick, re-read records coming
+	// back from etcd, and the route MTU of peers behind a narrower path.
+	healC   <-chan time.Time
+	rereads chan *clientv3.GetResponse
+	pathMTU map[wgtypes.Key]int
 }
 
 func (r *Reconciler) observe(kind string, start time.Time, err error) {
@@ -154,7 +164,7 @@ func New(cfg Config) *Reconciler {
 	if cfg.Resync <= 0 {
 		cfg.Resync = time.Minute
 	}
-	return &Reconciler{cfg: cfg, synced: make(chan struct{}),
+	return &Reconciler{cfg: cfg, synced: make(chan struct{}), rereads: make(chan *clientv3.GetResponse),
 		deviceBackoff: etcdutil.Backoff{Min: 50 * time.Millisecond, Max: time.Second}}
 }
 
@@ -180,6 +190,11 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		return err
 	}
 	close(r.synced)
+	if r.cfg.Heal != nil {
+		t := time.NewTicker(heal.Tick)
+		defer t.Stop()
+		r.healC = t.C
+	}
 	if r.cfg.FreshDevice {
 		r.initiateAll()
 	}
@@ -397,6 +412,7 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	r.Stats.Applied.Add(1)
 	if want == nil {
 		delete(r.applied, cidr)
+		delete(r.pathMTU, have.PublicKey)
 		r.publishPeer(have, nil)
 		r.cfg.Log.Info("peer removed", "cidr", cidr, "peer_node", have.Node, "public_key", have.PublicKey.String(), "rev", r.rev)
 		return

@@ -95,6 +95,10 @@ func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev 
 			r.checkHandshakes(time.Now())
 		case <-r.rekeyC():
 			r.checkRekeys(time.Now())
+		case now := <-r.healC:
+			r.healTick(now)
+		case resp := <-r.rereads:
+			r.rereadDone(resp, rev)
 		}
 	}
 }
