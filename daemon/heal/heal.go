@@ -34,6 +34,10 @@ import (
 // drifted or missing entry is found within it.
 const Tick = 2 * time.Second
 
+// NarrowRecheck is how soon a path found narrower than the device is
+// measured again (a full one: Config.PMTUInterval).
+const NarrowRecheck = 2 * time.Minute
+
 // Config configures a Healer. Zero durations take the defaults.
 type Config struct {
 	Log      *slog.Logger
@@ -292,6 +296,12 @@ func (h *Healer) takeOutcomes(res *Result) {
 		if p.mtuEndpoint != p.want.Endpoint {
 			p.mtuAt = time.Time{} // measured over the old path
 			continue
+		}
+		if o.mtu < h.cfg.DeviceMTU {
+			// A narrower path is measured again sooner: a size lost to a
+			// passing fault (a repair, a restart) must not clamp the
+			// route for long.
+			p.mtuAt = time.Now().Add(-h.cfg.PMTUInterval + NarrowRecheck)
 		}
 		if o.mtu != p.status.PathMTU {
 			level := slog.LevelInfo

@@ -188,8 +188,9 @@ type Peer struct {
 	probeFailed time.Time // last unanswered probe (its send time)
 	verifyAt    time.Time // a verification probe is due from then (zero: none)
 
-	state   State
-	repairs map[RepairKind]*backoff
+	state        State
+	repairs      map[RepairKind]*backoff
+	reapplyCause string // cause of the last Reapply while the drift lasts
 }
 
 type backoff struct {
@@ -239,9 +240,16 @@ func (p *Peer) Observe(o Observation) Verdict {
 		if o.Present {
 			cause = "device entry differs from the etcd record: " + strings.Join(o.Drift, ", ")
 		}
+		if cause != p.reapplyCause {
+			// Another fault than the one last repaired: no backoff, which
+			// is for a fault that keeps coming back.
+			delete(p.repairs, Reapply)
+			p.reapplyCause = cause
+		}
 		v.Repairs = append(v.Repairs, p.due(Reapply, cause, now)...)
 	} else {
 		delete(p.repairs, Reapply)
+		p.reapplyCause = ""
 	}
 	if state == Up {
 		for _, k := range []RepairKind{ReReadEndpoint, Reinitiate, BreakCrossed} {

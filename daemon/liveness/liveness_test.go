@@ -205,15 +205,16 @@ func TestTransitions(t *testing.T) {
 			obs(76*s, 50*s, 0, 100),
 			obs(80*s, 50*s, 0, 100).expect(want{state: Up, reason: "idle", probe: true}),
 		}},
-		{"drift is re-applied once per backoff step, and reset when gone", []step{
+		{"drift is re-applied once per backoff step, and reset when gone or another fault", []step{
 			obs(0, 0, 0, 0), sent(0), done(0, 0, true),
 			{at: 1 * s, hs: 0, drift: []string{"endpoint"}, want: &want{state: Up, reason: "idle",
 				repairs: []RepairKind{Reapply}, attempt: 1}},
 			{at: 2 * s, hs: 0, drift: []string{"endpoint"}, want: &want{state: Up}},
-			{at: 11 * s, hs: 0, drift: []string{"endpoint", "allowed-ips"}, want: &want{state: Up,
+			{at: 11 * s, hs: 0, drift: []string{"endpoint"}, want: &want{state: Up,
 				repairs: []RepairKind{Reapply}, attempt: 2, probe: true}},
 			obs(12*s, 0, 0, 0).expect(want{state: Up, probe: true}), // the verification probe is still due
 			{at: 13 * s, hs: 0, drift: []string{"keepalive"}, want: &want{state: Up, repairs: []RepairKind{Reapply}, attempt: 1, probe: true}},
+			{at: 14 * s, hs: 0, drift: []string{"allowed-ips"}, want: &want{state: Up, repairs: []RepairKind{Reapply}, attempt: 1, probe: true}},
 		}},
 		{"counters going down are a new baseline, not traffic", []step{
 			obs(0, 0, 5000, 5000), sent(0), done(0, 0, true),

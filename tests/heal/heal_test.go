@@ -1,0 +1,414 @@
+// Package heal proves issue 18 end to end in the namespace cluster
+// (tests/harness): faults injected behind wgcnid's back — a peer removed
+// from the device, a wrong endpoint, narrowed allowed IPs, the peer's UDP
+// port blocked for a while, both ends initiating at once — are each
+// noticed and repaired, and a node behind a narrower underlay segment that
+// drops frames silently gets its path MTU measured and put on the routes,
+// so bulk TCP and large UDP between pods get through. Every test prints
+// one "RESULT" line with the times measured.
+//
+// The daemons run with a 10-minute --resync-interval, so the periodic
+// full re-diff cannot be what repairs a fault within the test's bounds:
+// only the liveness tick (daemon/heal) can.
+package heal
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgcni/wgcni/daemon/heal"
+	"github.com/wgcni/wgcni/daemon/liveness"
+	"github.com/wgcni/wgcni/tests/harness"
+)
+
+// tag prefixes every namespace, device and temp dir of this suite.
+const tag = "hl"
+
+// repairBound is the issue's bound on the repair of each injected fault.
+const repairBound = 15 * time.Second
+
+const metricsAddr = "127.0.0.1:9586"
+
+func result(t *testing.T, format string, args ...any) {
+	t.Helper()
+	line := "RESULT " + t.Name() + ": " + fmt.Sprintf(format, args...)
+	t.Log(line)
+	fmt.Println(line)
+}
+
+func start(t *testing.T, nodes int) *harness.Cluster {
+	t.Helper()
+	return harness.Start(t, harness.Config{Tag: tag, ResyncInterval: 10 * time.Minute,
+		DaemonArgs: []string{"--metrics-addr", metricsAddr}}, nodes)
+}
+
+// configure changes node n's WireGuard device behind its daemon's back.
+func configure(t *testing.T, n *harness.Node, peers ...wgtypes.PeerConfig) {
+	t.Helper()
+	err := n.Do(func() error {
+		c, err := wgctrl.New()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		return c.ConfigureDevice(n.Device, wgtypes.Config{Peers: peers})
+	})
+	if err != nil {
+		t.Fatalf("configure %s on %s by hand: %v", n.Device, n.Name, err)
+	}
+}
+
+// peerOn returns node n's device entry for the peer with key k (nil: none).
+func peerOn(t *testing.T, n *harness.Node, k wgtypes.Key) *wgtypes.Peer {
+	t.Helper()
+	dev, err := n.WGDevice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range dev.Peers {
+		if dev.Peers[i].PublicKey == k {
+			return &dev.Peers[i]
+		}
+	}
+	return nil
+}
+
+// peerStatus reads node n's state file for the peer node named peer.
+func peerStatus(n *harness.Node, peer string) (heal.PeerStatus, error) {
+	st, err := heal.ReadState(heal.StateFile(n.RunDir))
+	if err != nil {
+		return heal.PeerStatus{}, err
+	}
+	for _, p := range st.Peers {
+		if p.Node == peer {
+			return p, nil
+		}
+	}
+	return heal.PeerStatus{}, fmt.Errorf("no state for peer %s on %s", peer, n.Name)
+}
+
+// waitState waits until n reports the peer in state and returns the time
+// it took.
+func waitState(t *testing.T, n *harness.Node, peer string, state liveness.State, timeout time.Duration) time.Duration {
+	t.Helper()
+	t0 := time.Now()
+	var last heal.PeerStatus
+	err := harness.WaitFor(timeout, fmt.Sprintf("%s to report %s %s", n.Name, peer, state), func() (bool, error) {
+		s, err := peerStatus(n, peer)
+		last = s
+		return err == nil && s.State == state, err
+	})
+	if err != nil {
+		t.Fatalf("%v (last: %s: %s)", err, last.State, last.Reason)
+	}
+	return time.Since(t0)
+}
+
+// settle waits until a and b report each other up with the path MTU
+// measured: the start-up probes and searches are over, and neither side
+// sends to the other until its next periodic probe (roaming would repair a
+// wrong endpoint the moment the peer sends).
+func settle(t *testing.T, a, b *harness.Node) {
+	t.Helper()
+	for _, p := range [][2]*harness.Node{{a, b}, {b, a}} {
+		err := harness.WaitFor(30*time.Second, p[0].Name+" to report "+p[1].Name+" up, path MTU measured", func() (bool, error) {
+			s, err := peerStatus(p[0], p[1].Name)
+			return err == nil && s.State == liveness.Up && s.PathMTU > 0, err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(time.Second)
+}
+
+// keyOf is node n's public key, read from its own device.
+func keyOf(t *testing.T, n *harness.Node) wgtypes.Key {
+	t.Helper()
+	dev, err := n.WGDevice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dev.PublicKey
+}
+
+// scrape fetches node n's /metrics from inside its namespace.
+func scrape(t *testing.T, n *harness.Node) string {
+	t.Helper()
+	cl := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := n.Do(func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}}}
+	resp, err := cl.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape %s: %v", n.Name, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// metric returns the value of the first series of name whose labels
+// contain every one of labels ("" when there is none).
+func metric(text, name string, labels ...string) string {
+	for _, l := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(l, name+"{") {
+			continue
+		}
+		ok := true
+		for _, want := range labels {
+			ok = ok && strings.Contains(l, want)
+		}
+		if ok {
+			f := strings.Fields(l)
+			return f[len(f)-1]
+		}
+	}
+	return ""
+}
+
+// TestFaultsRepaired injects each fault on n1's entry for n2 and times the
+// repair: from the injection to the device being right again and a pod on
+// n1 reaching a pod on n2.
+func TestFaultsRepaired(t *testing.T) {
+	c := start(t, 2)
+	n1, n2 := c.Nodes()[0], c.Nodes()[1]
+	harness.WaitMesh(t, []*harness.Node{n1, n2}, 20*time.Second)
+	p1, p2 := n1.MustAddPod(t), n2.MustAddPod(t)
+	harness.Connect(t, p1.NS, p2.IP, "pod n1 -> pod n2", 3)
+	up := waitState(t, n1, n2.Name, liveness.Up, 20*time.Second)
+	t.Logf("n1 reports n2 up %v after first contact", up.Round(time.Millisecond))
+	settle(t, n1, n2)
+
+	k2 := keyOf(t, n2)
+	good := peerOn(t, n1, k2)
+	if good == nil {
+		t.Fatal("n1 has no entry for n2")
+	}
+	goodEP := good.Endpoint.AddrPort()
+	cidr2 := netip.MustParsePrefix(n2.MustPodCIDR(t))
+	var times []string
+	repairs0 := func() int64 {
+		s, err := peerStatus(n1, n2.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Repairs[string(liveness.Reapply)]
+	}
+
+	for _, f := range []struct {
+		name   string
+		inject func()
+		fixed  func(p *wgtypes.Peer) bool
+	}{
+		{"peer removed", func() { configure(t, n1, wgtypes.PeerConfig{PublicKey: k2, Remove: true}) },
+			func(p *wgtypes.Peer) bool { return p != nil && len(p.AllowedIPs) == 1 }},
+		{"wrong endpoint", func() {
+			wrong := net.UDPAddrFromAddrPort(netip.AddrPortFrom(c.Underlay.Gateway, 9))
+			configure(t, n1, wgtypes.PeerConfig{PublicKey: k2, UpdateOnly: true, Endpoint: wrong})
+		}, func(p *wgtypes.Peer) bool { return p != nil && p.Endpoint != nil && p.Endpoint.AddrPort() == goodEP }},
+		{"allowed IPs narrowed", func() {
+			half := net.IPNet{IP: cidr2.Addr().AsSlice(), Mask: net.CIDRMask(cidr2.Bits()+1, 32)}
+			configure(t, n1, wgtypes.PeerConfig{PublicKey: k2, UpdateOnly: true, ReplaceAllowedIPs: true, AllowedIPs: []net.IPNet{half}})
+		}, func(p *wgtypes.Peer) bool {
+			return p != nil && len(p.AllowedIPs) == 1 && p.AllowedIPs[0].String() == cidr2.String()
+		}},
+	} {
+		before := repairs0()
+		f.inject()
+		t0 := time.Now()
+		if f.fixed(peerOn(t, n1, k2)) {
+			t.Fatalf("%s: the injection did not take", f.name)
+		}
+		err := harness.WaitFor(2*repairBound, f.name+" repaired on n1", func() (bool, error) {
+			return f.fixed(peerOn(t, n1, k2)), nil
+		})
+		took := time.Since(t0)
+		if err != nil {
+			t.Fatalf("%s: %v\nwg show n1:\n%s", f.name, err, must(n1.WGShow()))
+		}
+		harness.Connect(t, p1.NS, p2.IP, "pod n1 -> pod n2 after "+f.name, 3)
+		reach := time.Since(t0)
+		if after := repairs0(); after <= before {
+			t.Errorf("%s: reapply-config repairs of n2 on n1 %d -> %d: not counted", f.name, before, after)
+		}
+		t.Logf("%s: device repaired in %v, pods reach each other %v after the fault", f.name, took.Round(time.Millisecond), reach.Round(time.Millisecond))
+		if took > repairBound {
+			t.Errorf("%s: repaired in %v, bound %v", f.name, took, repairBound)
+		}
+		times = append(times, fmt.Sprintf("%s %.1fs", f.name, took.Seconds()))
+	}
+	// Each repair is logged with its cause.
+	for _, cause := range []string{"entry missing from the device", "device entry differs from the etcd record: endpoint",
+		"device entry differs from the etcd record: allowed-ips"} {
+		if len(n1.LogLines(cause)) == 0 {
+			t.Errorf("n1's log never gives the cause %q", cause)
+		}
+	}
+	m := scrape(t, n1)
+	if v := metric(m, "wgcni_peer_repairs_total", `peer_node="n2"`, `kind="reapply-config"`); v == "" || v == "0" {
+		t.Errorf("wgcni_peer_repairs_total{peer_node=n2,kind=reapply-config} = %q", v)
+	}
+	if v := metric(m, "wgcni_peer_state", `peer_node="n2"`, `state="up"`); v != "1" {
+		t.Errorf("wgcni_peer_state{peer_node=n2,state=up} = %q", v)
+	}
+	out, err := n1.Exec(c.Bin("wgcnictl"), "peers", "--run-dir", n1.RunDir)
+	if err != nil || !strings.Contains(out, "up") || !strings.Contains(out, "reapply-config=") {
+		t.Errorf("wgcnictl peers: %v\n%s", err, out)
+	}
+	t.Logf("wgcnictl peers on n1:\n%s", out)
+	result(t, "repaired on the liveness tick: %s (bound %v)", strings.Join(times, ", "), repairBound)
+}
+
+// TestBlockedPortRecovers blocks n2's WireGuard port for 30 s while a pod
+// on n1 keeps sending to a pod on n2: n1 must report the peer unhealthy
+// with a reason while blocked, and up again soon after the port opens.
+func TestBlockedPortRecovers(t *testing.T) {
+	c := start(t, 2)
+	n1, n2 := c.Nodes()[0], c.Nodes()[1]
+	harness.WaitMesh(t, []*harness.Node{n1, n2}, 20*time.Second)
+	p1, p2 := n1.MustAddPod(t), n2.MustAddPod(t)
+	harness.Connect(t, p1.NS, p2.IP, "pod n1 -> pod n2", 3)
+	waitState(t, n1, n2.Name, liveness.Up, 20*time.Second)
+
+	port := c.Cfg.ListenPort
+	nft := fmt.Sprintf(`table inet hlblock {
+  chain in { type filter hook input priority -10; udp dport %d drop; }
+  chain out { type filter hook output priority -10; udp sport %d drop; }
+}`, port, port)
+	if out, err := n2.Exec("sh", "-c", "printf '%s' '"+nft+"' | nft -f -"); err != nil {
+		t.Fatalf("block n2's UDP port %d: %v %s", port, err, out)
+	}
+	blocked := time.Now()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // traffic the whole time: what notices a dead link
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _ = p1.Ping(p2.IP, 1, 200*time.Millisecond)
+			time.Sleep(500 * time.Millisecond)
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+
+	var bad heal.PeerStatus
+	err := harness.WaitFor(30*time.Second, "n1 to report n2 unhealthy", func() (bool, error) {
+		s, err := peerStatus(n1, n2.Name)
+		bad = s
+		return err == nil && s.State != liveness.Up && s.State != liveness.Pending, nil
+	})
+	if err != nil {
+		t.Fatalf("port blocked: %v (n1 says %s: %s)", err, bad.State, bad.Reason)
+	}
+	detected := time.Since(blocked)
+	t.Logf("blocked: n1 reports n2 %s after %v: %s", bad.State, detected.Round(time.Millisecond), bad.Reason)
+	if rest := 30*time.Second - time.Since(blocked); rest > 0 {
+		time.Sleep(rest)
+	}
+	if out, err := n2.Exec("nft", "delete", "table", "inet", "hlblock"); err != nil {
+		t.Fatalf("unblock: %v %s", err, out)
+	}
+	opened := time.Now()
+	err = harness.WaitFor(2*repairBound, "pod n1 -> pod n2 after the port opened", func() (bool, error) {
+		r, err := p1.Ping(p2.IP, 1, 200*time.Millisecond)
+		return err == nil && r.Received == 1, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reach := time.Since(opened)
+	upAgain := waitState(t, n1, n2.Name, liveness.Up, 2*repairBound) + reach
+	t.Logf("unblocked: pods reach each other after %v, n1 reports n2 up after %v", reach.Round(time.Millisecond), upAgain.Round(time.Millisecond))
+	if reach > repairBound {
+		t.Errorf("recovered %v after the port opened, bound %v", reach, repairBound)
+	}
+	result(t, "UDP port blocked 30 s: n1 reported n2 %s after %.1fs (%s); traffic back %.1fs and state up %.1fs after unblocking",
+		bad.State, detected.Seconds(), bad.Reason, reach.Seconds(), upAgain.Seconds())
+}
+
+// TestSimultaneousInitiation drops both ends' sessions at the same instant
+// and makes both initiate at once, five times: the tunnel must come back
+// each time, and both sides report each other up.
+func TestSimultaneousInitiation(t *testing.T) {
+	c := start(t, 2)
+	n1, n2 := c.Nodes()[0], c.Nodes()[1]
+	harness.WaitMesh(t, []*harness.Node{n1, n2}, 20*time.Second)
+	p1, p2 := n1.MustAddPod(t), n2.MustAddPod(t)
+	harness.Connect(t, p1.NS, p2.IP, "pod n1 -> pod n2", 3)
+	k1, k2 := keyOf(t, n1), keyOf(t, n2)
+	var worst time.Duration
+	for round := 1; round <= 5; round++ {
+		e1, e2 := peerOn(t, n1, k2), peerOn(t, n2, k1)
+		var wg sync.WaitGroup
+		for _, side := range []struct {
+			n *harness.Node
+			p *wgtypes.Peer
+		}{{n1, e1}, {n2, e2}} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				// Re-create the entry (no session, no initiation rate
+				// limit) with keepalive on: it initiates at once.
+				ka := time.Second
+				configure(t, side.n, wgtypes.PeerConfig{PublicKey: side.p.PublicKey, Remove: true},
+					wgtypes.PeerConfig{PublicKey: side.p.PublicKey, Endpoint: side.p.Endpoint, ReplaceAllowedIPs: true,
+						AllowedIPs: side.p.AllowedIPs, PersistentKeepaliveInterval: &ka})
+			}()
+		}
+		wg.Wait()
+		t0 := time.Now()
+		err := harness.WaitFor(2*repairBound, "pods reach each other after crossed initiations", func() (bool, error) {
+			r, err := p1.Ping(p2.IP, 1, 200*time.Millisecond)
+			return err == nil && r.Received == 1, nil
+		})
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		took := time.Since(t0)
+		worst = max(worst, took)
+		// The keepalive we set by hand is drift: wgcnid puts the record's back.
+		err = harness.WaitFor(2*repairBound, "keepalive restored on both ends", func() (bool, error) {
+			a, b := peerOn(t, n1, k2), peerOn(t, n2, k1)
+			return a != nil && b != nil && a.PersistentKeepaliveInterval == 0 && b.PersistentKeepaliveInterval == 0, nil
+		})
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		t.Logf("round %d: traffic flows %v after both ends initiated at once", round, took.Round(time.Millisecond))
+	}
+	waitState(t, n1, n2.Name, liveness.Up, repairBound)
+	waitState(t, n2, n1.Name, liveness.Up, repairBound)
+	if worst > repairBound {
+		t.Errorf("slowest recovery %v, bound %v", worst, repairBound)
+	}
+	result(t, "both ends initiating at once, 5 rounds: traffic back within %.1fs each time, both report up", worst.Seconds())
+}
+
+func must(s string, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	return s
+}
