@@ -309,6 +309,12 @@ func (p *Peer) classify(o Observation) (State, string, []RepairKind) {
 	stuck := []RepairKind{ReReadEndpoint, Reinitiate}
 	hsAge := now.Sub(o.LastHandshake)
 	failed := !p.probeFailed.IsZero() && p.probeFailed.After(p.probeOK) && now.Sub(p.probeFailed) < p.cfg.ProbeValidity
+	// Packets received after the failed probe's timeout are newer
+	// evidence, unless handshakes churn (then the counters move with
+	// handshake messages alone).
+	if failed && p.rxAt.After(p.probeFailed.Add(p.cfg.ProbeTimeout)) && !p.churning(now) {
+		failed = false
+	}
 	silent := !p.unanswered.IsZero() && now.Sub(p.unanswered) >= p.cfg.Silence
 
 	if o.LastHandshake.IsZero() {

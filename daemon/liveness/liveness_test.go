@@ -185,6 +185,13 @@ func TestTransitions(t *testing.T) {
 			obs(63*s, 62*s, 592, 648).expect(want{state: OneWay, reason: "handshake 1s ago but the probe",
 				repairs: []RepairKind{ReReadEndpoint, Reinitiate}, changed: yes()}),
 		}},
+		{"traffic coming back after a failed probe outweighs it (no churn)", []step{
+			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
+			obs(60*s, 0, 500, 500).expect(want{state: Up, probe: true}),
+			sent(60 * s), done(62*s, 60*s, false),
+			obs(63*s, 62*s, 592, 648).expect(want{state: OneWay, repairs: []RepairKind{ReReadEndpoint, Reinitiate}, changed: yes()}),
+			obs(80*s, 62*s, 700, 800).expect(want{state: Up, reason: "traffic both ways", probe: true, changed: yes()}), // the verification probe after the repair
+		}},
 		{"a normal rekey every two minutes is no churn", []step{
 			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
 			obs(5*s, 0, 1000, 1000),
