@@ -489,7 +489,12 @@ func TestNarrowSegment(t *testing.T) {
 		if got := routeMTU(t, pair[0], cidr[pair[1]]); got != 0 {
 			t.Errorf("route on %s to %s clamped to %d on the full segment", pair[0].Name, pair[1].Name, got)
 		}
-		s, err := peerStatus(pair[0], pair[1].Name)
+		var s heal.PeerStatus
+		err := harness.WaitFor(30*time.Second, pair[0].Name+" to measure the path to "+pair[1].Name, func() (bool, error) {
+			var err error
+			s, err = peerStatus(pair[0], pair[1].Name)
+			return err == nil && s.PathMTU != 0, err
+		})
 		if err != nil || s.PathMTU != 1440 {
 			t.Errorf("%s reports the path MTU to %s as %d (%v), want 1440", pair[0].Name, pair[1].Name, s.PathMTU, err)
 		}
