@@ -19,6 +19,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -144,8 +147,9 @@ func keyOf(t *testing.T, n *harness.Node) wgtypes.Key {
 	return dev.PublicKey
 }
 
-// scrape fetches node n's /metrics from inside its namespace.
-func scrape(t *testing.T, n *harness.Node) string {
+// get fetches path from node n's metrics and health endpoint, from inside
+// its namespace.
+func get(t *testing.T, n *harness.Node, path string) (int, string) {
 	t.Helper()
 	cl := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
@@ -156,13 +160,20 @@ func scrape(t *testing.T, n *harness.Node) string {
 		})
 		return c, err
 	}}}
-	resp, err := cl.Get("http://" + metricsAddr + "/metrics")
+	resp, err := cl.Get("http://" + metricsAddr + path)
 	if err != nil {
-		t.Fatalf("scrape %s: %v", n.Name, err)
+		t.Fatalf("GET %s on %s: %v", path, n.Name, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return string(b)
+	return resp.StatusCode, string(b)
+}
+
+// scrape fetches node n's /metrics.
+func scrape(t *testing.T, n *harness.Node) string {
+	t.Helper()
+	_, body := get(t, n, "/metrics")
+	return body
 }
 
 // metric returns the value of the first series of name whose labels
@@ -614,4 +625,87 @@ func udpDatagrams(t *testing.T, a, b *harness.Pod, size, count int) int {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return <-got
+}
+
+// TestUnreachablePeer: n2 joins while its WireGuard port is blocked, and
+// then its node goes off with its lease still alive (5 min TTL). n1 cannot
+// repair that: it must say so — no-handshake with the reason, within a
+// bounded time — fail /readyz (its only peer is unreachable; it was ready
+// with no peer at all), and the alert rules must fire on its metrics
+// (evaluated by Prometheus' rule engine in the conf/prometheus module).
+func TestUnreachablePeer(t *testing.T) {
+	c := start(t, 1)
+	n1 := c.Nodes()[0]
+	if code, body := get(t, n1, "/readyz"); code != http.StatusOK {
+		t.Fatalf("n1 with no peers: /readyz %d %s, want 200", code, body)
+	}
+	n2, err := c.AddBareNode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2.ExtraArgs = []string{"--lease-ttl", "5m"}
+	port := c.Cfg.ListenPort
+	nft := fmt.Sprintf("table inet hlblock { chain in { type filter hook input priority -10; udp dport %d drop; }; chain out { type filter hook output priority -10; udp sport %d drop; }; }", port, port)
+	if out, err := n2.Exec("nft", nft); err != nil {
+		t.Fatalf("block n2's UDP port: %v %s", err, out)
+	}
+	if err := n2.StartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n2.WaitReady(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	harness.WaitMesh(t, []*harness.Node{n1, n2}, 20*time.Second)
+	configured := time.Now()
+	n2.Shutdown() // the node goes off; its lease lives on for 5 min
+	took := waitState(t, n1, n2.Name, liveness.NoHandshake, 60*time.Second)
+	s, _ := peerStatus(n1, n2.Name)
+	if !strings.Contains(s.Reason, "no handshake in") {
+		t.Errorf("reason %q does not say why", s.Reason)
+	}
+	if l, err := c.LeaseOf(n2.Name); err != nil || l == nil || l.TTL <= 0 {
+		t.Fatalf("n2's lease should still be alive: %+v %v", l, err)
+	}
+	t.Logf("n1 reports n2 no-handshake %v after configuring it: %s", took.Round(time.Millisecond), s.Reason)
+	code, body := get(t, n1, "/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "no peer reachable") {
+		t.Errorf("n1 reaching none of its peers: /readyz %d %q, want 503 naming why", code, body)
+	}
+	m := scrape(t, n1)
+	if v := metric(m, "wgcni_peer_state", `peer_node="n2"`, `state="no-handshake"`); v != "1" {
+		t.Fatalf("wgcni_peer_state{peer_node=n2,state=no-handshake} = %q", v)
+	}
+	firing := alertsOn(t, m, "WgcniPeerNoHandshake", "WgcniNodeIsolated")
+	result(t, "node off with a live lease: n1 reports it no-handshake %.1fs after configuring it (%s); /readyz %d; alerts firing on n1's metrics: %s",
+		time.Since(configured).Seconds(), s.Reason, code, firing)
+}
+
+// alertsOn evaluates conf/prometheus/wgcni-alerts.yaml with Prometheus'
+// rule engine over the scraped metrics held for 10 minutes (the nested
+// module's TestScrapedAlerts) and requires the named alerts to fire.
+func alertsOn(t *testing.T, metrics string, want ...string) string {
+	t.Helper()
+	repo, err := harness.FindRepo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), "scrape.txt")
+	if err := os.WriteFile(f, []byte(metrics), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "test", "-count=1", "-run", "TestScrapedAlerts", "-v", ".")
+	cmd.Dir = filepath.Join(repo, "conf", "prometheus")
+	cmd.Env = append(os.Environ(), "WGCNI_SCRAPE="+f, "WGCNI_SCRAPE_FIRING="+strings.Join(want, ","))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("alert rules over n1's metrics: %v\n%s", err, out)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if i := strings.Index(l, "firing: "); i >= 0 {
+			return strings.TrimSpace(l[i+len("firing: "):])
+		}
+	}
+	return strings.Join(want, ",")
 }
