@@ -48,9 +48,16 @@ func (r *Reconciler) healTick(now time.Time) {
 		byKey[p.PublicKey] = c
 	}
 	res := r.cfg.Heal.Observe(now, dev.Peers, wants)
+	initiate := map[wgtypes.Key]time.Duration{}
 	for _, rep := range res.Repairs {
-		r.repair(rep, byKey[rep.Key])
+		r.repair(rep, byKey[rep.Key], initiate)
 	}
+	// One configuration round for every re-initiation of this tick.
+	if err := wgdev.Initiate(r.cfg.WG, r.cfg.Device, initiate); err != nil {
+		r.Stats.ApplyErrors.Add(1)
+		r.cfg.Log.Warn("repair failed; retried with backoff", "repair", liveness.Reinitiate, "peers", len(initiate), "err", err)
+	}
+	r.flushRereads(now)
 	for k, mtu := range res.RouteMTU {
 		if c, ok := byKey[k]; ok {
 			r.setPathMTU(c, k, mtu)
@@ -58,8 +65,9 @@ func (r *Reconciler) healTick(now time.Time) {
 	}
 }
 
-// repair runs one repair heal asked for.
-func (r *Reconciler) repair(rep heal.Repair, cidr netip.Prefix) {
+// repair runs one repair heal asked for; re-initiations are collected in
+// initiate (peer key: its keepalive) and re-reads in r.rereadWant.
+func (r *Reconciler) repair(rep heal.Repair, cidr netip.Prefix, initiate map[wgtypes.Key]time.Duration) {
 	log := r.cfg.Log.With("repair", rep.Kind, "public_key", rep.Key.String())
 	if rep.Stray {
 		if err := r.execute(Plan{Peers: []wgtypes.PeerConfig{{PublicKey: rep.Key, Remove: true}}}); err != nil {
@@ -78,9 +86,12 @@ func (r *Reconciler) repair(rep heal.Repair, cidr netip.Prefix) {
 		// (ReplaceAllowedIPs takes them back from any other entry).
 		err = r.execute(Plan{Peers: []wgtypes.PeerConfig{p.config()}, RouteAdd: p.routes(r.cfg.LinkIndex, r.cfg.Gateways)})
 	case liveness.ReReadEndpoint:
-		go r.reread(cidr)
+		if r.rereadWant == nil {
+			r.rereadWant = map[netip.Prefix]bool{}
+		}
+		r.rereadWant[cidr] = true
 	case liveness.Reinitiate:
-		err = wgdev.Initiate(r.cfg.WG, r.cfg.Device, map[wgtypes.Key]time.Duration{p.PublicKey: time.Duration(p.Keepalive) * time.Second})
+		initiate[p.PublicKey] = time.Duration(p.Keepalive) * time.Second
 	case liveness.BreakCrossed:
 		if !liveness.Initiates(r.cfg.SelfKey, p.PublicKey) {
 			log.Info("crossed initiations: the peer (lower key) re-creates its entry and initiates; waiting for it", "peer_node", p.Node)
@@ -94,39 +105,64 @@ func (r *Reconciler) repair(rep heal.Repair, cidr netip.Prefix) {
 	}
 }
 
-// reread reads a peer's record from etcd again (the watch may have missed
-// a change) and hands it to the loop.
-func (r *Reconciler) reread(cidr netip.Prefix) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	resp, err := r.cfg.Client.Get(ctx, record.SubnetKey(r.cfg.Prefix, cidr))
-	if err != nil {
-		r.cfg.Log.Warn("re-read peer record from etcd", "cidr", cidr, "err", err)
-		return
-	}
-	select {
-	case r.rereads <- resp:
-	case <-ctx.Done():
-	}
+// rereadEvery bounds how often records are re-read from etcd however many
+// peers are stuck: one Get for one peer, one listing for several, so a
+// thousand unreachable nodes cost one request per period, not a thousand.
+const rereadEvery = 10 * time.Second
+
+// reread is one re-read's outcome for the loop.
+type reread struct {
+	cidrs map[netip.Prefix]bool
+	resp  *clientv3.GetResponse // nil: failed
 }
 
-// rereadDone applies a re-read record when it differs from what the watch
-// delivered, and only when it is not older than the watch's position.
-func (r *Reconciler) rereadDone(resp *clientv3.GetResponse, watched int64) {
-	if resp.Header.Revision < watched || len(resp.Kvs) == 0 {
-		return // the watch is ahead, or the record is gone (its delete event comes)
-	}
-	kv := resp.Kvs[0]
-	cidr, err := record.ParsePeerKey(r.cfg.Prefix, string(kv.Key), r.cfg.Cluster)
-	if err != nil {
+// flushRereads starts the re-read of the records heal asked for, unless
+// one is running or the last was too recent.
+func (r *Reconciler) flushRereads(now time.Time) {
+	if len(r.rereadWant) == 0 || r.rereading || now.Sub(r.rereadAt) < rereadEvery {
 		return
 	}
-	l, err := r.decode(string(kv.Key), kv.Value)
-	if have, ok := r.records[cidr]; err == nil && ok && have.Endpoint == l.Endpoint && have.PublicKey == l.PublicKey {
-		return
+	want := r.rereadWant
+	r.rereadWant, r.rereading, r.rereadAt = nil, true, now
+	key, opts := record.SubnetsPrefix(r.cfg.Prefix), []clientv3.OpOption{clientv3.WithPrefix()}
+	if len(want) == 1 {
+		for c := range want {
+			key, opts = record.SubnetKey(r.cfg.Prefix, c), nil
+		}
 	}
-	r.cfg.Log.Warn("re-read peer record differs from what the watch delivered; applying it", "cidr", cidr, "rev", kv.ModRevision)
-	r.put(kv, true)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := r.cfg.Client.Get(ctx, key, opts...)
+		if err != nil {
+			r.cfg.Log.Warn("re-read peer records from etcd", "peers", len(want), "err", err)
+			resp = nil
+		}
+		r.rereads <- reread{cidrs: want, resp: resp}
+	}()
+}
+
+// rereadDone applies each re-read record that differs from what the watch
+// delivered, when the read is not older than the watch's position.
+func (r *Reconciler) rereadDone(rr reread, watched int64) {
+	r.rereading = false
+	if rr.resp == nil || rr.resp.Header.Revision < watched {
+		return // failed, or the watch is ahead of the read
+	}
+	for _, kv := range rr.resp.Kvs {
+		cidr, err := record.ParsePeerKey(r.cfg.Prefix, string(kv.Key), r.cfg.Cluster)
+		if err != nil || !rr.cidrs[cidr] {
+			continue
+		}
+		l, err := r.decode(string(kv.Key), kv.Value)
+		if have, ok := r.records[cidr]; err == nil && ok && have.Endpoint == l.Endpoint && have.PublicKey == l.PublicKey {
+			continue
+		}
+		// A record that is gone comes as the watch's delete event.
+		r.cfg.Log.Warn("re-read peer record differs from what the watch delivered; applying it", "cidr", cidr, "rev", kv.ModRevision)
+		r.rev = kv.ModRevision
+		r.put(kv, true)
+	}
 }
 
 // setPathMTU puts a peer's measured route MTU (0: none) on its routes.
@@ -139,5 +175,6 @@ func (r *Reconciler) setPathMTU(cidr netip.Prefix, key wgtypes.Key, mtu int) {
 	} else {
 		r.pathMTU[key] = mtu
 	}
+	r.rev = 0 // not an etcd change
 	r.resolve(cidr, true)
 }

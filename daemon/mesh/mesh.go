@@ -148,9 +148,12 @@ type Reconciler struct {
 
 	// Self-healing (heal.go): the liveness tick, re-read records coming
 	// back from etcd, and the route MTU of peers behind a narrower path.
-	healC   <-chan time.Time
-	rereads chan *clientv3.GetResponse
-	pathMTU map[wgtypes.Key]int
+	healC      <-chan time.Time
+	rereads    chan reread
+	rereadWant map[netip.Prefix]bool // records to re-read (flushRereads)
+	rereading  bool
+	rereadAt   time.Time
+	pathMTU    map[wgtypes.Key]int
 }
 
 func (r *Reconciler) observe(kind string, start time.Time, err error) {
@@ -164,7 +167,7 @@ func New(cfg Config) *Reconciler {
 	if cfg.Resync <= 0 {
 		cfg.Resync = time.Minute
 	}
-	return &Reconciler{cfg: cfg, synced: make(chan struct{}), rereads: make(chan *clientv3.GetResponse),
+	return &Reconciler{cfg: cfg, synced: make(chan struct{}), rereads: make(chan reread, 1),
 		deviceBackoff: etcdutil.Backoff{Min: 50 * time.Millisecond, Max: time.Second}}
 }
 

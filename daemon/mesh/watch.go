@@ -97,8 +97,8 @@ func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev 
 			r.checkRekeys(time.Now())
 		case now := <-r.healC:
 			r.healTick(now)
-		case resp := <-r.rereads:
-			r.rereadDone(resp, rev)
+		case rr := <-r.rereads:
+			r.rereadDone(rr, rev)
 		}
 	}
 }
