@@ -309,12 +309,6 @@ func (p *Peer) classify(o Observation) (State, string, []RepairKind) {
 	stuck := []RepairKind{ReReadEndpoint, Reinitiate}
 	hsAge := now.Sub(o.LastHandshake)
 	failed := !p.probeFailed.IsZero() && p.probeFailed.After(p.probeOK) && now.Sub(p.probeFailed) < p.cfg.ProbeValidity
-	// Packets received after the failed probe's timeout are newer
-	// evidence, unless handshakes churn (then the counters move with
-	// handshake messages alone).
-	if failed && p.rxAt.After(p.probeFailed.Add(p.cfg.ProbeTimeout)) && !p.churning(now) {
-		failed = false
-	}
 	silent := !p.unanswered.IsZero() && now.Sub(p.unanswered) >= p.cfg.Silence
 
 	if o.LastHandshake.IsZero() {
@@ -403,6 +397,12 @@ func (p *Peer) probeDue(o Observation, state State) bool {
 		since = p.cfg.ProbeInterval
 	}
 	if p.churning(now) {
+		return since >= p.cfg.Silence
+	}
+	// Packets arrive again after a failed probe: the link may be back
+	// (a firewall opened), or only one way. Only a probe tells, so one is
+	// due every Silence rather than every ProbeInterval.
+	if state != Up && !p.probeFailed.IsZero() && p.rxAt.After(p.probeFailed) {
 		return since >= p.cfg.Silence
 	}
 	if recent(p.rxAt) && recent(p.txAt) && state == Up {

@@ -185,12 +185,21 @@ func TestTransitions(t *testing.T) {
 			obs(63*s, 62*s, 592, 648).expect(want{state: OneWay, reason: "handshake 1s ago but the probe",
 				repairs: []RepairKind{ReReadEndpoint, Reinitiate}, changed: yes()}),
 		}},
-		{"traffic coming back after a failed probe outweighs it (no churn)", []step{
+		{"packets arriving after a failed probe make a probe due every silence period, not every minute", []step{
 			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
 			obs(60*s, 0, 500, 500).expect(want{state: Up, probe: true}),
 			sent(60 * s), done(62*s, 60*s, false),
 			obs(63*s, 62*s, 592, 648).expect(want{state: OneWay, repairs: []RepairKind{ReReadEndpoint, Reinitiate}, changed: yes()}),
-			obs(80*s, 62*s, 700, 800).expect(want{state: Up, reason: "traffic both ways", probe: true, changed: yes()}), // the verification probe after the repair
+			obs(68*s, 62*s, 592, 700).expect(want{state: OneWay, probe: true}), // verification
+			sent(68 * s), done(70*s, 68*s, false),
+			// A probe failing is stronger than packets arriving.
+			obs(75*s, 62*s, 700, 800).expect(want{state: OneWay, repairs: []RepairKind{ReReadEndpoint, Reinitiate}}),
+			obs(80*s, 62*s, 700, 800).expect(want{state: OneWay, probe: true}), // verification
+			sent(80 * s), done(82*s, 80*s, false),
+			obs(90*s, 62*s, 800, 900).expect(want{state: OneWay}),
+			obs(96*s, 62*s, 900, 1000).expect(want{state: OneWay, probe: true, repairs: []RepairKind{ReReadEndpoint, Reinitiate}}),
+			sent(96 * s), done(96*s, 96*s, true),
+			obs(97*s, 62*s, 1000, 1100).expect(want{state: Up, reason: "traffic both ways", changed: yes()}),
 		}},
 		{"a normal rekey every two minutes is no churn", []step{
 			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
