@@ -210,6 +210,7 @@ func (h *Healer) Observe(now time.Time, dev []wgtypes.Peer, want []Want) Result 
 	h.takeOutcomes(&res)
 
 	changed := false
+	budget := h.probeBudget()
 	for _, k := range sortedKeys(h.peers) {
 		p := h.peers[k]
 		d := onDev[k]
@@ -238,7 +239,9 @@ func (h *Healer) Observe(now time.Time, dev []wgtypes.Peer, want []Want) Result 
 		if h.cfg.ProbePort == 0 || !p.want.Probe.IsValid() || d == nil {
 			continue
 		}
-		if v.Probe {
+		if v.Probe && budget > 0 {
+			// Over the budget the probe stays due: sent on a later tick.
+			budget--
 			p.lv.ProbeSent(now)
 			h.ping(k, p.want.Probe, now)
 		}
@@ -264,6 +267,15 @@ func (h *Healer) Observe(now time.Time, dev []wgtypes.Peer, want []Want) Result 
 	}
 	h.publish(now, changed || len(res.RouteMTU) > 0)
 	return res
+}
+
+// probeBudget is how many probes one tick may send: enough for every peer
+// once per probe interval, spread over its ticks (a thousand peers
+// configured at once are not all probed in the same instant), and never
+// fewer than a few.
+func (h *Healer) probeBudget() int {
+	ticks := int(h.cfg.Liveness.ProbeIntervalOrDefault() / Tick)
+	return len(h.peers)/max(ticks, 1) + 4
 }
 
 // takeOutcomes feeds the finished probes and searches into the peers.

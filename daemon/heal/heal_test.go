@@ -74,3 +74,32 @@ func TestEveryFaultRepairedAtOnce(t *testing.T) {
 		t.Fatalf("endpoint drift again within the backoff: %+v", r.Repairs)
 	}
 }
+
+// A thousand peers configured at once are probed over the probe interval,
+// not in one instant: one tick sends at most its share. The probes go to
+// a closed port on loopback (answered by a port unreachable).
+func TestProbesSpreadOverTicks(t *testing.T) {
+	h := New(Config{ProbePort: 9, ProbeTimeout: 100 * time.Millisecond})
+	defer h.Close()
+	var wants []Want
+	var dev []wgtypes.Peer
+	for range 300 {
+		w, d := testWant(t)
+		w.Probe = netip.MustParseAddr("127.0.0.1")
+		wants, dev = append(wants, w), append(dev, d)
+	}
+	now := time.Unix(1000, 0)
+	h.Observe(now, dev, wants)
+	h.wg.Wait()
+	h.mu.Lock()
+	sent := len(h.done)
+	h.mu.Unlock()
+	if want := 300/30 + 4; sent != want {
+		t.Fatalf("first tick sent %d probes to 300 new peers, want %d (a 60 s interval's share of 2 s ticks)", sent, want)
+	}
+	for _, o := range h.done {
+		if !o.answered {
+			t.Fatalf("probe to a closed port on loopback: not answered (a port unreachable proves the path)")
+		}
+	}
+}

@@ -116,6 +116,9 @@ func DefaultConfig() Config {
 	}
 }
 
+// ProbeIntervalOrDefault is ProbeInterval, or its default when unset.
+func (c Config) ProbeIntervalOrDefault() time.Duration { return c.withDefaults().ProbeInterval }
+
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
 	for _, f := range []struct{ v, def *time.Duration }{
