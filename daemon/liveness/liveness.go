@@ -318,12 +318,16 @@ func (p *Peer) classify(o Observation) (State, string, []RepairKind) {
 		if now.Sub(p.since) < p.cfg.Grace {
 			return Pending, fmt.Sprintf("configured %s ago, no handshake yet", age(now, p.since)), nil
 		}
-		why := "no packet sent to it yet"
+		var why string
 		switch {
 		case failed:
 			why = "the probe through the tunnel went unanswered"
 		case !p.txAt.IsZero():
 			why = "initiations go unanswered"
+		default:
+			// Nothing was ever sent (probes off, or not yet this
+			// peer's turn): no evidence either way, nothing to repair.
+			return Pending, fmt.Sprintf("configured %s ago, nothing sent to it yet", age(now, p.since)), nil
 		}
 		return NoHandshake, fmt.Sprintf("no handshake in %s since configured: %s", age(now, p.since), why), stuck
 	}
@@ -368,7 +372,9 @@ func (p *Peer) due(k RepairKind, cause string, now time.Time) []Repair {
 		b = &backoff{}
 		p.repairs[k] = b
 	}
-	if now.Before(b.next) {
+	if now.Before(b.next) || k == ReReadEndpoint && b.attempts > 0 {
+		// A record is re-read once per episode (until the peer is up):
+		// what was read then is what the watch delivers since.
 		return nil
 	}
 	wait := p.cfg.RepairBackoff << min(b.attempts, 16)

@@ -103,7 +103,7 @@ func TestTransitions(t *testing.T) {
 			sent(0),
 			obs(5*s, never, 0, 148).expect(want{state: Pending}),
 		}},
-		{"no handshake after the grace: re-read endpoint and re-initiate, with backoff", []step{
+		{"no handshake after the grace: re-read the record once, re-initiate with backoff", []step{
 			obs(0, never, 0, 0), sent(0),
 			obs(5*s, never, 0, 148),
 			done(6*s, 0, false),
@@ -112,9 +112,13 @@ func TestTransitions(t *testing.T) {
 			obs(16*s, never, 0, 296).expect(want{state: NoHandshake}),              // backoff: nothing
 			obs(20*s, never, 0, 296).expect(want{state: NoHandshake, probe: true}), // verification probe
 			sent(20 * s),
-			obs(25*s, never, 0, 444).expect(want{state: NoHandshake, repairs: stuck, attempt: 2}),              // +10 s
-			obs(35*s, never, 0, 444).expect(want{state: NoHandshake, probe: true}),                             // next repair at +20 s; the probe timed out
-			obs(45*s, never, 0, 592).expect(want{state: NoHandshake, repairs: stuck, attempt: 3, probe: true}), // probe timed out, verify due
+			obs(25*s, never, 0, 444).expect(want{state: NoHandshake, repairs: []RepairKind{Reinitiate}, attempt: 2}),              // +10 s; the record was re-read
+			obs(35*s, never, 0, 444).expect(want{state: NoHandshake, probe: true}),                                                // next repair at +20 s; the probe timed out
+			obs(45*s, never, 0, 592).expect(want{state: NoHandshake, repairs: []RepairKind{Reinitiate}, attempt: 3, probe: true}), // probe timed out, verify due
+		}},
+		{"nothing ever sent is no evidence: pending, nothing to repair", []step{
+			obs(0, never, 0, 0),
+			obs(20*s, never, 0, 0).expect(want{state: Pending, reason: "nothing sent to it yet", probe: true}),
 		}},
 		{"first handshake clears no-handshake", []step{
 			obs(0, never, 0, 0), sent(0),
@@ -193,11 +197,11 @@ func TestTransitions(t *testing.T) {
 			obs(68*s, 62*s, 592, 700).expect(want{state: OneWay, probe: true}), // verification
 			sent(68 * s), done(70*s, 68*s, false),
 			// A probe failing is stronger than packets arriving.
-			obs(75*s, 62*s, 700, 800).expect(want{state: OneWay, repairs: []RepairKind{ReReadEndpoint, Reinitiate}}),
+			obs(75*s, 62*s, 700, 800).expect(want{state: OneWay, repairs: []RepairKind{Reinitiate}}),
 			obs(80*s, 62*s, 700, 800).expect(want{state: OneWay, probe: true}), // verification
 			sent(80 * s), done(82*s, 80*s, false),
 			obs(90*s, 62*s, 800, 900).expect(want{state: OneWay}),
-			obs(96*s, 62*s, 900, 1000).expect(want{state: OneWay, probe: true, repairs: []RepairKind{ReReadEndpoint, Reinitiate}}),
+			obs(96*s, 62*s, 900, 1000).expect(want{state: OneWay, probe: true, repairs: []RepairKind{Reinitiate}}),
 			sent(96 * s), done(96*s, 96*s, true),
 			obs(97*s, 62*s, 1000, 1100).expect(want{state: Up, reason: "traffic both ways", changed: yes()}),
 		}},
