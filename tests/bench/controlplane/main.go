@@ -36,6 +36,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/heal"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
 	"github.com/wgcni/wgcni/tests/harness"
@@ -59,6 +60,10 @@ type Options struct {
 	Events int
 	Steady time.Duration
 	Logf   func(string, ...any)
+	// ProbesOff adds, for every size, a second daemon run with
+	// --probe-port 0: the reference for the liveness probes' overhead
+	// (docs/self-healing.md), measured in the same run.
+	ProbesOff bool
 }
 
 // Result is one size's figures.
@@ -75,12 +80,19 @@ type Result struct {
 	SteadyPerMin   float64                    // unary requests per minute
 	SteadyMethods  map[string]float64
 	OpenStreams    map[string]float64
+	// Probes: "off" for the --probe-port 0 reference run. Steady-state CPU
+	// of the daemon and the device process, and liveness probes sent, per
+	// minute (from the daemon's peer state file).
+	Probes                  string
+	SteadyCPU, SteadyDevCPU time.Duration
+	ProbesPerMin            float64
 }
 
 func main() {
 	sizes := flag.String("n", "100,1000,5000", "comma-separated node record counts")
 	events := flag.Int("events", 200, "events per size (new/changed/deleted in turn)")
 	steady := flag.Duration("steady", 60*time.Second, "steady-state observation window")
+	probesOff := flag.Bool("probes-off", false, "also run each size with --probe-port 0, the reference for the liveness probes' overhead")
 	flag.Parse()
 	var o Options
 	for _, s := range strings.Split(*sizes, ",") {
@@ -92,6 +104,7 @@ func main() {
 		o.Sizes = append(o.Sizes, n)
 	}
 	o.Events, o.Steady = *events, *steady
+	o.ProbesOff = *probesOff
 	o.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
 	res, err := Run(o)
 	Print(os.Stdout, res)
@@ -127,11 +140,16 @@ func Run(o Options) ([]Result, error) {
 	defer cli.Close()
 	var out []Result
 	for _, n := range o.Sizes {
-		r, err := runSize(c, cli, n, o)
-		if err != nil {
-			return out, fmt.Errorf("N=%d: %w", n, err)
+		for _, probes := range []string{"on", "off"} {
+			if probes == "off" && !o.ProbesOff {
+				continue
+			}
+			r, err := runSize(c, cli, n, probes, o)
+			if err != nil {
+				return out, fmt.Errorf("N=%d probes %s: %w", n, probes, err)
+			}
+			out = append(out, r)
 		}
-		out = append(out, r)
 	}
 	return out, nil
 }
@@ -141,8 +159,8 @@ type synth struct {
 	rec  record.Lease
 }
 
-func runSize(c *harness.Cluster, cli *clientv3.Client, n int, o Options) (Result, error) {
-	res := Result{N: n, Lat: map[string][]time.Duration{}}
+func runSize(c *harness.Cluster, cli *clientv3.Client, n int, probes string, o Options) (Result, error) {
+	res := Result{N: n, Lat: map[string][]time.Duration{}, Probes: probes}
 	ctx := context.Background()
 	if _, err := cli.Delete(ctx, prefix+"/", clientv3.WithPrefix()); err != nil {
 		return res, err
@@ -207,6 +225,9 @@ func runSize(c *harness.Cluster, cli *clientv3.Client, n int, o Options) (Result
 		return res, err
 	}
 	defer node.Shutdown()
+	if probes == "off" {
+		node.ExtraArgs = []string{"--probe-port", "0"}
+	}
 	before, err := scrape(c)
 	if err != nil {
 		return res, err
@@ -328,7 +349,11 @@ func runSize(c *harness.Cluster, cli *clientv3.Client, n int, o Options) (Result
 	if err != nil {
 		return res, err
 	}
+	cpu1, dcpu1, pr1 := cpuTime(pid), cpuTime(devPID), probesSent(node)
 	time.Sleep(o.Steady)
+	res.SteadyCPU = time.Duration(float64(cpuTime(pid)-cpu1) / o.Steady.Minutes())
+	res.SteadyDevCPU = time.Duration(float64(cpuTime(devPID)-dcpu1) / o.Steady.Minutes())
+	res.ProbesPerMin = float64(probesSent(node)-pr1) / o.Steady.Minutes()
 	s1, err := scrape(c)
 	if err != nil {
 		return res, err
@@ -437,6 +462,20 @@ func readPID(path string) (int, error) {
 		return 0, err
 	}
 	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// probesSent is the liveness probes the node's daemon has sent, answered
+// or lost, from its peer state file (0 when it has none).
+func probesSent(node *harness.Node) int64 {
+	st, err := heal.ReadState(heal.StateFile(node.RunDir))
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, p := range st.Peers {
+		n += p.ProbesAnswered + p.ProbesLost
+	}
+	return n
 }
 
 // cpuTime is utime+stime of pid (clock ticks of 10 ms).
@@ -617,6 +656,15 @@ func Print(w io.Writer, res []Result) {
 			r.N, ms(pct(r.Commit, .5)), ms(pct(r.Commit, .99)), ms(pct(r.AfterAck, .5)), ms(pct(r.AfterAck, .99)))
 		fmt.Fprintf(w, "N=%d cold-start etcd requests: %g (flannel 2N+9 = %d): %s\n", r.N, sum(r.ColdRequests), flannel.coldRequests(r.N), fmtMethods(r.ColdRequests))
 		fmt.Fprintf(w, "N=%d steady state: %.1f requests/min (%s); open streams: %s\n", r.N, r.SteadyPerMin, fmtMethods(r.SteadyMethods), fmtMethods(r.OpenStreams))
+		fmt.Fprintf(w, "N=%d probes %s: steady-state CPU daemon %.2f%% of a core, device %.2f%%; %.0f liveness probes/min (%.2f per peer)\n",
+			r.N, r.Probes, 100*r.SteadyCPU.Minutes(), 100*r.SteadyDevCPU.Minutes(), r.ProbesPerMin, r.ProbesPerMin/float64(r.N))
+	}
+	for i := 1; i < len(res); i++ {
+		on, off := res[i-1], res[i]
+		if on.N == off.N && on.Probes == "on" && off.Probes == "off" {
+			fmt.Fprintf(w, "N=%d probe overhead: daemon %+.2f%% of a core, device %+.2f%% (probes on minus off, same run); target <= 1%% and <= 1 probe per peer per minute\n",
+				on.N, 100*(on.SteadyCPU-off.SteadyCPU).Minutes(), 100*(on.SteadyDevCPU-off.SteadyDevCPU).Minutes())
+		}
 	}
 	fmt.Fprintf(w, "flannel reference: cold 0.95 s @1000, 4.25 s @5000; per-event p50 %.1f ms p99 %.0f ms; RSS %.0f MB @1000\n", flannel.p50, flannel.p99, flannel.rss1000)
 	fmt.Fprintf(w, "targets: cold <= 0.5 s @1000, <= 2 s @5000; p99 <= 6 ms; daemon RSS <= 40 MiB @1000; cold O(1) requests; steady: 1 KeepAlive stream, no lists\n")
