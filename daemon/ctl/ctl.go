@@ -242,10 +242,7 @@ func (r *StatusReport) table(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tSTATUS\tPUBLIC KEY")
 	for _, p := range r.Peers {
-		hs := "never"
-		if p.HandshakeAgeSecs != nil {
-			hs = time.Duration(*p.HandshakeAgeSecs*float64(time.Second)).Round(time.Second).String() + " ago"
-		}
+		hs := handshakeAge(p.HandshakeAgeSecs)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dash(p.Node), dash(p.Endpoint), strings.Join(p.AllowedIPs, ","), hs,
 			bytes(p.RxBytes), bytes(p.TxBytes), p.Status, p.PublicKey)
 	}
@@ -441,6 +438,14 @@ func bytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// handshakeAge prints a handshake age in seconds (nil: never).
+func handshakeAge(secs *float64) string {
+	if secs == nil {
+		return "never"
+	}
+	return time.Duration(*secs*float64(time.Second)).Round(time.Second).String() + " ago"
 }
 
 func dash(s string) string {

@@ -74,10 +74,7 @@ func (r *PeersReport) table(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tCIDR\tSTATE\tPATH MTU\tHANDSHAKE\tENDPOINT\tREPAIRS\tREASON")
 	for _, p := range r.Peers {
-		hs := "never"
-		if p.HandshakeAgeSecs != nil {
-			hs = time.Duration(*p.HandshakeAgeSecs*float64(time.Second)).Round(time.Second).String() + " ago"
-		}
+		hs := handshakeAge(p.HandshakeAgeSecs)
 		mtu := "-"
 		if p.PathMTU > 0 {
 			mtu = fmt.Sprint(p.PathMTU)

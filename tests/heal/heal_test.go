@@ -119,6 +119,17 @@ func waitState(t *testing.T, n *harness.Node, peer string, state liveness.State,
 	return time.Since(t0)
 }
 
+// twoNodes starts two nodes with a pod each that reach each other.
+func twoNodes(t *testing.T) (c *harness.Cluster, n1, n2 *harness.Node, p1, p2 *harness.Pod) {
+	t.Helper()
+	c = start(t, 2)
+	n1, n2 = c.Nodes()[0], c.Nodes()[1]
+	harness.WaitMesh(t, []*harness.Node{n1, n2}, 20*time.Second)
+	p1, p2 = n1.MustAddPod(t), n2.MustAddPod(t)
+	harness.Connect(t, p1.NS, p2.IP, "pod n1 -> pod n2", 3)
+	return c, n1, n2, p1, p2
+}
+
 // settle waits until a and b report each other up with the path MTU
 // measured: the start-up probes and searches are over, and neither side
 // sends to the other until its next periodic probe (roaming would repair a
@@ -199,11 +210,7 @@ func metric(text, name string, labels ...string) string {
 // repair: from the injection to the device being right again and a pod on
 // n1 reaching a pod on n2.
 func TestFaultsRepaired(t *testing.T) {
-	c := start(t, 2)
-	n1, n2 := c.Nodes()[0], c.Nodes()[1]
-	harness.WaitMesh(t, []*harness.Node{n1, n2}, 20*time.Second)
-	p1, p2 := n1.MustAddPod(t), n2.MustAddPod(t)
-	harness.Connect(t, p1.NS, p2.IP, "pod n1 -> pod n2", 3)
+	c, n1, n2, p1, p2 := twoNodes(t)
 	up := waitState(t, n1, n2.Name, liveness.Up, 20*time.Second)
 	t.Logf("n1 reports n2 up %v after first contact", up.Round(time.Millisecond))
 	settle(t, n1, n2)
@@ -292,11 +299,7 @@ func TestFaultsRepaired(t *testing.T) {
 // on n1 keeps sending to a pod on n2: n1 must report the peer unhealthy
 // with a reason while blocked, and up again soon after the port opens.
 func TestBlockedPortRecovers(t *testing.T) {
-	c := start(t, 2)
-	n1, n2 := c.Nodes()[0], c.Nodes()[1]
-	harness.WaitMesh(t, []*harness.Node{n1, n2}, 20*time.Second)
-	p1, p2 := n1.MustAddPod(t), n2.MustAddPod(t)
-	harness.Connect(t, p1.NS, p2.IP, "pod n1 -> pod n2", 3)
+	c, n1, n2, p1, p2 := twoNodes(t)
 	waitState(t, n1, n2.Name, liveness.Up, 20*time.Second)
 
 	port := c.Cfg.ListenPort
@@ -364,11 +367,7 @@ func TestBlockedPortRecovers(t *testing.T) {
 // and makes both initiate at once, five times: the tunnel must come back
 // each time, and both sides report each other up.
 func TestSimultaneousInitiation(t *testing.T) {
-	c := start(t, 2)
-	n1, n2 := c.Nodes()[0], c.Nodes()[1]
-	harness.WaitMesh(t, []*harness.Node{n1, n2}, 20*time.Second)
-	p1, p2 := n1.MustAddPod(t), n2.MustAddPod(t)
-	harness.Connect(t, p1.NS, p2.IP, "pod n1 -> pod n2", 3)
+	_, n1, n2, p1, p2 := twoNodes(t)
 	k1, k2 := keyOf(t, n1), keyOf(t, n2)
 	var worst time.Duration
 	for round := 1; round <= 5; round++ {
