@@ -230,8 +230,14 @@ func (h *Healer) Observe(now time.Time, dev []wgtypes.Peer, want []Want) Result 
 			p.status.State, p.status.Reason = v.State, v.Reason
 		}
 		for _, r := range v.Repairs {
-			h.cfg.Log.Warn("repairing peer", "peer_node", p.want.Node, "cidr", p.want.CIDR, "repair", r.Kind, "cause", r.Cause,
-				"attempt", r.Attempt, "public_key", k.String())
+			// The first attempt is the news; the backed-off repeats of a
+			// peer that stays down are counted, and logged at debug.
+			level := slog.LevelWarn
+			if r.Attempt > 1 {
+				level = slog.LevelDebug
+			}
+			h.cfg.Log.Log(context.Background(), level, "repairing peer", "peer_node", p.want.Node, "cidr", p.want.CIDR, "repair", r.Kind,
+				"cause", r.Cause, "attempt", r.Attempt, "public_key", k.String())
 			p.status.Repairs[string(r.Kind)]++
 			res.Repairs = append(res.Repairs, Repair{Key: k, Kind: r.Kind, Cause: r.Cause, Attempt: r.Attempt})
 			changed = true

@@ -189,6 +189,7 @@ type Peer struct {
 	inFlight    bool
 	probeOK     time.Time // last answered probe (its send time)
 	probeFailed time.Time // last unanswered probe (its send time)
+	lostInRow   int       // probes lost since the last answered one
 	verifyAt    time.Time // a verification probe is due from then (zero: none)
 
 	state        State
@@ -225,8 +226,10 @@ func (p *Peer) ProbeDone(sent time.Time, answered bool) {
 		if sent.After(p.probeOK) {
 			p.probeOK = sent
 		}
+		p.lostInRow = 0
 	} else if sent.After(p.probeFailed) {
 		p.probeFailed = sent
+		p.lostInRow++
 	}
 }
 
@@ -417,7 +420,12 @@ func (p *Peer) probeDue(o Observation, state State) bool {
 	if recent(p.rxAt) && recent(p.txAt) && state == Up {
 		return false
 	}
-	return since >= p.cfg.ProbeInterval
+	// A peer whose probes keep getting lost (its node is off) is probed
+	// less often: 1, 2, 4 min, then every RepairBackoffMax. Each probe to
+	// it makes WireGuard retry a handshake for up to 90 s, and the
+	// repairs' verification probes still come on their own schedule.
+	interval := min(p.cfg.ProbeInterval<<min(p.lostInRow, 8), max(p.cfg.RepairBackoffMax, p.cfg.ProbeInterval))
+	return since >= interval
 }
 
 // churnGap: two handshakes closer than this are not WireGuard renewing a

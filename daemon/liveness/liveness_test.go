@@ -312,6 +312,37 @@ func TestProbeBudget(t *testing.T) {
 	}
 }
 
+// A peer whose node is off (every probe lost, never a handshake) is probed
+// less and less often, not once a minute for ever: over 30 minutes the
+// interval probes back off to 5 min, besides one verification probe after
+// each (backed-off) repair.
+func TestDeadPeerProbesBackOff(t *testing.T) {
+	p := New(Config{}, t0)
+	probes, repairs := 0, 0
+	var tx int64
+	for d := time.Duration(0); d < 30*time.Minute; d += 2 * s {
+		now := t0.Add(d)
+		v := p.Observe(Observation{Now: now, Present: true, TxBytes: tx})
+		repairs += len(v.Repairs)
+		if v.Probe {
+			probes++
+			tx += 148
+			p.ProbeSent(now)
+			p.ProbeDone(now, false)
+		}
+		if d > DefaultConfig().Grace && v.State != NoHandshake {
+			t.Fatalf("t+%s: state %s (%s)", d, v.State, v.Reason)
+		}
+	}
+	// Re-initiations at 15 s, +10, +20, +40, +80, +160, then every 5 min:
+	// 11 in 30 min (the record is re-read once), each followed by a
+	// verification probe.
+	if probes > 20 {
+		t.Fatalf("%d probes to a dead peer in 30 min (%d repairs), want at most 20", probes, repairs)
+	}
+	t.Logf("%d probes and %d repairs in 30 min", probes, repairs)
+}
+
 // A probe whose outcome is never reported blocks new ones only until the
 // probe timeout: here the verification probe after a repair.
 func TestUnreportedProbe(t *testing.T) {
