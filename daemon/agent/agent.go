@@ -18,6 +18,7 @@ import (
 
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/etcdutil"
+	"github.com/wgcni/wgcni/daemon/gateway"
 	"github.com/wgcni/wgcni/daemon/keys"
 	"github.com/wgcni/wgcni/daemon/lease"
 	"github.com/wgcni/wgcni/daemon/mesh"
@@ -81,6 +82,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := prepareGateway(ctx, cfg, cli, endpoint, log); err != nil {
+		return err
+	}
 
 	// 6. The lease: a PodCIDR, or a host-only peer's address.
 	self := record.Lease{
@@ -91,6 +95,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Kind:      m.kind(),
 
 		UnderlayEncryption: underlayEnc.On,
+		Sites:              cfg.Sites,
 	}
 	acq := &lease.Acquirer{Client: cli, Prefix: cfg.EtcdPrefix, Cluster: m.grids(), Node: cfg.NodeName, TTL: cfg.LeaseTTL, Log: log}
 	var held lease.Held
@@ -139,6 +144,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	healer := startHeal(ctx, cfg, at, nd, om, log)
 	defer healer.Close()
+	sites := gateway.NewObserver(cli, cfg.EtcdPrefix, cfg.Cluster,
+		gateway.Advert{Record: held.Primary(), CIDRs: held.CIDRs, Node: cfg.NodeName, Endpoint: endpoint, Sites: cfg.Sites}, log.With("part", "gateway"))
+	go sites.Run(ctx)
 	rec := mesh.New(mesh.Config{
 		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, SelfKey: priv.Public(), OwnCIDR: held.Primary(),
 		Gateways: at.gws, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
@@ -152,7 +160,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		// and an initiation they refuse would hold back ours for 5 s.
 		FreshDevice: !nd.dev.Adopted && held.How == "adopted",
 		Heal:        healer,
+		Sites:       sites,
 	})
+	om.registerCollector(gateway.Collector{O: sites})
+	campaignWhenSynced(ctx, &gateway.Campaigner{Client: cli, Prefix: cfg.EtcdPrefix, Node: cfg.NodeName, Record: held.Primary(),
+		Sites: cfg.Sites, TTL: cfg.GatewayTTL, StateDir: cfg.StateDir, Log: log.With("part", "gateway")}, rec.Synced())
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(nd.dev.Mode), WG: wg, PodCIDR: at.podCIDR,
 		IPAMDir: at.ipamDir, LeaseExpiry: keeper.Expiry, Peers: rec.PeerNodes, Stats: &rec.Stats, SameNode: at.sameNode, Retakes: keeper.Retakes.Load,
@@ -165,6 +177,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		case <-ctx.Done():
 		}
 	}()
+	// The first sync must know the elections, or a restart would pull
+	// every site off its gateway's peer until they are listed.
+	select {
+	case <-sites.Synced():
+	case <-ctx.Done():
+		return nil
+	}
 	err = rec.Run(ctx)
 	if ctx.Err() != nil {
 		log.Info("stopping; device, peers, routes and lease stay in place")
@@ -255,6 +274,7 @@ func Cleanup(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err := deleteOwnRecords(ctx, cfg, m.kind(), log); err != nil {
 		log.Warn("could not delete own etcd record; it expires with its lease", "err", err)
 	}
+	errs = append(errs, cleanupGateway(ctx, cfg, log)...)
 	errs = append(errs, removeRoutes(cfg.Cluster)...)
 	if err := route.RemoveHost(); err != nil {
 		errs = append(errs, err)

@@ -86,12 +86,19 @@ type Config struct {
 	// UnderlayEncryption tunnels traffic between this node's and other nodes'
 	// underlay addresses when both use it (docs/hosts.md).
 	UnderlayEncryption bool
+	// Gateways (docs/gateways.md): site CIDRs behind this node it offers
+	// to route into the mesh, whether it masquerades cluster traffic
+	// towards them, and the TTL of its candidacy in their elections.
+	AdvertiseCIDRs    []string
+	GatewayMasquerade bool
+	GatewayTTL        time.Duration
 
 	// Derived by Validate.
 	Cluster   record.Cluster
 	Endpoint  netip.Addr // zero when auto-detected later
 	Level     slog.Level
-	HostRange netip.Prefix // validated HostCIDR (set when HostOnly)
+	HostRange netip.Prefix   // validated HostCIDR (set when HostOnly)
+	Sites     []netip.Prefix // validated AdvertiseCIDRs
 }
 
 // FlagSet registers every flag on a new FlagSet bound to c, with defaults.
@@ -137,6 +144,12 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.BoolVar(&c.HostOnly, "host-only", false, "join the mesh as a host-only peer: no pods, one overlay address out of --host-cidr")
 	fs.StringVar(&c.HostCIDR, "host-cidr", "", "node-sized block of --cluster-cidr that host-only peers lease their /32 from (default: the last block)")
 	fs.BoolVar(&c.UnderlayEncryption, "host-encryption", false, "also encrypt host-to-host traffic between this node's and other nodes' underlay addresses (only towards nodes that use it too; never to etcd endpoints)")
+	fs.Func("advertise-cidrs", "comma-separated site CIDRs behind this node (on its LAN side) it routes into the mesh as a gateway; one gateway per site serves at a time, chosen by an etcd election (docs/gateways.md)", func(s string) error {
+		c.AdvertiseCIDRs = splitList(s)
+		return nil
+	})
+	fs.BoolVar(&c.GatewayMasquerade, "gateway-masquerade", false, "masquerade cluster traffic this gateway forwards into its --advertise-cidrs (the site then needs no route back to the cluster CIDR)")
+	fs.DurationVar(&c.GatewayTTL, "gateway-ttl", 5*time.Second, "etcd lease TTL of this gateway's candidacy for its sites: a dead gateway's sites move to another within about this time")
 	return fs
 }
 
@@ -336,6 +349,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ProbePort < 0 || c.ProbePort > 65535 {
 		return fmt.Errorf("--probe-port: %d is out of range 0..65535 (0 = off)", c.ProbePort)
+	}
+	if err := c.validateGateway(); err != nil {
+		return err
 	}
 	if c.MetricsAddr != "" {
 		_, port, err := net.SplitHostPort(c.MetricsAddr)

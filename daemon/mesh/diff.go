@@ -31,6 +31,9 @@ type Peer struct {
 	// MTU is the path MTU measured to the peer when it is below the
 	// device's (daemon/heal), put on its PodCIDR routes; 0: none.
 	MTU int
+	// Sites are the site CIDRs this peer serves as their gateway
+	// (sites.go): allowed, but routed by sites.go, not per peer.
+	Sites []netip.Prefix
 }
 
 // Plan is what must change on the device and in the routing table. Apply
@@ -50,7 +53,8 @@ func (p Peer) primary() netip.Prefix { return p.CIDRs[0] }
 
 func (p Peer) equal(o Peer) bool {
 	return slices.Equal(p.CIDRs, o.CIDRs) && p.Node == o.Node && p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
-		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc && p.MTU == o.MTU
+		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc && p.MTU == o.MTU &&
+		slices.Equal(p.Sites, o.Sites)
 }
 
 func (p Peer) config() wgtypes.PeerConfig {
@@ -73,6 +77,9 @@ func (p Peer) allowed() []net.IPNet {
 	}
 	if p.Underlay.IsValid() {
 		out = append(out, toIPNet(p.underlayPrefix()))
+	}
+	for _, s := range p.Sites {
+		out = append(out, toIPNet(s))
 	}
 	return out
 }
@@ -151,6 +158,7 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 			plan.RouteDel = append(plan.RouteDel, routes[dst])
 		}
 	}
+	siteHoldersFirst(plan.Peers, byKey)
 	return plan
 }
 

@@ -88,6 +88,9 @@ type Config struct {
 	// Heal, if set, follows every peer's liveness and path MTU; the loop
 	// drives it every heal.Tick and runs its repairs (heal.go).
 	Heal *heal.Healer
+	// Sites, if set, routes the site CIDRs gateways serve
+	// (docs/gateways.md, sites.go).
+	Sites SiteTable
 }
 
 // Stats are counters for operators and metrics.
@@ -154,6 +157,7 @@ type Reconciler struct {
 	rereading  bool
 	rereadAt   time.Time
 	pathMTU    map[wgtypes.Key]int
+	site       siteState // site CIDRs behind gateways (sites.go)
 }
 
 func (r *Reconciler) observe(kind string, start time.Time, err error) {
@@ -229,6 +233,7 @@ func (r *Reconciler) fullSync(ctx context.Context) (int64, error) {
 		r.cfg.Log.Warn("own record missing from the full listing; asking the lease keeper to re-check", "key", record.SubnetKey(r.cfg.Prefix, r.cfg.OwnCIDR))
 		r.ownChanged()
 	}
+	r.sitesFromScratch()
 	if err := r.kernelResync(); err != nil {
 		return 0, err
 	}
@@ -265,6 +270,7 @@ func (r *Reconciler) kernelResync() (err error) {
 			delete(routes, dst)
 		}
 	}
+	r.dropSiteRoutes(routes)
 	plan := Diff(r.active, dev.Peers, routes, r.cfg.LinkIndex, r.cfg.Gateways)
 	if !plan.Empty() {
 		r.cfg.Log.Info("resync: repairing device/routes", "peer_changes", len(plan.Peers), "route_adds", len(plan.RouteAdd), "route_dels", len(plan.RouteDel))
@@ -278,6 +284,7 @@ func (r *Reconciler) kernelResync() (err error) {
 	for c, p := range r.active {
 		r.applied[c] = p
 	}
+	r.ensureSiteRoutes()
 	r.publishPeers()
 	return nil
 }
@@ -376,6 +383,9 @@ func (r *Reconciler) put(kv *mvccpb.KeyValue, apply bool) {
 		return
 	}
 	r.records[cidr] = l
+	if r.cfg.Sites != nil {
+		r.cfg.Sites.Seen(cidr, kv.CreateRevision)
+	}
 	r.resolve(cidr, apply)
 }
 

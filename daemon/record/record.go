@@ -135,6 +135,9 @@ type Subnet struct {
 	// underlay address (docs/hosts.md); used towards a peer only when both
 	// advertise it. Omitted when off; older daemons ignore it.
 	UnderlayEncryption bool `json:"hostEncryption,omitempty"`
+	// SiteCIDRs are networks behind this node that it offers to route
+	// into the mesh as a gateway (docs/gateways.md). Omitted when none.
+	SiteCIDRs []string `json:"siteCIDRs,omitempty"`
 }
 
 // Lease is a decoded, validated subnet record.
@@ -151,6 +154,9 @@ type Lease struct {
 	// UnderlayEncryption: the node accepts host-to-host traffic to its
 	// underlay address (the endpoint's) through WireGuard.
 	UnderlayEncryption bool
+	// Sites are the site CIDRs the node advertises as a gateway
+	// (docs/gateways.md); package gateway decides who serves each.
+	Sites []netip.Prefix
 }
 
 // Primary is the CIDR that keys the record (invalid if there is none).
@@ -172,6 +178,9 @@ func (l Lease) Subnet() Subnet {
 		Kind:      l.Kind,
 
 		UnderlayEncryption: l.UnderlayEncryption,
+	}
+	for _, p := range l.Sites {
+		s.SiteCIDRs = append(s.SiteCIDRs, p.String())
 	}
 	if len(l.CIDRs) > 1 {
 		s.PodCIDRv6 = l.CIDRs[1].String()
@@ -298,6 +307,10 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 		}
 		cidrs = append(cidrs, p)
 	}
+	sites, err := ParseSites(s.SiteCIDRs)
+	if err != nil {
+		return Lease{}, fmt.Errorf("field siteCIDRs: %w", err)
+	}
 	return Lease{
 		CIDRs:     cidrs,
 		Node:      s.Node,
@@ -307,6 +320,7 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 		Kind:      s.Kind,
 
 		UnderlayEncryption: s.UnderlayEncryption,
+		Sites:              sites,
 	}, nil
 }
 

@@ -98,18 +98,7 @@ func (u *Underlay) attach(port string, node NS, addr netip.Addr) error {
 	if err := h.LinkAdd(veth); err != nil {
 		return fmt.Errorf("add veth %s (peer eth0 in %s): %w", port, node.Name, err)
 	}
-	br, err := h.LinkByName(u.Bridge)
-	if err != nil {
-		return err
-	}
-	l, err := h.LinkByName(port)
-	if err != nil {
-		return err
-	}
-	if err := h.LinkSetMaster(l, br); err != nil {
-		return fmt.Errorf("attach %s to %s: %w", port, u.Bridge, err)
-	}
-	if err := h.LinkSetUp(l); err != nil {
+	if err := bridgePort(h, port, u.Bridge); err != nil {
 		return err
 	}
 	return node.Do(func() error {
@@ -135,4 +124,20 @@ func (u *Underlay) attach(port string, node NS, addr netip.Addr) error {
 		}
 		return nil
 	})
+}
+
+// bridgePort puts port on bridge and brings it up (h: their namespace).
+func bridgePort(h *netlink.Handle, port, bridge string) error {
+	br, err := h.LinkByName(bridge)
+	if err != nil {
+		return err
+	}
+	l, err := h.LinkByName(port)
+	if err != nil {
+		return err
+	}
+	if err := h.LinkSetMaster(l, br); err != nil {
+		return fmt.Errorf("attach %s to %s: %w", port, bridge, err)
+	}
+	return h.LinkSetUp(l)
 }
