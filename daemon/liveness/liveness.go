@@ -297,7 +297,9 @@ func (p *Peer) count(o Observation) {
 		p.rxAt = o.Now
 		p.unanswered = time.Time{}
 	}
-	if o.TxBytes > p.tx {
+	// A lone keepalive (32 bytes: WireGuard's passive one after receiving
+	// data, or a persistent one) expects no answer: it is not sending.
+	if o.TxBytes > p.tx && o.TxBytes-p.tx != keepaliveLen {
 		p.txAt = o.Now
 		if p.unanswered.IsZero() && !p.rxAt.Equal(o.Now) {
 			p.unanswered = o.Now
@@ -427,6 +429,11 @@ func (p *Peer) probeDue(o Observation, state State) bool {
 	interval := min(p.cfg.ProbeInterval<<min(p.lostInRow, 8), max(p.cfg.RepairBackoffMax, p.cfg.ProbeInterval))
 	return since >= interval
 }
+
+// keepaliveLen is the size of a WireGuard keepalive as the transmit
+// counter counts it: a transport header (16) and an empty payload's tag
+// (16). Every data packet is longer (its payload is padded to 16).
+const keepaliveLen = 32
 
 // churnGap: two handshakes closer than this are not WireGuard renewing a
 // used session (every RekeyAfterTime) but sessions being re-made.

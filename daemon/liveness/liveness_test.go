@@ -116,6 +116,14 @@ func TestTransitions(t *testing.T) {
 			obs(35*s, never, 0, 444).expect(want{state: NoHandshake, probe: true}),                                                // next repair at +20 s; the probe timed out
 			obs(45*s, never, 0, 592).expect(want{state: NoHandshake, repairs: []RepairKind{Reinitiate}, attempt: 3, probe: true}), // probe timed out, verify due
 		}},
+		{"a keepalive expects no answer: not one-way", []step{
+			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
+			obs(10*s, 0, 600, 600).expect(want{state: Up, reason: "traffic both ways"}),
+			obs(20*s, 0, 600, 632), // our passive keepalive 10 s after the peer's data
+			obs(40*s, 0, 600, 632).expect(want{state: Up, reason: "probe answered"}),
+			obs(60*s, 0, 600, 664).expect(want{state: Up, probe: true}), // a persistent keepalive
+			obs(79*s, 0, 600, 664).expect(want{state: Up, probe: true}), // 19 s after the keepalive: still up
+		}},
 		{"nothing ever sent is no evidence: pending, nothing to repair", []step{
 			obs(0, never, 0, 0),
 			obs(20*s, never, 0, 0).expect(want{state: Pending, reason: "nothing sent to it yet", probe: true}),

@@ -33,6 +33,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/heal"
 	"github.com/wgcni/wgcni/daemon/liveness"
 	"github.com/wgcni/wgcni/daemon/pmtu"
+	"github.com/wgcni/wgcni/daemon/route"
 	"github.com/wgcni/wgcni/tests/harness"
 )
 
@@ -432,11 +433,25 @@ func must(s string, err error) string {
 // bytes (its port on the underlay bridge; the bridge and the veth drop a
 // larger frame without a word, and ICMP is dropped on every node anyway),
 // while every node's own link says 1500: the WireGuard devices stay at
-// 1440 and nothing tells them. wgcnid must measure the path to and from
+// the underlay's best case and nothing tells them. wgcnid must measure the path to and from
 // n3 inside the tunnel, clamp those routes, and keep the n1-n2 routes
 // unclamped; then bulk TCP and large UDP between pods get through.
 func TestNarrowSegment(t *testing.T) {
-	c := start(t, 2)
+	for _, f := range []struct {
+		name     string
+		cfg      harness.Config
+		overhead int // WireGuard's outer headers on this underlay
+	}{
+		{"v4", harness.Config{}, 60},
+		{"v6", harness.Config{UnderlayIPv6: true, ClusterCIDR: "fd00:245::/56", NodePrefixLenV6: 64}, 80},
+	} {
+		t.Run(f.name, func(t *testing.T) { testNarrowSegment(t, f.cfg, f.overhead) })
+	}
+}
+
+func testNarrowSegment(t *testing.T, cfg harness.Config, overhead int) {
+	cfg.Tag, cfg.ResyncInterval, cfg.DaemonArgs = tag, 10*time.Minute, []string{"--metrics-addr", metricsAddr}
+	c := harness.Start(t, cfg, 2)
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
 	n3, err := c.AddBareNode()
 	if err != nil {
@@ -447,7 +462,9 @@ func TestNarrowSegment(t *testing.T) {
 		t.Fatalf("narrow n3's segment: %v %s", err, out)
 	}
 	for _, n := range []*harness.Node{n1, n2, n3} {
-		nft := `table inet hlicmp { chain in { type filter hook input priority -10; iifname "eth0" meta l4proto { icmp, ipv6-icmp } counter drop; }; }`
+		// "Fragmentation needed" and "packet too big" (not all ICMPv6:
+		// neighbour discovery must work).
+		nft := `table inet hlicmp { chain in { type filter hook input priority -10; iifname "eth0" icmp type destination-unreachable counter drop; iifname "eth0" icmpv6 type packet-too-big counter drop; }; }`
 		if out, err := n.Exec("nft", nft); err != nil {
 			t.Fatalf("drop ICMP on %s: %v %s", n.Name, err, out)
 		}
@@ -471,7 +488,7 @@ func TestNarrowSegment(t *testing.T) {
 			return got != 0, nil
 		})
 		if err != nil {
-			t.Fatalf("%v\n%s", err, must(from.Exec("ip", "route")))
+			t.Fatalf("%v\n%s", err, routeShow(t, from, cidr[to]))
 		}
 		clamped = max(clamped, time.Since(t0))
 		mtus[from.Name+"->"+to.Name] = got
@@ -486,15 +503,16 @@ func TestNarrowSegment(t *testing.T) {
 		}
 		// A veth or bridge port passes a frame of its MTU plus a VLAN
 		// tag (4 bytes), and WireGuard adds 60 on an IPv4 underlay.
-		if got > segment+4-60 {
+		if got > segment+4-overhead {
 			t.Errorf("%s -> %s: route MTU %d, more than a %d-byte segment carries after WireGuard's 60 bytes", from.Name, to.Name, got, segment)
 		}
 		if s, err := peerStatus(from, to.Name); err != nil || s.PathMTU != got {
 			t.Errorf("%s reports the path MTU to %s as %d (%v), route has %d", from.Name, to.Name, s.PathMTU, err, got)
 		}
-		out := must(from.Exec("ip", "route", "show", cidr[to]))
-		if !strings.Contains(out, fmt.Sprintf("advmss %d", got-40)) {
-			t.Errorf("route on %s to %s has no advmss %d: %s", from.Name, to.Name, got-40, out)
+		out := routeShow(t, from, cidr[to])
+		mss := route.AdvMSS(netip.MustParsePrefix(cidr[to]), got)
+		if !strings.Contains(out, fmt.Sprintf("advmss %d", mss)) {
+			t.Errorf("route on %s to %s has no advmss %d: %s", from.Name, to.Name, mss, out)
 		}
 	}
 	// The 1500 segment keeps the full MTU: n1 and n2 measured 1440 and
@@ -509,8 +527,8 @@ func TestNarrowSegment(t *testing.T) {
 			s, err = peerStatus(pair[0], pair[1].Name)
 			return err == nil && s.PathMTU != 0, err
 		})
-		if err != nil || s.PathMTU != 1440 {
-			t.Errorf("%s reports the path MTU to %s as %d (%v), want 1440", pair[0].Name, pair[1].Name, s.PathMTU, err)
+		if dev := pair[0].MustNodeFile(t).MTU; err != nil || s.PathMTU != dev {
+			t.Errorf("%s reports the path MTU to %s as %d (%v), want the device's %d", pair[0].Name, pair[1].Name, s.PathMTU, err, dev)
 		}
 	}
 	t.Logf("routes to and from n3 clamped %v after n3's daemon started: %v", clamped.Round(time.Millisecond), mtus)
@@ -533,8 +551,8 @@ func TestNarrowSegment(t *testing.T) {
 		}
 	}
 	t.Log(strings.Join(figures, "; "))
-	result(t, "segment 1400, ICMP dropped: routes clamped %v (each the path's exact MTU) within %.1fs of n3's start, n1<->n2 unclamped (1440); %s",
-		mtus, clamped.Seconds(), strings.Join(figures, "; "))
+	result(t, "segment 1400, ICMP dropped: routes clamped %v (each the path's exact MTU) within %.1fs of n3's start, n1<->n2 unclamped (device MTU %d); %s",
+		mtus, clamped.Seconds(), n1.MustNodeFile(t).MTU, strings.Join(figures, "; "))
 }
 
 // carries reports whether an IP packet of size bytes gets from node a to
@@ -565,14 +583,24 @@ func carries(t *testing.T, a, b *harness.Node, size int) bool {
 	return false
 }
 
-// routeMTU is the MTU on node n's route to cidr (0: none).
-func routeMTU(t *testing.T, n *harness.Node, cidr string) int {
+// routeShow is `ip route show cidr` on node n, of cidr's family.
+func routeShow(t *testing.T, n *harness.Node, cidr string) string {
 	t.Helper()
-	out, err := n.Exec("ip", "route", "show", cidr)
+	fam := "-4"
+	if netip.MustParsePrefix(cidr).Addr().Is6() {
+		fam = "-6"
+	}
+	out, err := n.Exec("ip", fam, "route", "show", cidr)
 	if err != nil {
 		t.Fatalf("ip route show %s on %s: %v %s", cidr, n.Name, err, out)
 	}
-	f := strings.Fields(out)
+	return out
+}
+
+// routeMTU is the MTU on node n's route to cidr (0: none).
+func routeMTU(t *testing.T, n *harness.Node, cidr string) int {
+	t.Helper()
+	f := strings.Fields(routeShow(t, n, cidr))
 	for i := 0; i+1 < len(f); i++ {
 		if f[i] == "mtu" {
 			var m int
