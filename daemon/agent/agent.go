@@ -99,15 +99,17 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	acq := &lease.Acquirer{Client: cli, Prefix: cfg.EtcdPrefix, Cluster: m.grids(), Node: cfg.NodeName, TTL: cfg.LeaseTTL, Log: log}
 	var held lease.Held
+	want, fromNode := wantedCIDRs(ctx, cfg, log)
 	err = retry(ctx, log, "acquire "+m.what()+" lease", func(ctx context.Context) error {
 		var err error
-		held, err = acq.Acquire(ctx, self, lease.LoadRemembered(cfg.StateDir)...)
+		held, err = acq.Acquire(ctx, self, want...)
 		return err
 	}, func(err error) bool { return errors.Is(err, lease.ErrClusterFull) })
 	if err != nil {
 		return m.leaseErr(err)
 	}
 	log.Info(m.what()+" lease held", "cidrs", held.CIDRs, "key", held.Key, "how", held.How, "lease", fmt.Sprintf("%x", int64(held.LeaseID)))
+	warnIfNotNodeCIDRs(held, fromNode, log)
 	if err := lease.Remember(cfg.StateDir, held.CIDRs); err != nil {
 		return err
 	}
@@ -155,10 +157,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		UnderlayEncryption: underlayEnc.On, UnderlaySrc: endpoint, NoTunnel: underlayEnc.NoTunnel, UnderlaySrcChanges: hostSrc,
 		Recreate: nd.recreate(cfg, log, at.onNewDevice), DeviceEvents: wgdev.WatchLink(ctx, cfg.Device, log),
 		// A new device for a record that was still ours (a crash or
-		// reboot within the lease TTL): the peers hold sessions with the
-		// old one. For a new record the peers may not know our key yet,
-		// and an initiation they refuse would hold back ours for 5 s.
-		FreshDevice: !nd.dev.Adopted && held.How == "adopted",
+		// reboot within the lease TTL, or a sidecar's device replaced by
+		// a rollout): the peers hold sessions with the old one. For a new
+		// record the peers may not know our key yet, and an initiation
+		// they refuse would hold back ours for 5 s.
+		FreshDevice: nd.fresh && held.How == "adopted",
 		Heal:        healer,
 		Sites:       sites,
 	})

@@ -77,6 +77,9 @@ type Config struct {
 	// node is ready for pods (empty: it installs none).
 	CNIConflist string
 	CNIConfDir  string
+	// PodCIDRFromNode asks for the Kubernetes Node's spec.podCIDRs as the
+	// lease (daemon/agent/kubenode.go).
+	PodCIDRFromNode bool
 	// SameNodeEncryption turns on WireGuard between pods of this node
 	// (also on when the cluster config record in etcd says so).
 	SameNodeEncryption bool
@@ -141,6 +144,7 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.IntVar(&c.ProbePort, "probe-port", 51819, "UDP port of the liveness and path MTU probes between nodes, answered on each node's gateway address and sent only through the tunnel (0 = no active probes, no path MTU search)")
 	fs.StringVar(&c.CNIConflist, "cni-conflist", "", "conflist file to install into --cni-conf-dir once this node holds its PodCIDR lease and the node file is written: the runtime reports the node's network ready only then (empty = install none)")
 	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "the container runtime's CNI config dir (with --cni-conflist)")
+	fs.BoolVar(&c.PodCIDRFromNode, "pod-cidr-from-node", false, "under Kubernetes: ask for this node's spec.podCIDRs (kube-controller-manager --allocate-node-cidrs) as its PodCIDR lease, so pod IPs lie in the CIDR Kubernetes shows (in-cluster API access to get nodes; a CIDR held by another node in etcd is not taken: a warning says so)")
 	fs.BoolVar(&c.HostOnly, "host-only", false, "join the mesh as a host-only peer: no pods, one overlay address out of --host-cidr")
 	fs.StringVar(&c.HostCIDR, "host-cidr", "", "node-sized block of --cluster-cidr that host-only peers lease their /32 from (default: the last block)")
 	fs.BoolVar(&c.UnderlayEncryption, "host-encryption", false, "also encrypt host-to-host traffic between this node's and other nodes' underlay addresses (only towards nodes that use it too; never to etcd endpoints)")
@@ -343,6 +347,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Level.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		return fmt.Errorf("--log-level: %q is not debug, info, warn or error", c.LogLevel)
+	}
+	if c.PodCIDRFromNode && c.HostOnly {
+		return errors.New("--pod-cidr-from-node: a --host-only peer has no PodCIDR")
 	}
 	if err := c.validateHosts(); err != nil {
 		return err
