@@ -150,6 +150,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("look up WireGuard device %s: %w", cfg.Device, err)
 	}
+	healer := startHeal(ctx, cfg, at, nd, om, log)
+	defer healer.Close()
 	sites := gateway.NewObserver(cli, cfg.EtcdPrefix, cfg.Cluster,
 		gateway.Advert{Record: held.Primary(), CIDRs: held.CIDRs, Node: cfg.NodeName, Endpoint: endpoint, Sites: cfg.Sites}, log.With("part", "gateway"))
 	go sites.Run(ctx)
@@ -172,6 +174,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		// they refuse would hold back ours for 5 s.
 		FreshDevice: nd.fresh && held.How == "adopted",
 		PQ:          pqHooks(pq),
+		Heal:        healer,
 		Sites:       sites,
 	})
 	om.registerCollector(gateway.Collector{O: sites})
@@ -180,7 +183,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(nd.dev.Mode), WG: wg, PodCIDR: at.podCIDR,
 		IPAMDir: at.ipamDir, LeaseExpiry: keeper.Expiry, Peers: rec.PeerNodes, Stats: &rec.Stats, SameNode: at.sameNode, Retakes: keeper.Retakes.Load,
-		Rotations: rot.Rotations.Load,
+		Rotations: rot.Rotations.Load, Health: healer.Status, DeviceMTU: nd.mtu,
 	})
 	runPQ(ctx, pq, om, log)
 	go func() {

@@ -70,6 +70,9 @@ type Config struct {
 	LogFormat       string
 	LogLevel        string
 	MetricsAddr     string // empty: no metrics/health endpoint
+	// ProbePort is the UDP port of the liveness and path MTU probe
+	// responder on the node's gateway address (0: no active probes).
+	ProbePort int
 	// CNIConflist is a conflist wgcnid installs into CNIConfDir once the
 	// node is ready for pods (empty: it installs none).
 	CNIConflist string
@@ -140,6 +143,7 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "host:port serving Prometheus /metrics, /healthz and /readyz, e.g. 127.0.0.1:9586 (empty = off)")
+	fs.IntVar(&c.ProbePort, "probe-port", 51819, "UDP port of the liveness and path MTU probes between nodes, answered on each node's gateway address and sent only through the tunnel (0 = no active probes, no path MTU search)")
 	fs.StringVar(&c.CNIConflist, "cni-conflist", "", "conflist file to install into --cni-conf-dir once this node holds its PodCIDR lease and the node file is written: the runtime reports the node's network ready only then (empty = install none)")
 	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "the container runtime's CNI config dir (with --cni-conflist)")
 	fs.BoolVar(&c.PodCIDRFromNode, "pod-cidr-from-node", false, "under Kubernetes: ask for this node's spec.podCIDRs (kube-controller-manager --allocate-node-cidrs) as its PodCIDR lease, so pod IPs lie in the CIDR Kubernetes shows (in-cluster API access to get nodes; a CIDR held by another node in etcd is not taken: a warning says so)")
@@ -355,6 +359,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.validateHosts(); err != nil {
 		return err
+	}
+	if c.ProbePort < 0 || c.ProbePort > 65535 {
+		return fmt.Errorf("--probe-port: %d is out of range 0..65535 (0 = off)", c.ProbePort)
 	}
 	if err := c.validateGateway(); err != nil {
 		return err

@@ -35,11 +35,13 @@ import (
 	"github.com/wgcni/wgcni/ipam/nodeipam"
 )
 
-const usage = `usage: wgcnictl <status|nodes|ipam|gateways> [-o table|json] [wgcnid flags...]
+const usage = `usage: wgcnictl <status|peers|nodes|ipam|gateways> [-o table|json] [wgcnid flags...]
        wgcnictl help [COMMAND] | version
 
   status   this node: lease, WireGuard device, mode, MTU, every peer with
            endpoint, handshake age, bytes, status and post-quantum state
+  peers    every peer's liveness state (up, pending, no-handshake, stale,
+           one-way) with its reason, path MTU and the repairs wgcnid made
   nodes    every PodCIDR lease in etcd with the time its etcd lease has left
   ipam     this node's pod address allocations
   gateways every site CIDR behind gateways, the gateway serving it and
@@ -90,6 +92,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	switch cmd {
 	case "status":
 		v, err = Status(ctx, cfg, time.Now())
+	case "peers":
+		v, err = Peers(cfg, time.Now())
 	case "nodes":
 		v, err = Nodes(ctx, cfg)
 	case "ipam":
@@ -247,10 +251,7 @@ func (r *StatusReport) table(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tSTATUS\tPQ\tPUBLIC KEY")
 	for _, p := range r.Peers {
-		hs := "never"
-		if p.HandshakeAgeSecs != nil {
-			hs = time.Duration(*p.HandshakeAgeSecs*float64(time.Second)).Round(time.Second).String() + " ago"
-		}
+		hs := handshakeAge(p.HandshakeAgeSecs)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dash(p.Node), dash(p.Endpoint), strings.Join(p.AllowedIPs, ","), hs,
 			bytes(p.RxBytes), bytes(p.TxBytes), p.Status, pqCell(p.PostQuantum, time.Now()), p.PublicKey)
 	}
@@ -447,6 +448,14 @@ func bytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// handshakeAge prints a handshake age in seconds (nil: never).
+func handshakeAge(secs *float64) string {
+	if secs == nil {
+		return "never"
+	}
+	return time.Duration(*secs*float64(time.Second)).Round(time.Second).String() + " ago"
 }
 
 func dash(s string) string {

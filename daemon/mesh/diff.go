@@ -8,6 +8,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/heal"
 	"github.com/wgcni/wgcni/daemon/route"
 )
 
@@ -32,6 +33,9 @@ type Peer struct {
 	// no preshared key yet), so its pod traffic meets the strict route.
 	PQPublicKey string
 	Held        bool
+	// MTU is the path MTU measured to the peer when it is below the
+	// device's (daemon/heal), put on its PodCIDR routes; 0: none.
+	MTU int
 	// Sites are the site CIDRs this peer serves as their gateway
 	// (sites.go): allowed, but routed by sites.go, not per peer.
 	Sites []netip.Prefix
@@ -54,7 +58,7 @@ func (p Peer) primary() netip.Prefix { return p.CIDRs[0] }
 
 func (p Peer) equal(o Peer) bool {
 	return slices.Equal(p.CIDRs, o.CIDRs) && p.Node == o.Node && p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
-		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc &&
+		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc && p.MTU == o.MTU &&
 		p.PQPublicKey == o.PQPublicKey && p.Held == o.Held && slices.Equal(p.Sites, o.Sites)
 }
 
@@ -99,7 +103,7 @@ func (p Peer) allowedPrefixes() []netip.Prefix {
 func (p Peer) routes(link int, srcs []netip.Addr) []route.Peer {
 	var out []route.Peer
 	for _, c := range p.podCIDRs() {
-		out = append(out, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, srcs)})
+		out = append(out, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, srcs), MTU: p.MTU})
 	}
 	if p.Underlay.IsValid() {
 		out = append(out, route.HostRoute(p.Underlay, link, p.UnderlaySrc))
@@ -121,30 +125,7 @@ func toIPNet(p netip.Prefix) net.IPNet {
 }
 
 // matches reports whether the device's peer is exactly as desired.
-func matches(have wgtypes.Peer, want Peer) bool {
-	allowed := want.allowedPrefixes()
-	if len(have.AllowedIPs) != len(allowed) {
-		return false
-	}
-	for _, a := range have.AllowedIPs {
-		ones, _ := a.Mask.Size()
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if !ok {
-			return false
-		}
-		if !slices.Contains(allowed, netip.PrefixFrom(ip.Unmap(), ones)) {
-			return false
-		}
-	}
-	if have.Endpoint == nil || have.Endpoint.AddrPort() != want.Endpoint && unmapAP(have.Endpoint.AddrPort()) != want.Endpoint {
-		return false
-	}
-	return have.PersistentKeepaliveInterval == time.Duration(want.Keepalive)*time.Second
-}
-
-func unmapAP(ap netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-}
+func matches(have wgtypes.Peer, want Peer) bool { return len(heal.Drift(have, want.want())) == 0 }
 
 // Diff compares the desired peers with the device's peers and our routes
 // (as listed by route.Ours, every family) and returns the changes. Used for

@@ -76,7 +76,8 @@ func (o owners) release(cidr netip.Prefix, p Peer) []any {
 
 // peerOf is the desired peer of record l at cidr (before conflicts).
 func (r *Reconciler) peerOf(cidr netip.Prefix, l record.Lease) Peer {
-	p := Peer{CIDRs: l.CIDRs, Node: l.Node, PublicKey: l.PublicKey, Endpoint: l.Endpoint, Keepalive: effectiveKeepalive(r.cfg.Keepalive, l.Keepalive)}
+	p := Peer{CIDRs: l.CIDRs, Node: l.Node, PublicKey: l.PublicKey, Endpoint: l.Endpoint, Keepalive: effectiveKeepalive(r.cfg.Keepalive, l.Keepalive),
+		MTU: r.pathMTU[l.PublicKey]}
 	if p.Underlay = r.underlayFor(cidr, l); p.Underlay.IsValid() {
 		p.UnderlaySrc = r.cfg.UnderlaySrc
 	}

@@ -101,6 +101,10 @@ func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev 
 			r.reHold()
 		case <-r.rekeyC():
 			r.checkRekeys(time.Now())
+		case now := <-r.healC:
+			r.healTick(now)
+		case rr := <-r.rereads:
+			r.rereadDone(rr, rev)
 		}
 	}
 }

@@ -37,6 +37,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/heal"
 	"github.com/wgcni/wgcni/daemon/pqkeys"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
@@ -65,6 +66,10 @@ type Options struct {
 	// plain run, for the record growth's cost next to today's figures.
 	PQ   bool
 	Logf func(string, ...any)
+	// ProbesOff adds, for every size, a second daemon run with
+	// --probe-port 0: the reference for the liveness probes' overhead
+	// (docs/self-healing.md), measured in the same run.
+	ProbesOff bool
 }
 
 // Result is one size's figures.
@@ -82,6 +87,12 @@ type Result struct {
 	SteadyPerMin   float64                    // unary requests per minute
 	SteadyMethods  map[string]float64
 	OpenStreams    map[string]float64
+	// Probes: "off" for the --probe-port 0 reference run. Steady-state CPU
+	// of the daemon and the device process, and liveness probes sent, per
+	// minute (from the daemon's peer state file).
+	Probes                  string
+	SteadyCPU, SteadyDevCPU time.Duration
+	ProbesPerMin            float64
 }
 
 func main() {
@@ -90,6 +101,7 @@ func main() {
 	events := flag.Int("events", 200, "events per size (new/changed/deleted in turn)")
 	steady := flag.Duration("steady", 60*time.Second, "steady-state observation window")
 	flag.BoolVar(&o.PQ, "pq", false, "also run each size with an ML-KEM key in every record (--post-quantum's record growth)")
+	probesOff := flag.Bool("probes-off", false, "also run each size with --probe-port 0, the reference for the liveness probes' overhead")
 	flag.Parse()
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -100,6 +112,7 @@ func main() {
 		o.Sizes = append(o.Sizes, n)
 	}
 	o.Events, o.Steady = *events, *steady
+	o.ProbesOff = *probesOff
 	o.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
 	res, err := Run(o)
 	Print(os.Stdout, res)
@@ -134,15 +147,18 @@ func Run(o Options) ([]Result, error) {
 	}
 	defer cli.Close()
 	var out []Result
-	variants := []bool{false}
+	variants := []variant{{probes: "on"}}
+	if o.ProbesOff {
+		variants = append(variants, variant{probes: "off"})
+	}
 	if o.PQ {
-		variants = append(variants, true)
+		variants = append(variants, variant{pq: true, probes: "on"})
 	}
 	for _, n := range o.Sizes {
-		for _, pq := range variants {
-			r, err := runSize(c, cli, n, pq, o)
+		for _, v := range variants {
+			r, err := runSize(c, cli, n, v, o)
 			if err != nil {
-				return out, fmt.Errorf("N=%d: %w", n, err)
+				return out, fmt.Errorf("N=%d %s: %w", n, v, err)
 			}
 			out = append(out, r)
 		}
@@ -155,8 +171,9 @@ type synth struct {
 	rec  record.Lease
 }
 
-func runSize(c *harness.Cluster, cli *clientv3.Client, n int, pq bool, o Options) (Result, error) {
-	res := Result{N: n, PQ: pq, Lat: map[string][]time.Duration{}}
+func runSize(c *harness.Cluster, cli *clientv3.Client, n int, v variant, o Options) (Result, error) {
+	pq, probes := v.pq, v.probes
+	res := Result{N: n, PQ: pq, Lat: map[string][]time.Duration{}, Probes: probes}
 	ctx := context.Background()
 	if _, err := cli.Delete(ctx, prefix+"/", clientv3.WithPrefix()); err != nil {
 		return res, err
@@ -229,6 +246,9 @@ func runSize(c *harness.Cluster, cli *clientv3.Client, n int, pq bool, o Options
 		return res, err
 	}
 	defer node.Shutdown()
+	if probes == "off" {
+		node.ExtraArgs = []string{"--probe-port", "0"}
+	}
 	before, err := scrape(c)
 	if err != nil {
 		return res, err
@@ -350,7 +370,11 @@ func runSize(c *harness.Cluster, cli *clientv3.Client, n int, pq bool, o Options
 	if err != nil {
 		return res, err
 	}
+	cpu1, dcpu1, pr1 := cpuTime(pid), cpuTime(devPID), probesSent(node)
 	time.Sleep(o.Steady)
+	res.SteadyCPU = time.Duration(float64(cpuTime(pid)-cpu1) / o.Steady.Minutes())
+	res.SteadyDevCPU = time.Duration(float64(cpuTime(devPID)-dcpu1) / o.Steady.Minutes())
+	res.ProbesPerMin = float64(probesSent(node)-pr1) / o.Steady.Minutes()
 	s1, err := scrape(c)
 	if err != nil {
 		return res, err
@@ -459,6 +483,20 @@ func readPID(path string) (int, error) {
 		return 0, err
 	}
 	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// probesSent is the liveness probes the node's daemon has sent, answered
+// or lost, from its peer state file (0 when it has none).
+func probesSent(node *harness.Node) int64 {
+	st, err := heal.ReadState(heal.StateFile(node.RunDir))
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, p := range st.Peers {
+		n += p.ProbesAnswered + p.ProbesLost
+	}
+	return n
 }
 
 // cpuTime is utime+stime of pid (clock ticks of 10 ms).
@@ -639,6 +677,15 @@ func Print(w io.Writer, res []Result) {
 			r.name(), ms(pct(r.Commit, .5)), ms(pct(r.Commit, .99)), ms(pct(r.AfterAck, .5)), ms(pct(r.AfterAck, .99)))
 		fmt.Fprintf(w, "N=%s cold-start etcd requests: %g (flannel 2N+9 = %d): %s\n", r.name(), sum(r.ColdRequests), flannel.coldRequests(r.N), fmtMethods(r.ColdRequests))
 		fmt.Fprintf(w, "N=%s steady state: %.1f requests/min (%s); open streams: %s\n", r.name(), r.SteadyPerMin, fmtMethods(r.SteadyMethods), fmtMethods(r.OpenStreams))
+		fmt.Fprintf(w, "N=%s probes %s: steady-state CPU daemon %.2f%% of a core, device %.2f%%; %.0f liveness probes/min (%.2f per peer)\n",
+			r.name(), r.Probes, 100*r.SteadyCPU.Minutes(), 100*r.SteadyDevCPU.Minutes(), r.ProbesPerMin, r.ProbesPerMin/float64(r.N))
+	}
+	for i := 1; i < len(res); i++ {
+		on, off := res[i-1], res[i]
+		if on.N == off.N && on.PQ == off.PQ && on.Probes == "on" && off.Probes == "off" {
+			fmt.Fprintf(w, "N=%s probe overhead: daemon %+.2f%% of a core, device %+.2f%% (probes on minus off, same run); target <= 1%% and <= 1 probe per peer per minute\n",
+				on.name(), 100*(on.SteadyCPU-off.SteadyCPU).Minutes(), 100*(on.SteadyDevCPU-off.SteadyDevCPU).Minutes())
+		}
 	}
 	fmt.Fprintf(w, "flannel reference: cold 0.95 s @1000, 4.25 s @5000; per-event p50 %.1f ms p99 %.0f ms; RSS %.0f MB @1000\n", flannel.p50, flannel.p99, flannel.rss1000)
 	fmt.Fprintf(w, "targets: cold <= 0.5 s @1000, <= 2 s @5000; p99 <= 6 ms; daemon RSS <= 40 MiB @1000; cold O(1) requests; steady: 1 KeepAlive stream, no lists\n")
@@ -657,6 +704,15 @@ func Print(w io.Writer, res []Result) {
 		fmt.Fprintln(w)
 	}
 }
+
+// variant is one daemon run of a size: records with ML-KEM keys or not,
+// liveness probes on or off (--probe-port 0).
+type variant struct {
+	pq     bool
+	probes string
+}
+
+func (v variant) String() string { return fmt.Sprintf("pq=%v probes=%s", v.pq, v.probes) }
 
 // name is the size, marked "+pq" when the records carry ML-KEM keys.
 func (r Result) name() string {
