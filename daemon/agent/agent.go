@@ -150,10 +150,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("look up WireGuard device %s: %w", cfg.Device, err)
 	}
-	healer := startHeal(ctx, cfg, at, nd, om, log)
-	defer healer.Close()
 	sites := gateway.NewObserver(cli, cfg.EtcdPrefix, cfg.Cluster,
 		gateway.Advert{Record: held.Primary(), CIDRs: held.CIDRs, Node: cfg.NodeName, Endpoint: endpoint, Sites: cfg.Sites}, log.With("part", "gateway"))
+	healer, judge := startHeal(ctx, cfg, at, nd, om, sites, log)
+	defer healer.Close()
+	defer judge.Close()
 	go sites.Run(ctx)
 	var rec *mesh.Reconciler
 	pq, err := startPQ(ctx, cfg, wg, priv.Public(), kem, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, log)

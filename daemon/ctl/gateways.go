@@ -29,6 +29,9 @@ type SiteReport struct {
 	Gateway     string   `json:"gateway"` // serving node; "" none: the site's traffic is dropped
 	Candidates  []string `json:"candidates"`
 	Advertisers []string `json:"advertisers"`
+	// Here is set when this node (--run-dir) sends the site to another
+	// gateway than Gateway, the elected one: its tunnel is dead from here.
+	Here *gateway.Local `json:"here,omitempty"`
 }
 
 // Gateways gathers `wgcnictl gateways`.
@@ -58,8 +61,15 @@ func Gateways(ctx context.Context, cfg *config.Config) (*GatewaysReport, error) 
 	}
 	v := gateway.Resolve(cfg.Cluster, adverts, cands, nil)
 	rep := &GatewaysReport{Sites: []SiteReport{}, Refused: []string{}}
+	// This node's own choices, when it runs a daemon (none: not a node).
+	local, _ := gateway.ReadLocal(gateway.LocalFile(cfg.RunDir))
 	for _, s := range v.Sorted() {
 		sr := SiteReport{Site: s.CIDR.String(), Advertisers: s.Advertisers, Candidates: []string{}}
+		for _, l := range local {
+			if l.Site == sr.Site {
+				sr.Here = &l
+			}
+		}
 		for _, c := range s.Candidates {
 			sr.Candidates = append(sr.Candidates, c.Node)
 		}
@@ -76,13 +86,17 @@ func Gateways(ctx context.Context, cfg *config.Config) (*GatewaysReport, error) 
 
 func (r *GatewaysReport) table(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SITE\tGATEWAY\tCANDIDATES\tADVERTISED BY")
+	fmt.Fprintln(tw, "SITE\tGATEWAY\tCANDIDATES\tADVERTISED BY\tTHIS NODE")
 	for _, s := range r.Sites {
 		gw := s.Gateway
 		if gw == "" {
 			gw = "none (dropped)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Site, gw, dash(strings.Join(s.Candidates, ",")), strings.Join(s.Advertisers, ","))
+		here := "elected"
+		if s.Here != nil {
+			here = s.Here.Reason
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Site, gw, dash(strings.Join(s.Candidates, ",")), strings.Join(s.Advertisers, ","), here)
 	}
 	tw.Flush()
 	for _, e := range r.Refused {

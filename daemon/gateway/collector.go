@@ -14,6 +14,9 @@ var (
 		"Times a site's serving gateway went away and the site moved to another gateway or to none, as this node applied it.", []string{"site"}, nil)
 	descServing = prometheus.NewDesc("wgcni_gateway_serving",
 		"1 for each site this node serves as the gateway.", []string{"site"}, nil)
+	descSubstitute = prometheus.NewDesc("wgcni_gateway_site_substitute",
+		"1 for each site this node does not send to its elected gateway (the election's leader), with the gateway it uses instead (\"\": none, dropped) and why (e.g. \"elected n1: tunnel one-way -> n3\").",
+		[]string{"site", "elected", "gateway", "reason"}, nil)
 	descRefused = prometheus.NewDesc("wgcni_gateway_refused_adverts",
 		"Advertised site CIDRs refused (overlapping the cluster, a node's address or another site).", nil, nil)
 )
@@ -23,7 +26,7 @@ type Collector struct{ O *Observer }
 
 // Describe implements prometheus.Collector.
 func (c Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSite, descCandidates, descFailovers, descServing, descRefused} {
+	for _, d := range []*prometheus.Desc{descSite, descCandidates, descFailovers, descServing, descSubstitute, descRefused} {
 		ch <- d
 	}
 }
@@ -42,6 +45,9 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descFailovers, prometheus.CounterValue, float64(s.Failovers), site)
 		if s.Serving {
 			ch <- prometheus.MustNewConstMetric(descServing, prometheus.GaugeValue, 1, site)
+		}
+		if s.Elected != "" {
+			ch <- prometheus.MustNewConstMetric(descSubstitute, prometheus.GaugeValue, 1, site, s.Elected, s.Gateway, s.Reason)
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.GaugeValue, float64(refused))

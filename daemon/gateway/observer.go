@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,7 +32,12 @@ type Observer struct {
 	// hook for per-peer tunnel liveness): the next in election order
 	// serves here instead. Call Recheck when its answer changes.
 	Usable func(Candidate) bool
-	Log    *slog.Logger
+	// Why, if set, says why Usable excludes a candidate (status, logs).
+	Why func(Candidate) string
+	// LocalFile, if set, is where Serving leaves this node's choices
+	// when one differs from the election (`wgcnictl gateways`).
+	LocalFile string
+	Log       *slog.Logger
 
 	changed chan struct{}
 	synced  chan struct{}
@@ -43,6 +49,8 @@ type Observer struct {
 	failovers map[netip.Prefix]int64        // per site
 	refused   map[string]bool               // refusals already logged
 	view      View                          // last view, for status
+	local     []Local                       // last written to LocalFile
+	localOK   bool                          // and the write succeeded
 }
 
 // NewObserver returns an observer; call Run.
@@ -118,15 +126,18 @@ func (o *Observer) Serving(records map[netip.Prefix]record.Lease) map[netip.Pref
 			rec, gw = site.Serving.Record, site.Serving.Node
 		}
 		out[s] = rec
+		elected, why := o.substitute(site)
 		old, known := o.serving[s]
 		switch {
 		case known && old == rec:
 			continue
 		case known && old.IsValid():
 			o.failovers[s]++
-			o.Log.Warn("site gateway changed", "site", s, "gateway", gw, "record", rec, "previous_record", old, "failovers", o.failovers[s])
+			o.Log.Warn("site gateway changed", "site", s, "gateway", gw, "record", rec, "previous_record", old, "failovers", o.failovers[s],
+				"elected", elected, "why", why)
 		default:
-			o.Log.Info("site gateway", "site", s, "gateway", gw, "record", rec, "candidates", len(site.Candidates))
+			o.Log.Info("site gateway", "site", s, "gateway", gw, "record", rec, "candidates", len(site.Candidates),
+				"elected", elected, "why", why)
 		}
 	}
 	for s := range o.serving {
@@ -135,6 +146,7 @@ func (o *Observer) Serving(records map[netip.Prefix]record.Lease) map[netip.Pref
 		}
 	}
 	o.serving = out
+	o.writeLocal()
 	return out
 }
 
@@ -242,6 +254,10 @@ type SiteStatus struct {
 	Failovers  int64
 	Own        bool // this node advertises it
 	Serving    bool // this node serves it
+	// Elected is the election's leader when this node uses another
+	// gateway (or none), and Reason says why; both "" otherwise.
+	Elected string
+	Reason  string
 }
 
 // Status returns every accepted site and the number of refused adverts.
@@ -255,7 +271,34 @@ func (o *Observer) Status() ([]SiteStatus, int) {
 			st.Gateway = s.Serving.Node
 			st.Serving = s.Serving.Node == o.Self.Node
 		}
+		st.Elected, st.Reason = o.substitute(s)
 		out = append(out, st)
 	}
 	return out, len(o.view.Refused)
+}
+
+// substitute returns, for a site this node does not send to its elected
+// gateway, that gateway and why, e.g. "elected n1: tunnel one-way → n3" ("", "" when the elected gateway serves here).
+func (o *Observer) substitute(s *Site) (elected, reason string) {
+	if len(s.Candidates) == 0 || s.Serving != nil && s.Serving.Key == s.Candidates[0].Key {
+		return "", ""
+	}
+	var why []string
+	for _, c := range s.Candidates {
+		if s.Serving != nil && c.Key == s.Serving.Key {
+			break
+		}
+		w := "unusable"
+		if o.Why != nil {
+			if x := o.Why(c); x != "" {
+				w = x
+			}
+		}
+		why = append(why, c.Node+": "+w)
+	}
+	to := "none (dropped)"
+	if s.Serving != nil {
+		to = s.Serving.Node
+	}
+	return s.Candidates[0].Node, "elected " + strings.Join(why, ", ") + " → " + to
 }

@@ -58,6 +58,10 @@ type Config struct {
 	// StateFile is where Observe leaves the peers' states for
 	// `wgcnictl peers` ("" = nowhere).
 	StateFile string
+	// OnChange, if set, is called on the reconciler's loop after Observe
+	// published the peers' statuses when any peer changed state (a
+	// gateway's tunnel judged dead or back: package gwlive).
+	OnChange func([]PeerStatus)
 }
 
 func (c Config) withDefaults() Config {
@@ -209,7 +213,7 @@ func (h *Healer) Observe(now time.Time, dev []wgtypes.Peer, want []Want) Result 
 	}
 	h.takeOutcomes(&res)
 
-	changed := false
+	changed, stateChanged := false, false
 	budget := h.probeBudget()
 	for _, k := range sortedKeys(h.peers) {
 		p := h.peers[k]
@@ -224,6 +228,7 @@ func (h *Healer) Observe(now time.Time, dev []wgtypes.Peer, want []Want) Result 
 		if v.Changed || v.Reason != p.status.Reason {
 			changed = changed || v.Changed
 			if v.Changed {
+				stateChanged = true
 				h.logTransition(p, v)
 				p.status.Since = now
 			}
@@ -271,7 +276,10 @@ func (h *Healer) Observe(now time.Time, dev []wgtypes.Peer, want []Want) Result 
 			delete(h.stray, k)
 		}
 	}
-	h.publish(now, changed || len(res.RouteMTU) > 0)
+	st := h.publish(now, changed || len(res.RouteMTU) > 0)
+	if stateChanged && h.cfg.OnChange != nil {
+		h.cfg.OnChange(st)
+	}
 	return res
 }
 
@@ -448,7 +456,7 @@ func (h *Healer) Ready() error {
 // may get when no state changes.
 const stateEvery = 30 * time.Second
 
-func (h *Healer) publish(now time.Time, changed bool) {
+func (h *Healer) publish(now time.Time, changed bool) []PeerStatus {
 	st := make([]PeerStatus, 0, len(h.peers))
 	for _, p := range h.peers {
 		s := p.status
@@ -466,14 +474,15 @@ func (h *Healer) publish(now time.Time, changed bool) {
 	h.mu.Unlock()
 	write := h.cfg.StateFile != "" && (changed || h.dirty || now.Sub(h.written) >= stateEvery)
 	if !write {
-		return
+		return st
 	}
 	if err := WriteState(h.cfg.StateFile, State{Updated: now, DeviceMTU: h.cfg.DeviceMTU, Peers: st}); err != nil {
 		h.cfg.Log.Warn("write peer state file", "path", h.cfg.StateFile, "err", err)
 		h.dirty = true
-		return
+		return st
 	}
 	h.written, h.dirty = now, false
+	return st
 }
 
 func sortedKeys(m map[wgtypes.Key]*peer) []wgtypes.Key {

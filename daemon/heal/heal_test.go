@@ -103,3 +103,28 @@ func TestProbesSpreadOverTicks(t *testing.T) {
 		}
 	}
 }
+
+// OnChange runs after a state change only, with the published statuses.
+func TestOnChangeOnTransitions(t *testing.T) {
+	w, d := testWant(t)
+	var calls [][]PeerStatus
+	h := New(Config{OnChange: func(st []PeerStatus) { calls = append(calls, st) }})
+	defer h.Close()
+	now := time.Unix(1000, 0)
+	var tx int64
+	for i := 0; i < 12; i++ { // initiations go unanswered past the grace
+		now = now.Add(Tick)
+		tx += 148
+		d.TransmitBytes = tx
+		h.Observe(now, []wgtypes.Peer{d}, []Want{w})
+	}
+	if len(calls) != 1 || len(calls[0]) != 1 || calls[0][0].State != liveness.NoHandshake {
+		t.Fatalf("OnChange calls %+v, want one with the peer no-handshake", calls)
+	}
+	d.LastHandshakeTime, d.ReceiveBytes = now, 92
+	now = now.Add(Tick)
+	h.Observe(now, []wgtypes.Peer{d}, []Want{w})
+	if len(calls) != 2 || calls[1][0].State != liveness.Up || !calls[1][0].Since.Equal(now) {
+		t.Fatalf("OnChange calls %+v, want a second with the peer up since %v", calls, now)
+	}
+}
