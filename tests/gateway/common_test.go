@@ -41,7 +41,13 @@ func result(t *testing.T, format string, args ...any) {
 
 func start(t *testing.T) (*harness.Cluster, *harness.Site) {
 	t.Helper()
-	c := harness.Start(t, harness.Config{Tag: tag, ClusterCIDR: clusterCIDR, LeaseTTL: 6 * time.Second}, 0)
+	return startTag(t, tag)
+}
+
+// startTag is start with the run's namespaces prefixed by tg.
+func startTag(t *testing.T, tg string) (*harness.Cluster, *harness.Site) {
+	t.Helper()
+	c := harness.Start(t, harness.Config{Tag: tg, ClusterCIDR: clusterCIDR, LeaseTTL: 6 * time.Second}, 0)
 	site, err := c.AddSite("site", siteCIDR)
 	if err != nil {
 		t.Fatal(err)

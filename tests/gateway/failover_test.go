@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"net"
@@ -110,6 +111,9 @@ type fixture struct {
 	cls *capture.Classifier
 	n   *harness.Node
 	pod *harness.Pod
+	// pings and target of failover (0: 1000 pings, failoverTarget).
+	pings  int
+	target time.Duration
 }
 
 // failover runs fail (the serving gateway from goes away) 2 s into a
@@ -121,11 +125,12 @@ func (f *fixture) failover(t *testing.T, what string, from, to *harness.Node, fa
 	f.c.NoPlaintext(t, f.cls, what, func() {
 		stop := make(chan struct{})
 		seen := watchHolder(f.c, f.n, stop)
-		ping := startPing(t, f.pod.NS, siteHost, 1000, pingInterval)
+		pings, target := cmp.Or(f.pings, 1000), cmp.Or(f.target, failoverTarget)
+		ping := startPing(t, f.pod.NS, siteHost, pings, pingInterval)
 		time.Sleep(2 * time.Second)
 		at := time.Now()
 		fail()
-		waitHolder(t, f.c, f.n, to.Name, 15*time.Second)
+		waitHolder(t, f.c, f.n, to.Name, target+10*time.Second)
 		moved := routedAt(t, f.n, to.Name, at).Sub(at)
 		sent, recv, gap := ping.wait(t)
 		close(stop)
@@ -133,8 +138,8 @@ func (f *fixture) failover(t *testing.T, what string, from, to *harness.Node, fa
 		result(t, "%s: site moved to %s's peer on %s %v later (applied, per its log); ping 100/s: %d/%d lost, longest outage %v; holders seen %q",
 			what, to.Name, f.n.Name, moved.Round(time.Millisecond), sent-recv, sent, gap, seq)
 		checkSeq(t, seq, from.Name, to.Name)
-		if gap > failoverTarget {
-			t.Errorf("%s: outage %v, target %v", what, gap, failoverTarget)
+		if gap > target {
+			t.Errorf("%s: outage %v, target %v", what, gap, target)
 		}
 	})
 }
@@ -173,6 +178,17 @@ var failoverMetric = regexp.MustCompile(`(?m)^wgcni_gateway_failovers_total\{sit
 // failovers scrapes n's wgcni_gateway_failovers_total.
 func failovers(t *testing.T, n *harness.Node) float64 {
 	t.Helper()
+	m := failoverMetric.FindSubmatch(scrape(t, n))
+	if m == nil {
+		t.Fatalf("no wgcni_gateway_failovers_total in %s's metrics", n.Name)
+	}
+	f, _ := strconv.ParseFloat(string(m[1]), 64)
+	return f
+}
+
+// scrape returns n's /metrics (--metrics-addr 127.0.0.1:9586).
+func scrape(t *testing.T, n *harness.Node) []byte {
+	t.Helper()
 	var body []byte
 	// The socket is made inside the node (on the thread Do locks there).
 	err := n.Do(func() error {
@@ -191,10 +207,5 @@ func failovers(t *testing.T, n *harness.Node) float64 {
 	if err != nil {
 		t.Fatalf("metrics of %s: %v", n.Name, err)
 	}
-	m := failoverMetric.FindSubmatch(body)
-	if m == nil {
-		t.Fatalf("no wgcni_gateway_failovers_total in %s's metrics", n.Name)
-	}
-	f, _ := strconv.ParseFloat(string(m[1]), 64)
-	return f
+	return body
 }

@@ -1,0 +1,107 @@
+package gateway
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wgcni/wgcni/daemon/gwlive"
+	"github.com/wgcni/wgcni/daemon/liveness"
+	"github.com/wgcni/wgcni/tests/harness"
+)
+
+// tunnelTarget bounds the failover when only the tunnel dies: liveness
+// needs its silence window (keepalive + one rekey timeout) of sending
+// with nothing back, gwlive then DeadAfter, plus a heal tick for each,
+// and load on a shared machine.
+const tunnelTarget = liveness.KeepaliveTimeout + liveness.RekeyTimeout + gwlive.DeadAfter + 10*time.Second
+
+// TestGatewayTunnelDead: the serving gateway's WireGuard UDP port is
+// blocked (nftables, in its namespace) under a 100/s ping from a pod on a
+// third node to the site host. Its daemon and its etcd lease stay alive,
+// so the election does not move: the pod's node moves the site to the
+// other gateway's peer once liveness finds the tunnel dead, and says so
+// (metrics, wgcnictl gateways). Unblocked, the tunnel comes back and
+// the site returns to the elected gateway once, after gwlive.UpAfter:
+// the moves over 60 s are counted, no flapping.
+func TestGatewayTunnelDead(t *testing.T) {
+	c, site := startTag(t, "gl")
+	g1 := startGateway(t, c, site, 11, "--gateway-masquerade")
+	n3, err := c.AddNode("--metrics-addr", "127.0.0.1:9586")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHolder(t, c, n3, g1.Name, 20*time.Second)
+	g2 := startGateway(t, c, site, 12, "--gateway-masquerade")
+	if _, err := site.AddHost("host", siteHost); err != nil {
+		t.Fatal(err)
+	}
+	pod := n3.MustAddPod(t)
+	harness.Connect(t, pod.NS, siteHost, pod.Name+" -> site host (masquerading "+g1.Name+")", 5)
+	dev, err := g1.WGDevice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const table = "glblock"
+	block := fmt.Sprintf(`table inet %s {
+	chain in { type filter hook input priority -10; udp dport %d drop; }
+	chain out { type filter hook output priority -10; udp sport %d drop; }
+}`, table, dev.ListenPort, dev.ListenPort)
+
+	rules := filepath.Join(c.Dir, "block.nft")
+	if err := os.WriteFile(rules, []byte(block), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{c: c, cls: classifier(c), n: n3, pod: pod, pings: 100 * int((tunnelTarget+15*time.Second)/time.Second), target: tunnelTarget}
+	blocked := time.Now()
+	f.failover(t, fmt.Sprintf("WireGuard port %d of serving gateway %s blocked", dev.ListenPort, g1.Name), g1, g2, func() {
+		blocked = time.Now()
+		if out, err := g1.Exec("nft", "-f", rules); err != nil {
+			t.Fatal(out, err)
+		}
+	})
+	// The election did not move: g1 still leads, only n3 skips it.
+	r := gateways(t, c, n3)
+	if len(r.Sites) != 1 || r.Sites[0].Gateway != g1.Name || r.Sites[0].Here == nil || r.Sites[0].Here.Gateway != g2.Name ||
+		!strings.Contains(r.Sites[0].Here.Reason, "tunnel") {
+		t.Fatalf("wgcnictl gateways on %s: %+v (here %+v), want %s elected, %s used here because of its tunnel", n3.Name, r.Sites, r.Sites[0].Here, g1.Name, g2.Name)
+	}
+	result(t, "wgcnictl gateways on %s: elected %s, here %s: %q (%v after the block)", n3.Name, r.Sites[0].Gateway, r.Sites[0].Here.Gateway, r.Sites[0].Here.Reason, time.Since(blocked).Round(time.Second))
+	if m := string(scrape(t, n3)); !strings.Contains(m, fmt.Sprintf(`wgcni_gateway_site_substitute{elected="%s",gateway="%s"`, g1.Name, g2.Name)) {
+		t.Errorf("no wgcni_gateway_site_substitute for %s -> %s in %s's metrics", g1.Name, g2.Name, n3.Name)
+	}
+
+	// Unblocked: for 60 s at most one move, back to the elected gateway.
+	f.c.NoPlaintext(t, f.cls, "unblocked", func() {
+		stop := make(chan struct{})
+		seen := watchHolder(c, n3, stop)
+		ping := startPing(t, pod.NS, siteHost, 6000, pingInterval)
+		at := time.Now()
+		if out, err := g1.Exec("nft", "delete", "table", "inet", table); err != nil {
+			t.Fatal(out, err)
+		}
+		sent, recv, gap := ping.wait(t)
+		close(stop)
+		seq := <-seen
+		back := ""
+		if seq[len(seq)-1] == g1.Name {
+			back = fmt.Sprintf("; back on elected %s %v after unblocking (applied, per its log)", g1.Name, routedAt(t, n3, g1.Name, at).Sub(at).Round(time.Millisecond))
+		}
+		result(t, "unblocked: over %v holders seen on %s %q (%d moves); ping 100/s: %d/%d lost, longest outage %v%s",
+			time.Since(at).Round(time.Second), n3.Name, seq, len(seq)-1, sent-recv, sent, gap, back)
+		if fmt.Sprint(seq) != fmt.Sprint([]string{g2.Name}) && fmt.Sprint(seq) != fmt.Sprint([]string{g2.Name, g1.Name}) {
+			t.Errorf("after unblocking: holders %q, want %s then at most one move back to %s", seq, g2.Name, g1.Name)
+		}
+		if sent-recv > 0 {
+			t.Errorf("after unblocking: %d pings lost", sent-recv)
+		}
+	})
+	// The elected order is kept: the site does return to g1.
+	waitHolder(t, c, n3, g1.Name, 90*time.Second)
+	if r := gateways(t, c, n3); r.Sites[0].Here != nil {
+		t.Errorf("wgcnictl gateways on %s back on %s still shows a substitute: %+v", n3.Name, g1.Name, r.Sites[0].Here)
+	}
+}
