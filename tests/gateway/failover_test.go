@@ -33,20 +33,8 @@ const (
 // queues behind the incumbent: no failback, no flap.
 func TestGatewayFailover(t *testing.T) {
 	c, site := start(t)
-	g1 := startGateway(t, c, site, 11, "--gateway-masquerade")
-	n3, err := c.AddNode("--metrics-addr", "127.0.0.1:9586")
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitHolder(t, c, n3, g1.Name, 20*time.Second)
-	g2 := startGateway(t, c, site, 12, "--gateway-masquerade")
-	if _, err := site.AddHost("host", siteHost); err != nil { // no route back: the gateways masquerade
-		t.Fatal(err)
-	}
-	pod := n3.MustAddPod(t)
-	harness.Connect(t, pod.NS, siteHost, pod.Name+" -> site host (masquerading "+g1.Name+")", 5)
-	cls := classifier(c)
-	f := &fixture{c: c, cls: cls, n: n3, pod: pod}
+	g1, g2, f := masqueradingPair(t, c, site)
+	n3 := f.n
 
 	// 1. The serving gateway dies: the data plane first (the device),
 	// then the daemon, within a millisecond, as when the machine dies.
@@ -103,6 +91,27 @@ func TestGatewayFailover(t *testing.T) {
 	if out, err := g1.Exec("nft", "list", "table", "ip", gateway.MasqTable); err == nil {
 		t.Fatalf("masquerade table left on %s after cleanup: %s", g1.Name, out)
 	}
+}
+
+// masqueradingPair starts gateway g1 (--gateway-masquerade), a node
+// with metrics whose peer of g1 takes the site, then standby g2, the
+// site host (no route back: the gateways masquerade) and a pod on the
+// node that reaches it.
+func masqueradingPair(t *testing.T, c *harness.Cluster, site *harness.Site) (g1, g2 *harness.Node, f *fixture) {
+	t.Helper()
+	g1 = startGateway(t, c, site, 11, "--gateway-masquerade")
+	n, err := c.AddNode("--metrics-addr", "127.0.0.1:9586")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHolder(t, c, n, g1.Name, 20*time.Second)
+	g2 = startGateway(t, c, site, 12, "--gateway-masquerade")
+	if _, err := site.AddHost("host", siteHost); err != nil {
+		t.Fatal(err)
+	}
+	pod := n.MustAddPod(t)
+	harness.Connect(t, pod.NS, siteHost, pod.Name+" -> site host (masquerading "+g1.Name+")", 5)
+	return g1, g2, &fixture{c: c, cls: classifier(c), n: n, pod: pod}
 }
 
 // fixture is a pod on node n pinging the site host, the underlay captured.

@@ -10,7 +10,6 @@ import (
 
 	"github.com/wgcni/wgcni/daemon/gwlive"
 	"github.com/wgcni/wgcni/daemon/liveness"
-	"github.com/wgcni/wgcni/tests/harness"
 )
 
 // tunnelTarget bounds the failover when only the tunnel dies: liveness
@@ -29,18 +28,9 @@ const tunnelTarget = liveness.KeepaliveTimeout + liveness.RekeyTimeout + gwlive.
 // the moves over 60 s are counted, no flapping.
 func TestGatewayTunnelDead(t *testing.T) {
 	c, site := startTag(t, "gl")
-	g1 := startGateway(t, c, site, 11, "--gateway-masquerade")
-	n3, err := c.AddNode("--metrics-addr", "127.0.0.1:9586")
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitHolder(t, c, n3, g1.Name, 20*time.Second)
-	g2 := startGateway(t, c, site, 12, "--gateway-masquerade")
-	if _, err := site.AddHost("host", siteHost); err != nil {
-		t.Fatal(err)
-	}
-	pod := n3.MustAddPod(t)
-	harness.Connect(t, pod.NS, siteHost, pod.Name+" -> site host (masquerading "+g1.Name+")", 5)
+	g1, g2, f := masqueradingPair(t, c, site)
+	n3, pod := f.n, f.pod
+	f.pings, f.target = 100*int((tunnelTarget+15*time.Second)/time.Second), tunnelTarget
 	dev, err := g1.WGDevice()
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +45,6 @@ func TestGatewayTunnelDead(t *testing.T) {
 	if err := os.WriteFile(rules, []byte(block), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{c: c, cls: classifier(c), n: n3, pod: pod, pings: 100 * int((tunnelTarget+15*time.Second)/time.Second), target: tunnelTarget}
 	blocked := time.Now()
 	f.failover(t, fmt.Sprintf("WireGuard port %d of serving gateway %s blocked", dev.ListenPort, g1.Name), g1, g2, func() {
 		blocked = time.Now()
