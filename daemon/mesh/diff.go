@@ -27,6 +27,16 @@ type Peer struct {
 	// this node's underlay address, as source. Invalid = off.
 	Underlay    netip.Addr
 	UnderlaySrc netip.Addr
+	// NAT traversal (docs/nat.md, daemon/nat): Unreachable copies the
+	// record's flag; such a peer's endpoint is left invalid, i.e. to
+	// WireGuard's roaming (an invalid Endpoint is never written). Relayed:
+	// its own CIDRs are carried by a relay's peer (not on its AllowedIPs;
+	// its routes stay). Carries: other nodes' CIDRs this peer relays (on
+	// its AllowedIPs; their routes belong to their own peers).
+	Unreachable bool
+	Published   netip.AddrPort // an Unreachable peer's record endpoint (its LAN address)
+	Relayed     bool
+	Carries     []netip.Prefix
 }
 
 // Plan is what must change on the device and in the routing table. Apply
@@ -46,29 +56,44 @@ func (p Peer) primary() netip.Prefix { return p.CIDRs[0] }
 
 func (p Peer) equal(o Peer) bool {
 	return slices.Equal(p.CIDRs, o.CIDRs) && p.Node == o.Node && p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
-		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc
+		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc &&
+		p.Unreachable == o.Unreachable && p.Published == o.Published && p.Relayed == o.Relayed && slices.Equal(p.Carries, o.Carries)
 }
 
 func (p Peer) config() wgtypes.PeerConfig {
 	ka := time.Duration(p.Keepalive) * time.Second
-	return wgtypes.PeerConfig{
+	pc := wgtypes.PeerConfig{
 		PublicKey:                   p.PublicKey,
-		Endpoint:                    net.UDPAddrFromAddrPort(p.Endpoint),
 		PersistentKeepaliveInterval: &ka,
 		ReplaceAllowedIPs:           true,
 		AllowedIPs:                  p.allowed(),
 	}
+	if p.Endpoint.IsValid() {
+		pc.Endpoint = net.UDPAddrFromAddrPort(p.Endpoint)
+	}
+	return pc
 }
 
 // allowed is the peer's AllowedIPs: its PodCIDR of each family. One
 // WireGuard device carries both families whatever the underlay's family.
 func (p Peer) allowed() []net.IPNet {
 	var out []net.IPNet
-	for _, c := range p.CIDRs {
+	for _, c := range p.allowedPrefixes() {
 		out = append(out, toIPNet(c))
 	}
+	return out
+}
+
+// allowedPrefixes is allowed as prefixes: the peer's own CIDRs unless a
+// relay carries them, the CIDRs it relays, its tunneled underlay address.
+func (p Peer) allowedPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	if !p.Relayed {
+		out = append(out, p.CIDRs...)
+	}
+	out = append(out, p.Carries...)
 	if p.Underlay.IsValid() {
-		out = append(out, toIPNet(p.underlayPrefix()))
+		out = append(out, p.underlayPrefix())
 	}
 	return out
 }
@@ -101,7 +126,7 @@ func toIPNet(p netip.Prefix) net.IPNet {
 
 // matches reports whether the device's peer is exactly as desired.
 func matches(have wgtypes.Peer, want Peer) bool {
-	allowed := want.allowed()
+	allowed := want.allowedPrefixes()
 	if len(have.AllowedIPs) != len(allowed) {
 		return false
 	}
@@ -111,11 +136,12 @@ func matches(have wgtypes.Peer, want Peer) bool {
 		if !ok {
 			return false
 		}
-		if p := netip.PrefixFrom(ip.Unmap(), ones); !slices.Contains(want.CIDRs, p) && (!want.Underlay.IsValid() || p != want.underlayPrefix()) {
+		if !slices.Contains(allowed, netip.PrefixFrom(ip.Unmap(), ones)) {
 			return false
 		}
 	}
-	if have.Endpoint == nil || have.Endpoint.AddrPort() != want.Endpoint && unmapAP(have.Endpoint.AddrPort()) != want.Endpoint {
+	// No endpoint wanted: whatever WireGuard's roaming found is right.
+	if want.Endpoint.IsValid() && (have.Endpoint == nil || have.Endpoint.AddrPort() != want.Endpoint && unmapAP(have.Endpoint.AddrPort()) != want.Endpoint) {
 		return false
 	}
 	return have.PersistentKeepaliveInterval == time.Duration(want.Keepalive)*time.Second
@@ -170,6 +196,7 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 			plan.RouteDel = append(plan.RouteDel, routes[dst])
 		}
 	}
+	orderMoves(plan.Peers, have)
 	return plan
 }
 

@@ -93,6 +93,8 @@ func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev 
 				r.apply(cidr)
 			}
 			r.checkHandshakes(time.Now())
+		case <-r.pathsChanged():
+			r.kernelResync()
 		case <-r.rekeyC():
 			r.checkRekeys(time.Now())
 		}

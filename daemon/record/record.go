@@ -135,6 +135,10 @@ type Subnet struct {
 	// underlay address (docs/hosts.md); used towards a peer only when both
 	// advertise it. Omitted when off; older daemons ignore it.
 	UnderlayEncryption bool `json:"hostEncryption,omitempty"`
+	// Unreachable says peers cannot send to the endpoint (the node is
+	// behind a NAT, docs/nat.md): they leave the endpoint to WireGuard's
+	// roaming and the node keeps its tunnels open. Omitted when reachable.
+	Unreachable bool `json:"unreachable,omitempty"`
 }
 
 // Lease is a decoded, validated subnet record.
@@ -151,6 +155,8 @@ type Lease struct {
 	// UnderlayEncryption: the node accepts host-to-host traffic to its
 	// underlay address (the endpoint's) through WireGuard.
 	UnderlayEncryption bool
+	// Unreachable: the endpoint is not reachable from outside (NAT).
+	Unreachable bool
 }
 
 // Primary is the CIDR that keys the record (invalid if there is none).
@@ -172,6 +178,7 @@ func (l Lease) Subnet() Subnet {
 		Kind:      l.Kind,
 
 		UnderlayEncryption: l.UnderlayEncryption,
+		Unreachable:        l.Unreachable,
 	}
 	if len(l.CIDRs) > 1 {
 		s.PodCIDRv6 = l.CIDRs[1].String()
@@ -307,6 +314,7 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 		Kind:      s.Kind,
 
 		UnderlayEncryption: s.UnderlayEncryption,
+		Unreachable:        s.Unreachable,
 	}, nil
 }
 
