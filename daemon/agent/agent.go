@@ -15,6 +15,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/etcdutil"
@@ -91,6 +92,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Kind:      m.kind(),
 
 		UnderlayEncryption: underlayEnc.On,
+		Unreachable:        cfg.Reachable == config.ReachableNo,
 	}
 	acq := &lease.Acquirer{Client: cli, Prefix: cfg.EtcdPrefix, Cluster: m.grids(), Node: cfg.NodeName, TTL: cfg.LeaseTTL, Log: log}
 	var held lease.Held
@@ -137,7 +139,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("look up WireGuard device %s: %w", cfg.Device, err)
 	}
-	rec := mesh.New(mesh.Config{
+	var rec *mesh.Reconciler
+	natA := newNATAgent(cfg, cli, wg, keeper, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, log)
+	rec = mesh.New(mesh.Config{
 		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, SelfKey: priv.Public(), OwnCIDR: held.Primary(),
 		Gateways: at.gws, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
 		Log: log.With("part", "mesh"), OwnRecordChanged: keeper.Recheck, Observe: om.observe,
@@ -149,11 +153,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		// old one. For a new record the peers may not know our key yet,
 		// and an initiation they refuse would hold back ours for 5 s.
 		FreshDevice: !nd.dev.Adopted && held.How == "adopted",
+		Paths:       natA.paths(),
 	})
+	go natA.Run(ctx)
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(nd.dev.Mode), WG: wg, PodCIDR: at.podCIDR,
 		IPAMDir: at.ipamDir, LeaseExpiry: keeper.Expiry, Peers: rec.PeerNodes, Stats: &rec.Stats, SameNode: at.sameNode, Retakes: keeper.Retakes.Load,
-		Rotations: rot.Rotations.Load,
+		Rotations: rot.Rotations.Load, Paths: natA.Paths,
 	})
 	go func() {
 		select {

@@ -29,6 +29,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/etcdutil"
 	"github.com/wgcni/wgcni/daemon/metrics"
+	"github.com/wgcni/wgcni/daemon/nat"
 	"github.com/wgcni/wgcni/daemon/nodefile"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/ipam/nodeipam"
@@ -154,6 +155,11 @@ type PeerStatus struct {
 	TxBytes          int64    `json:"txBytes"`
 	Keepalive        int      `json:"keepaliveSeconds"`
 	Status           string   `json:"status"` // up (handshake within 2m10s) or down
+	// Path is how the peer is reached: direct, relayed (Via names the
+	// relay) or punched; PathWhy explains it (docs/nat.md).
+	Path    string `json:"path"`
+	Via     string `json:"via,omitempty"`
+	PathWhy string `json:"pathWhy,omitempty"`
 }
 
 // Status gathers `wgcnictl status`. The node file is required (without
@@ -196,6 +202,7 @@ func Status(ctx context.Context, cfg *config.Config, now time.Time) (*StatusRepo
 	r.Device.Mode = strings.ToLower(dev.Type.String())
 	r.Device.PublicKey = dev.PublicKey.String()
 	r.Device.ListenPort = dev.ListenPort
+	paths := readPaths(cfg.RunDir)
 	for _, p := range dev.Peers {
 		ps := PeerStatus{Node: names[p.PublicKey], PublicKey: p.PublicKey.String(), RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes,
 			Keepalive: int(p.PersistentKeepaliveInterval / time.Second), Status: "down", AllowedIPs: []string{}}
@@ -213,6 +220,10 @@ func Status(ctx context.Context, cfg *config.Config, now time.Time) (*StatusRepo
 		}
 		if metrics.Up(p.LastHandshakeTime, now) {
 			ps.Status = "up"
+		}
+		ps.Path = nat.Direct
+		if np, ok := paths[ps.Node]; ok {
+			ps.Path, ps.Via, ps.PathWhy = np.Mode, np.Via, np.Why
 		}
 		r.Peers = append(r.Peers, ps)
 	}
@@ -236,14 +247,18 @@ func (r *StatusReport) table(w io.Writer) {
 	fmt.Fprintf(w, "mtu:      %d\n", r.MTU)
 	fmt.Fprintf(w, "peers:    %d\n\n", len(r.Peers))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tSTATUS\tPUBLIC KEY")
+	fmt.Fprintln(tw, "NODE\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tSTATUS\tPATH\tPUBLIC KEY")
 	for _, p := range r.Peers {
 		hs := "never"
 		if p.HandshakeAgeSecs != nil {
 			hs = time.Duration(*p.HandshakeAgeSecs*float64(time.Second)).Round(time.Second).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dash(p.Node), dash(p.Endpoint), strings.Join(p.AllowedIPs, ","), hs,
-			bytes(p.RxBytes), bytes(p.TxBytes), p.Status, p.PublicKey)
+		path := p.Path
+		if p.Via != "" {
+			path += " via " + p.Via
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dash(p.Node), dash(p.Endpoint), strings.Join(p.AllowedIPs, ","), hs,
+			bytes(p.RxBytes), bytes(p.TxBytes), p.Status, path, p.PublicKey)
 	}
 	tw.Flush()
 }
@@ -451,4 +466,20 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+// readPaths reads the daemon's NAT paths file (none: every peer direct).
+func readPaths(runDir string) map[string]nat.Path {
+	out := map[string]nat.Path{}
+	b, err := os.ReadFile(nat.StatePath(runDir))
+	if err != nil {
+		return out
+	}
+	var ps []nat.Path
+	if json.Unmarshal(b, &ps) == nil {
+		for _, p := range ps {
+			out[p.Node] = p
+		}
+	}
+	return out
 }

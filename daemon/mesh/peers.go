@@ -13,6 +13,18 @@ import (
 type PeerInfo struct {
 	Node string
 	CIDR netip.Prefix
+	// Unreachable and Published are the record's NAT flag and endpoint
+	// (daemon/nat: where its traffic should come from).
+	Unreachable bool
+	Published   netip.AddrPort
+}
+
+func (p Peer) info() PeerInfo {
+	pub := p.Endpoint
+	if p.Unreachable {
+		pub = p.Published
+	}
+	return PeerInfo{Node: p.Node, CIDR: p.primary(), Unreachable: p.Unreachable, Published: pub}
 }
 
 // PeerNodes returns the node of every peer configured on the device.
@@ -29,8 +41,8 @@ func (r *Reconciler) PeerNodes() map[wgtypes.Key]PeerInfo {
 // publishPeers refreshes what PeerNodes returns from r.applied.
 func (r *Reconciler) publishPeers() {
 	m := make(map[wgtypes.Key]PeerInfo, len(r.applied))
-	for c, p := range r.applied {
-		m[p.PublicKey] = PeerInfo{Node: p.Node, CIDR: c}
+	for _, p := range r.applied {
+		m[p.PublicKey] = p.info()
 	}
 	r.peerMu.Lock()
 	r.peerNodes = m
@@ -49,6 +61,6 @@ func (r *Reconciler) publishPeer(old, cur *Peer) {
 		delete(r.peerNodes, old.PublicKey)
 	}
 	if cur != nil {
-		r.peerNodes[cur.PublicKey] = PeerInfo{Node: cur.Node, CIDR: cur.primary()}
+		r.peerNodes[cur.PublicKey] = cur.info()
 	}
 }

@@ -53,7 +53,9 @@ type Sources struct {
 	Retakes func() int64
 	// Rotations counts key rotations done by this daemon.
 	Rotations func() int64
-	Now       func() time.Time
+	// Paths says how each peer is reached (NAT traversal; nil: off).
+	Paths pathSource
+	Now   func() time.Time
 }
 
 // Collector reports wgcnid's metrics. Build it with NewCollector.
@@ -154,7 +156,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHandshake, descRx, descTx, descStatus, descEstablished, descEndpoint,
 		descPeers, descDeviceUp, descMode, descLease, descLeaseExpiry, descLeaseTTL, descIPAMUsed, descIPAMFree,
 		descIPAMUp, descApplied, descApplyErr, descResyncs, descWatch, descBad, descRetakes, descNoHandshake, descStalls,
-		descRekeyRetries, descRecreations, descRotations, descSameNodeFailures, descSameNodeRetries, descSameNodePending} {
+		descRekeyRetries, descRecreations, descRotations, descSameNodeFailures, descSameNodeRetries, descSameNodePending, descPath} {
 		ch <- d
 	}
 	c.reconcile.Describe(ch)
@@ -166,6 +168,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.collectPeers(ch, now)
 	c.collectLease(ch, now)
 	c.collectIPAM(ch)
+	c.collectPaths(ch)
 	if s := c.src.Stats; s != nil {
 		ch <- prometheus.MustNewConstMetric(descApplied, prometheus.CounterValue, float64(s.Applied.Load()))
 		ch <- prometheus.MustNewConstMetric(descApplyErr, prometheus.CounterValue, float64(s.ApplyErrors.Load()))
