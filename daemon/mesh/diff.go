@@ -37,6 +37,10 @@ type Peer struct {
 	Published   netip.AddrPort // an Unreachable peer's record endpoint (its LAN address)
 	Relayed     bool
 	Carries     []netip.Prefix
+	// DropSessionsBefore: a session with the peer older than this is
+	// dropped by re-creating its entry (a dead punched path must come
+	// back through a fresh handshake that both ends see; paths.go).
+	DropSessionsBefore time.Time
 }
 
 // Plan is what must change on the device and in the routing table. Apply
@@ -57,7 +61,8 @@ func (p Peer) primary() netip.Prefix { return p.CIDRs[0] }
 func (p Peer) equal(o Peer) bool {
 	return slices.Equal(p.CIDRs, o.CIDRs) && p.Node == o.Node && p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
 		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc &&
-		p.Unreachable == o.Unreachable && p.Published == o.Published && p.Relayed == o.Relayed && slices.Equal(p.Carries, o.Carries)
+		p.Unreachable == o.Unreachable && p.Published == o.Published && p.Relayed == o.Relayed && slices.Equal(p.Carries, o.Carries) &&
+		p.DropSessionsBefore.Equal(o.DropSessionsBefore)
 }
 
 func (p Peer) config() wgtypes.PeerConfig {
@@ -126,6 +131,9 @@ func toIPNet(p netip.Prefix) net.IPNet {
 
 // matches reports whether the device's peer is exactly as desired.
 func matches(have wgtypes.Peer, want Peer) bool {
+	if want.staleSession(have) {
+		return false
+	}
 	allowed := want.allowedPrefixes()
 	if len(have.AllowedIPs) != len(allowed) {
 		return false
@@ -169,6 +177,9 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 		case !ok:
 			plan.Peers = append(plan.Peers, wgtypes.PeerConfig{PublicKey: h.PublicKey, Remove: true})
 		case !matches(h, d):
+			if d.staleSession(h) {
+				plan.Peers = append(plan.Peers, wgtypes.PeerConfig{PublicKey: h.PublicKey, Remove: true})
+			}
 			plan.Peers = append(plan.Peers, d.config())
 		}
 	}

@@ -60,8 +60,17 @@ func orderMoves(changes []wgtypes.PeerConfig, have []wgtypes.Peer) {
 		}
 		return false
 	}
+	readded := map[wgtypes.Key]bool{}
+	for _, pc := range changes {
+		if !pc.Remove {
+			readded[pc.PublicKey] = true
+		}
+	}
 	rank := func(pc wgtypes.PeerConfig) int {
 		switch {
+		case pc.Remove && readded[pc.PublicKey]:
+			// Re-created (staleSession): stays just before its add.
+			return rankOf(changes, pc.PublicKey, gains)
 		case pc.Remove:
 			return 2
 		case gains(pc):
@@ -97,6 +106,22 @@ func orderMoves(changes []wgtypes.PeerConfig, have []wgtypes.Peer) {
 			taken[p] = true
 		}
 	}
+}
+
+// rankOf is the rank orderMoves gives the add of key in changes.
+func rankOf(changes []wgtypes.PeerConfig, key wgtypes.Key, gains func(wgtypes.PeerConfig) bool) int {
+	for _, pc := range changes {
+		if pc.PublicKey == key && !pc.Remove && gains(pc) {
+			return 0
+		}
+	}
+	return 1
+}
+
+// staleSession reports whether the device's session with the peer is
+// older than the peer may keep (DropSessionsBefore).
+func (p Peer) staleSession(have wgtypes.Peer) bool {
+	return !p.DropSessionsBefore.IsZero() && !have.LastHandshakeTime.IsZero() && have.LastHandshakeTime.Before(p.DropSessionsBefore)
 }
 
 func prefixOf(ip net.IP, mask net.IPMask) (netip.Prefix, bool) {

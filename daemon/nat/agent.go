@@ -76,6 +76,7 @@ type Agent struct {
 	paths       []Path
 	up          map[string]bool      // punched paths carrying their CIDRs
 	switchAt    map[string]time.Time // punched paths waiting for their switch time
+	died        map[string]time.Time // when a punched path last died
 	rx          map[wgtypes.Key]rxSeen
 	published   map[string]string // node -> observation we published
 	publishedOn clientv3.LeaseID
@@ -95,7 +96,7 @@ func New(cfg Config) *Agent {
 		cfg.PunchKeepalive = 2
 	}
 	return &Agent{cfg: cfg, changed: make(chan struct{}, 1), unreachable: cfg.Reachable == "no",
-		obs: Observations{}, up: map[string]bool{}, switchAt: map[string]time.Time{}, rx: map[wgtypes.Key]rxSeen{}, published: map[string]string{}}
+		obs: Observations{}, up: map[string]bool{}, switchAt: map[string]time.Time{}, died: map[string]time.Time{}, rx: map[wgtypes.Key]rxSeen{}, published: map[string]string{}}
 }
 
 // Unreachable reports whether this node currently counts as behind a NAT.
@@ -118,7 +119,7 @@ func (a *Agent) poke() {
 // Rewrite is mesh.Paths: the plan for the records' peers.
 func (a *Agent) Rewrite(active map[netip.Prefix]mesh.Peer) map[netip.Prefix]mesh.Peer {
 	a.mu.Lock()
-	in := Inputs{Self: a.cfg.Self, SelfUnreachable: a.unreachable, Obs: a.obs, Up: maps.Clone(a.up),
+	in := Inputs{Self: a.cfg.Self, SelfUnreachable: a.unreachable, Obs: a.obs, Up: maps.Clone(a.up), Died: maps.Clone(a.died),
 		Keepalive: a.cfg.Keepalive, PunchKeepalive: a.cfg.PunchKeepalive}
 	out, paths := Plan(in, active)
 	a.active = maps.Clone(active) // the mesh keeps changing its map
@@ -227,10 +228,13 @@ func (a *Agent) followPunches(peers []wgtypes.Peer, now time.Time) time.Time {
 	var next time.Time
 	for node, key := range punching {
 		d, ok := byKey[key]
-		alive := ok && !d.LastHandshakeTime.IsZero() && now.Sub(d.LastHandshakeTime) < 180*time.Second && now.Sub(a.rx[key].at) < dead
+		// A session from before the path died does not count: it must be
+		// a handshake both ends see (the entry is re-created meanwhile).
+		alive := ok && d.LastHandshakeTime.After(a.died[node]) && now.Sub(d.LastHandshakeTime) < 180*time.Second && now.Sub(a.rx[key].at) < dead
 		switch {
 		case a.up[node] && !alive:
 			delete(a.up, node)
+			a.died[node] = now
 			changed = true
 			a.cfg.Log.Warn("punched path died; back to the relay", "peer_node", node, "last_handshake", d.LastHandshakeTime)
 		case !a.up[node] && alive:
@@ -255,6 +259,11 @@ func (a *Agent) followPunches(peers []wgtypes.Peer, now time.Time) time.Time {
 		if _, ok := punching[node]; !ok {
 			delete(a.up, node)
 			changed = true
+		}
+	}
+	for node := range a.died {
+		if _, ok := punching[node]; !ok {
+			delete(a.died, node)
 		}
 	}
 	if changed {

@@ -15,6 +15,7 @@ package nat
 import (
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/wgcni/wgcni/daemon/mesh"
 )
@@ -46,6 +47,10 @@ type Inputs struct {
 	// Up holds the peers whose punched direct path is up and due to carry
 	// their CIDRs (Agent: after a handshake, at the agreed switch time).
 	Up map[string]bool
+	// Died holds when each peer's punched path last died: a session
+	// from before is dropped, so it comes back only through a fresh
+	// handshake (the switch instant both ends derive from it).
+	Died map[string]time.Time
 	// Keepalive (seconds) towards every peer of an unreachable node that
 	// asked for none itself; PunchKeepalive towards peers being punched.
 	Keepalive      int
@@ -109,6 +114,7 @@ func Plan(in Inputs, active map[netip.Prefix]mesh.Peer) (map[netip.Prefix]mesh.P
 				path.Mode, path.Why, path.Endpoint = Punched, "hole punched", peerMap.Public.String()
 			default:
 				p.Endpoint, p.Keepalive = peerMap.Public, in.PunchKeepalive
+				p.DropSessionsBefore = in.Died[p.Node]
 				path.Why, path.Endpoint = "punching", peerMap.Public.String()
 				if relay == "" {
 					path.Why += "; no relay"

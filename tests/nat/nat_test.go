@@ -1,0 +1,362 @@
+// Package nat tests NAT traversal end to end (docs/nat.md) in the
+// namespace cluster (tests/harness): "home router" namespaces masquerade
+// nodes on their LANs — one router with endpoint-independent mapping per
+// LAN host, one symmetric (masquerade random) — while reachable nodes sit
+// on the open underlay. Real etcd, real wgcnid, real WireGuard, pods wired
+// by cnitool, packets captured on every segment.
+package nat
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/wgcni/wgcni/daemon/nat"
+	"github.com/wgcni/wgcni/tests/capture"
+	"github.com/wgcni/wgcni/tests/harness"
+)
+
+const (
+	clusterCIDR = "10.244.0.0/16"
+	leaseTTL    = 4 * time.Second
+)
+
+// paths reads the node's NAT paths file: peer node -> path.
+func paths(n *harness.Node) map[string]nat.Path {
+	out := map[string]nat.Path{}
+	b, err := os.ReadFile(nat.StatePath(n.RunDir))
+	if err != nil {
+		return out
+	}
+	var ps []nat.Path
+	if json.Unmarshal(b, &ps) == nil {
+		for _, p := range ps {
+			out[p.Node] = p
+		}
+	}
+	return out
+}
+
+// waitPath waits until a's path to b has mode (and via, if not "").
+func waitPath(t *testing.T, a, b *harness.Node, mode string, timeout time.Duration) nat.Path {
+	t.Helper()
+	var p nat.Path
+	err := harness.WaitFor(timeout, fmt.Sprintf("%s's path to %s %s", a.Name, b.Name, mode), func() (bool, error) {
+		p = paths(a)[b.Name]
+		return p.Mode == mode, nil
+	})
+	if err != nil {
+		t.Fatalf("%v; last: %+v", err, p)
+	}
+	return p
+}
+
+// observed reads what reachable nodes published about node from etcd.
+func observed(t *testing.T, c *harness.Cluster, node string) map[string]netip.AddrPort {
+	t.Helper()
+	cli := c.Etcd.MustClient(t)
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, nat.ObservedPrefix("/wgcni")+node+"/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatalf("get observations: %v", err)
+	}
+	m := map[string]netip.AddrPort{}
+	for _, kv := range resp.Kvs {
+		_, observer, ap, err := nat.ParseObserved("/wgcni", string(kv.Key), kv.Value)
+		if err != nil {
+			t.Fatalf("observation in etcd: %v", err)
+		}
+		m[observer] = ap
+	}
+	return m
+}
+
+// firstPacket pings to from `from` once a second-ish until a reply comes
+// and returns how long that took.
+func firstPacket(t *testing.T, from harness.NS, to netip.Addr, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < timeout {
+		r, err := from.Ping(to, 1, 100*time.Millisecond)
+		if err == nil && r.Received == 1 {
+			return time.Since(start)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("no packet %s -> %s within %v", from.Name, to, timeout)
+	return 0
+}
+
+// pingDuring pings at 100/s for d from `from` to `to` in the background;
+// the result comes on the channel when ping exits.
+func pingDuring(from harness.NS, to netip.Addr, d time.Duration) <-chan harness.PingResult {
+	ch := make(chan harness.PingResult, 1)
+	go func() {
+		r, err := from.Ping(to, int(d/(10*time.Millisecond)), 10*time.Millisecond)
+		if err != nil {
+			r.Output += err.Error()
+		}
+		ch <- r
+	}()
+	return ch
+}
+
+// captures runs one capture per segment: the underlay and every router
+// (its LAN and its WAN port).
+type captures struct {
+	names []string
+	caps  []*capture.Capture
+}
+
+func startCaptures(t *testing.T, c *harness.Cluster, routers []*harness.Router) *captures {
+	t.Helper()
+	var ports []uint16
+	for i := 1; i <= 4; i++ {
+		ports = append(ports, harness.PublicPort(i))
+	}
+	cls := c.Classifier(ports...)
+	cs := &captures{}
+	add := func(name, path string) {
+		cp, err := capture.Start(path, "", cls, capture.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs.names = append(cs.names, name)
+		cs.caps = append(cs.caps, cp)
+	}
+	add("underlay", c.Underlay.Path())
+	for _, r := range routers {
+		add(r.Name+" ("+string(r.Mapping)+" NAT: LAN and WAN)", r.Path())
+	}
+	return cs
+}
+
+func (cs *captures) check(t *testing.T) {
+	t.Helper()
+	for i, cp := range cs.caps {
+		rep, err := cp.Stop()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("FIGURE capture %s: %s", cs.names[i], rep)
+		if rep.PlainPod() != 0 {
+			t.Errorf("plaintext pod packets on %s:\n%s", cs.names[i], rep.Excerpt(10))
+		}
+		if rep.WGTypes[capture.WGTransportData] == 0 {
+			t.Errorf("no WireGuard data on %s: the traffic did not cross it?\n%s", cs.names[i], rep.Excerpt(10))
+		}
+	}
+}
+
+// TestNATTraversal builds two reachable nodes (r1, r2) on the underlay and
+// NATed nodes: a1, a2 behind router A and c1 behind router C (both
+// endpoint-independent), b1 behind router B (symmetric). It checks, in
+// order: observed endpoints and roaming (a NATed node and a reachable one
+// talk both ways), the same-NAT pair over its LAN, the relay for the pair
+// with a symmetric NAT, hole punching for the endpoint-independent pair
+// with a 100/s ping across the relay -> direct switch, the fall back to the
+// relay when the direct path dies, and the relay's loss.
+func TestNATTraversal(t *testing.T) {
+	c := harness.Start(t, harness.Config{ClusterCIDR: clusterCIDR, LeaseTTL: leaseTTL, Tag: "nt"}, 0)
+	r1, err := c.AddNode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := c.AddNode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rtA, err := c.AddRouter(harness.EndpointIndependent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rtC, err := c.AddRouter(harness.EndpointIndependent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rtB, err := c.AddRouter(harness.Symmetric)
+	if err != nil {
+		t.Fatal(err)
+	}
+	behind := func(r *harness.Router) *harness.Node {
+		n, err := r.AddNode("--reachable=no")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	a1, a2 := behind(rtA), behind(rtA)
+	c1 := behind(rtC)
+	pod := map[*harness.Node]*harness.Pod{}
+	for _, n := range []*harness.Node{r1, r2, a1, a2, c1} {
+		pod[n] = n.MustAddPod(t)
+	}
+	caps := startCaptures(t, c, []*harness.Router{rtA, rtB, rtC})
+
+	// 1. Observed endpoints and roaming: a1 keeps alive to r1, r1's
+	// device roams to the NAT's mapping and publishes it.
+	t.Run("observed endpoint and roaming", func(t *testing.T) {
+		harness.Connect(t, pod[a1].NS, pod[r1].IP, "pod a1 -> pod r1", 3)
+		harness.Connect(t, pod[r1].NS, pod[a1].IP, "pod r1 -> pod a1 (to the address r1 observed)", 3)
+		want := netip.AddrPortFrom(rtA.WAN, harness.PublicPort(1))
+		err := harness.WaitFor(10*time.Second, "observations of a1 by r1 and r2", func() (bool, error) {
+			o := observed(t, c, a1.Name)
+			return o[r1.Name] == want && o[r2.Name] == want, nil
+		})
+		if err != nil {
+			t.Fatalf("%v: %v", err, observed(t, c, a1.Name))
+		}
+		dev, err := r1.WGDevice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range dev.Peers {
+			if p.Endpoint != nil && p.Endpoint.AddrPort().Addr().Unmap() == a1.UnderlayIP {
+				t.Errorf("r1 sends to a1's unreachable LAN address %s", p.Endpoint)
+			}
+		}
+		t.Logf("FIGURE a1 (LAN %s) observed by r1 and r2 at %s", a1.UnderlayIP, want)
+	})
+
+	// 2. Two nodes behind one NAT: same public address, direct over the LAN.
+	t.Run("same NAT over the LAN", func(t *testing.T) {
+		p := waitPath(t, a1, a2, nat.Direct, 15*time.Second)
+		if p.Why != "same NAT" {
+			t.Errorf("a1 -> a2: %+v, want direct because same NAT", p)
+		}
+		harness.Connect(t, pod[a1].NS, pod[a2].IP, "pod a1 -> pod a2", 3)
+		harness.Connect(t, pod[a2].NS, pod[a1].IP, "pod a2 -> pod a1", 3)
+	})
+
+	// 3. Relay: b1 behind the symmetric NAT comes up; a1 <-> b1 go
+	// through the relay both pick.
+	var b1 *harness.Node
+	t.Run("relayed behind a symmetric NAT", func(t *testing.T) {
+		b1 = behind(rtB)
+		pod[b1] = b1.MustAddPod(t)
+		t0 := firstPacket(t, pod[a1].NS, pod[b1].IP, 30*time.Second)
+		pa := waitPath(t, a1, b1, nat.Relayed, 15*time.Second)
+		pb := waitPath(t, b1, a1, nat.Relayed, 15*time.Second)
+		if pa.Via != pb.Via || pa.Via == "" {
+			t.Fatalf("a1 and b1 chose different relays: %+v / %+v", pa, pb)
+		}
+		err := harness.WaitFor(15*time.Second, "b1 seen as symmetric", func() (bool, error) {
+			return paths(a1)[b1.Name].Why == "symmetric NAT", nil
+		})
+		if err != nil {
+			t.Errorf("%v: %+v; observations of b1: %v", err, paths(a1)[b1.Name], observed(t, c, b1.Name))
+		}
+		harness.Connect(t, pod[b1].NS, pod[a1].IP, "pod b1 -> pod a1 (relayed)", 3)
+		harness.Connect(t, pod[a1].NS, pod[b1].IP, "pod a1 -> pod b1 (relayed)", 3)
+		t.Logf("FIGURE relayed a1 <-> b1 via %s (symmetric NAT): first packet %v after b1's pod was created", pa.Via, t0.Round(time.Millisecond))
+	})
+
+	// 4. Hole punching: a1 <-> c1 first relayed (router C cut off from
+	// router A), then the block is lifted: both punch, the CIDRs move to
+	// the direct peers, while a 100/s ping runs across the switch.
+	t.Run("punched with a ping across the switch", func(t *testing.T) {
+		if err := rtC.Block(rtA.WAN); err != nil {
+			t.Fatal(err)
+		}
+		// The punched path may already be up: it dies and falls back.
+		waitPath(t, a1, c1, nat.Relayed, 30*time.Second)
+		waitPath(t, c1, a1, nat.Relayed, 30*time.Second)
+		harness.Connect(t, pod[a1].NS, pod[c1].IP, "pod a1 -> pod c1 (relayed)", 3)
+		ping := pingDuring(pod[a1].NS, pod[c1].IP, 15*time.Second)
+		time.Sleep(time.Second)
+		t0 := time.Now()
+		if err := rtC.Unblock(); err != nil {
+			t.Fatal(err)
+		}
+		waitPath(t, a1, c1, nat.Punched, 12*time.Second)
+		waitPath(t, c1, a1, nat.Punched, 5*time.Second)
+		direct := time.Since(t0)
+		r := <-ping
+		t.Logf("FIGURE punched a1 <-> c1: direct %v after the NATs let it through; 100/s ping across relay -> direct: %d sent, %d lost",
+			direct.Round(time.Millisecond), r.Sent, r.Loss())
+		if r.Sent == 0 || r.Loss() != 0 {
+			t.Errorf("ping across the relay -> direct switch lost %d of %d:\n%s", r.Loss(), r.Sent, r.Output)
+		}
+		harness.Connect(t, pod[c1].NS, pod[a1].IP, "pod c1 -> pod a1 (punched)", 3)
+		for _, n := range []*harness.Node{a1, c1} {
+			dev, err := n.WGDevice()
+			if err != nil {
+				t.Fatal(err)
+			}
+			other := map[*harness.Node]*harness.Router{a1: rtC, c1: rtA}[n]
+			found := false
+			for _, p := range dev.Peers {
+				if p.Endpoint != nil && p.Endpoint.AddrPort().Addr().Unmap() == other.WAN && len(p.AllowedIPs) > 0 {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("%s has no peer at %s carrying CIDRs (the punched path)", n.Name, other.WAN)
+			}
+		}
+
+		// The direct path dies: back to the relay.
+		ping = pingDuring(pod[a1].NS, pod[c1].IP, 20*time.Second)
+		time.Sleep(time.Second)
+		t1 := time.Now()
+		if err := rtC.Block(rtA.WAN); err != nil {
+			t.Fatal(err)
+		}
+		waitPath(t, a1, c1, nat.Relayed, 20*time.Second)
+		waitPath(t, c1, a1, nat.Relayed, 20*time.Second)
+		back := time.Since(t1)
+		r = <-ping
+		t.Logf("FIGURE punched path cut: back on the relay after %v; 100/s ping: %d sent, %d lost (%.1f s)",
+			back.Round(time.Millisecond), r.Sent, r.Loss(), float64(r.Loss())/100)
+		if r.Received == 0 || r.Loss() > r.Sent/2 {
+			t.Errorf("ping did not recover on the relay: %d of %d lost", r.Loss(), r.Sent)
+		}
+		harness.Connect(t, pod[c1].NS, pod[a1].IP, "pod c1 -> pod a1 (relayed again)", 3)
+		if err := rtC.Unblock(); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	// Captures end before a node is killed (its namespace goes).
+	t.Run("only WireGuard on every segment", func(t *testing.T) { caps.check(t) })
+
+	// 5. The relay of a1 <-> b1 dies: both move to the other relay.
+	t.Run("relay killed", func(t *testing.T) {
+		if b1 == nil {
+			t.Skip("no relayed pair")
+		}
+		via := paths(a1)[b1.Name].Via
+		relay, other := r1, r2
+		if via == r2.Name {
+			relay, other = r2, r1
+		}
+		ping := pingDuring(pod[a1].NS, pod[b1].IP, 20*time.Second)
+		time.Sleep(time.Second)
+		t0 := time.Now()
+		relay.Shutdown()
+		var moved time.Duration
+		err := harness.WaitFor(20*time.Second, "a1 and b1 relayed via "+other.Name, func() (bool, error) {
+			return paths(a1)[b1.Name].Via == other.Name && paths(b1)[a1.Name].Via == other.Name, nil
+		})
+		if err != nil {
+			t.Fatalf("%v: %+v / %+v", err, paths(a1)[b1.Name], paths(b1)[a1.Name])
+		}
+		moved = time.Since(t0)
+		r := <-ping
+		t.Logf("FIGURE relay %s killed: a1 <-> b1 via %s after %v (lease TTL %v); 100/s ping: %d sent, %d lost (%.1f s)",
+			relay.Name, other.Name, moved.Round(time.Millisecond), leaseTTL, r.Sent, r.Loss(), float64(r.Loss())/100)
+		if r.Received == 0 {
+			t.Errorf("no reply at all after the relay moved: %s", r.Output)
+		}
+		harness.Connect(t, pod[b1].NS, pod[a1].IP, "pod b1 -> pod a1 (new relay)", 3)
+		harness.Connect(t, pod[a1].NS, pod[b1].IP, "pod a1 -> pod b1 (new relay)", 3)
+	})
+}
