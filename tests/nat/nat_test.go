@@ -12,17 +12,20 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/wgcni/wgcni/daemon/ctl"
 	"github.com/wgcni/wgcni/daemon/nat"
 	"github.com/wgcni/wgcni/tests/capture"
 	"github.com/wgcni/wgcni/tests/harness"
 )
 
 const (
+	metricsAddr = "127.0.0.1:9586" // inside each node's namespace
 	clusterCIDR = "10.244.0.0/16"
 	leaseTTL    = 4 * time.Second
 )
@@ -93,6 +96,63 @@ func firstPacket(t *testing.T, from harness.NS, to netip.Addr, timeout time.Dura
 	}
 	t.Fatalf("no packet %s -> %s within %v", from.Name, to, timeout)
 	return 0
+}
+
+// checkVisible checks that wgcnictl status and the metrics on a say how
+// it reaches b.
+func checkVisible(t *testing.T, c *harness.Cluster, a, b *harness.Node, mode, via string) {
+	t.Helper()
+	out, err := a.ExecTimeout(20*time.Second, append([]string{c.Bin("wgcnictl"), "status", "-o", "json"}, a.DaemonArgs()...)...)
+	if err != nil {
+		t.Fatalf("wgcnictl status on %s: %v\n%s", a.Name, err, out)
+	}
+	var st ctl.StatusReport
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("wgcnictl status -o json: %v\n%s", err, out)
+	}
+	found := false
+	for _, p := range st.Peers {
+		if p.Node == b.Name {
+			found = p.Path == mode && p.Via == via
+			if !found {
+				t.Errorf("wgcnictl status on %s: peer %s path %q via %q, want %q via %q", a.Name, b.Name, p.Path, p.Via, mode, via)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("wgcnictl status on %s shows no peer %s:\n%s", a.Name, b.Name, out)
+	}
+	body, err := a.ExecTimeout(10*time.Second, "curl", "-sf", "http://"+metricsAddr+"/metrics")
+	if err != nil {
+		t.Fatalf("scrape %s: %v", a.Name, err)
+	}
+	want := fmt.Sprintf(`wgcni_peer_path{mode=%q,peer_node=%q,via=%q`, mode, b.Name, via)
+	if !strings.Contains(body, want) {
+		t.Errorf("metrics of %s lack %s:\n%s", a.Name, want, grepLines(body, "wgcni_peer_path"))
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// punchedAt is when n's log first says its path to peer is punched.
+func punchedAt(t *testing.T, n, peer *harness.Node) time.Time {
+	t.Helper()
+	for _, l := range n.LogLines("peer_node=" + peer.Name + " mode=punched") {
+		ts, _, _ := strings.Cut(strings.TrimPrefix(l, "time="), " ")
+		if at, err := time.Parse(time.RFC3339Nano, ts); err == nil {
+			return at
+		}
+	}
+	t.Fatalf("%s's log never says its path to %s is punched", n.Name, peer.Name)
+	return time.Time{}
 }
 
 // pingDuring pings at 100/s for d from `from` to `to` in the background;
@@ -187,13 +247,14 @@ func TestNATTraversal(t *testing.T) {
 		t.Fatal(err)
 	}
 	behind := func(r *harness.Router) *harness.Node {
-		n, err := r.AddNode("--reachable=no")
+		n, err := r.AddNode("--reachable=no", "--metrics-addr", metricsAddr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return n
 	}
 	a1, a2 := behind(rtA), behind(rtA)
+	c1Start := time.Now()
 	c1 := behind(rtC)
 	pod := map[*harness.Node]*harness.Pod{}
 	for _, n := range []*harness.Node{r1, r2, a1, a2, c1} {
@@ -240,8 +301,10 @@ func TestNATTraversal(t *testing.T) {
 	// through the relay both pick.
 	var b1 *harness.Node
 	t.Run("relayed behind a symmetric NAT", func(t *testing.T) {
+		start := time.Now()
 		b1 = behind(rtB)
 		pod[b1] = b1.MustAddPod(t)
+		podAt := time.Now()
 		t0 := firstPacket(t, pod[a1].NS, pod[b1].IP, 30*time.Second)
 		pa := waitPath(t, a1, b1, nat.Relayed, 15*time.Second)
 		pb := waitPath(t, b1, a1, nat.Relayed, 15*time.Second)
@@ -254,9 +317,21 @@ func TestNATTraversal(t *testing.T) {
 		if err != nil {
 			t.Errorf("%v: %+v; observations of b1: %v", err, paths(a1)[b1.Name], observed(t, c, b1.Name))
 		}
+		checkVisible(t, c, a1, b1, nat.Relayed, pa.Via)
 		harness.Connect(t, pod[b1].NS, pod[a1].IP, "pod b1 -> pod a1 (relayed)", 3)
 		harness.Connect(t, pod[a1].NS, pod[b1].IP, "pod a1 -> pod b1 (relayed)", 3)
-		t.Logf("FIGURE relayed a1 <-> b1 via %s (symmetric NAT): first packet %v after b1's pod was created", pa.Via, t0.Round(time.Millisecond))
+		t.Logf("FIGURE relayed a1 <-> b1 via %s (symmetric NAT): first packet %v after b1's pod was created, %v after b1's daemon started",
+			pa.Via, t0.Round(time.Millisecond), time.Since(start).Round(time.Millisecond)-time.Since(podAt.Add(t0)).Round(time.Millisecond))
+	})
+
+	// 4a. a1 and c1 punched their direct path when c1 came up.
+	t.Run("punched when the pair came up", func(t *testing.T) {
+		waitPath(t, a1, c1, nat.Punched, 30*time.Second)
+		waitPath(t, c1, a1, nat.Punched, 10*time.Second)
+		at := punchedAt(t, c1, a1)
+		t.Logf("FIGURE a1 <-> c1 punched: c1 moved a1's CIDR to the direct peer %v after c1's daemon was started", at.Sub(c1Start).Round(time.Millisecond))
+		harness.Connect(t, pod[a1].NS, pod[c1].IP, "pod a1 -> pod c1 (punched)", 3)
+		checkVisible(t, c, a1, c1, nat.Punched, "")
 	})
 
 	// 4. Hole punching: a1 <-> c1 first relayed (router C cut off from
@@ -282,8 +357,11 @@ func TestNATTraversal(t *testing.T) {
 		r := <-ping
 		t.Logf("FIGURE punched a1 <-> c1: direct %v after the NATs let it through; 100/s ping across relay -> direct: %d sent, %d lost",
 			direct.Round(time.Millisecond), r.Sent, r.Loss())
-		if r.Sent == 0 || r.Loss() != 0 {
-			t.Errorf("ping across the relay -> direct switch lost %d of %d:\n%s", r.Loss(), r.Sent, r.Output)
+		// WireGuard accepts a packet only from the peer holding its source
+		// CIDR: a packet still on the relay when the receiving end has
+		// switched is dropped, one per direction at most (docs/nat.md).
+		if r.Sent == 0 || r.Loss() > 2 {
+			t.Errorf("ping across the relay -> direct switch lost %d of %d (more than the packets in flight):\n%s", r.Loss(), r.Sent, r.Output)
 		}
 		harness.Connect(t, pod[c1].NS, pod[a1].IP, "pod c1 -> pod a1 (punched)", 3)
 		for _, n := range []*harness.Node{a1, c1} {
