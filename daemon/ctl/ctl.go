@@ -202,7 +202,7 @@ func Status(ctx context.Context, cfg *config.Config, now time.Time) (*StatusRepo
 	r.Device.Mode = strings.ToLower(dev.Type.String())
 	r.Device.PublicKey = dev.PublicKey.String()
 	r.Device.ListenPort = dev.ListenPort
-	paths := readPaths(cfg.RunDir)
+	paths := nat.ReadPaths(cfg.RunDir)
 	for _, p := range dev.Peers {
 		ps := PeerStatus{Node: names[p.PublicKey], PublicKey: p.PublicKey.String(), RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes,
 			Keepalive: int(p.PersistentKeepaliveInterval / time.Second), Status: "down", AllowedIPs: []string{}}
@@ -466,20 +466,4 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
-}
-
-// readPaths reads the daemon's NAT paths file (none: every peer direct).
-func readPaths(runDir string) map[string]nat.Path {
-	out := map[string]nat.Path{}
-	b, err := os.ReadFile(nat.StatePath(runDir))
-	if err != nil {
-		return out
-	}
-	var ps []nat.Path
-	if json.Unmarshal(b, &ps) == nil {
-		for _, p := range ps {
-			out[p.Node] = p
-		}
-	}
-	return out
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -59,9 +60,30 @@ const StateFileName = "nat-paths.json"
 // StatePath is the paths file of a node whose run dir is runDir.
 func StatePath(runDir string) string { return filepath.Join(runDir, StateFileName) }
 
-// tick is how often the device is read: observations to publish, punched
-// paths coming up or dying.
-const tick = 200 * time.Millisecond
+// ReadPaths reads the paths file of the node whose run dir is runDir, by
+// peer node; empty when there is none (a reachable node: all direct).
+func ReadPaths(runDir string) map[string]Path {
+	out := map[string]Path{}
+	b, err := os.ReadFile(StatePath(runDir))
+	if err != nil {
+		return out
+	}
+	var ps []Path
+	if json.Unmarshal(b, &ps) == nil {
+		for _, p := range ps {
+			out[p.Node] = p
+		}
+	}
+	return out
+}
+
+// How often the device is read: on a node that plans (punched paths
+// coming up or dying, observations of itself), and on a reachable node
+// (observations to publish; it costs every node one read a second).
+const (
+	planTick    = 200 * time.Millisecond
+	observeTick = time.Second
+)
 
 // Agent publishes observations and plans this node's paths; it is the
 // mesh's Paths.
@@ -160,7 +182,9 @@ func (a *Agent) pathsChanged(old, cur []Path) {
 
 // Run publishes observations and follows punched paths until ctx ends.
 func (a *Agent) Run(ctx context.Context) {
+	tick := observeTick
 	if a.cfg.Reachable != "yes" {
+		tick = planTick
 		go a.watchObserved(ctx)
 	}
 	t := time.NewTicker(tick)

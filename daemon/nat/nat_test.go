@@ -189,5 +189,3 @@ func FuzzParseObserved(f *testing.F) {
 		}
 	})
 }
-
-

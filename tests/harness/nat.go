@@ -8,7 +8,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/vishvananda/netlink"
 )
@@ -154,15 +153,7 @@ func (r *Router) AddNode(extraArgs ...string) (*Node, error) {
 	if err != nil {
 		return n, err
 	}
-	n.ExtraArgs = extraArgs
-	if err := n.StartDaemon(); err != nil {
-		return n, err
-	}
-	if _, err := n.WaitReady(30 * time.Second); err != nil {
-		return n, err
-	}
-	r.c.Cfg.Logf("harness: node %s up behind %s (LAN %s)", n.Name, r.Name, addr)
-	return n, nil
+	return n, n.start(extraArgs, "behind "+r.Name+", LAN")
 }
 
 // Block cuts the router off from addr in both directions (a path that

@@ -54,15 +54,21 @@ func (c *Cluster) AddNode(extraArgs ...string) (*Node, error) {
 	if err != nil {
 		return n, err
 	}
+	return n, n.start(extraArgs, "underlay")
+}
+
+// start starts a bare node's wgcnid with extraArgs and waits until it is
+// ready; where says where the node sits, for the progress line.
+func (n *Node) start(extraArgs []string, where string) error {
 	n.ExtraArgs = extraArgs
 	if err := n.StartDaemon(); err != nil {
-		return n, err
+		return err
 	}
 	if _, err := n.WaitReady(30 * time.Second); err != nil {
-		return n, err
+		return err
 	}
-	c.Cfg.Logf("harness: node %s up (%s, underlay %s)", n.Name, n.NS.Name, n.UnderlayIP)
-	return n, nil
+	n.c.Cfg.Logf("harness: node %s up (%s, %s %s)", n.Name, n.NS.Name, where, n.UnderlayIP)
+	return nil
 }
 
 // AddBareNode creates a node namespace on the underlay, with its dirs and

@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -31,20 +30,7 @@ const (
 )
 
 // paths reads the node's NAT paths file: peer node -> path.
-func paths(n *harness.Node) map[string]nat.Path {
-	out := map[string]nat.Path{}
-	b, err := os.ReadFile(nat.StatePath(n.RunDir))
-	if err != nil {
-		return out
-	}
-	var ps []nat.Path
-	if json.Unmarshal(b, &ps) == nil {
-		for _, p := range ps {
-			out[p.Node] = p
-		}
-	}
-	return out
-}
+func paths(n *harness.Node) map[string]nat.Path { return nat.ReadPaths(n.RunDir) }
 
 // waitPath waits until a's path to b has mode (and via, if not "").
 func waitPath(t *testing.T, a, b *harness.Node, mode string, timeout time.Duration) nat.Path {
@@ -320,6 +306,16 @@ func TestNATTraversal(t *testing.T) {
 		checkVisible(t, c, a1, b1, nat.Relayed, pa.Via)
 		harness.Connect(t, pod[b1].NS, pod[a1].IP, "pod b1 -> pod a1 (relayed)", 3)
 		harness.Connect(t, pod[a1].NS, pod[b1].IP, "pod a1 -> pod b1 (relayed)", 3)
+
+		// Two nodes behind the symmetric NAT: the same public address
+		// (other ports), so direct over their LAN.
+		b2 := behind(rtB)
+		pod[b2] = b2.MustAddPod(t)
+		if p := waitPath(t, b2, b1, nat.Direct, 15*time.Second); p.Why != "same NAT" {
+			t.Errorf("b2 -> b1: %+v, want direct because same NAT", p)
+		}
+		harness.Connect(t, pod[b2].NS, pod[b1].IP, "pod b2 -> pod b1 (same symmetric NAT)", 3)
+		harness.Connect(t, pod[b1].NS, pod[b2].IP, "pod b1 -> pod b2 (same symmetric NAT)", 3)
 		t.Logf("FIGURE relayed a1 <-> b1 via %s (symmetric NAT): first packet %v after b1's pod was created, %v after b1's daemon started",
 			pa.Via, t0.Round(time.Millisecond), time.Since(start).Round(time.Millisecond)-time.Since(podAt.Add(t0)).Round(time.Millisecond))
 	})
