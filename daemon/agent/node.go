@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -76,7 +77,32 @@ func (n *podNode) attach(ctx context.Context, cli *clientv3.Client, held lease.H
 			log.Info("CNI conflist installed", "path", filepath.Join(cfg.CNIConfDir, filepath.Base(cfg.CNIConflist)))
 		}
 	}
+	go sweepAntispoof(ctx, cfg.ResyncInterval, log.With("part", "antispoof"))
 	return attached{gws: gws, podCIDR: held.Primary(), ipamDir: nf.IPAMDir, sameNode: sameNode, onNewDevice: setAddrs}, nil
+}
+
+// sweepAntispoof removes, at start and on every resync, the anti-spoofing
+// elements of pods whose host veth is gone: CNI DEL leaves them, because
+// deleting set elements is what made DEL slow and an element keyed by a
+// gone interface index matches nothing (plugins/antispoof). A failed sweep
+// is tried again at the next tick; what it missed is still there to find.
+func sweepAntispoof(ctx context.Context, every time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		n, err := antispoof.Sweep()
+		switch {
+		case err != nil:
+			log.Warn("sweep of anti-spoofing elements of gone pods failed; retrying at the next resync", "err", err)
+		case n > 0:
+			log.Info("anti-spoofing elements of gone pods removed", "elements", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // nodeFile is what the plugins learn of this node: one entry per family in

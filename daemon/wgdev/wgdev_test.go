@@ -309,7 +309,13 @@ func TestExternalHostIsWaitedForAndAdopted(t *testing.T) {
 	if err := n.Do(func(ns.NetNS) error { return cmd.Start() }); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		// A graceful stop unlinks the socket; a host that died another way
+		// leaves it in the directory all namespaces share.
+		os.Remove(SocketPath(name))
+	})
 	var d *Device
 	deadline := time.Now().Add(10 * time.Second)
 	for {

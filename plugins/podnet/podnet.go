@@ -18,7 +18,6 @@ import (
 	"github.com/containernetworking/plugins/pkg/ipam"
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	"github.com/vishvananda/netlink"
 	"github.com/wgcni/wgcni/daemon/nodefile"
 
 	"github.com/wgcni/wgcni/plugins/antispoof"
@@ -194,12 +193,13 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	for _, ipc := range result.IPs {
 		podIPs = append(podIPs, ipc.Address.IP)
 	}
-	if err := antispoof.Allow(pair.HostName, podMAC, podIPs); err != nil {
+	port := antispoof.Port{Name: pair.HostName, Index: pair.HostIndex}
+	if err := antispoof.Allow(port, podMAC, podIPs); err != nil {
 		return fmt.Errorf("wgcni: %w", err)
 	}
 	defer func() {
 		if !success {
-			if err := antispoof.Revoke(pair.HostName); err != nil {
+			if err := antispoof.Revoke(port.Index); err != nil {
 				p.Log.Error("rollback: anti-spoofing entry", "veth", pair.HostName, "err", err)
 			}
 		}
@@ -231,11 +231,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 // Del implements CNI DEL. It succeeds when the netns, the veth or the IP
 // allocation are already gone, and always asks IPAM to release.
 //
-// The order is for speed as much as for safety: the pod's anti-spoofing
-// entries go first (its frames are dropped from then on) on a connection
-// that stays open until the end, so that the RCU grace period the kernel
-// waits for when that connection closes has passed during the veth's
-// unregistration (see antispoof.Conn) instead of being added to it.
+// The pod's anti-spoofing elements stay: they are keyed by the host veth's
+// interface index, which no later port gets, so once the veth is gone they
+// match nothing, and wgcnid's resync sweeps them (see plugins/antispoof).
+// Deleting them here cost every DEL an RCU grace period under nf_tables'
+// commit mutex, which concurrent DELs queued on (docs/performance.md §4).
 func (p *Plugin) Del(args *skel.CmdArgs) error {
 	conf, ipm, err := p.parse(args)
 	if err != nil {
@@ -243,18 +243,6 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	}
 	port := veth.HostName(attachment(conf, args))
 	var errs []error
-	if as, err := antispoof.Open(); err != nil {
-		errs = append(errs, fmt.Errorf("wgcni: %w", err))
-	} else {
-		defer func() {
-			if cerr := as.Close(); cerr != nil {
-				p.Log.Error("DEL: anti-spoofing connection", "err", cerr)
-			}
-		}()
-		if err := as.Revoke(port); err != nil {
-			errs = append(errs, fmt.Errorf("wgcni: %w", err))
-		}
-	}
 	deleted := false
 	if args.Netns != "" {
 		err := ns.WithNetNSPath(args.Netns, func(ns.NetNS) error {
@@ -356,12 +344,8 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		}
 		p.Log.Info("GC removed untagged orphaned veth", "veth", name)
 	}
-	// Anti-spoofing entries of ports that no longer exist.
-	if err := antispoof.GC(func(port string) bool {
-		_, err := netlink.LinkByName(port)
-		var gone netlink.LinkNotFoundError
-		return !errors.As(err, &gone)
-	}); err != nil {
+	// Anti-spoofing elements of ports that no longer exist.
+	if _, err := antispoof.Sweep(); err != nil {
 		errs = append(errs, fmt.Errorf("wgcni: GC: %w", err))
 	}
 	return errors.Join(errs...)

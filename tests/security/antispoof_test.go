@@ -1,13 +1,19 @@
 package security
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/wgcni/wgcni/plugins/antispoof"
 	"github.com/wgcni/wgcni/tests/harness"
 )
 
@@ -39,8 +45,26 @@ func spoofDrops(t *testing.T, n *harness.Node) (int, string) {
 //
 // Each forged case has a control sent the same way with the true source,
 // which must arrive, so a capture that sees nothing proves nothing.
+// allowed lists n's anti-spoofing elements ("port mac ip"; "#index" for a
+// port that is gone).
+func allowed(t *testing.T, n *harness.Node) []string {
+	t.Helper()
+	var out []string
+	if err := n.Do(func() error {
+		var err error
+		out, err = antispoof.Allowed()
+		return err
+	}); err != nil {
+		t.Fatalf("list anti-spoofing elements on %s: %v", n.Name, err)
+	}
+	return out
+}
+
 func TestAntiSpoofing(t *testing.T) {
-	c := harness.Start(t, cfg(), 2)
+	const resync = 2 * time.Second // wgcnid sweeps gone pods' elements on each
+	conf := cfg()
+	conf.ResyncInterval = resync
+	c := harness.Start(t, conf, 2)
 	n1, n2 := c.Nodes()[0], c.Nodes()[1]
 	a, b, cc := n1.MustAddPod(t), n1.MustAddPod(t), n1.MustAddPod(t)
 	d, e := n2.MustAddPod(t), n2.MustAddPod(t)
@@ -48,15 +72,18 @@ func TestAntiSpoofing(t *testing.T) {
 	harness.Connect(t, a.NS, d.IP, "a -> d (cross node)", 3)
 	harness.Connect(t, n1.NS, d.IP, "n1 host -> d", 3)
 
-	// The plugin's anti-spoofing entries are exactly one per pod.
-	elems, err := n1.Exec("nft", "list", "set", "bridge", "wgcni", "pods")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The plugin's anti-spoofing entries: one per pod, by its host veth.
+	elems := allowed(t, n1)
 	for _, p := range []*harness.Pod{a, b, cc} {
-		if !regexp.MustCompile(regexp.QuoteMeta(p.MustHostVeth(t)) + `" \. [0-9a-f:]+ \. ` + regexp.QuoteMeta(p.IP.String())).MatchString(elems) {
-			t.Fatalf("no anti-spoofing element for %s (%s %s):\n%s", p.Name, p.MustHostVeth(t), p.IP, elems)
+		if !slices.ContainsFunc(elems, func(e string) bool {
+			port, rest, _ := strings.Cut(e, " ")
+			return port == p.MustHostVeth(t) && strings.HasSuffix(rest, " "+p.IP.String())
+		}) {
+			t.Fatalf("no anti-spoofing element for %s (%s %s): %v", p.Name, p.MustHostVeth(t), p.IP, elems)
 		}
+	}
+	if out, err := n1.Exec("nft", "list", "set", "bridge", "wgcni", "pod-ports"); err != nil || !strings.Contains(out, a.MustHostVeth(t)) {
+		t.Errorf("operators read the elements with nft list set bridge wgcni pod-ports; it shows no port name: %v\n%s", err, out)
 	}
 	before, _ := spoofDrops(t, n1)
 
@@ -160,6 +187,80 @@ func TestAntiSpoofing(t *testing.T) {
 		harness.Connect(t, a.NS, cc.IP, "a -> c after spoofing attempts", 3)
 	})
 
+	// CNI DEL leaves a pod's elements (they are keyed by the host veth's
+	// interface index, which no later port gets). The case that makes this
+	// matter: the same attachment added again (same container ID and
+	// ifname, so the same host veth name; podman restarts do this) gets a
+	// new MAC and address, and must not be able to send from its old ones,
+	// which IPAM may have given to another pod.
+	t.Run("same attachment re-added: old MAC and address refused", func(t *testing.T) {
+		oldMAC, err := macOf(b.NS, "eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		oldIP, oldVeth := b.IP, b.MustHostVeth(t)
+		cMAC, _ := macOf(cc.NS, "eth0")
+		if out, err := b.CNI("del"); err != nil {
+			t.Fatalf("DEL: %v %s", err, out)
+		}
+		if !slices.ContainsFunc(allowed(t, n1), func(e string) bool { return strings.HasPrefix(e, "#") && strings.HasSuffix(e, " "+oldIP.String()) }) {
+			t.Fatalf("DEL was expected to leave the element of the gone port: %v", allowed(t, n1))
+		}
+		// The re-ADD is given a different address: hold the old one so
+		// the forged frame is a real forgery, then let it go again.
+		out, err := b.CNI("add")
+		if err != nil {
+			t.Fatalf("re-ADD: %v %s", err, out)
+		}
+		var res struct {
+			IPs []struct {
+				Address string `json:"address"`
+			} `json:"ips"`
+		}
+		if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) == 0 {
+			t.Fatalf("re-ADD result: %v %s", err, out)
+		}
+		newIP := netip.MustParsePrefix(res.IPs[0].Address).Addr()
+		newMAC, _ := macOf(b.NS, "eth0")
+		if b.MustHostVeth(t) != oldVeth {
+			t.Fatalf("re-ADD gave host veth %s, want the same name %s", b.MustHostVeth(t), oldVeth)
+		}
+		t.Logf("re-added %s on %s: %s %s -> %s %s", b.Name, oldVeth, oldMAC, oldIP, newMAC, newIP)
+		for i, tc := range []struct {
+			name   string
+			forged bool
+			mac    net.HardwareAddr
+			ip     netip.Addr
+		}{{"new MAC and address (control)", false, newMAC, newIP}, {"old MAC and address", true, oldMAC, oldIP}, {"new MAC, old address", true, newMAC, oldIP}} {
+			if tc.forged && tc.ip == newIP && bytes.Equal(tc.mac, newMAC) {
+				continue
+			}
+			marker := fmt.Sprintf("WGS-READD-%d-%d", i, time.Now().UnixNano())
+			got := deliver(cc.NS, "eth0", marker, func() error {
+				return sendFrame(b.NS, "eth0", ethFrame(cMAC, tc.mac, 0x0800, icmpEcho(tc.ip, cc.IP, marker)), copies)
+			})
+			results["re-added: "+tc.name] = got
+			t.Logf("%-45s forged=%-5v arrived %d/%d", tc.name, tc.forged, got, copies)
+			if tc.forged && got != 0 {
+				t.Errorf("re-added attachment: %s: %d forged packets reached pod c", tc.name, got)
+			}
+			if !tc.forged && got == 0 {
+				t.Errorf("re-added attachment: the control did not arrive")
+			}
+		}
+		// wgcnid's resync sweeps the gone port's element.
+		gone := func() bool {
+			return !slices.ContainsFunc(allowed(t, n1), func(e string) bool { return strings.HasPrefix(e, "#") })
+		}
+		deadline := time.Now().Add(resync + 10*time.Second)
+		for !gone() && time.Now().Before(deadline) {
+			time.Sleep(200 * time.Millisecond)
+		}
+		if !gone() {
+			t.Errorf("wgcnid did not sweep the elements of gone ports within its resync interval (%v) + 10 s: %v", resync, allowed(t, n1))
+		}
+	})
+
 	t.Run("cross node: WireGuard AllowedIPs", func(t *testing.T) {
 		// From n1's host namespace, below the bridge filter: a packet to
 		// pod d with the source of pod e (which lives on n2 itself), and a
@@ -193,13 +294,20 @@ func TestAntiSpoofing(t *testing.T) {
 	})
 	fmt.Printf("ANTI-SPOOFING (arrived of %d sent each): %v\n", copies, results)
 
-	t.Run("DEL removes the entry", func(t *testing.T) {
+	t.Run("DEL, then wgcnid's sweep: the entry is gone", func(t *testing.T) {
+		ip := b.IP.String()
 		if err := b.Delete(); err != nil {
 			t.Fatal(err)
 		}
-		out, _ := n1.Exec("nft", "list", "set", "bridge", "wgcni", "pods")
-		if regexp.MustCompile(regexp.QuoteMeta(b.IP.String()) + `\b`).MatchString(out) {
-			t.Fatalf("pod b's element is still there after DEL:\n%s", out)
+		has := func() bool {
+			return slices.ContainsFunc(allowed(t, n1), func(e string) bool { return strings.HasSuffix(e, " "+ip) })
+		}
+		deadline := time.Now().Add(resync + 10*time.Second)
+		for has() && time.Now().Before(deadline) {
+			time.Sleep(200 * time.Millisecond)
+		}
+		if has() {
+			t.Fatalf("pod b's element is still there after DEL and wgcnid's sweep: %v", allowed(t, n1))
 		}
 	})
 }

@@ -189,7 +189,11 @@ func wgcniFilters(n *harness.Node, pod barePod, podSubnet, cluster netip.Prefix)
 			if err := masq.Ensure(prefixNet(podSubnet), prefixNet(cluster)); err != nil {
 				return err
 			}
-			return antispoof.Allow(pod.HostEnd, pod.MAC, []net.IP{pod.IP.AsSlice()})
+			l, err := netlink.LinkByName(pod.HostEnd)
+			if err != nil {
+				return fmt.Errorf("look up %s: %w", pod.HostEnd, err)
+			}
+			return antispoof.Allow(antispoof.Port{Name: pod.HostEnd, Index: l.Attrs().Index}, pod.MAC, []net.IP{pod.IP.AsSlice()})
 		})
 	}
 	remove = func() error {
