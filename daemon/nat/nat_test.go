@@ -100,6 +100,13 @@ func TestPlan(t *testing.T) {
 	if out[far.CIDRs[0]].Relayed || paths[2].Why != "it keeps alive to us" || out[far.CIDRs[0]].Endpoint.IsValid() {
 		t.Errorf("reachable self: %+v %+v", out[far.CIDRs[0]], paths)
 	}
+	// A node that says it is reachable but is seen behind a NAT (auto,
+	// undecided) relays nothing.
+	obs := Observations{"r1": {"r2": natC}, "r2": {"r1": netip.AddrPortFrom(r2.Endpoint.Addr(), 51820)}}
+	_, paths = Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: obs}, active)
+	if paths[2].Via != "r2" {
+		t.Errorf("relay %q, want r2 (r1 is seen behind a NAT)", paths[2].Via)
+	}
 	// No reachable node at all: nothing to relay through.
 	only := map[netip.Prefix]mesh.Peer{far.CIDRs[0]: far}
 	if _, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: Observations{}}, only); paths[0].Mode != Direct || paths[0].Why != "no observed endpoint yet; no relay" {

@@ -70,11 +70,17 @@ func Plan(in Inputs, active map[netip.Prefix]mesh.Peer) (map[netip.Prefix]mesh.P
 			relays = append(relays, p.Node)
 		}
 	}
-	slices.Sort(relays)
 	reachable := make(map[string]bool, len(relays))
 	for _, n := range relays {
 		reachable[n] = true
 	}
+	// A node seen behind a NAT that still says it is reachable (auto,
+	// not decided yet) is no relay.
+	relays = slices.DeleteFunc(relays, func(n string) bool {
+		m := in.Obs.Mapping(n, reachable)
+		return m.Known() && m.Public.Addr() != active[byNode[n]].Endpoint.Addr()
+	})
+	slices.Sort(relays)
 	selfMap := in.Obs.Mapping(in.Self, reachable)
 	var paths []Path
 	for _, c := range sortedCIDRs(active) {

@@ -100,7 +100,9 @@ type Lease struct {
 	Endpoint  string `json:"endpoint"`
 	Port      int    `json:"port"`
 	Keepalive int    `json:"keepalive"`
-	LeaseID   int64
+	// Unreachable: the node is behind a NAT (docs/nat.md).
+	Unreachable bool `json:"unreachable"`
+	LeaseID     int64
 	TTL       int64 // seconds left, -1 if not bound to a lease
 }
 

@@ -399,6 +399,33 @@ func TestNATTraversal(t *testing.T) {
 		}
 	})
 
+	// 5. --reachable=auto behind a NAT (with keepalive, to be seen at
+	// all): reachable nodes see its traffic come from router C, it turns
+	// itself unreachable and punches to a1 like c1.
+	t.Run("auto reachability", func(t *testing.T) {
+		start := time.Now()
+		c2, err := rtC.AddNode("--reachable=auto", "--keepalive=5s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = harness.WaitFor(30*time.Second, c2.Name+"'s record unreachable", func() (bool, error) {
+			l, err := c.LeaseOf(c2.Name)
+			return err == nil && l != nil && l.Unreachable, err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		decided := time.Since(start)
+		pod[c2] = c2.MustAddPod(t)
+		if p := waitPath(t, c2, c1, nat.Direct, 15*time.Second); p.Why != "same NAT" {
+			t.Errorf("c2 -> c1: %+v, want direct because same NAT", p)
+		}
+		waitPath(t, c2, a1, nat.Punched, 30*time.Second)
+		harness.Connect(t, pod[c2].NS, pod[a1].IP, "pod c2 -> pod a1 (punched)", 3)
+		harness.Connect(t, pod[r1].NS, pod[c2].IP, "pod r1 -> pod c2", 3)
+		t.Logf("FIGURE --reachable=auto behind router C: record unreachable %v after the daemon started", decided.Round(time.Millisecond))
+	})
+
 	// Captures end before a node is killed (its namespace goes).
 	t.Run("only WireGuard on every segment", func(t *testing.T) { caps.check(t) })
 
