@@ -93,6 +93,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 		UnderlayEncryption: underlayEnc.On,
 		Unreachable:        cfg.Reachable == config.ReachableNo,
+		NoRelay:            cfg.Reachable == config.ReachableAuto,
 	}
 	acq := &lease.Acquirer{Client: cli, Prefix: cfg.EtcdPrefix, Cluster: m.grids(), Node: cfg.NodeName, TTL: cfg.LeaseTTL, Log: log}
 	var held lease.Held

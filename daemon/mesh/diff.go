@@ -34,6 +34,7 @@ type Peer struct {
 	// its routes stay). Carries: other nodes' CIDRs this peer relays (on
 	// its AllowedIPs; their routes belong to their own peers).
 	Unreachable bool
+	NoRelay     bool           // the record's: never a relay (daemon/nat)
 	Published   netip.AddrPort // an Unreachable peer's record endpoint (its LAN address)
 	Relayed     bool
 	Carries     []netip.Prefix

@@ -77,6 +77,7 @@ func (o owners) release(cidr netip.Prefix, p Peer) []any {
 // peerOf is the desired peer of record l at cidr (before conflicts).
 func (r *Reconciler) peerOf(cidr netip.Prefix, l record.Lease) Peer {
 	p := Peer{CIDRs: l.CIDRs, Node: l.Node, PublicKey: l.PublicKey, Endpoint: l.Endpoint, Keepalive: effectiveKeepalive(r.cfg.Keepalive, l.Keepalive)}
+	p.NoRelay = l.NoRelay
 	if l.Unreachable {
 		// Its published endpoint cannot be reached (a NAT): it keeps
 		// alive to us and WireGuard roams to where its packets come from.

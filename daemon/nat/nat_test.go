@@ -2,6 +2,7 @@ package nat
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -106,6 +107,14 @@ func TestPlan(t *testing.T) {
 	_, paths = Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: obs}, active)
 	if paths[2].Via != "r2" {
 		t.Errorf("relay %q, want r2 (r1 is seen behind a NAT)", paths[2].Via)
+	}
+	// A node whose reachability is not declared (auto) relays nothing.
+	undeclared := maps.Clone(active)
+	r2n := r2
+	r2n.NoRelay = true
+	undeclared[r2.CIDRs[0]] = r2n
+	if _, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: Observations{}}, undeclared); paths[2].Via != "r1" {
+		t.Errorf("relay %q, want r1 (r2 is auto)", paths[2].Via)
 	}
 	// No reachable node at all: nothing to relay through.
 	only := map[netip.Prefix]mesh.Peer{far.CIDRs[0]: far}

@@ -66,7 +66,7 @@ func Plan(in Inputs, active map[netip.Prefix]mesh.Peer) (map[netip.Prefix]mesh.P
 	for c, p := range active {
 		out[c] = p
 		byNode[p.Node] = c
-		if !p.Unreachable && !c.IsSingleIP() { // host-only peers forward nothing
+		if !p.Unreachable && !p.NoRelay && !c.IsSingleIP() { // host-only peers forward nothing
 			relays = append(relays, p.Node)
 		}
 	}
@@ -74,8 +74,8 @@ func Plan(in Inputs, active map[netip.Prefix]mesh.Peer) (map[netip.Prefix]mesh.P
 	for _, n := range relays {
 		reachable[n] = true
 	}
-	// A node seen behind a NAT that still says it is reachable (auto,
-	// not decided yet) is no relay.
+	// A node seen behind a NAT that still says it is reachable (an old
+	// daemon, or a NAT it does not know of) is no relay either.
 	relays = slices.DeleteFunc(relays, func(n string) bool {
 		m := in.Obs.Mapping(n, reachable)
 		return m.Known() && m.Public.Addr() != active[byNode[n]].Endpoint.Addr()

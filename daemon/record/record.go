@@ -139,6 +139,9 @@ type Subnet struct {
 	// behind a NAT, docs/nat.md): they leave the endpoint to WireGuard's
 	// roaming and the node keeps its tunnels open. Omitted when reachable.
 	Unreachable bool `json:"unreachable,omitempty"`
+	// NoRelay: the node may sit behind a NAT it has not detected yet
+	// (--reachable=auto), so NATed nodes never relay through it.
+	NoRelay bool `json:"noRelay,omitempty"`
 }
 
 // Lease is a decoded, validated subnet record.
@@ -156,7 +159,9 @@ type Lease struct {
 	// underlay address (the endpoint's) through WireGuard.
 	UnderlayEncryption bool
 	// Unreachable: the endpoint is not reachable from outside (NAT).
+	// NoRelay: not to be used as a relay (reachability not declared).
 	Unreachable bool
+	NoRelay     bool
 }
 
 // Primary is the CIDR that keys the record (invalid if there is none).
@@ -179,6 +184,7 @@ func (l Lease) Subnet() Subnet {
 
 		UnderlayEncryption: l.UnderlayEncryption,
 		Unreachable:        l.Unreachable,
+		NoRelay:            l.NoRelay,
 	}
 	if len(l.CIDRs) > 1 {
 		s.PodCIDRv6 = l.CIDRs[1].String()
@@ -315,6 +321,7 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 
 		UnderlayEncryption: s.UnderlayEncryption,
 		Unreachable:        s.Unreachable,
+		NoRelay:            s.NoRelay,
 	}, nil
 }
 

@@ -195,6 +195,7 @@ func TestCompatibleBoolFields(t *testing.T) {
 	}{
 		{"hostEncryption", func(l Lease) bool { return l.UnderlayEncryption }, func(l *Lease) { l.UnderlayEncryption = false }},
 		{"unreachable", func(l Lease) bool { return l.Unreachable }, func(l *Lease) { l.Unreachable = false }},
+		{"noRelay", func(l Lease) bool { return l.NoRelay }, func(l *Lease) { l.NoRelay = false }},
 	} {
 		key := "/wgcni/subnets/10.244.3.0-24"
 		v := `{"node":"n1","publicKey":"` + testKey + `","endpoint":"10.99.0.1","port":51820,"keepalive":0,"` + f.name + `":true}`

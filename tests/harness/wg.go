@@ -103,7 +103,7 @@ type Lease struct {
 	// Unreachable: the node is behind a NAT (docs/nat.md).
 	Unreachable bool `json:"unreachable"`
 	LeaseID     int64
-	TTL       int64 // seconds left, -1 if not bound to a lease
+	TTL         int64 // seconds left, -1 if not bound to a lease
 }
 
 // Prefix is the etcd key prefix the harness's daemons use.

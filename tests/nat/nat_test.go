@@ -7,10 +7,15 @@
 package nat
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -108,7 +113,7 @@ func checkVisible(t *testing.T, c *harness.Cluster, a, b *harness.Node, mode, vi
 	if !found {
 		t.Errorf("wgcnictl status on %s shows no peer %s:\n%s", a.Name, b.Name, out)
 	}
-	body, err := a.ExecTimeout(10*time.Second, "curl", "-sf", "http://"+metricsAddr+"/metrics")
+	body, err := scrape(a)
 	if err != nil {
 		t.Fatalf("scrape %s: %v", a.Name, err)
 	}
@@ -116,6 +121,36 @@ func checkVisible(t *testing.T, c *harness.Cluster, a, b *harness.Node, mode, vi
 	if !strings.Contains(body, want) {
 		t.Errorf("metrics of %s lack %s:\n%s", a.Name, want, grepLines(body, "wgcni_peer_path"))
 	}
+}
+
+// scrape gets the node's /metrics over a connection made inside its
+// namespace (the metrics listen on the namespace's loopback).
+func scrape(n *harness.Node) (string, error) {
+	var conn net.Conn
+	err := n.Do(func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", metricsAddr, 5*time.Second)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	req, err := http.NewRequest(http.MethodGet, "http://"+metricsAddr+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	if err := req.Write(conn); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }
 
 func grepLines(s, sub string) string {
@@ -211,6 +246,9 @@ func (cs *captures) check(t *testing.T) {
 // with a 100/s ping across the relay -> direct switch, the fall back to the
 // relay when the direct path dies, and the relay's loss.
 func TestNATTraversal(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		harness.Missing(t, "nft (the home routers' NAT; make deps installs nftables)")
+	}
 	c := harness.Start(t, harness.Config{ClusterCIDR: clusterCIDR, LeaseTTL: leaseTTL, Tag: "nt"}, 0)
 	r1, err := c.AddNode()
 	if err != nil {
@@ -423,6 +461,11 @@ func TestNATTraversal(t *testing.T) {
 		waitPath(t, c2, a1, nat.Punched, 30*time.Second)
 		harness.Connect(t, pod[c2].NS, pod[a1].IP, "pod c2 -> pod a1 (punched)", 3)
 		harness.Connect(t, pod[r1].NS, pod[c2].IP, "pod r1 -> pod c2", 3)
+		for _, n := range []*harness.Node{a1, a2, b1, c1} {
+			if l := n.LogLines("via=" + c2.Name + " "); len(l) > 0 {
+				t.Errorf("%s relayed through %s, whose reachability is only auto: %s", n.Name, c2.Name, l[0])
+			}
+		}
 		t.Logf("FIGURE --reachable=auto behind router C: record unreachable %v after the daemon started", decided.Round(time.Millisecond))
 	})
 
