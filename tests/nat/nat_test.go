@@ -163,17 +163,28 @@ func grepLines(s, sub string) string {
 	return strings.Join(out, "\n")
 }
 
-// punchedAt is when n's log first says its path to peer is punched.
-func punchedAt(t *testing.T, n, peer *harness.Node) time.Time {
+// logTime is when n's log first (or, with last, last) has a line with
+// every one of subs.
+func logTime(t *testing.T, n *harness.Node, last bool, subs ...string) time.Time {
 	t.Helper()
-	for _, l := range n.LogLines("peer_node=" + peer.Name + " mode=punched") {
+	var at time.Time
+	for _, l := range n.LogLines(subs[0]) {
+		ok := true
+		for _, s := range subs[1:] {
+			ok = ok && strings.Contains(l, s)
+		}
 		ts, _, _ := strings.Cut(strings.TrimPrefix(l, "time="), " ")
-		if at, err := time.Parse(time.RFC3339Nano, ts); err == nil {
-			return at
+		if ts, err := time.Parse(time.RFC3339Nano, ts); ok && err == nil {
+			at = ts
+			if !last {
+				break
+			}
 		}
 	}
-	t.Fatalf("%s's log never says its path to %s is punched", n.Name, peer.Name)
-	return time.Time{}
+	if at.IsZero() {
+		t.Fatalf("%s's log never has a line with %q", n.Name, subs)
+	}
+	return at
 }
 
 // pingDuring pings at 100/s for d from `from` to `to` in the background;
@@ -362,7 +373,7 @@ func TestNATTraversal(t *testing.T) {
 	t.Run("punched when the pair came up", func(t *testing.T) {
 		waitPath(t, a1, c1, nat.Punched, 30*time.Second)
 		waitPath(t, c1, a1, nat.Punched, 10*time.Second)
-		at := punchedAt(t, c1, a1)
+		at := logTime(t, c1, false, "peer_node="+a1.Name+" mode=punched")
 		t.Logf("FIGURE a1 <-> c1 punched: c1 moved a1's CIDR to the direct peer %v after c1's daemon was started", at.Sub(c1Start).Round(time.Millisecond))
 		harness.Connect(t, pod[a1].NS, pod[c1].IP, "pod a1 -> pod c1 (punched)", 3)
 		checkVisible(t, c, a1, c1, nat.Punched, "")
@@ -426,8 +437,10 @@ func TestNATTraversal(t *testing.T) {
 		waitPath(t, c1, a1, nat.Relayed, 20*time.Second)
 		back := time.Since(t1)
 		r = <-ping
-		t.Logf("FIGURE punched path cut: back on the relay after %v; 100/s ping: %d sent, %d lost (%.1f s)",
-			back.Round(time.Millisecond), r.Sent, r.Loss(), float64(r.Loss())/100)
+		deadA := logTime(t, a1, true, "punched path died", "peer_node="+c1.Name).Sub(t1)
+		deadC := logTime(t, c1, true, "punched path died", "peer_node="+a1.Name).Sub(t1)
+		t.Logf("FIGURE punched path cut: declared dead by a1 after %v, by c1 after %v; both seen back on the relay after %v; ping (100/s, slowed by ping itself while replies are missing): %d sent, %d lost",
+			deadA.Round(time.Millisecond), deadC.Round(time.Millisecond), back.Round(time.Millisecond), r.Sent, r.Loss())
 		if r.Received == 0 || r.Loss() > r.Sent/2 {
 			t.Errorf("ping did not recover on the relay: %d of %d lost", r.Loss(), r.Sent)
 		}
@@ -495,8 +508,8 @@ func TestNATTraversal(t *testing.T) {
 		}
 		moved = time.Since(t0)
 		r := <-ping
-		t.Logf("FIGURE relay %s killed: a1 <-> b1 via %s after %v (lease TTL %v); 100/s ping: %d sent, %d lost (%.1f s)",
-			relay.Name, other.Name, moved.Round(time.Millisecond), leaseTTL, r.Sent, r.Loss(), float64(r.Loss())/100)
+		t.Logf("FIGURE relay %s killed: a1 <-> b1 via %s after %v (lease TTL %v); ping (100/s, slowed by ping itself while replies are missing): %d sent, %d lost",
+			relay.Name, other.Name, moved.Round(time.Millisecond), leaseTTL, r.Sent, r.Loss())
 		if r.Received == 0 {
 			t.Errorf("no reply at all after the relay moved: %s", r.Output)
 		}
