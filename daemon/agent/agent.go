@@ -19,6 +19,7 @@ import (
 
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/etcdutil"
+	"github.com/wgcni/wgcni/daemon/gateway"
 	"github.com/wgcni/wgcni/daemon/keys"
 	"github.com/wgcni/wgcni/daemon/lease"
 	"github.com/wgcni/wgcni/daemon/mesh"
@@ -82,6 +83,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := prepareGateway(ctx, cfg, cli, endpoint, log); err != nil {
+		return err
+	}
 
 	// 6. The lease: a PodCIDR, or a host-only peer's address.
 	self := record.Lease{
@@ -94,6 +98,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		UnderlayEncryption: underlayEnc.On,
 		Unreachable:        cfg.Reachable == config.ReachableNo,
 		NoRelay:            cfg.Reachable == config.ReachableAuto,
+		Sites:              cfg.Sites,
 	}
 	acq := &lease.Acquirer{Client: cli, Prefix: cfg.EtcdPrefix, Cluster: m.grids(), Node: cfg.NodeName, TTL: cfg.LeaseTTL, Log: log}
 	var held lease.Held
@@ -140,6 +145,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("look up WireGuard device %s: %w", cfg.Device, err)
 	}
+	sites := gateway.NewObserver(cli, cfg.EtcdPrefix, cfg.Cluster,
+		gateway.Advert{Record: held.Primary(), CIDRs: held.CIDRs, Node: cfg.NodeName, Endpoint: endpoint, Sites: cfg.Sites}, log.With("part", "gateway"))
+	go sites.Run(ctx)
 	var rec *mesh.Reconciler
 	natA := newNATAgent(cfg, cli, wg, keeper, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, log)
 	rec = mesh.New(mesh.Config{
@@ -154,9 +162,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		// old one. For a new record the peers may not know our key yet,
 		// and an initiation they refuse would hold back ours for 5 s.
 		FreshDevice: !nd.dev.Adopted && held.How == "adopted",
+		Sites:       sites,
 		Paths:       natA.paths(),
 	})
 	go natA.Run(ctx)
+	om.registerCollector(gateway.Collector{O: sites})
+	campaignWhenSynced(ctx, &gateway.Campaigner{Client: cli, Prefix: cfg.EtcdPrefix, Node: cfg.NodeName, Record: held.Primary(),
+		Sites: cfg.Sites, TTL: cfg.GatewayTTL, StateDir: cfg.StateDir, Log: log.With("part", "gateway")}, rec.Synced())
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(nd.dev.Mode), WG: wg, PodCIDR: at.podCIDR,
 		IPAMDir: at.ipamDir, LeaseExpiry: keeper.Expiry, Peers: rec.PeerNodes, Stats: &rec.Stats, SameNode: at.sameNode, Retakes: keeper.Retakes.Load,
@@ -169,6 +181,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		case <-ctx.Done():
 		}
 	}()
+	// The first sync must know the elections, or a restart would pull
+	// every site off its gateway's peer until they are listed.
+	select {
+	case <-sites.Synced():
+	case <-ctx.Done():
+		return nil
+	}
 	err = rec.Run(ctx)
 	if ctx.Err() != nil {
 		log.Info("stopping; device, peers, routes and lease stay in place")
@@ -259,6 +278,7 @@ func Cleanup(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err := deleteOwnRecords(ctx, cfg, m.kind(), log); err != nil {
 		log.Warn("could not delete own etcd record; it expires with its lease", "err", err)
 	}
+	errs = append(errs, cleanupGateway(ctx, cfg, log)...)
 	errs = append(errs, removeRoutes(cfg.Cluster)...)
 	if err := route.RemoveHost(); err != nil {
 		errs = append(errs, err)

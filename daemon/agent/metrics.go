@@ -4,6 +4,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/metrics"
 )
@@ -34,6 +36,16 @@ func (m *opsMetrics) register(src metrics.Sources) {
 	}
 	m.col = metrics.NewCollector(src)
 	if err := m.srv.Registry.Register(m.col); err != nil {
+		m.log.Error("register metrics collector", "err", err)
+	}
+}
+
+// registerCollector adds a collector of another part (gateway sites).
+func (m *opsMetrics) registerCollector(c prometheus.Collector) {
+	if m == nil {
+		return
+	}
+	if err := m.srv.Registry.Register(c); err != nil {
 		m.log.Error("register metrics collector", "err", err)
 	}
 }

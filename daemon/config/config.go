@@ -88,12 +88,19 @@ type Config struct {
 	// and talks to other NATed nodes through relays or punched paths,
 	// docs/nat.md) or auto (decided from what reachable peers observe).
 	Reachable string
+	// Gateways (docs/gateways.md): site CIDRs behind this node it offers
+	// to route into the mesh, whether it masquerades cluster traffic
+	// towards them, and the TTL of its candidacy in their elections.
+	AdvertiseCIDRs    []string
+	GatewayMasquerade bool
+	GatewayTTL        time.Duration
 
 	// Derived by Validate.
 	Cluster   record.Cluster
 	Endpoint  netip.Addr // zero when auto-detected later
 	Level     slog.Level
-	HostRange netip.Prefix // validated HostCIDR (set when HostOnly)
+	HostRange netip.Prefix   // validated HostCIDR (set when HostOnly)
+	Sites     []netip.Prefix // validated AdvertiseCIDRs
 }
 
 // FlagSet registers every flag on a new FlagSet bound to c, with defaults.
@@ -139,6 +146,12 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.StringVar(&c.HostCIDR, "host-cidr", "", "node-sized block of --cluster-cidr that host-only peers lease their /32 from (default: the last block)")
 	fs.BoolVar(&c.UnderlayEncryption, "host-encryption", false, "also encrypt host-to-host traffic between this node's and other nodes' underlay addresses (only towards nodes that use it too; never to etcd endpoints)")
 	fs.StringVar(&c.Reachable, "reachable", ReachableYes, "can peers reach this node at its published endpoint: yes, no (behind a NAT: relays and hole punching, docs/nat.md) or auto (no once a reachable peer sees this node's handshakes come from another address; needs --keepalive to be seen at all)")
+	fs.Func("advertise-cidrs", "comma-separated site CIDRs behind this node (on its LAN side) it routes into the mesh as a gateway; one gateway per site serves at a time, chosen by an etcd election (docs/gateways.md)", func(s string) error {
+		c.AdvertiseCIDRs = splitList(s)
+		return nil
+	})
+	fs.BoolVar(&c.GatewayMasquerade, "gateway-masquerade", false, "masquerade cluster traffic this gateway forwards into its --advertise-cidrs (the site then needs no route back to the cluster CIDR)")
+	fs.DurationVar(&c.GatewayTTL, "gateway-ttl", 5*time.Second, "etcd lease TTL of this gateway's candidacy for its sites: a dead gateway's sites move to another within about this time")
 	return fs
 }
 
@@ -344,6 +357,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--log-level: %q is not debug, info, warn or error", c.LogLevel)
 	}
 	if err := c.validateHosts(); err != nil {
+		return err
+	}
+	if err := c.validateGateway(); err != nil {
 		return err
 	}
 	if c.MetricsAddr != "" {

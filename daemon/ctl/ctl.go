@@ -35,13 +35,15 @@ import (
 	"github.com/wgcni/wgcni/ipam/nodeipam"
 )
 
-const usage = `usage: wgcnictl <status|nodes|ipam> [-o table|json] [wgcnid flags...]
+const usage = `usage: wgcnictl <status|nodes|ipam|gateways> [-o table|json] [wgcnid flags...]
        wgcnictl help [COMMAND] | version
 
   status   this node: lease, WireGuard device, mode, MTU, every peer with
            endpoint, handshake age, bytes and status
   nodes    every PodCIDR lease in etcd with the time its etcd lease has left
   ipam     this node's pod address allocations
+  gateways every site CIDR behind gateways, the gateway serving it and
+           the candidates behind it (docs/gateways.md)
 
 wgcnictl takes wgcnid's flags and --config file (etcd endpoints and TLS,
 --etcd-prefix, --run-dir), so it sees what the daemon sees.
@@ -92,6 +94,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		v, err = Nodes(ctx, cfg)
 	case "ipam":
 		v, err = IPAM(cfg)
+	case "gateways":
+		v, err = Gateways(ctx, cfg)
 	default:
 		fmt.Fprintf(stderr, "wgcnictl: unknown command %q\n%s", cmd, usage)
 		return 2
@@ -391,6 +395,7 @@ type etcdRecord struct {
 	key     string
 	leaseID clientv3.LeaseID
 	lease   record.Lease
+	created int64 // create revision
 }
 
 // listRecords reads every valid subnet record; the caller closes the
@@ -415,7 +420,7 @@ func listRecords(ctx context.Context, cfg *config.Config) ([]etcdRecord, *client
 		if err != nil || l.Kind == record.KindHostRange {
 			continue
 		}
-		out = append(out, etcdRecord{key: string(kv.Key), leaseID: clientv3.LeaseID(kv.Lease), lease: l})
+		out = append(out, etcdRecord{key: string(kv.Key), leaseID: clientv3.LeaseID(kv.Lease), lease: l, created: kv.CreateRevision})
 	}
 	return out, cli, nil
 }

@@ -27,6 +27,9 @@ type Peer struct {
 	// this node's underlay address, as source. Invalid = off.
 	Underlay    netip.Addr
 	UnderlaySrc netip.Addr
+	// Sites are the site CIDRs this peer serves as their gateway
+	// (sites.go): allowed, but routed by sites.go, not per peer.
+	Sites []netip.Prefix
 	// NAT traversal (docs/nat.md, daemon/nat): Unreachable copies the
 	// record's flag; such a peer's endpoint is left invalid, i.e. to
 	// WireGuard's roaming (an invalid Endpoint is never written). Relayed:
@@ -62,6 +65,7 @@ func (p Peer) primary() netip.Prefix { return p.CIDRs[0] }
 func (p Peer) equal(o Peer) bool {
 	return slices.Equal(p.CIDRs, o.CIDRs) && p.Node == o.Node && p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
 		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc &&
+		slices.Equal(p.Sites, o.Sites) &&
 		p.Unreachable == o.Unreachable && p.Published == o.Published && p.Relayed == o.Relayed && slices.Equal(p.Carries, o.Carries) &&
 		p.DropSessionsBefore.Equal(o.DropSessionsBefore)
 }
@@ -101,7 +105,7 @@ func (p Peer) allowedPrefixes() []netip.Prefix {
 	if p.Underlay.IsValid() {
 		out = append(out, p.underlayPrefix())
 	}
-	return out
+	return append(out, p.Sites...)
 }
 
 // routes are the peer's routes, one per PodCIDR; each takes as source the
@@ -208,6 +212,7 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 			plan.RouteDel = append(plan.RouteDel, routes[dst])
 		}
 	}
+	siteHoldersFirst(plan.Peers, byKey)
 	orderMoves(plan.Peers, have)
 	return plan
 }

@@ -84,6 +84,9 @@ type Config struct {
 	// container restart): the first sync initiates to every peer
 	// (device.go).
 	FreshDevice bool
+	// Sites, if set, routes the site CIDRs gateways serve
+	// (docs/gateways.md, sites.go).
+	Sites SiteTable
 	// Paths, if set, rewrites the desired peers before they are applied
 	// (NAT traversal: relays carrying other nodes' CIDRs, punched direct
 	// paths; daemon/nat, paths.go). Every change is then applied by a
@@ -146,6 +149,8 @@ type Reconciler struct {
 	deviceTimer    *time.Timer
 	deviceBackoff  etcdutil.Backoff
 	recreating     bool // recreateDevice is running (its resync must not recurse)
+
+	site siteState // site CIDRs behind gateways (sites.go)
 }
 
 func (r *Reconciler) observe(kind string, start time.Time, err error) {
@@ -216,6 +221,7 @@ func (r *Reconciler) fullSync(ctx context.Context) (int64, error) {
 		r.cfg.Log.Warn("own record missing from the full listing; asking the lease keeper to re-check", "key", record.SubnetKey(r.cfg.Prefix, r.cfg.OwnCIDR))
 		r.ownChanged()
 	}
+	r.sitesFromScratch()
 	if err := r.kernelResync(); err != nil {
 		return 0, err
 	}
@@ -252,6 +258,7 @@ func (r *Reconciler) kernelResync() (err error) {
 			delete(routes, dst)
 		}
 	}
+	r.dropSiteRoutes(routes)
 	desired := r.desired()
 	plan := Diff(desired, dev.Peers, routes, r.cfg.LinkIndex, r.cfg.Gateways)
 	if !plan.Empty() {
@@ -266,6 +273,7 @@ func (r *Reconciler) kernelResync() (err error) {
 	for c, p := range desired {
 		r.applied[c] = p
 	}
+	r.ensureSiteRoutes()
 	r.publishPeers()
 	return nil
 }
@@ -364,6 +372,9 @@ func (r *Reconciler) put(kv *mvccpb.KeyValue, apply bool) {
 		return
 	}
 	r.records[cidr] = l
+	if r.cfg.Sites != nil {
+		r.cfg.Sites.Seen(cidr, kv.CreateRevision)
+	}
 	r.resolve(cidr, apply)
 }
 

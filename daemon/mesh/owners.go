@@ -87,6 +87,7 @@ func (r *Reconciler) peerOf(cidr netip.Prefix, l record.Lease) Peer {
 	if p.Underlay = r.underlayFor(cidr, l); p.Underlay.IsValid() {
 		p.UnderlaySrc = r.cfg.UnderlaySrc
 	}
+	p.Sites = r.sitesOf(cidr)
 	return p
 }
 

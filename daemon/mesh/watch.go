@@ -74,6 +74,9 @@ func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev 
 				r.handle(ev)
 				rev = ev.Kv.ModRevision
 			}
+			r.syncSites()
+		case <-r.sitesChanged():
+			r.syncSites()
 		case <-resync:
 			r.kernelResync()
 		case <-r.cfg.DeviceEvents:
@@ -92,6 +95,7 @@ func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev 
 				delete(r.dirty, cidr)
 				r.apply(cidr)
 			}
+			r.syncSites()
 			r.checkHandshakes(time.Now())
 		case <-r.pathsChanged():
 			r.kernelResync()

@@ -142,6 +142,9 @@ type Subnet struct {
 	// NoRelay: the node may sit behind a NAT it has not detected yet
 	// (--reachable=auto), so NATed nodes never relay through it.
 	NoRelay bool `json:"noRelay,omitempty"`
+	// SiteCIDRs are networks behind this node that it offers to route
+	// into the mesh as a gateway (docs/gateways.md). Omitted when none.
+	SiteCIDRs []string `json:"siteCIDRs,omitempty"`
 }
 
 // Lease is a decoded, validated subnet record.
@@ -162,6 +165,9 @@ type Lease struct {
 	// NoRelay: not to be used as a relay (reachability not declared).
 	Unreachable bool
 	NoRelay     bool
+	// Sites are the site CIDRs the node advertises as a gateway
+	// (docs/gateways.md); package gateway decides who serves each.
+	Sites []netip.Prefix
 }
 
 // Primary is the CIDR that keys the record (invalid if there is none).
@@ -185,6 +191,9 @@ func (l Lease) Subnet() Subnet {
 		UnderlayEncryption: l.UnderlayEncryption,
 		Unreachable:        l.Unreachable,
 		NoRelay:            l.NoRelay,
+	}
+	for _, p := range l.Sites {
+		s.SiteCIDRs = append(s.SiteCIDRs, p.String())
 	}
 	if len(l.CIDRs) > 1 {
 		s.PodCIDRv6 = l.CIDRs[1].String()
@@ -311,6 +320,10 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 		}
 		cidrs = append(cidrs, p)
 	}
+	sites, err := ParseSites(s.SiteCIDRs)
+	if err != nil {
+		return Lease{}, fmt.Errorf("field siteCIDRs: %w", err)
+	}
 	return Lease{
 		CIDRs:     cidrs,
 		Node:      s.Node,
@@ -322,6 +335,7 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 		UnderlayEncryption: s.UnderlayEncryption,
 		Unreachable:        s.Unreachable,
 		NoRelay:            s.NoRelay,
+		Sites:              sites,
 	}, nil
 }
 

@@ -54,16 +54,11 @@ func (c *Cluster) AddRouter(m NATMapping) (*Router, error) {
 	}
 	r := &Router{Name: "rt" + strconv.Itoa(idx), Mapping: m, WAN: c.Underlay.nodeAddr(idx),
 		LAN: netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 168, byte(idx), 0}), 24), c: c}
-	ns, err := createNS(c.name(r.Name))
+	ns, err := c.NewNS(r.Name)
 	if err != nil {
 		return nil, err
 	}
 	r.NS = ns
-	c.onClose(func() {
-		if err := deleteNS(ns); err != nil {
-			c.Cfg.Logf("harness: %v", err)
-		}
-	})
 	if err := c.Underlay.attach(c.Cfg.Tag+"-"+r.Name, ns, r.WAN); err != nil {
 		return nil, fmt.Errorf("router %s: %w", r.Name, err)
 	}

@@ -105,18 +105,7 @@ func attachToBridge(host NS, br string, port string, node NS, addr netip.Addr, p
 	if err := h.LinkAdd(veth); err != nil {
 		return fmt.Errorf("add veth %s (peer eth0 in %s): %w", port, node.Name, err)
 	}
-	bl, err := h.LinkByName(br)
-	if err != nil {
-		return err
-	}
-	l, err := h.LinkByName(port)
-	if err != nil {
-		return err
-	}
-	if err := h.LinkSetMaster(l, bl); err != nil {
-		return fmt.Errorf("attach %s to %s: %w", port, br, err)
-	}
-	if err := h.LinkSetUp(l); err != nil {
+	if err := bridgePort(h, port, br); err != nil {
 		return err
 	}
 	return node.Do(func() error {
@@ -142,4 +131,20 @@ func attachToBridge(host NS, br string, port string, node NS, addr netip.Addr, p
 		}
 		return nil
 	})
+}
+
+// bridgePort puts port on bridge and brings it up (h: their namespace).
+func bridgePort(h *netlink.Handle, port, bridge string) error {
+	br, err := h.LinkByName(bridge)
+	if err != nil {
+		return err
+	}
+	l, err := h.LinkByName(port)
+	if err != nil {
+		return err
+	}
+	if err := h.LinkSetMaster(l, br); err != nil {
+		return fmt.Errorf("attach %s to %s: %w", port, bridge, err)
+	}
+	return h.LinkSetUp(l)
 }
