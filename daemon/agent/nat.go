@@ -34,6 +34,7 @@ func newNATAgent(cfg *config.Config, cli *clientv3.Client, wg nat.DeviceReader, 
 			_, err := keeper.Update(ctx, func(l *record.Lease) { l.Unreachable = u })
 			return err
 		},
+		Relay:     cfg.Reachable == config.ReachableYes && !cfg.HostOnly,
 		StateFile: nat.StatePath(cfg.RunDir),
 		Log:       log.With("part", "nat"),
 	})

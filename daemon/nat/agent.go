@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,6 +46,12 @@ type Config struct {
 	// the record's flag (auto).
 	Own            func() netip.AddrPort
 	SetUnreachable func(ctx context.Context, unreachable bool) error
+	// Relay: this node offers to relay (reachable, forwarding pod node):
+	// it keeps a key under RelaysPrefix alive with a RelayTTL lease of
+	// its own, so that a relay that dies is dropped within RelayTTL
+	// whatever its record's lease TTL (default 5 s).
+	Relay    bool
+	RelayTTL time.Duration
 	// StateFile receives the paths as JSON for wgcnictl ("" = none).
 	StateFile string
 	// Keepalive towards peers of an unreachable node (default 25 s);
@@ -94,6 +101,7 @@ type Agent struct {
 	mu          sync.Mutex
 	unreachable bool
 	obs         Observations
+	relays      map[string]bool            // announced relays (relays.go); nil until listed
 	active      map[netip.Prefix]mesh.Peer // last seen by Rewrite
 	paths       []Path
 	up          map[string]bool      // punched paths carrying their CIDRs
@@ -116,6 +124,9 @@ func New(cfg Config) *Agent {
 	}
 	if cfg.PunchKeepalive == 0 {
 		cfg.PunchKeepalive = 2
+	}
+	if cfg.RelayTTL == 0 {
+		cfg.RelayTTL = 5 * time.Second
 	}
 	return &Agent{cfg: cfg, changed: make(chan struct{}, 1), unreachable: cfg.Reachable == "no",
 		obs: Observations{}, up: map[string]bool{}, switchAt: map[string]time.Time{}, died: map[string]time.Time{}, rx: map[wgtypes.Key]rxSeen{}, published: map[string]string{}}
@@ -141,7 +152,7 @@ func (a *Agent) poke() {
 // Rewrite is mesh.Paths: the plan for the records' peers.
 func (a *Agent) Rewrite(active map[netip.Prefix]mesh.Peer) map[netip.Prefix]mesh.Peer {
 	a.mu.Lock()
-	in := Inputs{Self: a.cfg.Self, SelfUnreachable: a.unreachable, Obs: a.obs, Up: maps.Clone(a.up), Died: maps.Clone(a.died),
+	in := Inputs{Self: a.cfg.Self, SelfUnreachable: a.unreachable, Obs: a.obs, Up: maps.Clone(a.up), Died: maps.Clone(a.died), Relays: a.relays,
 		Keepalive: a.cfg.Keepalive, PunchKeepalive: a.cfg.PunchKeepalive}
 	out, paths := Plan(in, active)
 	a.active = maps.Clone(active) // the mesh keeps changing its map
@@ -183,9 +194,12 @@ func (a *Agent) pathsChanged(old, cur []Path) {
 // Run publishes observations and follows punched paths until ctx ends.
 func (a *Agent) Run(ctx context.Context) {
 	tick := observeTick
+	if a.cfg.Relay {
+		go a.announceRelay(ctx)
+	}
 	if a.cfg.Reachable != "yes" {
 		tick = planTick
-		go a.watchObserved(ctx)
+		go a.watchNAT(ctx)
 	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
@@ -403,20 +417,20 @@ func reachableNodes(active map[netip.Prefix]mesh.Peer) map[string]bool {
 	return out
 }
 
-// watchObserved keeps a.obs equal to the observations in etcd: a list,
-// then a watch from its revision; any end of the watch (compaction
-// included) re-lists after a backoff.
-func (a *Agent) watchObserved(ctx context.Context) {
+// watchNAT keeps a.obs and a.relays equal to the observations and relay
+// announcements in etcd: a list, then a watch from its revision; any end
+// of the watch (compaction included) re-lists after a backoff.
+func (a *Agent) watchNAT(ctx context.Context) {
 	bo := etcdutil.Backoff{Min: 500 * time.Millisecond, Max: 5 * time.Second}
-	prefix := ObservedPrefix(a.cfg.Prefix)
+	prefix := strings.TrimRight(a.cfg.Prefix, "/") + "/nat/"
 	for ctx.Err() == nil {
 		kvs, rev, err := etcdutil.List(ctx, a.cfg.Client, prefix)
 		if err == nil {
-			obs := Observations{}
+			v := view{obs: Observations{}, relays: map[string]bool{}}
 			for _, kv := range kvs {
-				a.apply(obs, string(kv.Key), kv.Value)
+				a.apply(&v, string(kv.Key), kv.Value)
 			}
-			a.setObs(obs)
+			a.setView(v)
 			wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 			for resp := range a.cfg.Client.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
 				if err = resp.Err(); err != nil {
@@ -424,36 +438,50 @@ func (a *Agent) watchObserved(ctx context.Context) {
 				}
 				bo.Reset()
 				a.mu.Lock()
-				obs := maps.Clone(a.obs)
+				v := view{obs: maps.Clone(a.obs), relays: maps.Clone(a.relays)}
 				a.mu.Unlock()
 				for _, ev := range resp.Events {
-					v := ev.Kv.Value
+					val := ev.Kv.Value
 					if ev.Type == clientv3.EventTypeDelete {
-						v = nil
+						val = nil
 					}
-					a.apply(obs, string(ev.Kv.Key), v)
+					a.apply(&v, string(ev.Kv.Key), val)
 				}
-				a.setObs(obs)
+				a.setView(v)
 			}
 			cancel()
 		}
 		d := bo.Next()
-		a.cfg.Log.Debug("observations watch ended; re-listing", "err", err, "in", d)
+		a.cfg.Log.Debug("NAT watch ended; re-listing", "err", err, "in", d)
 		if !etcdutil.Sleep(ctx, d) {
 			return
 		}
 	}
 }
 
-// apply puts one observation event into obs (value nil: deleted); obs's
-// inner maps are copied before they change (Rewrite may hold the old).
-func (a *Agent) apply(obs Observations, key string, value []byte) {
+// view is what etcd says about NAT traversal: observations, live relays.
+type view struct {
+	obs    Observations
+	relays map[string]bool
+}
+
+// apply puts one event into v (value nil: deleted); v's inner maps are
+// copied before they change (Rewrite may hold the old).
+func (a *Agent) apply(v *view, key string, value []byte) {
+	if node, ok := ParseRelay(a.cfg.Prefix, key); ok {
+		if value == nil {
+			delete(v.relays, node)
+		} else {
+			v.relays[node] = true
+		}
+		return
+	}
 	node, observer, ap, err := ParseObserved(a.cfg.Prefix, key, value)
 	if err != nil {
 		a.cfg.Log.Warn("skipping bad observation", "key", key, "err", err)
 		return
 	}
-	m := maps.Clone(obs[node])
+	m := maps.Clone(v.obs[node])
 	if m == nil {
 		m = map[string]netip.AddrPort{}
 	}
@@ -462,13 +490,13 @@ func (a *Agent) apply(obs Observations, key string, value []byte) {
 	} else {
 		m[observer] = ap
 	}
-	obs[node] = m
+	v.obs[node] = m
 }
 
-func (a *Agent) setObs(obs Observations) {
+func (a *Agent) setView(v view) {
 	a.mu.Lock()
-	same := reflect.DeepEqual(a.obs, obs)
-	a.obs = obs
+	same := reflect.DeepEqual(a.obs, v.obs) && maps.Equal(a.relays, v.relays)
+	a.obs, a.relays = v.obs, v.relays
 	a.mu.Unlock()
 	if !same {
 		a.poke()

@@ -116,6 +116,13 @@ func TestPlan(t *testing.T) {
 	if _, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: Observations{}}, undeclared); paths[2].Via != "r1" {
 		t.Errorf("relay %q, want r1 (r2 is auto)", paths[2].Via)
 	}
+	// Only announced relays (alive within their short TTL) relay.
+	if _, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: Observations{}, Relays: map[string]bool{"r2": true}}, active); paths[2].Via != "r2" {
+		t.Errorf("relay %q, want r2 (the only one announced)", paths[2].Via)
+	}
+	if _, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: Observations{}, Relays: map[string]bool{}}, active); paths[2].Via != "" {
+		t.Errorf("relay %q with none announced", paths[2].Via)
+	}
 	// No reachable node at all: nothing to relay through.
 	only := map[netip.Prefix]mesh.Peer{far.CIDRs[0]: far}
 	if _, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: Observations{}}, only); paths[0].Mode != Direct || paths[0].Why != "no observed endpoint yet; no relay" {

@@ -51,6 +51,9 @@ type Inputs struct {
 	// from before is dropped, so it comes back only through a fresh
 	// handshake (the switch instant both ends derive from it).
 	Died map[string]time.Time
+	// Relays are the nodes announcing themselves as relays (alive within
+	// their short TTL); nil: not known, any reachable node may relay.
+	Relays map[string]bool
 	// Keepalive (seconds) towards every peer of an unreachable node that
 	// asked for none itself; PunchKeepalive towards peers being punched.
 	Keepalive      int
@@ -62,24 +65,26 @@ type Inputs struct {
 func Plan(in Inputs, active map[netip.Prefix]mesh.Peer) (map[netip.Prefix]mesh.Peer, []Path) {
 	out := make(map[netip.Prefix]mesh.Peer, len(active))
 	byNode := map[string]netip.Prefix{}
-	var relays []string
+	reachable := map[string]bool{} // the observers
 	for c, p := range active {
 		out[c] = p
 		byNode[p.Node] = c
-		if !p.Unreachable && !p.NoRelay && !c.IsSingleIP() { // host-only peers forward nothing
-			relays = append(relays, p.Node)
+		if !p.Unreachable {
+			reachable[p.Node] = true
 		}
 	}
-	reachable := make(map[string]bool, len(relays))
-	for _, n := range relays {
-		reachable[n] = true
-	}
-	// A node seen behind a NAT that still says it is reachable (an old
-	// daemon, or a NAT it does not know of) is no relay either.
-	relays = slices.DeleteFunc(relays, func(n string) bool {
+	// Relays: reachable pod nodes (host-only peers forward nothing) that
+	// declared it (not auto), announce themselves (alive), and are not
+	// seen behind a NAT (an old daemon, or a NAT it does not know of).
+	var relays []string
+	for n := range reachable {
+		p := active[byNode[n]]
 		m := in.Obs.Mapping(n, reachable)
-		return m.Known() && m.Public.Addr() != active[byNode[n]].Endpoint.Addr()
-	})
+		if !p.NoRelay && !byNode[n].IsSingleIP() && (in.Relays == nil || in.Relays[n]) &&
+			!(m.Known() && m.Public.Addr() != p.Endpoint.Addr()) {
+			relays = append(relays, n)
+		}
+	}
 	slices.Sort(relays)
 	selfMap := in.Obs.Mapping(in.Self, reachable)
 	var paths []Path

@@ -31,7 +31,10 @@ import (
 const (
 	metricsAddr = "127.0.0.1:9586" // inside each node's namespace
 	clusterCIDR = "10.244.0.0/16"
-	leaseTTL    = 4 * time.Second
+	// Long enough that a killed relay's record outlives the test's wait:
+	// the pair must move through the relay's own short-lived announcement.
+	leaseTTL = 60 * time.Second
+	relayTTL = 5 * time.Second // nat.Config.RelayTTL's default
 )
 
 // paths reads the node's NAT paths file: peer node -> path.
@@ -508,8 +511,8 @@ func TestNATTraversal(t *testing.T) {
 		}
 		moved = time.Since(t0)
 		r := <-ping
-		t.Logf("FIGURE relay %s killed: a1 <-> b1 via %s after %v (lease TTL %v); ping (100/s, slowed by ping itself while replies are missing): %d sent, %d lost",
-			relay.Name, other.Name, moved.Round(time.Millisecond), leaseTTL, r.Sent, r.Loss())
+		t.Logf("FIGURE relay %s killed: a1 <-> b1 via %s after %v (record lease TTL %v, relay announcement TTL %v); ping (100/s, slowed by ping itself while replies are missing): %d sent, %d lost",
+			relay.Name, other.Name, moved.Round(time.Millisecond), leaseTTL, relayTTL, r.Sent, r.Loss())
 		if r.Received == 0 {
 			t.Errorf("no reply at all after the relay moved: %s", r.Output)
 		}
