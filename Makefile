@@ -32,6 +32,7 @@ deps:
 # failed cluster test's process-log dump would otherwise push out of view.
 test: deps build
 	WGCNI_E2E_REQUIRE=1 GO=$(GO) $(GO) run ./tests/gotest -count=1 -timeout $(TEST_TIMEOUT) ./...
+	cd conf/prometheus && $(GO) test -count=1 ./...
 
 # A 3-node cluster with 2 pods per node and a short tour; runs until
 # Ctrl-C or `make demo-down`, then removes everything it made.

@@ -60,6 +60,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	log.Info("WireGuard key ready", "public_key", priv.Public().String(), "new", created)
+	kem, pqPublic, err := pqKey(cfg, log)
+	if err != nil {
+		return err
+	}
 
 	// 3. etcd and the cluster config (and the mode's reservations).
 	cli, err := connectEtcd(ctx, cfg, log)
@@ -98,19 +102,22 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		UnderlayEncryption: underlayEnc.On,
 		Unreachable:        cfg.Reachable == config.ReachableNo,
 		NoRelay:            cfg.Reachable == config.ReachableAuto,
+		PQPublicKey:        pqPublic,
 		Sites:              cfg.Sites,
 	}
 	acq := &lease.Acquirer{Client: cli, Prefix: cfg.EtcdPrefix, Cluster: m.grids(), Node: cfg.NodeName, TTL: cfg.LeaseTTL, Log: log}
 	var held lease.Held
+	want, fromNode := wantedCIDRs(ctx, cfg, log)
 	err = retry(ctx, log, "acquire "+m.what()+" lease", func(ctx context.Context) error {
 		var err error
-		held, err = acq.Acquire(ctx, self, lease.LoadRemembered(cfg.StateDir)...)
+		held, err = acq.Acquire(ctx, self, want...)
 		return err
 	}, func(err error) bool { return errors.Is(err, lease.ErrClusterFull) })
 	if err != nil {
 		return m.leaseErr(err)
 	}
 	log.Info(m.what()+" lease held", "cidrs", held.CIDRs, "key", held.Key, "how", held.How, "lease", fmt.Sprintf("%x", int64(held.LeaseID)))
+	warnIfNotNodeCIDRs(held, fromNode, log)
 	if err := lease.Remember(cfg.StateDir, held.CIDRs); err != nil {
 		return err
 	}
@@ -145,11 +152,17 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("look up WireGuard device %s: %w", cfg.Device, err)
 	}
+	healer := startHeal(ctx, cfg, at, nd, om, log)
+	defer healer.Close()
 	sites := gateway.NewObserver(cli, cfg.EtcdPrefix, cfg.Cluster,
 		gateway.Advert{Record: held.Primary(), CIDRs: held.CIDRs, Node: cfg.NodeName, Endpoint: endpoint, Sites: cfg.Sites}, log.With("part", "gateway"))
 	go sites.Run(ctx)
 	var rec *mesh.Reconciler
 	natA := newNATAgent(cfg, cli, wg, keeper, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, log)
+	pq, err := startPQ(ctx, cfg, wg, priv.Public(), kem, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, log)
+	if err != nil {
+		return err
+	}
 	rec = mesh.New(mesh.Config{
 		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, SelfKey: priv.Public(), OwnCIDR: held.Primary(),
 		Gateways: at.gws, Device: cfg.Device, LinkIndex: link.Attrs().Index, WG: wg, Resync: cfg.ResyncInterval,
@@ -158,10 +171,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		UnderlayEncryption: underlayEnc.On, UnderlaySrc: endpoint, NoTunnel: underlayEnc.NoTunnel, UnderlaySrcChanges: hostSrc,
 		Recreate: nd.recreate(cfg, log, at.onNewDevice), DeviceEvents: wgdev.WatchLink(ctx, cfg.Device, log),
 		// A new device for a record that was still ours (a crash or
-		// reboot within the lease TTL): the peers hold sessions with the
-		// old one. For a new record the peers may not know our key yet,
-		// and an initiation they refuse would hold back ours for 5 s.
-		FreshDevice: !nd.dev.Adopted && held.How == "adopted",
+		// reboot within the lease TTL, or a sidecar's device replaced by
+		// a rollout): the peers hold sessions with the old one. For a new
+		// record the peers may not know our key yet, and an initiation
+		// they refuse would hold back ours for 5 s.
+		FreshDevice: nd.fresh && held.How == "adopted",
+		PQ:          pqHooks(pq),
+		Heal:        healer,
 		Sites:       sites,
 		Paths:       natA.paths(),
 	})
@@ -172,8 +188,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(nd.dev.Mode), WG: wg, PodCIDR: at.podCIDR,
 		IPAMDir: at.ipamDir, LeaseExpiry: keeper.Expiry, Peers: rec.PeerNodes, Stats: &rec.Stats, SameNode: at.sameNode, Retakes: keeper.Retakes.Load,
-		Rotations: rot.Rotations.Load, Paths: natA.Paths,
+		Rotations: rot.Rotations.Load, Health: healer.Status, DeviceMTU: nd.mtu, Paths: natA.Paths,
 	})
+	runPQ(ctx, pq, om, log)
 	go func() {
 		select {
 		case <-rec.Synced():

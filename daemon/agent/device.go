@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/etcdutil"
@@ -27,6 +28,11 @@ type nodeDevice struct {
 	mtu      int
 	dev      *wgdev.Device
 	wg       *wgctrl.Client // the caller closes it
+	// fresh: the device holds no WireGuard session of before: made now,
+	// or adopted without a key (a sidecar's new device: a DaemonSet
+	// rollout replaces it together with wgcnid). Peers that still hold a
+	// session with the old device must be sent an initiation at once.
+	fresh bool
 }
 
 // ensureDevice detects the underlay (endpoint, MTU), adopts or creates the
@@ -48,7 +54,7 @@ func ensureDevice(ctx context.Context, cfg *config.Config, priv keys.Private, lo
 	if err != nil {
 		return nil, fmt.Errorf("open wgctrl: %w", err)
 	}
-	dev, err := bringUpDevice(cfg, mtu, priv, wg, log)
+	dev, fresh, err := bringUpDevice(cfg, mtu, priv, wg, log)
 	for waited := 0; errors.Is(err, wgdev.ErrNotHosted); waited++ {
 		if waited%50 == 0 { // every 10 s
 			log.Info("waiting for the external host of the userspace WireGuard device (e.g. its sidecar container)", "device", cfg.Device, "waited", time.Duration(waited)*hostPoll)
@@ -57,28 +63,33 @@ func ensureDevice(ctx context.Context, cfg *config.Config, priv keys.Private, lo
 			wg.Close()
 			return nil, ctx.Err()
 		}
-		dev, err = bringUpDevice(cfg, mtu, priv, wg, log)
+		dev, fresh, err = bringUpDevice(cfg, mtu, priv, wg, log)
 	}
 	if err != nil {
 		wg.Close()
 		return nil, err
 	}
-	return &nodeDevice{endpoint: endpoint, mtu: mtu, dev: dev, wg: wg}, nil
+	return &nodeDevice{endpoint: endpoint, mtu: mtu, dev: dev, wg: wg, fresh: fresh}, nil
 }
 
 // bringUpDevice adopts the device if it exists (a restart) or creates it,
-// and sets its key and port.
-func bringUpDevice(cfg *config.Config, mtu int, priv keys.Private, wg *wgctrl.Client, log *slog.Logger) (*wgdev.Device, error) {
-	dev, err := wgdev.Ensure(wgdev.Options{Name: cfg.Device, MTU: mtu, Want: wgdev.Mode(cfg.WireGuard), RunDir: cfg.RunDir,
+// and sets its key and port. fresh reports a device without a key before
+// (see nodeDevice.fresh).
+func bringUpDevice(cfg *config.Config, mtu int, priv keys.Private, wg *wgctrl.Client, log *slog.Logger) (dev *wgdev.Device, fresh bool, err error) {
+	dev, err = wgdev.Ensure(wgdev.Options{Name: cfg.Device, MTU: mtu, Want: wgdev.Mode(cfg.WireGuard), RunDir: cfg.RunDir,
 		Verbose: cfg.Level <= slog.LevelDebug, External: cfg.DeviceHost == config.HostExternal, Log: log})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	log.Info("WireGuard device ready", "device", dev.Name, "mode", dev.Mode, "adopted", dev.Adopted, "pid", dev.PID)
+	fresh = !dev.Adopted
+	if d, err := wg.Device(cfg.Device); err == nil && dev.Adopted && d.PrivateKey == (wgtypes.Key{}) {
+		fresh = true
+	}
+	log.Info("WireGuard device ready", "device", dev.Name, "mode", dev.Mode, "adopted", dev.Adopted, "fresh", fresh, "pid", dev.PID)
 	if err := wgdev.Configure(wg, cfg.Device, priv.Key(), cfg.ListenPort); err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return dev, nil
+	return dev, fresh, nil
 }
 
 // recreate returns the mesh's Recreate: bring the lost device back with
@@ -97,7 +108,7 @@ func (nd *nodeDevice) recreate(cfg *config.Config, log *slog.Logger, after func(
 			// until a restart publishes it.
 			log.Error("private key file was gone; the re-created device has a new, unpublished key: restart wgcnid to publish it", "state_dir", cfg.StateDir)
 		}
-		dev, err := bringUpDevice(cfg, nd.mtu, priv, nd.wg, log)
+		dev, _, err := bringUpDevice(cfg, nd.mtu, priv, nd.wg, log)
 		if err != nil {
 			return 0, err
 		}

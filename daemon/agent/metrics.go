@@ -64,6 +64,13 @@ func (m *opsMetrics) setReady(ok bool) {
 	}
 }
 
+// setReadyCheck adds a condition to /readyz once the node is ready.
+func (m *opsMetrics) setReadyCheck(f func() error) {
+	if m != nil {
+		m.srv.SetReadyCheck(f)
+	}
+}
+
 func (m *opsMetrics) close() {
 	if m != nil {
 		m.srv.Close()

@@ -42,6 +42,7 @@ type rotator struct {
 	self   record.Lease // what we publish; only the rotator changes it
 
 	Rotations atomic.Int64
+	pqRefused bool // a request was refused for post-quantum (postquantum.go)
 }
 
 func (r *rotator) run(ctx context.Context) {
@@ -60,6 +61,10 @@ func (r *rotator) run(ctx context.Context) {
 			r.log.Info("SIGHUP: checking for a key rotation request", "file", req)
 		}
 		if _, err := os.Stat(req); err != nil {
+			continue
+		}
+		if r.cfg.PostQuantum.Mode != config.PQOff {
+			r.refusePQ(req)
 			continue
 		}
 		if err := r.rotate(ctx); err != nil {
@@ -155,6 +160,9 @@ func (r *rotator) initiateRefused() {
 // this node (same --run-dir/--state-dir) to rotate, waits until it has,
 // and prints the new public key.
 func RequestRotation(ctx context.Context, cfg *config.Config, out io.Writer, timeout time.Duration) error {
+	if cfg.PostQuantum.Mode != config.PQOff {
+		return errRotatePQ
+	}
 	req := filepath.Join(cfg.RunDir, RotateRequestFile)
 	if err := os.MkdirAll(cfg.RunDir, 0o755); err != nil {
 		return fmt.Errorf("run dir: %w", err)

@@ -70,10 +70,16 @@ type Config struct {
 	LogFormat       string
 	LogLevel        string
 	MetricsAddr     string // empty: no metrics/health endpoint
+	// ProbePort is the UDP port of the liveness and path MTU probe
+	// responder on the node's gateway address (0: no active probes).
+	ProbePort int
 	// CNIConflist is a conflist wgcnid installs into CNIConfDir once the
 	// node is ready for pods (empty: it installs none).
 	CNIConflist string
 	CNIConfDir  string
+	// PodCIDRFromNode asks for the Kubernetes Node's spec.podCIDRs as the
+	// lease (daemon/agent/kubenode.go).
+	PodCIDRFromNode bool
 	// SameNodeEncryption turns on WireGuard between pods of this node
 	// (also on when the cluster config record in etcd says so).
 	SameNodeEncryption bool
@@ -88,6 +94,8 @@ type Config struct {
 	// and talks to other NATed nodes through relays or punched paths,
 	// docs/nat.md) or auto (decided from what reachable peers observe).
 	Reachable string
+	// PostQuantum: preshared keys from ML-KEM exchanges (postquantum.go).
+	PostQuantum PostQuantum
 	// Gateways (docs/gateways.md): site CIDRs behind this node it offers
 	// to route into the mesh, whether it masquerades cluster traffic
 	// towards them, and the TTL of its candidacy in their elections.
@@ -140,10 +148,13 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "host:port serving Prometheus /metrics, /healthz and /readyz, e.g. 127.0.0.1:9586 (empty = off)")
+	fs.IntVar(&c.ProbePort, "probe-port", 51819, "UDP port of the liveness and path MTU probes between nodes, answered on each node's gateway address and sent only through the tunnel (0 = no active probes, no path MTU search)")
 	fs.StringVar(&c.CNIConflist, "cni-conflist", "", "conflist file to install into --cni-conf-dir once this node holds its PodCIDR lease and the node file is written: the runtime reports the node's network ready only then (empty = install none)")
 	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "the container runtime's CNI config dir (with --cni-conflist)")
+	fs.BoolVar(&c.PodCIDRFromNode, "pod-cidr-from-node", false, "under Kubernetes: ask for this node's spec.podCIDRs (kube-controller-manager --allocate-node-cidrs) as its PodCIDR lease, so pod IPs lie in the CIDR Kubernetes shows (in-cluster API access to get nodes; a CIDR held by another node in etcd is not taken: a warning says so)")
 	fs.BoolVar(&c.HostOnly, "host-only", false, "join the mesh as a host-only peer: no pods, one overlay address out of --host-cidr")
 	fs.StringVar(&c.HostCIDR, "host-cidr", "", "node-sized block of --cluster-cidr that host-only peers lease their /32 from (default: the last block)")
+	pqFlags(fs, &c.PostQuantum)
 	fs.BoolVar(&c.UnderlayEncryption, "host-encryption", false, "also encrypt host-to-host traffic between this node's and other nodes' underlay addresses (only towards nodes that use it too; never to etcd endpoints)")
 	fs.StringVar(&c.Reachable, "reachable", ReachableYes, "can peers reach this node at its published endpoint: yes, no (behind a NAT: relays and hole punching, docs/nat.md) or auto (no once a reachable peer sees this node's handshakes come from another address; needs --keepalive to be seen at all)")
 	fs.Func("advertise-cidrs", "comma-separated site CIDRs behind this node (on its LAN side) it routes into the mesh as a gateway; one gateway per site serves at a time, chosen by an etcd election (docs/gateways.md)", func(s string) error {
@@ -299,6 +310,9 @@ func (c *Config) Validate() error {
 	if c.SameNodePort < 1 || c.SameNodePort > 65535 || c.SameNodePort == c.ListenPort {
 		return fmt.Errorf("--same-node-port: %d is out of range 1..65535 or equals --listen-port", c.SameNodePort)
 	}
+	if err := c.validatePQ(); err != nil {
+		return err
+	}
 	if err := validIfName(c.Device); err != nil {
 		return fmt.Errorf("--device: %w", err)
 	}
@@ -356,8 +370,14 @@ func (c *Config) Validate() error {
 	if err := c.Level.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		return fmt.Errorf("--log-level: %q is not debug, info, warn or error", c.LogLevel)
 	}
+	if c.PodCIDRFromNode && c.HostOnly {
+		return errors.New("--pod-cidr-from-node: a --host-only peer has no PodCIDR")
+	}
 	if err := c.validateHosts(); err != nil {
 		return err
+	}
+	if c.ProbePort < 0 || c.ProbePort > 65535 {
+		return fmt.Errorf("--probe-port: %d is out of range 0..65535 (0 = off)", c.ProbePort)
 	}
 	if err := c.validateGateway(); err != nil {
 		return err

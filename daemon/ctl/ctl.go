@@ -31,15 +31,18 @@ import (
 	"github.com/wgcni/wgcni/daemon/metrics"
 	"github.com/wgcni/wgcni/daemon/nat"
 	"github.com/wgcni/wgcni/daemon/nodefile"
+	"github.com/wgcni/wgcni/daemon/pqpeer"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/ipam/nodeipam"
 )
 
-const usage = `usage: wgcnictl <status|nodes|ipam|gateways> [-o table|json] [wgcnid flags...]
+const usage = `usage: wgcnictl <status|peers|nodes|ipam|gateways> [-o table|json] [wgcnid flags...]
        wgcnictl help [COMMAND] | version
 
   status   this node: lease, WireGuard device, mode, MTU, every peer with
-           endpoint, handshake age, bytes and status
+           endpoint, handshake age, bytes, status and post-quantum state
+  peers    every peer's liveness state (up, pending, no-handshake, stale,
+           one-way) with its reason, path MTU and the repairs wgcnid made
   nodes    every PodCIDR lease in etcd with the time its etcd lease has left
   ipam     this node's pod address allocations
   gateways every site CIDR behind gateways, the gateway serving it and
@@ -90,6 +93,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	switch cmd {
 	case "status":
 		v, err = Status(ctx, cfg, time.Now())
+	case "peers":
+		v, err = Peers(cfg, time.Now())
 	case "nodes":
 		v, err = Nodes(ctx, cfg)
 	case "ipam":
@@ -164,6 +169,9 @@ type PeerStatus struct {
 	Path    string `json:"path"`
 	Via     string `json:"via,omitempty"`
 	PathWhy string `json:"pathWhy,omitempty"`
+	// PostQuantum is the peer's preshared-key state from the daemon's
+	// status file (nil: post-quantum off on this node).
+	PostQuantum *pqpeer.PeerStatus `json:"postQuantum,omitempty"`
 }
 
 // Status gathers `wgcnictl status`. The node file is required (without
@@ -207,8 +215,9 @@ func Status(ctx context.Context, cfg *config.Config, now time.Time) (*StatusRepo
 	r.Device.PublicKey = dev.PublicKey.String()
 	r.Device.ListenPort = dev.ListenPort
 	paths := nat.ReadPaths(cfg.RunDir)
+	pq := pqStatus(cfg.RunDir)
 	for _, p := range dev.Peers {
-		ps := PeerStatus{Node: names[p.PublicKey], PublicKey: p.PublicKey.String(), RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes,
+		ps := PeerStatus{PostQuantum: pq[p.PublicKey.String()], Node: names[p.PublicKey], PublicKey: p.PublicKey.String(), RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes,
 			Keepalive: int(p.PersistentKeepaliveInterval / time.Second), Status: "down", AllowedIPs: []string{}}
 		if p.Endpoint != nil {
 			ps.Endpoint = p.Endpoint.String()
@@ -251,18 +260,15 @@ func (r *StatusReport) table(w io.Writer) {
 	fmt.Fprintf(w, "mtu:      %d\n", r.MTU)
 	fmt.Fprintf(w, "peers:    %d\n\n", len(r.Peers))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tSTATUS\tPATH\tPUBLIC KEY")
+	fmt.Fprintln(tw, "NODE\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tSTATUS\tPATH\tPQ\tPUBLIC KEY")
 	for _, p := range r.Peers {
-		hs := "never"
-		if p.HandshakeAgeSecs != nil {
-			hs = time.Duration(*p.HandshakeAgeSecs*float64(time.Second)).Round(time.Second).String() + " ago"
-		}
+		hs := handshakeAge(p.HandshakeAgeSecs)
 		path := p.Path
 		if p.Via != "" {
 			path += " via " + p.Via
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dash(p.Node), dash(p.Endpoint), strings.Join(p.AllowedIPs, ","), hs,
-			bytes(p.RxBytes), bytes(p.TxBytes), p.Status, path, p.PublicKey)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dash(p.Node), dash(p.Endpoint), strings.Join(p.AllowedIPs, ","), hs,
+			bytes(p.RxBytes), bytes(p.TxBytes), p.Status, path, pqCell(p.PostQuantum, time.Now()), p.PublicKey)
 	}
 	tw.Flush()
 }
@@ -457,6 +463,14 @@ func bytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// handshakeAge prints a handshake age in seconds (nil: never).
+func handshakeAge(secs *float64) string {
+	if secs == nil {
+		return "never"
+	}
+	return time.Duration(*secs*float64(time.Second)).Round(time.Second).String() + " ago"
 }
 
 func dash(s string) string {

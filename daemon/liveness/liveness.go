@@ -116,6 +116,9 @@ func DefaultConfig() Config {
 	}
 }
 
+// ProbeIntervalOrDefault is ProbeInterval, or its default when unset.
+func (c Config) ProbeIntervalOrDefault() time.Duration { return c.withDefaults().ProbeInterval }
+
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
 	for _, f := range []struct{ v, def *time.Duration }{
@@ -186,10 +189,12 @@ type Peer struct {
 	inFlight    bool
 	probeOK     time.Time // last answered probe (its send time)
 	probeFailed time.Time // last unanswered probe (its send time)
+	lostInRow   int       // probes lost since the last answered one
 	verifyAt    time.Time // a verification probe is due from then (zero: none)
 
-	state   State
-	repairs map[RepairKind]*backoff
+	state        State
+	repairs      map[RepairKind]*backoff
+	reapplyCause string // cause of the last Reapply while the drift lasts
 }
 
 type backoff struct {
@@ -221,8 +226,10 @@ func (p *Peer) ProbeDone(sent time.Time, answered bool) {
 		if sent.After(p.probeOK) {
 			p.probeOK = sent
 		}
+		p.lostInRow = 0
 	} else if sent.After(p.probeFailed) {
 		p.probeFailed = sent
+		p.lostInRow++
 	}
 }
 
@@ -239,9 +246,16 @@ func (p *Peer) Observe(o Observation) Verdict {
 		if o.Present {
 			cause = "device entry differs from the etcd record: " + strings.Join(o.Drift, ", ")
 		}
+		if cause != p.reapplyCause {
+			// Another fault than the one last repaired: no backoff, which
+			// is for a fault that keeps coming back.
+			delete(p.repairs, Reapply)
+			p.reapplyCause = cause
+		}
 		v.Repairs = append(v.Repairs, p.due(Reapply, cause, now)...)
 	} else {
 		delete(p.repairs, Reapply)
+		p.reapplyCause = ""
 	}
 	if state == Up {
 		for _, k := range []RepairKind{ReReadEndpoint, Reinitiate, BreakCrossed} {
@@ -283,7 +297,9 @@ func (p *Peer) count(o Observation) {
 		p.rxAt = o.Now
 		p.unanswered = time.Time{}
 	}
-	if o.TxBytes > p.tx {
+	// A lone keepalive (32 bytes: WireGuard's passive one after receiving
+	// data, or a persistent one) expects no answer: it is not sending.
+	if o.TxBytes > p.tx && o.TxBytes-p.tx != keepaliveLen {
 		p.txAt = o.Now
 		if p.unanswered.IsZero() && !p.rxAt.Equal(o.Now) {
 			p.unanswered = o.Now
@@ -307,12 +323,16 @@ func (p *Peer) classify(o Observation) (State, string, []RepairKind) {
 		if now.Sub(p.since) < p.cfg.Grace {
 			return Pending, fmt.Sprintf("configured %s ago, no handshake yet", age(now, p.since)), nil
 		}
-		why := "no packet sent to it yet"
+		var why string
 		switch {
 		case failed:
 			why = "the probe through the tunnel went unanswered"
 		case !p.txAt.IsZero():
 			why = "initiations go unanswered"
+		default:
+			// Nothing was ever sent (probes off, or not yet this
+			// peer's turn): no evidence either way, nothing to repair.
+			return Pending, fmt.Sprintf("configured %s ago, nothing sent to it yet", age(now, p.since)), nil
 		}
 		return NoHandshake, fmt.Sprintf("no handshake in %s since configured: %s", age(now, p.since), why), stuck
 	}
@@ -357,7 +377,9 @@ func (p *Peer) due(k RepairKind, cause string, now time.Time) []Repair {
 		b = &backoff{}
 		p.repairs[k] = b
 	}
-	if now.Before(b.next) {
+	if now.Before(b.next) || k == ReReadEndpoint && b.attempts > 0 {
+		// A record is re-read once per episode (until the peer is up):
+		// what was read then is what the watch delivers since.
 		return nil
 	}
 	wait := p.cfg.RepairBackoff << min(b.attempts, 16)
@@ -391,11 +413,27 @@ func (p *Peer) probeDue(o Observation, state State) bool {
 	if p.churning(now) {
 		return since >= p.cfg.Silence
 	}
+	// Packets arrive again after a failed probe: the link may be back
+	// (a firewall opened), or only one way. Only a probe tells, so one is
+	// due every Silence rather than every ProbeInterval.
+	if state != Up && !p.probeFailed.IsZero() && p.rxAt.After(p.probeFailed) {
+		return since >= p.cfg.Silence
+	}
 	if recent(p.rxAt) && recent(p.txAt) && state == Up {
 		return false
 	}
-	return since >= p.cfg.ProbeInterval
+	// A peer whose probes keep getting lost (its node is off) is probed
+	// less often: 1, 2, 4 min, then every RepairBackoffMax. Each probe to
+	// it makes WireGuard retry a handshake for up to 90 s, and the
+	// repairs' verification probes still come on their own schedule.
+	interval := min(p.cfg.ProbeInterval<<min(p.lostInRow, 8), max(p.cfg.RepairBackoffMax, p.cfg.ProbeInterval))
+	return since >= interval
 }
+
+// keepaliveLen is the size of a WireGuard keepalive as the transmit
+// counter counts it: a transport header (16) and an empty payload's tag
+// (16). Every data packet is longer (its payload is padded to 16).
+const keepaliveLen = 32
 
 // churnGap: two handshakes closer than this are not WireGuard renewing a
 // used session (every RekeyAfterTime) but sessions being re-made.

@@ -103,7 +103,7 @@ func TestTransitions(t *testing.T) {
 			sent(0),
 			obs(5*s, never, 0, 148).expect(want{state: Pending}),
 		}},
-		{"no handshake after the grace: re-read endpoint and re-initiate, with backoff", []step{
+		{"no handshake after the grace: re-read the record once, re-initiate with backoff", []step{
 			obs(0, never, 0, 0), sent(0),
 			obs(5*s, never, 0, 148),
 			done(6*s, 0, false),
@@ -112,9 +112,21 @@ func TestTransitions(t *testing.T) {
 			obs(16*s, never, 0, 296).expect(want{state: NoHandshake}),              // backoff: nothing
 			obs(20*s, never, 0, 296).expect(want{state: NoHandshake, probe: true}), // verification probe
 			sent(20 * s),
-			obs(25*s, never, 0, 444).expect(want{state: NoHandshake, repairs: stuck, attempt: 2}),              // +10 s
-			obs(35*s, never, 0, 444).expect(want{state: NoHandshake, probe: true}),                             // next repair at +20 s; the probe timed out
-			obs(45*s, never, 0, 592).expect(want{state: NoHandshake, repairs: stuck, attempt: 3, probe: true}), // probe timed out, verify due
+			obs(25*s, never, 0, 444).expect(want{state: NoHandshake, repairs: []RepairKind{Reinitiate}, attempt: 2}),              // +10 s; the record was re-read
+			obs(35*s, never, 0, 444).expect(want{state: NoHandshake, probe: true}),                                                // next repair at +20 s; the probe timed out
+			obs(45*s, never, 0, 592).expect(want{state: NoHandshake, repairs: []RepairKind{Reinitiate}, attempt: 3, probe: true}), // probe timed out, verify due
+		}},
+		{"a keepalive expects no answer: not one-way", []step{
+			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
+			obs(10*s, 0, 600, 600).expect(want{state: Up, reason: "traffic both ways"}),
+			obs(20*s, 0, 600, 632), // our passive keepalive 10 s after the peer's data
+			obs(40*s, 0, 600, 632).expect(want{state: Up, reason: "probe answered"}),
+			obs(60*s, 0, 600, 664).expect(want{state: Up, probe: true}), // a persistent keepalive
+			obs(79*s, 0, 600, 664).expect(want{state: Up, probe: true}), // 19 s after the keepalive: still up
+		}},
+		{"nothing ever sent is no evidence: pending, nothing to repair", []step{
+			obs(0, never, 0, 0),
+			obs(20*s, never, 0, 0).expect(want{state: Pending, reason: "nothing sent to it yet", probe: true}),
 		}},
 		{"first handshake clears no-handshake", []step{
 			obs(0, never, 0, 0), sent(0),
@@ -185,6 +197,22 @@ func TestTransitions(t *testing.T) {
 			obs(63*s, 62*s, 592, 648).expect(want{state: OneWay, reason: "handshake 1s ago but the probe",
 				repairs: []RepairKind{ReReadEndpoint, Reinitiate}, changed: yes()}),
 		}},
+		{"packets arriving after a failed probe make a probe due every silence period, not every minute", []step{
+			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
+			obs(60*s, 0, 500, 500).expect(want{state: Up, probe: true}),
+			sent(60 * s), done(62*s, 60*s, false),
+			obs(63*s, 62*s, 592, 648).expect(want{state: OneWay, repairs: []RepairKind{ReReadEndpoint, Reinitiate}, changed: yes()}),
+			obs(68*s, 62*s, 592, 700).expect(want{state: OneWay, probe: true}), // verification
+			sent(68 * s), done(70*s, 68*s, false),
+			// A probe failing is stronger than packets arriving.
+			obs(75*s, 62*s, 700, 800).expect(want{state: OneWay, repairs: []RepairKind{Reinitiate}}),
+			obs(80*s, 62*s, 700, 800).expect(want{state: OneWay, probe: true}), // verification
+			sent(80 * s), done(82*s, 80*s, false),
+			obs(90*s, 62*s, 800, 900).expect(want{state: OneWay}),
+			obs(96*s, 62*s, 900, 1000).expect(want{state: OneWay, probe: true, repairs: []RepairKind{Reinitiate}}),
+			sent(96 * s), done(96*s, 96*s, true),
+			obs(97*s, 62*s, 1000, 1100).expect(want{state: Up, reason: "traffic both ways", changed: yes()}),
+		}},
 		{"a normal rekey every two minutes is no churn", []step{
 			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
 			obs(5*s, 0, 1000, 1000),
@@ -205,15 +233,16 @@ func TestTransitions(t *testing.T) {
 			obs(76*s, 50*s, 0, 100),
 			obs(80*s, 50*s, 0, 100).expect(want{state: Up, reason: "idle", probe: true}),
 		}},
-		{"drift is re-applied once per backoff step, and reset when gone", []step{
+		{"drift is re-applied once per backoff step, and reset when gone or another fault", []step{
 			obs(0, 0, 0, 0), sent(0), done(0, 0, true),
 			{at: 1 * s, hs: 0, drift: []string{"endpoint"}, want: &want{state: Up, reason: "idle",
 				repairs: []RepairKind{Reapply}, attempt: 1}},
 			{at: 2 * s, hs: 0, drift: []string{"endpoint"}, want: &want{state: Up}},
-			{at: 11 * s, hs: 0, drift: []string{"endpoint", "allowed-ips"}, want: &want{state: Up,
+			{at: 11 * s, hs: 0, drift: []string{"endpoint"}, want: &want{state: Up,
 				repairs: []RepairKind{Reapply}, attempt: 2, probe: true}},
 			obs(12*s, 0, 0, 0).expect(want{state: Up, probe: true}), // the verification probe is still due
 			{at: 13 * s, hs: 0, drift: []string{"keepalive"}, want: &want{state: Up, repairs: []RepairKind{Reapply}, attempt: 1, probe: true}},
+			{at: 14 * s, hs: 0, drift: []string{"allowed-ips"}, want: &want{state: Up, repairs: []RepairKind{Reapply}, attempt: 1, probe: true}},
 		}},
 		{"counters going down are a new baseline, not traffic", []step{
 			obs(0, 0, 5000, 5000), sent(0), done(0, 0, true),
@@ -289,6 +318,37 @@ func TestProbeBudget(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A peer whose node is off (every probe lost, never a handshake) is probed
+// less and less often, not once a minute for ever: over 30 minutes the
+// interval probes back off to 5 min, besides one verification probe after
+// each (backed-off) repair.
+func TestDeadPeerProbesBackOff(t *testing.T) {
+	p := New(Config{}, t0)
+	probes, repairs := 0, 0
+	var tx int64
+	for d := time.Duration(0); d < 30*time.Minute; d += 2 * s {
+		now := t0.Add(d)
+		v := p.Observe(Observation{Now: now, Present: true, TxBytes: tx})
+		repairs += len(v.Repairs)
+		if v.Probe {
+			probes++
+			tx += 148
+			p.ProbeSent(now)
+			p.ProbeDone(now, false)
+		}
+		if d > DefaultConfig().Grace && v.State != NoHandshake {
+			t.Fatalf("t+%s: state %s (%s)", d, v.State, v.Reason)
+		}
+	}
+	// Re-initiations at 15 s, +10, +20, +40, +80, +160, then every 5 min:
+	// 11 in 30 min (the record is re-read once), each followed by a
+	// verification probe.
+	if probes > 20 {
+		t.Fatalf("%d probes to a dead peer in 30 min (%d repairs), want at most 20", probes, repairs)
+	}
+	t.Logf("%d probes and %d repairs in 30 min", probes, repairs)
 }
 
 // A probe whose outcome is never reported blocks new ones only until the

@@ -8,6 +8,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/heal"
 	"github.com/wgcni/wgcni/daemon/route"
 )
 
@@ -27,6 +28,14 @@ type Peer struct {
 	// this node's underlay address, as source. Invalid = off.
 	Underlay    netip.Addr
 	UnderlaySrc netip.Addr
+	// Post-quantum (postquantum.go): the peer's published ML-KEM key, and
+	// Held: its PodCIDRs stay out of AllowedIPs and routes (required mode,
+	// no preshared key yet), so its pod traffic meets the strict route.
+	PQPublicKey string
+	Held        bool
+	// MTU is the path MTU measured to the peer when it is below the
+	// device's (daemon/heal), put on its PodCIDR routes; 0: none.
+	MTU int
 	// Sites are the site CIDRs this peer serves as their gateway
 	// (sites.go): allowed, but routed by sites.go, not per peer.
 	Sites []netip.Prefix
@@ -64,8 +73,8 @@ func (p Peer) primary() netip.Prefix { return p.CIDRs[0] }
 
 func (p Peer) equal(o Peer) bool {
 	return slices.Equal(p.CIDRs, o.CIDRs) && p.Node == o.Node && p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
-		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc &&
-		slices.Equal(p.Sites, o.Sites) &&
+		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc && p.MTU == o.MTU &&
+		p.PQPublicKey == o.PQPublicKey && p.Held == o.Held && slices.Equal(p.Sites, o.Sites) &&
 		p.Unreachable == o.Unreachable && p.Published == o.Published && p.Relayed == o.Relayed && slices.Equal(p.Carries, o.Carries) &&
 		p.DropSessionsBefore.Equal(o.DropSessionsBefore)
 }
@@ -94,26 +103,32 @@ func (p Peer) allowed() []net.IPNet {
 	return out
 }
 
-// allowedPrefixes is allowed as prefixes: the peer's own CIDRs unless a
-// relay carries them, the CIDRs it relays, its tunneled underlay address.
+// allowedPrefixes is allowed as prefixes: the peer's own CIDRs and sites
+// unless held or carried by a relay, the CIDRs it relays (NAT traversal),
+// its tunneled underlay address.
 func (p Peer) allowedPrefixes() []netip.Prefix {
 	var out []netip.Prefix
-	if !p.Relayed {
+	if !p.Held && !p.Relayed {
+		// Held (required mode, no PSK yet): neither its PodCIDRs nor
+		// the sites it serves as gateway; a route into the tunnel then
+		// finds no peer and WireGuard drops the packet. Relayed: a
+		// relay's peer carries its PodCIDRs (daemon/nat).
 		out = append(out, p.CIDRs...)
+		out = append(out, p.Sites...)
 	}
 	out = append(out, p.Carries...)
 	if p.Underlay.IsValid() {
 		out = append(out, p.underlayPrefix())
 	}
-	return append(out, p.Sites...)
+	return out
 }
 
 // routes are the peer's routes, one per PodCIDR; each takes as source the
 // one of srcs (this node's gateways) of the same family.
 func (p Peer) routes(link int, srcs []netip.Addr) []route.Peer {
 	var out []route.Peer
-	for _, c := range p.CIDRs {
-		out = append(out, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, srcs)})
+	for _, c := range p.podCIDRs() {
+		out = append(out, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, srcs), MTU: p.MTU})
 	}
 	if p.Underlay.IsValid() {
 		out = append(out, route.HostRoute(p.Underlay, link, p.UnderlaySrc))
@@ -136,32 +151,7 @@ func toIPNet(p netip.Prefix) net.IPNet {
 
 // matches reports whether the device's peer is exactly as desired.
 func matches(have wgtypes.Peer, want Peer) bool {
-	if want.staleSession(have) {
-		return false
-	}
-	allowed := want.allowedPrefixes()
-	if len(have.AllowedIPs) != len(allowed) {
-		return false
-	}
-	for _, a := range have.AllowedIPs {
-		ones, _ := a.Mask.Size()
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if !ok {
-			return false
-		}
-		if !slices.Contains(allowed, netip.PrefixFrom(ip.Unmap(), ones)) {
-			return false
-		}
-	}
-	// No endpoint wanted: whatever WireGuard's roaming found is right.
-	if want.Endpoint.IsValid() && (have.Endpoint == nil || have.Endpoint.AddrPort() != want.Endpoint && unmapAP(have.Endpoint.AddrPort()) != want.Endpoint) {
-		return false
-	}
-	return have.PersistentKeepaliveInterval == time.Duration(want.Keepalive)*time.Second
-}
-
-func unmapAP(ap netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	return !want.staleSession(have) && len(heal.Drift(have, want.want())) == 0
 }
 
 // Diff compares the desired peers with the device's peers and our routes
@@ -200,7 +190,7 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 	}
 	wanted := make(map[netip.Prefix]bool, 2*len(desired))
 	for _, d := range desired {
-		for _, c := range d.CIDRs {
+		for _, c := range d.podCIDRs() {
 			wanted[c] = true
 		}
 		if d.Underlay.IsValid() {
@@ -240,6 +230,7 @@ func DiffOne(have, want *Peer, link int, src []netip.Addr) Plan {
 				plan.RouteDel = append(plan.RouteDel, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, src)})
 			}
 		}
+		plan.RouteDel = append(plan.RouteDel, heldRoutes(have, want, link, src)...)
 		if have.Underlay.IsValid() && have.Underlay != want.Underlay {
 			// Host encryption went off for this peer (or its address
 			// moved): its underlay address must leave the tunnel table.

@@ -26,6 +26,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/daemon/etcdutil"
+	"github.com/wgcni/wgcni/daemon/heal"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
 	"github.com/wgcni/wgcni/daemon/wgdev"
@@ -84,6 +85,11 @@ type Config struct {
 	// container restart): the first sync initiates to every peer
 	// (device.go).
 	FreshDevice bool
+	// PQ: post-quantum preshared keys (postquantum.go); zero = off.
+	PQ PQHooks
+	// Heal, if set, follows every peer's liveness and path MTU; the loop
+	// drives it every heal.Tick and runs its repairs (heal.go).
+	Heal *heal.Healer
 	// Sites, if set, routes the site CIDRs gateways serve
 	// (docs/gateways.md, sites.go).
 	Sites SiteTable
@@ -150,7 +156,15 @@ type Reconciler struct {
 	deviceBackoff  etcdutil.Backoff
 	recreating     bool // recreateDevice is running (its resync must not recurse)
 
-	site siteState // site CIDRs behind gateways (sites.go)
+	// Self-healing (heal.go): the liveness tick, re-read records coming
+	// back from etcd, and the route MTU of peers behind a narrower path.
+	healC      <-chan time.Time
+	rereads    chan reread
+	rereadWant map[netip.Prefix]bool // records to re-read (flushRereads)
+	rereading  bool
+	rereadAt   time.Time
+	pathMTU    map[wgtypes.Key]int
+	site       siteState // site CIDRs behind gateways (sites.go)
 }
 
 func (r *Reconciler) observe(kind string, start time.Time, err error) {
@@ -164,7 +178,7 @@ func New(cfg Config) *Reconciler {
 	if cfg.Resync <= 0 {
 		cfg.Resync = time.Minute
 	}
-	return &Reconciler{cfg: cfg, synced: make(chan struct{}),
+	return &Reconciler{cfg: cfg, synced: make(chan struct{}), rereads: make(chan reread, 1),
 		deviceBackoff: etcdutil.Backoff{Min: 50 * time.Millisecond, Max: time.Second}}
 }
 
@@ -190,6 +204,11 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		return err
 	}
 	close(r.synced)
+	if r.cfg.Heal != nil {
+		t := time.NewTicker(heal.Tick)
+		defer t.Stop()
+		r.healC = t.C
+	}
 	if r.cfg.FreshDevice {
 		r.initiateAll()
 	}
@@ -422,6 +441,7 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 	r.Stats.Applied.Add(1)
 	if want == nil {
 		delete(r.applied, cidr)
+		delete(r.pathMTU, have.PublicKey)
 		r.publishPeer(have, nil)
 		r.cfg.Log.Info("peer removed", "cidr", cidr, "peer_node", have.Node, "public_key", have.PublicKey.String(), "rev", r.rev)
 		return
@@ -467,6 +487,7 @@ func (r *Reconciler) execute(p Plan) error {
 		}
 	}
 	if len(p.Peers) > 0 {
+		r.withPresharedKeys(p.Peers)
 		if err := r.cfg.WG.ConfigureDevice(r.cfg.Device, wgtypes.Config{Peers: p.Peers}); err != nil {
 			// Routes for peers that failed would only blackhole; stop here.
 			return errors.Join(append(errs, fmt.Errorf("configure peers on %s: %w", r.cfg.Device, err))...)

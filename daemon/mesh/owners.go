@@ -76,7 +76,8 @@ func (o owners) release(cidr netip.Prefix, p Peer) []any {
 
 // peerOf is the desired peer of record l at cidr (before conflicts).
 func (r *Reconciler) peerOf(cidr netip.Prefix, l record.Lease) Peer {
-	p := Peer{CIDRs: l.CIDRs, Node: l.Node, PublicKey: l.PublicKey, Endpoint: l.Endpoint, Keepalive: effectiveKeepalive(r.cfg.Keepalive, l.Keepalive)}
+	p := Peer{CIDRs: l.CIDRs, Node: l.Node, PublicKey: l.PublicKey, Endpoint: l.Endpoint, Keepalive: effectiveKeepalive(r.cfg.Keepalive, l.Keepalive),
+		MTU: r.pathMTU[l.PublicKey]}
 	p.NoRelay = l.NoRelay
 	if l.Unreachable {
 		// Its published endpoint cannot be reached (a NAT): it keeps
@@ -87,6 +88,7 @@ func (r *Reconciler) peerOf(cidr netip.Prefix, l record.Lease) Peer {
 	if p.Underlay = r.underlayFor(cidr, l); p.Underlay.IsValid() {
 		p.UnderlaySrc = r.cfg.UnderlaySrc
 	}
+	r.pqPeer(&p, l)
 	p.Sites = r.sitesOf(cidr)
 	return p
 }

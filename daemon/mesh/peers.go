@@ -13,6 +13,13 @@ import (
 type PeerInfo struct {
 	Node string
 	CIDR netip.Prefix
+	// What the post-quantum exchange needs (daemon/pqpeer): all the
+	// peer's CIDRs, its endpoint, its published ML-KEM key, and whether
+	// its PodCIDRs are held out (required mode, no preshared key yet).
+	CIDRs       []netip.Prefix
+	Endpoint    netip.AddrPort
+	PQPublicKey string
+	Held        bool
 	// Unreachable and Published are the record's NAT flag and endpoint
 	// (daemon/nat: where its traffic should come from).
 	Unreachable bool
@@ -24,7 +31,8 @@ func (p Peer) info() PeerInfo {
 	if p.Unreachable {
 		pub = p.Published
 	}
-	return PeerInfo{Node: p.Node, CIDR: p.primary(), Unreachable: p.Unreachable, Published: pub}
+	return PeerInfo{Node: p.Node, CIDR: p.primary(), CIDRs: p.CIDRs, Endpoint: p.Endpoint, PQPublicKey: p.PQPublicKey, Held: p.Held,
+		Unreachable: p.Unreachable, Published: pub}
 }
 
 // PeerNodes returns the node of every peer configured on the device.
@@ -47,11 +55,13 @@ func (r *Reconciler) publishPeers() {
 	r.peerMu.Lock()
 	r.peerNodes = m
 	r.peerMu.Unlock()
+	r.pqPeersChanged()
 }
 
 // publishPeer updates what PeerNodes returns for one changed peer
 // (per event: no copy of the whole map).
 func (r *Reconciler) publishPeer(old, cur *Peer) {
+	defer r.pqPeersChanged() // after the unlock
 	r.peerMu.Lock()
 	defer r.peerMu.Unlock()
 	if r.peerNodes == nil {

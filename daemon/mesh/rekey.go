@@ -129,10 +129,9 @@ func (r *Reconciler) checkRekeys(now time.Time) {
 // (so its AllowedIPs are never without an owner) and makes the new entry
 // initiate at once.
 func (r *Reconciler) recreatePeer(p Peer) error {
-	add := p.config()
-	err := r.cfg.WG.ConfigureDevice(r.cfg.Device, wgtypes.Config{Peers: []wgtypes.PeerConfig{
-		{PublicKey: p.PublicKey, Remove: true}, add,
-	}})
+	pcs := []wgtypes.PeerConfig{{PublicKey: p.PublicKey, Remove: true}, p.config()}
+	r.withPresharedKeys(pcs) // the new entry keeps the pair's PSK
+	err := r.cfg.WG.ConfigureDevice(r.cfg.Device, wgtypes.Config{Peers: pcs})
 	if err != nil {
 		return err
 	}

@@ -99,8 +99,14 @@ func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev 
 			r.checkHandshakes(time.Now())
 		case <-r.pathsChanged():
 			r.kernelResync()
+		case <-r.cfg.PQ.HoldChanged:
+			r.reHold()
 		case <-r.rekeyC():
 			r.checkRekeys(time.Now())
+		case now := <-r.healC:
+			r.healTick(now)
+		case rr := <-r.rereads:
+			r.rereadDone(rr, rev)
 		}
 	}
 }

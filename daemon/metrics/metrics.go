@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/heal"
 	"github.com/wgcni/wgcni/daemon/mesh"
 	"github.com/wgcni/wgcni/daemon/samenode/reconcile"
 	"github.com/wgcni/wgcni/ipam/nodeipam"
@@ -53,9 +54,13 @@ type Sources struct {
 	Retakes func() int64
 	// Rotations counts key rotations done by this daemon.
 	Rotations func() int64
+	Now       func() time.Time
+	// Health is every peer's liveness, repairs and path MTU (heal.go);
+	// DeviceMTU the WireGuard device's MTU.
+	Health    func() []heal.PeerStatus
+	DeviceMTU int
 	// Paths says how each peer is reached (NAT traversal; nil: off).
 	Paths pathSource
-	Now   func() time.Time
 }
 
 // Collector reports wgcnid's metrics. Build it with NewCollector.
@@ -159,6 +164,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		descRekeyRetries, descRecreations, descRotations, descSameNodeFailures, descSameNodeRetries, descSameNodePending, descPath} {
 		ch <- d
 	}
+	for _, d := range healDescs {
+		ch <- d
+	}
 	c.reconcile.Describe(ch)
 }
 
@@ -169,6 +177,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.collectLease(ch, now)
 	c.collectIPAM(ch)
 	c.collectPaths(ch)
+	c.collectHealth(ch)
 	if s := c.src.Stats; s != nil {
 		ch <- prometheus.MustNewConstMetric(descApplied, prometheus.CounterValue, float64(s.Applied.Load()))
 		ch <- prometheus.MustNewConstMetric(descApplyErr, prometheus.CounterValue, float64(s.ApplyErrors.Load()))

@@ -21,6 +21,7 @@ import (
 type Server struct {
 	Registry *prometheus.Registry
 	ready    atomic.Bool
+	check    atomic.Pointer[func() error]
 	srv      *http.Server
 	ln       net.Listener
 	done     chan struct{}
@@ -46,6 +47,12 @@ func Listen(addr string, log *slog.Logger) (*Server, error) {
 			http.Error(w, "not ready: no lease or first sync not done", http.StatusServiceUnavailable)
 			return
 		}
+		if f := s.check.Load(); f != nil {
+			if err := (*f)(); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
 		fmt.Fprintln(w, "ready")
 	})
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
@@ -64,6 +71,10 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
 // SetReady switches /readyz.
 func (s *Server) SetReady(ok bool) { s.ready.Store(ok) }
+
+// SetReadyCheck adds a condition /readyz checks once SetReady(true): an
+// error makes the node not ready, with the error as the reason.
+func (s *Server) SetReadyCheck(f func() error) { s.check.Store(&f) }
 
 // Close stops serving.
 func (s *Server) Close() {

@@ -77,9 +77,9 @@ func TestEnsurePeerRoute(t *testing.T) {
 					t.Fatalf("%d routes to %s with protocol %d, want 1: %+v", len(rs), dst, route.Protocol, rs)
 				}
 				r := rs[0]
-				if r.MTU != mtu || r.AdvMSS != AdvMSS(dst, mtu) || r.LinkIndex != l.Attrs().Index || !r.Src.Equal(src.Addr().AsSlice()) {
+				if r.MTU != mtu || r.AdvMSS != route.AdvMSS(dst, mtu) || r.LinkIndex != l.Attrs().Index || !r.Src.Equal(src.Addr().AsSlice()) {
 					t.Fatalf("route %s: mtu %d advmss %d link %d src %s; want mtu %d advmss %d link %d src %s",
-						dst, r.MTU, r.AdvMSS, r.LinkIndex, r.Src, mtu, AdvMSS(dst, mtu), l.Attrs().Index, src.Addr())
+						dst, r.MTU, r.AdvMSS, r.LinkIndex, r.Src, mtu, route.AdvMSS(dst, mtu), l.Attrs().Index, src.Addr())
 				}
 			}
 		})

@@ -29,6 +29,12 @@ import (
 type Peer struct {
 	KEM   *mlkem.EncapsulationKey768
 	Addrs []netip.AddrPort
+	// Sources are further prefixes a message from the peer may come from:
+	// its AllowedIPs (PodCIDRs). Over the tunnel a node sends from its
+	// route's source (its bridge gateway), not from the address it is
+	// reached at, and WireGuard has already checked that the source is one
+	// of the peer's.
+	Sources []netip.Prefix
 }
 
 // Config configures a Node.
@@ -192,6 +198,11 @@ func (n *Node) checkSource(peer wgtypes.Key, from netip.AddrPort) error {
 	}
 	for _, a := range p.Addrs {
 		if a.Addr().Unmap() == from.Addr().Unmap() {
+			return nil
+		}
+	}
+	for _, s := range p.Sources {
+		if s.Contains(from.Addr().Unmap()) {
 			return nil
 		}
 	}

@@ -78,10 +78,32 @@ func EncodePublic(ek *mlkem.EncapsulationKey768) string {
 
 // ParsePublic decodes a published encapsulation key. It checks the
 // encoding, the exact length and the key's validity (FIPS 203 modulus
-// check), so a record with a truncated or malformed key is refused when
-// read, not when a key exchange fails later. The error never quotes the
-// input (it is public, but may be long and arbitrary).
+// check). The record check (CheckPublic) covers only the encoding; this
+// runs where the key is used. The error never quotes the input (it is
+// public, but may be long and arbitrary).
 func ParsePublic(s string) (*mlkem.EncapsulationKey768, error) {
+	b, err := decodePublic(s)
+	if err != nil {
+		return nil, err
+	}
+	ek, err := mlkem.NewEncapsulationKey768(b)
+	if err != nil {
+		return nil, errors.New("ML-KEM-768 public key: not a valid encapsulation key")
+	}
+	return ek, nil
+}
+
+// CheckPublic checks a published key's encoding (length, strict base64)
+// without building the key: ~3 µs against ParsePublic's ~35 µs, which
+// matters when a node reads thousands of records at start and most of it
+// never needs the key (post-quantum off). ParsePublic, where the key is
+// used, adds FIPS 203's modulus check.
+func CheckPublic(s string) error {
+	_, err := decodePublic(s)
+	return err
+}
+
+func decodePublic(s string) ([]byte, error) {
 	if len(s) != base64.StdEncoding.EncodedLen(PublicSize) {
 		return nil, fmt.Errorf("ML-KEM-768 public key: %d base64 characters, want %d", len(s), base64.StdEncoding.EncodedLen(PublicSize))
 	}
@@ -92,11 +114,7 @@ func ParsePublic(s string) (*mlkem.EncapsulationKey768, error) {
 	if len(b) != PublicSize {
 		return nil, fmt.Errorf("ML-KEM-768 public key: %d bytes, want %d", len(b), PublicSize)
 	}
-	ek, err := mlkem.NewEncapsulationKey768(b)
-	if err != nil {
-		return nil, errors.New("ML-KEM-768 public key: not a valid encapsulation key")
-	}
-	return ek, nil
+	return b, nil
 }
 
 // LoadOrCreate returns the key pair stored in stateDir, creating the

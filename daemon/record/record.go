@@ -16,6 +16,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/wgcni/wgcni/daemon/pqkeys"
 )
 
 // MaxValueSize bounds what we are willing to decode: a real record is ~150
@@ -142,6 +144,10 @@ type Subnet struct {
 	// NoRelay: the node may sit behind a NAT it has not detected yet
 	// (--reachable=auto), so NATed nodes never relay through it.
 	NoRelay bool `json:"noRelay,omitempty"`
+	// PQPublicKey is the node's ML-KEM-768 encapsulation key (base64,
+	// daemon/pqkeys) when it runs post-quantum key exchanges
+	// (docs/post-quantum.md). Omitted when off; older daemons ignore it.
+	PQPublicKey string `json:"pqPublicKey,omitempty"`
 	// SiteCIDRs are networks behind this node that it offers to route
 	// into the mesh as a gateway (docs/gateways.md). Omitted when none.
 	SiteCIDRs []string `json:"siteCIDRs,omitempty"`
@@ -165,6 +171,10 @@ type Lease struct {
 	// NoRelay: not to be used as a relay (reachability not declared).
 	Unreachable bool
 	NoRelay     bool
+	// PQPublicKey is the node's ML-KEM-768 encapsulation key as published
+	// (encoding checked by pqkeys.CheckPublic); empty: no post-quantum
+	// exchanges.
+	PQPublicKey string
 	// Sites are the site CIDRs the node advertises as a gateway
 	// (docs/gateways.md); package gateway decides who serves each.
 	Sites []netip.Prefix
@@ -191,6 +201,7 @@ func (l Lease) Subnet() Subnet {
 		UnderlayEncryption: l.UnderlayEncryption,
 		Unreachable:        l.Unreachable,
 		NoRelay:            l.NoRelay,
+		PQPublicKey:        l.PQPublicKey,
 	}
 	for _, p := range l.Sites {
 		s.SiteCIDRs = append(s.SiteCIDRs, p.String())
@@ -320,6 +331,13 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 		}
 		cidrs = append(cidrs, p)
 	}
+	if s.PQPublicKey != "" {
+		// The encoding only: the full key check costs ~10x more and is
+		// done where the key is used (daemon/pqpeer).
+		if err := pqkeys.CheckPublic(s.PQPublicKey); err != nil {
+			return Lease{}, fmt.Errorf("field pqPublicKey: %w", err)
+		}
+	}
 	sites, err := ParseSites(s.SiteCIDRs)
 	if err != nil {
 		return Lease{}, fmt.Errorf("field siteCIDRs: %w", err)
@@ -335,6 +353,7 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 		UnderlayEncryption: s.UnderlayEncryption,
 		Unreachable:        s.Unreachable,
 		NoRelay:            s.NoRelay,
+		PQPublicKey:        s.PQPublicKey,
 		Sites:              sites,
 	}, nil
 }

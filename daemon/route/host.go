@@ -130,7 +130,7 @@ func OursTable(fam, table int) (map[netip.Prefix]Peer, error) {
 			continue
 		}
 		src, _ := netip.AddrFromSlice(r.Src)
-		out[dst] = Peer{Dst: dst, LinkIndex: r.LinkIndex, Src: src.Unmap(), Table: table}
+		out[dst] = Peer{Dst: dst, LinkIndex: r.LinkIndex, Src: src.Unmap(), Table: table, MTU: r.MTU}
 	}
 	return out, nil
 }

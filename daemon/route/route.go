@@ -28,6 +28,19 @@ type Peer struct {
 	// Table is 0 (main) for PodCIDR routes and HostTable for a peer's
 	// underlay address under host encryption (host.go).
 	Table int
+	// MTU is the route MTU (0: none, the device's): the path MTU to a
+	// peer behind a narrower path. The route then also advertises the TCP
+	// MSS that fits it (AdvMSS).
+	MTU int
+}
+
+// AdvMSS is the TCP maximum segment size that fits a route MTU of mtu to
+// dst: the MTU less the IP (20, IPv6 40) and TCP (20) headers.
+func AdvMSS(dst netip.Prefix, mtu int) int {
+	if dst.Addr().Is4() {
+		return mtu - 40
+	}
+	return mtu - 60
 }
 
 func family(p netip.Prefix) int {
@@ -89,6 +102,9 @@ func (p Peer) route() *netlink.Route {
 	if p.Src.IsValid() {
 		r.Src = p.Src.AsSlice()
 	}
+	if p.MTU > 0 {
+		r.MTU, r.AdvMSS = p.MTU, AdvMSS(p.Dst, p.MTU)
+	}
 	return r
 }
 
@@ -130,7 +146,7 @@ func Ours(fam int) (peers map[netip.Prefix]Peer, strict []netip.Prefix, err erro
 			continue
 		}
 		src, _ := netip.AddrFromSlice(r.Src)
-		peers[dst] = Peer{Dst: dst, LinkIndex: r.LinkIndex, Src: src.Unmap()}
+		peers[dst] = Peer{Dst: dst, LinkIndex: r.LinkIndex, Src: src.Unmap(), MTU: r.MTU}
 	}
 	return peers, strict, nil
 }

@@ -105,3 +105,15 @@ func mkBridge(t *testing.T, name string) netlink.Link {
 	netlink.LinkSetUp(l)
 	return l
 }
+
+func TestAdvMSS(t *testing.T) {
+	for _, c := range []struct {
+		dst  string
+		mtu  int
+		want int
+	}{{"10.1.0.0/24", 1400, 1360}, {"fd00:1::/64", 1400, 1340}} {
+		if got := AdvMSS(netip.MustParsePrefix(c.dst), c.mtu); got != c.want {
+			t.Errorf("AdvMSS(%s, %d) = %d, want %d", c.dst, c.mtu, got, c.want)
+		}
+	}
+}

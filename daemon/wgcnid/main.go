@@ -17,6 +17,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/agent"
 	"github.com/wgcni/wgcni/daemon/buildinfo"
 	"github.com/wgcni/wgcni/daemon/config"
+	"github.com/wgcni/wgcni/daemon/etcdboot"
 	"github.com/wgcni/wgcni/daemon/samenode/poddevices"
 	"github.com/wgcni/wgcni/daemon/tundev"
 	"github.com/wgcni/wgcni/daemon/wgdev"
@@ -35,6 +36,7 @@ func commands() []command {
 		{name: "run", summary: "run the node daemon (the default when no command is given)", run: daemonCommand("run")},
 		{name: "cleanup", summary: "remove what the daemon created (device, routes, own etcd record; bridge and tables once no pod is left)", run: daemonCommand("cleanup")},
 		{name: "rotate-key", summary: "make the running daemon rotate its WireGuard key and wait until it has", run: daemonCommand("rotate-key")},
+		{name: "etcd-bootstrap", summary: "Kubernetes: certificates (certs) and users (auth) of the etcd conf/kubernetes/ brings", internal: true, run: func(a []string) int { return etcdboot.Command(a, os.Stderr) }},
 		{name: "tun-access", summary: "as root, before an unprivileged wgcnid starts: let its group open /dev/net/tun", run: func(a []string) int { return tundev.Command(a, os.Stdout, os.Stderr) }},
 		{name: "version", summary: "print the build's version", run: func([]string) int { fmt.Println(buildinfo.String("wgcnid")); return 0 }},
 		{name: "help", summary: "help for wgcnid or one of its commands", run: func(a []string) int { return help(a, os.Stdout) }},

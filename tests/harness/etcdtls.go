@@ -2,22 +2,18 @@ package harness
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/wgcni/wgcni/daemon/pki"
 )
 
 // EtcdTLS is a certificate authority made at test time and the files a
@@ -142,37 +138,27 @@ func trimNL(b []byte) []byte {
 	return b
 }
 
-// CA is a throw-away certificate authority for test clusters.
+// CA is a throw-away certificate authority for test clusters: the
+// product's (daemon/pki) writing files.
 type CA struct {
 	Cert *x509.Certificate
-	key  *ecdsa.PrivateKey
+	ca   *pki.CA
 }
+
+// caValidity: a day is longer than any test run.
+const caValidity = 24 * time.Hour
 
 // NewCA makes a self-signed CA valid for a day.
 func NewCA(cn string) (*CA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := pki.NewCA(cn, caValidity)
 	if err != nil {
 		return nil, err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, err
-	}
-	c, err := x509.ParseCertificate(der)
-	return &CA{Cert: c, key: key}, err
+	return &CA{Cert: ca.Cert, ca: ca}, nil
 }
 
 // WriteCert writes the CA certificate (PEM) to path.
-func (ca *CA) WriteCert(path string) error { return writePEMFile(path, "CERTIFICATE", ca.Cert.Raw) }
+func (ca *CA) WriteCert(path string) error { return os.WriteFile(path, ca.ca.CertPEM, 0o600) }
 
 // Issue writes <dir>/<cn>.crt and .key signed by ca and returns their
 // paths: a client certificate, or with server a server+client one for
@@ -202,54 +188,18 @@ func (ca *CA) IssueCert(dir, name string, spec CertSpec) (string, string, error)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return "", "", err
-	}
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		return "", "", err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: spec.CommonName, Organization: spec.Organizations},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if spec.Server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
-		tmpl.DNSNames = spec.DNSNames
-		for _, ip := range spec.IPs {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, net.IP(ip.AsSlice()))
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
-	if err != nil {
-		return "", "", err
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	crtPEM, keyPEM, err := ca.ca.Issue(pki.Spec{CommonName: spec.CommonName, Organizations: spec.Organizations,
+		Server: spec.Server, DNSNames: spec.DNSNames, IPs: spec.IPs, Validity: caValidity})
 	if err != nil {
 		return "", "", err
 	}
 	crt, kf := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-	if err := writePEMFile(crt, "CERTIFICATE", der); err != nil {
+	if err := os.WriteFile(crt, crtPEM, 0o600); err != nil {
 		return "", "", err
 	}
-	return crt, kf, writePEMFile(kf, "PRIVATE KEY", kder)
+	return crt, kf, os.WriteFile(kf, keyPEM, 0o600)
 }
 
 // WriteKey writes the CA's private key (PKCS#8 PEM, 0600) to path, for
 // programs that sign with it (kube-controller-manager's CSR signer).
-func (ca *CA) WriteKey(path string) error {
-	der, err := x509.MarshalPKCS8PrivateKey(ca.key)
-	if err != nil {
-		return err
-	}
-	return writePEMFile(path, "PRIVATE KEY", der)
-}
-
-func writePEMFile(path, typ string, der []byte) error {
-	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
-}
+func (ca *CA) WriteKey(path string) error { return os.WriteFile(path, ca.ca.KeyPEM, 0o600) }

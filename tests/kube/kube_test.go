@@ -9,6 +9,7 @@ package kube
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -53,7 +54,7 @@ func TestKubernetes(t *testing.T) {
 	repo := requireLab(t)
 	before := lab.SnapshotHost()
 	start := time.Now()
-	l, err := lab.New(lab.Config{Workers: 2, EtcdTLS: true, Logf: t.Logf})
+	l, err := lab.New(lab.Config{Workers: 2, Logf: t.Logf})
 	if err != nil {
 		t.Fatalf("lab: %v", err)
 	}
@@ -77,10 +78,9 @@ func TestKubernetes(t *testing.T) {
 		t.Fatalf("a node is Ready before any network plugin is installed:\n%s", out)
 	}
 
-	// The install: wgcni's etcd credentials (the external-etcd switch:
-	// the harness etcd with TLS and the least-privilege wgcni user), then
-	// one kubectl apply of conf/kubernetes/.
-	took, err := l.InstallWgcni()
+	// The install: one kubectl apply of conf/kubernetes/, wgcni's own
+	// etcd included, no Secret made beforehand.
+	took, err := l.InstallWgcni(false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,8 +102,25 @@ func TestKubernetes(t *testing.T) {
 			t.Errorf("%s: conflist written at %v, before the node file (%v)", w.Name, clStat.ModTime(), nfStat.ModTime())
 		}
 		leases[w.Name] = netip.MustParsePrefix(nf.PodCIDR)
-		figure(t, "PodCIDR lease "+w.Name, "%s (wgcnid), %s (controller-manager)", nf.PodCIDR,
-			k.run("get", "node", w.Name, "-o", "jsonpath={.spec.podCIDR}"))
+		// --pod-cidr-from-node: the lease is the CIDR Kubernetes shows.
+		spec := k.run("get", "node", w.Name, "-o", "jsonpath={.spec.podCIDR}")
+		if spec != nf.PodCIDR {
+			t.Errorf("%s: wgcnid leased %s, the node's spec.podCIDR is %s", w.Name, nf.PodCIDR, spec)
+		}
+		figure(t, "PodCIDR lease "+w.Name, "%s (wgcnid), %s (controller-manager)", nf.PodCIDR, spec)
+	}
+	// wgcni's own etcd bootstrapped itself: authentication on, the client
+	// Secret written by the bootstrap.
+	if out := k.run("-n", "wgcni-system", "logs", "deploy/wgcni-etcd", "-c", "auth"); !strings.Contains(out, "etcd authentication on") {
+		t.Errorf("wgcni-etcd's auth container did not turn authentication on:\n%s", out)
+	}
+	ep, _ := base64.StdEncoding.DecodeString(k.run("-n", "wgcni-system", "get", "secret", "wgcni-etcd", "-o", "jsonpath={.data.endpoints}"))
+	figure(t, "wgcni etcd", "%s, Secret written by %s", ep,
+		k.run("-n", "wgcni-system", "get", "secret", "wgcni-etcd", "-o", `jsonpath={.metadata.labels.app\.kubernetes\.io/managed-by}`))
+	// The external-etcd switch leaves out exactly the bundled etcd.
+	sel := k.run("apply", "--dry-run=client", "-f", filepath.Join(repo, "conf", "kubernetes"), "-l", lab.ExternalEtcdSelector, "-o", "name")
+	if strings.Contains(sel, "wgcni-etcd") || !strings.Contains(sel, "daemonset.apps/wgcnid") {
+		t.Errorf("kubectl apply -l %s selects:\n%s", lab.ExternalEtcdSelector, sel)
 	}
 
 	if !t.Run("pods", func(t *testing.T) { testPods(t, l, k.with(t), leases) }) {
@@ -116,7 +133,42 @@ func TestKubernetes(t *testing.T) {
 	if os.Getenv("WGCNI_KUBE_E2E") == "1" {
 		t.Run("conformance", func(t *testing.T) { testConformance(t, l) })
 	}
+	t.Run("cni-status", func(t *testing.T) { testCNIStatus(t, l, k.with(t)) })
 	t.Run("node-removal", func(t *testing.T) { testNodeRemoval(t, l, k.with(t)) })
+}
+
+// nodeReady returns a node's Ready condition status and message.
+func nodeReady(k kubectl, node string) (status, msg string) {
+	out, _ := k.l.Kubectl(20*time.Second, "get", "node", node, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}|{.status.conditions[?(@.type=="Ready")].message}`)
+	status, msg, _ = strings.Cut(out, "|")
+	return status, msg
+}
+
+// testCNIStatus: containerd 2 calls CNI STATUS, and wgcni answers "not
+// ready" while the node has no node file (no lease: e.g. a rebooted node,
+// /run empty, whose wgcnid cannot reach etcd yet, but the conflist still
+// on disk): the node turns NotReady, and Ready again once wgcnid has
+// written it (its pod restarted).
+func testCNIStatus(t *testing.T, l *lab.Lab, k kubectl) {
+	w := l.Workers[len(l.Workers)-1]
+	if err := os.Remove(nodefile.Path(w.Root("/run/wgcni"))); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	var msg string
+	k.waitFor(90*time.Second, w.Name+" NotReady without its node file", func() bool {
+		var st string
+		st, msg = nodeReady(k, w.Name)
+		return st == "False"
+	})
+	if !strings.Contains(msg, "wgcni: not ready") {
+		t.Errorf("%s NotReady, but not from wgcni's CNI STATUS: %q", w.Name, msg)
+	}
+	figure(t, "CNI STATUS without a lease", "%s NotReady after %v: %q", w.Name, time.Since(start).Round(time.Second), msg)
+	k.run("-n", "wgcni-system", "delete", "pod", "-l", "app.kubernetes.io/name=wgcnid", "--field-selector", "spec.nodeName="+w.Name, "--wait=false")
+	start = time.Now()
+	k.waitFor(2*time.Minute, w.Name+" Ready again", func() bool { st, _ := nodeReady(k, w.Name); return st == "True" })
+	figure(t, "CNI STATUS with the lease back", "%s Ready %v after its wgcnid pod was deleted", w.Name, time.Since(start).Round(time.Second))
 }
 
 // testPods: a Deployment of 6 pods spread over the workers, pod IPs from
@@ -604,8 +656,8 @@ func peers(w *lab.Worker) ([]string, error) {
 
 // testNodeRemoval takes a worker away as if the machine died and
 // measures how long its peer stays on the others: its etcd lease's TTL,
-// set to 20 s here through the DaemonSet's --lease-ttl (the default is
-// an hour).
+// set to 20 s here through the DaemonSet's --lease-ttl (the shipped
+// DaemonSet says 6 min).
 func testNodeRemoval(t *testing.T, l *lab.Lab, k kubectl) {
 	const ttl = 20 * time.Second
 	var ds struct {

@@ -21,6 +21,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
@@ -73,6 +74,13 @@ type bundle struct {
 	configMaps      map[string]*corev1.ConfigMap
 	secrets         map[string]*corev1.Secret
 	daemonSets      map[string]*appsv1.DaemonSet
+	deployments     map[string]*appsv1.Deployment
+	roles           map[string]*rbacv1.Role
+	roleBindings    map[string]*rbacv1.RoleBinding
+	clusterRoles    map[string]*rbacv1.ClusterRole
+	clusterBindings map[string]*rbacv1.ClusterRoleBinding
+	// labels are every object's metadata.labels, by "Kind/name".
+	labels map[string]map[string]string
 }
 
 // repoRoot finds the module root from the test's working directory.
@@ -124,6 +132,12 @@ func decodeBundle(files map[string][]byte) (*bundle, error) {
 		configMaps:      map[string]*corev1.ConfigMap{},
 		secrets:         map[string]*corev1.Secret{},
 		daemonSets:      map[string]*appsv1.DaemonSet{},
+		deployments:     map[string]*appsv1.Deployment{},
+		roles:           map[string]*rbacv1.Role{},
+		roleBindings:    map[string]*rbacv1.RoleBinding{},
+		clusterRoles:    map[string]*rbacv1.ClusterRole{},
+		clusterBindings: map[string]*rbacv1.ClusterRoleBinding{},
+		labels:          map[string]map[string]string{},
 	}
 	names := make([]string, 0, len(files))
 	for n := range files {
@@ -149,6 +163,7 @@ func decodeBundle(files map[string][]byte) (*bundle, error) {
 			var obj interface {
 				GetName() string
 				GetNamespace() string
+				GetLabels() map[string]string
 			}
 			var register func() error
 			switch tm.APIVersion + " " + tm.Kind {
@@ -167,6 +182,21 @@ func decodeBundle(files map[string][]byte) (*bundle, error) {
 			case "apps/v1 DaemonSet":
 				o := &appsv1.DaemonSet{}
 				obj, register = o, func() error { return put(b.daemonSets, o.Name, o) }
+			case "apps/v1 Deployment":
+				o := &appsv1.Deployment{}
+				obj, register = o, func() error { return put(b.deployments, o.Name, o) }
+			case "rbac.authorization.k8s.io/v1 Role":
+				o := &rbacv1.Role{}
+				obj, register = o, func() error { return put(b.roles, o.Name, o) }
+			case "rbac.authorization.k8s.io/v1 RoleBinding":
+				o := &rbacv1.RoleBinding{}
+				obj, register = o, func() error { return put(b.roleBindings, o.Name, o) }
+			case "rbac.authorization.k8s.io/v1 ClusterRole":
+				o := &rbacv1.ClusterRole{}
+				obj, register = o, func() error { return put(b.clusterRoles, o.Name, o) }
+			case "rbac.authorization.k8s.io/v1 ClusterRoleBinding":
+				o := &rbacv1.ClusterRoleBinding{}
+				obj, register = o, func() error { return put(b.clusterBindings, o.Name, o) }
 			default:
 				return nil, fmt.Errorf("%s doc %d: no decoder for apiVersion %q kind %q (add it to the test)", file, i, tm.APIVersion, tm.Kind)
 			}
@@ -180,6 +210,7 @@ func decodeBundle(files map[string][]byte) (*bundle, error) {
 				return nil, fmt.Errorf("%s doc %d: %w", file, i, err)
 			}
 			b.docs = append(b.docs, manifest{file: file, kind: tm.Kind, name: obj.GetName(), ns: obj.GetNamespace()})
+			b.labels[tm.Kind+"/"+obj.GetName()] = obj.GetLabels()
 		}
 	}
 	return b, nil
@@ -226,7 +257,7 @@ func checkBundle(b *bundle, exampleConflist []byte) problems {
 		p.add("Namespace %s: label pod-security.kubernetes.io/enforce must be \"privileged\" (hostNetwork, hostPath and NET_ADMIN are refused by baseline)", wgcniNamespace)
 	}
 	for _, d := range b.docs {
-		if d.kind != "Namespace" && d.ns != wgcniNamespace {
+		if d.kind != "Namespace" && !strings.HasPrefix(d.kind, "Cluster") && d.ns != wgcniNamespace {
 			p.add("%s: %s/%s is in namespace %q, want %q", d.file, d.kind, d.name, d.ns, wgcniNamespace)
 		}
 	}
@@ -290,6 +321,7 @@ func checkBundle(b *bundle, exampleConflist []byte) problems {
 	binaries := checkConflist(&p, b, ps, runDir, exampleConflist)
 	checkInstaller(&p, ps, vols, binaries)
 	checkConflistInstall(&p, ps, daemon, vols, flags)
+	checkBundledEtcd(&p, b, vols, images[0])
 	return p
 }
 
@@ -390,8 +422,9 @@ func checkPod(p *problems, b *bundle, ds *appsv1.DaemonSet) {
 		p.add("DaemonSet %s: serviceAccountName %q is not defined in the manifests", ds.Name, ps.ServiceAccountName)
 	}
 	if ps.AutomountServiceAccountToken == nil || *ps.AutomountServiceAccountToken {
-		p.add("DaemonSet %s: automountServiceAccountToken must be false (wgcnid does not use the API server)", ds.Name)
+		p.add("DaemonSet %s: automountServiceAccountToken must be false (only the wgcnid container gets a token, projected)", ds.Name)
 	}
+	checkAPIAccess(p, b, ds)
 }
 
 func checkContainerSecurity(p *problems, ps *corev1.PodSpec, c corev1.Container) {

@@ -42,7 +42,7 @@ func TestCommandLine(t *testing.T) {
 		}
 	}
 
-	commands := []string{"run", "cleanup", "rotate-key", "tun-access", "userspace-device", "samenode-host", "version", "help"}
+	commands := []string{"run", "cleanup", "rotate-key", "tun-access", "userspace-device", "samenode-host", "etcd-bootstrap", "version", "help"}
 	for _, args := range [][]string{{"--help"}, {"help"}, {"-h"}} {
 		out, code := run("wgcnid", args...)
 		if code != 0 {
@@ -54,7 +54,7 @@ func TestCommandLine(t *testing.T) {
 			}
 		}
 	}
-	for _, c := range []string{"run", "cleanup", "rotate-key", "tun-access"} {
+	for _, c := range []string{"run", "cleanup", "rotate-key", "tun-access", "etcd-bootstrap"} {
 		for _, args := range [][]string{{c, "--help"}, {"help", c}} {
 			out, code := run("wgcnid", args...)
 			if code != 0 || !strings.Contains(out, "wgcnid "+c) || !strings.Contains(out, "-") {

@@ -228,6 +228,29 @@ func TestExternalDeviceHost(t *testing.T) {
 	if back > 4*time.Second {
 		t.Errorf("device configured again only %v after its host was killed (restarted after 1 s)", back)
 	}
+
+	// A DaemonSet rollout replaces both containers: daemon and sidecar
+	// die, a new, empty device comes with the new sidecar and the new
+	// daemon adopts it. The peer still holds a session with the old
+	// device, and with only its pings in flight it would wait ~15 s
+	// (WireGuard's keepalive + rekey timeouts) before initiating again:
+	// the new daemon must treat the keyless device as fresh and initiate.
+	toExt = startPing(t, pp.NS, pe.IP, 1000, interval)
+	time.Sleep(time.Second)
+	ext.StopDaemon(syscall.SIGKILL)
+	side.Kill()
+	time.Sleep(time.Second)
+	side = sidecar()
+	syncs := countLog(t, ext, "full sync done")
+	if err := ext.StartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	waitLogCount(t, ext, "full sync done", syncs, 30*time.Second)
+	rollSent, rollRecv := toExt.Wait(t)
+	result(t, "daemon and sidecar SIGKILLed together and restarted 1 s later (a rollout) under 100/s ping: %d/%d lost", rollSent-rollRecv, rollSent)
+	if lost := rollSent - rollRecv; lost > 500 {
+		t.Errorf("rollout of daemon and sidecar: %d/%d pings lost (more than 5 s): the peer kept its session with the old device", lost, rollSent)
+	}
 }
 
 // childOf returns the one child of pid (the process unshare --fork runs).

@@ -2,9 +2,7 @@ package security
 
 import (
 	"bytes"
-	"encoding/hex"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -263,58 +261,25 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 		dump := c.Etcd.MustDump(t)
 		outputs = append(outputs, dump)
 
-		type hit struct{ where, form string }
-		var hits []hit
-		scanned, files := 0, 0
-		check := func(where string, data []byte) {
-			scanned += len(data)
-			for i, k := range secrets {
-				forms := map[string][]byte{
-					"base64": []byte(k.String()),
-					"hex":    []byte(hex.EncodeToString(k[:])),
-					"HEX":    []byte(strings.ToUpper(hex.EncodeToString(k[:]))),
-					"raw":    k[:],
-					// base64 without padding, as some encoders print it
-					"base64-nopad": []byte(strings.TrimRight(k.String(), "=")),
-				}
-				for form, b := range forms {
-					if bytes.Contains(data, b) {
-						hits = append(hits, hit{where, fmt.Sprintf("key #%d as %s", i, form)})
-					}
-				}
-			}
+		search := harness.SecretSearch{Keep: func(path string) bool {
+			return filepath.Base(path) == "privatekey" && filepath.Base(filepath.Dir(path)) == "state" // the one place the key belongs
+		}}
+		for i, k := range secrets {
+			search.Secrets = append(search.Secrets, harness.Secret{Name: fmt.Sprintf("key #%d", i), Bytes: k[:]})
 		}
 		for i, o := range outputs {
-			check(fmt.Sprintf("command/CNI/etcd output #%d", i), []byte(o))
+			search.Check(fmt.Sprintf("command/CNI/etcd output #%d", i), []byte(o))
 		}
-		err := filepath.WalkDir(c.Dir, func(path string, d fs.DirEntry, err error) error {
-			if err != nil || d.IsDir() || !d.Type().IsRegular() {
-				return nil
-			}
-			if filepath.Base(path) == "privatekey" && filepath.Base(filepath.Dir(path)) == "state" {
-				return nil // the one place the key belongs
-			}
-			b, err := os.ReadFile(path)
-			if err != nil {
-				return nil
-			}
-			files++
-			check(path, b)
-			return nil
-		})
-		if err != nil {
+		if err := search.Walk(c.Dir); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("searched %d files and %d outputs (%d bytes incl. etcd data files, %d etcd keys dumped) for %d private keys in 5 forms: %d hits",
-			files, len(outputs), scanned, strings.Count(dump, "\n"), len(secrets), len(hits))
-		fmt.Printf("KEY LEAK SEARCH: %d files + %d outputs, %d bytes, %d private keys x 5 encodings: %d hits\n", files, len(outputs), scanned, len(secrets), len(hits))
-		for _, h := range hits {
-			t.Errorf("private key found in %s (%s)", h.where, h.form)
+			search.Files, len(outputs), search.Scanned, strings.Count(dump, "\n"), len(secrets), len(search.Hits))
+		fmt.Printf("KEY LEAK SEARCH: %d files + %d outputs, %d bytes, %d private keys x 5 encodings: %d hits\n", search.Files, len(outputs), search.Scanned, len(secrets), len(search.Hits))
+		for _, h := range search.Hits {
+			t.Errorf("private key found in %s (%s)", h.Where, h.What)
 		}
-		// The search itself works: a planted key is found.
-		hits = nil
-		check("planted", []byte("x"+secrets[0].String()+"y"))
-		if len(hits) == 0 {
+		if !search.Works() {
 			t.Fatal("the search cannot find a planted key")
 		}
 	})

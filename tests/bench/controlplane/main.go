@@ -17,6 +17,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/mlkem"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -36,6 +37,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/heal"
+	"github.com/wgcni/wgcni/daemon/pqkeys"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
 	"github.com/wgcni/wgcni/tests/harness"
@@ -58,12 +61,21 @@ type Options struct {
 	Sizes  []int
 	Events int
 	Steady time.Duration
-	Logf   func(string, ...any)
+	// PQ also runs every size with an ML-KEM-768 key in each record (what
+	// --post-quantum publishes, ~1.6 KB more per record), right after the
+	// plain run, for the record growth's cost next to today's figures.
+	PQ   bool
+	Logf func(string, ...any)
+	// ProbesOff adds, for every size, a second daemon run with
+	// --probe-port 0: the reference for the liveness probes' overhead
+	// (docs/self-healing.md), measured in the same run.
+	ProbesOff bool
 }
 
 // Result is one size's figures.
 type Result struct {
 	N              int
+	PQ             bool // records carry an ML-KEM key
 	Cold           time.Duration
 	ColdRequests   map[string]float64         // per gRPC method
 	Lat            map[string][]time.Duration // from the write call to applied
@@ -75,14 +87,22 @@ type Result struct {
 	SteadyPerMin   float64                    // unary requests per minute
 	SteadyMethods  map[string]float64
 	OpenStreams    map[string]float64
+	// Probes: "off" for the --probe-port 0 reference run. Steady-state CPU
+	// of the daemon and the device process, and liveness probes sent, per
+	// minute (from the daemon's peer state file).
+	Probes                  string
+	SteadyCPU, SteadyDevCPU time.Duration
+	ProbesPerMin            float64
 }
 
 func main() {
+	var o Options
 	sizes := flag.String("n", "100,1000,5000", "comma-separated node record counts")
 	events := flag.Int("events", 200, "events per size (new/changed/deleted in turn)")
 	steady := flag.Duration("steady", 60*time.Second, "steady-state observation window")
+	flag.BoolVar(&o.PQ, "pq", false, "also run each size with an ML-KEM key in every record (--post-quantum's record growth)")
+	probesOff := flag.Bool("probes-off", false, "also run each size with --probe-port 0, the reference for the liveness probes' overhead")
 	flag.Parse()
-	var o Options
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 {
@@ -92,6 +112,7 @@ func main() {
 		o.Sizes = append(o.Sizes, n)
 	}
 	o.Events, o.Steady = *events, *steady
+	o.ProbesOff = *probesOff
 	o.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
 	res, err := Run(o)
 	Print(os.Stdout, res)
@@ -126,12 +147,21 @@ func Run(o Options) ([]Result, error) {
 	}
 	defer cli.Close()
 	var out []Result
+	variants := []variant{{probes: "on"}}
+	if o.ProbesOff {
+		variants = append(variants, variant{probes: "off"})
+	}
+	if o.PQ {
+		variants = append(variants, variant{pq: true, probes: "on"})
+	}
 	for _, n := range o.Sizes {
-		r, err := runSize(c, cli, n, o)
-		if err != nil {
-			return out, fmt.Errorf("N=%d: %w", n, err)
+		for _, v := range variants {
+			r, err := runSize(c, cli, n, v, o)
+			if err != nil {
+				return out, fmt.Errorf("N=%d %s: %w", n, v, err)
+			}
+			out = append(out, r)
 		}
-		out = append(out, r)
 	}
 	return out, nil
 }
@@ -141,8 +171,9 @@ type synth struct {
 	rec  record.Lease
 }
 
-func runSize(c *harness.Cluster, cli *clientv3.Client, n int, o Options) (Result, error) {
-	res := Result{N: n, Lat: map[string][]time.Duration{}}
+func runSize(c *harness.Cluster, cli *clientv3.Client, n int, v variant, o Options) (Result, error) {
+	pq, probes := v.pq, v.probes
+	res := Result{N: n, PQ: pq, Lat: map[string][]time.Duration{}, Probes: probes}
 	ctx := context.Background()
 	if _, err := cli.Delete(ctx, prefix+"/", clientv3.WithPrefix()); err != nil {
 		return res, err
@@ -171,9 +202,17 @@ func runSize(c *harness.Cluster, cli *clientv3.Client, n int, o Options) (Result
 		next++
 		u := c.Underlay.Prefix.Addr().As4()
 		ep := netip.AddrFrom4([4]byte{u[0], u[1], byte(next >> 8), byte(next)})
-		return synth{cidr: cidr, rec: record.Lease{
+		s := synth{cidr: cidr, rec: record.Lease{
 			Node: fmt.Sprintf("syn-%d", next), PublicKey: k.PublicKey(), Endpoint: netip.AddrPortFrom(ep, 51820),
-		}}, nil
+		}}
+		if pq {
+			dk, err := mlkem.GenerateKey768()
+			if err != nil {
+				return synth{}, err
+			}
+			s.rec.PQPublicKey = pqkeys.EncodePublic(dk.EncapsulationKey())
+		}
+		return s, nil
 	}
 	var ops []clientv3.Op
 	flush := func() error {
@@ -207,6 +246,9 @@ func runSize(c *harness.Cluster, cli *clientv3.Client, n int, o Options) (Result
 		return res, err
 	}
 	defer node.Shutdown()
+	if probes == "off" {
+		node.ExtraArgs = []string{"--probe-port", "0"}
+	}
 	before, err := scrape(c)
 	if err != nil {
 		return res, err
@@ -328,7 +370,11 @@ func runSize(c *harness.Cluster, cli *clientv3.Client, n int, o Options) (Result
 	if err != nil {
 		return res, err
 	}
+	cpu1, dcpu1, pr1 := cpuTime(pid), cpuTime(devPID), probesSent(node)
 	time.Sleep(o.Steady)
+	res.SteadyCPU = time.Duration(float64(cpuTime(pid)-cpu1) / o.Steady.Minutes())
+	res.SteadyDevCPU = time.Duration(float64(cpuTime(devPID)-dcpu1) / o.Steady.Minutes())
+	res.ProbesPerMin = float64(probesSent(node)-pr1) / o.Steady.Minutes()
 	s1, err := scrape(c)
 	if err != nil {
 		return res, err
@@ -437,6 +483,20 @@ func readPID(path string) (int, error) {
 		return 0, err
 	}
 	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// probesSent is the liveness probes the node's daemon has sent, answered
+// or lost, from its peer state file (0 when it has none).
+func probesSent(node *harness.Node) int64 {
+	st, err := heal.ReadState(heal.StateFile(node.RunDir))
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, p := range st.Peers {
+		n += p.ProbesAnswered + p.ProbesLost
+	}
+	return n
 }
 
 // cpuTime is utime+stime of pid (clock ticks of 10 ms).
@@ -596,7 +656,7 @@ func Print(w io.Writer, res []Result) {
 	load, _ := os.ReadFile("/proc/loadavg")
 	host, _ := os.Hostname()
 	fmt.Fprintf(w, "control plane benchmark  %s  host %s  load %s\n", time.Now().Format(time.RFC3339), host, strings.Join(strings.Fields(string(load))[:3], " "))
-	fmt.Fprintf(w, "%6s %9s %8s %8s %8s %8s %8s %9s %9s %8s %8s %9s %10s\n",
+	fmt.Fprintf(w, "%8s %9s %8s %8s %8s %8s %8s %9s %9s %8s %8s %9s %10s\n",
 		"N", "cold_s", "flannel", "p50_ms", "p99_ms", "new_p99", "chg_p99", "del_p99", "cpu_ev_ms", "dev_ms", "rss_MiB", "dev_MiB", "cold_reqs")
 	for _, r := range res {
 		var all []time.Duration
@@ -607,16 +667,25 @@ func Print(w io.Writer, res []Result) {
 		if v, ok := flannel.cold[r.N]; ok {
 			fl = fmt.Sprintf("%.2f", v)
 		}
-		fmt.Fprintf(w, "%6d %9.3f %8s %8s %8s %8s %8s %9s %9s %8s %8.1f %9.1f %10g\n",
-			r.N, r.Cold.Seconds(), fl, ms(pct(all, .5)), ms(pct(all, .99)),
+		fmt.Fprintf(w, "%8s %9.3f %8s %8s %8s %8s %8s %9s %9s %8s %8.1f %9.1f %10g\n",
+			r.name(), r.Cold.Seconds(), fl, ms(pct(all, .5)), ms(pct(all, .99)),
 			ms(pct(r.Lat["new"], .99)), ms(pct(r.Lat["changed"], .99)), ms(pct(r.Lat["deleted"], .99)),
 			ms(r.CPUPerEvent), ms(r.DevCPUPerEvent), float64(r.RSS)/(1<<20), float64(r.DevRSS)/(1<<20), sum(r.ColdRequests))
 	}
 	for _, r := range res {
-		fmt.Fprintf(w, "N=%d event latency breakdown: etcd write (call to ack) p50 %s p99 %s ms; ack to applied p50 %s p99 %s ms\n",
-			r.N, ms(pct(r.Commit, .5)), ms(pct(r.Commit, .99)), ms(pct(r.AfterAck, .5)), ms(pct(r.AfterAck, .99)))
-		fmt.Fprintf(w, "N=%d cold-start etcd requests: %g (flannel 2N+9 = %d): %s\n", r.N, sum(r.ColdRequests), flannel.coldRequests(r.N), fmtMethods(r.ColdRequests))
-		fmt.Fprintf(w, "N=%d steady state: %.1f requests/min (%s); open streams: %s\n", r.N, r.SteadyPerMin, fmtMethods(r.SteadyMethods), fmtMethods(r.OpenStreams))
+		fmt.Fprintf(w, "N=%s event latency breakdown: etcd write (call to ack) p50 %s p99 %s ms; ack to applied p50 %s p99 %s ms\n",
+			r.name(), ms(pct(r.Commit, .5)), ms(pct(r.Commit, .99)), ms(pct(r.AfterAck, .5)), ms(pct(r.AfterAck, .99)))
+		fmt.Fprintf(w, "N=%s cold-start etcd requests: %g (flannel 2N+9 = %d): %s\n", r.name(), sum(r.ColdRequests), flannel.coldRequests(r.N), fmtMethods(r.ColdRequests))
+		fmt.Fprintf(w, "N=%s steady state: %.1f requests/min (%s); open streams: %s\n", r.name(), r.SteadyPerMin, fmtMethods(r.SteadyMethods), fmtMethods(r.OpenStreams))
+		fmt.Fprintf(w, "N=%s probes %s: steady-state CPU daemon %.2f%% of a core, device %.2f%%; %.0f liveness probes/min (%.2f per peer)\n",
+			r.name(), r.Probes, 100*r.SteadyCPU.Minutes(), 100*r.SteadyDevCPU.Minutes(), r.ProbesPerMin, r.ProbesPerMin/float64(r.N))
+	}
+	for i := 1; i < len(res); i++ {
+		on, off := res[i-1], res[i]
+		if on.N == off.N && on.PQ == off.PQ && on.Probes == "on" && off.Probes == "off" {
+			fmt.Fprintf(w, "N=%s probe overhead: daemon %+.2f%% of a core, device %+.2f%% (probes on minus off, same run); target <= 1%% and <= 1 probe per peer per minute\n",
+				on.name(), 100*(on.SteadyCPU-off.SteadyCPU).Minutes(), 100*(on.SteadyDevCPU-off.SteadyDevCPU).Minutes())
+		}
 	}
 	fmt.Fprintf(w, "flannel reference: cold 0.95 s @1000, 4.25 s @5000; per-event p50 %.1f ms p99 %.0f ms; RSS %.0f MB @1000\n", flannel.p50, flannel.p99, flannel.rss1000)
 	fmt.Fprintf(w, "targets: cold <= 0.5 s @1000, <= 2 s @5000; p99 <= 6 ms; daemon RSS <= 40 MiB @1000; cold O(1) requests; steady: 1 KeepAlive stream, no lists\n")
@@ -625,7 +694,7 @@ func Print(w io.Writer, res []Result) {
 		for _, k := range []string{"new", "changed", "deleted"} {
 			all = append(all, r.Lat[k]...)
 		}
-		fmt.Fprintf(w, "ratios N=%d: p50 %.2f p99 %.2f vs flannel", r.N, float64(pct(all, .5))/1e6/flannel.p50, float64(pct(all, .99))/1e6/flannel.p99)
+		fmt.Fprintf(w, "ratios N=%s: p50 %.2f p99 %.2f vs flannel", r.name(), float64(pct(all, .5))/1e6/flannel.p50, float64(pct(all, .99))/1e6/flannel.p99)
 		if v, ok := flannel.cold[r.N]; ok {
 			fmt.Fprintf(w, "; cold %.2f", r.Cold.Seconds()/v)
 		}
@@ -634,4 +703,21 @@ func Print(w io.Writer, res []Result) {
 		}
 		fmt.Fprintln(w)
 	}
+}
+
+// variant is one daemon run of a size: records with ML-KEM keys or not,
+// liveness probes on or off (--probe-port 0).
+type variant struct {
+	pq     bool
+	probes string
+}
+
+func (v variant) String() string { return fmt.Sprintf("pq=%v probes=%s", v.pq, v.probes) }
+
+// name is the size, marked "+pq" when the records carry ML-KEM keys.
+func (r Result) name() string {
+	if r.PQ {
+		return fmt.Sprintf("%d+pq", r.N)
+	}
+	return fmt.Sprint(r.N)
 }

@@ -20,6 +20,7 @@ import (
 
 func main() {
 	workers := flag.Int("workers", 2, "worker nodes")
+	external := flag.Bool("external-etcd", false, "point wgcnid at the harness's TLS etcd (the external-etcd switch) instead of the etcd conf/kubernetes/ brings")
 	flag.Parse()
 	repo, err := harness.FindRepo()
 	if err != nil {
@@ -31,13 +32,13 @@ func main() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	start := time.Now()
-	l, err := lab.New(lab.Config{Workers: *workers, EtcdTLS: true, Logf: log.Printf})
+	l, err := lab.New(lab.Config{Workers: *workers, EtcdTLS: *external, Logf: log.Printf})
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer l.Close()
 	log.Printf("cluster up in %v; installing wgcni: kubectl apply -f conf/kubernetes/", time.Since(start).Round(time.Second))
-	took, err := l.InstallWgcni()
+	took, err := l.InstallWgcni(*external)
 	if err != nil {
 		log.Print(err)
 		return

@@ -3,6 +3,7 @@ package lab
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 )
@@ -16,6 +17,10 @@ const (
 	ToolboxImage = "localhost/wgcni-lab/toolbox:1"
 	// AgnhostImage is the name Kubernetes' e2e tests v1.34 run agnhost as.
 	AgnhostImage = "registry.k8s.io/e2e-test-images/agnhost:2.56"
+	// EtcdImage is the image conf/kubernetes/15-etcd.yaml runs (wgcni's
+	// own etcd); the lab's holds Debian's etcd (3.4) at the path of the
+	// registry's image, /usr/local/bin/etcd.
+	EtcdImage = "registry.k8s.io/etcd:3.5.21-0"
 	// CoreDNSImage is the image kubeadm's CoreDNS Deployment runs.
 	CoreDNSImage = "registry.k8s.io/coredns/coredns:v1.15.0"
 )
@@ -38,6 +43,15 @@ func (l *Lab) wgcniImage() (*Image, error) {
 	return im, nil
 }
 
+// withLibc adds the machine's C library and its loader to an image's
+// files (for Debian's dynamically linked etcd and dash) and returns them.
+func withLibc(files map[string]string) map[string]string {
+	for _, f := range []string{"/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/libc.so.6"} {
+		files[f] = f
+	}
+	return files
+}
+
 // buildImages writes the lab's images as OCI tarballs into the run dir.
 func (l *Lab) buildImages() error {
 	dir := filepath.Join(l.C.Dir, "images")
@@ -52,9 +66,15 @@ func (l *Lab) buildImages() error {
 	if err := toolbox.AddBusybox(); err != nil {
 		return err
 	}
+	etcd, err := exec.LookPath("etcd")
+	if err != nil {
+		return fmt.Errorf("etcd (Debian's etcd-server) for the etcd image: %w", err)
+	}
 	images := []*Image{
 		{Name: PauseImage, Entrypoint: []string{"/pause"}, Files: map[string]string{"/pause": l.bin("pause")}},
 		{Name: CoreDNSImage, Entrypoint: []string{"/coredns"}, Files: map[string]string{"/coredns": l.bin("coredns")}},
+		// Debian's etcd links the C library: ship it and its loader.
+		{Name: EtcdImage, Entrypoint: []string{"/usr/local/bin/etcd"}, Files: withLibc(map[string]string{"/usr/local/bin/etcd": etcd})},
 		wg, toolbox,
 	}
 	// agnhost (test/images/agnhost) with what the e2e checks exec in it:
@@ -71,13 +91,8 @@ func (l *Lab) buildImages() error {
 		// has no UDP), so the shell the e2e checks exec is dash, with
 		// the C library it links.
 		delete(ag.Links, "/bin/sh")
-		for _, f := range []string{"/bin/sh:/bin/dash", "/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/libc.so.6"} {
-			dst, src, ok := strings.Cut(f, ":")
-			if !ok {
-				src = dst
-			}
-			ag.Files[dst] = src
-		}
+		ag.Files["/bin/sh"] = "/bin/dash"
+		withLibc(ag.Files)
 		images = append(images, ag)
 	}
 	for _, im := range images {

@@ -9,31 +9,49 @@ import (
 	"github.com/wgcni/wgcni/tests/harness"
 )
 
+// ControlPlaneLabel is the label kubeadm puts on control-plane nodes;
+// wgcni's bundled etcd (conf/kubernetes/15-etcd.yaml) runs on such a node.
+const ControlPlaneLabel = "node-role.kubernetes.io/control-plane"
+
+// ExternalEtcdSelector is the documented switch to an external etcd:
+// `kubectl apply -f conf/kubernetes/ -l ExternalEtcdSelector` leaves the
+// bundled etcd out.
+const ExternalEtcdSelector = "app.kubernetes.io/component!=etcd"
+
 // InstallWgcni installs wgcni the way docs/operating.md tells a kubeadm
-// user to with an external etcd: the namespace, the wgcni-etcd Secret
-// (endpoints and the least-privilege client certificate of the harness's
-// TLS etcd), then `kubectl apply -f conf/kubernetes/`. It returns once
-// every worker is Ready and the DaemonSet has rolled out, and how long
-// that took from the apply.
-func (l *Lab) InstallWgcni() (time.Duration, error) {
-	tls := l.C.Etcd.TLS
-	if tls == nil {
-		return 0, fmt.Errorf("lab: wgcni needs the TLS etcd (Config.EtcdTLS)")
-	}
+// user to: `kubectl apply -f conf/kubernetes/` and nothing else (wgcni's
+// own etcd bootstraps itself), or with external, the harness's TLS etcd
+// (Config.EtcdTLS) as an external etcd: the wgcni-etcd Secret with its
+// endpoint and least-privilege client certificate, then the apply with
+// the bundled etcd left out. The lab's control plane is no kubelet node,
+// so the first worker carries kubeadm's control-plane label for the
+// bundled etcd. It returns once every worker is Ready and the DaemonSet
+// has rolled out, and how long that took from the apply.
+func (l *Lab) InstallWgcni(external bool) (time.Duration, error) {
 	conf := filepath.Join(l.Repo, "conf", "kubernetes")
-	if _, err := l.Kubectl(time.Minute, "apply", "-f", filepath.Join(conf, "00-namespace.yaml")); err != nil {
-		return 0, err
-	}
-	if _, err := l.Kubectl(time.Minute, "-n", "wgcni-system", "create", "secret", "generic", "wgcni-etcd",
-		"--from-literal=endpoints="+l.C.Etcd.Endpoint,
-		"--from-file=ca.crt="+tls.CA, "--from-file=tls.crt="+tls.NodeCert, "--from-file=tls.key="+tls.NodeKey); err != nil {
+	apply := []string{"apply", "-f", conf}
+	if external {
+		tls := l.C.Etcd.TLS
+		if tls == nil {
+			return 0, fmt.Errorf("lab: an external etcd needs the TLS etcd (Config.EtcdTLS)")
+		}
+		if _, err := l.Kubectl(time.Minute, "apply", "-f", filepath.Join(conf, "00-namespace.yaml")); err != nil {
+			return 0, err
+		}
+		if _, err := l.Kubectl(time.Minute, "-n", "wgcni-system", "create", "secret", "generic", "wgcni-etcd",
+			"--from-literal=endpoints="+l.C.Etcd.Endpoint,
+			"--from-file=ca.crt="+tls.CA, "--from-file=tls.crt="+tls.NodeCert, "--from-file=tls.key="+tls.NodeKey); err != nil {
+			return 0, err
+		}
+		apply = append(apply, "-l", ExternalEtcdSelector)
+	} else if _, err := l.Kubectl(time.Minute, "label", "node", l.Workers[0].Name, ControlPlaneLabel+"="); err != nil {
 		return 0, err
 	}
 	start := time.Now()
-	if _, err := l.Kubectl(time.Minute, "apply", "-f", conf); err != nil {
+	if _, err := l.Kubectl(time.Minute, apply...); err != nil {
 		return 0, err
 	}
-	if err := l.WaitNodesReady(3 * time.Minute); err != nil {
+	if err := l.WaitNodesReady(4 * time.Minute); err != nil {
 		return 0, err
 	}
 	took := time.Since(start)

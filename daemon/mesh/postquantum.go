@@ -1,0 +1,97 @@
+package mesh
+
+import (
+	"net/netip"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgcni/wgcni/daemon/record"
+	"github.com/wgcni/wgcni/daemon/route"
+)
+
+// PQHooks connect the reconciler to the post-quantum preshared-key
+// exchanges (daemon/pqpeer, docs/post-quantum.md). The PSK itself is not
+// part of the diff: the exchange sets it on the device peer (an UpdateOnly
+// change that the reconciler's configs, which leave PresharedKey nil,
+// never touch); a peer entry the reconciler creates or re-creates gets the
+// current PSK from PresharedKey, so a re-created entry never starts a
+// handshake without it.
+type PQHooks struct {
+	// Hold reports that a peer's PodCIDRs must stay out of its
+	// AllowedIPs and routes: required mode and no PSK yet. Its pod
+	// traffic then meets the strict route (dropped, never sent with
+	// classical protection only).
+	Hold func(wgtypes.Key) bool
+	// HoldChanged signals that Hold changed for some peer.
+	HoldChanged <-chan struct{}
+	// PresharedKey returns the peer's current PSK, if any.
+	PresharedKey func(wgtypes.Key) (wgtypes.Key, bool)
+	// PeersChanged is told after the configured peers changed (PeerNodes
+	// has the new set).
+	PeersChanged func()
+}
+
+// pqPeer fills the post-quantum part of a desired peer.
+func (r *Reconciler) pqPeer(p *Peer, l record.Lease) {
+	p.PQPublicKey = l.PQPublicKey
+	p.Held = r.cfg.PQ.Hold != nil && r.cfg.PQ.Hold(p.PublicKey)
+}
+
+// reHold re-resolves every record whose peer's Held no longer agrees with
+// the hook: a first PSK releases its PodCIDRs, a lost one holds them.
+func (r *Reconciler) reHold() {
+	if r.cfg.PQ.Hold == nil {
+		return
+	}
+	for _, cidr := range sortedKeys(r.active) {
+		if p := r.active[cidr]; p.Held != r.cfg.PQ.Hold(p.PublicKey) {
+			r.resolve(cidr, true)
+		}
+	}
+}
+
+// withPresharedKeys gives every peer entry being written its current PSK.
+func (r *Reconciler) withPresharedKeys(pcs []wgtypes.PeerConfig) {
+	if r.cfg.PQ.PresharedKey == nil {
+		return
+	}
+	for i := range pcs {
+		if pcs[i].Remove {
+			continue
+		}
+		if k, ok := r.cfg.PQ.PresharedKey(pcs[i].PublicKey); ok {
+			pcs[i].PresharedKey = &k
+		}
+	}
+}
+
+func (r *Reconciler) pqPeersChanged() {
+	if r.cfg.PQ.PeersChanged != nil {
+		r.cfg.PQ.PeersChanged()
+	}
+}
+
+// podCIDRs are the PodCIDRs routed into the tunnel: none while held.
+func (p Peer) podCIDRs() []netip.Prefix {
+	if p.Held {
+		return nil
+	}
+	return p.CIDRs
+}
+
+// heldRoutes are the routes of have's PodCIDRs that leave the tunnel
+// because want holds them (the others DiffOne removes itself).
+func heldRoutes(have, want *Peer, link int, src []netip.Addr) []route.Peer {
+	if have.Held || !want.Held {
+		return nil
+	}
+	var out []route.Peer
+	for _, c := range have.CIDRs {
+		for _, w := range want.CIDRs {
+			if c == w {
+				out = append(out, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, src)})
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,69 @@
+package mesh
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgcni/wgcni/daemon/route"
+)
+
+// A held peer (required mode, no PSK yet) keeps its entry but loses its
+// PodCIDR from AllowedIPs and routes, whether it got held per event
+// (DiffOne) or is found routed by a resync (Diff); releasing it puts both
+// back. Its underlay address (host encryption) is not a pod route and stays.
+func TestHeldPeerKeepsPodCIDRsOut(t *testing.T) {
+	srcs := []netip.Addr{gw}
+	free := peer(t, "10.244.2.0/24")
+	free.Underlay, free.UnderlaySrc = netip.MustParseAddr("10.99.0.2"), netip.MustParseAddr("10.99.0.1")
+	held := free
+	held.Held = true
+	podRoute := free.routes(link, srcs)[0]
+
+	p := DiffOne(&free, &held, link, srcs)
+	if len(p.RouteDel) != 1 || p.RouteDel[0] != podRoute {
+		t.Fatalf("holding: route deletions %+v, want the PodCIDR's", p.RouteDel)
+	}
+	if len(p.Peers) != 1 || len(p.Peers[0].AllowedIPs) != 1 || p.Peers[0].AllowedIPs[0].String() != "10.99.0.2/32" || !p.Peers[0].ReplaceAllowedIPs {
+		t.Fatalf("holding: peer config %+v, want only the underlay address allowed", p.Peers)
+	}
+	for _, r := range p.RouteAdd {
+		if r.Dst == free.primary() {
+			t.Fatalf("holding re-adds the PodCIDR route: %+v", p.RouteAdd)
+		}
+	}
+
+	p = DiffOne(&held, &free, link, srcs)
+	if len(p.RouteDel) != 0 || len(p.RouteAdd) != 2 || len(p.Peers[0].AllowedIPs) != 2 {
+		t.Fatalf("releasing: %+v", p)
+	}
+
+	// Resync: the device still allows the PodCIDR and the route is there.
+	dev := onDevice(free)
+	dev.AllowedIPs = append(dev.AllowedIPs, toIPNet(free.underlayPrefix()))
+	routes := map[netip.Prefix]route.Peer{podRoute.Dst: podRoute}
+	p = Diff(map[netip.Prefix]Peer{held.primary(): held}, []wgtypes.Peer{dev}, routes, link, srcs)
+	if len(p.RouteDel) != 1 || p.RouteDel[0] != podRoute || len(p.Peers) != 1 {
+		t.Fatalf("resync of a held peer: %+v", p)
+	}
+	// Converged held state: nothing to do.
+	dev.AllowedIPs = []net.IPNet{toIPNet(free.underlayPrefix())}
+	if p = Diff(map[netip.Prefix]Peer{held.primary(): held}, []wgtypes.Peer{dev}, map[netip.Prefix]route.Peer{}, link, srcs); len(p.Peers)+len(p.RouteDel) != 0 {
+		t.Fatalf("converged held peer gives %+v", p)
+	}
+}
+
+// A (re)configured entry gets the current PSK; removals do not.
+func TestPresharedKeyOnConfiguredEntries(t *testing.T) {
+	a, b := key(t), key(t)
+	var psk wgtypes.Key
+	psk[0] = 1
+	r := &Reconciler{cfg: Config{PQ: PQHooks{PresharedKey: func(k wgtypes.Key) (wgtypes.Key, bool) { return psk, k == a }}}}
+	pcs := []wgtypes.PeerConfig{{PublicKey: a}, {PublicKey: b}, {PublicKey: a, Remove: true}}
+	r.withPresharedKeys(pcs)
+	if pcs[0].PresharedKey == nil || *pcs[0].PresharedKey != psk || pcs[1].PresharedKey != nil || pcs[2].PresharedKey != nil {
+		t.Fatalf("PSKs: %v %v %v", pcs[0].PresharedKey != nil, pcs[1].PresharedKey != nil, pcs[2].PresharedKey != nil)
+	}
+}
