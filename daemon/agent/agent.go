@@ -100,6 +100,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Kind:      m.kind(),
 
 		UnderlayEncryption: underlayEnc.On,
+		Unreachable:        cfg.Reachable == config.ReachableNo,
+		NoRelay:            cfg.Reachable == config.ReachableAuto,
 		PQPublicKey:        pqPublic,
 		Sites:              cfg.Sites,
 	}
@@ -157,6 +159,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer judge.Close()
 	go sites.Run(ctx)
 	var rec *mesh.Reconciler
+	natA := newNATAgent(cfg, cli, wg, keeper, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, log)
 	pq, err := startPQ(ctx, cfg, wg, priv.Public(), kem, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, log)
 	if err != nil {
 		return err
@@ -177,14 +180,16 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		PQ:          pqHooks(pq),
 		Heal:        healer,
 		Sites:       sites,
+		Paths:       natA.paths(),
 	})
+	go natA.Run(ctx)
 	om.registerCollector(gateway.Collector{O: sites})
 	campaignWhenSynced(ctx, &gateway.Campaigner{Client: cli, Prefix: cfg.EtcdPrefix, Node: cfg.NodeName, Record: held.Primary(),
 		Sites: cfg.Sites, TTL: cfg.GatewayTTL, StateDir: cfg.StateDir, Log: log.With("part", "gateway")}, rec.Synced())
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(nd.dev.Mode), WG: wg, PodCIDR: at.podCIDR,
 		IPAMDir: at.ipamDir, LeaseExpiry: keeper.Expiry, Peers: rec.PeerNodes, Stats: &rec.Stats, SameNode: at.sameNode, Retakes: keeper.Retakes.Load,
-		Rotations: rot.Rotations.Load, Health: healer.Status, DeviceMTU: nd.mtu,
+		Rotations: rot.Rotations.Load, Health: healer.Status, DeviceMTU: nd.mtu, Paths: natA.Paths,
 	})
 	runPQ(ctx, pq, om, log)
 	go func() {

@@ -89,6 +89,11 @@ type Config struct {
 	// UnderlayEncryption tunnels traffic between this node's and other nodes'
 	// underlay addresses when both use it (docs/hosts.md).
 	UnderlayEncryption bool
+	// Reachable says whether peers can send to this node's published
+	// endpoint: yes, no (behind a NAT: it keeps its tunnels open itself
+	// and talks to other NATed nodes through relays or punched paths,
+	// docs/nat.md) or auto (decided from what reachable peers observe).
+	Reachable string
 	// PostQuantum: preshared keys from ML-KEM exchanges (postquantum.go).
 	PostQuantum PostQuantum
 	// Gateways (docs/gateways.md): site CIDRs behind this node it offers
@@ -151,6 +156,7 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.StringVar(&c.HostCIDR, "host-cidr", "", "node-sized block of --cluster-cidr that host-only peers lease their /32 from (default: the last block)")
 	pqFlags(fs, &c.PostQuantum)
 	fs.BoolVar(&c.UnderlayEncryption, "host-encryption", false, "also encrypt host-to-host traffic between this node's and other nodes' underlay addresses (only towards nodes that use it too; never to etcd endpoints)")
+	fs.StringVar(&c.Reachable, "reachable", ReachableYes, "can peers reach this node at its published endpoint: yes, no (behind a NAT: relays and hole punching, docs/nat.md) or auto (no once a reachable peer sees this node's handshakes come from another address; needs --keepalive to be seen at all)")
 	fs.Func("advertise-cidrs", "comma-separated site CIDRs behind this node (on its LAN side) it routes into the mesh as a gateway; one gateway per site serves at a time, chosen by an etcd election (docs/gateways.md)", func(s string) error {
 		c.AdvertiseCIDRs = splitList(s)
 		return nil
@@ -159,6 +165,13 @@ func FlagSet(name string, c *Config) *flag.FlagSet {
 	fs.DurationVar(&c.GatewayTTL, "gateway-ttl", 5*time.Second, "etcd lease TTL of this gateway's candidacy for its sites: a dead gateway's sites move to another within about this time")
 	return fs
 }
+
+// Values of --reachable.
+const (
+	ReachableYes  = "yes"
+	ReachableNo   = "no"
+	ReachableAuto = "auto"
+)
 
 // Parse parses args (after the subcommand), applies --config FILE for flags
 // not given on the command line, and validates. Errors name the flag.
@@ -324,6 +337,9 @@ func (c *Config) Validate() error {
 	// etcd's minimum TTL is a few seconds; below that leases churn.
 	if c.LeaseTTL < 2*time.Second {
 		return fmt.Errorf("--lease-ttl: %s is shorter than 2s", c.LeaseTTL)
+	}
+	if c.Reachable != ReachableYes && c.Reachable != ReachableNo && c.Reachable != ReachableAuto {
+		return fmt.Errorf("--reachable: %q is not yes, no or auto", c.Reachable)
 	}
 	if c.Keepalive < 0 || c.Keepalive > 65535*time.Second || c.Keepalive%time.Second != 0 {
 		return fmt.Errorf("--keepalive: %s must be whole seconds in 0..65535s", c.Keepalive)

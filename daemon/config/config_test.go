@@ -67,6 +67,7 @@ func TestValidationNamesFlag(t *testing.T) {
 		{[]string{"--keepalive", "1500ms"}, "--keepalive"},
 		{[]string{"--mtu", "500"}, "--mtu"},
 		{[]string{"--wireguard", "maybe"}, "--wireguard"},
+		{[]string{"--reachable", "sometimes"}, "--reachable"},
 		{[]string{"--device-host", "sidecar"}, "--device-host"},
 		{[]string{"--device-host", "external"}, "--device-host=external"},
 		{[]string{"--device-host", "external", "--wireguard", "kernel"}, "--wireguard=userspace"},

@@ -29,6 +29,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/config"
 	"github.com/wgcni/wgcni/daemon/etcdutil"
 	"github.com/wgcni/wgcni/daemon/metrics"
+	"github.com/wgcni/wgcni/daemon/nat"
 	"github.com/wgcni/wgcni/daemon/nodefile"
 	"github.com/wgcni/wgcni/daemon/pqpeer"
 	"github.com/wgcni/wgcni/daemon/record"
@@ -163,6 +164,11 @@ type PeerStatus struct {
 	TxBytes          int64    `json:"txBytes"`
 	Keepalive        int      `json:"keepaliveSeconds"`
 	Status           string   `json:"status"` // up (handshake within 2m10s) or down
+	// Path is how the peer is reached: direct, relayed (Via names the
+	// relay) or punched; PathWhy explains it (docs/nat.md).
+	Path    string `json:"path"`
+	Via     string `json:"via,omitempty"`
+	PathWhy string `json:"pathWhy,omitempty"`
 	// PostQuantum is the peer's preshared-key state from the daemon's
 	// status file (nil: post-quantum off on this node).
 	PostQuantum *pqpeer.PeerStatus `json:"postQuantum,omitempty"`
@@ -208,6 +214,7 @@ func Status(ctx context.Context, cfg *config.Config, now time.Time) (*StatusRepo
 	r.Device.Mode = strings.ToLower(dev.Type.String())
 	r.Device.PublicKey = dev.PublicKey.String()
 	r.Device.ListenPort = dev.ListenPort
+	paths := nat.ReadPaths(cfg.RunDir)
 	pq := pqStatus(cfg.RunDir)
 	for _, p := range dev.Peers {
 		ps := PeerStatus{PostQuantum: pq[p.PublicKey.String()], Node: names[p.PublicKey], PublicKey: p.PublicKey.String(), RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes,
@@ -226,6 +233,10 @@ func Status(ctx context.Context, cfg *config.Config, now time.Time) (*StatusRepo
 		}
 		if metrics.Up(p.LastHandshakeTime, now) {
 			ps.Status = "up"
+		}
+		ps.Path = nat.Direct
+		if np, ok := paths[ps.Node]; ok {
+			ps.Path, ps.Via, ps.PathWhy = np.Mode, np.Via, np.Why
 		}
 		r.Peers = append(r.Peers, ps)
 	}
@@ -249,11 +260,15 @@ func (r *StatusReport) table(w io.Writer) {
 	fmt.Fprintf(w, "mtu:      %d\n", r.MTU)
 	fmt.Fprintf(w, "peers:    %d\n\n", len(r.Peers))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tSTATUS\tPQ\tPUBLIC KEY")
+	fmt.Fprintln(tw, "NODE\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tSTATUS\tPATH\tPQ\tPUBLIC KEY")
 	for _, p := range r.Peers {
 		hs := handshakeAge(p.HandshakeAgeSecs)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dash(p.Node), dash(p.Endpoint), strings.Join(p.AllowedIPs, ","), hs,
-			bytes(p.RxBytes), bytes(p.TxBytes), p.Status, pqCell(p.PostQuantum, time.Now()), p.PublicKey)
+		path := p.Path
+		if p.Via != "" {
+			path += " via " + p.Via
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dash(p.Node), dash(p.Endpoint), strings.Join(p.AllowedIPs, ","), hs,
+			bytes(p.RxBytes), bytes(p.TxBytes), p.Status, path, pqCell(p.PostQuantum, time.Now()), p.PublicKey)
 	}
 	tw.Flush()
 }

@@ -14,7 +14,9 @@ import (
 // diff uses it too, so "drifted" means one thing.
 func Drift(have wgtypes.Peer, want Want) []string {
 	var out []string
-	if have.Endpoint == nil || unmap(have.Endpoint.AddrPort()) != unmap(want.Endpoint) {
+	// No endpoint wanted (a peer behind a NAT, docs/nat.md): whatever
+	// WireGuard's roaming found is right.
+	if want.Endpoint.IsValid() && (have.Endpoint == nil || unmap(have.Endpoint.AddrPort()) != unmap(want.Endpoint)) {
 		out = append(out, "endpoint")
 	}
 	if !sameAllowed(have, want.AllowedIPs) {

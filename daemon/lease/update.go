@@ -20,3 +20,10 @@ func (k *Keeper) Update(ctx context.Context, change func(*record.Lease)) (record
 	k.mu.Unlock()
 	return self, k.A.Publish(ctx, h, self)
 }
+
+// Record returns this node's record as last published (or to be).
+func (k *Keeper) Record() record.Lease {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.Self
+}

@@ -39,6 +39,21 @@ type Peer struct {
 	// Sites are the site CIDRs this peer serves as their gateway
 	// (sites.go): allowed, but routed by sites.go, not per peer.
 	Sites []netip.Prefix
+	// NAT traversal (docs/nat.md, daemon/nat): Unreachable copies the
+	// record's flag; such a peer's endpoint is left invalid, i.e. to
+	// WireGuard's roaming (an invalid Endpoint is never written). Relayed:
+	// its own CIDRs are carried by a relay's peer (not on its AllowedIPs;
+	// its routes stay). Carries: other nodes' CIDRs this peer relays (on
+	// its AllowedIPs; their routes belong to their own peers).
+	Unreachable bool
+	NoRelay     bool           // the record's: never a relay (daemon/nat)
+	Published   netip.AddrPort // an Unreachable peer's record endpoint (its LAN address)
+	Relayed     bool
+	Carries     []netip.Prefix
+	// DropSessionsBefore: a session with the peer older than this is
+	// dropped by re-creating its entry (a dead punched path must come
+	// back through a fresh handshake that both ends see; paths.go).
+	DropSessionsBefore time.Time
 }
 
 // Plan is what must change on the device and in the routing table. Apply
@@ -59,18 +74,23 @@ func (p Peer) primary() netip.Prefix { return p.CIDRs[0] }
 func (p Peer) equal(o Peer) bool {
 	return slices.Equal(p.CIDRs, o.CIDRs) && p.Node == o.Node && p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
 		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc && p.MTU == o.MTU &&
-		p.PQPublicKey == o.PQPublicKey && p.Held == o.Held && slices.Equal(p.Sites, o.Sites)
+		p.PQPublicKey == o.PQPublicKey && p.Held == o.Held && slices.Equal(p.Sites, o.Sites) &&
+		p.Unreachable == o.Unreachable && p.Published == o.Published && p.Relayed == o.Relayed && slices.Equal(p.Carries, o.Carries) &&
+		p.DropSessionsBefore.Equal(o.DropSessionsBefore)
 }
 
 func (p Peer) config() wgtypes.PeerConfig {
 	ka := time.Duration(p.Keepalive) * time.Second
-	return wgtypes.PeerConfig{
+	pc := wgtypes.PeerConfig{
 		PublicKey:                   p.PublicKey,
-		Endpoint:                    net.UDPAddrFromAddrPort(p.Endpoint),
 		PersistentKeepaliveInterval: &ka,
 		ReplaceAllowedIPs:           true,
 		AllowedIPs:                  p.allowed(),
 	}
+	if p.Endpoint.IsValid() {
+		pc.Endpoint = net.UDPAddrFromAddrPort(p.Endpoint)
+	}
+	return pc
 }
 
 // allowed is the peer's AllowedIPs: its PodCIDR of each family. One
@@ -83,15 +103,20 @@ func (p Peer) allowed() []net.IPNet {
 	return out
 }
 
+// allowedPrefixes is allowed as prefixes: the peer's own CIDRs and sites
+// unless held or carried by a relay, the CIDRs it relays (NAT traversal),
+// its tunneled underlay address.
 func (p Peer) allowedPrefixes() []netip.Prefix {
 	var out []netip.Prefix
-	if !p.Held {
+	if !p.Held && !p.Relayed {
 		// Held (required mode, no PSK yet): neither its PodCIDRs nor
 		// the sites it serves as gateway; a route into the tunnel then
-		// finds no peer and WireGuard drops the packet.
+		// finds no peer and WireGuard drops the packet. Relayed: a
+		// relay's peer carries its PodCIDRs (daemon/nat).
 		out = append(out, p.CIDRs...)
 		out = append(out, p.Sites...)
 	}
+	out = append(out, p.Carries...)
 	if p.Underlay.IsValid() {
 		out = append(out, p.underlayPrefix())
 	}
@@ -125,7 +150,9 @@ func toIPNet(p netip.Prefix) net.IPNet {
 }
 
 // matches reports whether the device's peer is exactly as desired.
-func matches(have wgtypes.Peer, want Peer) bool { return len(heal.Drift(have, want.want())) == 0 }
+func matches(have wgtypes.Peer, want Peer) bool {
+	return !want.staleSession(have) && len(heal.Drift(have, want.want())) == 0
+}
 
 // Diff compares the desired peers with the device's peers and our routes
 // (as listed by route.Ours, every family) and returns the changes. Used for
@@ -145,6 +172,9 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 		case !ok:
 			plan.Peers = append(plan.Peers, wgtypes.PeerConfig{PublicKey: h.PublicKey, Remove: true})
 		case !matches(h, d):
+			if d.staleSession(h) {
+				plan.Peers = append(plan.Peers, wgtypes.PeerConfig{PublicKey: h.PublicKey, Remove: true})
+			}
 			plan.Peers = append(plan.Peers, d.config())
 		}
 	}
@@ -173,6 +203,7 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 		}
 	}
 	siteHoldersFirst(plan.Peers, byKey)
+	orderMoves(plan.Peers, have)
 	return plan
 }
 

@@ -93,6 +93,11 @@ type Config struct {
 	// Sites, if set, routes the site CIDRs gateways serve
 	// (docs/gateways.md, sites.go).
 	Sites SiteTable
+	// Paths, if set, rewrites the desired peers before they are applied
+	// (NAT traversal: relays carrying other nodes' CIDRs, punched direct
+	// paths; daemon/nat, paths.go). Every change is then applied by a
+	// full diff, so a CIDR moving between two peers is one device update.
+	Paths Paths
 }
 
 // Stats are counters for operators and metrics.
@@ -273,7 +278,8 @@ func (r *Reconciler) kernelResync() (err error) {
 		}
 	}
 	r.dropSiteRoutes(routes)
-	plan := Diff(r.active, dev.Peers, routes, r.cfg.LinkIndex, r.cfg.Gateways)
+	desired := r.desired()
+	plan := Diff(desired, dev.Peers, routes, r.cfg.LinkIndex, r.cfg.Gateways)
 	if !plan.Empty() {
 		r.cfg.Log.Info("resync: repairing device/routes", "peer_changes", len(plan.Peers), "route_adds", len(plan.RouteAdd), "route_dels", len(plan.RouteDel))
 	}
@@ -281,9 +287,9 @@ func (r *Reconciler) kernelResync() (err error) {
 		r.Stats.ApplyErrors.Add(1)
 		return err
 	}
-	r.logResyncPeers(plan.Peers)
-	r.applied = make(map[netip.Prefix]Peer, len(r.active))
-	for c, p := range r.active {
+	r.logResyncPeers(desired, plan.Peers)
+	r.applied = make(map[netip.Prefix]Peer, len(desired))
+	for c, p := range desired {
 		r.applied[c] = p
 	}
 	r.ensureSiteRoutes()
@@ -294,12 +300,12 @@ func (r *Reconciler) kernelResync() (err error) {
 // logResyncPeers writes one line per peer a resync added, changed or
 // removed, as the per-event path does (the summary line alone would hide
 // which node appeared or vanished, e.g. at start-up).
-func (r *Reconciler) logResyncPeers(changes []wgtypes.PeerConfig) {
+func (r *Reconciler) logResyncPeers(desired map[netip.Prefix]Peer, changes []wgtypes.PeerConfig) {
 	if len(changes) == 0 {
 		return
 	}
-	byKey := make(map[wgtypes.Key]Peer, len(r.active))
-	for _, p := range r.active {
+	byKey := make(map[wgtypes.Key]Peer, len(desired))
+	for _, p := range desired {
 		byKey[p.PublicKey] = p
 	}
 	for _, pc := range changes {
@@ -404,6 +410,14 @@ func (r *Reconciler) skip(key string, err error) {
 
 // apply makes the device and routes match the desired state for one CIDR.
 func (r *Reconciler) apply(cidr netip.Prefix) {
+	if r.cfg.Paths != nil {
+		// A change may move CIDRs between peers (paths.go).
+		if err := r.kernelResync(); err != nil {
+			r.dirty[cidr] = true
+			r.cfg.Log.Error("apply peer change failed; will retry", "cidr", cidr, "err", err)
+		}
+		return
+	}
 	var have, want *Peer
 	if p, ok := r.applied[cidr]; ok {
 		have = &p

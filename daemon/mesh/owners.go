@@ -78,6 +78,13 @@ func (o owners) release(cidr netip.Prefix, p Peer) []any {
 func (r *Reconciler) peerOf(cidr netip.Prefix, l record.Lease) Peer {
 	p := Peer{CIDRs: l.CIDRs, Node: l.Node, PublicKey: l.PublicKey, Endpoint: l.Endpoint, Keepalive: effectiveKeepalive(r.cfg.Keepalive, l.Keepalive),
 		MTU: r.pathMTU[l.PublicKey]}
+	p.NoRelay = l.NoRelay
+	if l.Unreachable {
+		// Its published endpoint cannot be reached (a NAT): it keeps
+		// alive to us and WireGuard roams to where its packets come from.
+		// NAT traversal may set an endpoint (daemon/nat).
+		p.Unreachable, p.Published, p.Endpoint = true, p.Endpoint, netip.AddrPort{}
+	}
 	if p.Underlay = r.underlayFor(cidr, l); p.Underlay.IsValid() {
 		p.UnderlaySrc = r.cfg.UnderlaySrc
 	}

@@ -20,10 +20,19 @@ type PeerInfo struct {
 	Endpoint    netip.AddrPort
 	PQPublicKey string
 	Held        bool
+	// Unreachable and Published are the record's NAT flag and endpoint
+	// (daemon/nat: where its traffic should come from).
+	Unreachable bool
+	Published   netip.AddrPort
 }
 
 func (p Peer) info() PeerInfo {
-	return PeerInfo{Node: p.Node, CIDR: p.primary(), CIDRs: p.CIDRs, Endpoint: p.Endpoint, PQPublicKey: p.PQPublicKey, Held: p.Held}
+	pub := p.Endpoint
+	if p.Unreachable {
+		pub = p.Published
+	}
+	return PeerInfo{Node: p.Node, CIDR: p.primary(), CIDRs: p.CIDRs, Endpoint: p.Endpoint, PQPublicKey: p.PQPublicKey, Held: p.Held,
+		Unreachable: p.Unreachable, Published: pub}
 }
 
 // PeerNodes returns the node of every peer configured on the device.

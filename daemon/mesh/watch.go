@@ -97,6 +97,8 @@ func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev 
 			}
 			r.syncSites()
 			r.checkHandshakes(time.Now())
+		case <-r.pathsChanged():
+			r.kernelResync()
 		case <-r.cfg.PQ.HoldChanged:
 			r.reHold()
 		case <-r.rekeyC():

@@ -59,6 +59,8 @@ type Sources struct {
 	// DeviceMTU the WireGuard device's MTU.
 	Health    func() []heal.PeerStatus
 	DeviceMTU int
+	// Paths says how each peer is reached (NAT traversal; nil: off).
+	Paths pathSource
 }
 
 // Collector reports wgcnid's metrics. Build it with NewCollector.
@@ -159,7 +161,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHandshake, descRx, descTx, descStatus, descEstablished, descEndpoint,
 		descPeers, descDeviceUp, descMode, descLease, descLeaseExpiry, descLeaseTTL, descIPAMUsed, descIPAMFree,
 		descIPAMUp, descApplied, descApplyErr, descResyncs, descWatch, descBad, descRetakes, descNoHandshake, descStalls,
-		descRekeyRetries, descRecreations, descRotations, descSameNodeFailures, descSameNodeRetries, descSameNodePending} {
+		descRekeyRetries, descRecreations, descRotations, descSameNodeFailures, descSameNodeRetries, descSameNodePending, descPath} {
 		ch <- d
 	}
 	for _, d := range healDescs {
@@ -174,6 +176,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.collectPeers(ch, now)
 	c.collectLease(ch, now)
 	c.collectIPAM(ch)
+	c.collectPaths(ch)
 	c.collectHealth(ch)
 	if s := c.src.Stats; s != nil {
 		ch <- prometheus.MustNewConstMetric(descApplied, prometheus.CounterValue, float64(s.Applied.Load()))

@@ -137,6 +137,13 @@ type Subnet struct {
 	// underlay address (docs/hosts.md); used towards a peer only when both
 	// advertise it. Omitted when off; older daemons ignore it.
 	UnderlayEncryption bool `json:"hostEncryption,omitempty"`
+	// Unreachable says peers cannot send to the endpoint (the node is
+	// behind a NAT, docs/nat.md): they leave the endpoint to WireGuard's
+	// roaming and the node keeps its tunnels open. Omitted when reachable.
+	Unreachable bool `json:"unreachable,omitempty"`
+	// NoRelay: the node may sit behind a NAT it has not detected yet
+	// (--reachable=auto), so NATed nodes never relay through it.
+	NoRelay bool `json:"noRelay,omitempty"`
 	// PQPublicKey is the node's ML-KEM-768 encapsulation key (base64,
 	// daemon/pqkeys) when it runs post-quantum key exchanges
 	// (docs/post-quantum.md). Omitted when off; older daemons ignore it.
@@ -160,6 +167,10 @@ type Lease struct {
 	// UnderlayEncryption: the node accepts host-to-host traffic to its
 	// underlay address (the endpoint's) through WireGuard.
 	UnderlayEncryption bool
+	// Unreachable: the endpoint is not reachable from outside (NAT).
+	// NoRelay: not to be used as a relay (reachability not declared).
+	Unreachable bool
+	NoRelay     bool
 	// PQPublicKey is the node's ML-KEM-768 encapsulation key as published
 	// (encoding checked by pqkeys.CheckPublic); empty: no post-quantum
 	// exchanges.
@@ -188,6 +199,8 @@ func (l Lease) Subnet() Subnet {
 		Kind:      l.Kind,
 
 		UnderlayEncryption: l.UnderlayEncryption,
+		Unreachable:        l.Unreachable,
+		NoRelay:            l.NoRelay,
 		PQPublicKey:        l.PQPublicKey,
 	}
 	for _, p := range l.Sites {
@@ -338,6 +351,8 @@ func (s Subnet) validate(primary netip.Prefix, cluster Cluster) (Lease, error) {
 		Kind:      s.Kind,
 
 		UnderlayEncryption: s.UnderlayEncryption,
+		Unreachable:        s.Unreachable,
+		NoRelay:            s.NoRelay,
 		PQPublicKey:        s.PQPublicKey,
 		Sites:              sites,
 	}, nil

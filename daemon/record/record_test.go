@@ -185,24 +185,34 @@ func FuzzDecodeConfig(f *testing.F) {
 	})
 }
 
-// hostEncryption is a compatible field: present only when on, kept by a
-// round trip, and absent from records of nodes without it.
-func TestHostEncryptionField(t *testing.T) {
-	key := "/wgcni/subnets/10.244.3.0-24"
-	v := `{"node":"n1","publicKey":"` + testKey + `","endpoint":"10.99.0.1","port":51820,"keepalive":0,"hostEncryption":true}`
-	l, err := DecodeSubnet("/wgcni", key, []byte(v), testCluster)
-	if err != nil || !l.UnderlayEncryption {
-		t.Fatalf("decoded %+v, %v", l, err)
-	}
-	if !strings.Contains(string(l.Encode()), `"hostEncryption":true`) {
-		t.Fatalf("encode lost the field: %s", l.Encode())
-	}
-	l.UnderlayEncryption = false
-	if strings.Contains(string(l.Encode()), "hostEncryption") {
-		t.Fatalf("off must be omitted (byte-identical to older daemons): %s", l.Encode())
-	}
-	if _, err := DecodeSubnet("/wgcni", key, []byte(strings.Replace(v, "true", `"yes"`, 1)), testCluster); err == nil {
-		t.Fatal("hostEncryption of the wrong type accepted")
+// hostEncryption and unreachable are compatible fields: present only when
+// on, kept by a round trip, and absent from records of nodes without them.
+func TestCompatibleBoolFields(t *testing.T) {
+	for _, f := range []struct {
+		name string
+		get  func(Lease) bool
+		off  func(*Lease)
+	}{
+		{"hostEncryption", func(l Lease) bool { return l.UnderlayEncryption }, func(l *Lease) { l.UnderlayEncryption = false }},
+		{"unreachable", func(l Lease) bool { return l.Unreachable }, func(l *Lease) { l.Unreachable = false }},
+		{"noRelay", func(l Lease) bool { return l.NoRelay }, func(l *Lease) { l.NoRelay = false }},
+	} {
+		key := "/wgcni/subnets/10.244.3.0-24"
+		v := `{"node":"n1","publicKey":"` + testKey + `","endpoint":"10.99.0.1","port":51820,"keepalive":0,"` + f.name + `":true}`
+		l, err := DecodeSubnet("/wgcni", key, []byte(v), testCluster)
+		if err != nil || !f.get(l) {
+			t.Fatalf("%s: decoded %+v, %v", f.name, l, err)
+		}
+		if !strings.Contains(string(l.Encode()), `"`+f.name+`":true`) {
+			t.Fatalf("%s: encode lost the field: %s", f.name, l.Encode())
+		}
+		f.off(&l)
+		if strings.Contains(string(l.Encode()), f.name) {
+			t.Fatalf("%s: off must be omitted (byte-identical to older daemons): %s", f.name, l.Encode())
+		}
+		if _, err := DecodeSubnet("/wgcni", key, []byte(strings.Replace(v, "true", `"yes"`, 1)), testCluster); err == nil {
+			t.Fatalf("%s of the wrong type accepted", f.name)
+		}
 	}
 }
 

@@ -54,36 +54,63 @@ func (c *Cluster) AddNode(extraArgs ...string) (*Node, error) {
 	if err != nil {
 		return n, err
 	}
+	return n, n.start(extraArgs, "underlay")
+}
+
+// start starts a bare node's wgcnid with extraArgs and waits until it is
+// ready; where says where the node sits, for the progress line.
+func (n *Node) start(extraArgs []string, where string) error {
 	n.ExtraArgs = extraArgs
 	if err := n.StartDaemon(); err != nil {
-		return n, err
+		return err
 	}
 	if _, err := n.WaitReady(30 * time.Second); err != nil {
-		return n, err
+		return err
 	}
-	c.Cfg.Logf("harness: node %s up (%s, underlay %s)", n.Name, n.NS.Name, n.UnderlayIP)
-	return n, nil
+	n.c.Cfg.Logf("harness: node %s up (%s, %s %s)", n.Name, n.NS.Name, where, n.UnderlayIP)
+	return nil
 }
 
 // AddBareNode creates a node namespace on the underlay, with its dirs and
 // conflist, without starting wgcnid (StartDaemon does that).
 func (c *Cluster) AddBareNode() (*Node, error) {
+	return c.addBareNode(func(n *Node) error {
+		// The underlay end is named after the node; it lives in the
+		// underlay namespace, so it cannot collide with other runs.
+		return c.Underlay.attach(Tag+"-"+n.Name, n.NS, n.UnderlayIP)
+	})
+}
+
+// nextIndex reserves the next node index (also an underlay address).
+func (c *Cluster) nextIndex() (int, error) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.closed {
-		c.mu.Unlock()
-		return nil, errors.New("harness: cluster is closed")
+		return 0, errors.New("harness: cluster is closed")
 	}
 	c.nextNode++
-	idx := c.nextNode
-	c.mu.Unlock()
-	if idx > 200 {
-		return nil, errors.New("harness: at most 200 nodes per run")
+	if c.nextNode > 200 {
+		return 0, errors.New("harness: at most 200 nodes per run")
 	}
+	return c.nextNode, nil
+}
+
+// addBareNode is AddBareNode with the node's network attachment given:
+// attach wires n.NS (its eth0 with n.UnderlayIP and a default route).
+func (c *Cluster) addBareNode(attach func(n *Node) error) (*Node, error) {
+	idx, err := c.nextIndex()
+	if err != nil {
+		return nil, err
+	}
+	return c.addBareNodeAt(idx, c.Underlay.nodeAddr(idx), attach)
+}
+
+func (c *Cluster) addBareNodeAt(idx int, addr netip.Addr, attach func(n *Node) error) (*Node, error) {
 	name := "n" + strconv.Itoa(idx)
 	n := &Node{
 		Name:       name,
 		Index:      idx,
-		UnderlayIP: c.Underlay.nodeAddr(idx),
+		UnderlayIP: addr,
 		Device:     c.name(name),
 		Dir:        filepath.Join(c.Dir, name),
 		c:          c,
@@ -108,9 +135,7 @@ func (c *Cluster) AddBareNode() (*Node, error) {
 	c.mu.Lock()
 	c.nodes = append(c.nodes, n)
 	c.mu.Unlock()
-	// The underlay end is named after the node; it lives in the underlay
-	// namespace, so it cannot collide with other runs.
-	if err := c.Underlay.attach(Tag+"-"+name, ns, n.UnderlayIP); err != nil {
+	if err := attach(n); err != nil {
 		return n, fmt.Errorf("node %s: %w", name, err)
 	}
 	return n, nil

@@ -75,9 +75,16 @@ func (c *Cluster) newUnderlay(third byte) (*Underlay, error) {
 // end (named port) joins the bridge and whose node end becomes the node's
 // eth0 with addr and a default route via the underlay gateway.
 func (u *Underlay) attach(port string, node NS, addr netip.Addr) error {
-	ulh, err := netns.GetFromPath(u.Path())
+	return attachToBridge(u.NS, u.Bridge, port, node, addr, u.Prefix, u.Gateway, u.MTU)
+}
+
+// attachToBridge connects node to the bridge br in namespace host: a veth
+// whose host end (named port) joins the bridge and whose node end becomes
+// the node's eth0 with addr (prefix's mask) and a default route via gw.
+func attachToBridge(host NS, br string, port string, node NS, addr netip.Addr, prefix netip.Prefix, gw netip.Addr, mtu int) error {
+	ulh, err := netns.GetFromPath(host.Path())
 	if err != nil {
-		return fmt.Errorf("open %s: %w", u.Name, err)
+		return fmt.Errorf("open %s: %w", host.Name, err)
 	}
 	defer ulh.Close()
 	nh, err := netns.GetFromPath(node.Path())
@@ -87,18 +94,18 @@ func (u *Underlay) attach(port string, node NS, addr netip.Addr) error {
 	defer nh.Close()
 	h, err := netlink.NewHandleAt(ulh)
 	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", u.Name, err)
+		return fmt.Errorf("netlink in %s: %w", host.Name, err)
 	}
 	defer h.Close()
 	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: port, MTU: u.MTU},
+		LinkAttrs:     netlink.LinkAttrs{Name: port, MTU: mtu},
 		PeerName:      "eth0",
 		PeerNamespace: netlink.NsFd(int(nh)),
 	}
 	if err := h.LinkAdd(veth); err != nil {
 		return fmt.Errorf("add veth %s (peer eth0 in %s): %w", port, node.Name, err)
 	}
-	if err := bridgePort(h, port, u.Bridge); err != nil {
+	if err := bridgePort(h, port, br); err != nil {
 		return err
 	}
 	return node.Do(func() error {
@@ -106,10 +113,10 @@ func (u *Underlay) attach(port string, node NS, addr netip.Addr) error {
 		if err != nil {
 			return err
 		}
-		if err := netlink.LinkSetMTU(eth, u.MTU); err != nil {
+		if err := netlink.LinkSetMTU(eth, mtu); err != nil {
 			return fmt.Errorf("mtu of eth0 in %s: %w", node.Name, err)
 		}
-		a := underlayAddr(addr, u.Prefix)
+		a := underlayAddr(addr, prefix)
 		if err := netlink.AddrAdd(eth, a); err != nil {
 			return fmt.Errorf("address %s on eth0 in %s: %w", a, node.Name, err)
 		}
@@ -118,9 +125,9 @@ func (u *Underlay) attach(port string, node NS, addr netip.Addr) error {
 		}
 		// The default route is what wgcnid's endpoint auto-detection looks
 		// at, and what strict mode must keep pod traffic away from.
-		def := &netlink.Route{LinkIndex: eth.Attrs().Index, Gw: u.Gateway.AsSlice()}
+		def := &netlink.Route{LinkIndex: eth.Attrs().Index, Gw: gw.AsSlice()}
 		if err := netlink.RouteAdd(def); err != nil {
-			return fmt.Errorf("default route via %s in %s: %w", u.Gateway, node.Name, err)
+			return fmt.Errorf("default route via %s in %s: %w", gw, node.Name, err)
 		}
 		return nil
 	})

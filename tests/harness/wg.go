@@ -100,8 +100,10 @@ type Lease struct {
 	Endpoint  string `json:"endpoint"`
 	Port      int    `json:"port"`
 	Keepalive int    `json:"keepalive"`
-	LeaseID   int64
-	TTL       int64 // seconds left, -1 if not bound to a lease
+	// Unreachable: the node is behind a NAT (docs/nat.md).
+	Unreachable bool `json:"unreachable"`
+	LeaseID     int64
+	TTL         int64 // seconds left, -1 if not bound to a lease
 }
 
 // Prefix is the etcd key prefix the harness's daemons use.
