@@ -54,6 +54,10 @@ func TestResolve(t *testing.T) {
 			cands:   []Candidate{cand("192.168.77.0/24", "g1", "10.244.1.0/24", 1), cand("192.168.77.0/24", "g2", "10.244.2.0/24", 2)},
 			usable:  func(c Candidate) bool { return c.Node != "g1" },
 			serving: map[string]string{"192.168.77.0/24": "g2"}},
+		{name: "every candidate unusable: dropped", adverts: []Advert{g1, g2},
+			cands:   []Candidate{cand("192.168.77.0/24", "g1", "10.244.1.0/24", 1), cand("192.168.77.0/24", "g2", "10.244.2.0/24", 2)},
+			usable:  func(Candidate) bool { return false },
+			serving: map[string]string{"192.168.77.0/24": ""}},
 		{name: "overlapping site of another gateway refused, naming both", adverts: []Advert{g1, advert("g4", "10.244.4.0/24", "10.99.0.4", "192.168.0.0/16", "172.16.0.0/24")},
 			cands:   []Candidate{cand("192.168.0.0/16", "g4", "10.244.4.0/24", 1), cand("172.16.0.0/24", "g4", "10.244.4.0/24", 2)},
 			serving: map[string]string{"192.168.77.0/24": "", "172.16.0.0/24": "g4"},
@@ -104,5 +108,30 @@ func TestRefusedErrorUnwraps(t *testing.T) {
 	inner := errors.New("x")
 	if err := error(&RefusedError{Err: inner}); !errors.Is(err, inner) || !strings.HasPrefix(err.Error(), "--advertise-cidrs refused") {
 		t.Fatal(err)
+	}
+}
+
+// A node that skips the elected gateway says which, why and whom it uses.
+func TestSubstituteReason(t *testing.T) {
+	c1, c2, c3 := cand("192.168.77.0/24", "g1", "10.244.1.0/24", 1), cand("192.168.77.0/24", "g2", "10.244.2.0/24", 2),
+		cand("192.168.77.0/24", "g3", "10.244.3.0/24", 3)
+	o := &Observer{Why: func(c Candidate) string {
+		if c.Node == "g3" {
+			return ""
+		}
+		return "tunnel one-way"
+	}}
+	for _, tc := range []struct {
+		serving           *Candidate
+		elected, reason string
+	}{
+		{&c1, "", ""},
+		{&c3, "g1", "elected g1: tunnel one-way, g2: tunnel one-way → g3"},
+		{nil, "g1", "elected g1: tunnel one-way, g2: tunnel one-way, g3: unusable → none (dropped)"},
+	} {
+		e, r := o.substitute(&Site{Candidates: []Candidate{c1, c2, c3}, Serving: tc.serving})
+		if e != tc.elected || r != tc.reason {
+			t.Errorf("serving %v: %q %q, want %q %q", tc.serving, e, r, tc.elected, tc.reason)
+		}
 	}
 }
