@@ -122,7 +122,7 @@ func TestSubstituteReason(t *testing.T) {
 		return "tunnel one-way"
 	}}
 	for _, tc := range []struct {
-		serving           *Candidate
+		serving         *Candidate
 		elected, reason string
 	}{
 		{&c1, "", ""},
