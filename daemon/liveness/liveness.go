@@ -34,6 +34,11 @@ const (
 	KeepaliveTimeout = 10 * time.Second  // passive keepalive after receiving data
 	RekeyAfterTime   = 120 * time.Second // a used session is renewed after this
 	RejectAfterTime  = 180 * time.Second // a session older than this is dead
+	// RekeyAttemptTime is how long WireGuard keeps retrying an initiation
+	// (every RekeyTimeout) after a packet found no session: any packet
+	// to a peer without one, a probe or a re-initiation, costs up to 18
+	// initiations.
+	RekeyAttemptTime = 90 * time.Second
 )
 
 // State is a peer's liveness.
@@ -100,6 +105,11 @@ type Config struct {
 	// when the peer is up (or its drift is gone, for Reapply).
 	RepairBackoff    time.Duration
 	RepairBackoffMax time.Duration
+	// DeadBackoffMax caps the wait between two attempts (a probe, with a
+	// re-initiation when one is due) to a peer whose probes keep getting
+	// lost; the wait starts at twice ProbeInterval and doubles per lost
+	// probe (see deadInterval).
+	DeadBackoffMax time.Duration
 }
 
 // DefaultConfig returns the default thresholds.
@@ -113,6 +123,7 @@ func DefaultConfig() Config {
 		VerifyAfter:      RekeyTimeout,
 		RepairBackoff:    2 * RekeyTimeout,
 		RepairBackoffMax: 5 * time.Minute,
+		DeadBackoffMax:   15 * time.Minute,
 	}
 }
 
@@ -125,6 +136,7 @@ func (c Config) withDefaults() Config {
 		{&c.Grace, &d.Grace}, {&c.Silence, &d.Silence}, {&c.ProbeInterval, &d.ProbeInterval},
 		{&c.ProbeValidity, &d.ProbeValidity}, {&c.ProbeTimeout, &d.ProbeTimeout}, {&c.VerifyAfter, &d.VerifyAfter},
 		{&c.RepairBackoff, &d.RepairBackoff}, {&c.RepairBackoffMax, &d.RepairBackoffMax},
+		{&c.DeadBackoffMax, &d.DeadBackoffMax},
 	} {
 		if *f.v <= 0 {
 			*f.v = *f.def
@@ -263,6 +275,10 @@ func (p *Peer) Observe(o Observation) Verdict {
 		}
 	}
 	for _, k := range fix {
+		if k == Reinitiate && p.dead(state) {
+			v.Repairs = append(v.Repairs, p.reinitiateDead(reason, now)...)
+			continue
+		}
 		v.Repairs = append(v.Repairs, p.due(k, reason, now)...)
 	}
 	if len(v.Repairs) > 0 && o.Present && p.verifyAt.IsZero() {
@@ -284,6 +300,8 @@ func (p *Peer) count(o Observation) {
 			p.hsGap = o.LastHandshake.Sub(p.hs)
 		}
 		p.hs = o.LastHandshake
+		// A handshake completed: the peer answers, its back-off ends.
+		p.lostInRow = 0
 	}
 	if !p.seen {
 		// A new entry (or the first reading): its counters are a new
@@ -296,6 +314,9 @@ func (p *Peer) count(o Observation) {
 	if o.RxBytes > p.rx {
 		p.rxAt = o.Now
 		p.unanswered = time.Time{}
+		// The peer's packets decrypt here: whatever made its probes get
+		// lost, the peer is back, so the dead peer's back-off ends.
+		p.lostInRow = 0
 	}
 	// A lone keepalive (32 bytes: WireGuard's passive one after receiving
 	// data, or a persistent one) expects no answer: it is not sending.
@@ -422,12 +443,56 @@ func (p *Peer) probeDue(o Observation, state State) bool {
 	if recent(p.rxAt) && recent(p.txAt) && state == Up {
 		return false
 	}
-	// A peer whose probes keep getting lost (its node is off) is probed
-	// less often: 1, 2, 4 min, then every RepairBackoffMax. Each probe to
-	// it makes WireGuard retry a handshake for up to 90 s, and the
-	// repairs' verification probes still come on their own schedule.
-	interval := min(p.cfg.ProbeInterval<<min(p.lostInRow, 8), max(p.cfg.RepairBackoffMax, p.cfg.ProbeInterval))
-	return since >= interval
+	return since >= p.deadInterval()
+}
+
+// deadInterval is the least time between two probes: ProbeInterval, and
+// for a peer whose probes keep getting lost (its node is off, its port
+// blocked) twice as long per lost probe in a row, up to DeadBackoffMax:
+// 2, 4, 8, then every 15 min by default. The back-off ends (lostInRow is
+// reset) at the first answered probe, received packet or new handshake.
+//
+// Why probing a dead peer seldom loses nothing:
+//   - its state is reported at the first lost probe (no-handshake, stale
+//     or one-way, with the reason); later probes could only confirm it;
+//   - every probe to a peer without a session makes WireGuard retry the
+//     handshake every 5 s for 90 s (RekeyAttemptTime): at 1000 dead peers
+//     probed every minute that is ~200 initiations a second, 2 % of a core
+//     in the device, spent on peers already known dead;
+//   - a peer that comes back is noticed without our probe, because
+//     liveness is symmetric: its daemon probes us (a peer it has not
+//     heard from is due a probe at once), its handshake reaches our
+//     device, and the new handshake ends the back-off at the next tick.
+//     Pod traffic to it makes WireGuard initiate on demand anyway. Only an
+//     idle link whose two ends were both cut off waits for the next
+//     attempt of either side: at most DeadBackoffMax.
+func (p *Peer) deadInterval() time.Duration {
+	return min(p.cfg.ProbeInterval<<min(p.lostInRow, 8), max(p.cfg.DeadBackoffMax, p.cfg.ProbeInterval))
+}
+
+// dead reports whether the peer is down and its probes keep getting lost:
+// its attempts follow deadInterval.
+func (p *Peer) dead(state State) bool {
+	return state != Up && state != Pending && p.lostInRow > 0
+}
+
+// reinitiateDead returns the re-initiation of a dead peer. The first one
+// of an episode comes at once (a new fault is repaired at once); the
+// following ones only with the peer's next probe (deadInterval), not on the
+// repairs' own 10 s..5 min back-off: WireGuard retries each initiation for
+// 90 s by itself, so a re-initiation between two probes would only restart
+// those retries, and one together with the probe costs no more than the
+// probe alone.
+func (p *Peer) reinitiateDead(cause string, now time.Time) []Repair {
+	b := p.repairs[Reinitiate]
+	if b != nil && b.attempts > 0 {
+		inFlight := p.inFlight && now.Sub(p.probeAt) < p.cfg.ProbeTimeout
+		if inFlight || p.probeAt.IsZero() || now.Sub(p.probeAt) < p.deadInterval() {
+			return nil
+		}
+		b.next = time.Time{}
+	}
+	return p.due(Reinitiate, cause, now)
 }
 
 // keepaliveLen is the size of a WireGuard keepalive as the transmit

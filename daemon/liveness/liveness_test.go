@@ -103,7 +103,7 @@ func TestTransitions(t *testing.T) {
 			sent(0),
 			obs(5*s, never, 0, 148).expect(want{state: Pending}),
 		}},
-		{"no handshake after the grace: re-read the record once, re-initiate with backoff", []step{
+		{"no handshake after the grace: re-read the record once, re-initiate with the next probe", []step{
 			obs(0, never, 0, 0), sent(0),
 			obs(5*s, never, 0, 148),
 			done(6*s, 0, false),
@@ -112,9 +112,13 @@ func TestTransitions(t *testing.T) {
 			obs(16*s, never, 0, 296).expect(want{state: NoHandshake}),              // backoff: nothing
 			obs(20*s, never, 0, 296).expect(want{state: NoHandshake, probe: true}), // verification probe
 			sent(20 * s),
-			obs(25*s, never, 0, 444).expect(want{state: NoHandshake, repairs: []RepairKind{Reinitiate}, attempt: 2}),              // +10 s; the record was re-read
-			obs(35*s, never, 0, 444).expect(want{state: NoHandshake, probe: true}),                                                // next repair at +20 s; the probe timed out
-			obs(45*s, never, 0, 592).expect(want{state: NoHandshake, repairs: []RepairKind{Reinitiate}, attempt: 3, probe: true}), // probe timed out, verify due
+			// The peer is dead (a probe lost): WireGuard retries the
+			// initiation for 90 s by itself, so the next re-initiation
+			// comes with the next probe, 2 min after the last one.
+			obs(25*s, never, 0, 444).expect(want{state: NoHandshake}),
+			obs(35*s, never, 0, 444).expect(want{state: NoHandshake}), // the probe timed out
+			obs(139*s, never, 0, 592).expect(want{state: NoHandshake}),
+			obs(140*s, never, 0, 592).expect(want{state: NoHandshake, repairs: []RepairKind{Reinitiate}, attempt: 2, probe: true}), // the record was re-read
 		}},
 		{"a keepalive expects no answer: not one-way", []step{
 			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
@@ -324,31 +328,83 @@ func TestProbeBudget(t *testing.T) {
 // less and less often, not once a minute for ever: over 30 minutes the
 // interval probes back off to 5 min, besides one verification probe after
 // each (backed-off) repair.
+// A dead peer (every probe lost, never a handshake) is reported at the
+// first lost probe, then attempted (probe, with a re-initiation) after 2,
+// 4, 8, then every 15 min. Each attempt makes WireGuard retry the
+// handshake for 90 s, so what the device pays is the time covered by those
+// retries; a handshake from the peer ends the back-off at once.
 func TestDeadPeerProbesBackOff(t *testing.T) {
 	p := New(Config{}, t0)
-	probes, repairs := 0, 0
+	var attempts []time.Duration // probes and re-initiations: each starts 90 s of WireGuard retries
+	var reported time.Duration = -1
 	var tx int64
-	for d := time.Duration(0); d < 30*time.Minute; d += 2 * s {
+	tick := func(d time.Duration, hs time.Time, rx int64) Verdict {
 		now := t0.Add(d)
-		v := p.Observe(Observation{Now: now, Present: true, TxBytes: tx})
-		repairs += len(v.Repairs)
+		v := p.Observe(Observation{Now: now, Present: true, TxBytes: tx, RxBytes: rx, LastHandshake: hs})
+		sent := v.Probe
+		for _, r := range v.Repairs {
+			sent = sent || r.Kind == Reinitiate
+		}
+		if sent {
+			attempts = append(attempts, d)
+		}
 		if v.Probe {
-			probes++
 			tx += 148
 			p.ProbeSent(now)
 			p.ProbeDone(now, false)
+		}
+		return v
+	}
+	for d := time.Duration(0); d < 60*time.Minute; d += 2 * s {
+		v := tick(d, time.Time{}, 0)
+		if v.State == NoHandshake && reported < 0 {
+			reported = d
 		}
 		if d > DefaultConfig().Grace && v.State != NoHandshake {
 			t.Fatalf("t+%s: state %s (%s)", d, v.State, v.Reason)
 		}
 	}
-	// Re-initiations at 15 s, +10, +20, +40, +80, +160, then every 5 min:
-	// 11 in 30 min (the record is re-read once), each followed by a
-	// verification probe.
-	if probes > 20 {
-		t.Fatalf("%d probes to a dead peer in 30 min (%d repairs), want at most 20", probes, repairs)
+	// The first report is not delayed by the back-off: the grace, then
+	// the next tick.
+	if reported < 0 || reported > DefaultConfig().Grace+2*s {
+		t.Fatalf("reported no-handshake at t+%s, want within the %s grace and one tick", reported, DefaultConfig().Grace)
 	}
-	t.Logf("%d probes and %d repairs in 30 min", probes, repairs)
+	// Time WireGuard spends retrying: the union of [attempt, attempt+90s].
+	retrying := func(from, to time.Duration) time.Duration {
+		var sum, end time.Duration
+		for _, a := range attempts {
+			lo, hi := max(a, end, from), min(a+RekeyAttemptTime, to)
+			if hi > lo {
+				sum += hi - lo
+			}
+			end = max(end, a+RekeyAttemptTime)
+		}
+		return sum
+	}
+	// In the first 60 min: the start-up probe, its verification after the
+	// first repair, then attempts at about +2, +4, +8 min and every 15.
+	if len(attempts) > 9 {
+		t.Fatalf("%d attempts to a dead peer in 60 min (%v), want at most 9", len(attempts), attempts)
+	}
+	// Once settled, at most one 90 s retry run per 15 min (10 %; it was
+	// 100 % with a probe every minute).
+	if r := retrying(30*time.Minute, 60*time.Minute); r > 2*(RekeyAttemptTime+5*s) {
+		t.Fatalf("WireGuard retried for %s of the last 30 min (attempts %v), want at most %s", r, attempts, 2*(RekeyAttemptTime+5*s))
+	}
+	t.Logf("attempts at %v; WireGuard retrying %s of the first 10 min, %s of the last 30",
+		attempts, retrying(0, 10*time.Minute), retrying(30*time.Minute, 60*time.Minute))
+
+	// The peer comes back: its daemon probes us, its handshake reaches our
+	// device. That alone (no probe of ours is answered) makes it up and
+	// ends the back-off: the next loss is probed after 1 min, not 15.
+	back := 60*time.Minute + 1*s
+	v := p.Observe(Observation{Now: t0.Add(back), Present: true, TxBytes: tx, RxBytes: 92, LastHandshake: t0.Add(back)})
+	if v.State != Up {
+		t.Fatalf("after the peer's handshake: state %s (%s), want up", v.State, v.Reason)
+	}
+	if p.lostInRow != 0 || p.deadInterval() != DefaultConfig().ProbeInterval {
+		t.Fatalf("back-off not reset by the handshake: %d lost in a row, interval %s", p.lostInRow, p.deadInterval())
+	}
 }
 
 // A probe whose outcome is never reported blocks new ones only until the
