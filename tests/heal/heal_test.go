@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -739,4 +740,115 @@ func alertsOn(t *testing.T, metrics string, want ...string) string {
 		}
 	}
 	return strings.Join(want, ",")
+}
+
+// TestTrafficFlowsNoProbes: three nodes with a pod each, a 10/s ping both
+// ways between every pair for two minutes. An active link needs no probe
+// (the issue's target: at most 1 probe per peer per minute while traffic
+// flows), so each daemon's probe counter for each peer must stay within
+// that over the window; expected 0.
+func TestTrafficFlowsNoProbes(t *testing.T) {
+	const (
+		interval = 100 * time.Millisecond
+		count    = 1200 // two minutes
+		warmup   = 15 * time.Second
+		window   = 90 * time.Second
+	)
+	c := start(t, 3)
+	nodes := c.Nodes()
+	harness.WaitMesh(t, nodes, 30*time.Second)
+	pods := make([]*harness.Pod, len(nodes))
+	for i, n := range nodes {
+		pods[i] = n.MustAddPod(t)
+	}
+	for i, a := range nodes {
+		for j, b := range nodes {
+			if i < j {
+				harness.Connect(t, pods[i].NS, pods[j].IP, fmt.Sprintf("pod %s -> pod %s", a.Name, b.Name), 3)
+				settle(t, a, b)
+			}
+		}
+	}
+
+	// probes returns what node n's daemon has sent to each peer.
+	probes := func() map[[2]string]int {
+		out := map[[2]string]int{}
+		for _, n := range nodes {
+			m := scrape(t, n)
+			for _, p := range nodes {
+				if p == n {
+					continue
+				}
+				total := 0
+				for _, r := range []string{"answered", "lost"} {
+					v := metric(m, "wgcni_peer_probes_total", `peer_node="`+p.Name+`"`, `result="`+r+`"`)
+					if v == "" {
+						t.Fatalf("%s exports no wgcni_peer_probes_total for %s (result %s)", n.Name, p.Name, r)
+					}
+					var f float64
+					if _, err := fmt.Sscan(v, &f); err != nil {
+						t.Fatalf("%s: wgcni_peer_probes_total %q: %v", n.Name, v, err)
+					}
+					total += int(f)
+				}
+				out[[2]string{n.Name, p.Name}] = total
+			}
+		}
+		return out
+	}
+
+	type flow struct {
+		from, to int
+		res      harness.PingResult
+		err      error
+	}
+	var flows []*flow
+	for i := range nodes {
+		for j := range nodes {
+			if i != j {
+				flows = append(flows, &flow{from: i, to: j})
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	for _, f := range flows {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.res, f.err = pods[f.from].Ping(pods[f.to].IP, count, interval)
+		}()
+	}
+	// The first observations after the traffic starts may still send a
+	// probe that was due on the idle link: measure from the warm-up on.
+	time.Sleep(warmup)
+	before := probes()
+	t0 := time.Now()
+	time.Sleep(window)
+	after := probes()
+	took := time.Since(t0)
+	wg.Wait()
+
+	for _, f := range flows {
+		if f.err != nil {
+			t.Fatalf("ping %s -> %s: %v", nodes[f.from].Name, nodes[f.to].Name, f.err)
+		}
+		if f.res.Received < f.res.Sent*9/10 {
+			t.Fatalf("ping %s -> %s: %d of %d answered: the traffic did not flow", nodes[f.from].Name, nodes[f.to].Name, f.res.Received, f.res.Sent)
+		}
+	}
+	worst, sum := 0.0, 0
+	var per []string
+	for k, a := range after {
+		d := a - before[k]
+		sum += d
+		rate := float64(d) / took.Minutes()
+		worst = max(worst, rate)
+		per = append(per, fmt.Sprintf("%s->%s %d", k[0], k[1], d))
+		if rate > 1 {
+			t.Errorf("%s sent %d probes to %s in %v while traffic flowed both ways: %.2f per minute, want <= 1", k[0], d, k[1], took.Round(time.Second), rate)
+		}
+	}
+	slices.Sort(per)
+	result(t, "10/s ping both ways between 3 nodes' pods, %d peer links over %.0fs: %d probes in all (%s), worst %.2f probes per peer per minute (target <= 1)",
+		len(after), took.Seconds(), sum, strings.Join(per, ", "), worst)
 }
