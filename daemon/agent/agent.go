@@ -189,7 +189,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	om.register(metrics.Sources{
 		Node: cfg.NodeName, Device: cfg.Device, Mode: string(nd.dev.Mode), WG: wg, PodCIDR: at.podCIDR,
 		IPAMDir: at.ipamDir, LeaseExpiry: keeper.Expiry, Peers: rec.PeerNodes, Stats: &rec.Stats, SameNode: at.sameNode, Retakes: keeper.Retakes.Load,
-		Rotations: rot.Rotations.Load, Health: healer.Status, DeviceMTU: nd.mtu, Paths: natA.Paths,
+		Rotations: rot.Rotations.Load, Health: healer.Status, HandshakeStalls: healer.Stalls, DeviceMTU: nd.mtu, Paths: natA.Paths,
 	})
 	runPQ(ctx, pq, om, log)
 	go func() {

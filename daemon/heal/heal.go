@@ -161,9 +161,10 @@ type Healer struct {
 	written time.Time // state file last written
 	dirty   bool      // a write failed: try again
 
-	mu     sync.Mutex // guards done and status
+	mu     sync.Mutex // guards done, status and stalls
 	done   []outcome
 	status []PeerStatus
+	stalls int64 // times a peer became sessionless (liveness.Sessionless)
 }
 
 // maxInFlight bounds concurrent probe goroutines (and sockets).
@@ -231,6 +232,11 @@ func (h *Healer) Observe(now time.Time, dev []wgtypes.Peer, want []Want) Result 
 				stateChanged = true
 				h.logTransition(p, v)
 				p.status.Since = now
+				if liveness.Sessionless(v.State) && !liveness.Sessionless(p.status.State) {
+					h.mu.Lock()
+					h.stalls++
+					h.mu.Unlock()
+				}
 			}
 			p.status.State, p.status.Reason = v.State, v.Reason
 		}
@@ -427,6 +433,14 @@ func (h *Healer) Status() []PeerStatus {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return slices.Clone(h.status)
+}
+
+// Stalls returns how many times a peer became sessionless (no-handshake
+// or stale) from any other state: wgcni_peer_handshake_stalls_total.
+func (h *Healer) Stalls() int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.stalls
 }
 
 // Counts returns how many peers are configured and how many are up or

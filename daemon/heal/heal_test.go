@@ -121,10 +121,16 @@ func TestOnChangeOnTransitions(t *testing.T) {
 	if len(calls) != 1 || len(calls[0]) != 1 || calls[0][0].State != liveness.NoHandshake {
 		t.Fatalf("OnChange calls %+v, want one with the peer no-handshake", calls)
 	}
+	if n := h.Stalls(); n != 1 {
+		t.Fatalf("stalls %d after the peer went no-handshake, want 1", n)
+	}
 	d.LastHandshakeTime, d.ReceiveBytes = now, 92
 	now = now.Add(Tick)
 	h.Observe(now, []wgtypes.Peer{d}, []Want{w})
 	if len(calls) != 2 || calls[1][0].State != liveness.Up || !calls[1][0].Since.Equal(now) {
 		t.Fatalf("OnChange calls %+v, want a second with the peer up since %v", calls, now)
+	}
+	if n := h.Stalls(); n != 1 {
+		t.Fatalf("stalls %d after the peer came up, want still 1 (a counter)", n)
 	}
 }

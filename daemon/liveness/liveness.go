@@ -61,6 +61,11 @@ const (
 // States lists every state, for metrics that export one series per state.
 var States = []State{Pending, Up, NoHandshake, Stale, OneWay}
 
+// Sessionless reports whether a peer in state s has no live WireGuard
+// session (never a handshake, or one older than a session lives): its pod
+// traffic is dropped, strict mode never sends it in clear.
+func Sessionless(s State) bool { return s == NoHandshake || s == Stale }
+
 // RepairKind is an action the daemon can take on a peer.
 type RepairKind string
 

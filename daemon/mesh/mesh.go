@@ -107,11 +107,6 @@ type Stats struct {
 	ApplyErrors   atomic.Int64
 	FullResyncs   atomic.Int64 // etcd re-lists (start, compaction)
 	WatchRestarts atomic.Int64
-	// Strict mode made visible: peers we send to (handshake attempts) that
-	// never answer, e.g. a wrong key or endpoint in their record. Their
-	// PodCIDR's traffic is dropped (it only ever leaves encrypted).
-	NoHandshakePeers atomic.Int64 // gauge: peers failing right now
-	HandshakeStalls  atomic.Int64 // times a peer became failing
 	// Re-keyed peers whose first handshake did not come and whose entry
 	// was re-created to initiate again (rekey.go).
 	RekeyRetries atomic.Int64
@@ -142,8 +137,6 @@ type Reconciler struct {
 	// name, readable from other goroutines (metrics, at scrape time).
 	peerMu    sync.Mutex
 	peerNodes map[wgtypes.Key]PeerInfo
-
-	health map[wgtypes.Key]*peerHealth // by peer key, owned by Run
 
 	rekeyed    map[netip.Prefix]*rekeyWatch // re-keyed peers until their first handshake (rekey.go)
 	rekeyTimer *time.Timer                  // next check of rekeyed; nil when empty

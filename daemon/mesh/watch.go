@@ -96,7 +96,6 @@ func (r *Reconciler) watchLoop(ctx context.Context, wch clientv3.WatchChan, rev 
 				r.apply(cidr)
 			}
 			r.syncSites()
-			r.checkHandshakes(time.Now())
 		case <-r.pathsChanged():
 			r.kernelResync()
 		case <-r.cfg.PQ.HoldChanged:

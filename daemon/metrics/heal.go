@@ -31,6 +31,18 @@ func (c *Collector) collectHealth(ch chan<- prometheus.Metric) {
 	if c.src.Health == nil {
 		return
 	}
+	// The node-wide handshake figures are derived from the liveness
+	// states, the one judgement of whether a peer has a session.
+	sessionless := 0
+	for _, s := range c.src.Health() {
+		if liveness.Sessionless(s.State) {
+			sessionless++
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descNoHandshake, prometheus.GaugeValue, float64(sessionless))
+	if c.src.HandshakeStalls != nil {
+		ch <- prometheus.MustNewConstMetric(descStalls, prometheus.CounterValue, float64(c.src.HandshakeStalls()))
+	}
 	for _, s := range c.src.Health() {
 		lv := []string{s.Node, s.CIDR, s.PublicKey}
 		for _, st := range liveness.States {

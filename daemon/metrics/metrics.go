@@ -57,8 +57,10 @@ type Sources struct {
 	Now       func() time.Time
 	// Health is every peer's liveness, repairs and path MTU (heal.go);
 	// DeviceMTU the WireGuard device's MTU.
-	Health    func() []heal.PeerStatus
-	DeviceMTU int
+	Health func() []heal.PeerStatus
+	// HandshakeStalls counts peers going sessionless (heal.Healer.Stalls).
+	HandshakeStalls func() int64
+	DeviceMTU       int
 	// Paths says how each peer is reached (NAT traversal; nil: off).
 	Paths pathSource
 }
@@ -118,9 +120,9 @@ var (
 	descRetakes = prometheus.NewDesc("wgcni_lease_retakes_total",
 		"Times this node's record had vanished and was taken back.", nil, nil)
 	descNoHandshake = prometheus.NewDesc("wgcni_peers_without_handshake",
-		"Peers configured for a while that have no recent handshake: their traffic is dropped (strict mode), check their key and endpoint.", nil, nil)
+		"Peers in liveness state no-handshake or stale (no live session): their traffic is dropped (strict mode), check their key and endpoint.", nil, nil)
 	descStalls = prometheus.NewDesc("wgcni_peer_handshake_stalls_total",
-		"Times a peer became one without a recent handshake.", nil, nil)
+		"Times a peer went into liveness state no-handshake or stale from another state.", nil, nil)
 	descRekeyRetries = prometheus.NewDesc("wgcni_peer_rekey_retries_total",
 		"Times the entry of a re-keyed peer was re-created because its first handshake did not come.", nil, nil)
 	descRecreations = prometheus.NewDesc("wgcni_device_recreations_total",
@@ -184,8 +186,6 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descResyncs, prometheus.CounterValue, float64(s.FullResyncs.Load()))
 		ch <- prometheus.MustNewConstMetric(descWatch, prometheus.CounterValue, float64(s.WatchRestarts.Load()))
 		ch <- prometheus.MustNewConstMetric(descBad, prometheus.CounterValue, float64(s.BadRecords.Load()))
-		ch <- prometheus.MustNewConstMetric(descNoHandshake, prometheus.GaugeValue, float64(s.NoHandshakePeers.Load()))
-		ch <- prometheus.MustNewConstMetric(descStalls, prometheus.CounterValue, float64(s.HandshakeStalls.Load()))
 		ch <- prometheus.MustNewConstMetric(descRekeyRetries, prometheus.CounterValue, float64(s.RekeyRetries.Load()))
 		ch <- prometheus.MustNewConstMetric(descRecreations, prometheus.CounterValue, float64(s.DeviceRecreations.Load()))
 	}

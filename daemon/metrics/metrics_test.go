@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -14,6 +15,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/heal"
+	"github.com/wgcni/wgcni/daemon/liveness"
 	"github.com/wgcni/wgcni/daemon/mesh"
 )
 
@@ -121,5 +124,29 @@ func TestCapacity(t *testing.T) {
 		if got := Capacity(netip.MustParsePrefix(p)); got != want {
 			t.Errorf("%s: %d, want %d", p, got, want)
 		}
+	}
+}
+
+// The node-wide handshake figures are derived from the liveness states:
+// peers without a live session (no-handshake, stale) and the healer's
+// count of peers going so; one-way has a session, pending no verdict yet.
+func TestHandshakeFiguresFromStates(t *testing.T) {
+	var st []heal.PeerStatus
+	for i, s := range []liveness.State{liveness.Up, liveness.NoHandshake, liveness.Stale, liveness.OneWay, liveness.Pending} {
+		st = append(st, heal.PeerStatus{Node: fmt.Sprintf("n%d", i), CIDR: fmt.Sprintf("10.244.%d.0/24", i), State: s, Repairs: map[string]int64{}})
+	}
+	c := NewCollector(Sources{Node: "n0", Device: "wg", Mode: "userspace", WG: fakeDev{&wgtypes.Device{Name: "wg"}},
+		Health: func() []heal.PeerStatus { return st }, HandshakeStalls: func() int64 { return 7 },
+		Now: func() time.Time { return time.Unix(1_700_000_000, 0) }})
+	want := `
+# HELP wgcni_peers_without_handshake Peers in liveness state no-handshake or stale (no live session): their traffic is dropped (strict mode), check their key and endpoint.
+# TYPE wgcni_peers_without_handshake gauge
+wgcni_peers_without_handshake 2
+# HELP wgcni_peer_handshake_stalls_total Times a peer went into liveness state no-handshake or stale from another state.
+# TYPE wgcni_peer_handshake_stalls_total counter
+wgcni_peer_handshake_stalls_total 7
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "wgcni_peers_without_handshake", "wgcni_peer_handshake_stalls_total"); err != nil {
+		t.Fatal(err)
 	}
 }

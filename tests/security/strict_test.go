@@ -126,7 +126,8 @@ func TestStrictMode(t *testing.T) {
 		}
 		cp := startCapture(t, c)
 		wait := pingFor(p1.NS, free, 25*time.Second)
-		log := n1.WaitLog(t, 40*time.Second, "no WireGuard handshake with peer", "cidr="+ghostCIDR.String())
+		ghostLine := "part=heal peer_node=ghost cidr=" + ghostCIDR.String() + " state=no-handshake"
+		log := n1.WaitLog(t, 40*time.Second, unhealthy+`" node=n1 `+ghostLine)
 		r := wait()
 		rep := requireNoPlain(t, "bogus new node", cp)
 		if r.Received != 0 {
@@ -135,7 +136,7 @@ func TestStrictMode(t *testing.T) {
 		if rep.WGTypes[capture.WGHandshakeInit] == 0 {
 			t.Fatalf("no handshake initiations on the underlay: the traffic was not even tried through WireGuard")
 		}
-		t.Logf("operator sees: %s", firstLine(log, "no WireGuard handshake"))
+		t.Logf("operator sees: %s", firstLine(log, ghostLine))
 	})
 
 	t.Run("peer with a wrong key", func(t *testing.T) {
@@ -172,21 +173,31 @@ func TestStrictMode(t *testing.T) {
 		}
 		cp := startCapture(t, c)
 		wait := pingFor(p1.NS, p2.IP, 25*time.Second)
-		msg, who := "no WireGuard handshake with peer", "cidr="+n2.MustPodCIDR(t)+" node=n2"
-		log := n1.WaitLog(t, 40*time.Second, msg, `node is down" node=n1 part=mesh `+who)
+		who := "part=heal peer_node=n2 cidr=" + n2.MustPodCIDR(t) + " state=no-handshake"
+		log := n1.WaitLog(t, 40*time.Second, unhealthy+`" node=n1 `+who)
 		r := wait()
 		requireNoPlain(t, "wrong key", cp)
 		if r.Received != 0 {
 			t.Fatalf("%d replies with n2's key wrong", r.Received)
 		}
-		t.Logf("p1 -> p2 with n2's key wrong: %d/%d replies; operator sees: %s", r.Received, r.Sent, firstLine(log, `node is down" node=n1 part=mesh `+who))
-		// n2 publishing a (new) key repairs it.
+		t.Logf("p1 -> p2 with n2's key wrong: %d/%d replies; operator sees: %s", r.Received, r.Sent, firstLine(log, who))
+		// n2 publishing a (new) key repairs it: n1 reports the peer up
+		// again (a line after this point: n2 was up before the fault).
+		seen, _ := os.ReadFile(n1.LogPath)
 		out, err := n2.ExecTimeout(60*time.Second, append([]string{c.Bin("wgcnid"), "rotate-key"}, n2.DaemonArgs()...)...)
 		if err != nil {
 			t.Fatalf("rotate-key: %v %s", err, out)
 		}
 		harness.Connect(t, p1.NS, p2.IP, "p1 -> p2 after n2 republished its key", 3)
-		n1.WaitLog(t, 20*time.Second, "WireGuard handshake problem cleared")
+		if err := harness.WaitFor(20*time.Second, "n1 to log n2 up again", func() (bool, error) {
+			b, err := os.ReadFile(n1.LogPath)
+			if err != nil || len(b) < len(seen) {
+				return false, err
+			}
+			return strings.Contains(string(b[len(seen):]), `msg="peer up" node=n1 part=heal peer_node=n2 `), nil
+		}); err != nil {
+			t.Fatal(err)
+		}
 	})
 
 	t.Run("daemon restarts", func(t *testing.T) {
@@ -281,6 +292,10 @@ func n2PublicKey(t *testing.T, c *harness.Cluster, n *harness.Node) string {
 	}
 	return l.PublicKey
 }
+
+// unhealthy is the message of the healer's log line for a peer that goes
+// no-handshake, stale or one-way (daemon/heal).
+const unhealthy = "peer unhealthy: its pod traffic is dropped (strict mode, never sent in clear)"
 
 func firstLine(s, sub string) string {
 	for _, l := range strings.Split(s, "\n") {
