@@ -430,8 +430,25 @@ func readLog(r io.Reader, out chan<- logLine) {
 			l.Msg, l.Time = sc.Text(), time.Now()
 		}
 		l.raw = sc.Text()
+		// Only what waitMsg looks for: nobody reads out during the steady
+		// window, and a thousand peers going no-handshake log a line each;
+		// forwarding those filled out, blocked this reader and so the
+		// daemon's own stderr, and the daemon stopped mid-measurement.
+		if !waited(l.Msg) {
+			continue
+		}
 		out <- l
 	}
+}
+
+// waited reports whether waitMsg is ever asked for msg, or watches for it
+// (the daemon's failure).
+func waited(msg string) bool {
+	switch msg {
+	case "full sync done", "peer configured", "peer removed", "wgcnid failed":
+		return true
+	}
+	return false
 }
 
 // waitMsg returns the first line with message msg (and matching match),
