@@ -35,7 +35,7 @@ func pqKey(cfg *config.Config, log *slog.Logger) (pqkeys.Private, string, error)
 // them. peers is read only once they run. With off it clears PSKs a previous run left on
 // the device: the peers clear theirs once our record has no ML-KEM key.
 func startPQ(ctx context.Context, cfg *config.Config, wg *wgctrl.Client, self wgtypes.Key, kem pqkeys.Private,
-	peers func() map[wgtypes.Key]mesh.PeerInfo, log *slog.Logger) (*pqpeer.Manager, error) {
+	peers func() map[wgtypes.Key]mesh.PeerInfo, selfNAT func() bool, log *slog.Logger) (*pqpeer.Manager, error) {
 	if cfg.PostQuantum.Mode == config.PQOff {
 		pqpeer.RemoveStatus(cfg.RunDir)
 		if err := pqpeer.ClearDevice(wg, cfg.Device); err != nil {
@@ -45,7 +45,7 @@ func startPQ(ctx context.Context, cfg *config.Config, wg *wgctrl.Client, self wg
 	}
 	m, err := pqpeer.New(pqpeer.Config{
 		Required: cfg.PostQuantum.Mode == config.PQRequired, Interval: cfg.PostQuantum.Interval, Port: cfg.PostQuantum.Port,
-		Device: cfg.Device, WG: wg, Self: self, KEM: kem, Peers: peers,
+		Device: cfg.Device, WG: wg, Self: self, KEM: kem, Peers: peers, SelfUnreachable: selfNAT,
 		Handshake: func(peer wgtypes.Key, ka time.Duration) error {
 			return wgdev.Initiate(wg, cfg.Device, map[wgtypes.Key]time.Duration{peer: ka})
 		},

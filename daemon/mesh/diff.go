@@ -116,7 +116,11 @@ func (p Peer) allowedPrefixes() []netip.Prefix {
 		out = append(out, p.CIDRs...)
 		out = append(out, p.Sites...)
 	}
-	out = append(out, p.Carries...)
+	if !p.Held {
+		// A held relay carries nothing: relayed traffic would cross
+		// its tunnel without the PSK that required mode waits for.
+		out = append(out, p.Carries...)
+	}
 	if p.Underlay.IsValid() {
 		out = append(out, p.underlayPrefix())
 	}

@@ -48,6 +48,10 @@ type Config struct {
 	// Handshake starts a WireGuard handshake with a peer that has no
 	// session (wgdev.Initiate); optional.
 	Handshake func(peer wgtypes.Key, keepalive time.Duration) error
+	// SelfUnreachable reports that this node sits behind a NAT
+	// (daemon/nat); optional. Its messages over the underlay then come
+	// from the NAT's address, which no peer can attribute to it.
+	SelfUnreachable func() bool
 	// StatusFile, if set, receives the per-peer state for wgcnictl.
 	StatusFile string
 	Log        *slog.Logger
@@ -64,6 +68,7 @@ type peerState struct {
 	has       bool
 	epoch     uint64 // 0: found on the device at start
 	installed time.Time
+	first     time.Time // when the current run of PSKs began (FirstPSK)
 	exchanges int64
 	failures  int64
 	streak    int // consecutive failed exchanges
@@ -108,7 +113,7 @@ func New(cfg Config) (*Manager, error) {
 	now := time.Now()
 	for _, p := range dev.Peers {
 		if p.PresharedKey != (wgtypes.Key{}) {
-			m.peers[p.PublicKey] = &peerState{psk: p.PresharedKey, has: true, installed: now}
+			m.peers[p.PublicKey] = &peerState{psk: p.PresharedKey, has: true, installed: now, first: now}
 		}
 	}
 	m.node, err = pqexchange.Listen(pqexchange.Config{
@@ -150,6 +155,19 @@ func (m *Manager) PresharedKey(peer wgtypes.Key) (wgtypes.Key, bool) {
 		return st.psk, true
 	}
 	return wgtypes.Key{}, false
+}
+
+// FirstPSK reports since when peer has had a PSK (its first install, or
+// the daemon's start for a PSK adopted from the device); false without
+// one. NAT traversal (daemon/nat) in required mode lets a punched direct
+// path carry traffic only through a session made after it.
+func (m *Manager) FirstPSK(peer wgtypes.Key) (time.Time, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if st := m.peers[peer]; st != nil && st.has {
+		return st.first, true
+	}
+	return time.Time{}, false
 }
 
 // PeersChanged tells the manager to re-read the reconciler's peers.
@@ -274,8 +292,8 @@ func (m *Manager) setPSK(peer, psk wgtypes.Key) error {
 
 // lookup is pqexchange.Config.Peers: a peer's published key and its
 // addresses, tunnel first (its device address) and underlay second — or
-// underlay first while it is held, since the tunnel does not carry its
-// PodCIDR then.
+// underlay first while it is held or has no PSK yet, since the tunnel
+// does not carry its PodCIDR while held.
 func (m *Manager) lookup(peer wgtypes.Key) (pqexchange.Peer, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -283,14 +301,32 @@ func (m *Manager) lookup(peer wgtypes.Key) (pqexchange.Peer, bool) {
 	if st == nil || st.kem == nil || len(st.info.CIDRs) == 0 {
 		return pqexchange.Peer{}, false
 	}
-	port := uint16(m.cfg.Port)
-	tunnel := netip.AddrPortFrom(st.info.CIDRs[0].Masked().Addr(), port)
-	underlay := netip.AddrPortFrom(st.info.Endpoint.Addr(), port)
-	addrs := []netip.AddrPort{tunnel, underlay}
-	if st.info.Held || !st.has {
-		addrs = []netip.AddrPort{underlay, tunnel}
+	selfNAT := m.cfg.SelfUnreachable != nil && m.cfg.SelfUnreachable()
+	return pqexchange.Peer{KEM: st.kem, Addrs: exchangeAddrs(st.info, st.has, selfNAT, uint16(m.cfg.Port)), Sources: st.info.CIDRs}, true
+}
+
+// exchangeAddrs orders the addresses a peer's exchange goes to. NAT
+// (docs/nat.md) changes the underlay's worth: a peer behind a NAT has no
+// endpoint to send to (WireGuard roams to its NAT's mapping, unset here)
+// or one that drops unsolicited packets (a punched path's public
+// endpoint), and when this node is behind a NAT the peer sees our
+// underlay messages come from the NAT's address, not one it can tie to
+// us, and drops them. The tunnel reaches such a peer whenever it is not
+// held: at its device address over its direct session, or through the
+// relay that carries its PodCIDR. So with NAT on either side the tunnel
+// comes first even before the first PSK; the underlay stays as the
+// fallback for peers behind the same NAT (their LAN endpoint works).
+func exchangeAddrs(info mesh.PeerInfo, has, selfNAT bool, port uint16) []netip.AddrPort {
+	tunnel := netip.AddrPortFrom(info.CIDRs[0].Masked().Addr(), port)
+	if !info.Endpoint.IsValid() {
+		return []netip.AddrPort{tunnel}
 	}
-	return pqexchange.Peer{KEM: st.kem, Addrs: addrs, Sources: st.info.CIDRs}, true
+	underlay := netip.AddrPortFrom(info.Endpoint.Addr(), port)
+	nat := info.Unreachable || selfNAT
+	if info.Held || (!has && !nat) {
+		return []netip.AddrPort{underlay, tunnel}
+	}
+	return []netip.AddrPort{tunnel, underlay}
 }
 
 // install is pqexchange.Config.Install: the PSK onto the device peer, then
@@ -308,6 +344,9 @@ func (m *Manager) install(r pqexchange.Result) error {
 	}
 	first := !st.has
 	st.psk, st.has, st.epoch, st.installed = r.PSK.Key(), true, r.Epoch, time.Now()
+	if first {
+		st.first = st.installed
+	}
 	st.handshakeDue = first
 	m.changes.Add(1)
 	if !r.Initiator {
