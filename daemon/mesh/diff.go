@@ -121,6 +121,7 @@ func (p Peer) allowedPrefixes() []netip.Prefix {
 		// its tunnel without the PSK that required mode waits for.
 		out = append(out, p.Carries...)
 	}
+	out = append(out, p.exchangePrefixes()...)
 	if p.Underlay.IsValid() {
 		out = append(out, p.underlayPrefix())
 	}
@@ -134,6 +135,7 @@ func (p Peer) routes(link int, srcs []netip.Addr) []route.Peer {
 	for _, c := range p.podCIDRs() {
 		out = append(out, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, srcs), MTU: p.MTU})
 	}
+	out = append(out, p.exchangeRoutes(link, srcs)...)
 	if p.Underlay.IsValid() {
 		out = append(out, route.HostRoute(p.Underlay, link, p.UnderlaySrc))
 	}
@@ -195,6 +197,9 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 	wanted := make(map[netip.Prefix]bool, 2*len(desired))
 	for _, d := range desired {
 		for _, c := range d.podCIDRs() {
+			wanted[c] = true
+		}
+		for _, c := range d.exchangePrefixes() {
 			wanted[c] = true
 		}
 		if d.Underlay.IsValid() {

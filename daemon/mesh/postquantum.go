@@ -79,9 +79,46 @@ func (p Peer) podCIDRs() []netip.Prefix {
 	return p.CIDRs
 }
 
-// heldRoutes are the routes of have's PodCIDRs that leave the tunnel
-// because want holds them (the others DiffOne removes itself).
+// exchangePrefixes are what a held peer's tunnel still carries: the host
+// prefixes of its device address (the network address of each PodCIDR,
+// agent/devaddr.go) and gateway (record.Gateway), the two ends the
+// post-quantum exchange uses over the tunnel. Without them the exchange
+// that releases the peer could only use the underlay, which does not
+// reach a node behind a NAT (docs/nat.md). Pod traffic is not among them:
+// a pod's address is neither, so the peer's WireGuard drops it. A
+// host-only peer (single-address CIDR) gets none.
+func (p Peer) exchangePrefixes() []netip.Prefix {
+	if !p.Held {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, c := range p.CIDRs {
+		if c.IsSingleIP() {
+			continue
+		}
+		for _, a := range []netip.Addr{c.Masked().Addr(), record.Gateway(c)} {
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	return out
+}
+
+// exchangeRoutes route a held peer's exchangePrefixes into the tunnel.
+func (p Peer) exchangeRoutes(link int, srcs []netip.Addr) []route.Peer {
+	var out []route.Peer
+	for _, c := range p.exchangePrefixes() {
+		out = append(out, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, srcs)})
+	}
+	return out
+}
+
+// heldRoutes are the routes that leave the tunnel because want holds
+// have's PodCIDRs, or because want releases them (the exchange routes;
+// the others DiffOne removes itself).
 func heldRoutes(have, want *Peer, link int, src []netip.Addr) []route.Peer {
+	if have.Held && !want.Held {
+		return have.exchangeRoutes(link, src)
+	}
 	if have.Held || !want.Held {
 		return nil
 	}

@@ -311,11 +311,12 @@ func (m *Manager) lookup(peer wgtypes.Key) (pqexchange.Peer, bool) {
 // or one that drops unsolicited packets (a punched path's public
 // endpoint), and when this node is behind a NAT the peer sees our
 // underlay messages come from the NAT's address, not one it can tie to
-// us, and drops them. The tunnel reaches such a peer whenever it is not
-// held: at its device address over its direct session, or through the
-// relay that carries its PodCIDR. So with NAT on either side the tunnel
-// comes first even before the first PSK; the underlay stays as the
-// fallback for peers behind the same NAT (their LAN endpoint works).
+// us, and drops them. The tunnel reaches such a peer: at its device
+// address over its direct session (held or not: a held peer's tunnel
+// still carries the exchange's addresses, mesh.Peer.exchangePrefixes), or
+// through the relay that carries its PodCIDR. So with NAT on either side
+// the tunnel comes first; the underlay stays as the fallback for peers
+// behind the same NAT (their LAN endpoint works).
 func exchangeAddrs(info mesh.PeerInfo, has, selfNAT bool, port uint16) []netip.AddrPort {
 	tunnel := netip.AddrPortFrom(info.CIDRs[0].Masked().Addr(), port)
 	if !info.Endpoint.IsValid() {
@@ -323,7 +324,7 @@ func exchangeAddrs(info mesh.PeerInfo, has, selfNAT bool, port uint16) []netip.A
 	}
 	underlay := netip.AddrPortFrom(info.Endpoint.Addr(), port)
 	nat := info.Unreachable || selfNAT
-	if info.Held || (!has && !nat) {
+	if !nat && (info.Held || !has) {
 		return []netip.AddrPort{underlay, tunnel}
 	}
 	return []netip.AddrPort{tunnel, underlay}

@@ -14,9 +14,6 @@ import (
 	"github.com/wgcni/wgcni/tests/harness"
 )
 
-// pqArgs turn post-quantum on; a short interval shows rotations within
-// the test as well.
-var pqArgs = []string{"--post-quantum", "on", "--pq-interval", "10s"}
 
 // pubOf is n's WireGuard public key.
 func pubOf(t *testing.T, n *harness.Node) wgtypes.Key {
@@ -83,10 +80,22 @@ func pqSummary(a *harness.Node, peer string) string {
 // to) and their pods talk; the punched pair a1 <-> c1 gets its PSK and
 // talks over the direct path; the relayed pair a1 <-> b1 still talks
 // (its traffic rides the relay's two tunnels, each with a PSK).
+//
+// With required, each end also holds its peers until their PSK: the
+// exchange with a NATed peer runs over the few addresses a held tunnel
+// still carries, the relayed pair waits for nothing but its relay's legs,
+// and the punched pair switches to its direct path only after its PSK.
 func TestNATWithPostQuantum(t *testing.T) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		harness.Missing(t, "nft (the home routers' NAT; make deps installs nftables)")
 	}
+	for _, mode := range []string{"on", "required"} {
+		t.Run(mode, func(t *testing.T) { natWithPostQuantum(t, mode) })
+	}
+}
+
+func natWithPostQuantum(t *testing.T, mode string) {
+	pqArgs := []string{"--post-quantum", mode, "--pq-interval", "10s"}
 	c := harness.Start(t, harness.Config{ClusterCIDR: clusterCIDR, LeaseTTL: leaseTTL, Tag: "nq"}, 0)
 	var nodes []*harness.Node
 	reach := func() *harness.Node {
@@ -142,6 +151,18 @@ func TestNATWithPostQuantum(t *testing.T) {
 		if p := paths(a1)[c1.Name]; p.Mode != nat.Punched {
 			t.Errorf("a1 -> c1 left the punched path: %+v", p)
 		}
+		if mode == "required" {
+			// The CIDRs moved to the direct peer only after the PSK was
+			// installed, on each end.
+			for _, e := range [][2]*harness.Node{{a1, c1}, {c1, a1}} {
+				installed := logTime(t, e[0], false, "post-quantum PSK installed", pubOf(t, e[1]).String())
+				punched := logTime(t, e[0], false, "path to peer", "peer_node="+e[1].Name, "mode=punched")
+				if !punched.After(installed) {
+					t.Errorf("%s moved %s's CIDRs to the punched path at %v, before its PSK (%v)", e[0].Name, e[1].Name, punched, installed)
+				}
+				t.Logf("FIGURE %s: PSK for %s installed %v before the switch to the punched path", e[0].Name, e[1].Name, punched.Sub(installed).Round(time.Millisecond))
+			}
+		}
 		t.Logf("FIGURE a1 <-> c1 punched, same PSK (waited %v more); a1: %s", d.Round(time.Millisecond), pqSummary(a1, c1.Name))
 		res = append(res, "a1-c1=punched,psk,ping")
 	})
@@ -179,5 +200,5 @@ func TestNATWithPostQuantum(t *testing.T) {
 		}
 		res = append(res, fmt.Sprintf("failed exchange attempts=%d", total))
 	})
-	t.Logf("RESULT nat+post-quantum: %s (failed=%v)", strings.Join(res, "; "), t.Failed())
+	t.Logf("RESULT nat+post-quantum=%s: %s (failed=%v)", mode, strings.Join(res, "; "), t.Failed())
 }
