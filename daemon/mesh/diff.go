@@ -50,6 +50,10 @@ type Peer struct {
 	Published   netip.AddrPort // an Unreachable peer's record endpoint (its LAN address)
 	Relayed     bool
 	Carries     []netip.Prefix
+	// SelfUnreachable: this node is behind a NAT (set by daemon/nat).
+	// With Unreachable it lets a held peer's tunnel carry the
+	// post-quantum exchange (exchangePrefixes).
+	SelfUnreachable bool
 	// DropSessionsBefore: a session with the peer older than this is
 	// dropped by re-creating its entry (a dead punched path must come
 	// back through a fresh handshake that both ends see; paths.go).
@@ -76,7 +80,7 @@ func (p Peer) equal(o Peer) bool {
 		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc && p.MTU == o.MTU &&
 		p.PQPublicKey == o.PQPublicKey && p.Held == o.Held && slices.Equal(p.Sites, o.Sites) &&
 		p.Unreachable == o.Unreachable && p.Published == o.Published && p.Relayed == o.Relayed && slices.Equal(p.Carries, o.Carries) &&
-		p.DropSessionsBefore.Equal(o.DropSessionsBefore)
+		p.DropSessionsBefore.Equal(o.DropSessionsBefore) && p.SelfUnreachable == o.SelfUnreachable
 }
 
 func (p Peer) config() wgtypes.PeerConfig {

@@ -85,10 +85,11 @@ func (p Peer) podCIDRs() []netip.Prefix {
 // post-quantum exchange uses over the tunnel. Without them the exchange
 // that releases the peer could only use the underlay, which does not
 // reach a node behind a NAT (docs/nat.md). Pod traffic is not among them:
-// a pod's address is neither, so the peer's WireGuard drops it. A
-// host-only peer (single-address CIDR) gets none.
+// a pod's address is neither, so the peer's WireGuard drops it. Only
+// with NAT on either end (elsewhere a held peer's tunnel carries nothing,
+// as before); a host-only peer (single-address CIDR) gets none.
 func (p Peer) exchangePrefixes() []netip.Prefix {
-	if !p.Held {
+	if !p.Held || !(p.Unreachable || p.SelfUnreachable) {
 		return nil
 	}
 	var out []netip.Prefix

@@ -22,8 +22,20 @@ func TestHeldPeerKeepsPodCIDRsOut(t *testing.T) {
 	srcs := []netip.Addr{gw}
 	free := peer(t, "10.244.2.0/24")
 	free.Underlay, free.UnderlaySrc = netip.MustParseAddr("10.99.0.2"), netip.MustParseAddr("10.99.0.1")
+	free.Unreachable = true // behind a NAT: the exchange runs in the tunnel
 	held := free
 	held.Held = true
+	// Without NAT a held peer's tunnel carries nothing.
+	noNAT := held
+	noNAT.Unreachable = false
+	if a := noNAT.allowedPrefixes(); len(a) != 1 || len(noNAT.routes(link, srcs)) != 1 {
+		t.Fatalf("held peer, no NAT: allowed %v, routes %v; want only the underlay address", a, noNAT.routes(link, srcs))
+	}
+	selfNAT := noNAT
+	selfNAT.SelfUnreachable = true
+	if a := selfNAT.allowedPrefixes(); len(a) != 3 {
+		t.Fatalf("held peer of a NATed node: allowed %v, want the exchange addresses too", a)
+	}
 	podRoute := free.routes(link, srcs)[0]
 	exchange := map[netip.Prefix]bool{netip.MustParsePrefix("10.244.2.0/32"): true, netip.MustParsePrefix("10.244.2.1/32"): true}
 

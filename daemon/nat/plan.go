@@ -97,6 +97,7 @@ func Plan(in Inputs, active map[netip.Prefix]mesh.Peer) (map[netip.Prefix]mesh.P
 	var paths []Path
 	for _, c := range sortedCIDRs(active) {
 		p := out[c]
+		p.SelfUnreachable = in.SelfUnreachable
 		path := Path{Node: p.Node, Mode: Direct}
 		switch {
 		case !p.Unreachable:

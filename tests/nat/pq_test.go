@@ -14,7 +14,6 @@ import (
 	"github.com/wgcni/wgcni/tests/harness"
 )
 
-
 // pubOf is n's WireGuard public key.
 func pubOf(t *testing.T, n *harness.Node) wgtypes.Key {
 	t.Helper()
