@@ -199,5 +199,5 @@ func natWithPostQuantum(t *testing.T, mode string) {
 		}
 		res = append(res, fmt.Sprintf("failed exchange attempts=%d", total))
 	})
-	t.Logf("RESULT nat+post-quantum=%s: %s (failed=%v)", mode, strings.Join(res, "; "), t.Failed())
+	harness.Result(t, "nat+post-quantum=%s: %s (failed=%v)", mode, strings.Join(res, "; "), t.Failed())
 }
