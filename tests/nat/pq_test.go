@@ -128,6 +128,7 @@ func natWithPostQuantum(t *testing.T, mode string) {
 	for _, n := range nodes {
 		pod[n] = n.MustAddPod(t)
 	}
+	caps := startCaptures(t, c, []*harness.Router{rtA, rtB, rtC})
 	var res []string
 
 	t.Run("NATed and reachable share a PSK", func(t *testing.T) {
@@ -185,6 +186,11 @@ func natWithPostQuantum(t *testing.T, mode string) {
 			pa.Via, pa.Why, pqSummary(a1, b1.Name))
 		res = append(res, "a1-b1=relayed via "+pa.Via+",legs psk,ping")
 	})
+	// The exchanges ran inside the tunnels: every segment (the underlay,
+	// each router's LAN and WAN) carries WireGuard and no plaintext pod
+	// packet.
+	t.Run("only WireGuard on every segment", func(t *testing.T) { caps.check(t) })
+
 	// Every exchange went to an address that works at once: never to an
 	// unreachable node's unset endpoint, never a NATed node's underlay
 	// message the peer cannot tie to it (dropped, then ~4 s of retries).
