@@ -44,7 +44,7 @@ func startPQ(ctx context.Context, cfg *config.Config, wg *wgctrl.Client, self wg
 		return nil, nil
 	}
 	m, err := pqpeer.New(pqpeer.Config{
-		Required: cfg.PostQuantum.Mode == config.PQRequired, Interval: cfg.PostQuantum.Interval, Port: cfg.PostQuantum.Port,
+		Required: cfg.PostQuantum.Mode == config.PQRequired, MaxAge: cfg.PostQuantum.MaxAge, Interval: cfg.PostQuantum.Interval, Port: cfg.PostQuantum.Port,
 		Device: cfg.Device, WG: wg, Self: self, KEM: kem, Peers: peers,
 		Handshake: func(peer wgtypes.Key, ka time.Duration) error {
 			return wgdev.Initiate(wg, cfg.Device, map[wgtypes.Key]time.Duration{peer: ka})

@@ -35,8 +35,12 @@ type Device interface {
 
 // Config configures a Manager.
 type Config struct {
-	// Required: a peer without a PSK is held (its pod traffic dropped).
+	// Required: a peer without a current PSK is held (its pod traffic
+	// dropped).
 	Required bool
+	// MaxAge (required mode): a PSK older than this is not current any
+	// more; its peer is held until a fresh exchange succeeds. 0: never.
+	MaxAge   time.Duration
 	Interval time.Duration
 	Port     int
 	Device   string
@@ -73,6 +77,17 @@ type peerState struct {
 	// handshakeDue: the first PSK was just installed; the initiator's
 	// Handshake call makes the first handshake now.
 	handshakeDue bool
+	// stale: held for age (required mode), as last told to the
+	// reconciler; checkAge and install flip it and signal holdChanged.
+	stale bool
+}
+
+// holds is required mode's rule for one peer at now: held without a PSK,
+// and held when the last successful exchange (installed) is more than
+// maxAge ago — a PSK that stopped rotating no longer counts as current, so
+// a blocked exchange cannot leave pod traffic on an old PSK forever.
+func holds(has bool, installed, now time.Time, maxAge time.Duration) bool {
+	return !has || (maxAge > 0 && now.Sub(installed) > maxAge)
 }
 
 // Manager runs the exchanges; build it with New, then Run.
@@ -134,12 +149,36 @@ func (m *Manager) Hooks() mesh.PQHooks {
 	return h
 }
 
-// Hold reports that peer has no PSK (required mode holds its PodCIDRs).
+// Hold reports that peer has no current PSK (required mode holds its
+// PodCIDRs): none at all, or one older than MaxAge.
 func (m *Manager) Hold(peer wgtypes.Key) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st := m.peers[peer]
-	return st == nil || !st.has
+	return st == nil || holds(st.has, st.installed, time.Now(), m.cfg.MaxAge)
+}
+
+// checkAge holds the peers whose PSK just became older than MaxAge and
+// tells the reconciler (required mode; install releases them).
+func (m *Manager) checkAge(now time.Time) {
+	if !m.cfg.Required || m.cfg.MaxAge <= 0 {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	changed := false
+	for k, st := range m.peers {
+		if !st.has || st.stale || !holds(st.has, st.installed, now, m.cfg.MaxAge) {
+			continue
+		}
+		st.stale, changed = true, true
+		m.cfg.Log.Warn("post-quantum: peer's PSK is older than --pq-max-age; its pod traffic is held until an exchange succeeds", "peer", k.String(), "peer_node", st.info.Node,
+			"age", now.Sub(st.installed).Round(time.Second), "max_age", m.cfg.MaxAge, "last_err", st.lastErr)
+	}
+	if changed {
+		m.changes.Add(1)
+		signal(m.holdChanged)
+	}
 }
 
 // PresharedKey is the PSK a (re)created entry for peer gets.
@@ -190,7 +229,8 @@ func (m *Manager) Run(ctx context.Context) error {
 			m.syncPeers()
 		case <-repair.C:
 			m.repair()
-		case <-status.C:
+		case now := <-status.C:
+			m.checkAge(now)
 			if c := m.changes.Load(); c != written {
 				written = c
 				m.writeStatus()
@@ -260,7 +300,7 @@ func (m *Manager) clearPSK(peer wgtypes.Key, st *peerState) {
 		m.cfg.Log.Warn("post-quantum: clear the PSK of a peer that no longer publishes an ML-KEM key", "peer", peer.String(), "err", err)
 		return
 	}
-	st.has, st.psk, st.epoch = false, zero, 0
+	st.has, st.psk, st.epoch, st.stale = false, zero, 0, false
 	m.changes.Add(1)
 	m.cfg.Log.Info("post-quantum: peer publishes no ML-KEM key any more; its PSK is cleared", "peer", peer.String(), "peer_node", st.info.Node)
 	if m.cfg.Required {
@@ -287,7 +327,7 @@ func (m *Manager) lookup(peer wgtypes.Key) (pqexchange.Peer, bool) {
 	tunnel := netip.AddrPortFrom(st.info.CIDRs[0].Masked().Addr(), port)
 	underlay := netip.AddrPortFrom(st.info.Endpoint.Addr(), port)
 	addrs := []netip.AddrPort{tunnel, underlay}
-	if st.info.Held || !st.has {
+	if st.info.Held || !st.has || st.stale {
 		addrs = []netip.AddrPort{underlay, tunnel}
 	}
 	return pqexchange.Peer{KEM: st.kem, Addrs: addrs, Sources: st.info.CIDRs}, true
@@ -306,14 +346,17 @@ func (m *Manager) install(r pqexchange.Result) error {
 	if err := m.setPSK(r.Peer, r.PSK.Key()); err != nil {
 		return fmt.Errorf("set PSK on %s: %w", m.cfg.Device, err)
 	}
-	first := !st.has
+	first, stale := !st.has, st.stale
 	st.psk, st.has, st.epoch, st.installed = r.PSK.Key(), true, r.Epoch, time.Now()
-	st.handshakeDue = first
+	st.handshakeDue, st.stale = first, false
 	m.changes.Add(1)
 	if !r.Initiator {
 		st.exchanges++ // the initiator counts its own when Exchange returns
 	}
-	if first && m.cfg.Required {
+	if stale {
+		m.cfg.Log.Info("post-quantum: fresh PSK after --pq-max-age was exceeded; peer's pod traffic released", "peer", r.Peer.String(), "peer_node", st.info.Node)
+	}
+	if (first || stale) && m.cfg.Required {
 		signal(m.holdChanged)
 	}
 	return nil
