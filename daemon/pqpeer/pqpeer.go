@@ -96,6 +96,7 @@ type Manager struct {
 	node *pqexchange.Node
 
 	mu    sync.Mutex
+	self  wgtypes.Key // cfg.Self until SetSelf (a key rotation)
 	peers map[wgtypes.Key]*peerState
 
 	peersChanged chan struct{}
@@ -113,7 +114,7 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	m := &Manager{cfg: cfg, peers: map[wgtypes.Key]*peerState{},
+	m := &Manager{cfg: cfg, self: cfg.Self, peers: map[wgtypes.Key]*peerState{},
 		peersChanged: make(chan struct{}, 1), holdChanged: make(chan struct{}, 1), wake: make(chan struct{}, 1),
 		sem: make(chan struct{}, maxParallel)}
 	dev, err := cfg.WG.Device(cfg.Device)
@@ -142,7 +143,7 @@ func New(cfg Config) (*Manager, error) {
 
 // Hooks are the reconciler's side (mesh.Config.PQ).
 func (m *Manager) Hooks() mesh.PQHooks {
-	h := mesh.PQHooks{PresharedKey: m.PresharedKey, PeersChanged: m.PeersChanged}
+	h := mesh.PQHooks{PresharedKey: m.PresharedKey, PeersChanged: m.PeersChanged, Carry: m.Carry}
 	if m.cfg.Required {
 		h.Hold, h.HoldChanged = m.Hold, m.holdChanged
 	}
@@ -189,6 +190,53 @@ func (m *Manager) PresharedKey(peer wgtypes.Key) (wgtypes.Key, bool) {
 		return st.psk, true
 	}
 	return wgtypes.Key{}, false
+}
+
+// Carry moves the pair's PSK to peer's new WireGuard key when the node
+// behind it rotated its key (same node name, same ML-KEM key: the same
+// static identity the PSK was agreed with). The PSK stays secret whatever
+// the WireGuard key; the rotating node keeps it on its entry for us, so
+// both ends' first handshake under the new key uses the same PSK. The new
+// key's state is fresh otherwise: syncPeers schedules an exchange under
+// the new identities and drops the old key's state.
+func (m *Manager) Carry(peer wgtypes.Key, node, pqPublicKey string) {
+	if pqPublicKey == "" || node == "" {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.peers[peer] != nil {
+		return
+	}
+	for k, st := range m.peers {
+		if k == peer || !st.has || st.info.Node != node || st.info.PQPublicKey != pqPublicKey {
+			continue
+		}
+		m.peers[peer] = &peerState{psk: st.psk, has: true, epoch: st.epoch, installed: st.installed, stale: st.stale}
+		m.changes.Add(1)
+		m.cfg.Log.Info("post-quantum: peer's WireGuard key changed (same node, same ML-KEM key); its PSK carries over until an exchange under the new key",
+			"peer", peer.String(), "old_peer", k.String(), "peer_node", node)
+		return
+	}
+}
+
+// SetSelf switches to this node's new WireGuard key (wgcnid rotate-key),
+// once it is published: the exchange identifies both ends by their keys,
+// so every pair runs a fresh exchange under the new identity soon. The
+// PSKs on the device stay (the peers carry them to our new key, Carry).
+func (m *Manager) SetSelf(key wgtypes.Key) {
+	m.node.SetSelf(key)
+	m.mu.Lock()
+	m.self = key
+	now := time.Now()
+	for k, st := range m.peers {
+		if st.kem != nil && pqexchange.Initiates(key, k) {
+			st.next = now.Add(rand.N(time.Second))
+		}
+	}
+	m.changes.Add(1)
+	m.mu.Unlock()
+	signal(m.wake)
 }
 
 // PeersChanged tells the manager to re-read the reconciler's peers.
@@ -281,7 +329,7 @@ func (m *Manager) syncPeers() {
 				}
 				st.kem = ek
 			}
-			if st.kem != nil && pqexchange.Initiates(m.cfg.Self, k) {
+			if st.kem != nil && pqexchange.Initiates(m.self, k) {
 				// A new peer, or one whose key changed: soon, spread
 				// over up to a second so a start does not burst.
 				st.next = now.Add(rand.N(time.Second))
@@ -402,7 +450,7 @@ func (m *Manager) schedule(ctx context.Context) time.Duration {
 	now := time.Now()
 	wait := m.cfg.Interval
 	for k, st := range m.peers {
-		if st.kem == nil || st.running || st.info.Node == "" || !pqexchange.Initiates(m.cfg.Self, k) {
+		if st.kem == nil || st.running || st.info.Node == "" || !pqexchange.Initiates(m.self, k) {
 			continue
 		}
 		if d := st.next.Sub(now); d > 0 {

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgcni/wgcni/daemon/mesh"
 )
 
 // TestHolds: required mode's rule with explicit times — held without a
@@ -91,3 +93,44 @@ func TestCheckAge(t *testing.T) {
 		t.Fatal("on mode: an old PSK was marked held")
 	}
 }
+
+// TestCarry: a peer's new WireGuard key gets the pair's PSK only from the
+// same node with the same ML-KEM key; another node, a changed ML-KEM key
+// (a re-created node) or a key already known carry nothing.
+func TestCarry(t *testing.T) {
+	var oldKey, newKey, other wgtypes.Key
+	oldKey[0], newKey[0], other[0] = 1, 2, 3
+	var psk wgtypes.Key
+	psk[0] = 9
+	installed := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name      string
+		node, kem string
+		known     bool // newKey already has a state
+		want      bool
+	}{
+		{"same node, same ML-KEM key", "n1", "kem1", false, true},
+		{"other node", "n2", "kem1", false, false},
+		{"same node, new ML-KEM key", "n1", "kem2", false, false},
+		{"no ML-KEM key", "n1", "", false, false},
+		{"new key already known", "n1", "kem1", true, false},
+	} {
+		m := &Manager{cfg: Config{Log: slog.New(slog.DiscardHandler)}, peers: map[wgtypes.Key]*peerState{
+			oldKey: {psk: psk, has: true, installed: installed, info: meshInfo("n1", "kem1")},
+			other:  {info: meshInfo("n2", "kem1")},
+		}}
+		if tc.known {
+			m.peers[newKey] = &peerState{}
+		}
+		m.Carry(newKey, tc.node, tc.kem)
+		got, ok := m.PresharedKey(newKey)
+		if ok != tc.want || (ok && got != psk) {
+			t.Errorf("%s: PSK for the new key present=%v (right one: %v), want %v", tc.name, ok, got == psk, tc.want)
+		}
+		if tc.want && !m.peers[newKey].installed.Equal(installed) {
+			t.Errorf("%s: carried PSK's age restarted (installed %v, want %v): max-age must count from the exchange", tc.name, m.peers[newKey].installed, installed)
+		}
+	}
+}
+
+func meshInfo(node, kem string) mesh.PeerInfo { return mesh.PeerInfo{Node: node, PQPublicKey: kem} }
