@@ -32,13 +32,6 @@ var (
 	siteHost = netip.MustParseAddr("192.168.77.100")
 )
 
-func result(t *testing.T, format string, args ...any) {
-	t.Helper()
-	line := "RESULT " + t.Name() + ": " + fmt.Sprintf(format, args...)
-	t.Log(line)
-	fmt.Println(line)
-}
-
 func start(t *testing.T) (*harness.Cluster, *harness.Site) {
 	t.Helper()
 	return startTag(t, tag)

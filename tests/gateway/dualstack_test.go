@@ -55,6 +55,6 @@ func TestSiteDualStack(t *testing.T) {
 	for _, s := range site.Prefixes {
 		waitHolderOf(t, c, n3, s, g2.Name, 15*time.Second)
 	}
-	result(t, "both site CIDRs (%v) on %s's peer %v after %s was SIGKILLed", site.Prefixes, g2.Name, time.Since(killed).Round(time.Millisecond), g1.Name)
+	harness.Result(t, "both site CIDRs (%v) on %s's peer %v after %s was SIGKILLed", site.Prefixes, g2.Name, time.Since(killed).Round(time.Millisecond), g1.Name)
 	reach("through " + g2.Name)
 }

@@ -144,7 +144,7 @@ func (f *fixture) failover(t *testing.T, what string, from, to *harness.Node, fa
 		sent, recv, gap := ping.wait(t)
 		close(stop)
 		seq := <-seen
-		result(t, "%s: site moved to %s's peer on %s %v later (applied, per its log); ping 100/s: %d/%d lost, longest outage %v; holders seen %q",
+		harness.Result(t, "%s: site moved to %s's peer on %s %v later (applied, per its log); ping 100/s: %d/%d lost, longest outage %v; holders seen %q",
 			what, to.Name, f.n.Name, moved.Round(time.Millisecond), sent-recv, sent, gap, seq)
 		checkSeq(t, seq, from.Name, to.Name)
 		if gap > target {
@@ -165,7 +165,7 @@ func (f *fixture) noMove(t *testing.T, what string, holder *harness.Node, during
 		sent, recv, gap := ping.wait(t)
 		close(stop)
 		seq := <-seen
-		result(t, "%s: holders seen on %s %q; ping 100/s: %d/%d lost, longest outage %v", what, f.n.Name, seq, sent-recv, sent, gap)
+		harness.Result(t, "%s: holders seen on %s %q; ping 100/s: %d/%d lost, longest outage %v", what, f.n.Name, seq, sent-recv, sent, gap)
 		checkSeq(t, seq, holder.Name)
 		if sent-recv > 0 {
 			t.Errorf("%s: %d pings lost", what, sent-recv)

@@ -109,7 +109,7 @@ func TestAdvertisementRefused(t *testing.T) {
 		t.Fatalf("ping into the site without a gateway: %+v %v, want refused locally", r, err)
 	}
 	waitRoute(t, n1, "", 30*time.Second)
-	result(t, "gateway %s gone: site %s unreachable on %s after %v, its route gone with the record after %v",
+	harness.Result(t, "gateway %s gone: site %s unreachable on %s after %v, its route gone with the record after %v",
 		g.Name, siteCIDR, n1.Name, unreachable.Round(time.Millisecond), time.Since(died).Round(time.Millisecond))
 }
 

@@ -120,5 +120,5 @@ func testSiteThroughGateway(t *testing.T, hostOnly bool) {
 	if out, _ := g1.Exec("ip", "route", "show", "proto", "87"); strings.TrimSpace(out) != "" {
 		t.Fatalf("routes of ours left on %s after cleanup: %s", g1.Name, out)
 	}
-	result(t, "restart of serving gateway %s: site stayed on its peer; after its cleanup the site was on %s's peer within %v (TTL 5s)", g1.Name, g2.Name, moved.Round(time.Millisecond))
+	harness.Result(t, "restart of serving gateway %s: site stayed on its peer; after its cleanup the site was on %s's peer within %v (TTL 5s)", g1.Name, g2.Name, moved.Round(time.Millisecond))
 }

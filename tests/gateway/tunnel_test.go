@@ -10,6 +10,7 @@ import (
 
 	"github.com/wgcni/wgcni/daemon/gwlive"
 	"github.com/wgcni/wgcni/daemon/liveness"
+	"github.com/wgcni/wgcni/tests/harness"
 )
 
 // tunnelTarget bounds the failover when only the tunnel dies: liveness
@@ -58,7 +59,7 @@ func TestGatewayTunnelDead(t *testing.T) {
 		!strings.Contains(r.Sites[0].Here.Reason, "tunnel") {
 		t.Fatalf("wgcnictl gateways on %s: %+v (here %+v), want %s elected, %s used here because of its tunnel", n3.Name, r.Sites, r.Sites[0].Here, g1.Name, g2.Name)
 	}
-	result(t, "wgcnictl gateways on %s: elected %s, here %s: %q (%v after the block)", n3.Name, r.Sites[0].Gateway, r.Sites[0].Here.Gateway, r.Sites[0].Here.Reason, time.Since(blocked).Round(time.Second))
+	harness.Result(t, "wgcnictl gateways on %s: elected %s, here %s: %q (%v after the block)", n3.Name, r.Sites[0].Gateway, r.Sites[0].Here.Gateway, r.Sites[0].Here.Reason, time.Since(blocked).Round(time.Second))
 	if m := string(scrape(t, n3)); !strings.Contains(m, fmt.Sprintf(`wgcni_gateway_site_substitute{elected="%s",gateway="%s"`, g1.Name, g2.Name)) {
 		t.Errorf("no wgcni_gateway_site_substitute for %s -> %s in %s's metrics", g1.Name, g2.Name, n3.Name)
 	}
@@ -79,7 +80,7 @@ func TestGatewayTunnelDead(t *testing.T) {
 		if seq[len(seq)-1] == g1.Name {
 			back = fmt.Sprintf("; back on elected %s %v after unblocking (applied, per its log)", g1.Name, routedAt(t, n3, g1.Name, at).Sub(at).Round(time.Millisecond))
 		}
-		result(t, "unblocked: over %v holders seen on %s %q (%d moves); ping 100/s: %d/%d lost, longest outage %v%s",
+		harness.Result(t, "unblocked: over %v holders seen on %s %q (%d moves); ping 100/s: %d/%d lost, longest outage %v%s",
 			time.Since(at).Round(time.Second), n3.Name, seq, len(seq)-1, sent-recv, sent, gap, back)
 		if fmt.Sprint(seq) != fmt.Sprint([]string{g2.Name}) && fmt.Sprint(seq) != fmt.Sprint([]string{g2.Name, g1.Name}) {
 			t.Errorf("after unblocking: holders %q, want %s then at most one move back to %s", seq, g2.Name, g1.Name)

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -42,4 +43,13 @@ func (n *Node) WaitLog(tb testing.TB, timeout time.Duration, subs ...string) str
 		tb.Fatalf("%v\nlog:\n%s", err, end)
 	}
 	return log
+}
+
+// Result prints a test's summary line ("RESULT TestName: ..."), to the
+// test log and to stdout, where the README's figures are read from.
+func Result(tb testing.TB, format string, args ...any) {
+	tb.Helper()
+	line := "RESULT " + tb.Name() + ": " + fmt.Sprintf(format, args...)
+	tb.Log(line)
+	fmt.Println(line)
 }

@@ -38,6 +38,24 @@ func (n *Node) WGDevice() (*wgtypes.Device, error) {
 	return dev, nil
 }
 
+// ConfigureDevice changes the node's WireGuard device through wgctrl,
+// behind its daemon's back: the way the self-healing and post-quantum
+// tests inject drift and wrong keys.
+func (n *Node) ConfigureDevice(peers ...wgtypes.PeerConfig) error {
+	err := n.Do(func() error {
+		c, err := wgctrl.New()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		return c.ConfigureDevice(n.Device, wgtypes.Config{Peers: peers})
+	})
+	if err != nil {
+		return fmt.Errorf("configure wireguard device %s on %s by hand: %w", n.Device, n.Name, err)
+	}
+	return nil
+}
+
 // WGShow returns `wg show <device>` run in the node namespace (private key
 // is never printed by wg show).
 func (n *Node) WGShow() (string, error) { return n.Exec("wg", "show", n.Device) }

@@ -133,6 +133,6 @@ func TestBadRecordsLive(t *testing.T) {
 	if sent != recv {
 		t.Errorf("%d pings lost", sent-recv)
 	}
-	result(t, "%d kinds of bad record + wrong-typed config in a live cluster: %d/%d skipped with the key named, %d crashes, %d wrong peers/routes, %d/%d pings lost; new daemon refuses bad config naming %s",
+	harness.Result(t, "%d kinds of bad record + wrong-typed config in a live cluster: %d/%d skipped with the key named, %d crashes, %d wrong peers/routes, %d/%d pings lost; new daemon refuses bad config naming %s",
 		len(bad), named, 2*len(bad), crashes, wrong, sent-recv, sent, cfgKey)
 }

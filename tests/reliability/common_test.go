@@ -30,14 +30,6 @@ import (
 // tag prefixes every namespace, device and temp dir of this suite.
 const tag = "wgr"
 
-// result prints the plain summary line the README quotes.
-func result(t *testing.T, format string, args ...any) {
-	t.Helper()
-	line := "RESULT " + t.Name() + ": " + fmt.Sprintf(format, args...)
-	t.Log(line)
-	fmt.Println(line)
-}
-
 func start(t *testing.T, cfg harness.Config, nodes int) *harness.Cluster {
 	t.Helper()
 	cfg.Tag = tag

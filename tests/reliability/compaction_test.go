@@ -132,6 +132,6 @@ func TestWatchCompaction(t *testing.T) {
 	if quiet > 5 {
 		t.Errorf("n1 wrote %d log lines in 10 s after converging (hot loop?):\n%v", quiet, n1.LogLines("level=")[lines0:])
 	}
-	result(t, "watch compacted past its revision (%d changes missed): %d re-list(s), converged in %v, %d log lines in the following 10 s",
+	harness.Result(t, "watch compacted past its revision (%d changes missed): %d re-list(s), converged in %v, %d log lines in the following 10 s",
 		writes, syncs, converged.Round(time.Millisecond), quiet)
 }

@@ -91,7 +91,7 @@ func TestDeviceHostKilled(t *testing.T) {
 	if rep.PlainPod() != 0 {
 		t.Fatalf("%d plaintext pod packets on the underlay while the device was gone:\n%s", rep.PlainPod(), rep.Excerpt(20))
 	}
-	result(t, "n1's userspace device host SIGKILLed under 3 ping streams at 100/s: wgcnid (same pid) re-created the device in %v (same key, %d peers, routes back); lost n1->n2 %d/%d, n2->n1 %d/%d, n3->n1 %d/%d; %d plaintext pod packets of %d underlay frames",
+	harness.Result(t, "n1's userspace device host SIGKILLed under 3 ping streams at 100/s: wgcnid (same pid) re-created the device in %v (same key, %d peers, routes back); lost n1->n2 %d/%d, n2->n1 %d/%d, n3->n1 %d/%d; %d plaintext pod packets of %d underlay frames",
 		back.Round(time.Millisecond), len(after.Peers), outSent-outRecv, outSent, inSent-inRecv, inSent, in3Sent-in3Recv, in3Sent, rep.PlainPod(), rep.Total)
 	// A device gone for more than a second would be a regression: the
 	// daemon hears of it from netlink at once, and re-creating it, its
@@ -220,7 +220,7 @@ func TestExternalDeviceHost(t *testing.T) {
 	if err := ext.WaitPeerCIDRs([]string{peer.MustPodCIDR(t), ctl.MustPodCIDR(t)}, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	result(t, "wgcnid as PID 1 of its own PID namespace (a container), SIGKILLed and restarted 1 s later under 100/s ping: spawned device (default) lost %d/%d, device in a sidecar (--device-host=external) lost %d/%d; sidecar SIGKILLed and restarted 1 s later: device configured again %v after the kill, %d/%d lost",
+	harness.Result(t, "wgcnid as PID 1 of its own PID namespace (a container), SIGKILLed and restarted 1 s later under 100/s ping: spawned device (default) lost %d/%d, device in a sidecar (--device-host=external) lost %d/%d; sidecar SIGKILLed and restarted 1 s later: device configured again %v after the kill, %d/%d lost",
 		ctlSent-ctlRecv, ctlSent, extSent-extRecv, extSent, back.Round(time.Millisecond), sideSent-sideRecv, sideSent)
 	// The sidecar was down 1 s; a device configured well after its
 	// return would be a regression (the daemon retries at least every
@@ -247,7 +247,7 @@ func TestExternalDeviceHost(t *testing.T) {
 	}
 	waitLogCount(t, ext, "full sync done", syncs, 30*time.Second)
 	rollSent, rollRecv := toExt.Wait(t)
-	result(t, "daemon and sidecar SIGKILLed together and restarted 1 s later (a rollout) under 100/s ping: %d/%d lost", rollSent-rollRecv, rollSent)
+	harness.Result(t, "daemon and sidecar SIGKILLed together and restarted 1 s later (a rollout) under 100/s ping: %d/%d lost", rollSent-rollRecv, rollSent)
 	if lost := rollSent - rollRecv; lost > 500 {
 		t.Errorf("rollout of daemon and sidecar: %d/%d pings lost (more than 5 s): the peer kept its session with the old device", lost, rollSent)
 	}

@@ -64,7 +64,7 @@ func TestNoDuplicateIPs(t *testing.T) {
 		}
 	}
 	t.Logf("%d concurrent ADDs on 3 nodes in %v: %d distinct IPs, %d duplicates, %d failures", 3*perNode, took.Round(time.Millisecond), len(seen), dups, fails)
-	result(t, "3 nodes x %d concurrent ADDs: %d duplicate IPs, %d failed ADDs", perNode, dups, fails)
+	harness.Result(t, "3 nodes x %d concurrent ADDs: %d duplicate IPs, %d failed ADDs", perNode, dups, fails)
 }
 
 // TestNoDuplicateCIDRs starts 20 daemons at once against an empty etcd
@@ -150,6 +150,6 @@ func TestNoDuplicateCIDRs(t *testing.T) {
 		filled++
 	}
 	refusedNode(t, c, fmt.Sprintf("cluster full (%d records added by hand)", filled), "cluster CIDR is full", 20*time.Second)
-	result(t, "%d daemons started at once on an empty etcd: %d duplicate CIDRs (all leased in %v); full cluster: next node exits with \"cluster CIDR is full: all 32 node CIDRs (/24) ... are leased\"",
+	harness.Result(t, "%d daemons started at once on an empty etcd: %d duplicate CIDRs (all leased in %v); full cluster: next node exits with \"cluster CIDR is full: all 32 node CIDRs (/24) ... are leased\"",
 		count, dups, took.Round(100*time.Millisecond))
 }

@@ -253,7 +253,7 @@ func TestNoLeaks(t *testing.T) {
 	if nfErr == nil || strings.Contains(masqOut, "wgcni") || !brGone {
 		t.Errorf("after the last pod, cleanup left: node file=%v, nft tables=%q, bridge=%v", nfErr == nil, masqOut, !brGone)
 	}
-	result(t, "%d ADD/DEL cycles, %d ADDs SIGKILLed mid-way, %d DELs skipped: after GC %d leaked IPs, %d host veths, %d pod links, %d stale files; DEL without node file %s; cleanup keeps node file while pods exist, then removes bridge+masq+node file",
+	harness.Result(t, "%d ADD/DEL cycles, %d ADDs SIGKILLed mid-way, %d DELs skipped: after GC %d leaked IPs, %d host veths, %d pod links, %d stale files; DEL without node file %s; cleanup keeps node file while pods exist, then removes bridge+masq+node file",
 		cycles, killed, skipped, l.ips, l.veths, l.podLinks, l.files, delNoNode)
 }
 
@@ -262,7 +262,7 @@ type leaks struct {
 	// elements: anti-spoofing elements of ports that are gone. DEL leaves
 	// them (they match nothing, plugins/antispoof); GC and wgcnid sweep.
 	elements int
-	detail                               []string
+	detail   []string
 }
 
 func (l leaks) total() int { return l.ips + l.veths + l.podLinks + l.files + l.elements }

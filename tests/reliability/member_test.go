@@ -154,5 +154,5 @@ func TestEtcdMemberLoss(t *testing.T) {
 	if lost != 0 {
 		t.Errorf("%d packets lost when an etcd member died", lost)
 	}
-	result(t, "3-member etcd, each member SIGKILLed in turn for %v (first: the one n1 uses): %d/%d pings lost, %d/2 leases kept (same IDs, no keepalive loss), node joining afterwards peered", down, lost, sent, kept)
+	harness.Result(t, "3-member etcd, each member SIGKILLed in turn for %v (first: the one n1 uses): %d/%d pings lost, %d/2 leases kept (same IDs, no keepalive loss), node joining afterwards peered", down, lost, sent, kept)
 }

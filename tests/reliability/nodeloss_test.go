@@ -116,6 +116,6 @@ func TestNodeLoss(t *testing.T) {
 		t.Errorf("newcomer got %s, want the lost node's %s", got, cidr4)
 	}
 	harness.WaitMesh(t, []*harness.Node{n1, n2, n3, n5}, 30*time.Second)
-	result(t, "node back within TTL keeps CIDR (%v), 0 peer removals; lost node removed after %v (TTL %v), peers+routes gone %v later on 3 nodes, 0 early removals, CIDR reused only after expiry, newcomer in full cluster exits with a clear error",
+	harness.Result(t, "node back within TTL keeps CIDR (%v), 0 peer removals; lost node removed after %v (TTL %v), peers+routes gone %v later on 3 nodes, 0 early removals, CIDR reused only after expiry, newcomer in full cluster exits with a clear error",
 		back == cidr2, expired.Round(100*time.Millisecond), ttl, removedAfter.Round(time.Millisecond))
 }

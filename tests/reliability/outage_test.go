@@ -104,6 +104,6 @@ func TestEtcdOutage(t *testing.T) {
 	if lost != 0 {
 		t.Errorf("%d packets lost during the etcd outage", lost)
 	}
-	result(t, "etcd down %v: %d/%d pings lost, CNI ADD ok=%v DEL ok=%v during outage, %d peers pruned, node started during outage peered %v after etcd returned",
+	harness.Result(t, "etcd down %v: %d/%d pings lost, CNI ADD ok=%v DEL ok=%v during outage, %d peers pruned, node started during outage peered %v after etcd returned",
 		outage, lost, sent, addErr == nil, delErr == nil, pruned+removed, joined.Round(100*time.Millisecond))
 }

@@ -111,5 +111,5 @@ func TestHitlessRestart(t *testing.T) {
 	if lost != 0 {
 		t.Errorf("%d packets lost across daemon restarts", lost)
 	}
-	result(t, "4 wgcnid restarts (SIGKILL+SIGTERM, both nodes) under 100/s ping: %d/%d lost, CIDR+key unchanged, %d handshake resets/peer churn", lost, sent, churn)
+	harness.Result(t, "4 wgcnid restarts (SIGKILL+SIGTERM, both nodes) under 100/s ping: %d/%d lost, CIDR+key unchanged, %d handshake resets/peer churn", lost, sent, churn)
 }
