@@ -29,11 +29,20 @@ type PQHooks struct {
 	// PeersChanged is told after the configured peers changed (PeerNodes
 	// has the new set).
 	PeersChanged func()
+	// Carry is told of every desired peer before Hold and PresharedKey
+	// are asked about it: a node whose WireGuard key changed (wgcnid
+	// rotate-key) with its ML-KEM key unchanged keeps the pair's PSK
+	// under the new key, so the new entry's first handshake meets the
+	// PSK the rotating node still holds for us.
+	Carry func(peer wgtypes.Key, node, pqPublicKey string)
 }
 
 // pqPeer fills the post-quantum part of a desired peer.
 func (r *Reconciler) pqPeer(p *Peer, l record.Lease) {
 	p.PQPublicKey = l.PQPublicKey
+	if r.cfg.PQ.Carry != nil {
+		r.cfg.PQ.Carry(p.PublicKey, p.Node, p.PQPublicKey)
+	}
 	p.Held = r.cfg.PQ.Hold != nil && r.cfg.PQ.Hold(p.PublicKey)
 }
 

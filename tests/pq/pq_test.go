@@ -4,7 +4,8 @@
 // wgctrl, compared, never printed), change every interval, are really used
 // by WireGuard, rotate under traffic without a lost packet (also across
 // daemon restarts), leave nodes with --post-quantum=off working, and in
-// required mode hold a peer's pod traffic until the first PSK. Every test
+// required mode hold a peer's pod traffic until the first PSK and again
+// once its PSK is older than --pq-max-age. Every test
 // prints a "RESULT" line with its figures.
 package pq
 
