@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"net/netip"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -22,6 +23,12 @@ type PQHooks struct {
 	// traffic then meets the strict route (dropped, never sent with
 	// classical protection only).
 	Hold func(wgtypes.Key) bool
+	// FirstPSK (required mode) reports since when a peer has had a PSK.
+	// A session made before then (a NATed peer's keepalives, the
+	// exchange's own packets in a held tunnel) is classical only and may
+	// live up to two minutes more: a released peer's entry is re-created
+	// so that its pod traffic starts on a handshake made with the PSK.
+	FirstPSK func(wgtypes.Key) (time.Time, bool)
 	// HoldChanged signals that Hold changed for some peer.
 	HoldChanged <-chan struct{}
 	// PresharedKey returns the peer's current PSK, if any.
@@ -44,6 +51,11 @@ func (r *Reconciler) pqPeer(p *Peer, l record.Lease) {
 		r.cfg.PQ.Carry(p.PublicKey, p.Node, p.PQPublicKey)
 	}
 	p.Held = r.cfg.PQ.Hold != nil && r.cfg.PQ.Hold(p.PublicKey)
+	if r.cfg.PQ.FirstPSK != nil && !p.Held {
+		if at, ok := r.cfg.PQ.FirstPSK(p.PublicKey); ok && at.After(p.DropSessionsBefore) {
+			p.DropSessionsBefore = at
+		}
+	}
 }
 
 // reHold re-resolves every record whose peer's Held no longer agrees with

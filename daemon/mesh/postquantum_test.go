@@ -4,9 +4,11 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
 )
 
@@ -110,5 +112,35 @@ func TestPresharedKeyOnConfiguredEntries(t *testing.T) {
 	r.withPresharedKeys(pcs)
 	if pcs[0].PresharedKey == nil || *pcs[0].PresharedKey != psk || pcs[1].PresharedKey != nil || pcs[2].PresharedKey != nil {
 		t.Fatalf("PSKs: %v %v %v", pcs[0].PresharedKey != nil, pcs[1].PresharedKey != nil, pcs[2].PresharedKey != nil)
+	}
+}
+
+// Required mode: a released peer's session made before its first PSK
+// (classical only) is due to be dropped, so pod traffic starts on a
+// handshake made with the PSK; a session made after it stays, and a held
+// peer is left alone (it carries no pod traffic).
+func TestReleasedPeerDropsClassicalSession(t *testing.T) {
+	first := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	hold := false
+	r := &Reconciler{cfg: Config{PQ: PQHooks{
+		Hold:     func(wgtypes.Key) bool { return hold },
+		FirstPSK: func(wgtypes.Key) (time.Time, bool) { return first, true },
+	}}}
+	p := peer(t, "10.244.2.0/24")
+	r.pqPeer(&p, record.Lease{})
+	if !p.DropSessionsBefore.Equal(first) {
+		t.Fatalf("released peer: DropSessionsBefore %v, want the first PSK's time %v", p.DropSessionsBefore, first)
+	}
+	if !p.staleSession(wgtypes.Peer{LastHandshakeTime: first.Add(-time.Second)}) {
+		t.Fatal("a session from before the first PSK is kept")
+	}
+	if p.staleSession(wgtypes.Peer{LastHandshakeTime: first.Add(time.Second)}) {
+		t.Fatal("a session made with the PSK is dropped")
+	}
+	hold = true
+	h := peer(t, "10.244.3.0/24")
+	r.pqPeer(&h, record.Lease{})
+	if !h.DropSessionsBefore.IsZero() {
+		t.Fatalf("held peer: DropSessionsBefore %v, want none", h.DropSessionsBefore)
 	}
 }

@@ -150,7 +150,7 @@ func New(cfg Config) (*Manager, error) {
 func (m *Manager) Hooks() mesh.PQHooks {
 	h := mesh.PQHooks{PresharedKey: m.PresharedKey, PeersChanged: m.PeersChanged, Carry: m.Carry}
 	if m.cfg.Required {
-		h.Hold, h.HoldChanged = m.Hold, m.holdChanged
+		h.Hold, h.HoldChanged, h.FirstPSK = m.Hold, m.holdChanged, m.FirstPSK
 	}
 	return h
 }
