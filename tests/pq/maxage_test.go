@@ -149,7 +149,7 @@ func TestRequiredHoldsAgainAfterMaxAge(t *testing.T) {
 	if err != nil || r.Loss() != 0 {
 		t.Fatalf("after a fresh PSK: %+v %v", r, err)
 	}
-	result(t, "--pq-interval %v, max-age %v: healthy %d+%d pings at %v intervals, lost %d+%d; exchange blocked: n1 held its peer after %v, n2 after %v (%v after its restart); then pings %d/%d and %d/%d answered, underlay: %d pod data frames (%s); unblocked: fresh PSK, released, traffic in %v, then %d/%d, capture: %s",
+	harness.Result(t, "--pq-interval %v, max-age %v: healthy %d+%d pings at %v intervals, lost %d+%d; exchange blocked: n1 held its peer after %v, n2 after %v (%v after its restart); then pings %d/%d and %d/%d answered, underlay: %d pod data frames (%s); unblocked: fresh PSK, released, traffic in %v, then %d/%d, capture: %s",
 		every, maxAge, sent[0], sent[1], pingGap, lost[0], lost[1], held[0].Round(100*time.Millisecond), held[1].Round(100*time.Millisecond), (held[1] - tRestart.Sub(tBlock)).Round(100*time.Millisecond),
 		stopped[0].Received, stopped[0].Sent, stopped[1].Received, stopped[1].Sent, podFrames(t, rep, samples), rep, resumed.Round(100*time.Millisecond), r.Received, r.Sent, after)
 }

@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/tests/harness"
@@ -33,13 +32,6 @@ const interval = 3 * time.Second
 
 // leaseTTL outlasts a stopped daemon in these tests: its peers keep it.
 const leaseTTL = time.Minute
-
-func result(t *testing.T, format string, args ...any) {
-	t.Helper()
-	line := "RESULT " + t.Name() + ": " + fmt.Sprintf(format, args...)
-	t.Log(line)
-	fmt.Println(line)
-}
 
 func start(t *testing.T, nodes int, args ...string) *harness.Cluster {
 	t.Helper()
@@ -189,9 +181,13 @@ func TestPSKAgreesRotatesAndIsUsed(t *testing.T) {
 	var wrong wgtypes.Key
 	rand.Read(wrong[:])
 	hsBefore := peer.LastHandshakeTime
-	configure(t, n2, wgtypes.PeerConfig{PublicKey: k1, Remove: true})
-	configure(t, n2, wgtypes.PeerConfig{PublicKey: k1, Endpoint: peer.Endpoint, AllowedIPs: peer.AllowedIPs, ReplaceAllowedIPs: true,
-		PersistentKeepaliveInterval: &peer.PersistentKeepaliveInterval, PresharedKey: &wrong})
+	if err := n2.ConfigureDevice(wgtypes.PeerConfig{PublicKey: k1, Remove: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.ConfigureDevice(wgtypes.PeerConfig{PublicKey: k1, Endpoint: peer.Endpoint, AllowedIPs: peer.AllowedIPs, ReplaceAllowedIPs: true,
+		PersistentKeepaliveInterval: &peer.PersistentKeepaliveInterval, PresharedKey: &wrong}); err != nil {
+		t.Fatal(err)
+	}
 	r, err := p2.NS.Ping(p1.IP, 8, 500*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +197,9 @@ func TestPSKAgreesRotatesAndIsUsed(t *testing.T) {
 	}
 	// The right PSK (n1's, copied device to device) brings it back.
 	right := pskOf(t, n1, k2)
-	configure(t, n2, wgtypes.PeerConfig{PublicKey: k1, UpdateOnly: true, PresharedKey: &right})
+	if err := n2.ConfigureDevice(wgtypes.PeerConfig{PublicKey: k1, UpdateOnly: true, PresharedKey: &right}); err != nil {
+		t.Fatal(err)
+	}
 	connect(t, p2, p1)
 	hs := time.Time{}
 	for _, p := range mustDev(t, n2).Peers {
@@ -217,23 +215,8 @@ func TestPSKAgreesRotatesAndIsUsed(t *testing.T) {
 	}
 	fp := sharedPSK(t, n1, n2, 20*time.Second)
 	seen[fp] = true
-	result(t, "same PSK on both ends in %d of %d samples (%d in the install window), %d distinct PSKs in %v at --pq-interval %v; wrong PSK on one end: %d/%d pings, handshake failed; corrected: handshake and ping back",
+	harness.Result(t, "same PSK on both ends in %d of %d samples (%d in the install window), %d distinct PSKs in %v at --pq-interval %v; wrong PSK on one end: %d/%d pings, handshake failed; corrected: handshake and ping back",
 		agree, agree+differ, differ, len(seen)-1, 6*interval, interval, r.Received, r.Sent)
-}
-
-func configure(t *testing.T, n *harness.Node, pc wgtypes.PeerConfig) {
-	t.Helper()
-	err := n.Do(func() error {
-		c, err := wgctrl.New()
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		return c.ConfigureDevice(n.Device, wgtypes.Config{Peers: []wgtypes.PeerConfig{pc}})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 func mustDev(t *testing.T, n *harness.Node) *wgtypes.Device {
@@ -392,7 +375,7 @@ func TestRotationsLoseNothing(t *testing.T) {
 			}
 			renewed = fmt.Sprintf(", session renewed with a rotated PSK %v after the previous handshake", h1.Sub(hs0).Round(time.Second))
 		}
-		result(t, "%s under ping both ways (%.0f/s, %.0f/s measured): %d rotations, %d+%d sent, %d lost%s", what, rate[0], rate[1], n, sent[0], sent[1], lost[0]+lost[1], renewed)
+		harness.Result(t, "%s under ping both ways (%.0f/s, %.0f/s measured): %d rotations, %d+%d sent, %d lost%s", what, rate[0], rate[1], n, sent[0], sent[1], lost[0]+lost[1], renewed)
 	}
 }
 
@@ -440,7 +423,7 @@ func TestMixedClusterWithOff(t *testing.T) {
 	}
 	connect(t, pods[0], pods[1])
 	connect(t, pods[1], pods[0])
-	result(t, "n1,n2 on (shared PSK), n3 off (no PSK with either): all 6 directions answer, %d pings; n2 restarted with off: PSKs cleared on both ends, n1<->n2 answer", pings)
+	harness.Result(t, "n1,n2 on (shared PSK), n3 off (no PSK with either): all 6 directions answer, %d pings; n2 restarted with off: PSKs cleared on both ends, n1<->n2 answer", pings)
 }
 
 // TestRequiredHoldsUntilPSK: in required mode, pod traffic to a peer with
@@ -515,6 +498,6 @@ func TestRequiredHoldsUntilPSK(t *testing.T) {
 	if err != nil || r.Loss() != 0 {
 		t.Fatalf("after the first PSK: %+v %v", r, err)
 	}
-	result(t, "exchange blocked: held peers (no AllowedIPs, no PSK), pings %d/%d and %d/%d answered, underlay capture: %s; unblocked: PSK and traffic in %v, then %d/%d, capture: %s",
+	harness.Result(t, "exchange blocked: held peers (no AllowedIPs, no PSK), pings %d/%d and %d/%d answered, underlay capture: %s; unblocked: PSK and traffic in %v, then %d/%d, capture: %s",
 		held[0].Received, held[0].Sent, held[1].Received, held[1].Sent, rep, took.Round(100*time.Millisecond), r.Received, r.Sent, after)
 }

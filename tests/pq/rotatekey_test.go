@@ -85,7 +85,7 @@ func TestRotateKeyWithPQ(t *testing.T) {
 			}
 			connect(t, p1, p2)
 			connect(t, p2, p1)
-			result(t, "--post-quantum %s: rotate-key took %v under %d+%d pings at %v intervals: lost %d (n1->n2) + %d (n2->n1); handshake under the new key; exchange under the new key, same fresh PSK on both ends %v after the rotation",
+			harness.Result(t, "--post-quantum %s: rotate-key took %v under %d+%d pings at %v intervals: lost %d (n1->n2) + %d (n2->n1); handshake under the new key; exchange under the new key, same fresh PSK on both ends %v after the rotation",
 				mode, rotateTook.Round(10*time.Millisecond), sent[0], sent[1], pingGap, lost[0], lost[1], fresh.Round(100*time.Millisecond))
 		})
 	}
