@@ -14,37 +14,22 @@ import (
 	"github.com/wgcni/wgcni/tests/harness"
 )
 
-// pubOf is n's WireGuard public key.
-func pubOf(t *testing.T, n *harness.Node) wgtypes.Key {
-	t.Helper()
-	dev, err := n.WGDevice()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dev.PublicKey
-}
-
 // pskOf reads the PSK n's device holds for peer; the caller compares it
 // and never prints it. All-zero: none (or no such peer).
 func pskOf(t *testing.T, n *harness.Node, peer wgtypes.Key) wgtypes.Key {
 	t.Helper()
-	dev, err := n.WGDevice()
+	psk, _, err := n.PresharedKey(peer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range dev.Peers {
-		if p.PublicKey == peer {
-			return p.PresharedKey
-		}
-	}
-	return wgtypes.Key{}
+	return psk
 }
 
 // waitSamePSK waits until a and b hold the same non-zero PSK for each
 // other and returns how long that took.
 func waitSamePSK(t *testing.T, a, b *harness.Node, timeout time.Duration) time.Duration {
 	t.Helper()
-	ka, kb := pubOf(t, a), pubOf(t, b)
+	ka, kb := a.MustPublicKey(t), b.MustPublicKey(t)
 	start := time.Now()
 	err := harness.WaitFor(timeout, fmt.Sprintf("the same PSK on %s and %s", a.Name, b.Name), func() (bool, error) {
 		x, y := pskOf(t, a, kb), pskOf(t, b, ka)
@@ -155,7 +140,7 @@ func natWithPostQuantum(t *testing.T, mode string) {
 			// The CIDRs moved to the direct peer only after the PSK was
 			// installed, on each end.
 			for _, e := range [][2]*harness.Node{{a1, c1}, {c1, a1}} {
-				installed := logTime(t, e[0], false, "post-quantum PSK installed", pubOf(t, e[1]).String())
+				installed := logTime(t, e[0], false, "post-quantum PSK installed", e[1].MustPublicKey(t).String())
 				punched := logTime(t, e[0], false, "path to peer", "peer_node="+e[1].Name, "mode=punched")
 				if !punched.After(installed) {
 					t.Errorf("%s moved %s's CIDRs to the punched path at %v, before its PSK (%v)", e[0].Name, e[1].Name, punched, installed)

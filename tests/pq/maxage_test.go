@@ -133,7 +133,7 @@ func TestRequiredHoldsAgainAfterMaxAge(t *testing.T) {
 	}
 	tUnblock := time.Now()
 	err = harness.WaitFor(30*time.Second, "a fresh PSK on both ends", func() (bool, error) {
-		pa, pb := pskOf(t, n1, pubOf(t, n2)), pskOf(t, n2, pubOf(t, n1))
+		pa, pb := pskOf(t, n1, n2.MustPublicKey(t)), pskOf(t, n2, n1.MustPublicKey(t))
 		return pa == pb && fingerprint(pa) != first && !heldOn(t, n1) && !heldOn(t, n2), nil
 	})
 	if err != nil {

@@ -67,26 +67,14 @@ func startModes(t *testing.T, every time.Duration, modes ...string) (*harness.Cl
 // and never prints it; all-zero means none.
 func pskOf(t *testing.T, n *harness.Node, peer wgtypes.Key) wgtypes.Key {
 	t.Helper()
-	dev, err := n.WGDevice()
+	psk, found, err := n.PresharedKey(peer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range dev.Peers {
-		if p.PublicKey == peer {
-			return p.PresharedKey
-		}
+	if !found {
+		t.Fatalf("%s has no peer %s", n.Name, peer)
 	}
-	t.Fatalf("%s has no peer %s", n.Name, peer)
-	return wgtypes.Key{}
-}
-
-func pubOf(t *testing.T, n *harness.Node) wgtypes.Key {
-	t.Helper()
-	dev, err := n.WGDevice()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dev.PublicKey
+	return psk
 }
 
 // fingerprint names a PSK in memory (to count distinct ones) without
@@ -97,7 +85,7 @@ func fingerprint(k wgtypes.Key) [32]byte { return sha256.Sum256(k[:]) }
 // and returns its fingerprint.
 func sharedPSK(t *testing.T, a, b *harness.Node, timeout time.Duration) [32]byte {
 	t.Helper()
-	ka, kb := pubOf(t, a), pubOf(t, b)
+	ka, kb := a.MustPublicKey(t), b.MustPublicKey(t)
 	var fp [32]byte
 	err := harness.WaitFor(timeout, "same PSK on "+a.Name+" and "+b.Name, func() (bool, error) {
 		pa, pb := pskOf(t, a, kb), pskOf(t, b, ka)
@@ -140,7 +128,7 @@ func TestPSKAgreesRotatesAndIsUsed(t *testing.T) {
 	// Agreement and rotation: sample for 6 intervals; every sample where
 	// both ends agree adds the PSK's fingerprint.
 	seen := map[[32]byte]bool{sharedPSK(t, n1, n2, 20*time.Second): true}
-	k1, k2 := pubOf(t, n1), pubOf(t, n2)
+	k1, k2 := n1.MustPublicKey(t), n2.MustPublicKey(t)
 	agree, differ := 0, 0
 	for end := time.Now().Add(6 * interval); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
 		a, b := pskOf(t, n1, k2), pskOf(t, n2, k1)
@@ -264,7 +252,7 @@ func pingBoth(t *testing.T, a, b *harness.Pod, count int) func() (sent, lost [2]
 
 // rotations counts the distinct shared PSKs seen while f runs.
 func rotations(t *testing.T, a, b *harness.Node, done <-chan struct{}) int {
-	ka, kb := pubOf(t, a), pubOf(t, b)
+	ka, kb := a.MustPublicKey(t), b.MustPublicKey(t)
 	seen := map[[32]byte]bool{}
 	for {
 		select {
@@ -319,7 +307,7 @@ const renewalAt = 120 * time.Second
 func TestRotationsLoseNothing(t *testing.T) {
 	n1, n2, p1, p2 := twoNodes(t)
 	sharedPSK(t, n1, n2, 20*time.Second)
-	k1, k2 := pubOf(t, n1), pubOf(t, n2)
+	k1, k2 := n1.MustPublicKey(t), n2.MustPublicKey(t)
 	// Let the start-up handshakes settle, then start the traffic some
 	// 15 s before the session is due for renewal.
 	time.Sleep(6 * time.Second)
@@ -388,7 +376,7 @@ func TestMixedClusterWithOff(t *testing.T) {
 	time.Sleep(2 * interval)
 	for _, pair := range [][2]int{{0, 2}, {1, 2}} {
 		a, b := nodes[pair[0]], nodes[pair[1]]
-		if pskOf(t, a, pubOf(t, b)) != (wgtypes.Key{}) || pskOf(t, b, pubOf(t, a)) != (wgtypes.Key{}) {
+		if pskOf(t, a, b.MustPublicKey(t)) != (wgtypes.Key{}) || pskOf(t, b, a.MustPublicKey(t)) != (wgtypes.Key{}) {
 			t.Errorf("%s and %s (off) hold a PSK for each other", a.Name, b.Name)
 		}
 	}
@@ -414,7 +402,7 @@ func TestMixedClusterWithOff(t *testing.T) {
 	if err := n2.StartDaemon(); err != nil {
 		t.Fatal(err)
 	}
-	k1, k2 := pubOf(t, nodes[0]), pubOf(t, n2)
+	k1, k2 := nodes[0].MustPublicKey(t), n2.MustPublicKey(t)
 	err := harness.WaitFor(20*time.Second, "no PSK between n1 and n2 (off)", func() (bool, error) {
 		return pskOf(t, nodes[0], k2) == (wgtypes.Key{}) && pskOf(t, n2, k1) == (wgtypes.Key{}), nil
 	})

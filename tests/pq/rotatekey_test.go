@@ -26,7 +26,7 @@ func TestRotateKeyWithPQ(t *testing.T) {
 			before := sharedPSK(t, n1, n2, 30*time.Second)
 			connect(t, p1, p2)
 			connect(t, p2, p1)
-			oldKey, k2 := pubOf(t, n1), pubOf(t, n2)
+			oldKey, k2 := n1.MustPublicKey(t), n2.MustPublicKey(t)
 
 			wait := pingBoth(t, p1, p2, int(12*time.Second/pingGap))
 			time.Sleep(2 * time.Second)
@@ -37,7 +37,7 @@ func TestRotateKeyWithPQ(t *testing.T) {
 				t.Fatalf("wgcnid rotate-key with --post-quantum %s: %v %s", mode, err, out)
 			}
 			rotateTook := time.Since(tRotate)
-			newKey := pubOf(t, n1)
+			newKey := n1.MustPublicKey(t)
 			if newKey == oldKey || !strings.Contains(out, newKey.String()) {
 				t.Fatalf("rotate-key: device key unchanged or not the one printed (%q)", out)
 			}
