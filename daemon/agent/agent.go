@@ -24,6 +24,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/lease"
 	"github.com/wgcni/wgcni/daemon/mesh"
 	"github.com/wgcni/wgcni/daemon/metrics"
+	"github.com/wgcni/wgcni/daemon/pqpeer"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
 	"github.com/wgcni/wgcni/daemon/wgdev"
@@ -159,10 +160,14 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer judge.Close()
 	go sites.Run(ctx)
 	var rec *mesh.Reconciler
-	natA := newNATAgent(cfg, cli, wg, keeper, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, log)
-	pq, err := startPQ(ctx, cfg, wg, priv.Public(), kem, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, log)
+	var pq *pqpeer.Manager
+	natA := newNATAgent(cfg, cli, wg, keeper, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, natFirstPSK(cfg, &pq), log)
+	pq, err = startPQ(ctx, cfg, wg, priv.Public(), kem, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, natA.Unreachable, log)
 	if err != nil {
 		return err
+	}
+	if pq != nil {
+		rot.pq.Store(pq) // rotations wait for this with post-quantum on
 	}
 	rec = mesh.New(mesh.Config{
 		Client: cli, Prefix: cfg.EtcdPrefix, Cluster: cfg.Cluster, Self: cfg.NodeName, SelfKey: priv.Public(), OwnCIDR: held.Primary(),

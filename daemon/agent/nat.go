@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -12,6 +13,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/lease"
 	"github.com/wgcni/wgcni/daemon/mesh"
 	"github.com/wgcni/wgcni/daemon/nat"
+	"github.com/wgcni/wgcni/daemon/pqpeer"
 	"github.com/wgcni/wgcni/daemon/record"
 )
 
@@ -24,7 +26,8 @@ type natAgent struct {
 	plans bool
 }
 
-func newNATAgent(cfg *config.Config, cli *clientv3.Client, wg nat.DeviceReader, keeper *lease.Keeper, peers func() map[wgtypes.Key]mesh.PeerInfo, log *slog.Logger) *natAgent {
+func newNATAgent(cfg *config.Config, cli *clientv3.Client, wg nat.DeviceReader, keeper *lease.Keeper, peers func() map[wgtypes.Key]mesh.PeerInfo,
+	firstPSK func(wgtypes.Key) (time.Time, bool), log *slog.Logger) *natAgent {
 	a := nat.New(nat.Config{
 		Client: cli, Prefix: cfg.EtcdPrefix, Self: cfg.NodeName, Reachable: cfg.Reachable, Device: cfg.Device, WG: wg,
 		PeerNodes: peers,
@@ -36,9 +39,25 @@ func newNATAgent(cfg *config.Config, cli *clientv3.Client, wg nat.DeviceReader, 
 		},
 		Relay:     cfg.Reachable == config.ReachableYes && !cfg.HostOnly,
 		StateFile: nat.StatePath(cfg.RunDir),
+		FirstPSK:  firstPSK,
 		Log:       log.With("part", "nat"),
 	})
 	return &natAgent{Agent: a, plans: cfg.Reachable != config.ReachableYes}
+}
+
+// natFirstPSK is nat.Config.FirstPSK: with --post-quantum=required, the
+// manager *pq points to once it exists (it is made after the NAT agent,
+// whose Unreachable it reads); nil otherwise.
+func natFirstPSK(cfg *config.Config, pq **pqpeer.Manager) func(wgtypes.Key) (time.Time, bool) {
+	if cfg.PostQuantum.Mode != config.PQRequired {
+		return nil
+	}
+	return func(k wgtypes.Key) (time.Time, bool) {
+		if *pq == nil {
+			return time.Time{}, false
+		}
+		return (*pq).FirstPSK(k)
+	}
 }
 
 // paths is the mesh's Paths: nil (incremental applies, as always) on a

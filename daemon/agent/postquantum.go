@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"path/filepath"
 	"time"
@@ -35,7 +34,7 @@ func pqKey(cfg *config.Config, log *slog.Logger) (pqkeys.Private, string, error)
 // them. peers is read only once they run. With off it clears PSKs a previous run left on
 // the device: the peers clear theirs once our record has no ML-KEM key.
 func startPQ(ctx context.Context, cfg *config.Config, wg *wgctrl.Client, self wgtypes.Key, kem pqkeys.Private,
-	peers func() map[wgtypes.Key]mesh.PeerInfo, log *slog.Logger) (*pqpeer.Manager, error) {
+	peers func() map[wgtypes.Key]mesh.PeerInfo, selfNAT func() bool, log *slog.Logger) (*pqpeer.Manager, error) {
 	if cfg.PostQuantum.Mode == config.PQOff {
 		pqpeer.RemoveStatus(cfg.RunDir)
 		if err := pqpeer.ClearDevice(wg, cfg.Device); err != nil {
@@ -44,8 +43,8 @@ func startPQ(ctx context.Context, cfg *config.Config, wg *wgctrl.Client, self wg
 		return nil, nil
 	}
 	m, err := pqpeer.New(pqpeer.Config{
-		Required: cfg.PostQuantum.Mode == config.PQRequired, Interval: cfg.PostQuantum.Interval, Port: cfg.PostQuantum.Port,
-		Device: cfg.Device, WG: wg, Self: self, KEM: kem, Peers: peers,
+		Required: cfg.PostQuantum.Mode == config.PQRequired, MaxAge: cfg.PostQuantum.MaxAge, Interval: cfg.PostQuantum.Interval, Port: cfg.PostQuantum.Port,
+		Device: cfg.Device, WG: wg, Self: self, KEM: kem, Peers: peers, SelfUnreachable: selfNAT,
 		Handshake: func(peer wgtypes.Key, ka time.Duration) error {
 			return wgdev.Initiate(wg, cfg.Device, map[wgtypes.Key]time.Duration{peer: ka})
 		},
@@ -79,18 +78,13 @@ func pqHooks(m *pqpeer.Manager) mesh.PQHooks {
 	return m.Hooks()
 }
 
-// refusePQ turns down a key rotation request while post-quantum is on:
-// the exchange's identity is the WireGuard key, and the peers' fresh
-// entries for a new key would meet this node's old PSKs (a failed
-// handshake) until exchanges under the new identity ran. Not built yet;
-// docs/post-quantum.md says so. The request stays (so `wgcnid rotate-key`
-// fails rather than print the old key as new); it is logged once.
-func (r *rotator) refusePQ(req string) {
-	if !r.pqRefused {
-		r.log.Error("key rotation refused: not supported with --post-quantum on or required yet; remove the request and restart with --post-quantum=off to rotate", "request", req)
+// pqRotated tells the post-quantum exchanges our new key once it is
+// published: they run under the new identity from now on. The PSKs stay on
+// the device: each peer carries the pair's PSK to our new key
+// (pqpeer.Manager.Carry), so the handshakes under the new key meet the same
+// PSK on both ends, and a fresh exchange follows within a second.
+func (r *rotator) pqRotated() {
+	if m := r.pq.Load(); m != nil {
+		m.SetSelf(r.self.PublicKey)
 	}
-	r.pqRefused = true
 }
-
-// errRotatePQ is `wgcnid rotate-key`'s answer with post-quantum on.
-var errRotatePQ = errors.New("key rotation is not supported with --post-quantum on or required yet (docs/post-quantum.md)")

@@ -21,6 +21,7 @@ import (
 	"github.com/wgcni/wgcni/daemon/etcdutil"
 	"github.com/wgcni/wgcni/daemon/keys"
 	"github.com/wgcni/wgcni/daemon/lease"
+	"github.com/wgcni/wgcni/daemon/pqpeer"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/wgdev"
 )
@@ -42,7 +43,9 @@ type rotator struct {
 	self   record.Lease // what we publish; only the rotator changes it
 
 	Rotations atomic.Int64
-	pqRefused bool // a request was refused for post-quantum (postquantum.go)
+	// pq: the post-quantum exchanges (postquantum.go), set once they
+	// exist; with post-quantum on, a rotation waits for them.
+	pq atomic.Pointer[pqpeer.Manager]
 }
 
 func (r *rotator) run(ctx context.Context) {
@@ -63,9 +66,8 @@ func (r *rotator) run(ctx context.Context) {
 		if _, err := os.Stat(req); err != nil {
 			continue
 		}
-		if r.cfg.PostQuantum.Mode != config.PQOff {
-			r.refusePQ(req)
-			continue
+		if r.cfg.PostQuantum.Mode != config.PQOff && r.pq.Load() == nil {
+			continue // the exchanges are not set up yet: they must learn the new key
 		}
 		if err := r.rotate(ctx); err != nil {
 			r.log.Error("key rotation failed; the old key stays in use, will retry", "err", err)
@@ -127,6 +129,7 @@ func (r *rotator) rotate(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+	r.pqRotated()
 	r.Rotations.Add(1)
 	r.log.Info("WireGuard key rotated", "old_public_key", wgtypes.Key(old).String(), "public_key", wgtypes.Key(r.self.PublicKey).String(),
 		"publish_took", time.Since(start).Round(time.Millisecond), "rotations", r.Rotations.Load())
@@ -160,9 +163,6 @@ func (r *rotator) initiateRefused() {
 // this node (same --run-dir/--state-dir) to rotate, waits until it has,
 // and prints the new public key.
 func RequestRotation(ctx context.Context, cfg *config.Config, out io.Writer, timeout time.Duration) error {
-	if cfg.PostQuantum.Mode != config.PQOff {
-		return errRotatePQ
-	}
 	req := filepath.Join(cfg.RunDir, RotateRequestFile)
 	if err := os.MkdirAll(cfg.RunDir, 0o755); err != nil {
 		return fmt.Errorf("run dir: %w", err)

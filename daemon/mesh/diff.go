@@ -50,6 +50,10 @@ type Peer struct {
 	Published   netip.AddrPort // an Unreachable peer's record endpoint (its LAN address)
 	Relayed     bool
 	Carries     []netip.Prefix
+	// SelfUnreachable: this node is behind a NAT (set by daemon/nat).
+	// With Unreachable it lets a held peer's tunnel carry the
+	// post-quantum exchange (exchangePrefixes).
+	SelfUnreachable bool
 	// DropSessionsBefore: a session with the peer older than this is
 	// dropped by re-creating its entry (a dead punched path must come
 	// back through a fresh handshake that both ends see; paths.go).
@@ -76,7 +80,7 @@ func (p Peer) equal(o Peer) bool {
 		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc && p.MTU == o.MTU &&
 		p.PQPublicKey == o.PQPublicKey && p.Held == o.Held && slices.Equal(p.Sites, o.Sites) &&
 		p.Unreachable == o.Unreachable && p.Published == o.Published && p.Relayed == o.Relayed && slices.Equal(p.Carries, o.Carries) &&
-		p.DropSessionsBefore.Equal(o.DropSessionsBefore)
+		p.DropSessionsBefore.Equal(o.DropSessionsBefore) && p.SelfUnreachable == o.SelfUnreachable
 }
 
 func (p Peer) config() wgtypes.PeerConfig {
@@ -116,7 +120,12 @@ func (p Peer) allowedPrefixes() []netip.Prefix {
 		out = append(out, p.CIDRs...)
 		out = append(out, p.Sites...)
 	}
-	out = append(out, p.Carries...)
+	if !p.Held {
+		// A held relay carries nothing: relayed traffic would cross
+		// its tunnel without the PSK that required mode waits for.
+		out = append(out, p.Carries...)
+	}
+	out = append(out, p.exchangePrefixes()...)
 	if p.Underlay.IsValid() {
 		out = append(out, p.underlayPrefix())
 	}
@@ -130,6 +139,7 @@ func (p Peer) routes(link int, srcs []netip.Addr) []route.Peer {
 	for _, c := range p.podCIDRs() {
 		out = append(out, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, srcs), MTU: p.MTU})
 	}
+	out = append(out, p.exchangeRoutes(link, srcs)...)
 	if p.Underlay.IsValid() {
 		out = append(out, route.HostRoute(p.Underlay, link, p.UnderlaySrc))
 	}
@@ -191,6 +201,9 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 	wanted := make(map[netip.Prefix]bool, 2*len(desired))
 	for _, d := range desired {
 		for _, c := range d.podCIDRs() {
+			wanted[c] = true
+		}
+		for _, c := range d.exchangePrefixes() {
 			wanted[c] = true
 		}
 		if d.Underlay.IsValid() {

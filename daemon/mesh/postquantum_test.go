@@ -1,42 +1,74 @@
 package mesh
 
 import (
-	"net"
 	"net/netip"
+	"slices"
 	"testing"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
 )
 
 // A held peer (required mode, no PSK yet) keeps its entry but loses its
 // PodCIDR from AllowedIPs and routes, whether it got held per event
 // (DiffOne) or is found routed by a resync (Diff); releasing it puts both
-// back. Its underlay address (host encryption) is not a pod route and stays.
+// back. Its underlay address (host encryption) is not a pod route and
+// stays; its device address and gateway (the post-quantum exchange's ends
+// over the tunnel, the only way to a peer behind a NAT) are allowed and
+// routed while held, and their routes go on release. A held relay carries
+// no other node's CIDRs (NAT traversal).
 func TestHeldPeerKeepsPodCIDRsOut(t *testing.T) {
 	srcs := []netip.Addr{gw}
 	free := peer(t, "10.244.2.0/24")
 	free.Underlay, free.UnderlaySrc = netip.MustParseAddr("10.99.0.2"), netip.MustParseAddr("10.99.0.1")
+	free.Unreachable = true // behind a NAT: the exchange runs in the tunnel
 	held := free
 	held.Held = true
+	// Without NAT a held peer's tunnel carries nothing.
+	noNAT := held
+	noNAT.Unreachable = false
+	if a := noNAT.allowedPrefixes(); len(a) != 1 || len(noNAT.routes(link, srcs)) != 1 {
+		t.Fatalf("held peer, no NAT: allowed %v, routes %v; want only the underlay address", a, noNAT.routes(link, srcs))
+	}
+	selfNAT := noNAT
+	selfNAT.SelfUnreachable = true
+	if a := selfNAT.allowedPrefixes(); len(a) != 3 {
+		t.Fatalf("held peer of a NATed node: allowed %v, want the exchange addresses too", a)
+	}
 	podRoute := free.routes(link, srcs)[0]
+	exchange := map[netip.Prefix]bool{netip.MustParsePrefix("10.244.2.0/32"): true, netip.MustParsePrefix("10.244.2.1/32"): true}
 
 	p := DiffOne(&free, &held, link, srcs)
 	if len(p.RouteDel) != 1 || p.RouteDel[0] != podRoute {
 		t.Fatalf("holding: route deletions %+v, want the PodCIDR's", p.RouteDel)
 	}
-	if len(p.Peers) != 1 || len(p.Peers[0].AllowedIPs) != 1 || p.Peers[0].AllowedIPs[0].String() != "10.99.0.2/32" || !p.Peers[0].ReplaceAllowedIPs {
-		t.Fatalf("holding: peer config %+v, want only the underlay address allowed", p.Peers)
+	var allowed []string
+	if len(p.Peers) == 1 {
+		for _, a := range p.Peers[0].AllowedIPs {
+			allowed = append(allowed, a.String())
+		}
 	}
+	if len(p.Peers) != 1 || !slices.Equal(allowed, []string{"10.244.2.0/32", "10.244.2.1/32", "10.99.0.2/32"}) || !p.Peers[0].ReplaceAllowedIPs {
+		t.Fatalf("holding: peer config %+v, want only the exchange addresses and the underlay address allowed", p.Peers)
+	}
+	added := 0
 	for _, r := range p.RouteAdd {
 		if r.Dst == free.primary() {
 			t.Fatalf("holding re-adds the PodCIDR route: %+v", p.RouteAdd)
 		}
+		if exchange[r.Dst] && r.Src == gw {
+			added++
+		}
+	}
+	if added != 2 {
+		t.Fatalf("holding: routes added %+v, want the peer's device address and gateway from ours", p.RouteAdd)
 	}
 
 	p = DiffOne(&held, &free, link, srcs)
-	if len(p.RouteDel) != 0 || len(p.RouteAdd) != 2 || len(p.Peers[0].AllowedIPs) != 2 {
+	if len(p.RouteDel) != 2 || !exchange[p.RouteDel[0].Dst] || !exchange[p.RouteDel[1].Dst] || len(p.RouteAdd) != 2 || len(p.Peers[0].AllowedIPs) != 2 {
 		t.Fatalf("releasing: %+v", p)
 	}
 
@@ -49,9 +81,24 @@ func TestHeldPeerKeepsPodCIDRsOut(t *testing.T) {
 		t.Fatalf("resync of a held peer: %+v", p)
 	}
 	// Converged held state: nothing to do.
-	dev.AllowedIPs = []net.IPNet{toIPNet(free.underlayPrefix())}
-	if p = Diff(map[netip.Prefix]Peer{held.primary(): held}, []wgtypes.Peer{dev}, map[netip.Prefix]route.Peer{}, link, srcs); len(p.Peers)+len(p.RouteDel) != 0 {
+	dev.AllowedIPs = held.allowed()
+	have := map[netip.Prefix]route.Peer{}
+	for _, r := range held.routes(link, srcs) {
+		have[r.Dst] = r
+	}
+	if p = Diff(map[netip.Prefix]Peer{held.primary(): held}, []wgtypes.Peer{dev}, have, link, srcs); len(p.Peers)+len(p.RouteDel)+len(p.RouteAdd) != 0 {
 		t.Fatalf("converged held peer gives %+v", p)
+	}
+
+	// A relay that is held carries nothing for others.
+	relay := peer(t, "10.244.3.0/24")
+	relay.Carries = []netip.Prefix{netip.MustParsePrefix("10.244.4.0/24")}
+	if !slices.Contains(relay.allowedPrefixes(), relay.Carries[0]) {
+		t.Fatal("a relay does not carry what it relays")
+	}
+	relay.Held = true
+	if slices.Contains(relay.allowedPrefixes(), relay.Carries[0]) {
+		t.Fatal("a held relay carries another node's CIDR without a PSK")
 	}
 }
 
@@ -65,5 +112,35 @@ func TestPresharedKeyOnConfiguredEntries(t *testing.T) {
 	r.withPresharedKeys(pcs)
 	if pcs[0].PresharedKey == nil || *pcs[0].PresharedKey != psk || pcs[1].PresharedKey != nil || pcs[2].PresharedKey != nil {
 		t.Fatalf("PSKs: %v %v %v", pcs[0].PresharedKey != nil, pcs[1].PresharedKey != nil, pcs[2].PresharedKey != nil)
+	}
+}
+
+// Required mode: a released peer's session made before its first PSK
+// (classical only) is due to be dropped, so pod traffic starts on a
+// handshake made with the PSK; a session made after it stays, and a held
+// peer is left alone (it carries no pod traffic).
+func TestReleasedPeerDropsClassicalSession(t *testing.T) {
+	first := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	hold := false
+	r := &Reconciler{cfg: Config{PQ: PQHooks{
+		Hold:     func(wgtypes.Key) bool { return hold },
+		FirstPSK: func(wgtypes.Key) (time.Time, bool) { return first, true },
+	}}}
+	p := peer(t, "10.244.2.0/24")
+	r.pqPeer(&p, record.Lease{})
+	if !p.DropSessionsBefore.Equal(first) {
+		t.Fatalf("released peer: DropSessionsBefore %v, want the first PSK's time %v", p.DropSessionsBefore, first)
+	}
+	if !p.staleSession(wgtypes.Peer{LastHandshakeTime: first.Add(-time.Second)}) {
+		t.Fatal("a session from before the first PSK is kept")
+	}
+	if p.staleSession(wgtypes.Peer{LastHandshakeTime: first.Add(time.Second)}) {
+		t.Fatal("a session made with the PSK is dropped")
+	}
+	hold = true
+	h := peer(t, "10.244.3.0/24")
+	r.pqPeer(&h, record.Lease{})
+	if !h.DropSessionsBefore.IsZero() {
+		t.Fatalf("held peer: DropSessionsBefore %v, want none", h.DropSessionsBefore)
 	}
 }

@@ -58,7 +58,11 @@ type Config struct {
 	// PunchKeepalive towards punched peers: also how fast a dead direct
 	// path is noticed (3 intervals; default 2 s).
 	Keepalive, PunchKeepalive int
-	Log                       *slog.Logger
+	// FirstPSK is set with --post-quantum=required (daemon/pqpeer): since
+	// when a peer has had its preshared key. A punched path then carries
+	// traffic only over a session made after it (docs/nat.md).
+	FirstPSK func(wgtypes.Key) (time.Time, bool)
+	Log      *slog.Logger
 }
 
 // StateFileName is the paths file in the run directory.
@@ -154,6 +158,14 @@ func (a *Agent) Rewrite(active map[netip.Prefix]mesh.Peer) map[netip.Prefix]mesh
 	a.mu.Lock()
 	in := Inputs{Self: a.cfg.Self, SelfUnreachable: a.unreachable, Obs: a.obs, Up: maps.Clone(a.up), Died: maps.Clone(a.died), Relays: a.relays,
 		Keepalive: a.cfg.Keepalive, PunchKeepalive: a.cfg.PunchKeepalive}
+	if a.cfg.FirstPSK != nil {
+		in.RequirePSK, in.PSKSince = true, map[string]time.Time{}
+		for _, p := range active {
+			if at, ok := a.cfg.FirstPSK(p.PublicKey); ok {
+				in.PSKSince[p.Node] = at
+			}
+		}
+	}
 	out, paths := Plan(in, active)
 	a.active = maps.Clone(active) // the mesh keeps changing its map
 	old := a.paths
@@ -269,6 +281,13 @@ func (a *Agent) followPunches(peers []wgtypes.Peer, now time.Time) time.Time {
 		// A session from before the path died does not count: it must be
 		// a handshake both ends see (the entry is re-created meanwhile).
 		alive := ok && d.LastHandshakeTime.After(a.died[node]) && now.Sub(d.LastHandshakeTime) < 180*time.Second && now.Sub(a.rx[key].at) < dead
+		if a.cfg.FirstPSK != nil && alive && !a.up[node] {
+			// Required: only a handshake made with the PSK opens the
+			// path (Plan drops the sessions from before it), so both
+			// ends take their switch instant from that one.
+			at, has := a.cfg.FirstPSK(key)
+			alive = has && d.LastHandshakeTime.After(at)
+		}
 		switch {
 		case a.up[node] && !alive:
 			delete(a.up, node)

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -211,4 +212,74 @@ func FuzzParseObserved(f *testing.F) {
 			t.Fatalf("accepted %q=%q as %q %q %v", key, value, node, obs, ap)
 		}
 	})
+}
+
+// TestPlanPostQuantumRequired: with --post-quantum=required a relayed
+// pair is not held for a PSK of its own (the relay's tunnels carry it, each
+// held for its own PSK by the mesh), and a punched path carries the pair's
+// CIDRs only once the pair has its PSK; until then the direct sessions from
+// before the PSK are dropped, so the path opens through a handshake made
+// with it.
+func TestPlanPostQuantumRequired(t *testing.T) {
+	r1, r2 := node(t, "r1", "10.244.1.0/24", false), node(t, "r2", "10.244.2.0/24", false)
+	far := node(t, "far", "10.244.3.0/24", true)
+	far.Held = true // what mesh's Hold hook says: no PSK with far yet
+	active := map[netip.Prefix]mesh.Peer{}
+	for _, p := range []mesh.Peer{r1, r2, far} {
+		active[p.CIDRs[0]] = p
+	}
+	punchable := Observations{"self": {"r1": natA, "r2": natA}, "far": {"r1": natC, "r2": natC}}
+	symmetric := Observations{"self": {"r1": natA, "r2": natA}, "far": {"r1": natC, "r2": netip.AddrPortFrom(natC.Addr(), 5555)}}
+	pskAt := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	died := pskAt.Add(-time.Minute)
+	for _, tc := range []struct {
+		name     string
+		obs      Observations
+		up       bool
+		psk      bool
+		mode     string
+		dropFrom time.Time
+	}{
+		{"symmetric, no PSK: relayed, not held", symmetric, false, false, Relayed, time.Time{}},
+		{"punching, no PSK", punchable, false, false, Relayed, died},
+		{"punching with a PSK: sessions before it dropped", punchable, false, true, Relayed, pskAt},
+		{"up but no PSK: stays relayed", punchable, true, false, Relayed, died},
+		{"up with a PSK: punched", punchable, true, true, Punched, time.Time{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := Inputs{Self: "self", SelfUnreachable: true, Obs: tc.obs, Up: map[string]bool{"far": tc.up}, Died: map[string]time.Time{"far": died},
+				Keepalive: 25, PunchKeepalive: 2, RequirePSK: true, PSKSince: map[string]time.Time{}}
+			p := far
+			if tc.psk {
+				in.PSKSince["far"] = pskAt
+				p.Held = false
+				active[far.CIDRs[0]] = p
+			} else {
+				active[far.CIDRs[0]] = far
+			}
+			out, paths := Plan(in, active)
+			if paths[2].Mode != tc.mode {
+				t.Fatalf("path %+v, want %s", paths[2], tc.mode)
+			}
+			f := out[far.CIDRs[0]]
+			if tc.mode == Relayed {
+				if f.Held {
+					t.Error("relayed peer held: its traffic would be dropped for a PSK its path never uses")
+				}
+				if !slices.Contains(out[r1.CIDRs[0]].Carries, far.CIDRs[0]) &&
+					!slices.Contains(out[r2.CIDRs[0]].Carries, far.CIDRs[0]) {
+					t.Error("no relay carries far")
+				}
+			}
+			if !f.DropSessionsBefore.Equal(tc.dropFrom) {
+				t.Errorf("DropSessionsBefore %v, want %v", f.DropSessionsBefore, tc.dropFrom)
+			}
+		})
+	}
+	// Without required, the PSK does not gate the punched path.
+	active[far.CIDRs[0]] = node(t, "far", "10.244.3.0/24", true)
+	_, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: punchable, Up: map[string]bool{"far": true}, PunchKeepalive: 2}, active)
+	if paths[2].Mode != Punched {
+		t.Errorf("on (not required): %+v, want punched", paths[2])
+	}
 }

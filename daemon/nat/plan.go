@@ -58,6 +58,13 @@ type Inputs struct {
 	// asked for none itself; PunchKeepalive towards peers being punched.
 	Keepalive      int
 	PunchKeepalive int
+	// RequirePSK (--post-quantum=required): PSKSince holds, per peer
+	// node, since when the pair has had its preshared key. A pair without
+	// one is not switched to its punched path, and the direct sessions
+	// from before it are dropped, so the path opens only through a
+	// handshake made with the PSK.
+	RequirePSK bool
+	PSKSince   map[string]time.Time
 }
 
 // Plan rewrites the records' peers (keyed by primary CIDR) for this node
@@ -90,6 +97,7 @@ func Plan(in Inputs, active map[netip.Prefix]mesh.Peer) (map[netip.Prefix]mesh.P
 	var paths []Path
 	for _, c := range sortedCIDRs(active) {
 		p := out[c]
+		p.SelfUnreachable = in.SelfUnreachable
 		path := Path{Node: p.Node, Mode: Direct}
 		switch {
 		case !p.Unreachable:
@@ -120,12 +128,15 @@ func Plan(in Inputs, active map[netip.Prefix]mesh.Peer) (map[netip.Prefix]mesh.P
 					break
 				}
 				path.Mode, path.Via, p.Relayed = Relayed, relay, true
-			case in.Up[p.Node]:
+			case in.Up[p.Node] && (!in.RequirePSK || !in.PSKSince[p.Node].IsZero()):
 				p.Endpoint, p.Keepalive = peerMap.Public, in.PunchKeepalive
 				path.Mode, path.Why, path.Endpoint = Punched, "hole punched", peerMap.Public.String()
 			default:
 				p.Endpoint, p.Keepalive = peerMap.Public, in.PunchKeepalive
 				p.DropSessionsBefore = in.Died[p.Node]
+				if at := in.PSKSince[p.Node]; in.RequirePSK && at.After(p.DropSessionsBefore) {
+					p.DropSessionsBefore = at
+				}
 				path.Why, path.Endpoint = "punching", peerMap.Public.String()
 				if relay == "" {
 					path.Why += "; no relay"
@@ -134,6 +145,13 @@ func Plan(in Inputs, active map[netip.Prefix]mesh.Peer) (map[netip.Prefix]mesh.P
 				path.Mode, path.Via, p.Relayed = Relayed, relay, true
 			}
 			if p.Relayed {
+				// Post-quantum required: a relayed pair has no direct
+				// session to protect, its traffic rides the tunnels to
+				// and from the relay, each with its own PSK, and the
+				// relay's peer carries it only when not held
+				// (mesh.Peer.allowedPrefixes). Holding it for a PSK of
+				// its own would drop its traffic for nothing.
+				p.Held = false
 				r := out[byNode[relay]]
 				r.Carries = append(slices.Clone(r.Carries), p.CIDRs...)
 				out[byNode[relay]] = r

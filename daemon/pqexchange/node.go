@@ -82,6 +82,7 @@ type Node struct {
 	conn *net.UDPConn
 
 	mu      sync.Mutex
+	self    Local // cfg.Self until SetSelf
 	resp    *Responder
 	waiting map[SessionID]chan any
 	epochs  map[wgtypes.Key]uint64 // last epoch used as initiator, per peer
@@ -110,11 +111,32 @@ func Listen(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("pq exchange: listen on %s: %w", cfg.Addr, err)
 	}
 	n := &Node{cfg: cfg, conn: conn, waiting: map[SessionID]chan any{}, epochs: map[wgtypes.Key]uint64{}, now: time.Now}
-	n.resp = NewResponder(cfg.Self, func(k wgtypes.Key) (*mlkem.EncapsulationKey768, bool) {
-		p, ok := cfg.Peers(k)
+	n.self = cfg.Self
+	n.resp = n.newResponder()
+	return n, nil
+}
+
+func (n *Node) newResponder() *Responder {
+	return NewResponder(n.self, func(k wgtypes.Key) (*mlkem.EncapsulationKey768, bool) {
+		p, ok := n.cfg.Peers(k)
 		return p.KEM, ok
 	})
-	return n, nil
+}
+
+// SetSelf changes this node's WireGuard identity (a key rotation; the
+// ML-KEM key stays). Half-done responder exchanges under the old identity
+// are dropped: their initiators retry under the new one.
+func (n *Node) SetSelf(wg wgtypes.Key) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.self.WG = wg
+	n.resp = n.newResponder()
+}
+
+func (n *Node) local() Local {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.self
 }
 
 // Addr is the bound address (with the port chosen if Config.Addr had 0).
@@ -247,7 +269,7 @@ func (n *Node) nextEpoch(peer wgtypes.Key) uint64 {
 // Exchange at a time per peer: a second one would replace the first's
 // pending state on the responder.
 func (n *Node) Exchange(ctx context.Context, peer wgtypes.Key) (Result, error) {
-	if !Initiates(n.cfg.Self.WG, peer) {
+	if !Initiates(n.local().WG, peer) {
 		return Result{}, fmt.Errorf("pq exchange with %s: %w", peer, ErrWrongRole)
 	}
 	var err error
@@ -274,7 +296,7 @@ func (n *Node) exchangeOnce(ctx context.Context, peer wgtypes.Key, attempt int) 
 		return Result{}, fmt.Errorf("%w %s", ErrUnknownPeer, peer)
 	}
 	addr := p.Addrs[attempt%len(p.Addrs)]
-	ini, err := NewInitiator(n.cfg.Self, Remote{WG: peer, KEM: p.KEM}, n.nextEpoch(peer))
+	ini, err := NewInitiator(n.local(), Remote{WG: peer, KEM: p.KEM}, n.nextEpoch(peer))
 	if err != nil {
 		return Result{}, err
 	}

@@ -338,3 +338,49 @@ func TestReplayOverUDPIgnored(t *testing.T) {
 		t.Fatalf("%d installs, want 2", len(resp.installs()))
 	}
 }
+
+// TestSetSelfExchangesUnderTheNewKey: after SetSelf (a WireGuard key
+// rotation) a Node initiates under its new key, and the responder, which
+// knows the new key from its directory, installs the PSK for it; both ends
+// derive the same PSK.
+func TestSetSelfExchangesUnderTheNewKey(t *testing.T) {
+	i, r := newPair(t)
+	var newKey wgtypes.Key
+	for {
+		priv, err := wgtypes.GeneratePrivateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if newKey = priv.PublicKey(); Initiates(newKey, r.WG) {
+			break
+		}
+	}
+	iConn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(loopback))
+	if err != nil {
+		t.Fatal(err)
+	}
+	iAddr := iConn.LocalAddr().(*net.UDPAddr).AddrPort()
+	iConn.Close()
+	asI := Peer{KEM: i.KEM.Public(), Addrs: []netip.AddrPort{iAddr}}
+	resp, _ := startNode(t, r, loopback, map[wgtypes.Key]Peer{i.WG: asI, newKey: asI})
+	ini, _ := startNode(t, i, iAddr, map[wgtypes.Key]Peer{r.WG: {KEM: r.KEM.Public(), Addrs: []netip.AddrPort{resp.Addr()}}})
+	for round, want := range []wgtypes.Key{i.WG, newKey} {
+		if round == 1 {
+			ini.SetSelf(newKey)
+		}
+		res, err := ini.Exchange(context.Background(), r.WG)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		rr := resp.installs()
+		if len(rr) != round+1 {
+			t.Fatalf("round %d: responder installed %d PSKs, want %d", round, len(rr), round+1)
+		}
+		if got := rr[round].Peer; got != want {
+			t.Fatalf("round %d: responder installed for %s, want %s", round, got, want)
+		}
+		if !rr[round].PSK.Equal(res.PSK) {
+			t.Fatalf("round %d: the ends derived different PSKs", round)
+		}
+	}
+}

@@ -35,8 +35,12 @@ type Device interface {
 
 // Config configures a Manager.
 type Config struct {
-	// Required: a peer without a PSK is held (its pod traffic dropped).
+	// Required: a peer without a current PSK is held (its pod traffic
+	// dropped).
 	Required bool
+	// MaxAge (required mode): a PSK older than this is not current any
+	// more; its peer is held until a fresh exchange succeeds. 0: never.
+	MaxAge   time.Duration
 	Interval time.Duration
 	Port     int
 	Device   string
@@ -48,6 +52,10 @@ type Config struct {
 	// Handshake starts a WireGuard handshake with a peer that has no
 	// session (wgdev.Initiate); optional.
 	Handshake func(peer wgtypes.Key, keepalive time.Duration) error
+	// SelfUnreachable reports that this node sits behind a NAT
+	// (daemon/nat); optional. Its messages over the underlay then come
+	// from the NAT's address, which no peer can attribute to it.
+	SelfUnreachable func() bool
 	// StatusFile, if set, receives the per-peer state for wgcnictl.
 	StatusFile string
 	Log        *slog.Logger
@@ -64,6 +72,7 @@ type peerState struct {
 	has       bool
 	epoch     uint64 // 0: found on the device at start
 	installed time.Time
+	first     time.Time // when the current run of PSKs began (FirstPSK)
 	exchanges int64
 	failures  int64
 	streak    int // consecutive failed exchanges
@@ -73,6 +82,17 @@ type peerState struct {
 	// handshakeDue: the first PSK was just installed; the initiator's
 	// Handshake call makes the first handshake now.
 	handshakeDue bool
+	// stale: held for age (required mode), as last told to the
+	// reconciler; checkAge and install flip it and signal holdChanged.
+	stale bool
+}
+
+// holds is required mode's rule for one peer at now: held without a PSK,
+// and held when the last successful exchange (installed) is more than
+// maxAge ago — a PSK that stopped rotating no longer counts as current, so
+// a blocked exchange cannot leave pod traffic on an old PSK forever.
+func holds(has bool, installed, now time.Time, maxAge time.Duration) bool {
+	return !has || (maxAge > 0 && now.Sub(installed) > maxAge)
 }
 
 // Manager runs the exchanges; build it with New, then Run.
@@ -81,6 +101,7 @@ type Manager struct {
 	node *pqexchange.Node
 
 	mu    sync.Mutex
+	self  wgtypes.Key // cfg.Self until SetSelf (a key rotation)
 	peers map[wgtypes.Key]*peerState
 
 	peersChanged chan struct{}
@@ -98,7 +119,7 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	m := &Manager{cfg: cfg, peers: map[wgtypes.Key]*peerState{},
+	m := &Manager{cfg: cfg, self: cfg.Self, peers: map[wgtypes.Key]*peerState{},
 		peersChanged: make(chan struct{}, 1), holdChanged: make(chan struct{}, 1), wake: make(chan struct{}, 1),
 		sem: make(chan struct{}, maxParallel)}
 	dev, err := cfg.WG.Device(cfg.Device)
@@ -108,7 +129,7 @@ func New(cfg Config) (*Manager, error) {
 	now := time.Now()
 	for _, p := range dev.Peers {
 		if p.PresharedKey != (wgtypes.Key{}) {
-			m.peers[p.PublicKey] = &peerState{psk: p.PresharedKey, has: true, installed: now}
+			m.peers[p.PublicKey] = &peerState{psk: p.PresharedKey, has: true, installed: now, first: now}
 		}
 	}
 	m.node, err = pqexchange.Listen(pqexchange.Config{
@@ -127,19 +148,43 @@ func New(cfg Config) (*Manager, error) {
 
 // Hooks are the reconciler's side (mesh.Config.PQ).
 func (m *Manager) Hooks() mesh.PQHooks {
-	h := mesh.PQHooks{PresharedKey: m.PresharedKey, PeersChanged: m.PeersChanged}
+	h := mesh.PQHooks{PresharedKey: m.PresharedKey, PeersChanged: m.PeersChanged, Carry: m.Carry}
 	if m.cfg.Required {
-		h.Hold, h.HoldChanged = m.Hold, m.holdChanged
+		h.Hold, h.HoldChanged, h.FirstPSK = m.Hold, m.holdChanged, m.FirstPSK
 	}
 	return h
 }
 
-// Hold reports that peer has no PSK (required mode holds its PodCIDRs).
+// Hold reports that peer has no current PSK (required mode holds its
+// PodCIDRs): none at all, or one older than MaxAge.
 func (m *Manager) Hold(peer wgtypes.Key) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st := m.peers[peer]
-	return st == nil || !st.has
+	return st == nil || holds(st.has, st.installed, time.Now(), m.cfg.MaxAge)
+}
+
+// checkAge holds the peers whose PSK just became older than MaxAge and
+// tells the reconciler (required mode; install releases them).
+func (m *Manager) checkAge(now time.Time) {
+	if !m.cfg.Required || m.cfg.MaxAge <= 0 {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	changed := false
+	for k, st := range m.peers {
+		if !st.has || st.stale || !holds(st.has, st.installed, now, m.cfg.MaxAge) {
+			continue
+		}
+		st.stale, changed = true, true
+		m.cfg.Log.Warn("post-quantum: peer's PSK is older than --pq-max-age; its pod traffic is held until an exchange succeeds", "peer", k.String(), "peer_node", st.info.Node,
+			"age", now.Sub(st.installed).Round(time.Second), "max_age", m.cfg.MaxAge, "last_err", st.lastErr)
+	}
+	if changed {
+		m.changes.Add(1)
+		signal(m.holdChanged)
+	}
 }
 
 // PresharedKey is the PSK a (re)created entry for peer gets.
@@ -150,6 +195,66 @@ func (m *Manager) PresharedKey(peer wgtypes.Key) (wgtypes.Key, bool) {
 		return st.psk, true
 	}
 	return wgtypes.Key{}, false
+}
+
+// FirstPSK reports since when peer has had a PSK (its first install, or
+// the daemon's start for a PSK adopted from the device); false without
+// one. NAT traversal (daemon/nat) in required mode lets a punched direct
+// path carry traffic only through a session made after it.
+func (m *Manager) FirstPSK(peer wgtypes.Key) (time.Time, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if st := m.peers[peer]; st != nil && st.has {
+		return st.first, true
+	}
+	return time.Time{}, false
+}
+
+// Carry moves the pair's PSK to peer's new WireGuard key when the node
+// behind it rotated its key (same node name, same ML-KEM key: the same
+// static identity the PSK was agreed with). The PSK stays secret whatever
+// the WireGuard key; the rotating node keeps it on its entry for us, so
+// both ends' first handshake under the new key uses the same PSK. The new
+// key's state is fresh otherwise: syncPeers schedules an exchange under
+// the new identities and drops the old key's state.
+func (m *Manager) Carry(peer wgtypes.Key, node, pqPublicKey string) {
+	if pqPublicKey == "" || node == "" {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.peers[peer] != nil {
+		return
+	}
+	for k, st := range m.peers {
+		if k == peer || !st.has || st.info.Node != node || st.info.PQPublicKey != pqPublicKey {
+			continue
+		}
+		m.peers[peer] = &peerState{psk: st.psk, has: true, epoch: st.epoch, installed: st.installed, first: st.first, stale: st.stale}
+		m.changes.Add(1)
+		m.cfg.Log.Info("post-quantum: peer's WireGuard key changed (same node, same ML-KEM key); its PSK carries over until an exchange under the new key",
+			"peer", peer.String(), "old_peer", k.String(), "peer_node", node)
+		return
+	}
+}
+
+// SetSelf switches to this node's new WireGuard key (wgcnid rotate-key),
+// once it is published: the exchange identifies both ends by their keys,
+// so every pair runs a fresh exchange under the new identity soon. The
+// PSKs on the device stay (the peers carry them to our new key, Carry).
+func (m *Manager) SetSelf(key wgtypes.Key) {
+	m.node.SetSelf(key)
+	m.mu.Lock()
+	m.self = key
+	now := time.Now()
+	for k, st := range m.peers {
+		if st.kem != nil && pqexchange.Initiates(key, k) {
+			st.next = now.Add(rand.N(time.Second))
+		}
+	}
+	m.changes.Add(1)
+	m.mu.Unlock()
+	signal(m.wake)
 }
 
 // PeersChanged tells the manager to re-read the reconciler's peers.
@@ -190,7 +295,8 @@ func (m *Manager) Run(ctx context.Context) error {
 			m.syncPeers()
 		case <-repair.C:
 			m.repair()
-		case <-status.C:
+		case now := <-status.C:
+			m.checkAge(now)
 			if c := m.changes.Load(); c != written {
 				written = c
 				m.writeStatus()
@@ -241,7 +347,7 @@ func (m *Manager) syncPeers() {
 				}
 				st.kem = ek
 			}
-			if st.kem != nil && pqexchange.Initiates(m.cfg.Self, k) {
+			if st.kem != nil && pqexchange.Initiates(m.self, k) {
 				// A new peer, or one whose key changed: soon, spread
 				// over up to a second so a start does not burst.
 				st.next = now.Add(rand.N(time.Second))
@@ -260,7 +366,7 @@ func (m *Manager) clearPSK(peer wgtypes.Key, st *peerState) {
 		m.cfg.Log.Warn("post-quantum: clear the PSK of a peer that no longer publishes an ML-KEM key", "peer", peer.String(), "err", err)
 		return
 	}
-	st.has, st.psk, st.epoch = false, zero, 0
+	st.has, st.psk, st.epoch, st.stale = false, zero, 0, false
 	m.changes.Add(1)
 	m.cfg.Log.Info("post-quantum: peer publishes no ML-KEM key any more; its PSK is cleared", "peer", peer.String(), "peer_node", st.info.Node)
 	if m.cfg.Required {
@@ -274,8 +380,8 @@ func (m *Manager) setPSK(peer, psk wgtypes.Key) error {
 
 // lookup is pqexchange.Config.Peers: a peer's published key and its
 // addresses, tunnel first (its device address) and underlay second — or
-// underlay first while it is held, since the tunnel does not carry its
-// PodCIDR then.
+// underlay first while it is held or has no PSK yet, since the tunnel
+// does not carry its PodCIDR while held.
 func (m *Manager) lookup(peer wgtypes.Key) (pqexchange.Peer, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -283,14 +389,33 @@ func (m *Manager) lookup(peer wgtypes.Key) (pqexchange.Peer, bool) {
 	if st == nil || st.kem == nil || len(st.info.CIDRs) == 0 {
 		return pqexchange.Peer{}, false
 	}
-	port := uint16(m.cfg.Port)
-	tunnel := netip.AddrPortFrom(st.info.CIDRs[0].Masked().Addr(), port)
-	underlay := netip.AddrPortFrom(st.info.Endpoint.Addr(), port)
-	addrs := []netip.AddrPort{tunnel, underlay}
-	if st.info.Held || !st.has {
-		addrs = []netip.AddrPort{underlay, tunnel}
+	selfNAT := m.cfg.SelfUnreachable != nil && m.cfg.SelfUnreachable()
+	return pqexchange.Peer{KEM: st.kem, Addrs: exchangeAddrs(st.info, st.has && !st.stale, selfNAT, uint16(m.cfg.Port)), Sources: st.info.CIDRs}, true
+}
+
+// exchangeAddrs orders the addresses a peer's exchange goes to. NAT
+// (docs/nat.md) changes the underlay's worth: a peer behind a NAT has no
+// endpoint to send to (WireGuard roams to its NAT's mapping, unset here)
+// or one that drops unsolicited packets (a punched path's public
+// endpoint), and when this node is behind a NAT the peer sees our
+// underlay messages come from the NAT's address, not one it can tie to
+// us, and drops them. The tunnel reaches such a peer: at its device
+// address over its direct session (held or not: a held peer's tunnel
+// still carries the exchange's addresses, mesh.Peer.exchangePrefixes), or
+// through the relay that carries its PodCIDR. So with NAT on either side
+// the tunnel comes first; the underlay stays as the fallback for peers
+// behind the same NAT (their LAN endpoint works).
+func exchangeAddrs(info mesh.PeerInfo, has, selfNAT bool, port uint16) []netip.AddrPort {
+	tunnel := netip.AddrPortFrom(info.CIDRs[0].Masked().Addr(), port)
+	if !info.Endpoint.IsValid() {
+		return []netip.AddrPort{tunnel}
 	}
-	return pqexchange.Peer{KEM: st.kem, Addrs: addrs, Sources: st.info.CIDRs}, true
+	underlay := netip.AddrPortFrom(info.Endpoint.Addr(), port)
+	nat := info.Unreachable || selfNAT
+	if !nat && (info.Held || !has) {
+		return []netip.AddrPort{underlay, tunnel}
+	}
+	return []netip.AddrPort{tunnel, underlay}
 }
 
 // install is pqexchange.Config.Install: the PSK onto the device peer, then
@@ -306,14 +431,20 @@ func (m *Manager) install(r pqexchange.Result) error {
 	if err := m.setPSK(r.Peer, r.PSK.Key()); err != nil {
 		return fmt.Errorf("set PSK on %s: %w", m.cfg.Device, err)
 	}
-	first := !st.has
+	first, stale := !st.has, st.stale
 	st.psk, st.has, st.epoch, st.installed = r.PSK.Key(), true, r.Epoch, time.Now()
-	st.handshakeDue = first
+	if first {
+		st.first = st.installed
+	}
+	st.handshakeDue, st.stale = first, false
 	m.changes.Add(1)
 	if !r.Initiator {
 		st.exchanges++ // the initiator counts its own when Exchange returns
 	}
-	if first && m.cfg.Required {
+	if stale {
+		m.cfg.Log.Info("post-quantum: fresh PSK after --pq-max-age was exceeded; peer's pod traffic released", "peer", r.Peer.String(), "peer_node", st.info.Node)
+	}
+	if (first || stale) && m.cfg.Required {
 		signal(m.holdChanged)
 	}
 	return nil
@@ -359,7 +490,7 @@ func (m *Manager) schedule(ctx context.Context) time.Duration {
 	now := time.Now()
 	wait := m.cfg.Interval
 	for k, st := range m.peers {
-		if st.kem == nil || st.running || st.info.Node == "" || !pqexchange.Initiates(m.cfg.Self, k) {
+		if st.kem == nil || st.running || st.info.Node == "" || !pqexchange.Initiates(m.self, k) {
 			continue
 		}
 		if d := st.next.Sub(now); d > 0 {

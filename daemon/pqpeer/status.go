@@ -63,7 +63,7 @@ func (m *Manager) Status() Status {
 		}
 		ps := PeerStatus{Node: st.info.Node, PublicKey: k.String(), Role: "responder", State: StateWaiting, Held: st.info.Held,
 			Epoch: st.epoch, Exchanges: st.exchanges, Failures: st.failures, LastError: st.lastErr}
-		if pqexchange.Initiates(m.cfg.Self, k) {
+		if pqexchange.Initiates(m.self, k) {
 			ps.Role = "initiator"
 		}
 		switch {

@@ -56,6 +56,22 @@ func (n *Node) ConfigureDevice(peers ...wgtypes.PeerConfig) error {
 	return nil
 }
 
+// PresharedKey reads the PSK the node's device holds for peer (all-zero:
+// none); found is false when the device has no such peer. Callers compare
+// it and never print it.
+func (n *Node) PresharedKey(peer wgtypes.Key) (psk wgtypes.Key, found bool, err error) {
+	dev, err := n.WGDevice()
+	if err != nil {
+		return psk, false, err
+	}
+	for _, p := range dev.Peers {
+		if p.PublicKey == peer {
+			return p.PresharedKey, true, nil
+		}
+	}
+	return psk, false, nil
+}
+
 // WGShow returns `wg show <device>` run in the node namespace (private key
 // is never printed by wg show).
 func (n *Node) WGShow() (string, error) { return n.Exec("wg", "show", n.Device) }
@@ -232,4 +248,15 @@ func (n *Node) MustPrivateKey(tb testing.TB) wgtypes.Key {
 		tb.Fatalf("%s: private key file: %v", n.Name, err)
 	}
 	return k
+}
+
+// MustPublicKey is the node's WireGuard public key, read from its own
+// device (after a rotate-key: the key in use, not the one on file).
+func (n *Node) MustPublicKey(tb testing.TB) wgtypes.Key {
+	tb.Helper()
+	dev, err := n.WGDevice()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return dev.PublicKey
 }

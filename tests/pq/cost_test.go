@@ -88,7 +88,7 @@ func TestExchangeCost(t *testing.T) {
 	on, off := cpu[0]+cpu[1], cpu[2]+cpu[3]
 	per := (on - off) / time.Duration(ex)
 	t.Logf("CPU over %v: on %v + %v, off (reference) %v + %v; %d exchanges", window, cpu[0], cpu[1], cpu[2], cpu[3], ex)
-	result(t, "%d exchanges in %v: daemons with on used %v CPU, with off (reference, same run) %v; %.2f ms CPU per exchange (both ends; an upper bound: it includes the manager's once-a-second device check and status file, which at 2m run every minute), %d bytes on the wire per exchange; at --pq-interval 2m and 1000 peers: %.2f%% of a core",
+	harness.Result(t, "%d exchanges in %v: daemons with on used %v CPU, with off (reference, same run) %v; %.2f ms CPU per exchange (both ends; an upper bound: it includes the manager's once-a-second device check and status file, which at 2m run every minute), %d bytes on the wire per exchange; at --pq-interval 2m and 1000 peers: %.2f%% of a core",
 		ex, window, on.Round(10*time.Millisecond), off.Round(10*time.Millisecond), float64(per)/1e6, exchangeBytes,
 		100*float64(per)/2*1000/float64(2*time.Minute))
 }
@@ -135,7 +135,7 @@ func TestThroughputWithPSKs(t *testing.T) {
 	if ratio < 0.70 {
 		t.Errorf("throughput with PSKs %.0f Mbit/s is %.2f of %.0f without", mOn, ratio, mOff)
 	}
-	result(t, "pod-to-pod TCP, %d interleaved rounds of %v (userspace WireGuard): with PSKs rotating every second %.0f Mbit/s, without %.0f Mbit/s (medians): ratio %.2f (target >= 0.98)",
+	harness.Result(t, "pod-to-pod TCP, %d interleaved rounds of %v (userspace WireGuard): with PSKs rotating every second %.0f Mbit/s, without %.0f Mbit/s (medians): ratio %.2f (target >= 0.98)",
 		rounds, secs, mOn, mOff, ratio)
 }
 

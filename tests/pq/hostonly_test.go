@@ -40,5 +40,5 @@ func TestHostOnlyPeerGetsPSK(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	result(t, "host-only peer and node share a PSK, it rotates, the host reaches a pod")
+	harness.Result(t, "host-only peer and node share a PSK, it rotates, the host reaches a pod")
 }

@@ -112,6 +112,6 @@ func TestSecretsNeverInOutput(t *testing.T) {
 	if !search.Works() {
 		t.Fatal("the search cannot find a planted secret")
 	}
-	result(t, "searched %d files and %d outputs (%d bytes, debug logs, one restart) for 2 WireGuard keys, 2 ML-KEM seeds and %d PSKs in 5 encodings: %d hits",
+	harness.Result(t, "searched %d files and %d outputs (%d bytes, debug logs, one restart) for 2 WireGuard keys, 2 ML-KEM seeds and %d PSKs in 5 encodings: %d hits",
 		search.Files, len(outputs), search.Scanned, len(psks), len(search.Hits))
 }

@@ -4,7 +4,8 @@
 // wgctrl, compared, never printed), change every interval, are really used
 // by WireGuard, rotate under traffic without a lost packet (also across
 // daemon restarts), leave nodes with --post-quantum=off working, and in
-// required mode hold a peer's pod traffic until the first PSK. Every test
+// required mode hold a peer's pod traffic until the first PSK and again
+// once its PSK is older than --pq-max-age. Every test
 // prints a "RESULT" line with its figures.
 package pq
 
@@ -17,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/tests/harness"
@@ -32,13 +32,6 @@ const interval = 3 * time.Second
 
 // leaseTTL outlasts a stopped daemon in these tests: its peers keep it.
 const leaseTTL = time.Minute
-
-func result(t *testing.T, format string, args ...any) {
-	t.Helper()
-	line := "RESULT " + t.Name() + ": " + fmt.Sprintf(format, args...)
-	t.Log(line)
-	fmt.Println(line)
-}
 
 func start(t *testing.T, nodes int, args ...string) *harness.Cluster {
 	t.Helper()
@@ -74,26 +67,14 @@ func startModes(t *testing.T, every time.Duration, modes ...string) (*harness.Cl
 // and never prints it; all-zero means none.
 func pskOf(t *testing.T, n *harness.Node, peer wgtypes.Key) wgtypes.Key {
 	t.Helper()
-	dev, err := n.WGDevice()
+	psk, found, err := n.PresharedKey(peer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range dev.Peers {
-		if p.PublicKey == peer {
-			return p.PresharedKey
-		}
+	if !found {
+		t.Fatalf("%s has no peer %s", n.Name, peer)
 	}
-	t.Fatalf("%s has no peer %s", n.Name, peer)
-	return wgtypes.Key{}
-}
-
-func pubOf(t *testing.T, n *harness.Node) wgtypes.Key {
-	t.Helper()
-	dev, err := n.WGDevice()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dev.PublicKey
+	return psk
 }
 
 // fingerprint names a PSK in memory (to count distinct ones) without
@@ -104,7 +85,7 @@ func fingerprint(k wgtypes.Key) [32]byte { return sha256.Sum256(k[:]) }
 // and returns its fingerprint.
 func sharedPSK(t *testing.T, a, b *harness.Node, timeout time.Duration) [32]byte {
 	t.Helper()
-	ka, kb := pubOf(t, a), pubOf(t, b)
+	ka, kb := a.MustPublicKey(t), b.MustPublicKey(t)
 	var fp [32]byte
 	err := harness.WaitFor(timeout, "same PSK on "+a.Name+" and "+b.Name, func() (bool, error) {
 		pa, pb := pskOf(t, a, kb), pskOf(t, b, ka)
@@ -147,7 +128,7 @@ func TestPSKAgreesRotatesAndIsUsed(t *testing.T) {
 	// Agreement and rotation: sample for 6 intervals; every sample where
 	// both ends agree adds the PSK's fingerprint.
 	seen := map[[32]byte]bool{sharedPSK(t, n1, n2, 20*time.Second): true}
-	k1, k2 := pubOf(t, n1), pubOf(t, n2)
+	k1, k2 := n1.MustPublicKey(t), n2.MustPublicKey(t)
 	agree, differ := 0, 0
 	for end := time.Now().Add(6 * interval); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
 		a, b := pskOf(t, n1, k2), pskOf(t, n2, k1)
@@ -188,9 +169,13 @@ func TestPSKAgreesRotatesAndIsUsed(t *testing.T) {
 	var wrong wgtypes.Key
 	rand.Read(wrong[:])
 	hsBefore := peer.LastHandshakeTime
-	configure(t, n2, wgtypes.PeerConfig{PublicKey: k1, Remove: true})
-	configure(t, n2, wgtypes.PeerConfig{PublicKey: k1, Endpoint: peer.Endpoint, AllowedIPs: peer.AllowedIPs, ReplaceAllowedIPs: true,
-		PersistentKeepaliveInterval: &peer.PersistentKeepaliveInterval, PresharedKey: &wrong})
+	if err := n2.ConfigureDevice(wgtypes.PeerConfig{PublicKey: k1, Remove: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.ConfigureDevice(wgtypes.PeerConfig{PublicKey: k1, Endpoint: peer.Endpoint, AllowedIPs: peer.AllowedIPs, ReplaceAllowedIPs: true,
+		PersistentKeepaliveInterval: &peer.PersistentKeepaliveInterval, PresharedKey: &wrong}); err != nil {
+		t.Fatal(err)
+	}
 	r, err := p2.NS.Ping(p1.IP, 8, 500*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
@@ -200,7 +185,9 @@ func TestPSKAgreesRotatesAndIsUsed(t *testing.T) {
 	}
 	// The right PSK (n1's, copied device to device) brings it back.
 	right := pskOf(t, n1, k2)
-	configure(t, n2, wgtypes.PeerConfig{PublicKey: k1, UpdateOnly: true, PresharedKey: &right})
+	if err := n2.ConfigureDevice(wgtypes.PeerConfig{PublicKey: k1, UpdateOnly: true, PresharedKey: &right}); err != nil {
+		t.Fatal(err)
+	}
 	connect(t, p2, p1)
 	hs := time.Time{}
 	for _, p := range mustDev(t, n2).Peers {
@@ -216,23 +203,8 @@ func TestPSKAgreesRotatesAndIsUsed(t *testing.T) {
 	}
 	fp := sharedPSK(t, n1, n2, 20*time.Second)
 	seen[fp] = true
-	result(t, "same PSK on both ends in %d of %d samples (%d in the install window), %d distinct PSKs in %v at --pq-interval %v; wrong PSK on one end: %d/%d pings, handshake failed; corrected: handshake and ping back",
+	harness.Result(t, "same PSK on both ends in %d of %d samples (%d in the install window), %d distinct PSKs in %v at --pq-interval %v; wrong PSK on one end: %d/%d pings, handshake failed; corrected: handshake and ping back",
 		agree, agree+differ, differ, len(seen)-1, 6*interval, interval, r.Received, r.Sent)
-}
-
-func configure(t *testing.T, n *harness.Node, pc wgtypes.PeerConfig) {
-	t.Helper()
-	err := n.Do(func() error {
-		c, err := wgctrl.New()
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		return c.ConfigureDevice(n.Device, wgtypes.Config{Peers: []wgtypes.PeerConfig{pc}})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 func mustDev(t *testing.T, n *harness.Node) *wgtypes.Device {
@@ -280,7 +252,7 @@ func pingBoth(t *testing.T, a, b *harness.Pod, count int) func() (sent, lost [2]
 
 // rotations counts the distinct shared PSKs seen while f runs.
 func rotations(t *testing.T, a, b *harness.Node, done <-chan struct{}) int {
-	ka, kb := pubOf(t, a), pubOf(t, b)
+	ka, kb := a.MustPublicKey(t), b.MustPublicKey(t)
 	seen := map[[32]byte]bool{}
 	for {
 		select {
@@ -335,7 +307,7 @@ const renewalAt = 120 * time.Second
 func TestRotationsLoseNothing(t *testing.T) {
 	n1, n2, p1, p2 := twoNodes(t)
 	sharedPSK(t, n1, n2, 20*time.Second)
-	k1, k2 := pubOf(t, n1), pubOf(t, n2)
+	k1, k2 := n1.MustPublicKey(t), n2.MustPublicKey(t)
 	// Let the start-up handshakes settle, then start the traffic some
 	// 15 s before the session is due for renewal.
 	time.Sleep(6 * time.Second)
@@ -391,7 +363,7 @@ func TestRotationsLoseNothing(t *testing.T) {
 			}
 			renewed = fmt.Sprintf(", session renewed with a rotated PSK %v after the previous handshake", h1.Sub(hs0).Round(time.Second))
 		}
-		result(t, "%s under ping both ways (%.0f/s, %.0f/s measured): %d rotations, %d+%d sent, %d lost%s", what, rate[0], rate[1], n, sent[0], sent[1], lost[0]+lost[1], renewed)
+		harness.Result(t, "%s under ping both ways (%.0f/s, %.0f/s measured): %d rotations, %d+%d sent, %d lost%s", what, rate[0], rate[1], n, sent[0], sent[1], lost[0]+lost[1], renewed)
 	}
 }
 
@@ -404,7 +376,7 @@ func TestMixedClusterWithOff(t *testing.T) {
 	time.Sleep(2 * interval)
 	for _, pair := range [][2]int{{0, 2}, {1, 2}} {
 		a, b := nodes[pair[0]], nodes[pair[1]]
-		if pskOf(t, a, pubOf(t, b)) != (wgtypes.Key{}) || pskOf(t, b, pubOf(t, a)) != (wgtypes.Key{}) {
+		if pskOf(t, a, b.MustPublicKey(t)) != (wgtypes.Key{}) || pskOf(t, b, a.MustPublicKey(t)) != (wgtypes.Key{}) {
 			t.Errorf("%s and %s (off) hold a PSK for each other", a.Name, b.Name)
 		}
 	}
@@ -430,7 +402,7 @@ func TestMixedClusterWithOff(t *testing.T) {
 	if err := n2.StartDaemon(); err != nil {
 		t.Fatal(err)
 	}
-	k1, k2 := pubOf(t, nodes[0]), pubOf(t, n2)
+	k1, k2 := nodes[0].MustPublicKey(t), n2.MustPublicKey(t)
 	err := harness.WaitFor(20*time.Second, "no PSK between n1 and n2 (off)", func() (bool, error) {
 		return pskOf(t, nodes[0], k2) == (wgtypes.Key{}) && pskOf(t, n2, k1) == (wgtypes.Key{}), nil
 	})
@@ -439,7 +411,7 @@ func TestMixedClusterWithOff(t *testing.T) {
 	}
 	connect(t, pods[0], pods[1])
 	connect(t, pods[1], pods[0])
-	result(t, "n1,n2 on (shared PSK), n3 off (no PSK with either): all 6 directions answer, %d pings; n2 restarted with off: PSKs cleared on both ends, n1<->n2 answer", pings)
+	harness.Result(t, "n1,n2 on (shared PSK), n3 off (no PSK with either): all 6 directions answer, %d pings; n2 restarted with off: PSKs cleared on both ends, n1<->n2 answer", pings)
 }
 
 // TestRequiredHoldsUntilPSK: in required mode, pod traffic to a peer with
@@ -514,6 +486,6 @@ func TestRequiredHoldsUntilPSK(t *testing.T) {
 	if err != nil || r.Loss() != 0 {
 		t.Fatalf("after the first PSK: %+v %v", r, err)
 	}
-	result(t, "exchange blocked: held peers (no AllowedIPs, no PSK), pings %d/%d and %d/%d answered, underlay capture: %s; unblocked: PSK and traffic in %v, then %d/%d, capture: %s",
+	harness.Result(t, "exchange blocked: held peers (no AllowedIPs, no PSK), pings %d/%d and %d/%d answered, underlay capture: %s; unblocked: PSK and traffic in %v, then %d/%d, capture: %s",
 		held[0].Received, held[0].Sent, held[1].Received, held[1].Sent, rep, took.Round(100*time.Millisecond), r.Received, r.Sent, after)
 }

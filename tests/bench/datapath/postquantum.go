@@ -33,16 +33,8 @@ func pqPair(c *harness.Cluster) (Case, error) {
 		}
 		other := od.PublicKey
 		err = harness.WaitFor(60*time.Second, "a preshared key on "+n.Name, func() (bool, error) {
-			d, err := n.WGDevice()
-			if err != nil {
-				return false, err
-			}
-			for _, p := range d.Peers {
-				if p.PublicKey == other && p.PresharedKey != (wgtypes.Key{}) {
-					return true, nil
-				}
-			}
-			return false, nil
+			psk, _, err := n.PresharedKey(other)
+			return psk != (wgtypes.Key{}), err
 		})
 		if err != nil {
 			return Case{}, err

@@ -1,0 +1,136 @@
+package pqpeer
+
+import (
+	"log/slog"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgcni/wgcni/daemon/mesh"
+)
+
+// TestHolds: required mode's rule with explicit times — held without a
+// PSK, released by one, held again once the last exchange is more than
+// maxAge old, and never for age when maxAge is 0.
+func TestHolds(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	const maxAge = 6 * time.Second
+	for _, tc := range []struct {
+		name   string
+		has    bool
+		now    time.Time
+		maxAge time.Duration
+		want   bool
+	}{
+		{"no PSK yet", false, t0, maxAge, true},
+		{"no PSK, no max age", false, t0, 0, true},
+		{"fresh PSK", true, t0, maxAge, false},
+		{"one interval old", true, t0.Add(2 * time.Second), maxAge, false},
+		{"exactly max age", true, t0.Add(maxAge), maxAge, false},
+		{"just past max age", true, t0.Add(maxAge + time.Millisecond), maxAge, true},
+		{"long past max age", true, t0.Add(time.Hour), maxAge, true},
+		{"old PSK, no max age", true, t0.Add(time.Hour), 0, false},
+		{"clock behind install", true, t0.Add(-time.Second), maxAge, false},
+	} {
+		if got := holds(tc.has, t0, tc.now, tc.maxAge); got != tc.want {
+			t.Errorf("%s: holds = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestCheckAge: a PSK that passes MaxAge holds its peer once (one signal
+// to the reconciler, Hold true), only in required mode; a peer with no
+// PSK is not re-signalled (it was held all along).
+func TestCheckAge(t *testing.T) {
+	var fresh, old, none wgtypes.Key
+	fresh[0], old[0], none[0] = 1, 2, 3
+	newManager := func(required bool) *Manager {
+		now := time.Now()
+		return &Manager{
+			cfg: Config{Required: required, MaxAge: 6 * time.Second, Log: slog.New(slog.DiscardHandler)},
+			peers: map[wgtypes.Key]*peerState{
+				fresh: {has: true, installed: now},
+				old:   {has: true, installed: now.Add(-10 * time.Second)},
+				none:  {},
+			},
+			holdChanged: make(chan struct{}, 1),
+		}
+	}
+	m := newManager(true)
+	if !m.Hold(old) || m.Hold(fresh) || !m.Hold(none) {
+		t.Fatalf("Hold before checkAge: old %v fresh %v none %v, want true false true", m.Hold(old), m.Hold(fresh), m.Hold(none))
+	}
+	m.checkAge(time.Now())
+	select {
+	case <-m.holdChanged:
+	default:
+		t.Fatal("checkAge: a PSK past MaxAge did not signal the reconciler")
+	}
+	if !m.peers[old].stale || m.peers[fresh].stale || m.peers[none].stale {
+		t.Fatalf("stale after checkAge: old %v fresh %v none %v, want true false false", m.peers[old].stale, m.peers[fresh].stale, m.peers[none].stale)
+	}
+	m.checkAge(time.Now())
+	select {
+	case <-m.holdChanged:
+		t.Fatal("checkAge: signalled again for a peer already held")
+	default:
+	}
+	// Later, the fresh one ages too.
+	m.checkAge(time.Now().Add(7 * time.Second))
+	if !m.peers[fresh].stale {
+		t.Fatal("checkAge 7s later: the fresh PSK (now 7s old, MaxAge 6s) is not held")
+	}
+
+	m = newManager(false)
+	m.checkAge(time.Now())
+	select {
+	case <-m.holdChanged:
+		t.Fatal("on mode: checkAge signalled (nothing is held in on mode)")
+	default:
+	}
+	if m.peers[old].stale {
+		t.Fatal("on mode: an old PSK was marked held")
+	}
+}
+
+// TestCarry: a peer's new WireGuard key gets the pair's PSK only from the
+// same node with the same ML-KEM key; another node, a changed ML-KEM key
+// (a re-created node) or a key already known carry nothing.
+func TestCarry(t *testing.T) {
+	var oldKey, newKey, other wgtypes.Key
+	oldKey[0], newKey[0], other[0] = 1, 2, 3
+	var psk wgtypes.Key
+	psk[0] = 9
+	installed := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name      string
+		node, kem string
+		known     bool // newKey already has a state
+		want      bool
+	}{
+		{"same node, same ML-KEM key", "n1", "kem1", false, true},
+		{"other node", "n2", "kem1", false, false},
+		{"same node, new ML-KEM key", "n1", "kem2", false, false},
+		{"no ML-KEM key", "n1", "", false, false},
+		{"new key already known", "n1", "kem1", true, false},
+	} {
+		m := &Manager{cfg: Config{Log: slog.New(slog.DiscardHandler)}, peers: map[wgtypes.Key]*peerState{
+			oldKey: {psk: psk, has: true, installed: installed, info: meshInfo("n1", "kem1")},
+			other:  {info: meshInfo("n2", "kem1")},
+		}}
+		if tc.known {
+			m.peers[newKey] = &peerState{}
+		}
+		m.Carry(newKey, tc.node, tc.kem)
+		got, ok := m.PresharedKey(newKey)
+		if ok != tc.want || (ok && got != psk) {
+			t.Errorf("%s: PSK for the new key present=%v (right one: %v), want %v", tc.name, ok, got == psk, tc.want)
+		}
+		if tc.want && !m.peers[newKey].installed.Equal(installed) {
+			t.Errorf("%s: carried PSK's age restarted (installed %v, want %v): max-age must count from the exchange", tc.name, m.peers[newKey].installed, installed)
+		}
+	}
+}
+
+func meshInfo(node, kem string) mesh.PeerInfo { return mesh.PeerInfo{Node: node, PQPublicKey: kem} }
