@@ -28,7 +28,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/daemon/heal"
@@ -46,33 +45,10 @@ const repairBound = 15 * time.Second
 
 const metricsAddr = "127.0.0.1:9586"
 
-func result(t *testing.T, format string, args ...any) {
-	t.Helper()
-	line := "RESULT " + t.Name() + ": " + fmt.Sprintf(format, args...)
-	t.Log(line)
-	fmt.Println(line)
-}
-
 func start(t *testing.T, nodes int) *harness.Cluster {
 	t.Helper()
 	return harness.Start(t, harness.Config{Tag: tag, ResyncInterval: 10 * time.Minute,
 		DaemonArgs: []string{"--metrics-addr", metricsAddr}}, nodes)
-}
-
-// configure changes node n's WireGuard device behind its daemon's back.
-func configure(t *testing.T, n *harness.Node, peers ...wgtypes.PeerConfig) {
-	t.Helper()
-	err := n.Do(func() error {
-		c, err := wgctrl.New()
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		return c.ConfigureDevice(n.Device, wgtypes.Config{Peers: peers})
-	})
-	if err != nil {
-		t.Fatalf("configure %s on %s by hand: %v", n.Device, n.Name, err)
-	}
 }
 
 // peerOn returns node n's device entry for the peer with key k (nil: none).
@@ -150,16 +126,6 @@ func settle(t *testing.T, a, b *harness.Node) {
 	time.Sleep(time.Second)
 }
 
-// keyOf is node n's public key, read from its own device.
-func keyOf(t *testing.T, n *harness.Node) wgtypes.Key {
-	t.Helper()
-	dev, err := n.WGDevice()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dev.PublicKey
-}
-
 // get fetches path from node n's metrics and health endpoint, from inside
 // its namespace.
 func get(t *testing.T, n *harness.Node, path string) (int, string) {
@@ -217,7 +183,7 @@ func TestFaultsRepaired(t *testing.T) {
 	t.Logf("n1 reports n2 up %v after first contact", up.Round(time.Millisecond))
 	settle(t, n1, n2)
 
-	k2 := keyOf(t, n2)
+	k2 := n2.MustPublicKey(t)
 	good := peerOn(t, n1, k2)
 	if good == nil {
 		t.Fatal("n1 has no entry for n2")
@@ -238,15 +204,15 @@ func TestFaultsRepaired(t *testing.T) {
 		inject func()
 		fixed  func(p *wgtypes.Peer) bool
 	}{
-		{"peer removed", func() { configure(t, n1, wgtypes.PeerConfig{PublicKey: k2, Remove: true}) },
+		{"peer removed", func() { mustConfigure(t, n1, wgtypes.PeerConfig{PublicKey: k2, Remove: true}) },
 			func(p *wgtypes.Peer) bool { return p != nil && len(p.AllowedIPs) == 1 }},
 		{"wrong endpoint", func() {
 			wrong := net.UDPAddrFromAddrPort(netip.AddrPortFrom(c.Underlay.Gateway, 9))
-			configure(t, n1, wgtypes.PeerConfig{PublicKey: k2, UpdateOnly: true, Endpoint: wrong})
+			mustConfigure(t, n1, wgtypes.PeerConfig{PublicKey: k2, UpdateOnly: true, Endpoint: wrong})
 		}, func(p *wgtypes.Peer) bool { return p != nil && p.Endpoint != nil && p.Endpoint.AddrPort() == goodEP }},
 		{"allowed IPs narrowed", func() {
 			half := net.IPNet{IP: cidr2.Addr().AsSlice(), Mask: net.CIDRMask(cidr2.Bits()+1, 32)}
-			configure(t, n1, wgtypes.PeerConfig{PublicKey: k2, UpdateOnly: true, ReplaceAllowedIPs: true, AllowedIPs: []net.IPNet{half}})
+			mustConfigure(t, n1, wgtypes.PeerConfig{PublicKey: k2, UpdateOnly: true, ReplaceAllowedIPs: true, AllowedIPs: []net.IPNet{half}})
 		}, func(p *wgtypes.Peer) bool {
 			return p != nil && len(p.AllowedIPs) == 1 && p.AllowedIPs[0].String() == cidr2.String()
 		}},
@@ -294,7 +260,7 @@ func TestFaultsRepaired(t *testing.T) {
 		t.Errorf("wgcnictl peers: %v\n%s", err, out)
 	}
 	t.Logf("wgcnictl peers on n1:\n%s", out)
-	result(t, "repaired on the liveness tick: %s (bound %v)", strings.Join(times, ", "), repairBound)
+	harness.Result(t, "repaired on the liveness tick: %s (bound %v)", strings.Join(times, ", "), repairBound)
 }
 
 // TestBlockedPortRecovers blocks n2's WireGuard port for 30 s while a pod
@@ -361,7 +327,7 @@ func TestBlockedPortRecovers(t *testing.T) {
 	if reach > repairBound {
 		t.Errorf("recovered %v after the port opened, bound %v", reach, repairBound)
 	}
-	result(t, "UDP port blocked 30 s: n1 reported n2 %s after %.1fs (%s); traffic back %.1fs and state up %.1fs after unblocking",
+	harness.Result(t, "UDP port blocked 30 s: n1 reported n2 %s after %.1fs (%s); traffic back %.1fs and state up %.1fs after unblocking",
 		bad.State, detected.Seconds(), bad.Reason, reach.Seconds(), upAgain.Seconds())
 }
 
@@ -370,7 +336,7 @@ func TestBlockedPortRecovers(t *testing.T) {
 // each time, and both sides report each other up.
 func TestSimultaneousInitiation(t *testing.T) {
 	_, n1, n2, p1, p2 := twoNodes(t)
-	k1, k2 := keyOf(t, n1), keyOf(t, n2)
+	k1, k2 := n1.MustPublicKey(t), n2.MustPublicKey(t)
 	var worst time.Duration
 	for round := 1; round <= 5; round++ {
 		e1, e2 := peerOn(t, n1, k2), peerOn(t, n2, k1)
@@ -385,7 +351,7 @@ func TestSimultaneousInitiation(t *testing.T) {
 				// Re-create the entry (no session, no initiation rate
 				// limit) with keepalive on: it initiates at once.
 				ka := time.Second
-				configure(t, side.n, wgtypes.PeerConfig{PublicKey: side.p.PublicKey, Remove: true},
+				mustConfigure(t, side.n, wgtypes.PeerConfig{PublicKey: side.p.PublicKey, Remove: true},
 					wgtypes.PeerConfig{PublicKey: side.p.PublicKey, Endpoint: side.p.Endpoint, ReplaceAllowedIPs: true,
 						AllowedIPs: side.p.AllowedIPs, PersistentKeepaliveInterval: &ka})
 			}()
@@ -420,7 +386,7 @@ func TestSimultaneousInitiation(t *testing.T) {
 	if worst > repairBound {
 		t.Errorf("slowest recovery %v, bound %v", worst, repairBound)
 	}
-	result(t, "both ends initiating at once, 5 rounds: traffic back within %.1fs each time, both report up", worst.Seconds())
+	harness.Result(t, "both ends initiating at once, 5 rounds: traffic back within %.1fs each time, both report up", worst.Seconds())
 }
 
 func must(s string, err error) string {
@@ -552,7 +518,7 @@ func testNarrowSegment(t *testing.T, cfg harness.Config, overhead int) {
 		}
 	}
 	t.Log(strings.Join(figures, "; "))
-	result(t, "segment 1400, ICMP dropped: routes clamped %v (each the path's exact MTU) within %.1fs of n3's start, n1<->n2 unclamped (device MTU %d); %s",
+	harness.Result(t, "segment 1400, ICMP dropped: routes clamped %v (each the path's exact MTU) within %.1fs of n3's start, n1<->n2 unclamped (device MTU %d); %s",
 		mtus, clamped.Seconds(), n1.MustNodeFile(t).MTU, strings.Join(figures, "; "))
 }
 
@@ -708,7 +674,7 @@ func TestUnreachablePeer(t *testing.T) {
 		t.Fatalf("wgcni_peer_state{peer_node=n2,state=no-handshake} = %q", v)
 	}
 	firing := alertsOn(t, m, "WgcniPeerNoHandshake", "WgcniNodeIsolated")
-	result(t, "node off with a live lease: n1 reports it no-handshake %.1fs after configuring it (%s); /readyz %d; alerts firing on n1's metrics: %s",
+	harness.Result(t, "node off with a live lease: n1 reports it no-handshake %.1fs after configuring it (%s); /readyz %d; alerts firing on n1's metrics: %s",
 		time.Since(configured).Seconds(), s.Reason, code, firing)
 }
 
@@ -849,6 +815,16 @@ func TestTrafficFlowsNoProbes(t *testing.T) {
 		}
 	}
 	slices.Sort(per)
-	result(t, "10/s ping both ways between 3 nodes' pods, %d peer links over %.0fs: %d probes in all (%s), worst %.2f probes per peer per minute (target <= 1)",
+	harness.Result(t, "10/s ping both ways between 3 nodes' pods, %d peer links over %.0fs: %d probes in all (%s), worst %.2f probes per peer per minute (target <= 1)",
 		len(after), took.Seconds(), sum, strings.Join(per, ", "), worst)
+}
+
+// mustConfigure changes n's device behind its daemon's back. t.Error, not
+// Fatal: the crossed-initiation test calls it from goroutines; a failed
+// injection then fails the wait that follows.
+func mustConfigure(t *testing.T, n *harness.Node, peers ...wgtypes.PeerConfig) {
+	t.Helper()
+	if err := n.ConfigureDevice(peers...); err != nil {
+		t.Error(err)
+	}
 }
