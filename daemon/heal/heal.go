@@ -223,6 +223,7 @@ func (h *Healer) Observe(now time.Time, dev []wgtypes.Peer, want []Want) Result 
 		if d != nil {
 			obs.LastHandshake, obs.RxBytes, obs.TxBytes = d.LastHandshakeTime, d.ReceiveBytes, d.TransmitBytes
 			obs.Drift = Drift(*d, p.want)
+			obs.Keepalive = d.PersistentKeepaliveInterval > 0
 			p.status.LastHandshake = d.LastHandshakeTime
 		}
 		v := p.lv.Observe(obs)

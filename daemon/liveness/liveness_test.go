@@ -433,3 +433,51 @@ func TestInitiates(t *testing.T) {
 		t.Fatal("the lower key, and only it, initiates")
 	}
 }
+
+// A dead peer's lost probe is followed by one Quiesce (WireGuard's retries
+// of that attempt end), not repeated on later ticks, never with a
+// persistent keepalive, and not while the peer answers.
+func TestDeadPeerRetriesQuiesced(t *testing.T) {
+	for _, keepalive := range []bool{false, true} {
+		p := New(Config{}, t0)
+		var tx int64
+		quiesces := 0
+		var probes []time.Duration
+		for d := time.Duration(0); d < 20*time.Minute; d += 2 * s {
+			now := t0.Add(d)
+			v := p.Observe(Observation{Now: now, Present: true, TxBytes: tx, Keepalive: keepalive})
+			for _, r := range v.Repairs {
+				if r.Kind == Quiesce {
+					quiesces++
+				}
+			}
+			if v.Probe {
+				tx += 148
+				probes = append(probes, d)
+				p.ProbeSent(now)
+				p.ProbeDone(now, false)
+			}
+		}
+		switch {
+		case keepalive && quiesces != 0:
+			t.Fatalf("with a persistent keepalive: %d quiesces, want none", quiesces)
+		case !keepalive && (quiesces == 0 || quiesces > len(probes)):
+			t.Fatalf("%d quiesces for %d lost probes (%v), want one per lost probe at most, and some", quiesces, len(probes), probes)
+		}
+	}
+	// A peer that answers is not dead: nothing to quiesce.
+	p := New(Config{}, t0)
+	for d := time.Duration(0); d < 5*time.Minute; d += 2 * s {
+		now := t0.Add(d)
+		v := p.Observe(Observation{Now: now, Present: true, LastHandshake: now.Add(-s), RxBytes: int64(d), TxBytes: int64(d)})
+		for _, r := range v.Repairs {
+			if r.Kind == Quiesce {
+				t.Fatalf("t+%s: quiesce on a live peer (%s)", d, v.State)
+			}
+		}
+		if v.Probe {
+			p.ProbeSent(now)
+			p.ProbeDone(now, true)
+		}
+	}
+}

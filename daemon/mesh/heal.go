@@ -98,6 +98,8 @@ func (r *Reconciler) repair(rep heal.Repair, cidr netip.Prefix, initiate map[wgt
 			return
 		}
 		err = r.recreatePeer(p)
+	case liveness.Quiesce:
+		err = r.recreateEntry(p)
 	}
 	if err != nil {
 		r.Stats.ApplyErrors.Add(1)

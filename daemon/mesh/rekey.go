@@ -129,14 +129,20 @@ func (r *Reconciler) checkRekeys(now time.Time) {
 // (so its AllowedIPs are never without an owner) and makes the new entry
 // initiate at once.
 func (r *Reconciler) recreatePeer(p Peer) error {
-	pcs := []wgtypes.PeerConfig{{PublicKey: p.PublicKey, Remove: true}, p.config()}
-	r.withPresharedKeys(pcs) // the new entry keeps the pair's PSK
-	err := r.cfg.WG.ConfigureDevice(r.cfg.Device, wgtypes.Config{Peers: pcs})
-	if err != nil {
+	if err := r.recreateEntry(p); err != nil {
 		return err
 	}
 	if p.Keepalive == 0 {
 		r.handshakeNow(p)
 	}
 	return nil
+}
+
+// recreateEntry removes and re-adds the peer's device entry as applied,
+// in one configuration call: its session, its initiation retries and its
+// counters go; its PSK stays. It initiates nothing itself.
+func (r *Reconciler) recreateEntry(p Peer) error {
+	pcs := []wgtypes.PeerConfig{{PublicKey: p.PublicKey, Remove: true}, p.config()}
+	r.withPresharedKeys(pcs) // the new entry keeps the pair's PSK
+	return r.cfg.WG.ConfigureDevice(r.cfg.Device, wgtypes.Config{Peers: pcs})
 }
