@@ -106,9 +106,10 @@ func TestAlerts(t *testing.T) {
 			},
 		},
 		{
-			name: "repairs that do not stick",
+			name: "repairs that do not stick (a dead peer's quiesced attempts are not a repair loop)",
 			series: `wgcni_peer_repairs_total{instance="n1",peer_node="n2",kind="reinitiate"} 0+1x40
 wgcni_peer_repairs_total{instance="n1",peer_node="n3",kind="reapply-config"} 0 1 2 3 3x36
+wgcni_peer_repairs_total{instance="n1",peer_node="n4",kind="quiesce-retries"} 0+1x40
 `,
 			checks: []check{{at: 15 * time.Minute, firing: []string{`WgcniPeerRepairLoop{instance=n1,peer_node=n2,severity=warning}`}}},
 		},

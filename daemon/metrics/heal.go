@@ -13,7 +13,7 @@ var (
 	descPeerState = prometheus.NewDesc("wgcni_peer_state",
 		"1 on the peer's current liveness state (pending, up, no-handshake, stale, one-way), 0 on the others.", append(peerLabels, "state"), nil)
 	descPeerRepairs = prometheus.NewDesc("wgcni_peer_repairs_total",
-		"Repairs wgcnid made on the peer, by kind (reapply-config, reread-endpoint, reinitiate, break-crossed-initiation).", append(peerLabels, "kind"), nil)
+		"Repairs wgcnid made on the peer, by kind (reapply-config, reread-endpoint, reinitiate, break-crossed-initiation, quiesce-retries).", append(peerLabels, "kind"), nil)
 	descPeerProbes = prometheus.NewDesc("wgcni_peer_probes_total",
 		"Liveness probes sent to the peer through the tunnel, by result (answered, lost).", append(peerLabels, "result"), nil)
 	descPeerPathMTU = prometheus.NewDesc("wgcni_peer_path_mtu_bytes",
