@@ -305,8 +305,11 @@ func (p *Peer) Observe(o Observation) Verdict {
 	}
 	// After the verification rule above: quiescing ends an attempt, it
 	// does not repair anything to verify. A re-initiation due in the same
-	// tick is a new attempt, which supersedes it.
-	if p.dead(state) && o.Present && !o.Keepalive && !p.inFlight && p.probeFailed.After(p.quiesced) {
+	// tick is a new attempt, which supersedes it. Only without a session
+	// (no-handshake, stale): a one-way peer's handshakes complete, and
+	// re-creating its entry would undo a crossed-initiation repair under
+	// way (the peer re-creating its own entry and initiating).
+	if p.dead(state) && Sessionless(state) && o.Present && !o.Keepalive && !p.inFlight && p.probeFailed.After(p.quiesced) {
 		p.quiesced = p.probeFailed
 		if !slices.ContainsFunc(v.Repairs, func(r Repair) bool { return r.Kind == Reinitiate }) {
 			v.Repairs = append(v.Repairs, Repair{Kind: Quiesce, Attempt: p.lostInRow,
