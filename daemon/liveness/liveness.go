@@ -81,7 +81,8 @@ const (
 	Reinitiate RepairKind = "reinitiate"
 	// BreakCrossed re-creates the peer's entry (dropping its session and
 	// its initiation rate limit) and lets only one side initiate (Initiates
-	// decides which): handshakes complete but data does not flow.
+	// decides which): a session exists (handshakes complete) but data does
+	// not flow, a crossed-initiation stall or any other one-way link.
 	BreakCrossed RepairKind = "break-crossed-initiation"
 	// Quiesce re-creates a dead peer's entry, without initiating, once its
 	// probe was lost: WireGuard would otherwise go on retrying that
@@ -308,8 +309,9 @@ func (p *Peer) Observe(o Observation) Verdict {
 	// tick is a new attempt, which supersedes it. Only without a session
 	// (no-handshake, stale): a one-way peer's handshakes complete, and
 	// re-creating its entry would undo a crossed-initiation repair under
-	// way (the peer re-creating its own entry and initiating).
-	if p.dead(state) && Sessionless(state) && o.Present && !o.Keepalive && !p.inFlight && p.probeFailed.After(p.quiesced) {
+	// way (the peer re-creating its own entry and initiating); dead
+	// implies that.
+	if p.dead(state) && o.Present && !o.Keepalive && !p.inFlight && p.probeFailed.After(p.quiesced) {
 		p.quiesced = p.probeFailed
 		if !slices.ContainsFunc(v.Repairs, func(r Repair) bool { return r.Kind == Reinitiate }) {
 			v.Repairs = append(v.Repairs, Repair{Kind: Quiesce, Attempt: p.lostInRow,
@@ -404,7 +406,15 @@ func (p *Peer) classify(o Observation) (State, string, []RepairKind) {
 			return OneWay, fmt.Sprintf("handshakes complete (last %s ago) but data does not flow: %s", age(now, o.LastHandshake), what),
 				[]RepairKind{BreakCrossed}
 		}
-		return OneWay, fmt.Sprintf("handshake %s ago but %s", age(now, o.LastHandshake), what), stuck
+		// A session exists, so Reinitiate could only send a keepalive on
+		// it (wgdev.Initiate): no new handshake until WireGuard's own
+		// retry 15 s after unanswered data. Both ends see the same
+		// one-way link at about the same tick, and two fresh initiations
+		// at once are how crossed initiations start, so only the lower
+		// key re-creates its entry and initiates (BreakCrossed); the
+		// other waits for it. A crossed stall seen with one handshake
+		// (no churn yet) is repaired at once this way too.
+		return OneWay, fmt.Sprintf("handshake %s ago but %s", age(now, o.LastHandshake), what), []RepairKind{ReReadEndpoint, BreakCrossed}
 	}
 	if !p.rxAt.IsZero() && now.Sub(p.rxAt) < p.cfg.Silence {
 		if !p.txAt.IsZero() && now.Sub(p.txAt) < p.cfg.Silence {
@@ -445,7 +455,8 @@ func (p *Peer) due(k RepairKind, cause string, now time.Time) []Repair {
 // ways, plus one verification probe after a repair. The byte counters also
 // count handshake messages, so "both ways" can be handshakes alone: when
 // handshakes come faster than WireGuard renews a used session (churn, the
-// mark of crossed initiations), a probe is due every Silence even while
+// mark of crossed initiations), a probe is due after each new handshake
+// (5 s after the last probe at the soonest) and every Silence, even while
 // the counters move.
 func (p *Peer) probeDue(o Observation, state State) bool {
 	now := o.Now
@@ -464,6 +475,14 @@ func (p *Peer) probeDue(o Observation, state State) bool {
 		since = p.cfg.ProbeInterval
 	}
 	if p.churning(now) {
+		// Each session re-made while handshakes churn may be a crossed
+		// one: probe it once, as soon as the initiation rate limit would
+		// let a repair's handshake out anyway, rather than up to a silence
+		// period later (the stall lasts until a probe fails). A repair
+		// this episode has its own verification probe instead.
+		if p.probeAt.Before(p.hs) && p.verifyAt.IsZero() {
+			return since >= RekeyTimeout
+		}
 		return since >= p.cfg.Silence
 	}
 	// Packets arrive again after a failed probe: the link may be back
@@ -475,7 +494,10 @@ func (p *Peer) probeDue(o Observation, state State) bool {
 	if recent(p.rxAt) && recent(p.txAt) && state == Up {
 		return false
 	}
-	return since >= p.deadInterval()
+	if p.dead(state) {
+		return since >= p.deadInterval()
+	}
+	return since >= p.cfg.ProbeInterval
 }
 
 // deadInterval is the least time between two probes: ProbeInterval, and
@@ -502,10 +524,12 @@ func (p *Peer) deadInterval() time.Duration {
 	return min(p.cfg.ProbeInterval<<min(p.lostInRow, 8), max(p.cfg.DeadBackoffMax, p.cfg.ProbeInterval))
 }
 
-// dead reports whether the peer is down and its probes keep getting lost:
-// its attempts follow deadInterval.
+// dead reports whether the peer has no session and its probes keep
+// getting lost (its node is off, its port blocked): its attempts follow
+// deadInterval. A one-way peer is not dead: its handshakes complete, and
+// its repair must not wait minutes behind a dead peer's back-off.
 func (p *Peer) dead(state State) bool {
-	return state != Up && state != Pending && p.lostInRow > 0
+	return Sessionless(state) && p.lostInRow > 0
 }
 
 // reinitiateDead returns the re-initiation of a dead peer. The first one

@@ -94,6 +94,9 @@ const s = time.Second
 
 func TestTransitions(t *testing.T) {
 	stuck := []RepairKind{ReReadEndpoint, Reinitiate}
+	// A one-way peer has a session: only re-creating the entry on the
+	// lower-key side starts a fresh handshake, and it cannot cross.
+	oneWay := []RepairKind{ReReadEndpoint, BreakCrossed}
 	for _, c := range []struct {
 		name  string
 		steps []step
@@ -175,7 +178,7 @@ func TestTransitions(t *testing.T) {
 			obs(65*s, 50*s, 900, 1500).expect(want{state: Up}),
 			obs(75*s, 50*s, 900, 2500).expect(want{state: Up, probe: true}), // 10 s: the peer's keepalive may still come
 			obs(80*s, 50*s, 900, 3500).expect(want{state: OneWay, reason: "sending for 15s with nothing received",
-				repairs: stuck, probe: true, changed: yes()}),
+				repairs: oneWay, probe: true, changed: yes()}),
 			obs(81*s, 50*s, 932, 3500).expect(want{state: Up, reason: "traffic both ways", changed: yes()}),
 		}},
 		{"sending with nothing back and an old handshake is stale", []step{
@@ -194,26 +197,40 @@ func TestTransitions(t *testing.T) {
 			sent(65 * s), done(65*s, 65*s, true),
 			obs(66*s, 65*s, 1868, 2092).expect(want{state: Up, reason: "traffic both ways", changed: yes()}),
 		}},
-		{"one fresh handshake and a failed probe is one-way, not a crossed stall", []step{
+		{"a session re-made while handshakes churn is probed at once, not a silence period later", []step{
+			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
+			obs(40*s, 40*s, 592, 648).expect(want{state: Up, reason: "traffic both ways"}),
+			obs(42*s, 40*s, 684, 796).expect(want{state: Up}),
+			sent(42 * s), done(42*s, 42*s, true),
+			// Crossed initiations: a new session 8 s after the last, 6 s
+			// after the last probe.
+			obs(48*s, 48*s, 776, 944).expect(want{state: Up, reason: "traffic both ways", probe: true}),
+			sent(48 * s), done(50*s, 48*s, false),
+			obs(50*s, 48*s, 868, 1092).expect(want{state: OneWay, reason: "handshakes complete", repairs: []RepairKind{BreakCrossed}, changed: yes()}),
+			// The same session is not probed again before the silence
+			// period, only verified after the repair.
+			obs(52*s, 48*s, 868, 1092).expect(want{state: OneWay}),
+		}},
+		{"one fresh handshake and a failed probe is one-way: the lower key re-creates, no initiation from both ends", []step{
 			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
 			obs(60*s, 0, 500, 500).expect(want{state: Up, probe: true}),
 			sent(60 * s), done(62*s, 60*s, false),
 			obs(63*s, 62*s, 592, 648).expect(want{state: OneWay, reason: "handshake 1s ago but the probe",
-				repairs: []RepairKind{ReReadEndpoint, Reinitiate}, changed: yes()}),
+				repairs: oneWay, changed: yes()}),
 		}},
 		{"packets arriving after a failed probe make a probe due every silence period, not every minute", []step{
 			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
 			obs(60*s, 0, 500, 500).expect(want{state: Up, probe: true}),
 			sent(60 * s), done(62*s, 60*s, false),
-			obs(63*s, 62*s, 592, 648).expect(want{state: OneWay, repairs: []RepairKind{ReReadEndpoint, Reinitiate}, changed: yes()}),
+			obs(63*s, 62*s, 592, 648).expect(want{state: OneWay, repairs: oneWay, changed: yes()}),
 			obs(68*s, 62*s, 592, 700).expect(want{state: OneWay, probe: true}), // verification
 			sent(68 * s), done(70*s, 68*s, false),
 			// A probe failing is stronger than packets arriving.
-			obs(75*s, 62*s, 700, 800).expect(want{state: OneWay, repairs: []RepairKind{Reinitiate}}),
+			obs(75*s, 62*s, 700, 800).expect(want{state: OneWay, repairs: []RepairKind{BreakCrossed}}),
 			obs(80*s, 62*s, 700, 800).expect(want{state: OneWay, probe: true}), // verification
 			sent(80 * s), done(82*s, 80*s, false),
 			obs(90*s, 62*s, 800, 900).expect(want{state: OneWay}),
-			obs(96*s, 62*s, 900, 1000).expect(want{state: OneWay, probe: true, repairs: []RepairKind{Reinitiate}}),
+			obs(96*s, 62*s, 900, 1000).expect(want{state: OneWay, probe: true, repairs: []RepairKind{BreakCrossed}}),
 			sent(96 * s), done(96*s, 96*s, true),
 			obs(97*s, 62*s, 1000, 1100).expect(want{state: Up, reason: "traffic both ways", changed: yes()}),
 		}},
@@ -227,7 +244,10 @@ func TestTransitions(t *testing.T) {
 			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
 			{at: 5 * s, missing: true, want: &want{state: NoHandshake, reason: "no entry", repairs: []RepairKind{Reapply}, changed: yes()}},
 			{at: 6 * s, missing: true, want: &want{state: NoHandshake}},
-			obs(7*s, 6*s, 0, 148).expect(want{state: Up, reason: "idle", changed: yes()}), // new counters: a baseline
+			// New counters: a baseline. The re-made session came 6 s
+			// after the last: churn, so it is probed once.
+			obs(7*s, 6*s, 0, 148).expect(want{state: Up, reason: "idle", probe: true, changed: yes()}),
+			sent(7 * s), done(7*s, 7*s, true),
 			obs(8*s, 6*s, 92, 148).expect(want{state: Up, reason: "receiving"}),
 		}},
 		{"a re-created entry starts a new count: nothing pending from the old one", []step{
@@ -479,5 +499,41 @@ func TestDeadPeerRetriesQuiesced(t *testing.T) {
 			p.ProbeSent(now)
 			p.ProbeDone(now, true)
 		}
+	}
+}
+
+// A one-way peer (its handshakes complete, its probes are lost) is not a
+// dead peer: it is repaired on the repairs' own back-off (10 s, 20 s …),
+// by the lower key re-creating its entry, never quiesced, and not held to
+// the dead back-off of minutes. A fresh initiation from both ends at the
+// same tick is what crosses (TestSimultaneousInitiation).
+func TestOneWayPeerIsNotDead(t *testing.T) {
+	p := New(Config{}, t0)
+	hs := t0.Add(50 * s) // the session stays younger than RejectAfterTime
+	var tx int64
+	var breaks []time.Duration
+	for d := 50 * s; d < 170*s; d += 2 * s {
+		now := t0.Add(d)
+		v := p.Observe(Observation{Now: now, Present: true, LastHandshake: hs, RxBytes: 92, TxBytes: tx})
+		if d > 60*s && v.State != OneWay {
+			t.Fatalf("t+%s: state %s (%s), want one-way", d, v.State, v.Reason)
+		}
+		for _, r := range v.Repairs {
+			switch r.Kind {
+			case BreakCrossed:
+				breaks = append(breaks, d)
+			case Quiesce, Reinitiate:
+				t.Fatalf("t+%s: %s on a one-way peer", d, r.Kind)
+			}
+		}
+		if v.Probe {
+			tx += 148
+			p.ProbeSent(now)
+			p.ProbeDone(now, false)
+		}
+	}
+	// First lost probe at once, then 10 s, 20 s, 40 s later.
+	if len(breaks) < 4 || breaks[0] > 56*s {
+		t.Fatalf("re-creations at %v, want the first at the first lost probe and 4 within 2 min", breaks)
 	}
 }

@@ -94,7 +94,7 @@ func (r *Reconciler) repair(rep heal.Repair, cidr netip.Prefix, initiate map[wgt
 		initiate[p.PublicKey] = time.Duration(p.Keepalive) * time.Second
 	case liveness.BreakCrossed:
 		if !liveness.Initiates(r.cfg.SelfKey, p.PublicKey) {
-			log.Info("crossed initiations: the peer (lower key) re-creates its entry and initiates; waiting for it", "peer_node", p.Node)
+			log.Info("data does not flow on the session: the peer (lower key) re-creates its entry and initiates; waiting for it", "peer_node", p.Node)
 			return
 		}
 		err = r.recreatePeer(p)
