@@ -93,8 +93,8 @@ func (r *Reconciler) repair(rep heal.Repair, cidr netip.Prefix, initiate map[wgt
 	case liveness.Reinitiate:
 		initiate[p.PublicKey] = time.Duration(p.Keepalive) * time.Second
 	case liveness.BreakCrossed:
-		if !liveness.Initiates(r.cfg.SelfKey, p.PublicKey) {
-			log.Info("data does not flow on the session: the peer (lower key) re-creates its entry and initiates; waiting for it", "peer_node", p.Node)
+		if !p.initiatesAfterBreak(r.cfg.SelfKey) {
+			log.Info("data does not flow on the session: the peer re-creates its entry and initiates; waiting for it", "peer_node", p.Node)
 			return
 		}
 		err = r.recreatePeer(p)
@@ -105,6 +105,20 @@ func (r *Reconciler) repair(rep heal.Repair, cidr netip.Prefix, initiate map[wgt
 		r.Stats.ApplyErrors.Add(1)
 		log.Warn("repair failed; retried with backoff", "peer_node", p.Node, "err", err)
 	}
+}
+
+// initiatesAfterBreak reports whether this end is the one that re-creates
+// its entry and initiates on BreakCrossed; both ends decide alike without
+// talking. Between a NATed node and a reachable one only the NATed end
+// can: the reachable end knows the NATed peer's endpoint only from
+// WireGuard's roaming, which re-creating the entry forgets (its configured
+// endpoint is left invalid), so it could not initiate, and the NATed end
+// would wait for it until WireGuard's own retry. Otherwise the lower key.
+func (p Peer) initiatesAfterBreak(self wgtypes.Key) bool {
+	if p.SelfUnreachable != p.Unreachable {
+		return p.SelfUnreachable
+	}
+	return liveness.Initiates(self, p.PublicKey)
 }
 
 // rereadEvery bounds how often records are re-read from etcd however many
