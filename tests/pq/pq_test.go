@@ -299,6 +299,10 @@ func lastHandshake(t *testing.T, n *harness.Node, peer wgtypes.Key) time.Time {
 // this old. A rotated PSK is used from that handshake on.
 const renewalAt = 120 * time.Second
 
+// rekeyTimeout is WireGuard's REKEY_TIMEOUT: a failed initiation is
+// retried this much later.
+const rekeyTimeout = 5 * time.Second
+
 // TestRotationsLoseNothing: 10+ rotations under a 100/s ping in both
 // directions lose no packet, and the window spans WireGuard's session
 // renewal, which must succeed with the rotated PSK (a mismatch would fail
@@ -370,12 +374,21 @@ func TestRotationsLoseNothing(t *testing.T) {
 				t.Errorf("no WireGuard renewal with a rotated PSK in the window (handshakes %v, %v; session from %v)", h1, h2, hs0)
 			}
 			// Under traffic the session's initiator renews at once when
-			// it is 120 s old; a first attempt that met mismatched PSKs
-			// would be retried 5 s later.
-			if d := h1.Sub(hs0); d > renewalAt+3*time.Second {
-				t.Errorf("renewal %v after the session began: its first attempt failed (mismatched PSKs?)", d.Round(100*time.Millisecond))
+			// it is 120 s old. An attempt that meets the two ends in
+			// the commit window (R installed, I's Ack in flight) fails
+			// and is retried 5 s later, with no loss: the design allows
+			// that one (docs/post-quantum.md, "The window"); fresh-clone
+			// runs under load met it in 2 of 8. A second failure in a
+			// row would be PSKs that stay mismatched.
+			d := h1.Sub(hs0)
+			if d > renewalAt+rekeyTimeout+3*time.Second {
+				t.Errorf("renewal %v after the session began: more than one attempt failed (PSKs mismatched beyond the commit window?)", d.Round(100*time.Millisecond))
 			}
-			renewed = fmt.Sprintf(", session renewed with a rotated PSK %v after the previous handshake", h1.Sub(hs0).Round(time.Second))
+			attempt := "first attempt"
+			if d > renewalAt+3*time.Second {
+				attempt = "second attempt: the first met the commit window"
+			}
+			renewed = fmt.Sprintf(", session renewed with a rotated PSK %v after the previous handshake (%s)", d.Round(100*time.Millisecond), attempt)
 		}
 		harness.Result(t, "%s under ping both ways (%.0f/s, %.0f/s measured): %d rotations, %d+%d sent, %d lost%s", what, rate[0], rate[1], n, sent[0], sent[1], lost[0]+lost[1], renewed)
 	}
