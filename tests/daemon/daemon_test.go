@@ -109,9 +109,17 @@ func TestTwoNodesUserspaceWireGuard(t *testing.T) {
 	if err != nil || !strings.Contains(rg, "dev "+n1.Device) || !strings.Contains(rg, "src "+nf1.Gateway) {
 		t.Fatalf("route get %s in n1: %s %v", nf2.Gateway, rg, err)
 	}
-	// Strict: an unknown pod CIDR is unreachable, not sent via the default route.
-	if out, err := n2.Exec("ip", "route", "get", "10.244.250.1"); err == nil {
-		t.Fatalf("unknown pod CIDR routable in n2 (which has a default route): %s", out)
+	// Strict: an unknown pod CIDR is unreachable, not sent via the default
+	// route. The leases are random: the probed /24 must be neither node's.
+	unknown := "10.244.250.1"
+	for _, c := range []string{"10.244.250.0/24", "10.244.251.0/24", "10.244.252.0/24"} {
+		if c != nf1.PodCIDR && c != nf2.PodCIDR {
+			unknown = strings.TrimSuffix(c, "0/24") + "1"
+			break
+		}
+	}
+	if out, err := n2.Exec("ip", "route", "get", unknown); err == nil {
+		t.Fatalf("unknown pod CIDR %s routable in n2 (which has a default route): %s", unknown, out)
 	}
 
 	// Ping gateway to gateway, with no -I: the route's src is what makes
