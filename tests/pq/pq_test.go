@@ -387,7 +387,7 @@ func TestRotationsLoseNothing(t *testing.T) {
 			}
 			attempt := "first attempt"
 			if d > renewalAt+3*time.Second {
-				attempt = "second attempt: the first met the commit window"
+				attempt = "second attempt: the first failed, cause not proven (docs/post-quantum.md, \"The window\")"
 			}
 			renewed = fmt.Sprintf(", session renewed with a rotated PSK %v after the previous handshake (%s)", d.Round(100*time.Millisecond), attempt)
 		}
