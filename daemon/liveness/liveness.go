@@ -223,6 +223,7 @@ type Peer struct {
 	lostInRow   int       // probes lost since the last answered one
 	quiesced    time.Time // the lost probe (send time) whose retries were quiesced
 	verifyAt    time.Time // a verification probe is due from then (zero: none)
+	repairedAt  time.Time // the repair verifyAt verifies
 
 	state        State
 	repairs      map[RepairKind]*backoff
@@ -259,6 +260,15 @@ func (p *Peer) ProbeDone(sent time.Time, answered bool) {
 			p.probeOK = sent
 		}
 		p.lostInRow = 0
+		if !sent.Before(p.probeFailed) {
+			// The tunnel carried the probe both ways: whatever was
+			// repaired works, and a fault after it is a new one, repaired
+			// at once. Waiting for the state to read up is not enough: a
+			// fault that comes back before the next observation (the
+			// next crossed initiation a few seconds on) is never seen
+			// up, and its repair would wait behind the old one's back-off.
+			p.episodeOver()
+		}
 	} else if sent.After(p.probeFailed) {
 		p.probeFailed = sent
 		p.lostInRow++
@@ -290,9 +300,7 @@ func (p *Peer) Observe(o Observation) Verdict {
 		p.reapplyCause = ""
 	}
 	if state == Up {
-		for _, k := range []RepairKind{ReReadEndpoint, Reinitiate, BreakCrossed} {
-			delete(p.repairs, k)
-		}
+		p.episodeOver()
 	}
 	for _, k := range fix {
 		if k == Reinitiate && p.dead(state) {
@@ -302,7 +310,7 @@ func (p *Peer) Observe(o Observation) Verdict {
 		v.Repairs = append(v.Repairs, p.due(k, reason, now)...)
 	}
 	if len(v.Repairs) > 0 && o.Present && p.verifyAt.IsZero() {
-		p.verifyAt = now.Add(p.cfg.VerifyAfter)
+		p.verifyAt, p.repairedAt = now.Add(p.cfg.VerifyAfter), now
 	}
 	// After the verification rule above: quiescing ends an attempt, it
 	// does not repair anything to verify. A re-initiation due in the same
@@ -433,6 +441,21 @@ func (p *Peer) classify(o Observation) (State, string, []RepairKind) {
 	return p.state, fmt.Sprintf("idle, handshake %s ago; awaiting the probe", age(now, o.LastHandshake)), nil
 }
 
+// episodeOver ends a fault's episode: the repairs of a tunnel that does
+// not carry packets start again at their first attempt.
+func (p *Peer) episodeOver() {
+	for _, k := range []RepairKind{ReReadEndpoint, Reinitiate, BreakCrossed} {
+		delete(p.repairs, k)
+	}
+}
+
+// tickSlack: the caller observes on a fixed tick but reads the clock a
+// little early or late each time, so a back-off of whole ticks ends a
+// hair after the observation meant to take it (10 s after a repair read
+// 1 ms late is 1 ms after the fifth tick) and would slip a whole tick
+// (2 s). A back-off ending within tickSlack of an observation ends at it.
+const tickSlack = 250 * time.Millisecond
+
 // due returns the repair if its backoff allows it now, and advances it.
 func (p *Peer) due(k RepairKind, cause string, now time.Time) []Repair {
 	b := p.repairs[k]
@@ -440,7 +463,7 @@ func (p *Peer) due(k RepairKind, cause string, now time.Time) []Repair {
 		b = &backoff{}
 		p.repairs[k] = b
 	}
-	if now.Before(b.next) || k == ReReadEndpoint && b.attempts > 0 {
+	if now.Add(tickSlack).Before(b.next) || k == ReReadEndpoint && b.attempts > 0 {
 		// A record is re-read once per episode (until the peer is up):
 		// what was read then is what the watch delivers since.
 		return nil
@@ -466,7 +489,12 @@ func (p *Peer) probeDue(o Observation, state State) bool {
 	if p.inFlight && now.Sub(p.probeAt) < p.cfg.ProbeTimeout {
 		return false
 	}
-	if !p.verifyAt.IsZero() && !now.Before(p.verifyAt) {
+	if !p.verifyAt.IsZero() && (!now.Before(p.verifyAt) || p.hs.After(p.repairedAt)) {
+		// Due VerifyAfter after the repair, or as soon as a handshake
+		// completed since it (the re-initiation or re-created entry did
+		// its part): the sooner an answered probe ends the episode, the
+		// sooner a fault that comes back gets a first repair, not a
+		// backed-off one.
 		return true
 	}
 	recent := func(t time.Time) bool { return !t.IsZero() && now.Sub(t) < p.cfg.Silence }

@@ -138,7 +138,8 @@ func TestTransitions(t *testing.T) {
 		{"first handshake clears no-handshake", []step{
 			obs(0, never, 0, 0), sent(0),
 			obs(20*s, never, 0, 148).expect(want{state: NoHandshake, reason: "initiations go unanswered", repairs: stuck}),
-			obs(22*s, 21*s, 92, 148).expect(want{state: Up, reason: "traffic both ways", changed: yes()}),
+			// The repair's handshake came: it is verified at once.
+			obs(22*s, 21*s, 92, 148).expect(want{state: Up, reason: "traffic both ways", probe: true, changed: yes()}),
 		}},
 		{"receiving only is up", []step{
 			obs(0, 0, 0, 0), sent(0), done(0, 0, true),
@@ -234,6 +235,20 @@ func TestTransitions(t *testing.T) {
 			sent(96 * s), done(96*s, 96*s, true),
 			obs(97*s, 62*s, 1000, 1100).expect(want{state: Up, reason: "traffic both ways", changed: yes()}),
 		}},
+		{"a crossed stall back right after its repair is repaired at once, not after the first one's back-off", []step{
+			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
+			obs(20*s, 20*s, 592, 648).expect(want{state: Up, probe: true}), // churn
+			sent(20 * s), done(22*s, 20*s, false),
+			obs(22*s, 21*s, 684, 796).expect(want{state: OneWay, repairs: []RepairKind{BreakCrossed}, attempt: 1}),
+			// The re-created entry's handshake: verified now, not 5 s on.
+			obs(24*s, 23*s, 92, 148).expect(want{state: OneWay, probe: true}),
+			sent(24 * s), done(24*s, 24*s, true),
+			// Crossed again at 25 s, before any observation read up.
+			obs(26*s, 25*s, 200, 300).expect(want{state: Up}),
+			obs(29*s, 25*s, 200, 400).expect(want{state: Up, probe: true}),
+			sent(29 * s), done(30*s, 29*s, false),
+			obs(30*s, 25*s, 200, 500).expect(want{state: OneWay, repairs: []RepairKind{BreakCrossed}, attempt: 1}),
+		}},
 		{"a normal rekey every two minutes is no churn", []step{
 			obs(0, 0, 500, 500), sent(0), done(0, 0, true),
 			obs(5*s, 0, 1000, 1000),
@@ -306,6 +321,61 @@ func TestRepairBackoffCap(t *testing.T) {
 	}
 	want := []time.Duration{0, 1 * s, 3 * s, 7 * s, 11 * s, 15 * s, 19 * s}
 	if !slices.Equal(at, want) {
+		t.Fatalf("repairs at %v, want %v", at, want)
+	}
+}
+
+// An answered probe ends a repair's episode, whatever state the
+// observations read meanwhile (a fault back before any reads up, e.g. the
+// entry re-created again and pending): the next fault gets a first
+// repair at once, not the old one's back-off.
+func TestAnsweredProbeEndsTheEpisode(t *testing.T) {
+	for _, answered := range []bool{true, false} {
+		p := New(Config{}, t0)
+		p.Observe(Observation{Now: t0, Present: true, LastHandshake: t0, RxBytes: 500, TxBytes: 500})
+		p.ProbeSent(t0.Add(5 * s))
+		p.ProbeDone(t0.Add(5*s), false)
+		v := p.Observe(Observation{Now: t0.Add(6 * s), Present: true, LastHandshake: t0.Add(5 * s), RxBytes: 500, TxBytes: 800})
+		if v.State != OneWay || len(v.Repairs) == 0 || v.Repairs[len(v.Repairs)-1].Kind != BreakCrossed {
+			t.Fatalf("first fault: %s %v", v.State, v.Repairs)
+		}
+		// The verification probe, then the fault is back: the next probe is lost.
+		p.ProbeSent(t0.Add(7 * s))
+		p.ProbeDone(t0.Add(7*s), answered)
+		p.ProbeSent(t0.Add(8 * s))
+		p.ProbeDone(t0.Add(8*s), false)
+		v = p.Observe(Observation{Now: t0.Add(9 * s), Present: true, LastHandshake: t0.Add(8 * s), RxBytes: 500, TxBytes: 900})
+		var kinds []RepairKind
+		for _, r := range v.Repairs {
+			kinds = append(kinds, r.Kind)
+		}
+		// Answered: a new episode, repaired at once; lost: the same one,
+		// on its back-off (10 s from the first repair).
+		want := []RepairKind(nil)
+		if answered {
+			want = []RepairKind{BreakCrossed}
+		}
+		if v.State != OneWay || !slices.Equal(kinds, want) {
+			t.Fatalf("verification answered=%v, fault back: %s %v, want one-way %v", answered, v.State, kinds, want)
+		}
+	}
+}
+
+// The caller observes on a fixed tick and reads the clock a hair early or
+// late: a back-off of whole ticks ends at the tick it falls on, not one
+// tick later (10 s after a repair read 1 ms late is the fifth tick).
+func TestBackoffEndsAtTheTickItFallsOn(t *testing.T) {
+	p := New(Config{}, t0)
+	drift := Observation{Present: true, LastHandshake: t0, Drift: []string{"endpoint"}}
+	var at []time.Duration
+	for _, d := range []time.Duration{time.Millisecond, 2 * s, 4 * s, 6 * s, 8 * s, 10 * s} {
+		o := drift
+		o.Now = t0.Add(d)
+		if v := p.Observe(o); len(v.Repairs) > 0 {
+			at = append(at, d)
+		}
+	}
+	if want := []time.Duration{time.Millisecond, 10 * s}; !slices.Equal(at, want) {
 		t.Fatalf("repairs at %v, want %v", at, want)
 	}
 }

@@ -107,8 +107,9 @@ type Stats struct {
 	ApplyErrors   atomic.Int64
 	FullResyncs   atomic.Int64 // etcd re-lists (start, compaction)
 	WatchRestarts atomic.Int64
-	// Re-keyed peers whose first handshake did not come and whose entry
-	// was re-created to initiate again (rekey.go).
+	// Re-created entries (a re-keyed peer, a dropped stale session) whose
+	// first handshake did not come and which were re-created again to
+	// initiate again (rekey.go).
 	RekeyRetries atomic.Int64
 	// Times the device was lost and re-created (device.go).
 	DeviceRecreations atomic.Int64
@@ -138,7 +139,7 @@ type Reconciler struct {
 	peerMu    sync.Mutex
 	peerNodes map[wgtypes.Key]PeerInfo
 
-	rekeyed    map[netip.Prefix]*rekeyWatch // re-keyed peers until their first handshake (rekey.go)
+	rekeyed    map[netip.Prefix]*rekeyWatch // re-created entries until their first handshake (rekey.go)
 	rekeyTimer *time.Timer                  // next check of rekeyed; nil when empty
 
 	// The device is gone and re-creating it failed: retried on
@@ -281,6 +282,7 @@ func (r *Reconciler) kernelResync() (err error) {
 		return err
 	}
 	r.logResyncPeers(desired, plan.Peers)
+	r.watchDroppedSessions(desired, dev.Peers, time.Now())
 	r.applied = make(map[netip.Prefix]Peer, len(desired))
 	for c, p := range desired {
 		r.applied[c] = p
@@ -452,7 +454,7 @@ func (r *Reconciler) apply(cidr netip.Prefix) {
 		if want.Keepalive == 0 {
 			r.handshakeNow(*want)
 		}
-		r.watchRekey(cidr, want.PublicKey, time.Now())
+		r.watchRekey(cidr, want.PublicKey, whyRekeyed, time.Now())
 	}
 }
 

@@ -329,7 +329,7 @@ func TestRekeyedPeerWithoutHandshakeIsRecreated(t *testing.T) {
 		return first != 0
 	})
 	e.waitFor("all re-creations and the give-up", func() bool {
-		return strings.Contains(e.logs.String(), "no handshake with re-keyed peer; WireGuard keeps retrying")
+		return strings.Contains(e.logs.String(), "no handshake since the peer's entry was re-created; WireGuard keeps retrying")
 	})
 	if got := e.r.Stats.RekeyRetries.Load(); got != rekeyAttempts {
 		t.Fatalf("entry re-created %d times, want %d", got, rekeyAttempts)

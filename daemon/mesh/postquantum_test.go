@@ -8,6 +8,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/liveness"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
 )
@@ -142,5 +143,63 @@ func TestReleasedPeerDropsClassicalSession(t *testing.T) {
 	r.pqPeer(&h, record.Lease{})
 	if !h.DropSessionsBefore.IsZero() {
 		t.Fatalf("held peer: DropSessionsBefore %v, want none", h.DropSessionsBefore)
+	}
+}
+
+// A resync that drops a stale session (a released peer's classical one)
+// follows the re-created entry until its first handshake, re-creating it
+// again while none comes (rekey.go), on the end that initiates after a
+// break only: the NATed end of a NATed/reachable pair, else the lower key.
+// The other end must not: two ends re-creating and initiating at once is
+// how initiations cross.
+func TestDroppedSessionIsFollowed(t *testing.T) {
+	first := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	self := key(t)
+	lower, higher := key(t), key(t)
+	for !liveness.Initiates(self, higher) || liveness.Initiates(self, lower) {
+		lower, higher = key(t), key(t)
+	}
+	type tc struct {
+		name            string
+		peerKey         wgtypes.Key
+		unreachable     bool
+		selfUnreachable bool
+		handshake       time.Time // on the device; zero: no entry
+		follow          bool
+	}
+	before, after := first.Add(-time.Second), first.Add(time.Second)
+	for _, c := range []tc{
+		{"reachable pair, we initiate", higher, false, false, before, true},
+		{"reachable pair, the peer initiates", lower, false, false, before, false},
+		{"we are behind a NAT, the peer is reachable", lower, false, true, before, true},
+		{"the peer is behind a NAT, we are reachable", higher, true, false, before, false},
+		{"both behind NATs (a punched pair), we initiate", higher, true, true, before, true},
+		{"a session made with the PSK stays", higher, false, false, after, false},
+		{"no entry yet: nothing dropped", higher, false, false, time.Time{}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := &Reconciler{cfg: Config{SelfKey: self}}
+			t.Cleanup(func() {
+				if r.rekeyTimer != nil {
+					r.rekeyTimer.Stop()
+				}
+			})
+			p := peer(t, "10.244.2.0/24")
+			p.PublicKey, p.Unreachable, p.SelfUnreachable, p.DropSessionsBefore = c.peerKey, c.unreachable, c.selfUnreachable, first
+			var have []wgtypes.Peer
+			if !c.handshake.IsZero() {
+				h := onDevice(p)
+				h.LastHandshakeTime = c.handshake
+				have = append(have, h)
+			}
+			desired := map[netip.Prefix]Peer{p.primary(): p}
+			if got := Diff(desired, have, nil, 1, nil); (len(got.Peers) == 2 && got.Peers[0].Remove) != (c.handshake.Equal(before)) {
+				t.Fatalf("Diff: %+v; want the entry re-created iff its session is from before the PSK", got.Peers)
+			}
+			r.watchDroppedSessions(desired, have, first.Add(2*time.Second))
+			if w := r.rekeyed[p.primary()]; (w != nil) != c.follow || w != nil && (w.key != p.PublicKey || w.why != whyStaleSession) {
+				t.Fatalf("followed %+v, want followed=%v", w, c.follow)
+			}
+		})
 	}
 }

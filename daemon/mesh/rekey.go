@@ -20,6 +20,18 @@ import (
 // again, at most rekeyAttempts times (rekeyDelay apart) after the key
 // change. A re-created entry loses the packets it held, which only matters
 // when it was stuck anyway.
+//
+// A resync that drops a session older than the peer may keep
+// (Peer.DropSessionsBefore: made before the pair's post-quantum PSK, or on
+// a punched path that died) is followed the same way, on the end that
+// initiates after a break (initiatesAfterBreak) so the two ends' retries
+// cannot cross. Its first initiation races the peer: with required mode
+// it leaves right after our PSK is installed, and the initiator of the
+// exchange installs its own a few milliseconds later (after our ack), so
+// an initiation that gets there first is answered with the old PSK,
+// dropped here, and WireGuard would try again only 5 s later — 5 s in
+// which our old session is gone, the peer still sends on it, and every
+// exchange relayed through us is lost.
 const rekeyAttempts = 3
 
 // rekeyDelay is how long to wait for a handshake before the given attempt
@@ -35,20 +47,43 @@ func rekeyDelay(attempt int) time.Duration {
 	}
 }
 
-// rekeyWatch follows one re-keyed peer until its first handshake.
+// Why an entry was re-created, for the rekeyWatch logs.
+const (
+	whyRekeyed      = "key rotated"
+	whyStaleSession = "session older than allowed dropped"
+)
+
+// rekeyWatch follows one re-created entry until its first handshake.
 type rekeyWatch struct {
 	key      wgtypes.Key
+	why      string // whyRekeyed or whyStaleSession
 	attempts int
 	next     time.Time
 }
 
-// watchRekey starts following the peer of cidr, which just got key.
-func (r *Reconciler) watchRekey(cidr netip.Prefix, key wgtypes.Key, now time.Time) {
+// watchRekey starts following the peer of cidr, whose entry with key was
+// just (re-)created for why.
+func (r *Reconciler) watchRekey(cidr netip.Prefix, key wgtypes.Key, why string, now time.Time) {
 	if r.rekeyed == nil {
 		r.rekeyed = map[netip.Prefix]*rekeyWatch{}
 	}
-	r.rekeyed[cidr] = &rekeyWatch{key: key, next: now.Add(rekeyDelay(0))}
+	r.rekeyed[cidr] = &rekeyWatch{key: key, why: why, next: now.Add(rekeyDelay(0))}
 	r.armRekey(now)
+}
+
+// watchDroppedSessions follows the peers whose stale sessions the plan
+// just dropped (Diff re-creates their entries), on the end that
+// initiates after a break. have is the device as read before the plan.
+func (r *Reconciler) watchDroppedSessions(desired map[netip.Prefix]Peer, have []wgtypes.Peer, now time.Time) {
+	byKey := make(map[wgtypes.Key]wgtypes.Peer, len(have))
+	for _, h := range have {
+		byKey[h.PublicKey] = h
+	}
+	for cidr, d := range desired {
+		if h, ok := byKey[d.PublicKey]; ok && d.staleSession(h) && d.initiatesAfterBreak(r.cfg.SelfKey) {
+			r.watchRekey(cidr, d.PublicKey, whyStaleSession, now)
+		}
+	}
 }
 
 // rekeyC fires when the next re-keyed peer is due for a check; nil (never)
@@ -77,7 +112,7 @@ func (r *Reconciler) armRekey(now time.Time) {
 	}
 }
 
-// checkRekeys re-creates the entries of re-keyed peers that still have no
+// checkRekeys re-creates the followed entries that still have no
 // handshake, and stops following those that have one, were removed or
 // changed key again.
 func (r *Reconciler) checkRekeys(now time.Time) {
@@ -103,7 +138,7 @@ func (r *Reconciler) checkRekeys(now time.Time) {
 		if hs := handshake[w.key]; !hs.IsZero() {
 			delete(r.rekeyed, cidr)
 			if w.attempts > 0 {
-				r.cfg.Log.Info("handshake with re-keyed peer after re-creating its entry", "cidr", cidr, "peer_node", p.Node, "attempts", w.attempts)
+				r.cfg.Log.Info("handshake after re-creating the peer's entry again", "cidr", cidr, "peer_node", p.Node, "attempts", w.attempts, "why", w.why)
 			}
 			continue
 		}
@@ -112,14 +147,16 @@ func (r *Reconciler) checkRekeys(now time.Time) {
 		}
 		if w.attempts == rekeyAttempts {
 			delete(r.rekeyed, cidr)
-			r.cfg.Log.Warn("no handshake with re-keyed peer; WireGuard keeps retrying every 5 s", "cidr", cidr, "peer_node", p.Node, "public_key", w.key.String())
+			r.cfg.Log.Warn("no handshake since the peer's entry was re-created; WireGuard keeps retrying every 5 s", "cidr", cidr, "peer_node", p.Node,
+				"public_key", w.key.String(), "why", w.why)
 			continue
 		}
 		w.attempts++
 		r.Stats.RekeyRetries.Add(1)
-		r.cfg.Log.Info("no handshake with re-keyed peer yet; re-creating its entry to initiate again", "cidr", cidr, "peer_node", p.Node, "attempt", w.attempts)
+		r.cfg.Log.Info("no handshake yet since the peer's entry was re-created; re-creating it to initiate again", "cidr", cidr, "peer_node", p.Node,
+			"attempt", w.attempts, "why", w.why)
 		if err := r.recreatePeer(p); err != nil {
-			r.cfg.Log.Warn("re-create re-keyed peer", "cidr", cidr, "err", err)
+			r.cfg.Log.Warn("re-create peer entry", "cidr", cidr, "peer_node", p.Node, "err", err, "why", w.why)
 		}
 		w.next = now.Add(rekeyDelay(w.attempts))
 	}

@@ -124,7 +124,7 @@ var (
 	descStalls = prometheus.NewDesc("wgcni_peer_handshake_stalls_total",
 		"Times a peer went into liveness state no-handshake or stale from another state.", nil, nil)
 	descRekeyRetries = prometheus.NewDesc("wgcni_peer_rekey_retries_total",
-		"Times the entry of a re-keyed peer was re-created because its first handshake did not come.", nil, nil)
+		"Times a re-created peer entry (a re-keyed peer, a dropped stale session) was re-created again because its first handshake did not come.", nil, nil)
 	descRecreations = prometheus.NewDesc("wgcni_device_recreations_total",
 		"Times the WireGuard device was lost (its userspace host process died, or the link was deleted) and re-created with its peers and routes.", nil, nil)
 	descSameNodeFailures = prometheus.NewDesc("wgcni_samenode_reconcile_errors_total",

@@ -73,6 +73,9 @@ type peerState struct {
 	epoch     uint64 // 0: found on the device at start
 	installed time.Time
 	first     time.Time // when the current run of PSKs began (FirstPSK)
+	// releaseAt: required mode releases the peer (and FirstPSK reports
+	// first) from then on; see releaseSettle.
+	releaseAt time.Time
 	exchanges int64
 	failures  int64
 	streak    int // consecutive failed exchanges
@@ -87,12 +90,28 @@ type peerState struct {
 	stale bool
 }
 
+// releaseSettle is how long after its first PSK the responder of the
+// exchange keeps the peer held. The responder installs first and acks; the
+// initiator installs only when the ack arrives. Released at once, the
+// responder would drop the session from before the PSK (re-create the
+// entry, mesh.PQHooks.FirstPSK) a millisecond after sending the ack —
+// which the old entry still held, so the ack was lost with it — and
+// initiate with the PSK before the initiator had it, an initiation
+// answered with the old PSK and dropped. Either left the pair's tunnel
+// broken for seconds, and every exchange relayed through it lost
+// (TestNATWithPostQuantum/required). A second covers the ack's way and
+// one retransmission of the commit; the initiator, which knows both ends
+// have the PSK, releases at once, and a session it makes meanwhile is
+// newer than the PSK, so the responder's release keeps it.
+const releaseSettle = time.Second
+
 // holds is required mode's rule for one peer at now: held without a PSK,
 // and held when the last successful exchange (installed) is more than
 // maxAge ago — a PSK that stopped rotating no longer counts as current, so
 // a blocked exchange cannot leave pod traffic on an old PSK forever.
-func holds(has bool, installed, now time.Time, maxAge time.Duration) bool {
-	return !has || (maxAge > 0 && now.Sub(installed) > maxAge)
+// And held until releaseAt (releaseSettle).
+func holds(has bool, installed, releaseAt, now time.Time, maxAge time.Duration) bool {
+	return !has || (maxAge > 0 && now.Sub(installed) > maxAge) || now.Before(releaseAt)
 }
 
 // Manager runs the exchanges; build it with New, then Run.
@@ -161,7 +180,7 @@ func (m *Manager) Hold(peer wgtypes.Key) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st := m.peers[peer]
-	return st == nil || holds(st.has, st.installed, time.Now(), m.cfg.MaxAge)
+	return st == nil || holds(st.has, st.installed, st.releaseAt, time.Now(), m.cfg.MaxAge)
 }
 
 // checkAge holds the peers whose PSK just became older than MaxAge and
@@ -174,7 +193,7 @@ func (m *Manager) checkAge(now time.Time) {
 	defer m.mu.Unlock()
 	changed := false
 	for k, st := range m.peers {
-		if !st.has || st.stale || !holds(st.has, st.installed, now, m.cfg.MaxAge) {
+		if !st.has || st.stale || !holds(st.has, st.installed, time.Time{}, now, m.cfg.MaxAge) {
 			continue
 		}
 		st.stale, changed = true, true
@@ -204,7 +223,7 @@ func (m *Manager) PresharedKey(peer wgtypes.Key) (wgtypes.Key, bool) {
 func (m *Manager) FirstPSK(peer wgtypes.Key) (time.Time, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if st := m.peers[peer]; st != nil && st.has {
+	if st := m.peers[peer]; st != nil && st.has && !time.Now().Before(st.releaseAt) {
 		return st.first, true
 	}
 	return time.Time{}, false
@@ -434,7 +453,11 @@ func (m *Manager) install(r pqexchange.Result) error {
 	first, stale := !st.has, st.stale
 	st.psk, st.has, st.epoch, st.installed = r.PSK.Key(), true, r.Epoch, time.Now()
 	if first {
-		st.first = st.installed
+		st.first, st.releaseAt = st.installed, st.installed
+		if !r.Initiator && m.cfg.Required {
+			st.releaseAt = st.installed.Add(releaseSettle)
+			time.AfterFunc(releaseSettle, func() { signal(m.holdChanged) })
+		}
 	}
 	st.handshakeDue, st.stale = first, false
 	m.changes.Add(1)

@@ -8,6 +8,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/daemon/mesh"
+	"github.com/wgcni/wgcni/daemon/pqexchange"
 )
 
 // TestHolds: required mode's rule with explicit times — held without a
@@ -33,9 +34,68 @@ func TestHolds(t *testing.T) {
 		{"old PSK, no max age", true, t0.Add(time.Hour), 0, false},
 		{"clock behind install", true, t0.Add(-time.Second), maxAge, false},
 	} {
-		if got := holds(tc.has, t0, tc.now, tc.maxAge); got != tc.want {
+		if got := holds(tc.has, t0, time.Time{}, tc.now, tc.maxAge); got != tc.want {
 			t.Errorf("%s: holds = %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// recorder is the WireGuard device for install: it keeps the PSKs set.
+type recorder struct{ psk map[wgtypes.Key]wgtypes.Key }
+
+func (r *recorder) Device(string) (*wgtypes.Device, error) { return &wgtypes.Device{}, nil }
+func (r *recorder) ConfigureDevice(_ string, cfg wgtypes.Config) error {
+	for _, p := range cfg.Peers {
+		r.psk[p.PublicKey] = *p.PresharedKey
+	}
+	return nil
+}
+
+// TestResponderReleasesAfterSettle: in required mode the responder of the
+// first exchange keeps the peer held, and FirstPSK unreported, for
+// releaseSettle after installing (the initiator installs only when our ack
+// arrives, and a release drops the session the ack rides on); the
+// initiator, which installs last, releases at once. Later PSKs change
+// nothing. Outside required mode nothing is held.
+func TestResponderReleasesAfterSettle(t *testing.T) {
+	var peer wgtypes.Key
+	peer[0] = 7
+	for _, tc := range []struct {
+		name                string
+		required, initiator bool
+		heldAfterInstall    bool
+	}{
+		{"required, responder", true, false, true},
+		{"required, initiator", true, true, false},
+		{"on, responder", false, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dev := &recorder{psk: map[wgtypes.Key]wgtypes.Key{}}
+			m := &Manager{cfg: Config{Required: tc.required, WG: dev, Log: slog.New(slog.DiscardHandler)},
+				peers: map[wgtypes.Key]*peerState{peer: {}}, holdChanged: make(chan struct{}, 1)}
+			if err := m.install(pqexchange.Result{Peer: peer, Epoch: 1, Initiator: tc.initiator}); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := dev.psk[peer]; !ok {
+				t.Fatal("PSK not set on the device")
+			}
+			_, reported := m.FirstPSK(peer)
+			if held := m.cfg.Required && m.Hold(peer); held != tc.heldAfterInstall || reported == tc.heldAfterInstall {
+				t.Fatalf("right after install: held %v, FirstPSK reported %v; want held %v", held, reported, tc.heldAfterInstall)
+			}
+			if !tc.heldAfterInstall {
+				return
+			}
+			<-m.holdChanged // the install's own signal
+			select {
+			case <-m.holdChanged:
+			case <-time.After(10 * releaseSettle):
+				t.Fatal("no signal to the reconciler at the end of the settle")
+			}
+			if first, ok := m.FirstPSK(peer); m.Hold(peer) || !ok || first.IsZero() {
+				t.Fatalf("after the settle: held %v, FirstPSK %v %v", m.Hold(peer), first, ok)
+			}
+		})
 	}
 }
 
