@@ -25,13 +25,11 @@ import (
 // (Peer.DropSessionsBefore: made before the pair's post-quantum PSK, or on
 // a punched path that died) is followed the same way, on the end that
 // initiates after a break (initiatesAfterBreak) so the two ends' retries
-// cannot cross. Its first initiation races the peer: with required mode
-// it leaves right after our PSK is installed, and the initiator of the
-// exchange installs its own a few milliseconds later (after our ack), so
-// an initiation that gets there first is answered with the old PSK,
-// dropped here, and WireGuard would try again only 5 s later — 5 s in
-// which our old session is gone, the peer still sends on it, and every
-// exchange relayed through us is lost.
+// cannot cross. Its first initiation can be lost like a re-keyed one's,
+// or answered with an older PSK than ours (the peer installs its PSK
+// after ours, docs/post-quantum.md), and WireGuard would try again only
+// 5 s later — 5 s in which our old session is gone while the peer still
+// sends on it, and every exchange relayed through us is lost.
 const rekeyAttempts = 3
 
 // rekeyDelay is how long to wait for a handshake before the given attempt
