@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -29,7 +30,20 @@ func (p Peer) want() heal.Want {
 		allowed = append(allowed, netip.PrefixFrom(ip.Unmap(), ones))
 	}
 	return heal.Want{Key: p.PublicKey, Node: p.Node, CIDR: p.primary(), Endpoint: p.Endpoint, AllowedIPs: allowed,
-		Keepalive: p.Keepalive, Probe: heal.ProbeAddr(p.primary())}
+		Keepalive: p.Keepalive, Probe: p.probeAddr()}
+}
+
+// probeAddr is where heal probes the peer: its gateway, through the
+// tunnel. None while the peer is held (required mode, no PSK yet) and the
+// tunnel does not carry that address (it does with NAT, exchangePrefixes):
+// the probe would be dropped by design, and a lost probe reads as a fault
+// and gets "repaired".
+func (p Peer) probeAddr() netip.Addr {
+	a := heal.ProbeAddr(p.primary())
+	if p.Held && !slices.Contains(p.exchangePrefixes(), netip.PrefixFrom(a, a.BitLen())) {
+		return netip.Addr{}
+	}
+	return a
 }
 
 // healTick runs one liveness round.

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"net/netip"
 	"testing"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -32,5 +33,29 @@ func TestInitiatesAfterBreak(t *testing.T) {
 				t.Fatalf("initiator %v, want %v", got, c.want)
 			}
 		})
+	}
+}
+
+// A held peer (required mode, no PSK yet) is probed only when its tunnel
+// carries the probe's address (with NAT on either end, exchangePrefixes):
+// elsewhere the probe is dropped by design and its loss would read as a
+// fault to repair.
+func TestHeldPeerIsProbedOnlyWhereTheTunnelCarriesIt(t *testing.T) {
+	gw := netip.MustParseAddr("10.244.2.1")
+	for _, c := range []struct {
+		name                   string
+		held, natPeer, natSelf bool
+		want                   netip.Addr
+	}{
+		{"released", false, false, false, gw},
+		{"held, no NAT", true, false, false, netip.Addr{}},
+		{"held, the peer behind a NAT", true, true, false, gw},
+		{"held, this node behind a NAT", true, false, true, gw},
+	} {
+		p := peer(t, "10.244.2.0/24")
+		p.Held, p.Unreachable, p.SelfUnreachable = c.held, c.natPeer, c.natSelf
+		if got := p.want().Probe; got != c.want {
+			t.Errorf("%s: probe %v, want %v", c.name, got, c.want)
+		}
 	}
 }

@@ -90,19 +90,20 @@ type peerState struct {
 	stale bool
 }
 
-// releaseSettle is how long after its first PSK the responder of the
-// exchange keeps the peer held. The responder installs first and acks; the
-// initiator installs only when the ack arrives. Released at once, the
-// responder would drop the session from before the PSK (re-create the
-// entry, mesh.PQHooks.FirstPSK) a millisecond after sending the ack —
-// which the old entry still held, so the ack was lost with it — and
-// initiate with the PSK before the initiator had it, an initiation
+// releaseSettle is how long after its first PSK each end keeps the peer
+// held (required mode). The responder of the exchange installs first and
+// acks; the initiator installs only when the ack arrives. Released at
+// once, the responder would drop the session from before the PSK
+// (re-create the entry, mesh.PQHooks.FirstPSK) a millisecond after sending
+// the ack — which the old entry still held, so the ack was lost with it —
+// and initiate with the PSK before the initiator had it, an initiation
 // answered with the old PSK and dropped. Either left the pair's tunnel
 // broken for seconds, and every exchange relayed through it lost
-// (TestNATWithPostQuantum/required). A second covers the ack's way and
-// one retransmission of the commit; the initiator, which knows both ends
-// have the PSK, releases at once, and a session it makes meanwhile is
-// newer than the PSK, so the responder's release keeps it.
+// (TestNATWithPostQuantum/required). A second covers the ack's way and one
+// retransmission of the commit. The initiator waits as long, so that the
+// two ends release together: an end released a second before the other
+// sends probes and pod traffic that the held end cannot answer, which
+// reads as a one-way link and gets "repaired" (TestRequiredHoldsAgainAfterMaxAge).
 const releaseSettle = time.Second
 
 // holds is required mode's rule for one peer at now: held without a PSK,
@@ -454,7 +455,7 @@ func (m *Manager) install(r pqexchange.Result) error {
 	st.psk, st.has, st.epoch, st.installed = r.PSK.Key(), true, r.Epoch, time.Now()
 	if first {
 		st.first, st.releaseAt = st.installed, st.installed
-		if !r.Initiator && m.cfg.Required {
+		if m.cfg.Required {
 			st.releaseAt = st.installed.Add(releaseSettle)
 			time.AfterFunc(releaseSettle, func() { signal(m.holdChanged) })
 		}

@@ -197,7 +197,7 @@ func TestKeysNeverLeakAndRotation(t *testing.T) {
 		logPath := filepath.Join(n3.RunDir, "..", "wgcnid.log")
 		recreations := func() int {
 			b, _ := os.ReadFile(logPath)
-			return bytes.Count(b, []byte("re-creating its entry"))
+			return bytes.Count(b, []byte("re-creating it to initiate again")) // daemon/mesh/rekey.go
 		}
 		// The scenario needs n2's answer to n3 to be the first response
 		// n3 sees after the rule is in place. If the exchange went
