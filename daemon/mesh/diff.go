@@ -41,14 +41,14 @@ type Peer struct {
 	Sites []netip.Prefix
 	// NAT traversal (docs/nat.md, daemon/nat): Unreachable copies the
 	// record's flag; such a peer's endpoint is left invalid, i.e. to
-	// WireGuard's roaming (an invalid Endpoint is never written). Relayed:
-	// its own CIDRs are carried by a relay's peer (not on its AllowedIPs;
+	// WireGuard's roaming (an invalid Endpoint is never written). RelayedVia
+	// (the relay's node; "": not relayed): its own CIDRs are carried by that relay's peer (not on its AllowedIPs;
 	// its routes stay). Carries: other nodes' CIDRs this peer relays (on
 	// its AllowedIPs; their routes belong to their own peers).
 	Unreachable bool
 	NoRelay     bool           // the record's: never a relay (daemon/nat)
 	Published   netip.AddrPort // an Unreachable peer's record endpoint (its LAN address)
-	Relayed     bool
+	RelayedVia  string
 	Carries     []netip.Prefix
 	// SelfUnreachable: this node is behind a NAT (set by daemon/nat).
 	// With Unreachable it lets a held peer's tunnel carry the
@@ -79,7 +79,7 @@ func (p Peer) equal(o Peer) bool {
 	return slices.Equal(p.CIDRs, o.CIDRs) && p.Node == o.Node && p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
 		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc && p.MTU == o.MTU &&
 		p.PQPublicKey == o.PQPublicKey && p.Held == o.Held && slices.Equal(p.Sites, o.Sites) &&
-		p.Unreachable == o.Unreachable && p.Published == o.Published && p.Relayed == o.Relayed && slices.Equal(p.Carries, o.Carries) &&
+		p.Unreachable == o.Unreachable && p.Published == o.Published && p.RelayedVia == o.RelayedVia && slices.Equal(p.Carries, o.Carries) &&
 		p.DropSessionsBefore.Equal(o.DropSessionsBefore) && p.SelfUnreachable == o.SelfUnreachable
 }
 
@@ -112,7 +112,7 @@ func (p Peer) allowed() []net.IPNet {
 // its tunneled underlay address.
 func (p Peer) allowedPrefixes() []netip.Prefix {
 	var out []netip.Prefix
-	if !p.Held && !p.Relayed {
+	if !p.Held && p.RelayedVia == "" {
 		// Held (required mode, no PSK yet): neither its PodCIDRs nor
 		// the sites it serves as gateway; a route into the tunnel then
 		// finds no peer and WireGuard drops the packet. Relayed: a

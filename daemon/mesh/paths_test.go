@@ -29,7 +29,7 @@ func TestDiffMovesCIDRWithoutGap(t *testing.T) {
 	relay, far := peer(t, "10.244.2.0/24"), peer(t, "10.244.3.0/24")
 	far.Unreachable, far.Endpoint = true, netip.AddrPort{}
 	relayed, carrying := far, relay
-	relayed.Relayed = true
+	relayed.RelayedVia = "relay"
 	carrying.Carries = far.CIDRs
 	routes := map[netip.Prefix]route.Peer{}
 	for _, p := range []Peer{relay, far} {

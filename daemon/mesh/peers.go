@@ -24,6 +24,9 @@ type PeerInfo struct {
 	// (daemon/nat: where its traffic should come from).
 	Unreachable bool
 	Published   netip.AddrPort
+	// RelayedVia is the node whose tunnel carries the peer's CIDRs
+	// (daemon/nat); "": its own.
+	RelayedVia string
 }
 
 func (p Peer) info() PeerInfo {
@@ -32,7 +35,7 @@ func (p Peer) info() PeerInfo {
 		pub = p.Published
 	}
 	return PeerInfo{Node: p.Node, CIDR: p.primary(), CIDRs: p.CIDRs, Endpoint: p.Endpoint, PQPublicKey: p.PQPublicKey, Held: p.Held,
-		Unreachable: p.Unreachable, Published: pub}
+		Unreachable: p.Unreachable, Published: pub, RelayedVia: p.RelayedVia}
 }
 
 // PeerNodes returns the node of every peer configured on the device.

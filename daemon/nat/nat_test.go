@@ -80,8 +80,8 @@ func TestPlan(t *testing.T) {
 			if f.Endpoint != tc.endpoint {
 				t.Errorf("far's endpoint %v, want %v", f.Endpoint, tc.endpoint)
 			}
-			if f.Relayed != tc.carried {
-				t.Errorf("far relayed %v, want %v", f.Relayed, tc.carried)
+			if (f.RelayedVia != "") != tc.carried {
+				t.Errorf("far relayed via %q, want relayed %v", f.RelayedVia, tc.carried)
 			}
 			for _, r := range []mesh.Peer{r1, r2} {
 				carries := slices.Contains(out[r.CIDRs[0]].Carries, far.CIDRs[0])
@@ -99,7 +99,7 @@ func TestPlan(t *testing.T) {
 	}
 	// A reachable node plans nothing: unreachable peers keep alive to it.
 	out, paths := Plan(Inputs{Self: "self", Obs: Observations{}}, active)
-	if out[far.CIDRs[0]].Relayed || paths[2].Why != "it keeps alive to us" || out[far.CIDRs[0]].Endpoint.IsValid() {
+	if out[far.CIDRs[0]].RelayedVia != "" || paths[2].Why != "it keeps alive to us" || out[far.CIDRs[0]].Endpoint.IsValid() {
 		t.Errorf("reachable self: %+v %+v", out[far.CIDRs[0]], paths)
 	}
 	// A node that says it is reachable but is seen behind a NAT (auto,

@@ -127,7 +127,7 @@ func Plan(in Inputs, active map[netip.Prefix]mesh.Peer) (map[netip.Prefix]mesh.P
 					path.Why += "; no relay"
 					break
 				}
-				path.Mode, path.Via, p.Relayed = Relayed, relay, true
+				path.Mode, path.Via, p.RelayedVia = Relayed, relay, relay
 			case in.Up[p.Node] && (!in.RequirePSK || !in.PSKSince[p.Node].IsZero()):
 				p.Endpoint, p.Keepalive = peerMap.Public, in.PunchKeepalive
 				path.Mode, path.Why, path.Endpoint = Punched, "hole punched", peerMap.Public.String()
@@ -142,9 +142,9 @@ func Plan(in Inputs, active map[netip.Prefix]mesh.Peer) (map[netip.Prefix]mesh.P
 					path.Why += "; no relay"
 					break
 				}
-				path.Mode, path.Via, p.Relayed = Relayed, relay, true
+				path.Mode, path.Via, p.RelayedVia = Relayed, relay, relay
 			}
-			if p.Relayed {
+			if p.RelayedVia != "" {
 				// Post-quantum required: a relayed pair has no direct
 				// session to protect, its traffic rides the tunnels to
 				// and from the relay, each with its own PSK, and the

@@ -521,6 +521,12 @@ func (m *Manager) schedule(ctx context.Context) time.Duration {
 			wait = min(wait, d)
 			continue
 		}
+		if m.relayHeld(st) {
+			// Started when the relay's entry is released (the
+			// reconciler's PeersChanged wakes us), or looked at again.
+			wait = min(wait, relayRecheck)
+			continue
+		}
 		select {
 		case m.sem <- struct{}{}:
 		default:
@@ -531,6 +537,28 @@ func (m *Manager) schedule(ctx context.Context) time.Duration {
 		go m.exchange(ctx, k)
 	}
 	return wait
+}
+
+// relayRecheck bounds how long an exchange held back by relayHeld waits
+// before it is looked at again, should no PeersChanged come.
+const relayRecheck = time.Second
+
+// relayHeld reports whether a relayed peer's exchange must wait (mu
+// held): the relay's own entry is held (required mode, no PSK with the
+// relay yet), so our tunnel carries nothing to the peer, and an exchange
+// started now loses every message until then — with the release settle
+// (releaseSettle) often its whole first attempt. The relay's entry is the
+// reconciler's view (what the device carries), not Hold's.
+func (m *Manager) relayHeld(st *peerState) bool {
+	if st.info.RelayedVia == "" {
+		return false
+	}
+	for _, r := range m.peers {
+		if r.info.Node == st.info.RelayedVia {
+			return r.info.Held
+		}
+	}
+	return true // the relay's entry is not configured yet
 }
 
 // exchange runs one Exchange with peer and schedules the next: an

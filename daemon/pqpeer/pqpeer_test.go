@@ -194,3 +194,32 @@ func TestCarry(t *testing.T) {
 }
 
 func meshInfo(node, kem string) mesh.PeerInfo { return mesh.PeerInfo{Node: node, PQPublicKey: kem} }
+
+// TestRelayedExchangeWaitsForItsRelay: a relayed peer's exchange waits
+// while the relay's own entry is held (or not configured yet): the tunnel
+// carries nothing to the peer then, and every message of an attempt would
+// be lost. A direct peer never waits for another.
+func TestRelayedExchangeWaitsForItsRelay(t *testing.T) {
+	var relay, far, direct wgtypes.Key
+	relay[0], far[0], direct[0] = 1, 2, 3
+	for _, tc := range []struct {
+		name      string
+		via       string
+		relayHeld bool
+		want      bool
+	}{
+		{"relay held", "r1", true, true},
+		{"relay released", "r1", false, false},
+		{"relay not configured", "r9", false, true},
+		{"direct", "", true, false},
+	} {
+		m := &Manager{peers: map[wgtypes.Key]*peerState{
+			relay:  {info: mesh.PeerInfo{Node: "r1", Held: tc.relayHeld}},
+			far:    {info: mesh.PeerInfo{Node: "far", RelayedVia: tc.via}},
+			direct: {info: mesh.PeerInfo{Node: "d"}},
+		}}
+		if got := m.relayHeld(m.peers[far]); got != tc.want {
+			t.Errorf("%s: waits %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
