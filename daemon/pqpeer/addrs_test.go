@@ -1,9 +1,12 @@
 package pqpeer
 
 import (
+	"crypto/mlkem"
 	"net/netip"
 	"slices"
 	"testing"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgcni/wgcni/daemon/mesh"
 )
@@ -36,5 +39,36 @@ func TestExchangeAddrs(t *testing.T) {
 				t.Errorf("got %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestAdoptedPSKGoesUnderlayFirst: a PSK adopted from the device at start
+// (epoch 0) is of unknown age — the peer may hold us for it and cannot
+// answer through the tunnel — so a reachable peer's first exchange after a
+// restart goes over the underlay first; once an exchange of ours installed
+// one, the tunnel comes first again.
+func TestAdoptedPSKGoesUnderlayFirst(t *testing.T) {
+	dk, err := mlkem.GenerateKey768()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var peer wgtypes.Key
+	peer[0] = 9
+	info := mesh.PeerInfo{CIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.7.0/24")}, Endpoint: netip.MustParseAddrPort("10.99.0.7:51820")}
+	underlay, tunnel := netip.MustParseAddrPort("10.99.0.7:51822"), netip.MustParseAddrPort("10.244.7.0:51822")
+	for _, tc := range []struct {
+		name  string
+		epoch uint64
+		want  []netip.AddrPort
+	}{
+		{"adopted at start", 0, []netip.AddrPort{underlay, tunnel}},
+		{"from an exchange", 1796668733480, []netip.AddrPort{tunnel, underlay}},
+	} {
+		m := &Manager{cfg: Config{Port: 51822}, peers: map[wgtypes.Key]*peerState{
+			peer: {info: info, kem: dk.EncapsulationKey(), has: true, epoch: tc.epoch}}}
+		p, ok := m.lookup(peer)
+		if !ok || !slices.Equal(p.Addrs, tc.want) {
+			t.Errorf("%s: addresses %v (ok %v), want %v", tc.name, p.Addrs, ok, tc.want)
+		}
 	}
 }

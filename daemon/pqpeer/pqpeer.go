@@ -410,7 +410,12 @@ func (m *Manager) lookup(peer wgtypes.Key) (pqexchange.Peer, bool) {
 		return pqexchange.Peer{}, false
 	}
 	selfNAT := m.cfg.SelfUnreachable != nil && m.cfg.SelfUnreachable()
-	return pqexchange.Peer{KEM: st.kem, Addrs: exchangeAddrs(st.info, st.has && !st.stale, selfNAT, uint16(m.cfg.Port)), Sources: st.info.CIDRs}, true
+	// A PSK adopted from the device at start (epoch 0) is of unknown age:
+	// the peer may hold us for it (--pq-max-age) and then cannot answer
+	// through the tunnel, so until a first exchange of ours it counts as
+	// none here and the underlay comes first.
+	current := st.has && !st.stale && st.epoch != 0
+	return pqexchange.Peer{KEM: st.kem, Addrs: exchangeAddrs(st.info, current, selfNAT, uint16(m.cfg.Port)), Sources: st.info.CIDRs}, true
 }
 
 // exchangeAddrs orders the addresses a peer's exchange goes to. NAT
