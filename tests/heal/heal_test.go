@@ -663,7 +663,7 @@ func TestUnreachablePeer(t *testing.T) {
 	if l, err := c.LeaseOf(n2.Name); err != nil || l == nil || l.TTL <= 0 {
 		t.Fatalf("n2's lease should still be alive: %+v %v", l, err)
 	}
-	t.Logf("n1 reports n2 no-handshake %v after configuring it: %s", took.Round(time.Millisecond), s.Reason)
+	t.Logf("n1 reports n2 no-handshake %v after its node went off: %s", took.Round(time.Millisecond), s.Reason)
 	code, body := get(t, n1, "/readyz")
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "no peer reachable") {
 		t.Errorf("n1 reaching none of its peers: /readyz %d %q, want 503 naming why", code, body)
@@ -675,7 +675,7 @@ func TestUnreachablePeer(t *testing.T) {
 	firing := alertsOn(t, m, "WgcniPeerNoHandshake", "WgcniNodeIsolated")
 	// took, not the time since configured: the alert evaluation above
 	// compiles Prometheus' rule engine, tens of seconds on a fresh clone.
-	harness.Result(t, "node off with a live lease: n1 reports it no-handshake %.1fs after configuring it (%s); /readyz %d; alerts firing on n1's metrics: %s",
+	harness.Result(t, "node off with a live lease: n1 reports it no-handshake %.1fs after its node went off (%s); /readyz %d; alerts firing on n1's metrics: %s",
 		took.Seconds(), s.Reason, code, firing)
 }
 
