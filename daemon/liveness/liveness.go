@@ -222,8 +222,7 @@ type Peer struct {
 	probeFailed time.Time // last unanswered probe (its send time)
 	lostInRow   int       // probes lost since the last answered one
 	quiesced    time.Time // the lost probe (send time) whose retries were quiesced
-	verifyAt    time.Time // a verification probe is due from then (zero: none)
-	repairedAt  time.Time // the repair verifyAt verifies
+	verifyAt    time.Time // a verification probe is due from then (zero: none): VerifyAfter after the repair
 
 	state        State
 	repairs      map[RepairKind]*backoff
@@ -310,7 +309,7 @@ func (p *Peer) Observe(o Observation) Verdict {
 		v.Repairs = append(v.Repairs, p.due(k, reason, now)...)
 	}
 	if len(v.Repairs) > 0 && o.Present && p.verifyAt.IsZero() {
-		p.verifyAt, p.repairedAt = now.Add(p.cfg.VerifyAfter), now
+		p.verifyAt = now.Add(p.cfg.VerifyAfter)
 	}
 	// After the verification rule above: quiescing ends an attempt, it
 	// does not repair anything to verify. A re-initiation due in the same
@@ -489,7 +488,7 @@ func (p *Peer) probeDue(o Observation, state State) bool {
 	if p.inFlight && now.Sub(p.probeAt) < p.cfg.ProbeTimeout {
 		return false
 	}
-	if !p.verifyAt.IsZero() && (!now.Before(p.verifyAt) || p.hs.After(p.repairedAt)) {
+	if !p.verifyAt.IsZero() && (!now.Before(p.verifyAt) || p.hs.After(p.verifyAt.Add(-p.cfg.VerifyAfter))) {
 		// Due VerifyAfter after the repair, or as soon as a handshake
 		// completed since it (the re-initiation or re-created entry did
 		// its part): the sooner an answered probe ends the episode, the

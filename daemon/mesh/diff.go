@@ -41,9 +41,9 @@ type Peer struct {
 	Sites []netip.Prefix
 	// NAT traversal (docs/nat.md, daemon/nat): Unreachable copies the
 	// record's flag; such a peer's endpoint is left invalid, i.e. to
-	// WireGuard's roaming (an invalid Endpoint is never written). RelayedVia
-	// (the relay's node; "": not relayed): its own CIDRs are carried by that relay's peer (not on its AllowedIPs;
-	// its routes stay). Carries: other nodes' CIDRs this peer relays (on
+	// WireGuard's roaming (an invalid Endpoint is never written).
+	// RelayedVia (the relay's node; "": not relayed): its own CIDRs are
+	// carried by that relay's peer (not on its AllowedIPs; its routes stay). Carries: other nodes' CIDRs this peer relays (on
 	// its AllowedIPs; their routes belong to their own peers).
 	Unreachable bool
 	NoRelay     bool           // the record's: never a relay (daemon/nat)

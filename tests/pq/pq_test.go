@@ -20,6 +20,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/liveness"
 	"github.com/wgcni/wgcni/tests/harness"
 )
 
@@ -299,10 +300,6 @@ func lastHandshake(t *testing.T, n *harness.Node, peer wgtypes.Key) time.Time {
 // this old. A rotated PSK is used from that handshake on.
 const renewalAt = 120 * time.Second
 
-// rekeyTimeout is WireGuard's REKEY_TIMEOUT: a failed initiation is
-// retried this much later.
-const rekeyTimeout = 5 * time.Second
-
 // TestRotationsLoseNothing: 10+ rotations under a 100/s ping in both
 // directions lose no packet, and the window spans WireGuard's session
 // renewal, which must succeed with the rotated PSK (a mismatch would fail
@@ -382,7 +379,7 @@ func TestRotationsLoseNothing(t *testing.T) {
 			// and 125.2 s). A second failure in a row would be PSKs that
 			// stay mismatched.
 			d := h1.Sub(hs0)
-			if d > renewalAt+rekeyTimeout+3*time.Second {
+			if d > renewalAt+liveness.RekeyTimeout+3*time.Second { // a failed initiation is retried REKEY_TIMEOUT later
 				t.Errorf("renewal %v after the session began: more than one attempt failed (PSKs mismatched beyond the commit window?)", d.Round(100*time.Millisecond))
 			}
 			attempt := "first attempt"
