@@ -24,7 +24,6 @@ import (
 	"github.com/wgcni/wgcni/daemon/lease"
 	"github.com/wgcni/wgcni/daemon/mesh"
 	"github.com/wgcni/wgcni/daemon/metrics"
-	"github.com/wgcni/wgcni/daemon/pqpeer"
 	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
 	"github.com/wgcni/wgcni/daemon/wgdev"
@@ -160,9 +159,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer judge.Close()
 	go sites.Run(ctx)
 	var rec *mesh.Reconciler
-	var pq *pqpeer.Manager
-	natA := newNATAgent(cfg, cli, wg, keeper, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, natFirstPSK(cfg, &pq), log)
-	pq, err = startPQ(ctx, cfg, wg, priv.Public(), kem, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, natA.Unreachable, log)
+	natA := newNATAgent(cfg, cli, wg, keeper, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, nd.mtu, log)
+	pq, err := startPQ(ctx, cfg, wg, priv.Public(), kem, func() map[wgtypes.Key]mesh.PeerInfo { return rec.PeerNodes() }, natA.Unreachable, log)
 	if err != nil {
 		return err
 	}

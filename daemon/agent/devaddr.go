@@ -7,6 +7,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/wgcni/wgcni/daemon/lease"
+	"github.com/wgcni/wgcni/daemon/record"
 )
 
 // podNodeDeviceAddrs are the addresses a pod node's WireGuard device
@@ -19,11 +20,21 @@ import (
 // underlay address as source, then masquerades to the out device's
 // address; with none on the device the kernel takes another interface's,
 // the underlay's, and the peer drops the packet.
-func podNodeDeviceAddrs(held lease.Held) []netip.Prefix {
+//
+// A node that may sit behind a NAT (natted) also carries its relay address
+// (record.RelayAddr of its record's CIDR), after the network address so
+// that it never becomes the device's primary address: only its sessions
+// relayed through another node use it (docs/nat.md).
+func podNodeDeviceAddrs(held lease.Held, natted bool) []netip.Prefix {
 	var out []netip.Prefix
 	for _, p := range held.CIDRs {
 		a := p.Masked().Addr()
 		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	if natted && len(held.CIDRs) > 0 {
+		if a := record.RelayAddr(held.Primary()); a.IsValid() {
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+		}
 	}
 	return out
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
-	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -13,7 +12,6 @@ import (
 	"github.com/wgcni/wgcni/daemon/lease"
 	"github.com/wgcni/wgcni/daemon/mesh"
 	"github.com/wgcni/wgcni/daemon/nat"
-	"github.com/wgcni/wgcni/daemon/pqpeer"
 	"github.com/wgcni/wgcni/daemon/record"
 )
 
@@ -27,7 +25,7 @@ type natAgent struct {
 }
 
 func newNATAgent(cfg *config.Config, cli *clientv3.Client, wg nat.DeviceReader, keeper *lease.Keeper, peers func() map[wgtypes.Key]mesh.PeerInfo,
-	firstPSK func(wgtypes.Key) (time.Time, bool), log *slog.Logger) *natAgent {
+	mtu int, log *slog.Logger) *natAgent {
 	a := nat.New(nat.Config{
 		Client: cli, Prefix: cfg.EtcdPrefix, Self: cfg.NodeName, Reachable: cfg.Reachable, Device: cfg.Device, WG: wg,
 		PeerNodes: peers,
@@ -39,25 +37,16 @@ func newNATAgent(cfg *config.Config, cli *clientv3.Client, wg nat.DeviceReader, 
 		},
 		Relay:     cfg.Reachable == config.ReachableYes && !cfg.HostOnly,
 		StateFile: nat.StatePath(cfg.RunDir),
-		FirstPSK:  firstPSK,
-		Log:       log.With("part", "nat"),
+		DeviceMTU: mtu,
+		SelfCIDR: func() netip.Prefix {
+			if cfg.HostOnly {
+				return netip.Prefix{} // no device address: never relayed
+			}
+			return keeper.Held().Primary()
+		},
+		Log: log.With("part", "nat"),
 	})
 	return &natAgent{Agent: a, plans: cfg.Reachable != config.ReachableYes}
-}
-
-// natFirstPSK is nat.Config.FirstPSK: with --post-quantum=required, the
-// manager *pq points to once it exists (it is made after the NAT agent,
-// whose Unreachable it reads); nil otherwise.
-func natFirstPSK(cfg *config.Config, pq **pqpeer.Manager) func(wgtypes.Key) (time.Time, bool) {
-	if cfg.PostQuantum.Mode != config.PQRequired {
-		return nil
-	}
-	return func(k wgtypes.Key) (time.Time, bool) {
-		if *pq == nil {
-			return time.Time{}, false
-		}
-		return (*pq).FirstPSK(k)
-	}
 }
 
 // paths is the mesh's Paths: nil (incremental applies, as always) on a

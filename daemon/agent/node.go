@@ -55,7 +55,7 @@ func (n *podNode) attach(ctx context.Context, cli *clientv3.Client, held lease.H
 	if _, err := bridge.Ensure(cfg.Bridge, nd.mtu, gwNets...); err != nil {
 		return attached{}, fmt.Errorf("ensure bridge: %w", err)
 	}
-	setAddrs := setDeviceAddrs(cfg.Device, podNodeDeviceAddrs(held))
+	setAddrs := setDeviceAddrs(cfg.Device, podNodeDeviceAddrs(held, cfg.Reachable != config.ReachableYes))
 	if err := setAddrs(); err != nil {
 		return attached{}, err
 	}

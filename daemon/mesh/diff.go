@@ -41,15 +41,21 @@ type Peer struct {
 	Sites []netip.Prefix
 	// NAT traversal (docs/nat.md, daemon/nat): Unreachable copies the
 	// record's flag; such a peer's endpoint is left invalid, i.e. to
-	// WireGuard's roaming (an invalid Endpoint is never written).
-	// RelayedVia (the relay's node; "": not relayed): its own CIDRs are
-	// carried by that relay's peer (not on its AllowedIPs; its routes stay). Carries: other nodes' CIDRs this peer relays (on
-	// its AllowedIPs; their routes belong to their own peers).
+	// WireGuard's roaming (an invalid Endpoint is never written), unless
+	// daemon/nat sets one. RelayedVia (the relay's node; "": not relayed):
+	// the pair's own session rides the tunnel to that relay (WireGuard in
+	// WireGuard: Endpoint is the peer's relay address, record.RelayAddr);
+	// the peer keeps its CIDRs, so the switch to a punched path
+	// is an endpoint change and no packet in flight is dropped. Carries:
+	// the relay addresses of the nodes whose sessions this peer relays
+	// for us (on its AllowedIPs, routed with CarrySrc, our own relay
+	// address, as source).
 	Unreachable bool
 	NoRelay     bool           // the record's: never a relay (daemon/nat)
 	Published   netip.AddrPort // an Unreachable peer's record endpoint (its LAN address)
 	RelayedVia  string
 	Carries     []netip.Prefix
+	CarrySrc    netip.Addr
 	// SelfUnreachable: this node is behind a NAT (set by daemon/nat).
 	// With Unreachable it lets a held peer's tunnel carry the
 	// post-quantum exchange (exchangePrefixes).
@@ -79,7 +85,7 @@ func (p Peer) equal(o Peer) bool {
 	return slices.Equal(p.CIDRs, o.CIDRs) && p.Node == o.Node && p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
 		p.Keepalive == o.Keepalive && p.Underlay == o.Underlay && p.UnderlaySrc == o.UnderlaySrc && p.MTU == o.MTU &&
 		p.PQPublicKey == o.PQPublicKey && p.Held == o.Held && slices.Equal(p.Sites, o.Sites) &&
-		p.Unreachable == o.Unreachable && p.Published == o.Published && p.RelayedVia == o.RelayedVia && slices.Equal(p.Carries, o.Carries) &&
+		p.Unreachable == o.Unreachable && p.Published == o.Published && p.RelayedVia == o.RelayedVia && slices.Equal(p.Carries, o.Carries) && p.CarrySrc == o.CarrySrc &&
 		p.DropSessionsBefore.Equal(o.DropSessionsBefore) && p.SelfUnreachable == o.SelfUnreachable
 }
 
@@ -108,23 +114,23 @@ func (p Peer) allowed() []net.IPNet {
 }
 
 // allowedPrefixes is allowed as prefixes: the peer's own CIDRs and sites
-// unless held or carried by a relay, the CIDRs it relays (NAT traversal),
-// its tunneled underlay address.
+// unless held, the relay addresses it carries (NAT traversal), its
+// tunneled underlay address.
 func (p Peer) allowedPrefixes() []netip.Prefix {
 	var out []netip.Prefix
-	if !p.Held && p.RelayedVia == "" {
+	if !p.Held {
 		// Held (required mode, no PSK yet): neither its PodCIDRs nor
 		// the sites it serves as gateway; a route into the tunnel then
-		// finds no peer and WireGuard drops the packet. Relayed: a
-		// relay's peer carries its PodCIDRs (daemon/nat).
+		// finds no peer and WireGuard drops the packet.
 		out = append(out, p.CIDRs...)
 		out = append(out, p.Sites...)
 	}
-	if !p.Held {
-		// A held relay carries nothing: relayed traffic would cross
-		// its tunnel without the PSK that required mode waits for.
-		out = append(out, p.Carries...)
-	}
+	// Carried relay addresses stay even while the relay is held: what
+	// crosses to them is the relayed pairs' own WireGuard packets, each
+	// pair held for its own PSK. Without them a relayed pair's packets
+	// to its peer's relay address would fall to that peer's own entry,
+	// whose endpoint is that very address: a loop.
+	out = append(out, p.Carries...)
 	out = append(out, p.exchangePrefixes()...)
 	if p.Underlay.IsValid() {
 		out = append(out, p.underlayPrefix())
@@ -140,6 +146,11 @@ func (p Peer) routes(link int, srcs []netip.Addr) []route.Peer {
 		out = append(out, route.Peer{Dst: c, LinkIndex: link, Src: srcFor(c, srcs), MTU: p.MTU})
 	}
 	out = append(out, p.exchangeRoutes(link, srcs)...)
+	for _, c := range p.Carries {
+		// The relayed pairs' own WireGuard packets leave from our relay
+		// address, the only source the far end accepts from the relay.
+		out = append(out, route.Peer{Dst: c, LinkIndex: link, Src: p.CarrySrc})
+	}
 	if p.Underlay.IsValid() {
 		out = append(out, route.HostRoute(p.Underlay, link, p.UnderlaySrc))
 	}
@@ -204,6 +215,9 @@ func Diff(desired map[netip.Prefix]Peer, have []wgtypes.Peer, routes map[netip.P
 			wanted[c] = true
 		}
 		for _, c := range d.exchangePrefixes() {
+			wanted[c] = true
+		}
+		for _, c := range d.Carries {
 			wanted[c] = true
 		}
 		if d.Underlay.IsValid() {

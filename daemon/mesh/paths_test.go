@@ -3,11 +3,13 @@ package mesh
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/daemon/route"
 )
 
@@ -21,55 +23,52 @@ func onDeviceAs(p Peer) wgtypes.Peer {
 	return h
 }
 
-// TestDiffMovesCIDRWithoutGap: a CIDR moving between two peers in one
-// update goes first to the gaining peer (WireGuard's insert takes it over)
-// and the losing peer is not replaced (a replace would first drop it and
-// its own CIDR), in either direction.
-func TestDiffMovesCIDRWithoutGap(t *testing.T) {
+// TestDiffRelayedPairIsAnEndpointChange: a relayed pair keeps its CIDRs
+// on its own entry, aimed at its relay address, which the relay's peer
+// carries (on the punched path too) and a route sends from our relay
+// address. Going direct (punched) and back changes the far entry's
+// endpoint only: not where the pair's CIDRs are, not what the relay
+// carries, so nothing in flight on either path is dropped.
+func TestDiffRelayedPairIsAnEndpointChange(t *testing.T) {
 	relay, far := peer(t, "10.244.2.0/24"), peer(t, "10.244.3.0/24")
-	far.Unreachable, far.Endpoint = true, netip.AddrPort{}
-	relayed, carrying := far, relay
-	relayed.RelayedVia = "relay"
-	carrying.Carries = far.CIDRs
-	routes := map[netip.Prefix]route.Peer{}
-	for _, p := range []Peer{relay, far} {
-		routes[p.primary()] = p.routes(link, []netip.Addr{gw})[0]
+	self := netip.MustParseAddr("10.244.9.254")
+	far.Unreachable = true
+	far.Endpoint = netip.MustParseAddrPort("10.99.0.14:40001") // punched
+	relayed := far
+	relayed.RelayedVia, relayed.Endpoint = "relay", netip.AddrPortFrom(record.RelayAddr(far.primary()), 51820)
+	relay.Carries, relay.CarrySrc = []netip.Prefix{netip.PrefixFrom(record.RelayAddr(far.primary()), 32)}, self
+	if rs := relay.routes(link, []netip.Addr{gw}); !slices.Contains(rs, route.Peer{Dst: relay.Carries[0], LinkIndex: link, Src: self}) {
+		t.Fatalf("relay's routes %+v lack the carried relay address from our own", rs)
 	}
 	for _, tc := range []struct {
-		name          string
-		have, want    []Peer
-		first, second wgtypes.Key
+		name      string
+		have, wnt Peer
 	}{
-		{"direct to relayed", []Peer{relay, far}, []Peer{carrying, relayed}, relay.PublicKey, far.PublicKey},
-		{"relayed to direct", []Peer{carrying, relayed}, []Peer{relay, far}, far.PublicKey, relay.PublicKey},
+		{"punched to relayed", far, relayed},
+		{"relayed to punched", relayed, far},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			desired := map[netip.Prefix]Peer{}
-			var have []wgtypes.Peer
-			for i := range tc.want {
-				desired[tc.want[i].primary()] = tc.want[i]
-				have = append(have, onDeviceAs(tc.have[i]))
+			desired := map[netip.Prefix]Peer{relay.primary(): relay, far.primary(): tc.wnt}
+			routes := map[netip.Prefix]route.Peer{}
+			for _, p := range []Peer{relay, tc.have} {
+				for _, r := range p.routes(link, []netip.Addr{gw}) {
+					routes[r.Dst] = r
+				}
 			}
+			have := []wgtypes.Peer{onDeviceAs(relay), onDeviceAs(tc.have)}
 			p := Diff(desired, have, routes, link, []netip.Addr{gw})
-			if len(p.Peers) != 2 || len(p.RouteAdd)+len(p.RouteDel) != 0 {
-				t.Fatalf("plan %+v, want two peer changes and no route change", p)
+			if len(p.RouteAdd)+len(p.RouteDel) != 0 || len(p.Peers) != 1 || p.Peers[0].PublicKey != far.PublicKey {
+				t.Fatalf("plan %+v, want one change: far's entry", p)
 			}
-			if p.Peers[0].PublicKey != tc.first || p.Peers[1].PublicKey != tc.second {
-				t.Fatalf("order %v, %v: the gaining peer must come first", p.Peers[0].PublicKey, p.Peers[1].PublicKey)
+			pc := p.Peers[0]
+			if len(pc.AllowedIPs) != 1 || pc.AllowedIPs[0].String() != "10.244.3.0/24" {
+				t.Errorf("far's entry allows %v, want its CIDR on both paths", pc.AllowedIPs)
 			}
-			if !p.Peers[0].ReplaceAllowedIPs || p.Peers[1].ReplaceAllowedIPs {
-				t.Errorf("replace: gaining %v, losing %v; want true, false", p.Peers[0].ReplaceAllowedIPs, p.Peers[1].ReplaceAllowedIPs)
+			if pc.Endpoint == nil || pc.Endpoint.AddrPort() != tc.wnt.Endpoint {
+				t.Errorf("far's endpoint %v, want %v", pc.Endpoint, tc.wnt.Endpoint)
 			}
-			if p.Peers[1].Endpoint != nil && p.Peers[1].PublicKey == far.PublicKey {
-				t.Errorf("an unreachable peer's endpoint was set: %v", p.Peers[1].Endpoint)
-			}
-			// Applied, the state is converged.
-			var after []wgtypes.Peer
-			for _, w := range tc.want {
-				after = append(after, onDeviceAs(w))
-			}
-			if p := Diff(desired, after, routes, link, []netip.Addr{gw}); !p.Empty() {
-				t.Errorf("not converged after the move: %+v", p)
+			if p := Diff(desired, []wgtypes.Peer{onDeviceAs(relay), onDeviceAs(tc.wnt)}, routes, link, []netip.Addr{gw}); !p.Empty() {
+				t.Errorf("not converged: %+v", p)
 			}
 		})
 	}

@@ -3,6 +3,7 @@ package nat
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -58,10 +59,10 @@ type Config struct {
 	// PunchKeepalive towards punched peers: also how fast a dead direct
 	// path is noticed (3 intervals; default 2 s).
 	Keepalive, PunchKeepalive int
-	// FirstPSK is set with --post-quantum=required (daemon/pqpeer): since
-	// when a peer has had its preshared key. A punched path then carries
-	// traffic only over a session made after it (docs/nat.md).
-	FirstPSK func(wgtypes.Key) (time.Time, bool)
+	// SelfCIDR is this node's record CIDR (its relay address's).
+	SelfCIDR func() netip.Prefix
+	// DeviceMTU is the WireGuard device's (Inputs.DeviceMTU).
+	DeviceMTU int
 	Log      *slog.Logger
 }
 
@@ -108,17 +109,15 @@ type Agent struct {
 	relays      map[string]bool            // announced relays (relays.go); nil until listed
 	active      map[netip.Prefix]mesh.Peer // last seen by Rewrite
 	paths       []Path
-	up          map[string]bool      // punched paths carrying their CIDRs
-	switchAt    map[string]time.Time // punched paths waiting for their switch time
-	died        map[string]time.Time // when a punched path last died
-	rx          map[wgtypes.Key]rxSeen
+	heard       map[string]bool   // peers whose punch reaches us (Inputs.Heard)
 	published   map[string]string // node -> observation we published
 	publishedOn clientv3.LeaseID
 }
 
-type rxSeen struct {
-	bytes int64
-	at    time.Time
+// heardSeen is a punched endpoint's counter and when it last grew.
+type heardSeen struct {
+	packets uint64
+	at      time.Time
 }
 
 // New returns an agent; call Run. Unreachable starts as --reachable=no.
@@ -133,7 +132,7 @@ func New(cfg Config) *Agent {
 		cfg.RelayTTL = 5 * time.Second
 	}
 	return &Agent{cfg: cfg, changed: make(chan struct{}, 1), unreachable: cfg.Reachable == "no",
-		obs: Observations{}, up: map[string]bool{}, switchAt: map[string]time.Time{}, died: map[string]time.Time{}, rx: map[wgtypes.Key]rxSeen{}, published: map[string]string{}}
+		obs: Observations{}, heard: map[string]bool{}, published: map[string]string{}}
 }
 
 // Unreachable reports whether this node currently counts as behind a NAT.
@@ -156,15 +155,10 @@ func (a *Agent) poke() {
 // Rewrite is mesh.Paths: the plan for the records' peers.
 func (a *Agent) Rewrite(active map[netip.Prefix]mesh.Peer) map[netip.Prefix]mesh.Peer {
 	a.mu.Lock()
-	in := Inputs{Self: a.cfg.Self, SelfUnreachable: a.unreachable, Obs: a.obs, Up: maps.Clone(a.up), Died: maps.Clone(a.died), Relays: a.relays,
-		Keepalive: a.cfg.Keepalive, PunchKeepalive: a.cfg.PunchKeepalive}
-	if a.cfg.FirstPSK != nil {
-		in.RequirePSK, in.PSKSince = true, map[string]time.Time{}
-		for _, p := range active {
-			if at, ok := a.cfg.FirstPSK(p.PublicKey); ok {
-				in.PSKSince[p.Node] = at
-			}
-		}
+	in := Inputs{Self: a.cfg.Self, SelfUnreachable: a.unreachable, Obs: a.obs, Heard: maps.Clone(a.heard), Relays: a.relays,
+		Keepalive: a.cfg.Keepalive, PunchKeepalive: a.cfg.PunchKeepalive, DeviceMTU: a.cfg.DeviceMTU}
+	if a.cfg.SelfCIDR != nil {
+		in.SelfCIDR = a.cfg.SelfCIDR()
 	}
 	out, paths := Plan(in, active)
 	a.active = maps.Clone(active) // the mesh keeps changing its map
@@ -203,25 +197,31 @@ func (a *Agent) pathsChanged(old, cur []Path) {
 	}
 }
 
-// Run publishes observations and follows punched paths until ctx ends.
+// Run publishes observations and punches until ctx ends.
 func (a *Agent) Run(ctx context.Context) {
 	tick := observeTick
 	if a.cfg.Relay {
 		go a.announceRelay(ctx)
 	}
+	var pn *punching
 	if a.cfg.Reachable != "yes" {
 		tick = planTick
 		go a.watchNAT(ctx)
+		p, err := NewPuncher()
+		if err != nil {
+			// Pairs then stay relayed, and say why (never heard).
+			a.cfg.Log.Warn("no hole punching; NATed pairs stay relayed", "err", err)
+		} else {
+			defer p.Close()
+			pn = &punching{p: p, seen: map[netip.AddrPort]heardSeen{}, sent: map[netip.AddrPort]time.Time{}}
+		}
 	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	var sw *time.Timer
-	var swC <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-swC:
 		case <-t.C:
 		}
 		now := time.Now()
@@ -233,100 +233,116 @@ func (a *Agent) Run(ctx context.Context) {
 		if !a.Unreachable() {
 			a.publish(ctx, dev.Peers, now)
 		}
-		next := a.followPunches(dev.Peers, now)
-		if sw != nil {
-			sw.Stop()
-			sw, swC = nil, nil
-		}
-		if !next.IsZero() {
-			sw = time.NewTimer(max(time.Until(next), 0))
-			swC = sw.C
+		if pn != nil {
+			a.punch(pn, uint16(dev.ListenPort), now)
 		}
 	}
 }
 
-// followPunches tracks the direct peers of pairs being punched: a fresh
-// handshake schedules the switch of their CIDRs onto the direct peer; a
-// direct path that stops receiving (3 keepalives) goes back to the relay.
-// It returns the earliest pending switch time.
+// punching is the loop's punch state: the puncher, each endpoint's
+// counter, when each was last punched, and the last error said.
+type punching struct {
+	p       *Puncher
+	seen    map[netip.AddrPort]heardSeen
+	sent    map[netip.AddrPort]time.Time
+	lastErr string
+}
+
+// punch sends the punch packets due to every peer whose public endpoint
+// the plan punches at, reads what was heard from them, and re-plans when
+// a peer starts or stops being heard. A peer is heard while packets from
+// its public endpoint arrived within the last 3 punch intervals + 1 s.
 //
-// Both ends must switch at nearly the same instant: WireGuard accepts a
-// packet only from the peer holding its source CIDR, so while one end has
-// moved and the other has not, their packets cross on different paths and
-// are dropped. Each end derives the instant from its own view of the same
-// handshake (a whole second plus two), with no message exchanged.
-func (a *Agent) followPunches(peers []wgtypes.Peer, now time.Time) time.Time {
+// Being heard is what makes the path safe to take: the peer's packet got
+// through our NAT (which our punches opened towards it) and the peer sent
+// it to ours, so the peer's NAT lets ours in. Each end then aims the
+// pair's session at the other's public endpoint on its own; no instant
+// has to be agreed on, since the pair's one WireGuard entry accepts its
+// packets from the relay and from the direct path alike.
+func (a *Agent) punch(pn *punching, port uint16, now time.Time) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	byKey := map[wgtypes.Key]wgtypes.Peer{}
-	for _, p := range peers {
-		byKey[p.PublicKey] = p
-		if s, ok := a.rx[p.PublicKey]; !ok || p.ReceiveBytes != s.bytes {
-			a.rx[p.PublicKey] = rxSeen{bytes: p.ReceiveBytes, at: now}
+	targets := map[netip.AddrPort]string{}
+	for _, path := range a.paths {
+		if ap, err := netip.ParseAddrPort(path.Endpoint); err == nil {
+			targets[unmapAP(ap)] = path.Node
 		}
 	}
-	punching := map[string]wgtypes.Key{}
-	for _, p := range a.active {
-		for _, path := range a.paths {
-			if path.Node == p.Node && path.Endpoint != "" {
-				punching[p.Node] = p.PublicKey
-			}
+	a.mu.Unlock()
+	list := make([]netip.AddrPort, 0, len(targets))
+	for ap := range targets {
+		list = append(list, ap)
+	}
+	err := pn.p.Sync(port, list)
+	var counts map[netip.AddrPort]uint64
+	if err == nil {
+		counts, err = pn.p.Heard()
+	}
+	every := time.Duration(a.cfg.PunchKeepalive) * time.Second
+	for ap := range targets {
+		if now.Sub(pn.sent[ap]) < every {
+			continue
 		}
+		if e := pn.p.Send(port, ap); e != nil && err == nil {
+			err = e
+		}
+		pn.sent[ap] = now
+	}
+	if msg := fmt.Sprint(err); err != nil && msg != pn.lastErr {
+		a.cfg.Log.Warn("hole punching; retrying", "err", err)
+		pn.lastErr = msg
+	} else if err == nil {
+		pn.lastErr = ""
 	}
 	dead := time.Duration(3*a.cfg.PunchKeepalive)*time.Second + time.Second
+	heard := map[string]bool{}
+	for ap, node := range targets {
+		s, ok := pn.seen[ap]
+		if n, counted := counts[ap]; counted {
+			// Only growth counts: a first reading may be a counter left
+			// by an earlier daemon, and a re-made rule starts at 0.
+			if ok && n > s.packets {
+				s.at = now
+			}
+			s.packets = n
+			pn.seen[ap] = s
+		}
+		heard[node] = !s.at.IsZero() && now.Sub(s.at) < dead
+	}
+	for ap := range pn.seen {
+		if _, ok := targets[ap]; !ok {
+			delete(pn.seen, ap)
+			delete(pn.sent, ap)
+		}
+	}
+	a.mu.Lock()
 	changed := false
-	var next time.Time
-	for node, key := range punching {
-		d, ok := byKey[key]
-		// A session from before the path died does not count: it must be
-		// a handshake both ends see (the entry is re-created meanwhile).
-		alive := ok && d.LastHandshakeTime.After(a.died[node]) && now.Sub(d.LastHandshakeTime) < 180*time.Second && now.Sub(a.rx[key].at) < dead
-		if a.cfg.FirstPSK != nil && alive && !a.up[node] {
-			// Required: only a handshake made with the PSK opens the
-			// path (Plan drops the sessions from before it), so both
-			// ends take their switch instant from that one.
-			at, has := a.cfg.FirstPSK(key)
-			alive = has && d.LastHandshakeTime.After(at)
+	for node, h := range heard {
+		if h == a.heard[node] {
+			continue
 		}
-		switch {
-		case a.up[node] && !alive:
-			delete(a.up, node)
-			a.died[node] = now
-			changed = true
-			a.cfg.Log.Warn("punched path died; back to the relay", "peer_node", node, "last_handshake", d.LastHandshakeTime)
-		case !a.up[node] && alive:
-			at, ok := a.switchAt[node]
-			if !ok {
-				at = d.LastHandshakeTime.Truncate(time.Second).Add(2 * time.Second)
-				a.switchAt[node] = at
-				a.cfg.Log.Info("hole punched: handshake on the direct path; moving the peer's CIDRs off the relay", "peer_node", node, "endpoint", d.Endpoint, "switch_at", at.Format(time.RFC3339Nano))
-			}
-			if !now.Before(at) {
-				delete(a.switchAt, node)
-				a.up[node] = true
-				changed = true
-			} else if next.IsZero() || at.Before(next) {
-				next = at
-			}
-		case !alive:
-			delete(a.switchAt, node)
+		changed = true
+		if h {
+			a.cfg.Log.Info("hole punched: the peer is heard at its public endpoint; aiming the session there", "peer_node", node)
+		} else {
+			a.cfg.Log.Warn("punched path died; back to the relay", "peer_node", node, "silent_for", dead)
 		}
 	}
-	for node := range a.up {
-		if _, ok := punching[node]; !ok {
-			delete(a.up, node)
+	for node := range a.heard {
+		if _, ok := heard[node]; !ok {
 			changed = true
 		}
 	}
-	for node := range a.died {
-		if _, ok := punching[node]; !ok {
-			delete(a.died, node)
+	for node, h := range heard {
+		if !h {
+			delete(heard, node)
 		}
 	}
+	changed = changed && !maps.Equal(a.heard, heard)
+	a.heard = heard
+	a.mu.Unlock()
 	if changed {
 		a.poke()
 	}
-	return next
 }
 
 // publish writes, for every peer whose traffic comes from somewhere else

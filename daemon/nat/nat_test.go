@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
-	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -32,8 +31,8 @@ var (
 	natC  = netip.MustParseAddrPort("10.99.0.14:40001")
 )
 
-// TestPlan: how a NATed node reaches each kind of peer, and which peer
-// carries which CIDRs.
+// TestPlan: how a NATed node reaches each kind of peer, where its
+// session is aimed, and which relay carries the peer's relay address.
 func TestPlan(t *testing.T) {
 	r1, r2 := node(t, "r1", "10.244.1.0/24", false), node(t, "r2", "10.244.2.0/24", false)
 	far := node(t, "far", "10.244.3.0/24", true)
@@ -41,37 +40,40 @@ func TestPlan(t *testing.T) {
 	for _, p := range []mesh.Peer{r1, r2, far} {
 		active[p.CIDRs[0]] = p
 	}
+	self := netip.MustParsePrefix("10.244.9.0/24")
+	farRelay := netip.MustParseAddrPort("10.244.3.254:51820") // far's relay address, its port
 	seen := func(m map[string]netip.AddrPort) map[string]netip.AddrPort { return m }
 	relay := Relay([]string{"r1", "r2"}, "self", "far")
 	for _, tc := range []struct {
 		name     string
 		obs      Observations
-		up       bool
+		heard    bool
 		mode     string
 		why      string
 		endpoint netip.AddrPort // of far's peer
-		carried  bool           // far's CIDR on the relay
+		punch    string         // the path's public endpoint (punched at)
 	}{
-		{"no observation yet", Observations{}, false, Relayed, "no observed endpoint yet", netip.AddrPort{}, true},
+		{"no observation yet", Observations{}, false, Relayed, "no observed endpoint yet", farRelay, ""},
 		{"punching", Observations{"self": seen(map[string]netip.AddrPort{"r1": natA, "r2": natA}), "far": {"r1": natC, "r2": natC}},
-			false, Relayed, "punching", natC, true},
-		{"punched", Observations{"self": {"r1": natA, "r2": natA}, "far": {"r1": natC, "r2": natC}}, true, Punched, "hole punched", natC, false},
+			false, Relayed, "punching", farRelay, natC.String()},
+		{"punched", Observations{"self": {"r1": natA, "r2": natA}, "far": {"r1": natC, "r2": natC}}, true, Punched, "hole punched", natC, natC.String()},
 		{"symmetric peer", Observations{"self": {"r1": natA, "r2": natA}, "far": {"r1": natC, "r2": netip.AddrPortFrom(natC.Addr(), 5555)}},
-			true, Relayed, "symmetric NAT", netip.AddrPort{}, true},
-		{"symmetric self", Observations{"self": {"r1": natA, "r2": natA2}, "far": {"r1": natC, "r2": natC}}, false, Relayed, "symmetric NAT", netip.AddrPort{}, true},
-		{"same NAT", Observations{"self": {"r1": natA}, "far": {"r1": natA2}}, false, Direct, "same NAT", far.Published, false},
-		{"observer not reachable", Observations{"self": {"far": natA}, "far": {"self": natC}}, false, Relayed, "no observed endpoint yet", netip.AddrPort{}, true},
+			true, Relayed, "symmetric NAT", farRelay, ""},
+		{"symmetric self", Observations{"self": {"r1": natA, "r2": natA2}, "far": {"r1": natC, "r2": natC}}, false, Relayed, "symmetric NAT", farRelay, ""},
+		{"same NAT", Observations{"self": {"r1": natA}, "far": {"r1": natA2}}, false, Direct, "same NAT", far.Published, ""},
+		{"observer not reachable", Observations{"self": {"far": natA}, "far": {"self": natC}}, false, Relayed, "no observed endpoint yet", farRelay, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			out, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: tc.obs, Up: map[string]bool{"far": tc.up}, Keepalive: 25, PunchKeepalive: 2}, active)
+			out, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, SelfCIDR: self, Obs: tc.obs, Heard: map[string]bool{"far": tc.heard},
+				Keepalive: 25, PunchKeepalive: 2, DeviceMTU: 1440}, active)
 			var got Path
 			for _, p := range paths {
 				if p.Node == "far" {
 					got = p
 				}
 			}
-			if got.Mode != tc.mode || got.Why != tc.why {
-				t.Fatalf("path %+v, want %s (%s)", got, tc.mode, tc.why)
+			if got.Mode != tc.mode || got.Why != tc.why || got.Endpoint != tc.punch {
+				t.Fatalf("path %+v, want %s (%s) punching at %q", got, tc.mode, tc.why, tc.punch)
 			}
 			if tc.mode == Relayed && got.Via != relay {
 				t.Errorf("via %q, want %q", got.Via, relay)
@@ -80,17 +82,39 @@ func TestPlan(t *testing.T) {
 			if f.Endpoint != tc.endpoint {
 				t.Errorf("far's endpoint %v, want %v", f.Endpoint, tc.endpoint)
 			}
-			if (f.RelayedVia != "") != tc.carried {
-				t.Errorf("far relayed via %q, want relayed %v", f.RelayedVia, tc.carried)
+			if !slices.Equal(f.CIDRs, far.CIDRs) || f.Held != far.Held {
+				t.Errorf("far's own entry changed: CIDRs %v held %v (its session carries its CIDRs on every path)", f.CIDRs, f.Held)
+			}
+			if (f.RelayedVia != "") != (tc.mode == Relayed) {
+				t.Errorf("far relayed via %q in mode %s", f.RelayedVia, tc.mode)
+			}
+			// Relayed, the pair's packets carry its own WireGuard header
+			// (60 bytes over IPv4) and padding inside the relay's tunnel:
+			// 1440 - 60 = 1380, down to a multiple of 16.
+			if want := map[bool]int{true: 1376}[tc.mode == Relayed]; f.MTU != want {
+				t.Errorf("far's route MTU %d, want %d", f.MTU, want)
 			}
 			for _, r := range []mesh.Peer{r1, r2} {
-				carries := slices.Contains(out[r.CIDRs[0]].Carries, far.CIDRs[0])
-				if want := tc.carried && r.Node == relay; carries != want {
-					t.Errorf("%s carries far: %v, want %v", r.Node, carries, want)
+				or := out[r.CIDRs[0]]
+				carries := slices.Contains(or.Carries, netip.PrefixFrom(farRelay.Addr(), 32))
+				// Carried on the punched path too: packets still on the
+				// relay when either end switches are accepted.
+				if want := tc.mode != Direct && r.Node == relay; carries != want {
+					t.Errorf("%s carries far's relay address: %v, want %v", r.Node, carries, want)
+				}
+				if carries && or.CarrySrc != netip.MustParseAddr("10.244.9.254") {
+					t.Errorf("%s's carried route source %v, want our relay address 10.244.9.254", r.Node, or.CarrySrc)
 				}
 				if out[r.CIDRs[0]].Keepalive != 25 {
 					t.Errorf("keepalive to reachable %s: %d, want 25 (an unreachable node holds its mapping open)", r.Node, out[r.CIDRs[0]].Keepalive)
 				}
+			}
+			// The loop guard: a session aimed at a relay address must
+			// find a relay's peer carrying it, or it would fall back into
+			// its own entry (whose CIDR holds that address) and loop.
+			if f.Endpoint.Addr() == farRelay.Addr() && !slices.Contains(out[r1.CIDRs[0]].Carries, netip.PrefixFrom(farRelay.Addr(), 32)) &&
+				!slices.Contains(out[r2.CIDRs[0]].Carries, netip.PrefixFrom(farRelay.Addr(), 32)) {
+				t.Error("far's session aimed at its relay address, which no peer carries")
 			}
 			if len(active[r1.CIDRs[0]].Carries)+len(active[r2.CIDRs[0]].Carries) != 0 {
 				t.Fatal("Plan modified its input")
@@ -105,7 +129,7 @@ func TestPlan(t *testing.T) {
 	// A node that says it is reachable but is seen behind a NAT (auto,
 	// undecided) relays nothing.
 	obs := Observations{"r1": {"r2": natC}, "r2": {"r1": netip.AddrPortFrom(r2.Endpoint.Addr(), 51820)}}
-	_, paths = Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: obs}, active)
+	_, paths = Plan(Inputs{Self: "self", SelfUnreachable: true, SelfCIDR: self, Obs: obs}, active)
 	if paths[2].Via != "r2" {
 		t.Errorf("relay %q, want r2 (r1 is seen behind a NAT)", paths[2].Via)
 	}
@@ -114,11 +138,11 @@ func TestPlan(t *testing.T) {
 	r2n := r2
 	r2n.NoRelay = true
 	undeclared[r2.CIDRs[0]] = r2n
-	if _, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: Observations{}}, undeclared); paths[2].Via != "r1" {
+	if _, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, SelfCIDR: self, Obs: Observations{}}, undeclared); paths[2].Via != "r1" {
 		t.Errorf("relay %q, want r1 (r2 is auto)", paths[2].Via)
 	}
 	// Only announced relays (alive within their short TTL) relay.
-	if _, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: Observations{}, Relays: map[string]bool{"r2": true}}, active); paths[2].Via != "r2" {
+	if _, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, SelfCIDR: self, Obs: Observations{}, Relays: map[string]bool{"r2": true}}, active); paths[2].Via != "r2" {
 		t.Errorf("relay %q, want r2 (the only one announced)", paths[2].Via)
 	}
 	if _, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: Observations{}, Relays: map[string]bool{}}, active); paths[2].Via != "" {
@@ -126,8 +150,13 @@ func TestPlan(t *testing.T) {
 	}
 	// No reachable node at all: nothing to relay through.
 	only := map[netip.Prefix]mesh.Peer{far.CIDRs[0]: far}
-	if _, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: Observations{}}, only); paths[0].Mode != Direct || paths[0].Why != "no observed endpoint yet; no relay" {
-		t.Errorf("no relay: %+v", paths)
+	out, paths = Plan(Inputs{Self: "self", SelfUnreachable: true, SelfCIDR: self, Obs: Observations{}}, only)
+	if paths[0].Mode != Direct || paths[0].Why != "no observed endpoint yet; no relay" || out[far.CIDRs[0]].Endpoint != far.Published {
+		t.Errorf("no relay: %+v, endpoint %v (never a relay address nobody carries)", paths, out[far.CIDRs[0]].Endpoint)
+	}
+	// No relay address of our own (a host-only node): never relayed.
+	if _, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: Observations{}}, active); paths[2].Via != "" {
+		t.Errorf("relayed via %q without a relay address of our own", paths[2].Via)
 	}
 }
 
@@ -215,71 +244,39 @@ func FuzzParseObserved(f *testing.F) {
 }
 
 // TestPlanPostQuantumRequired: with --post-quantum=required a relayed
-// pair is not held for a PSK of its own (the relay's tunnels carry it, each
-// held for its own PSK by the mesh), and a punched path carries the pair's
-// CIDRs only once the pair has its PSK; until then the direct sessions from
-// before the PSK are dropped, so the path opens through a handshake made
-// with it.
+// pair stays held for its own PSK (its session rides the relay, and the
+// relay never sees its plaintext, so the pair's own PSK is what protects
+// it), and a held relay still carries the relay address: the pair's
+// packets to it are the pair's own WireGuard, and without it they would
+// loop into the pair's own entry.
 func TestPlanPostQuantumRequired(t *testing.T) {
 	r1, r2 := node(t, "r1", "10.244.1.0/24", false), node(t, "r2", "10.244.2.0/24", false)
 	far := node(t, "far", "10.244.3.0/24", true)
 	far.Held = true // what mesh's Hold hook says: no PSK with far yet
+	r1.Held, r2.Held = true, true
 	active := map[netip.Prefix]mesh.Peer{}
 	for _, p := range []mesh.Peer{r1, r2, far} {
 		active[p.CIDRs[0]] = p
 	}
-	punchable := Observations{"self": {"r1": natA, "r2": natA}, "far": {"r1": natC, "r2": natC}}
 	symmetric := Observations{"self": {"r1": natA, "r2": natA}, "far": {"r1": natC, "r2": netip.AddrPortFrom(natC.Addr(), 5555)}}
-	pskAt := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
-	died := pskAt.Add(-time.Minute)
-	for _, tc := range []struct {
-		name     string
-		obs      Observations
-		up       bool
-		psk      bool
-		mode     string
-		dropFrom time.Time
-	}{
-		{"symmetric, no PSK: relayed, not held", symmetric, false, false, Relayed, time.Time{}},
-		{"punching, no PSK", punchable, false, false, Relayed, died},
-		{"punching with a PSK: sessions before it dropped", punchable, false, true, Relayed, pskAt},
-		{"up but no PSK: stays relayed", punchable, true, false, Relayed, died},
-		{"up with a PSK: punched", punchable, true, true, Punched, time.Time{}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			in := Inputs{Self: "self", SelfUnreachable: true, Obs: tc.obs, Up: map[string]bool{"far": tc.up}, Died: map[string]time.Time{"far": died},
-				Keepalive: 25, PunchKeepalive: 2, RequirePSK: true, PSKSince: map[string]time.Time{}}
-			p := far
-			if tc.psk {
-				in.PSKSince["far"] = pskAt
-				p.Held = false
-				active[far.CIDRs[0]] = p
-			} else {
-				active[far.CIDRs[0]] = far
-			}
-			out, paths := Plan(in, active)
-			if paths[2].Mode != tc.mode {
-				t.Fatalf("path %+v, want %s", paths[2], tc.mode)
-			}
-			f := out[far.CIDRs[0]]
-			if tc.mode == Relayed {
-				if f.Held {
-					t.Error("relayed peer held: its traffic would be dropped for a PSK its path never uses")
-				}
-				if !slices.Contains(out[r1.CIDRs[0]].Carries, far.CIDRs[0]) &&
-					!slices.Contains(out[r2.CIDRs[0]].Carries, far.CIDRs[0]) {
-					t.Error("no relay carries far")
-				}
-			}
-			if !f.DropSessionsBefore.Equal(tc.dropFrom) {
-				t.Errorf("DropSessionsBefore %v, want %v", f.DropSessionsBefore, tc.dropFrom)
-			}
-		})
+	out, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, SelfCIDR: netip.MustParsePrefix("10.244.9.0/24"), Obs: symmetric}, active)
+	if paths[2].Mode != Relayed {
+		t.Fatalf("path %+v, want relayed", paths[2])
 	}
-	// Without required, the PSK does not gate the punched path.
-	active[far.CIDRs[0]] = node(t, "far", "10.244.3.0/24", true)
-	_, paths := Plan(Inputs{Self: "self", SelfUnreachable: true, Obs: punchable, Up: map[string]bool{"far": true}, PunchKeepalive: 2}, active)
-	if paths[2].Mode != Punched {
-		t.Errorf("on (not required): %+v, want punched", paths[2])
+	if !out[far.CIDRs[0]].Held {
+		t.Error("relayed peer released without its own PSK")
 	}
+	relay := out[byName(out, paths[2].Via)]
+	if !relay.Held || !slices.Contains(relay.Carries, netip.MustParsePrefix("10.244.3.254/32")) {
+		t.Errorf("held relay %s: held %v, carries %v; want held and carrying far's relay address", relay.Node, relay.Held, relay.Carries)
+	}
+}
+
+func byName(m map[netip.Prefix]mesh.Peer, name string) netip.Prefix {
+	for c, p := range m {
+		if p.Node == name {
+			return c
+		}
+	}
+	return netip.Prefix{}
 }

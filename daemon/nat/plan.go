@@ -3,21 +3,22 @@
 // keepalive) and its peers leave its endpoint to WireGuard's roaming.
 // Reachable nodes publish in etcd where they see each NATed node's
 // handshakes come from (its observed endpoint: the NAT's public address
-// and port). Two NATed nodes talk through a relay — a reachable node both
-// pick by rendezvous hash, whose peer carries the other's CIDRs, and which
-// forwards between its tunnels — and meanwhile punch a direct path at each
-// other's observed endpoint; once a handshake on it succeeds, the CIDRs
-// move from the relay's peer to the direct peer in one device update, and
-// back when it dies. A symmetric NAT (observers see different ports) stays
-// relayed. The mesh applies what Plan rewrites (mesh.Paths).
+// and port). Two NATed nodes keep their own WireGuard session and send it
+// through a relay — a reachable node both pick by rendezvous hash — by
+// aiming it at each other's relay address, which the relay's peer carries
+// (WireGuard in WireGuard); meanwhile each punches at the other's observed
+// endpoint, and once it hears the other there, aims the session at it: an
+// endpoint change, which loses nothing in flight. A symmetric NAT
+// (observers see different ports) stays relayed. The mesh applies what
+// Plan rewrites (mesh.Paths).
 package nat
 
 import (
 	"net/netip"
 	"slices"
-	"time"
 
 	"github.com/wgcni/wgcni/daemon/mesh"
+	"github.com/wgcni/wgcni/daemon/record"
 )
 
 // Path modes, per peer.
@@ -35,7 +36,9 @@ type Path struct {
 	// Why explains the mode: "reachable", "it keeps alive to us",
 	// "same NAT", "punching", "symmetric NAT", "no relay".
 	Why string `json:"why"`
-	// Endpoint is where the direct peer is aimed (Punched, punching).
+	// Endpoint is the peer's public endpoint, where this node punches
+	// (punching) and, once it hears the peer there, aims the session
+	// (Punched).
 	Endpoint string `json:"endpoint,omitempty"`
 }
 
@@ -43,28 +46,41 @@ type Path struct {
 type Inputs struct {
 	Self            string
 	SelfUnreachable bool
-	Obs             Observations
-	// Up holds the peers whose punched direct path is up and due to carry
-	// their CIDRs (Agent: after a handshake, at the agreed switch time).
-	Up map[string]bool
-	// Died holds when each peer's punched path last died: a session
-	// from before is dropped, so it comes back only through a fresh
-	// handshake (the switch instant both ends derive from it).
-	Died map[string]time.Time
+	// SelfCIDR is this node's record CIDR: its relay address is that
+	// CIDR's (record.RelayAddr), the source of the sessions it sends
+	// through a relay.
+	SelfCIDR netip.Prefix
+	Obs      Observations
+	// Heard holds the peers whose punch reaches us: their packets arrive
+	// from their public endpoint (Agent, punch.go). Only then is the
+	// session aimed there, so a path that does not come back is never
+	// taken.
+	Heard map[string]bool
 	// Relays are the nodes announcing themselves as relays (alive within
 	// their short TTL); nil: not known, any reachable node may relay.
 	Relays map[string]bool
 	// Keepalive (seconds) towards every peer of an unreachable node that
-	// asked for none itself; PunchKeepalive towards peers being punched.
+	// asked for none itself; PunchKeepalive towards punched peers.
 	Keepalive      int
 	PunchKeepalive int
-	// RequirePSK (--post-quantum=required): PSKSince holds, per peer
-	// node, since when the pair has had its preshared key. A pair without
-	// one is not switched to its punched path, and the direct sessions
-	// from before it are dropped, so the path opens only through a
-	// handshake made with the PSK.
-	RequirePSK bool
-	PSKSince   map[string]time.Time
+	// DeviceMTU is the WireGuard device's MTU: a relayed pair's routes get
+	// less (relayMTU).
+	DeviceMTU int
+}
+
+// relayMTU is the route MTU of a pair relayed to relay address ra over a
+// device of MTU dev: what is left once the pair's own WireGuard adds its
+// outer IP and UDP headers and 32 bytes, rounded down to WireGuard's
+// 16-byte padding (a packet is padded up to the device MTU, so anything
+// not a multiple of 16 grows). The relay's tunnel must carry the result
+// whole: UDP GSO, which userspace WireGuard sends batches with, refuses to
+// fragment, and bulk TCP stalled at the unrounded MTU.
+func relayMTU(dev int, ra netip.Addr) int {
+	overhead := 40 + 8 + 32
+	if ra.Is4() {
+		overhead = 20 + 8 + 32
+	}
+	return (dev - overhead) &^ 15
 }
 
 // Plan rewrites the records' peers (keyed by primary CIDR) for this node
@@ -93,6 +109,9 @@ func Plan(in Inputs, active map[netip.Prefix]mesh.Peer) (map[netip.Prefix]mesh.P
 		}
 	}
 	slices.Sort(relays)
+	if !in.SelfCIDR.IsValid() || !record.RelayAddr(in.SelfCIDR).IsValid() {
+		relays = nil // no relay address of our own to send from
+	}
 	selfMap := in.Obs.Mapping(in.Self, reachable)
 	var paths []Path
 	for _, c := range sortedCIDRs(active) {
@@ -110,51 +129,55 @@ func Plan(in Inputs, active map[netip.Prefix]mesh.Peer) (map[netip.Prefix]mesh.P
 		default:
 			peerMap := in.Obs.Mapping(p.Node, reachable)
 			relay := Relay(relays, in.Self, p.Node)
+			// Never left to roaming: the device would keep an endpoint
+			// from before, maybe a relay address no relay carries any
+			// more. Its LAN address goes nowhere, harmlessly.
+			p.Endpoint, p.Keepalive = p.Published, 0
 			switch {
 			case selfMap.Known() && peerMap.Known() && selfMap.Public.Addr() == peerMap.Public.Addr():
 				// Behind the same NAT: its LAN endpoint is reachable.
-				p.Endpoint, path.Why = p.Published, "same NAT"
-				if p.Keepalive == 0 {
-					p.Keepalive = in.Keepalive
-				}
+				path.Why, p.Keepalive = "same NAT", in.Keepalive
 			case selfMap.Symmetric || peerMap.Symmetric || !selfMap.Known() || !peerMap.Known():
-				p.Keepalive = 0
 				path.Why = "symmetric NAT"
 				if !selfMap.Known() || !peerMap.Known() {
 					path.Why = "no observed endpoint yet"
 				}
-				if relay == "" {
-					path.Why += "; no relay"
-					break
-				}
-				path.Mode, path.Via, p.RelayedVia = Relayed, relay, relay
-			case in.Up[p.Node] && (!in.RequirePSK || !in.PSKSince[p.Node].IsZero()):
+			case in.Heard[p.Node]:
 				p.Endpoint, p.Keepalive = peerMap.Public, in.PunchKeepalive
 				path.Mode, path.Why, path.Endpoint = Punched, "hole punched", peerMap.Public.String()
 			default:
-				p.Endpoint, p.Keepalive = peerMap.Public, in.PunchKeepalive
-				p.DropSessionsBefore = in.Died[p.Node]
-				if at := in.PSKSince[p.Node]; in.RequirePSK && at.After(p.DropSessionsBefore) {
-					p.DropSessionsBefore = at
-				}
 				path.Why, path.Endpoint = "punching", peerMap.Public.String()
-				if relay == "" {
-					path.Why += "; no relay"
-					break
-				}
-				path.Mode, path.Via, p.RelayedVia = Relayed, relay, relay
+				p.Endpoint = peerMap.Public // with no relay, the punch is all there is
 			}
-			if p.RelayedVia != "" {
-				// Post-quantum required: a relayed pair has no direct
-				// session to protect, its traffic rides the tunnels to
-				// and from the relay, each with its own PSK, and the
-				// relay's peer carries it only when not held
-				// (mesh.Peer.allowedPrefixes). Holding it for a PSK of
-				// its own would drop its traffic for nothing.
-				p.Held = false
-				r := out[byNode[relay]]
-				r.Carries = append(slices.Clone(r.Carries), p.CIDRs...)
-				out[byNode[relay]] = r
+			if path.Why == "same NAT" {
+				break
+			}
+			if relay == "" || !record.RelayAddr(c).IsValid() {
+				if path.Mode != Punched {
+					path.Why += "; no relay" // a host-only peer has no relay address
+				}
+				break
+			}
+			// WireGuard in WireGuard: the relay's peer carries the peer's
+			// relay address, and the relay forwards the pair's session
+			// there like any packet between two PodCIDRs, never seeing
+			// its plaintext. It carries it on the punched path too, so
+			// that each end accepts the pair's packets from both paths
+			// at any time: the two ends take the direct path each when it
+			// hears the other, and packets still on the relay arrive.
+			ra := record.RelayAddr(c)
+			r := out[byNode[relay]]
+			r.Carries = append(slices.Clone(r.Carries), netip.PrefixFrom(ra, ra.BitLen()))
+			r.CarrySrc = record.RelayAddr(in.SelfCIDR)
+			out[byNode[relay]] = r
+			if path.Mode != Punched {
+				// Aimed at the relay address: the pair's packets ride
+				// our tunnel to the relay, and the relay's to the peer.
+				p.Endpoint = netip.AddrPortFrom(ra, p.Published.Port())
+				path.Mode, path.Via, p.RelayedVia = Relayed, relay, relay
+				if m := relayMTU(in.DeviceMTU, ra); in.DeviceMTU > 0 && (p.MTU == 0 || m < p.MTU) {
+					p.MTU = m
+				}
 			}
 		}
 		out[c] = p

@@ -424,6 +424,34 @@ func ValidNodeName(s string) error {
 // and is the source of the node's own traffic into the tunnel.
 func Gateway(cidr netip.Prefix) netip.Addr { return cidr.Masked().Addr().Next() }
 
+// RelayAddr is the last address of a node CIDR that is not a broadcast
+// address (IPv4: the one before it): the IPAM never hands it out, and a
+// node behind a NAT puts it on its WireGuard device as the address its
+// sessions relayed through another node are aimed at (docs/nat.md). Only
+// those sessions use it: the device's first address (the network
+// address) stays the source of the node's own traffic. Invalid for a CIDR
+// of fewer than 8 addresses (none is spared there; such a node is not
+// relayed).
+func RelayAddr(cidr netip.Prefix) netip.Addr {
+	c := cidr.Masked()
+	if c.Bits() > c.Addr().BitLen()-3 {
+		return netip.Addr{}
+	}
+	a := c.Addr().As16()
+	bits := c.Bits()
+	if c.Addr().Is4() {
+		bits += 96
+	}
+	for i := bits; i < 128; i++ {
+		a[i/8] |= 1 << (7 - i%8)
+	}
+	last := netip.AddrFrom16(a)
+	if c.Addr().Is4() {
+		return last.Unmap().Prev()
+	}
+	return last
+}
+
 func strictUnmarshal(b []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	// Unknown fields are allowed so newer daemons can add fields without

@@ -271,3 +271,22 @@ func TestDualSubnetRecord(t *testing.T) {
 		t.Fatal("guard key of the wrong length accepted")
 	}
 }
+
+// TestRelayAddr: the last address that is not a broadcast address, in
+// both families and at the sizes the IPAM accepts.
+func TestRelayAddr(t *testing.T) {
+	for cidr, want := range map[string]string{
+		"10.244.7.0/24":      "10.244.7.254",
+		"10.244.7.0/29":      "10.244.7.6",
+		"10.244.0.0/16":      "10.244.255.254",
+		"10.244.7.77/24":     "10.244.7.254", // not masked: the CIDR's, still
+		"fd00:10:244:7::/64": "fd00:10:244:7:ffff:ffff:ffff:ffff",
+		"fd00:10:244::/120":  "fd00:10:244::ff",
+		"10.244.7.0/30":      "invalid IP", // too small to spare one
+		"10.244.7.7/32":      "invalid IP", // a host-only node's
+	} {
+		if got := RelayAddr(netip.MustParsePrefix(cidr)); got.String() != want {
+			t.Errorf("RelayAddr(%s) = %s, want %s", cidr, got, want)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/disk"
 
 	"github.com/wgcni/wgcni/daemon/nodefile"
+	"github.com/wgcni/wgcni/daemon/record"
 	"github.com/wgcni/wgcni/ipam/ipamconf"
 )
 
@@ -60,7 +62,8 @@ func dataDir(conf *ipamconf.Conf) (string, *nodefile.Node, error) {
 }
 
 // RangeSet is the allocator's view of the node: the whole PodCIDR minus its
-// network and broadcast addresses, with the gateway skipped.
+// network and broadcast addresses and its relay address (record.RelayAddr,
+// the last one before the broadcast), with the gateway skipped.
 func RangeSet(node *nodefile.Node) (allocator.RangeSet, error) {
 	pod, err := node.PodNet()
 	if err != nil {
@@ -70,7 +73,7 @@ func RangeSet(node *nodefile.Node) (allocator.RangeSet, error) {
 	if err != nil {
 		return nil, err
 	}
-	rs := allocator.RangeSet{{Subnet: types.IPNet(*pod), Gateway: gw.IP}}
+	rs := allocator.RangeSet{podRange(pod, gw.IP)}
 	if err := rs.Canonicalize(); err != nil {
 		return nil, fmt.Errorf("node file field podCIDR %s: %w", node.PodCIDR, err)
 	}
@@ -144,7 +147,7 @@ func RangeSets(node *nodefile.Node) ([]allocator.RangeSet, error) {
 	}
 	out := make([]allocator.RangeSet, 0, len(fams))
 	for _, f := range fams {
-		rs := allocator.RangeSet{{Subnet: types.IPNet(*f.Pod), Gateway: f.Gateway.IP}}
+		rs := allocator.RangeSet{podRange(f.Pod, f.Gateway.IP)}
 		if err := rs.Canonicalize(); err != nil {
 			return nil, fmt.Errorf("node file podCIDR %s: %w", f.Pod, err)
 		}
@@ -408,4 +411,14 @@ func GCStore(dataDir, network string, valid []types.GCAttachment) ([]Allocation,
 		released = append(released, a)
 	}
 	return released, errors.Join(errs...)
+}
+
+// podRange is one family's range: the PodCIDR up to the address before its
+// relay address, which a node behind a NAT carries on its WireGuard device.
+func podRange(pod *net.IPNet, gw net.IP) allocator.Range {
+	r := allocator.Range{Subnet: types.IPNet(*pod), Gateway: gw}
+	if p, err := netip.ParsePrefix(pod.String()); err == nil && record.RelayAddr(p).IsValid() {
+		r.RangeEnd = net.IP(record.RelayAddr(p).Prev().AsSlice())
+	}
+	return r
 }

@@ -131,17 +131,18 @@ func TestAddFailureRollsBack(t *testing.T) {
 	requireRoot(t)
 
 	t.Run("ipam exhausted", func(t *testing.T) {
-		// A /29 has 6 host addresses; the gateway takes one: 5 pods fit.
+		// A /29 has 6 host addresses; the gateway and the relay address
+		// (record.RelayAddr, .6) take two: 4 pods fit.
 		node := newNode(t, "10.244.7.0/29", "10.244.7.1")
 		conf := node.conf("1.1.0", nil)
 		var ok []cniArgs
-		for i := 0; i < 5; i++ {
+		for i := 0; i < 4; i++ {
 			a := cniArgs{ContainerID: fmt.Sprintf("fill-%d", i), Netns: newNetns(t, "pod"), IfName: "eth0"}
 			node.mustCNI(t, "ADD", a, conf)
 			ok = append(ok, a)
 		}
 		got := node.allocations(t)
-		for _, ip := range []string{"10.244.7.2", "10.244.7.3", "10.244.7.4", "10.244.7.5", "10.244.7.6"} {
+		for _, ip := range []string{"10.244.7.2", "10.244.7.3", "10.244.7.4", "10.244.7.5"} {
 			if _, found := got[ip]; !found {
 				t.Fatalf("allocations %v lack %s", got, ip)
 			}
@@ -149,14 +150,14 @@ func TestAddFailureRollsBack(t *testing.T) {
 		podNS := newNetns(t, "pod")
 		a := cniArgs{ContainerID: "one-too-many", Netns: podNS, IfName: "eth0"}
 		node.wantCNIError(t, "ADD", a, conf, types.ErrInternal, "no IP addresses available")
-		if n := len(node.hostVeths(t)); n != 5 {
-			t.Fatalf("%d host veths after failed ADD, want the 5 good ones", n)
+		if n := len(node.hostVeths(t)); n != 4 {
+			t.Fatalf("%d host veths after failed ADD, want the 4 good ones", n)
 		}
 		if podHasLink(t, podNS, "eth0") {
 			t.Fatal("failed ADD left eth0 in the pod")
 		}
-		if n := len(node.allocations(t)); n != 5 {
-			t.Fatalf("%d allocations after failed ADD, want 5", n)
+		if n := len(node.allocations(t)); n != 4 {
+			t.Fatalf("%d allocations after failed ADD, want 4", n)
 		}
 		for _, a := range ok {
 			node.mustCNI(t, "DEL", a, conf)
