@@ -61,8 +61,8 @@ type Peer struct {
 	// post-quantum exchange (exchangePrefixes).
 	SelfUnreachable bool
 	// DropSessionsBefore: a session with the peer older than this is
-	// dropped by re-creating its entry (a dead punched path must come
-	// back through a fresh handshake that both ends see; paths.go).
+	// dropped by re-creating its entry (required mode: a session made
+	// before the pair's first post-quantum PSK; postquantum.go, paths.go).
 	DropSessionsBefore time.Time
 }
 

@@ -22,8 +22,8 @@ import (
 // when it was stuck anyway.
 //
 // A resync that drops a session older than the peer may keep
-// (Peer.DropSessionsBefore: made before the pair's post-quantum PSK, or on
-// a punched path that died) is followed the same way, on the end that
+// (Peer.DropSessionsBefore: made before the pair's post-quantum PSK) is
+// followed the same way, on the end that
 // initiates after a break (initiatesAfterBreak) so the two ends' retries
 // cannot cross. Its first initiation can be lost like a re-keyed one's,
 // or answered with an older PSK than ours (the peer installs its PSK

@@ -56,14 +56,15 @@ type Config struct {
 	// StateFile receives the paths as JSON for wgcnictl ("" = none).
 	StateFile string
 	// Keepalive towards peers of an unreachable node (default 25 s);
-	// PunchKeepalive towards punched peers: also how fast a dead direct
-	// path is noticed (3 intervals; default 2 s).
+	// PunchKeepalive (default 2 s) is the keepalive towards punched
+	// peers and the interval of the punches; a punched peer not heard for
+	// 3 intervals + 1 s is back on the relay.
 	Keepalive, PunchKeepalive int
 	// SelfCIDR is this node's record CIDR (its relay address's).
 	SelfCIDR func() netip.Prefix
 	// DeviceMTU is the WireGuard device's (Inputs.DeviceMTU).
 	DeviceMTU int
-	Log      *slog.Logger
+	Log       *slog.Logger
 }
 
 // StateFileName is the paths file in the run directory.
@@ -262,9 +263,11 @@ type punching struct {
 func (a *Agent) punch(pn *punching, port uint16, now time.Time) {
 	a.mu.Lock()
 	targets := map[netip.AddrPort]string{}
+	punched := map[string]bool{} // the nodes punched at
 	for _, path := range a.paths {
 		if ap, err := netip.ParseAddrPort(path.Endpoint); err == nil {
 			targets[unmapAP(ap)] = path.Node
+			punched[path.Node] = true
 		}
 	}
 	a.mu.Unlock()
@@ -294,7 +297,7 @@ func (a *Agent) punch(pn *punching, port uint16, now time.Time) {
 		pn.lastErr = ""
 	}
 	dead := time.Duration(3*a.cfg.PunchKeepalive)*time.Second + time.Second
-	heard := map[string]bool{}
+	heard := map[string]bool{} // only the peers heard
 	for ap, node := range targets {
 		s, ok := pn.seen[ap]
 		if n, counted := counts[ap]; counted {
@@ -306,7 +309,9 @@ func (a *Agent) punch(pn *punching, port uint16, now time.Time) {
 			s.packets = n
 			pn.seen[ap] = s
 		}
-		heard[node] = !s.at.IsZero() && now.Sub(s.at) < dead
+		if !s.at.IsZero() && now.Sub(s.at) < dead {
+			heard[node] = true
+		}
 	}
 	for ap := range pn.seen {
 		if _, ok := targets[ap]; !ok {
@@ -315,29 +320,17 @@ func (a *Agent) punch(pn *punching, port uint16, now time.Time) {
 		}
 	}
 	a.mu.Lock()
-	changed := false
-	for node, h := range heard {
-		if h == a.heard[node] {
-			continue
-		}
-		changed = true
-		if h {
+	changed := !maps.Equal(a.heard, heard)
+	for node := range heard {
+		if !a.heard[node] {
 			a.cfg.Log.Info("hole punched: the peer is heard at its public endpoint; aiming the session there", "peer_node", node)
-		} else {
-			a.cfg.Log.Warn("punched path died; back to the relay", "peer_node", node, "silent_for", dead)
 		}
 	}
 	for node := range a.heard {
-		if _, ok := heard[node]; !ok {
-			changed = true
+		if !heard[node] && punched[node] {
+			a.cfg.Log.Warn("punched path died; back to the relay", "peer_node", node, "silent_for", dead)
 		}
 	}
-	for node, h := range heard {
-		if !h {
-			delete(heard, node)
-		}
-	}
-	changed = changed && !maps.Equal(a.heard, heard)
 	a.heard = heard
 	a.mu.Unlock()
 	if changed {

@@ -30,14 +30,11 @@ const (
 	punchChain = "heard"
 )
 
-// punchMessage is a WireGuard transport data message (type 4) with
-// receiver index 0, counter 0 and an empty payload: the smallest message
-// WireGuard parses, dropped because no session has index 0.
-var punchMessage = func() [32]byte {
-	var m [32]byte
-	binary.LittleEndian.PutUint32(m[:4], 4)
-	return m
-}()
+// punchLen is the size of a punch: a UDP header and a WireGuard transport
+// data message (type 4) with receiver index 0, counter 0 and an empty
+// payload, the smallest message WireGuard parses, dropped because no
+// session has index 0.
+const punchLen = 8 + 32
 
 // Puncher sends punch packets and reads what was heard. Not safe for
 // concurrent use (the agent's loop owns it).
@@ -67,11 +64,7 @@ func NewPuncher() (*Puncher, error) {
 
 // Send sends one punch packet from our WireGuard port to dst.
 func (p *Puncher) Send(port uint16, dst netip.AddrPort) error {
-	b := make([]byte, 8+len(punchMessage))
-	binary.BigEndian.PutUint16(b[0:], port)
-	binary.BigEndian.PutUint16(b[2:], dst.Port())
-	binary.BigEndian.PutUint16(b[4:], uint16(len(b)))
-	copy(b[8:], punchMessage[:]) // IPv4: checksum 0, none; IPv6: the kernel's
+	b := punchPacket(port, dst.Port())
 	a := dst.Addr().Unmap()
 	if a.Is4() {
 		if p.fd4 < 0 {
@@ -83,6 +76,17 @@ func (p *Puncher) Send(port uint16, dst netip.AddrPort) error {
 		return fmt.Errorf("punch %s: no raw IPv6 socket", dst)
 	}
 	return unix.Sendto(p.fd6, b, 0, &unix.SockaddrInet6{Addr: a.As16()})
+}
+
+// punchPacket is one punch as the raw socket sends it, from the UDP header
+// on. UDP checksum 0: none over IPv4, the kernel's over IPv6.
+func punchPacket(from, to uint16) []byte {
+	b := make([]byte, punchLen)
+	binary.BigEndian.PutUint16(b[0:], from)
+	binary.BigEndian.PutUint16(b[2:], to)
+	binary.BigEndian.PutUint16(b[4:], punchLen)
+	binary.LittleEndian.PutUint32(b[8:], 4) // message type; the rest stays 0
+	return b
 }
 
 // Sync makes the counters exactly one per endpoint in want, counting

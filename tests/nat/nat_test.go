@@ -301,6 +301,8 @@ func TestNATTraversal(t *testing.T) {
 		pod[n] = n.MustAddPod(t)
 	}
 	caps := startCaptures(t, c, []*harness.Router{rtA, rtB, rtC})
+	var res []string // the RESULT line's figures
+	defer func() { harness.Result(t, "nat: %s (failed=%v)", strings.Join(res, "; "), t.Failed()) }()
 
 	// 1. Observed endpoints and roaming: a1 keeps alive to r1, r1's
 	// device roams to the NAT's mapping and publishes it.
@@ -375,6 +377,7 @@ func TestNATTraversal(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("FIGURE relay %s's WireGuard device while a1 and b1 pods ping through it: %s", relay.Name, rep)
+		res = append(res, fmt.Sprintf("relay's device: %d plaintext packets of the pair, %d WireGuard data", rep.PlainPod(), rep.WGTypes[capture.WGTransportData]))
 		if rep.PlainPod() != 0 || rep.WGTypes[capture.WGTransportData] == 0 {
 			t.Errorf("the relay sees the pair's pod packets in plaintext, or no WireGuard of theirs at all:\n%s", rep.Excerpt(10))
 		}
@@ -431,6 +434,7 @@ func TestNATTraversal(t *testing.T) {
 		r := <-ping
 		t.Logf("FIGURE punched a1 <-> c1: direct %v after the NATs let it through; 100/s ping across relay -> direct: %d sent, %d lost",
 			direct.Round(time.Millisecond), r.Sent, r.Loss())
+		res = append(res, fmt.Sprintf("relay -> direct: %d of %d pings lost, direct after %v", r.Loss(), r.Sent, direct.Round(time.Millisecond)))
 		// The pair's session is the same on the relay and on the direct
 		// path (its entry holds its CIDRs on both): the switch is an
 		// endpoint change, and a packet still on the relay is accepted.
@@ -470,6 +474,7 @@ func TestNATTraversal(t *testing.T) {
 		deadC := logTime(t, c1, true, "punched path died", "peer_node="+a1.Name).Sub(t1)
 		t.Logf("FIGURE punched path cut: declared dead by a1 after %v, by c1 after %v; both seen back on the relay after %v; ping (100/s, slowed by ping itself while replies are missing): %d sent, %d lost",
 			deadA.Round(time.Millisecond), deadC.Round(time.Millisecond), back.Round(time.Millisecond), r.Sent, r.Loss())
+		res = append(res, fmt.Sprintf("direct path cut: back on the relay after %v", back.Round(time.Millisecond)))
 		if r.Received == 0 || r.Loss() > r.Sent/2 {
 			t.Errorf("ping did not recover on the relay: %d of %d lost", r.Loss(), r.Sent)
 		}
@@ -539,6 +544,7 @@ func TestNATTraversal(t *testing.T) {
 		r := <-ping
 		t.Logf("FIGURE relay %s killed: a1 <-> b1 via %s after %v (record lease TTL %v, relay announcement TTL %v); ping (100/s, slowed by ping itself while replies are missing): %d sent, %d lost",
 			relay.Name, other.Name, moved.Round(time.Millisecond), leaseTTL, relayTTL, r.Sent, r.Loss())
+		res = append(res, fmt.Sprintf("relay killed: next relay after %v", moved.Round(time.Millisecond)))
 		if r.Received == 0 {
 			t.Errorf("no reply at all after the relay moved: %s", r.Output)
 		}
