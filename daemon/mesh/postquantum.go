@@ -109,6 +109,14 @@ func (p Peer) podCIDRs() []netip.Prefix {
 // a pod's address is neither, so the peer's WireGuard drops it. Only
 // with NAT on either end (elsewhere a held peer's tunnel carries nothing,
 // as before); a host-only peer (single-address CIDR) gets none.
+//
+// On a reachable node, a held NATed peer's tunnel also carries its relay
+// address (record.RelayAddr): this node may relay that peer's sessions
+// with other NATed nodes (WireGuard in WireGuard, docs/nat.md), and what
+// crosses to it is those sessions' own WireGuard packets, each pair held
+// for its own PSK. Without it a pair's first handshake, sent while a leg
+// was still held here, was dropped, and WireGuard tries again only after
+// 5 s: the pair's first exchange attempt timed out.
 func (p Peer) exchangePrefixes() []netip.Prefix {
 	if !p.Held || !(p.Unreachable || p.SelfUnreachable) {
 		return nil
@@ -121,6 +129,9 @@ func (p Peer) exchangePrefixes() []netip.Prefix {
 		for _, a := range []netip.Addr{c.Masked().Addr(), record.Gateway(c)} {
 			out = append(out, netip.PrefixFrom(a, a.BitLen()))
 		}
+	}
+	if a := record.RelayAddr(p.primary()); p.Unreachable && !p.SelfUnreachable && a.IsValid() {
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return out
 }

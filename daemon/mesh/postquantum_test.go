@@ -40,7 +40,8 @@ func TestHeldPeerKeepsPodCIDRsOut(t *testing.T) {
 		t.Fatalf("held peer of a NATed node: allowed %v, want the exchange addresses too", a)
 	}
 	podRoute := free.routes(link, srcs)[0]
-	exchange := map[netip.Prefix]bool{netip.MustParsePrefix("10.244.2.0/32"): true, netip.MustParsePrefix("10.244.2.1/32"): true}
+	exchange := map[netip.Prefix]bool{netip.MustParsePrefix("10.244.2.0/32"): true, netip.MustParsePrefix("10.244.2.1/32"): true,
+		netip.MustParsePrefix("10.244.2.254/32"): true} // its relay address: we are reachable, it is NATed
 
 	p := DiffOne(&free, &held, link, srcs)
 	if len(p.RouteDel) != 1 || p.RouteDel[0] != podRoute {
@@ -52,7 +53,7 @@ func TestHeldPeerKeepsPodCIDRsOut(t *testing.T) {
 			allowed = append(allowed, a.String())
 		}
 	}
-	if len(p.Peers) != 1 || !slices.Equal(allowed, []string{"10.244.2.0/32", "10.244.2.1/32", "10.99.0.2/32"}) || !p.Peers[0].ReplaceAllowedIPs {
+	if len(p.Peers) != 1 || !slices.Equal(allowed, []string{"10.244.2.0/32", "10.244.2.1/32", "10.244.2.254/32", "10.99.0.2/32"}) || !p.Peers[0].ReplaceAllowedIPs {
 		t.Fatalf("holding: peer config %+v, want only the exchange addresses and the underlay address allowed", p.Peers)
 	}
 	added := 0
@@ -64,12 +65,12 @@ func TestHeldPeerKeepsPodCIDRsOut(t *testing.T) {
 			added++
 		}
 	}
-	if added != 2 {
-		t.Fatalf("holding: routes added %+v, want the peer's device address and gateway from ours", p.RouteAdd)
+	if added != 3 {
+		t.Fatalf("holding: routes added %+v, want the peer's device address, gateway and relay address from ours", p.RouteAdd)
 	}
 
 	p = DiffOne(&held, &free, link, srcs)
-	if len(p.RouteDel) != 2 || !exchange[p.RouteDel[0].Dst] || !exchange[p.RouteDel[1].Dst] || len(p.RouteAdd) != 2 || len(p.Peers[0].AllowedIPs) != 2 {
+	if len(p.RouteDel) != 3 || !exchange[p.RouteDel[0].Dst] || !exchange[p.RouteDel[1].Dst] || !exchange[p.RouteDel[2].Dst] || len(p.RouteAdd) != 2 || len(p.Peers[0].AllowedIPs) != 2 {
 		t.Fatalf("releasing: %+v", p)
 	}
 
@@ -100,6 +101,19 @@ func TestHeldPeerKeepsPodCIDRsOut(t *testing.T) {
 	relay.Held = true
 	if !slices.Contains(relay.allowedPrefixes(), relay.Carries[0]) || slices.Contains(relay.allowedPrefixes(), relay.CIDRs[0]) {
 		t.Fatalf("held relay allows %v: want its carried relay address and not its PodCIDR", relay.allowedPrefixes())
+	}
+	// On the relay, a held NATed peer still carries its relay address
+	// (the pairs' own WireGuard), not on the NATed side, where the relay's
+	// peer carries it.
+	natted := peer(t, "10.244.5.0/24")
+	natted.Held, natted.Unreachable = true, true
+	ra := netip.MustParsePrefix("10.244.5.254/32")
+	if !slices.Contains(natted.allowedPrefixes(), ra) || !slices.ContainsFunc(natted.routes(link, srcs), func(r route.Peer) bool { return r.Dst == ra }) {
+		t.Fatalf("held NATed peer on a reachable node allows %v: want its relay address, routed", natted.allowedPrefixes())
+	}
+	natted.SelfUnreachable = true
+	if slices.Contains(natted.allowedPrefixes(), ra) {
+		t.Fatal("held NATed peer on a NATed node allows its relay address, which the relay's peer carries")
 	}
 }
 

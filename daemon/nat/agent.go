@@ -210,7 +210,7 @@ func (a *Agent) Run(ctx context.Context) {
 		go a.watchNAT(ctx)
 		p, err := NewPuncher()
 		if err != nil {
-			// Pairs then stay relayed, and say why (never heard).
+			// Pairs then stay relayed (never heard); this line says why.
 			a.cfg.Log.Warn("no hole punching; NATed pairs stay relayed", "err", err)
 		} else {
 			defer p.Close()

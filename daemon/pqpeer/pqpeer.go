@@ -551,12 +551,12 @@ const relayRecheck = time.Second
 // relayHeld reports whether a relayed peer's exchange must wait (mu
 // held): the relay's own entry is held (required mode, no PSK with the
 // relay yet). The pair's session rides that leg (WireGuard in WireGuard,
-// docs/nat.md), and the relay, holding us too, does not yet forward our
-// relay address, so an exchange started now loses every message until
-// then — with the release settle (releaseSettle) often its whole first
-// attempt. Both ends of a leg release together, so our entry's release
-// stands for the relay's. The relay's entry is the reconciler's view
-// (what the device carries), not Hold's.
+// docs/nat.md), and its release re-creates our entry for the relay,
+// dropping what it had queued: an exchange started before loses its
+// messages, or the pair's handshake, which WireGuard retries only after
+// 5 s — with the release settle (releaseSettle) often its whole first
+// attempt. The relay's entry is the reconciler's view (what the device
+// carries), not Hold's.
 func (m *Manager) relayHeld(st *peerState) bool {
 	if st.info.RelayedVia == "" {
 		return false
