@@ -277,7 +277,7 @@ func (a *Agent) punch(pn *punching, port uint16, now time.Time) {
 	}
 	err := pn.p.Sync(port, list)
 	var counts map[netip.AddrPort]uint64
-	if err == nil {
+	if err == nil && len(targets) > 0 { // no netlink dump for nothing to hear
 		counts, err = pn.p.Heard()
 	}
 	every := time.Duration(a.cfg.PunchKeepalive) * time.Second

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 
 	"github.com/google/nftables"
@@ -20,7 +21,8 @@ import (
 // sent its own the other way), and a sign that the peer's packets reach
 // us there. The first are 32-byte WireGuard transport messages with
 // receiver index 0, which every WireGuard drops at the index lookup, sent
-// from a raw socket (the port is WireGuard's, so no socket can bind it).
+// from a raw socket with our own IP header (the port is WireGuard's, so
+// no socket can bind it).
 // The second is an nftables counter per punched endpoint on the input
 // hook: it counts every packet from there to our port, punch or session.
 
@@ -44,42 +46,93 @@ type Puncher struct {
 	port     uint16
 }
 
-// NewPuncher opens the raw sockets. The table is made on first Sync.
+// NewPuncher opens the raw sockets. They are IPPROTO_RAW, send-only:
+// a raw socket of protocol UDP would also get a copy of every UDP packet
+// the node receives (all of WireGuard's), cloned for a socket nobody
+// reads. The table is made on first Sync.
 func NewPuncher() (*Puncher, error) {
 	p := &Puncher{fd4: -1, fd6: -1}
 	var err4, err6 error
-	p.fd4, err4 = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
-	p.fd6, err6 = unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
-	if err6 == nil {
-		// The kernel fills in the UDP checksum (mandatory over IPv6) at
-		// offset 6 of what we send.
-		err6 = unix.SetsockoptInt(p.fd6, unix.IPPROTO_IPV6, unix.IPV6_CHECKSUM, 6)
-	}
+	p.fd4, err4 = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	p.fd6, err6 = unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
 	if err4 != nil && err6 != nil {
 		p.Close()
-		return nil, fmt.Errorf("open raw UDP sockets for hole punching: %w", errors.Join(err4, err6))
+		return nil, fmt.Errorf("open raw sockets for hole punching: %w", errors.Join(err4, err6))
 	}
 	return p, nil
 }
 
 // Send sends one punch packet from our WireGuard port to dst.
 func (p *Puncher) Send(port uint16, dst netip.AddrPort) error {
-	b := punchPacket(port, dst.Port())
 	a := dst.Addr().Unmap()
 	if a.Is4() {
 		if p.fd4 < 0 {
 			return fmt.Errorf("punch %s: no raw IPv4 socket", dst)
 		}
-		return unix.Sendto(p.fd4, b, 0, &unix.SockaddrInet4{Addr: a.As4()})
+		// The kernel fills in the header's length, ID, checksum and,
+		// left 0, the source address the route to dst gives.
+		h := make([]byte, 20)
+		h[0], h[8], h[9] = 0x45, 64, unix.IPPROTO_UDP
+		copy(h[16:], a.AsSlice())
+		return unix.Sendto(p.fd4, append(h, punchPacket(port, dst.Port())...), 0, &unix.SockaddrInet4{Addr: a.As4()})
 	}
 	if p.fd6 < 0 {
 		return fmt.Errorf("punch %s: no raw IPv6 socket", dst)
 	}
-	return unix.Sendto(p.fd6, b, 0, &unix.SockaddrInet6{Addr: a.As16()})
+	// IPv6 takes the whole header from us: the source the route to dst
+	// gives (a connected UDP socket sends nothing), and the UDP checksum.
+	src, err := sourceFor(a)
+	if err != nil {
+		return fmt.Errorf("punch %s: %w", dst, err)
+	}
+	u := punchPacket(port, dst.Port())
+	binary.BigEndian.PutUint16(u[6:], udp6Checksum(src, a, u))
+	h := make([]byte, 40)
+	h[0] = 0x60
+	binary.BigEndian.PutUint16(h[4:], uint16(len(u)))
+	h[6], h[7] = unix.IPPROTO_UDP, 64
+	copy(h[8:], src.AsSlice())
+	copy(h[24:], a.AsSlice())
+	return unix.Sendto(p.fd6, append(h, u...), 0, &unix.SockaddrInet6{Addr: a.As16()})
 }
 
-// punchPacket is one punch as the raw socket sends it, from the UDP header
-// on. UDP checksum 0: none over IPv4, the kernel's over IPv6.
+// sourceFor is the source address the kernel picks towards dst.
+func sourceFor(dst netip.Addr) (netip.Addr, error) {
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, 9)))
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("source address towards %s: %w", dst, err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), nil
+}
+
+// udp6Checksum is the UDP checksum of u (its checksum field 0) from src
+// to dst: the one's complement sum over the IPv6 pseudo-header and u.
+func udp6Checksum(src, dst netip.Addr, u []byte) uint16 {
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(b[i])<<8 | uint32(b[i+1])
+		}
+		if len(b)%2 == 1 {
+			sum += uint32(b[len(b)-1]) << 8
+		}
+	}
+	add(src.AsSlice())
+	add(dst.AsSlice())
+	sum += uint32(len(u)) + unix.IPPROTO_UDP
+	add(u)
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	if c := ^uint16(sum); c != 0 {
+		return c
+	}
+	return 0xffff
+}
+
+// punchPacket is one punch from the UDP header on; checksum 0 (none over
+// IPv4; Send fills it in over IPv6).
 func punchPacket(from, to uint16) []byte {
 	b := make([]byte, punchLen)
 	binary.BigEndian.PutUint16(b[0:], from)
