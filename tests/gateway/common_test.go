@@ -231,15 +231,21 @@ func startPing(t *testing.T, from harness.NS, dst netip.Addr, count int, interva
 }
 
 var (
-	replyLine   = regexp.MustCompile(`^\[(\d+\.\d+)\] .*icmp_seq=(\d+) ttl=`)
+	replyLine   = regexp.MustCompile(`^\[(\d+\.\d+)\] .*icmp_seq=(\d+) ttl=\d+ time=([\d.]+) ms`)
 	pingSummary = regexp.MustCompile(`(\d+) packets transmitted, (\d+) (packets )?received`)
 )
 
-// wait returns sent, received and the longest outage: the longest time
-// between two consecutive replies (their -D timestamps), less the
-// interval, or the lost requests × interval if that is longer (a loss at
-// the end, or ping slowed down by load).
-func (s *pingStream) wait(t *testing.T) (sent, received int, gap time.Duration) {
+// reply is one answered request: its sequence number, when the answer
+// came (ping -D) and its round trip.
+type reply struct {
+	seq int
+	at  time.Time
+	rtt time.Duration
+}
+
+// result waits for ping to end and returns requests sent and the replies
+// in order.
+func (s *pingStream) result(t *testing.T) (sent int, replies []reply) {
 	t.Helper()
 	<-s.done
 	m := pingSummary.FindStringSubmatch(s.out)
@@ -247,23 +253,64 @@ func (s *pingStream) wait(t *testing.T) (sent, received int, gap time.Duration) 
 		t.Fatalf("ping: no summary: %s", s.out)
 	}
 	sent, _ = strconv.Atoi(m[1])
-	received, _ = strconv.Atoi(m[2])
-	last, longest := 0, 0
-	var lastAt float64
-	var gapAt time.Duration
 	for _, l := range strings.Split(s.out, "\n") {
 		if r := replyLine.FindStringSubmatch(l); r != nil {
 			at, _ := strconv.ParseFloat(r[1], 64)
 			seq, _ := strconv.Atoi(r[2])
-			longest = max(longest, seq-last-1)
-			if lastAt != 0 {
-				gapAt = max(gapAt, time.Duration((at-lastAt)*float64(time.Second))-s.interval)
-			}
-			last, lastAt = seq, at
+			ms, _ := strconv.ParseFloat(r[3], 64)
+			replies = append(replies, reply{seq: seq, at: time.UnixMicro(int64(at * 1e6)), rtt: time.Duration(ms * float64(time.Millisecond))})
 		}
 	}
+	return sent, replies
+}
+
+// wait returns sent, received and the longest outage: the longest time
+// between two consecutive replies (their -D timestamps), less the
+// interval, or the lost requests × interval if that is longer (a loss at
+// the end, or ping slowed down by load).
+func (s *pingStream) wait(t *testing.T) (sent, received int, gap time.Duration) {
+	t.Helper()
+	sent, replies := s.result(t)
+	last, longest := 0, 0
+	var gapAt time.Duration
+	for i, r := range replies {
+		longest = max(longest, r.seq-last-1)
+		if i > 0 {
+			gapAt = max(gapAt, r.at.Sub(replies[i-1].at)-s.interval)
+		}
+		last = r.seq
+	}
 	longest = max(longest, sent-last)
-	return sent, received, max(gapAt, time.Duration(longest)*s.interval).Round(time.Millisecond)
+	return sent, len(replies), max(gapAt, time.Duration(longest)*s.interval).Round(time.Millisecond)
+}
+
+// lossRun is a run of consecutive unanswered requests, first..last, and
+// when the replies around it came (zero at either end of the stream).
+type lossRun struct {
+	first, last   int
+	before, after time.Time
+}
+
+func (r lossRun) String() string {
+	return fmt.Sprintf("icmp_seq %d-%d (replies around it at %s and %s)", r.first, r.last, r.before.Format("15:04:05.000"), r.after.Format("15:04:05.000"))
+}
+
+// losses waits for ping to end and returns its runs of unanswered
+// requests and the longest round trip of the answered ones.
+func (s *pingStream) losses(t *testing.T) (runs []lossRun, maxRTT time.Duration) {
+	t.Helper()
+	sent, replies := s.result(t)
+	last, lastAt := 0, time.Time{}
+	for _, r := range replies {
+		if r.seq > last+1 {
+			runs = append(runs, lossRun{first: last + 1, last: r.seq - 1, before: lastAt, after: r.at})
+		}
+		last, lastAt, maxRTT = r.seq, r.at, max(maxRTT, r.rtt)
+	}
+	if sent > last {
+		runs = append(runs, lossRun{first: last + 1, last: sent, before: lastAt})
+	}
+	return runs, maxRTT
 }
 
 var logTime = regexp.MustCompile(`^time=(\S+) `)
