@@ -21,7 +21,8 @@ func TestLostOnlyInFlight(t *testing.T) {
 		{"lost without a move", []lossRun{{first: 10, last: 10, before: at(-8), after: at(2)}}, time.Time{}, false},
 		{"two runs", []lossRun{{first: 10, last: 10, before: at(-8), after: at(2)}, {first: 20, last: 20, before: at(90), after: at(110)}}, moved, false},
 		{"run before the move", []lossRun{{first: 10, last: 10, before: at(-3000), after: at(-2000)}}, moved, false},
-		{"run after the move", []lossRun{{first: 10, last: 10, before: at(500), after: at(520)}}, moved, false},
+		{"answer before the run printed late", []lossRun{{first: 10, last: 10, before: at(40), after: at(45)}}, moved, true},
+		{"run after the move", []lossRun{{first: 10, last: 10, before: at(1500), after: at(1520)}}, moved, false},
 		{"more than a round trip", []lossRun{{first: 10, last: 12, before: at(-20), after: at(12)}}, moved, false},
 		{"lost at the end", []lossRun{{first: 10, last: 12, before: at(-20)}}, moved, false},
 	} {
