@@ -15,6 +15,7 @@ import (
 
 	"github.com/wgcni/wgcni/tests/capture"
 	"github.com/wgcni/wgcni/tests/harness"
+	"github.com/wgcni/wgcni/tests/netnsdir"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -258,6 +259,9 @@ func TestSweep(t *testing.T) {
 			t.Fatal(err)
 		}
 		name := harness.Tag + "-" + id + "-x"
+		if err := netnsdir.Prepare(); err != nil {
+			t.Fatal(err)
+		}
 		if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 			t.Fatalf("%v %s", err, out)
 		}

@@ -25,10 +25,12 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/wgcni/wgcni/tests/netnsdir"
 )
 
 // NetnsDir is where named network namespaces live (as with `ip netns`).
-const NetnsDir = "/var/run/netns"
+const NetnsDir = netnsdir.Dir
 
 // NS is a named network namespace, usable with `ip netns exec NAME`.
 type NS struct {
@@ -42,6 +44,9 @@ func (n NS) Path() string { return filepath.Join(NetnsDir, n.Name) }
 func createNS(name string) (NS, error) {
 	if len(name) > 64 {
 		return NS{}, fmt.Errorf("netns name %q too long", name)
+	}
+	if err := netnsdir.Prepare(); err != nil {
+		return NS{}, err
 	}
 	errc := make(chan error, 1)
 	go func() {
@@ -86,7 +91,11 @@ func deleteNS(n NS) error {
 	if err := netns.DeleteNamed(n.Name); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
 		return fmt.Errorf("delete netns %s: %w", n.Name, err)
 	}
-	_ = os.Remove(n.Path())
+	// A file left behind is a namespace still mounted where we cannot see
+	// it (netnsdir's package comment): a leak, said, not ignored.
+	if err := os.Remove(n.Path()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("delete netns %s: %w", n.Name, err)
+	}
 	return nil
 }
 

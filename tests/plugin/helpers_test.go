@@ -23,6 +23,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/wgcni/wgcni/daemon/nodefile"
+	"github.com/wgcni/wgcni/tests/netnsdir"
 )
 
 // binDir holds the plugins built once for the whole package (TestMain).
@@ -81,6 +82,9 @@ func randHex(n int) string {
 func newNetns(t *testing.T, role string) string {
 	t.Helper()
 	name := "wgp-" + role + "-" + randHex(4)
+	if err := netnsdir.Prepare(); err != nil {
+		t.Fatal(err)
+	}
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
 	}

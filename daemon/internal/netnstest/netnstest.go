@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"runtime"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netns"
+
+	"github.com/wgcni/wgcni/tests/netnsdir"
 )
 
 // RequireRoot skips the test unless it runs as root.
@@ -27,6 +30,9 @@ func New(t testing.TB, prefix string) (ns.NetNS, string) {
 	t.Helper()
 	RequireRoot(t)
 	name := fmt.Sprintf("%s-%06x", prefix, rand.N(1<<24))
+	if err := netnsdir.Prepare(); err != nil {
+		t.Fatal(err)
+	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -43,14 +49,16 @@ func New(t testing.TB, prefix string) (ns.NetNS, string) {
 		// The thread is unusable; let it die with the locked goroutine.
 		panic(fmt.Sprintf("restore netns: %v", err))
 	}
-	n, err := ns.GetNS("/var/run/netns/" + name)
+	n, err := ns.GetNS(filepath.Join(netnsdir.Dir, name))
 	if err != nil {
 		netns.DeleteNamed(name)
 		t.Fatalf("open netns %s: %v", name, err)
 	}
 	t.Cleanup(func() {
 		n.Close()
-		netns.DeleteNamed(name)
+		if err := netns.DeleteNamed(name); err != nil {
+			t.Errorf("delete netns %s: %v", name, err)
+		}
 	})
 	return n, name
 }

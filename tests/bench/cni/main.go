@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/wgcni/wgcni/daemon/nodefile"
+	"github.com/wgcni/wgcni/tests/netnsdir"
 )
 
 type side struct {
@@ -146,6 +147,9 @@ func run(o options) error {
 	}
 
 	newNS := func(name string) (string, error) {
+		if err := netnsdir.Prepare(); err != nil {
+			return "", err
+		}
 		if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 			return "", fmt.Errorf("ip netns add %s: %v: %s", name, err, out)
 		}
